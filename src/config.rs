@@ -1,0 +1,458 @@
+//! flannel's network configuration (net-conf.json): parsing, defaults and checks.
+//!
+//! Keys match case-insensitively, as Go's `encoding/json` does for flannel.
+//! Defaults follow flannel's `CheckNetworkConfig`: SubnetLen 24 for networks up
+//! to /22, else prefix + 2; SubnetMin = the second subnet; SubnetMax = the last;
+//! VXLAN VNI 1 on UDP port 8472.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde_json::{Map, Value};
+
+use crate::types::Vni;
+
+/// flannel's default VXLAN UDP port (the Linux kernel's, not IANA's 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Bytes of outer IPv4 + UDP + VXLAN + inner Ethernet headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The configuration weft starts with when it is given none (the embedded default).
+pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+/// A checked network configuration with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub backend: VxlanBackend,
+}
+
+/// The `Backend` object of a `vxlan` configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanBackend {
+    pub vni: Vni,
+    pub port: u16,
+    /// `Backend.MTU`: the underlay MTU to assume instead of the interface's.
+    pub mtu: Option<u32>,
+}
+
+/// A configuration that cannot be used, with where it came from and the rule broken.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read network config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("network config {origin} is not valid JSON: {source}")]
+    Json {
+        origin: String,
+        source: serde_json::Error,
+    },
+    #[error("network config {origin}: field {field}: {rule}")]
+    Field {
+        origin: String,
+        field: &'static str,
+        rule: String,
+    },
+}
+
+impl NetConfig {
+    /// Reads and checks the net-conf.json file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the field and the rule broken.
+    pub fn from_file(path: &Path) -> Result<NetConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        NetConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks net-conf.json text; `origin` (a file or key) is named in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `origin`, the field and the rule broken.
+    pub fn parse(text: &str, origin: &str) -> Result<NetConfig, ConfigError> {
+        let v: Value = serde_json::from_str(text).map_err(|source| ConfigError::Json {
+            origin: origin.to_string(),
+            source,
+        })?;
+        let bad = |field: &'static str, rule: String| ConfigError::Field {
+            origin: origin.to_string(),
+            field,
+            rule,
+        };
+        let top = v
+            .as_object()
+            .ok_or_else(|| bad("(top level)", "must be a JSON object".into()))?;
+
+        if let Some(x) = get(top, "EnableIPv6") {
+            if x.as_bool() == Some(true) {
+                return Err(bad(
+                    "EnableIPv6",
+                    "IPv6 overlays are not supported by weft yet; remove EnableIPv6 or set it to false".into(),
+                ));
+            }
+        }
+        if let Some(x) = get(top, "EnableIPv4") {
+            if x.as_bool() == Some(false) {
+                return Err(bad(
+                    "EnableIPv4",
+                    "weft carries IPv4 only; it must not be false".into(),
+                ));
+            }
+        }
+
+        let network: Ipv4Net = match get(top, "Network") {
+            None => {
+                return Err(bad(
+                    "Network",
+                    "is required, e.g. \"Network\": \"10.244.0.0/16\"".into(),
+                ));
+            }
+            Some(n) => n
+                .as_str()
+                .and_then(|s| s.parse::<Ipv4Net>().ok())
+                .ok_or_else(|| {
+                    bad(
+                        "Network",
+                        format!("{n} is not an IPv4 CIDR such as \"10.244.0.0/16\""),
+                    )
+                })?,
+        };
+        if network.network() != network.addr() {
+            return Err(bad(
+                "Network",
+                format!(
+                    "{network} has host bits set; did you mean {}?",
+                    network.trunc()
+                ),
+            ));
+        }
+        let plen = network.prefix_len();
+
+        let subnet_len = match get(top, "SubnetLen") {
+            Some(x) if !x.is_null() && x.as_u64() != Some(0) => {
+                let l =
+                    x.as_u64().filter(|l| *l <= 32).ok_or_else(|| {
+                        bad("SubnetLen", format!("{x} is not a prefix length 0..=32"))
+                    })? as u8;
+                if l > 30 {
+                    return Err(bad(
+                        "SubnetLen",
+                        format!(
+                            "/{l} must be /30 or shorter (a node needs room for its addresses)"
+                        ),
+                    ));
+                }
+                if l < plen + 2 {
+                    return Err(bad(
+                        "SubnetLen",
+                        format!(
+                            "/{l} does not fit: Network {network} must hold at least four subnets, so SubnetLen must be at least /{}",
+                            plen + 2
+                        ),
+                    ));
+                }
+                l
+            }
+            _ => {
+                if plen > 28 {
+                    return Err(bad(
+                        "Network",
+                        format!("{network} is too small; the smallest useful network is a /28"),
+                    ));
+                } else if plen <= 22 {
+                    24
+                } else {
+                    plen + 2
+                }
+            }
+        };
+        let size: u32 = 1 << (32 - u32::from(subnet_len));
+        let mask: u32 = u32::MAX << (32 - u32::from(subnet_len));
+        let base = u32::from(network.network());
+        let last = u32::from(network.broadcast()) & mask;
+
+        let subnet_min = bound(top, "SubnetMin", base + size, &network, mask, &bad)?;
+        let subnet_max = bound(top, "SubnetMax", last, &network, mask, &bad)?;
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(bad(
+                "SubnetMin",
+                format!("{subnet_min} is above SubnetMax {subnet_max}"),
+            ));
+        }
+
+        let backend = match get(top, "Backend") {
+            None | Some(Value::Null) => {
+                return Err(bad(
+                    "Backend",
+                    "is missing; flannel would default to the \"udp\" backend, which weft does not speak. Add \"Backend\": {\"Type\": \"vxlan\"}".into(),
+                ));
+            }
+            Some(Value::Object(b)) => parse_backend(b, &bad)?,
+            Some(other) => {
+                return Err(bad(
+                    "Backend",
+                    format!("{other} must be an object such as {{\"Type\": \"vxlan\"}}"),
+                ));
+            }
+        };
+
+        Ok(NetConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+        })
+    }
+
+    /// The number of subnets between SubnetMin and SubnetMax, inclusive.
+    pub fn subnet_count(&self) -> u32 {
+        let shift = 32 - u32::from(self.subnet_len);
+        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) >> shift) + 1
+    }
+
+    /// The `i`-th subnet from SubnetMin (no bounds check beyond SubnetMax).
+    pub fn nth_subnet(&self, i: u32) -> Option<Ipv4Net> {
+        if i >= self.subnet_count() {
+            return None;
+        }
+        let shift = 32 - u32::from(self.subnet_len);
+        let a = u32::from(self.subnet_min) + (i << shift);
+        Ipv4Net::new(Ipv4Addr::from(a), self.subnet_len).ok()
+    }
+
+    /// Whether `s` is a subnet this configuration can lease: the right length,
+    /// aligned, inside [SubnetMin, SubnetMax].
+    pub fn is_leasable(&self, s: &Ipv4Net) -> bool {
+        s.prefix_len() == self.subnet_len
+            && s.addr() == s.network()
+            && u32::from(s.addr()) >= u32::from(self.subnet_min)
+            && u32::from(s.addr()) <= u32::from(self.subnet_max)
+    }
+
+    /// The MTU of the TUN device given the underlay interface's MTU:
+    /// Backend.MTU (when set) or `underlay_mtu`, minus the VXLAN overhead.
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        self.backend
+            .mtu
+            .unwrap_or(underlay_mtu)
+            .saturating_sub(VXLAN_OVERHEAD)
+    }
+}
+
+fn bound(
+    top: &Map<String, Value>,
+    field: &'static str,
+    default: u32,
+    network: &Ipv4Net,
+    mask: u32,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Ipv4Addr, ConfigError> {
+    let Some(x) = get(top, field).filter(|x| !x.is_null()) else {
+        return Ok(Ipv4Addr::from(default));
+    };
+    let a: Ipv4Addr = x
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(field, format!("{x} is not an IPv4 address")))?;
+    if !network.contains(&a) {
+        return Err(bad(field, format!("{a} is not inside Network {network}")));
+    }
+    if u32::from(a) & mask != u32::from(a) {
+        return Err(bad(
+            field,
+            format!(
+                "{a} is not on a SubnetLen boundary; use {}",
+                Ipv4Addr::from(u32::from(a) & mask)
+            ),
+        ));
+    }
+    Ok(a)
+}
+
+fn parse_backend(
+    b: &Map<String, Value>,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<VxlanBackend, ConfigError> {
+    let ty = get(b, "Type").and_then(Value::as_str).unwrap_or("");
+    if !ty.eq_ignore_ascii_case("vxlan") {
+        return Err(bad(
+            "Backend.Type",
+            format!("{ty:?} is not supported; weft implements flannel's \"vxlan\" backend only"),
+        ));
+    }
+    for flag in ["DirectRouting", "GBP", "Learning"] {
+        if get(b, flag).and_then(Value::as_bool) == Some(true) {
+            return Err(bad(
+                "Backend",
+                format!("{flag}: true is not supported by weft's userspace VXLAN; remove it"),
+            ));
+        }
+    }
+    let vni = match get(b, "VNI").filter(|x| !x.is_null()) {
+        None => Vni::new(1).expect("1 fits"),
+        Some(x) => x
+            .as_u64()
+            .filter(|v| *v > 0)
+            .and_then(|v| u32::try_from(v).ok())
+            .and_then(Vni::new)
+            .ok_or_else(|| bad("Backend.VNI", format!("{x} is not a VNI 1..=16777215")))?,
+    };
+    let port = match get(b, "Port").filter(|x| !x.is_null() && x.as_u64() != Some(0)) {
+        None => DEFAULT_VXLAN_PORT,
+        Some(x) => x
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| bad("Backend.Port", format!("{x} is not a UDP port 1..=65535")))?,
+    };
+    let mtu = match get(b, "MTU").filter(|x| !x.is_null() && x.as_u64() != Some(0)) {
+        None => None,
+        Some(x) => Some(
+            x.as_u64()
+                .filter(|m| (576 + u64::from(VXLAN_OVERHEAD)..=65535).contains(m))
+                .ok_or_else(|| {
+                    bad(
+                        "Backend.MTU",
+                        format!(
+                            "{x} is not an MTU between {} and 65535",
+                            576 + VXLAN_OVERHEAD
+                        ),
+                    )
+                })? as u32,
+        ),
+    };
+    Ok(VxlanBackend { vni, port, mtu })
+}
+
+/// Case-insensitive key lookup, as Go's encoding/json matches struct fields.
+fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    m.get(key).or_else(|| {
+        m.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConfig, ConfigError> {
+        NetConfig::parse(s, "/etc/kube-flannel/net-conf.json")
+    }
+
+    #[test]
+    fn flannel_defaults() {
+        let c = parse(DEFAULT_NET_CONF).unwrap();
+        assert_eq!(c.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(c.backend.vni.get(), 1);
+        assert_eq!(c.backend.port, 8472);
+        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(c.overlay_mtu(1500), 1450);
+        // /23 and smaller networks: prefix + 2.
+        let c = parse(r#"{"Network":"10.1.0.0/23","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.subnet_len, 25);
+    }
+
+    #[test]
+    fn keys_match_case_insensitively() {
+        let c = parse(r#"{"network":"172.30.0.0/16","subnetlen":26,"backend":{"type":"VXLAN","vni":4096,"port":4789,"mtu":9000}}"#).unwrap();
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.backend.vni.get(), 4096);
+        assert_eq!(c.backend.port, 4789);
+        assert_eq!(c.overlay_mtu(1500), 8950);
+    }
+
+    #[test]
+    fn refusals_name_the_file_field_and_rule() {
+        let e = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/kube-flannel/net-conf.json")
+                && e.contains("Backend.Type")
+                && e.contains("host-gw"),
+            "{e}"
+        );
+        let e = parse(r#"{"Network":"10.244.0.0/16","SubnetLen":17,"Backend":{"Type":"vxlan"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SubnetLen") && e.contains("at least /18"), "{e}");
+        let e = parse(r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SubnetLen") && e.contains("/30"), "{e}");
+        let e = parse(r#"{"Network":"10.244.0.0/16"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Backend") && e.contains("udp"), "{e}");
+        let e = parse(
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("SubnetMin") && e.contains("not inside"), "{e}");
+        let e = parse(
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.7","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("boundary") && e.contains("10.244.1.0"), "{e}");
+        let e = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Backend.VNI"), "{e}");
+        let e = parse(r#"{"Network":"10.244.0.1/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host bits"), "{e}");
+        let e = parse(r#"{"Network":"10.244.0.0/16","#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = parse(r#"{"Network":"10.0.0.0/29","Backend":{"Type":"vxlan"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/28"), "{e}");
+        let e = parse(r#"[1,2]"#).unwrap_err().to_string();
+        assert!(e.contains("object"), "{e}");
+    }
+
+    #[test]
+    fn subnet_range() {
+        let c = parse(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.subnet_count(), 3);
+        assert_eq!(c.nth_subnet(2).unwrap(), "10.244.12.0/24".parse().unwrap());
+        assert!(c.nth_subnet(3).is_none());
+        assert!(c.is_leasable(&"10.244.11.0/24".parse().unwrap()));
+        assert!(!c.is_leasable(&"10.244.13.0/24".parse().unwrap()));
+        assert!(!c.is_leasable(&"10.244.11.0/25".parse().unwrap()));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for s in [
+            "",
+            "null",
+            "{}",
+            "{\"Network\":5}",
+            "{\"Network\":\"x\"}",
+            "{\"Network\":\"10.0.0.0/8\",\"SubnetLen\":\"a\",\"Backend\":{}}",
+            "{\"Network\":\"10.0.0.0/8\",\"Backend\":{\"Type\":\"vxlan\",\"Port\":-1}}",
+        ] {
+            assert!(parse(s).is_err(), "{s}");
+        }
+    }
+}

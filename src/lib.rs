@@ -1,0 +1,27 @@
+//! weft: a userspace VXLAN overlay for Kubernetes that speaks flannel's formats.
+//!
+//! Layers, from the bytes up:
+//! - [`wire`]: zero-copy views over VXLAN, Ethernet, IPv4 and ICMP headers;
+//! - [`dataplane`]: the packet core (no I/O), the forwarding table and counters;
+//! - [`sys`]: every syscall of the packet path (TUN, batched UDP), the only
+//!   module allowed `unsafe`;
+//! - [`config`], [`lease`], [`store`], [`subnet_env`], [`iface`]: flannel's
+//!   formats and the lease stores;
+//! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
+//!   network namespaces.
+#![deny(unsafe_code)]
+
+pub mod config;
+// pub mod daemon;
+// pub mod dataplane;
+// pub mod iface;
+// pub mod lab;
+pub mod lease;
+// pub mod metrics;
+// pub mod netlink;
+// pub mod netns;
+pub mod store;
+pub mod subnet_env;
+// pub mod sys;
+pub mod types;
+pub mod wire;

@@ -1,0 +1,465 @@
+//! The embedded lease store: one directory that every `weftd` on a host shares.
+//!
+//! Layout (under the state directory, default `/run/weft`):
+//! - `net-conf.json` — the network config, written once by the first node;
+//! - `subnets/10.244.3.0-24` — one file per lease, flannel's `Lease` shape:
+//!   `{"Subnet":"10.244.3.0/24","Attrs":{flannel's LeaseAttrs},"Expiration":"RFC 3339"}`;
+//! - `.lock` — a `flock`ed file that serializes acquire, renew and release.
+//!
+//! Files are replaced atomically (write + rename), so readers never see half a
+//! lease; the watcher polls the directory and turns differences into events.
+//! A malformed lease file is skipped with a warning naming it, never fatal.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet};
+use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+
+/// The on-disk form of one lease.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    #[serde(rename = "Subnet")]
+    subnet: Ipv4Net,
+    #[serde(rename = "Attrs")]
+    attrs: LeaseAttrs,
+    #[serde(rename = "Expiration")]
+    expiration: String,
+}
+
+/// A lease store in a directory shared by the `weftd` processes of one host.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    dir: PathBuf,
+    poll: Duration,
+}
+
+impl LocalStore {
+    /// A store in `dir` (created on first use), polled for changes every `poll`.
+    pub fn new(dir: impl Into<PathBuf>, poll: Duration) -> LocalStore {
+        LocalStore {
+            dir: dir.into(),
+            poll,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io(&self, op: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        let op = op.into();
+        move |source| StoreError::Io {
+            store: self.dir.display().to_string(),
+            op,
+            source,
+        }
+    }
+
+    fn subnets_dir(&self) -> PathBuf {
+        self.dir.join("subnets")
+    }
+
+    fn lock(&self) -> Result<Flock<File>, StoreError> {
+        std::fs::create_dir_all(self.subnets_dir())
+            .map_err(self.io(format!("creating {}", self.subnets_dir().display())))?;
+        let p = self.dir.join(".lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(self.io(format!("opening {}", p.display())))?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| self.io(format!("locking {}", p.display()))(e.into()))
+    }
+
+    /// Writes `contents` to `path` atomically.
+    fn write_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let op = format!("writing {}", path.display());
+        let mut f = File::create(&tmp).map_err(self.io(op.clone()))?;
+        f.write_all(contents).map_err(self.io(op.clone()))?;
+        std::fs::rename(&tmp, path).map_err(self.io(op))
+    }
+
+    /// Every lease file, valid or not: `(key, Ok(lease) | Err(why))`.
+    fn scan(&self) -> Result<Vec<(String, Result<Lease, String>)>, StoreError> {
+        let dir = self.subnets_dir();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(self.io(format!("listing {}", dir.display()))(e)),
+        };
+        let mut out = vec![];
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.contains(".tmp.") {
+                continue;
+            }
+            let parsed = std::fs::read(ent.path())
+                .map_err(|e| e.to_string())
+                .and_then(|b| parse_record(&name, &b));
+            out.push((name, parsed));
+        }
+        Ok(out)
+    }
+
+    /// The leases that have not expired at `now`.
+    fn valid_leases(&self, now: SystemTime) -> Result<Vec<Lease>, StoreError> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .filter(|l| !l.expired_at(now))
+            .collect())
+    }
+
+    fn store_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let rec = Record {
+            subnet: lease.subnet,
+            attrs: lease.attrs.clone(),
+            expiration: humantime::format_rfc3339_nanos(
+                lease.expiration.unwrap_or(SystemTime::now()),
+            )
+            .to_string(),
+        };
+        let body = serde_json::to_vec(&rec).expect("a lease record always serializes");
+        self.write_atomic(&self.subnets_dir().join(subnet_key(&lease.subnet)), &body)
+    }
+
+    /// Writes `text` as the network config unless one is stored already (create-if-absent).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] naming the file.
+    pub fn put_config_if_absent(&self, text: &str) -> Result<bool, StoreError> {
+        let _l = self.lock()?;
+        let p = self.dir.join("net-conf.json");
+        if p.exists() {
+            return Ok(false);
+        }
+        self.write_atomic(&p, text.as_bytes())?;
+        Ok(true)
+    }
+
+    /// Stores a lease written by someone else (a kernel-VXLAN flannel node, a test).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] naming the file.
+    pub fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _l = self.lock()?;
+        self.store_lease(lease)
+    }
+
+    /// Every unexpired lease, now.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directory cannot be read.
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.valid_leases(SystemTime::now())
+    }
+
+    fn acquire_blocking(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
+        let _l = self.lock()?;
+        let now = SystemTime::now();
+        // Expired leases are garbage: remove them so their subnets are free.
+        let mut leases = vec![];
+        for (key, r) in self.scan()? {
+            match r {
+                Ok(l) if l.expired_at(now) => {
+                    let _ = std::fs::remove_file(self.subnets_dir().join(&key));
+                }
+                Ok(l) => leases.push(l),
+                Err(_) => {}
+            }
+        }
+        let mut rng = rand::rng();
+        let subnet = match choose_subnet(&self.describe(), req, &leases, &mut rng)? {
+            Ok(own) => own.subnet,
+            Err(free) => free,
+        };
+        let lease = Lease {
+            subnet,
+            attrs: req.attrs.clone(),
+            expiration: Some(now + req.ttl),
+        };
+        self.store_lease(&lease)?;
+        Ok(lease)
+    }
+
+    fn renew_blocking(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        let _l = self.lock()?;
+        let now = SystemTime::now();
+        let key = subnet_key(&lease.subnet);
+        if let Some((_, Ok(cur))) = self.scan()?.into_iter().find(|(k, _)| *k == key) {
+            if cur.attrs.public_ip != lease.attrs.public_ip && !cur.expired_at(now) {
+                return Err(StoreError::LeaseLost {
+                    store: self.describe(),
+                    subnet: lease.subnet,
+                    holder: cur.attrs.public_ip,
+                });
+            }
+        }
+        let renewed = Lease {
+            expiration: Some(now + ttl),
+            ..lease.clone()
+        };
+        self.store_lease(&renewed)?;
+        Ok(renewed)
+    }
+
+    fn release_blocking(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _l = self.lock()?;
+        let key = subnet_key(&lease.subnet);
+        if let Some((_, Ok(cur))) = self.scan()?.into_iter().find(|(k, _)| *k == key) {
+            if cur.attrs.public_ip == lease.attrs.public_ip {
+                let p = self.subnets_dir().join(&key);
+                std::fs::remove_file(&p).map_err(self.io(format!("removing {}", p.display())))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
+    let key_subnet = parse_subnet_key(name).map_err(|e| e.to_string())?;
+    let rec: Record =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a lease record: {e}"))?;
+    if rec.subnet != key_subnet {
+        return Err(format!(
+            "holds subnet {} but is named for {key_subnet}",
+            rec.subnet
+        ));
+    }
+    let expiration = humantime::parse_rfc3339(&rec.expiration)
+        .map_err(|e| format!("Expiration {:?}: {e}", rec.expiration))?;
+    Ok(Lease {
+        subnet: rec.subnet,
+        attrs: rec.attrs,
+        expiration: Some(expiration),
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("store task panicked")
+}
+
+#[async_trait]
+impl LeaseStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("local:{}", self.dir.display())
+    }
+
+    async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        let p = self.dir.join("net-conf.json");
+        match tokio::fs::read_to_string(&p).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(format!("reading {}", p.display()))(e)),
+        }
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
+        let (s, r) = (self.clone(), req.clone());
+        blocking(move || s.acquire_blocking(&r)).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        let (s, l) = (self.clone(), lease.clone());
+        blocking(move || s.renew_blocking(&l, ttl)).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let (s, l) = (self.clone(), lease.clone());
+        blocking(move || s.release_blocking(&l)).await
+    }
+
+    async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
+        let (tx, rx) = mpsc::channel(64);
+        let s = self.clone();
+        let first = {
+            let s = s.clone();
+            blocking(move || s.valid_leases(SystemTime::now())).await?
+        };
+        let mut known: BTreeMap<Ipv4Net, Lease> =
+            first.iter().map(|l| (l.subnet, l.clone())).collect();
+        if tx.send(WatchEvent::Snapshot(first)).await.is_err() {
+            return Ok(rx);
+        }
+        tokio::spawn(async move {
+            let mut warned: HashSet<(String, String)> = HashSet::new();
+            let mut tick = tokio::time::interval(s.poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if tx.is_closed() {
+                    return;
+                }
+                let s2 = s.clone();
+                let scanned = match blocking(move || s2.scan()).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        continue;
+                    }
+                };
+                let now = SystemTime::now();
+                let mut cur = BTreeMap::new();
+                for (key, r) in scanned {
+                    match r {
+                        Ok(l) if !l.expired_at(now) => {
+                            cur.insert(l.subnet, l);
+                        }
+                        Ok(_) => {}
+                        Err(why) => {
+                            if warned.insert((key.clone(), why.clone())) {
+                                tracing::warn!(
+                                    "skipping lease file {}: {why}",
+                                    s.subnets_dir().join(&key).display()
+                                );
+                            }
+                        }
+                    }
+                }
+                let mut events = vec![];
+                for (k, l) in &cur {
+                    if known.get(k).is_none_or(|o| o.attrs != l.attrs) {
+                        events.push(WatchEvent::Upsert(l.clone()));
+                    }
+                }
+                for k in known.keys() {
+                    if !cur.contains_key(k) {
+                        events.push(WatchEvent::Remove(*k));
+                    }
+                }
+                known = cur;
+                for ev in events {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NetConfig;
+    use crate::types::{Vni, VtepMac};
+
+    fn req(ip: [u8; 4], ttl: Duration) -> AcquireRequest {
+        AcquireRequest {
+            config: NetConfig::parse(
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+                "t",
+            )
+            .unwrap(),
+            attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
+            previous: None,
+            ttl,
+        }
+    }
+
+    #[tokio::test]
+    async fn acquire_reuse_renew_release_and_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), Duration::from_millis(20));
+        let a = store
+            .acquire(&req([192, 0, 2, 1], Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let b = store
+            .acquire(&req([192, 0, 2, 2], Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_ne!(a.subnet, b.subnet);
+        // A restart of node 1 gets its subnet back.
+        let a2 = store
+            .acquire(&req([192, 0, 2, 1], Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(a.subnet, a2.subnet);
+
+        let mut w = store.watch().await.unwrap();
+        match w.recv().await.unwrap() {
+            WatchEvent::Snapshot(v) => assert_eq!(v.len(), 2),
+            e => panic!("first event must be a snapshot, got {e:?}"),
+        }
+        let c = store
+            .acquire(&req([192, 0, 2, 3], Duration::from_millis(300)))
+            .await
+            .unwrap();
+        assert_eq!(w.recv().await.unwrap(), WatchEvent::Upsert(c.clone()));
+        // Not renewed: it expires and disappears from the watch.
+        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(c.subnet));
+
+        let r = store.renew(&b, Duration::from_secs(120)).await.unwrap();
+        assert!(r.expiration > b.expiration);
+        store.release(&b).await.unwrap();
+        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(b.subnet));
+        assert_eq!(store.leases().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn lost_lease_and_malformed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), Duration::from_millis(20));
+        let a = store
+            .acquire(&req([192, 0, 2, 1], Duration::from_millis(50)))
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("subnets/10.244.77.0-24"), b"{not json").unwrap();
+        std::fs::write(dir.path().join("subnets/garbage"), b"{}").unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Node 2 takes the expired subnet of node 1 (it is its previous one).
+        let mut r2 = req([192, 0, 2, 2], Duration::from_secs(60));
+        r2.previous = Some(a.subnet);
+        let b = store.acquire(&r2).await.unwrap();
+        assert_eq!(b.subnet, a.subnet);
+        let e = store
+            .renew(&a, Duration::from_secs(60))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("192.0.2.2") && e.contains("Restart weftd"),
+            "{e}"
+        );
+        assert_eq!(store.leases().unwrap(), vec![b]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_acquires_get_distinct_subnets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tasks = vec![];
+        for i in 0..20u8 {
+            let store = LocalStore::new(dir.path(), Duration::from_millis(20));
+            tasks.push(tokio::spawn(async move {
+                store
+                    .acquire(&req([192, 0, 2, i + 1], Duration::from_secs(60)))
+                    .await
+                    .unwrap()
+                    .subnet
+            }));
+        }
+        let mut got = HashSet::new();
+        for t in tasks {
+            assert!(got.insert(t.await.unwrap()));
+        }
+        assert_eq!(got.len(), 20);
+    }
+}

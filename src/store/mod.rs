@@ -1,0 +1,241 @@
+//! The lease store seam (flannel's subnet manager): one trait, with the embedded
+//! [`local`] store behind it today and etcd / Kubernetes stores to come.
+//!
+//! A store hands out leases (acquire, renew, release) and reports everyone's
+//! leases as a stream of [`WatchEvent`]s that starts with a full snapshot. A
+//! [`WatchEvent::Snapshot`] may come again at any time (after a re-list) and then
+//! replaces the whole table, so stale peers cannot survive.
+
+pub mod local;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use crate::config::NetConfig;
+use crate::lease::{Lease, LeaseAttrs};
+
+/// What a node asks the store for.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    pub config: NetConfig,
+    pub attrs: LeaseAttrs,
+    /// The subnet of the node's last run (from subnet.env), tried after its own lease.
+    pub previous: Option<Ipv4Net>,
+    pub ttl: Duration,
+}
+
+/// One change to the set of leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Every valid lease; replaces whatever the watcher held before.
+    Snapshot(Vec<Lease>),
+    /// A lease appeared or its attributes changed.
+    Upsert(Lease),
+    /// A lease expired or was released.
+    Remove(Ipv4Net),
+}
+
+/// Failures of a lease store, naming the store location and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("lease store {store}: {op} failed: {source} ")]
+    Io {
+        store: String,
+        op: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "lease store {store}: no free subnet: all {count} subnets of /{len} between SubnetMin {min} and SubnetMax {max} are leased; widen SubnetMin/SubnetMax or the Network, or remove stale leases"
+    )]
+    NoFreeSubnet {
+        store: String,
+        count: u32,
+        len: u8,
+        min: Ipv4Addr,
+        max: Ipv4Addr,
+    },
+    #[error(
+        "lease store {store}: the lease for {subnet} is now held by {holder}; this node lost it (it expired while the node was away). Restart weftd to acquire a new subnet"
+    )]
+    LeaseLost {
+        store: String,
+        subnet: Ipv4Net,
+        holder: Ipv4Addr,
+    },
+    #[error("lease store {store}: network config {key}: {problem}")]
+    Config {
+        store: String,
+        key: String,
+        problem: String,
+    },
+}
+
+/// A place where leases are kept. Implementations: [`local::LocalStore`].
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Where the store lives, for logs and errors (a directory, endpoints, a cluster).
+    fn describe(&self) -> String;
+
+    /// The net-conf.json text the store holds, if any.
+    async fn network_config(&self) -> Result<Option<String>, StoreError>;
+
+    /// Acquires a lease: this node's own (same public IP) if it has one, else
+    /// `req.previous` if still free, else a random free subnet.
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError>;
+
+    /// Extends `lease` by `ttl` and returns it as stored.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError>;
+
+    /// Gives `lease` up so another node may take its subnet.
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Streams lease changes, starting with a [`WatchEvent::Snapshot`]. The stream
+    /// ends when the receiver is dropped.
+    async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
+}
+
+/// flannel's choice of subnet, shared by the stores that allocate (local, etcd):
+/// `Ok(Ok(existing))` when this node (same public IP) already holds a lease,
+/// `Ok(Err(subnet))` for a free subnet to create (the previous one if free, else random).
+///
+/// # Errors
+/// [`StoreError::NoFreeSubnet`] when every subnet in range is taken.
+pub fn choose_subnet<'a>(
+    store: &str,
+    req: &AcquireRequest,
+    leases: &'a [Lease],
+    rng: &mut impl Rng,
+) -> Result<Result<&'a Lease, Ipv4Net>, StoreError> {
+    let cfg = &req.config;
+    if let Some(own) = leases
+        .iter()
+        .find(|l| l.attrs.public_ip == req.attrs.public_ip && cfg.is_leasable(&l.subnet))
+    {
+        return Ok(Ok(own));
+    }
+    let taken = |s: &Ipv4Net| leases.iter().any(|l| l.subnet == *s);
+    if let Some(p) = req.previous {
+        if cfg.is_leasable(&p) && !taken(&p) {
+            return Ok(Err(p));
+        }
+    }
+    let count = cfg.subnet_count();
+    let free: Vec<Ipv4Net> = if count <= 4096 {
+        (0..count)
+            .filter_map(|i| cfg.nth_subnet(i))
+            .filter(|s| !taken(s))
+            .collect()
+    } else {
+        // Large ranges: sample, as flannel does, rather than enumerate.
+        (0..1000)
+            .filter_map(|_| cfg.nth_subnet(rng.random_range(0..count)))
+            .filter(|s| !taken(s))
+            .take(1)
+            .collect()
+    };
+    if free.is_empty() {
+        return Err(StoreError::NoFreeSubnet {
+            store: store.to_string(),
+            count,
+            len: cfg.subnet_len,
+            min: cfg.subnet_min,
+            max: cfg.subnet_max,
+        });
+    }
+    Ok(Err(free[rng.random_range(0..free.len())]))
+}
+
+/// How long to wait between renewals: `ttl - margin` when the margin is shorter
+/// than the TTL (flannel's `--subnet-lease-renew-margin`), else a third of the TTL.
+pub fn renew_interval(ttl: Duration, margin: Duration) -> Duration {
+    if margin < ttl && ttl - margin >= ttl / 3 {
+        ttl - margin
+    } else {
+        ttl / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Vni, VtepMac};
+
+    fn req(previous: Option<&str>, ip: [u8; 4]) -> AcquireRequest {
+        AcquireRequest {
+            config: NetConfig::parse(
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.3.0","Backend":{"Type":"vxlan"}}"#,
+                "t",
+            )
+            .unwrap(),
+            attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
+            previous: previous.map(|p| p.parse().unwrap()),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn lease(s: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            subnet: s.parse().unwrap(),
+            attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn own_lease_then_previous_then_random() {
+        let mut rng = rand::rng();
+        let leases = vec![lease("10.244.1.0/24", [192, 0, 2, 1])];
+        let own = choose_subnet("t", &req(None, [192, 0, 2, 1]), &leases, &mut rng).unwrap();
+        assert_eq!(own.unwrap().subnet.to_string(), "10.244.1.0/24");
+        let prev = choose_subnet(
+            "t",
+            &req(Some("10.244.3.0/24"), [192, 0, 2, 2]),
+            &leases,
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(prev.unwrap_err().to_string(), "10.244.3.0/24");
+        // The previous subnet is taken: a random free one.
+        let r = choose_subnet(
+            "t",
+            &req(Some("10.244.1.0/24"), [192, 0, 2, 2]),
+            &leases,
+            &mut rng,
+        )
+        .unwrap();
+        let s = r.unwrap_err().to_string();
+        assert!(s == "10.244.2.0/24" || s == "10.244.3.0/24", "{s}");
+    }
+
+    #[test]
+    fn full_range_is_an_error_that_says_what_to_do() {
+        let mut rng = rand::rng();
+        let leases = vec![
+            lease("10.244.1.0/24", [192, 0, 2, 1]),
+            lease("10.244.2.0/24", [192, 0, 2, 2]),
+            lease("10.244.3.0/24", [192, 0, 2, 3]),
+        ];
+        let e =
+            choose_subnet("/run/weft", &req(None, [192, 0, 2, 9]), &leases, &mut rng).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("no free subnet") && m.contains("all 3 subnets") && m.contains("widen"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn renewal_interval() {
+        let h = Duration::from_secs(3600);
+        assert_eq!(renew_interval(24 * h, h), 23 * h);
+        assert_eq!(
+            renew_interval(Duration::from_secs(3), h),
+            Duration::from_secs(1)
+        );
+    }
+}

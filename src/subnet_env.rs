@@ -1,0 +1,157 @@
+//! flannel's `subnet.env`: the node's lease as CNI plugins and runtimes read it.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+/// flannel's default path, which flannel's CNI plugin reads.
+pub const DEFAULT_PATH: &str = "/run/flannel/subnet.env";
+
+/// The contents of subnet.env.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetEnv {
+    pub network: Ipv4Net,
+    /// The node subnet; written as its first host address (`10.244.3.1/24`).
+    pub subnet: Ipv4Net,
+    pub mtu: u32,
+    pub ipmasq: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetEnvError {
+    #[error(
+        "cannot write {path}: {source} (is its directory writable? set --subnet-file to move it)"
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Parse { path: PathBuf, what: String },
+}
+
+impl SubnetEnv {
+    /// The file's text, in flannel's order and format.
+    pub fn render(&self) -> String {
+        let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network,
+            first,
+            self.subnet.prefix_len(),
+            self.mtu,
+            self.ipmasq
+        )
+    }
+
+    /// Writes the file atomically (a temporary file renamed over it), creating
+    /// its directory.
+    ///
+    /// # Errors
+    /// [`SubnetEnvError::Write`] naming the path.
+    pub fn write(&self, path: &Path) -> Result<(), SubnetEnvError> {
+        let werr = |source| SubnetEnvError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(werr)?;
+        }
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(self.render().as_bytes()).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        std::fs::rename(&tmp, path).map_err(werr)
+    }
+
+    /// Parses subnet.env text (as written by flannel or weft).
+    ///
+    /// # Errors
+    /// [`SubnetEnvError::Parse`] naming the variable that is missing or malformed.
+    pub fn parse(text: &str, path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
+        let perr = |what: String| SubnetEnvError::Parse {
+            path: path.to_owned(),
+            what,
+        };
+        let var = |name: &str| {
+            text.lines()
+                .filter_map(|l| l.trim().split_once('='))
+                .find(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        };
+        let network = var("FLANNEL_NETWORK")
+            .ok_or_else(|| perr("FLANNEL_NETWORK is missing".into()))?
+            .parse::<Ipv4Net>()
+            .map_err(|e| perr(format!("FLANNEL_NETWORK: {e}")))?;
+        let subnet = var("FLANNEL_SUBNET")
+            .ok_or_else(|| perr("FLANNEL_SUBNET is missing".into()))?
+            .parse::<Ipv4Net>()
+            .map_err(|e| perr(format!("FLANNEL_SUBNET: {e}")))?
+            .trunc();
+        let mtu = var("FLANNEL_MTU")
+            .ok_or_else(|| perr("FLANNEL_MTU is missing".into()))?
+            .parse::<u32>()
+            .map_err(|e| perr(format!("FLANNEL_MTU: {e}")))?;
+        let ipmasq = var("FLANNEL_IPMASQ").is_some_and(|v| v == "true");
+        Ok(SubnetEnv {
+            network,
+            subnet,
+            mtu,
+            ipmasq,
+        })
+    }
+
+    /// Reads the file at `path`.
+    ///
+    /// # Errors
+    /// [`SubnetEnvError::Read`] or [`SubnetEnvError::Parse`], naming the path.
+    pub fn read(path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SubnetEnvError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        SubnetEnv::parse(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannel_format_and_round_trip() {
+        let e = SubnetEnv {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet: "10.1.17.0/24".parse().unwrap(),
+            mtu: 1450,
+            ipmasq: false,
+        };
+        // Same order and format as flannel (seed 004).
+        assert_eq!(
+            e.render(),
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("flannel/subnet.env");
+        e.write(&p).unwrap();
+        assert_eq!(SubnetEnv::read(&p).unwrap(), e);
+        assert_eq!(
+            std::fs::read_dir(p.parent().unwrap()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn missing_variables_are_named() {
+        let e = SubnetEnv::parse("FLANNEL_NETWORK=10.1.0.0/16\n", Path::new("/x")).unwrap_err();
+        assert!(e.to_string().contains("FLANNEL_SUBNET is missing"), "{e}");
+    }
+}
