@@ -11,17 +11,18 @@
 //!   network namespaces.
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod config;
-// pub mod daemon;
-// pub mod dataplane;
-// pub mod iface;
-// pub mod lab;
+pub mod daemon;
+pub mod dataplane;
+pub mod iface;
+pub mod lab;
 pub mod lease;
-// pub mod metrics;
-// pub mod netlink;
-// pub mod netns;
+pub mod metrics;
+pub mod netlink;
+pub mod netns;
 pub mod store;
 pub mod subnet_env;
-// pub mod sys;
+pub mod sys;
 pub mod types;
 pub mod wire;

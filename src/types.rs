@@ -34,7 +34,7 @@ impl fmt::Display for Vni {
 pub struct VtepMac(pub [u8; 6]);
 
 impl VtepMac {
-    /// A stable, locally administered unicast MAC derived from `seed` (FNV-1a),
+    /// A stable, locally administered unicast MAC derived from `seed` (FNV-1a, then mixed),
     /// so a node keeps its VtepMAC across restarts without keeping state.
     pub fn derive(seed: &[u8]) -> VtepMac {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -42,6 +42,10 @@ impl VtepMac {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
+        // splitmix64's finalizer: short seeds (an IPv4 address) change every octet.
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
         let b = h.to_be_bytes();
         // 0x02 bit: locally administered; 0x01 bit cleared: unicast.
         VtepMac([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])

@@ -1,0 +1,152 @@
+//! `weftd`'s command line: flannel's flag names where flannel has one, with
+//! `WEFT_*` environment variables (and flannel's `FLANNELD_*` where it has them).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::daemon::Options;
+use crate::iface::IfaceSpec;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft: a userspace VXLAN overlay network that speaks flannel's formats"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// A local lab: N nodes in network namespaces on the embedded store, their
+    /// leases and a live reachability matrix, until Ctrl-C.
+    Lab(LabArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=20))]
+    pub nodes: u8,
+    /// Seconds between reachability checks.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Check once, print, clean up and exit (status 0 when every node reaches every other).
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Interface (name or IPv4 address) for traffic between nodes; repeat to try several in order.
+    #[arg(long, env = "WEFT_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Regular expression matched against interface names and addresses; repeatable.
+    #[arg(long, env = "WEFT_IFACE_REGEX", value_delimiter = ',')]
+    pub iface_regex: Vec<String>,
+    /// Use the interface that routes to this address.
+    #[arg(long, env = "WEFT_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<Ipv4Addr>,
+    /// The IP other nodes use to reach this one (default: the interface's address).
+    #[arg(long, env = "WEFT_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// flannel's net-conf.json; without it the store's config (or the embedded default) is used.
+    #[arg(long, env = "WEFT_NET_CONFIG_PATH")]
+    pub net_config_path: Option<PathBuf>,
+    /// Where to write subnet.env (flannel's path by default, so flannel's CNI config works).
+    #[arg(long, env = "WEFT_SUBNET_FILE", default_value = crate::subnet_env::DEFAULT_PATH)]
+    pub subnet_file: PathBuf,
+    /// The embedded lease store's directory, shared by every weftd on the host.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/run/weft")]
+    pub state_dir: PathBuf,
+    /// How long a lease lives unless renewed (e.g. 24h, 30s).
+    #[arg(long, env = "WEFT_SUBNET_LEASE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub subnet_lease_ttl: Duration,
+    /// Renew this many minutes before the lease expires (flannel's flag).
+    #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
+    pub subnet_lease_renew_margin: u64,
+    /// How often the embedded store is checked for lease changes.
+    #[arg(long, env = "WEFT_STORE_POLL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub store_poll: Duration,
+    /// Name of the TUN device.
+    #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0")]
+    pub tun_name: String,
+    /// Address of the /healthz and /metrics endpoint.
+    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// Port of the /healthz and /metrics endpoint (0 = disabled).
+    #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl RunArgs {
+    /// The daemon's options.
+    pub fn options(&self) -> Options {
+        Options {
+            iface: IfaceSpec {
+                iface: self.iface.clone(),
+                iface_regex: self.iface_regex.clone(),
+                iface_can_reach: self.iface_can_reach,
+                public_ip: self.public_ip,
+            },
+            net_config_path: self.net_config_path.clone(),
+            subnet_file: self.subnet_file.clone(),
+            state_dir: self.state_dir.clone(),
+            lease_ttl: self.subnet_lease_ttl,
+            renew_margin: Duration::from_secs(self.subnet_lease_renew_margin * 60),
+            store_poll: self.store_poll,
+            tun_name: self.tun_name.clone(),
+            healthz: (self.healthz_port != 0)
+                .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannel_style_flags_parse() {
+        let c = Cli::try_parse_from([
+            "weftd",
+            "--iface",
+            "eth1",
+            "--iface",
+            "10.0.0.5",
+            "--public-ip",
+            "198.51.100.7",
+            "--subnet-lease-ttl",
+            "30s",
+            "--healthz-port",
+            "9100",
+        ])
+        .unwrap();
+        let o = c.run.options();
+        assert_eq!(o.iface.iface, vec!["eth1", "10.0.0.5"]);
+        assert_eq!(o.lease_ttl, Duration::from_secs(30));
+        assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(o.healthz, Some("0.0.0.0:9100".parse().unwrap()));
+        assert!(c.command.is_none());
+        let c = Cli::try_parse_from(["weftd", "lab", "--nodes", "4", "--once"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Lab(LabArgs {
+                nodes: 4,
+                once: true,
+                ..
+            }))
+        ));
+        assert!(Cli::try_parse_from(["weftd", "--public-ip", "nope"]).is_err());
+    }
+}

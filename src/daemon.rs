@@ -1,0 +1,352 @@
+//! `weftd`'s life cycle: choose the interface, read the network config, acquire
+//! a lease, bring up TUN and the packet loops, write subnet.env, then keep the
+//! forwarding table in step with the store and the lease renewed until told to stop.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
+use crate::dataplane::core::Core;
+use crate::dataplane::counters::Counters;
+use crate::dataplane::table::{self, SharedTable, Table};
+use crate::dataplane::worker::Dataplane;
+use crate::iface::{self, IfaceError, IfaceSpec};
+use crate::lease::{Lease, LeaseAttrs};
+use crate::metrics::{self, Status};
+use crate::netlink::{self, NetlinkError};
+use crate::store::local::LocalStore;
+use crate::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent, renew_interval};
+use crate::subnet_env::{SubnetEnv, SubnetEnvError};
+use crate::sys::{self, SysError};
+use crate::types::VtepMac;
+
+/// Everything `weftd` needs to run (the CLI fills it).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub iface: IfaceSpec,
+    pub net_config_path: Option<PathBuf>,
+    pub subnet_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub lease_ttl: Duration,
+    pub renew_margin: Duration,
+    pub store_poll: Duration,
+    pub tun_name: String,
+    pub healthz: Option<SocketAddr>,
+}
+
+/// Why weftd stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    SubnetEnv(#[from] SubnetEnvError),
+    #[error(
+        "the TUN MTU would be {mtu} (underlay {underlay} − 50): too small to carry IPv4; raise the MTU of {iface} or Backend.MTU"
+    )]
+    Mtu {
+        mtu: u32,
+        underlay: u32,
+        iface: String,
+    },
+    #[error("cannot serve /healthz on {addr}: {source}")]
+    Healthz {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the packet threads: {0}")]
+    Threads(std::io::Error),
+    #[error("lease store {0}: the lease watch ended; the store is gone")]
+    WatchEnded(String),
+}
+
+/// Runs the node on the embedded local store until `shutdown` completes.
+///
+/// # Errors
+/// [`DaemonError`]: each variant names what failed and how to fix it.
+pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let store = LocalStore::new(&opts.state_dir, opts.store_poll);
+    let default_conf = match &opts.net_config_path {
+        Some(_) => None,
+        None => Some(store.clone()),
+    };
+    run_with_store(opts, Arc::new(store), default_conf, shutdown).await
+}
+
+/// Runs the node on `store`. When `seed_default` is given and neither a config
+/// file nor a stored config exists, the embedded default config is stored first.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_store(
+    opts: Options,
+    store: Arc<dyn LeaseStore>,
+    seed_default: Option<LocalStore>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let ext = iface::select(&opts.iface)?;
+    tracing::info!(
+        "using interface {} ({}), public IP {}",
+        ext.name,
+        ext.addr,
+        ext.public_ip
+    );
+
+    let config = match &opts.net_config_path {
+        Some(p) => NetConfig::from_file(p)?,
+        None => {
+            if let Some(local) = &seed_default {
+                if local.put_config_if_absent(DEFAULT_NET_CONF)? {
+                    tracing::info!(
+                        "no network config given: stored the embedded default {DEFAULT_NET_CONF}"
+                    );
+                }
+            }
+            match store.network_config().await? {
+                Some(text) => {
+                    NetConfig::parse(&text, &format!("{} (network config)", store.describe()))?
+                }
+                None => {
+                    return Err(StoreError::Config {
+                        store: store.describe(),
+                        key: "config".into(),
+                        problem: "not found; pass --net-config-path or store a net-conf.json"
+                            .into(),
+                    }
+                    .into());
+                }
+            }
+        }
+    };
+    tracing::info!(
+        "network {} (subnets /{} from {} to {}), VNI {}, UDP port {}",
+        config.network,
+        config.subnet_len,
+        config.subnet_min,
+        config.subnet_max,
+        config.backend.vni,
+        config.backend.port
+    );
+
+    let nl = netlink::connect()?;
+    let (_, underlay_mtu) = netlink::link(&nl, &ext.name).await?;
+    let mtu = config.overlay_mtu(underlay_mtu);
+    if mtu < 576 {
+        return Err(DaemonError::Mtu {
+            mtu,
+            underlay: config.backend.mtu.unwrap_or(underlay_mtu),
+            iface: ext.name.clone(),
+        });
+    }
+
+    // A stable VtepMAC: derived from the public IP, so restarts keep it.
+    let vtep_mac = VtepMac::derive(&ext.public_ip.octets());
+    let previous = SubnetEnv::read(&opts.subnet_file)
+        .ok()
+        .filter(|e| e.network == config.network)
+        .map(|e| e.subnet);
+    let req = AcquireRequest {
+        config: config.clone(),
+        attrs: LeaseAttrs::vxlan(ext.public_ip, config.backend.vni, vtep_mac),
+        previous,
+        ttl: opts.lease_ttl,
+    };
+    let mut lease = store.acquire(&req).await?;
+    tracing::info!(
+        "lease acquired: {} (VtepMAC {vtep_mac}, store {})",
+        lease.subnet,
+        store.describe()
+    );
+
+    let router = lease.subnet.network();
+    let sock = sys::bind_udp(SocketAddrV4::new(ext.addr, config.backend.port))?;
+    let tun = sys::open_tun(&opts.tun_name, router, mtu as u16)?;
+    // The overlay carries IPv4 only: keep the kernel's IPv6 chatter off the device.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.tun_name),
+        "1",
+    );
+    let (tun_index, _) = netlink::link(&nl, &opts.tun_name).await?;
+    netlink::replace_route(&nl, config.network, tun_index, &opts.tun_name, router).await?;
+    tracing::info!(
+        "{} up: {router}/32, MTU {mtu}, route {} dev {}",
+        opts.tun_name,
+        config.network,
+        opts.tun_name
+    );
+
+    let table = table::shared();
+    let counters = Arc::new(Counters::default());
+    let core = Core::new(config.backend.vni, vtep_mac, lease.subnet);
+    let dataplane = Dataplane::start(tun, sock, core, table.clone(), counters.clone())
+        .map_err(DaemonError::Threads)?;
+
+    let env = SubnetEnv {
+        network: config.network,
+        subnet: lease.subnet,
+        mtu,
+        ipmasq: false,
+    };
+    env.write(&opts.subnet_file)?;
+    tracing::info!("wrote {}", opts.subnet_file.display());
+
+    let status = Arc::new(Status {
+        counters: counters.clone(),
+        table: table.clone(),
+        subnet: lease.subnet,
+        ready: false.into(),
+    });
+    let healthz = match opts.healthz {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Healthz { addr, source })?;
+            Some(tokio::spawn(metrics::serve(l, status.clone())))
+        }
+        None => None,
+    };
+
+    let events = store.watch().await?;
+    let (ready_tx, mut ready_rx) = mpsc::channel(1);
+    let watcher = tokio::spawn(watch_leases(
+        events,
+        table.clone(),
+        lease.subnet,
+        config.clone(),
+        ready_tx,
+    ));
+    if ready_rx.recv().await.is_some() {
+        status.ready.store(true, Ordering::Relaxed);
+        tracing::info!("watching for subnet leases");
+    }
+
+    let every = renew_interval(opts.lease_ttl, opts.renew_margin);
+    let outcome = {
+        tokio::pin!(shutdown);
+        let mut watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                r = &mut watcher => break Err(DaemonError::WatchEnded(format!("{} ({r:?})", store.describe()))),
+                _ = tokio::time::sleep(every) => {
+                    match store.renew(&lease, opts.lease_ttl).await {
+                        Ok(l) => {
+                            tracing::debug!("lease renewed: {} until {:?}", l.subnet, l.expiration);
+                            lease = l;
+                        }
+                        Err(e @ StoreError::LeaseLost { .. }) => break Err(e.into()),
+                        Err(e) => tracing::warn!("renewing the lease for {} failed, will retry: {e}", lease.subnet),
+                    }
+                }
+            }
+        }
+    };
+    if let Some(h) = healthz {
+        h.abort();
+    }
+    tracing::info!(
+        "stopping: the lease for {} is kept for the next start",
+        lease.subnet
+    );
+    tokio::task::spawn_blocking(move || dataplane.stop())
+        .await
+        .ok();
+    outcome
+}
+
+/// Applies store events to the forwarding table; signals `ready` after the first snapshot.
+async fn watch_leases(
+    mut events: mpsc::Receiver<WatchEvent>,
+    table: SharedTable,
+    own: Ipv4Net,
+    config: NetConfig,
+    ready: mpsc::Sender<()>,
+) {
+    let mut leases: BTreeMap<Ipv4Net, Lease> = BTreeMap::new();
+    let mut warned: HashSet<(Ipv4Net, String)> = HashSet::new();
+    let mut first = true;
+    while let Some(ev) = events.recv().await {
+        let before: BTreeMap<Ipv4Net, Ipv4Addr> = table
+            .load()
+            .peers()
+            .map(|p| (p.subnet, p.public_ip))
+            .collect();
+        match ev {
+            WatchEvent::Snapshot(all) => {
+                leases = all.into_iter().map(|l| (l.subnet, l)).collect();
+            }
+            WatchEvent::Upsert(l) => {
+                leases.insert(l.subnet, l);
+            }
+            WatchEvent::Remove(s) => {
+                leases.remove(&s);
+            }
+        }
+        let (mut t, skipped) = Table::build(
+            leases.values(),
+            Some(own),
+            config.backend.vni,
+            config.backend.port,
+        );
+        for s in skipped {
+            if warned.insert((s.subnet, s.why.clone())) {
+                tracing::warn!("ignoring the lease for {}: {}", s.subnet, s.why);
+            }
+        }
+        // Leases outside the Network cannot be routed through TUN: leave them out.
+        let outside: Vec<Ipv4Net> = t
+            .peers()
+            .filter(|p| !config.network.contains(&p.subnet))
+            .map(|p| p.subnet)
+            .collect();
+        if !outside.is_empty() {
+            let mut kept = Table::default();
+            for p in t.peers().filter(|p| config.network.contains(&p.subnet)) {
+                kept.insert(*p);
+            }
+            for s in outside {
+                if warned.insert((s, "outside".into())) {
+                    tracing::warn!(
+                        "ignoring the lease for {s}: it is outside the Network {}",
+                        config.network
+                    );
+                }
+            }
+            t = kept;
+        }
+        let after: BTreeMap<Ipv4Net, Ipv4Addr> =
+            t.peers().map(|p| (p.subnet, p.public_ip)).collect();
+        for (s, ip) in &after {
+            match before.get(s) {
+                None => tracing::info!("peer added: {s} via {ip}"),
+                Some(old) if old != ip => tracing::info!("peer changed: {s} via {ip} (was {old})"),
+                _ => {}
+            }
+        }
+        for (s, ip) in &before {
+            if !after.contains_key(s) {
+                tracing::info!("peer removed: {s} (was via {ip})");
+            }
+        }
+        table.store(Arc::new(t));
+        if first {
+            first = false;
+            let _ = ready.send(()).await;
+        }
+    }
+}

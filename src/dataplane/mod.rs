@@ -1,0 +1,17 @@
+//! The packet path: the no-I/O [`core`], the lock-free [`table`] it reads, its
+//! [`counters`], and the [`worker`] loops that feed it from the syscalls in
+//! [`crate::sys`].
+
+pub mod core;
+pub mod counters;
+pub mod table;
+pub mod worker;
+
+/// Bytes reserved in front of every packet so encapsulation writes its header
+/// in place instead of copying the packet.
+pub const HEADROOM: usize = 64;
+/// Bytes weft itself writes in front of an inner IP packet: VXLAN + inner Ethernet.
+/// (The kernel adds the outer IPv4 and UDP headers: 28 more, 50 in all.)
+pub const ENCAP_LEN: usize = crate::wire::vxlan::HEADER_LEN + crate::wire::ethernet::HEADER_LEN;
+/// Size of one packet slot: headroom plus the largest datagram weft accepts.
+pub const SLOT: usize = HEADROOM + 65536;

@@ -1,0 +1,259 @@
+//! The two packet loops, one OS thread each: TUN → core → UDP and UDP → core → TUN.
+//!
+//! Each wake-up moves a batch: up to [`BATCH`] packets read, the forwarding table
+//! loaded once, one `sendmmsg`/`recvmmsg`, counters flushed once. Buffers are
+//! allocated when the loop starts and reused; nothing is allocated per packet.
+
+use std::io;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::core::{Core, RxAction, TxAction};
+use super::counters::{Counters, DropReason, LocalCounts};
+use super::table::SharedTable;
+use super::{ENCAP_LEN, HEADROOM, SLOT};
+use crate::sys::{self, BATCH, Mmsg};
+
+/// How often an idle loop looks at the stop flag.
+const IDLE_WAKE: Duration = Duration::from_millis(200);
+/// At most this many ICMP unreachables per second per node.
+const ICMP_PER_SEC: u32 = 100;
+
+/// The running packet loops; dropping it does not stop them, [`Dataplane::stop`] does.
+pub struct Dataplane {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Starts both loops on their own threads.
+    ///
+    /// # Errors
+    /// When the TUN handle cannot be duplicated or a thread cannot start.
+    pub fn start(
+        tun: tun_rs::SyncDevice,
+        sock: UdpSocket,
+        core: Core,
+        table: SharedTable,
+        counters: Arc<Counters>,
+    ) -> io::Result<Dataplane> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sock = Arc::new(sock);
+        // One handle, shared: reads and writes on a TUN fd are independent.
+        let tun = Arc::new(tun);
+        let tun_rx = tun.clone();
+        let mut threads = vec![];
+        {
+            let (sock, table, counters, stop) =
+                (sock.clone(), table.clone(), counters.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("weft-tx".into())
+                    .spawn(move || tun_to_udp(&tun, &sock, core, &table, &counters, &stop))?,
+            );
+        }
+        {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("weft-rx".into())
+                    .spawn(move || udp_to_tun(&sock, &tun_rx, core, &counters, &stop))?,
+            );
+        }
+        Ok(Dataplane { stop, threads })
+    }
+
+    /// Stops both loops and waits for them (at most about [`IDLE_WAKE`]).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Logs an I/O error at most once per 10 s per loop, with how many were suppressed.
+struct ErrLog {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrLog {
+    fn new(what: &'static str) -> ErrLog {
+        ErrLog {
+            what,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn log(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|l| now.duration_since(l) > Duration::from_secs(10))
+        {
+            tracing::warn!(
+                "{}: {e} ({} more since the last report)",
+                self.what,
+                self.suppressed
+            );
+            self.last = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+fn tun_to_udp(
+    tun: &tun_rs::SyncDevice,
+    sock: &UdpSocket,
+    core: Core,
+    table: &SharedTable,
+    counters: &Counters,
+    stop: &AtomicBool,
+) {
+    let mut pool = vec![0u8; BATCH * SLOT];
+    let mut lens = [0usize; BATCH];
+    let mut items: Vec<(SocketAddrV4, Range<usize>)> = Vec::with_capacity(BATCH);
+    let mut errors: Vec<io::Error> = Vec::with_capacity(BATCH);
+    let mut scratch = [0u8; 128];
+    let mut mmsg = Mmsg::new();
+    let mut local = LocalCounts::default();
+    let mut errlog = ErrLog::new("reading from TUN");
+    let mut sendlog = ErrLog::new("sending VXLAN datagrams");
+    let (mut icmp_budget, mut icmp_second) = (ICMP_PER_SEC, Instant::now());
+    while !stop.load(Ordering::Relaxed) {
+        match sys::wait_readable(tun, IDLE_WAKE) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                errlog.log(&e);
+                std::thread::sleep(IDLE_WAKE);
+                continue;
+            }
+        }
+        let mut n = 0;
+        while n < BATCH {
+            let slot = &mut pool[n * SLOT + HEADROOM..(n + 1) * SLOT];
+            match tun.recv(slot) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    errlog.log(&e);
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let t = table.load();
+        items.clear();
+        for (i, &len) in lens[..n].iter().enumerate() {
+            let base = i * SLOT;
+            match core.encap(&t, &mut pool[base..base + SLOT], len, &mut scratch) {
+                TxAction::Send { to, range } => {
+                    local.tx_packets += 1;
+                    local.tx_bytes += range.len() as u64;
+                    items.push((to, base + range.start..base + range.end));
+                }
+                TxAction::Unreachable { len } => {
+                    local.drop(DropReason::NoRoute);
+                    if icmp_second.elapsed() >= Duration::from_secs(1) {
+                        (icmp_budget, icmp_second) = (ICMP_PER_SEC, Instant::now());
+                    }
+                    if icmp_budget > 0 && tun.send(&scratch[..len]).is_ok() {
+                        icmp_budget -= 1;
+                        local.icmp_sent += 1;
+                    }
+                }
+                TxAction::Drop(r) => local.drop(r),
+            }
+        }
+        drop(t);
+        if !items.is_empty() {
+            errors.clear();
+            let sent = mmsg.send(sock, &pool, &items, &mut errors);
+            let failed = items.len() - sent;
+            if failed > 0 {
+                local.tx_packets -= failed as u64;
+                local.drops[DropReason::UdpSendError as usize] += failed as u64;
+                if let Some(e) = errors.first() {
+                    sendlog.log(e);
+                }
+            }
+        }
+        counters.flush(&mut local);
+    }
+}
+
+fn udp_to_tun(
+    sock: &UdpSocket,
+    tun: &tun_rs::SyncDevice,
+    core: Core,
+    counters: &Counters,
+    stop: &AtomicBool,
+) {
+    let mut pool = vec![0u8; BATCH * SLOT];
+    let mut lens = [0usize; BATCH];
+    let mut srcs = [SocketAddrV4::new(0.into(), 0); BATCH];
+    let mut mmsg = Mmsg::new();
+    let mut local = LocalCounts::default();
+    let mut errlog = ErrLog::new("receiving VXLAN datagrams");
+    let mut tunlog = ErrLog::new("writing to TUN");
+    let off = HEADROOM - ENCAP_LEN;
+    while !stop.load(Ordering::Relaxed) {
+        match sys::wait_readable(sock, IDLE_WAKE) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                errlog.log(&e);
+                std::thread::sleep(IDLE_WAKE);
+                continue;
+            }
+        }
+        // Drain what is queued, a batch at a time, before sleeping again.
+        for _ in 0..16 {
+            let n = match mmsg.recv(sock, &mut pool, SLOT, off, SLOT - off, &mut lens, &mut srcs) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    errlog.log(&e);
+                    break;
+                }
+            };
+            for (i, &len) in lens[..n].iter().enumerate() {
+                match core.decap(&pool, i * SLOT + off, len) {
+                    RxAction::Deliver(r) => {
+                        let bytes = r.len() as u64;
+                        match tun.send(&pool[r]) {
+                            Ok(_) => {
+                                local.rx_packets += 1;
+                                local.rx_bytes += bytes;
+                            }
+                            Err(e) => {
+                                local.drop(DropReason::TunWriteError);
+                                tunlog.log(&e);
+                            }
+                        }
+                    }
+                    RxAction::Drop(r) => local.drop(r),
+                }
+            }
+            counters.flush(&mut local);
+            if n < BATCH {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The health and metrics endpoint (flannel's `--healthz-ip`/`--healthz-port`):
+//! `GET /healthz` (200 once the dataplane is up) and `GET /metrics`
+//! (Prometheus text: peers, packets, bytes and drops by reason).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ipnet::Ipv4Net;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::dataplane::counters::{Counters, DropReason};
+use crate::dataplane::table::SharedTable;
+
+/// What the endpoint reports.
+pub struct Status {
+    pub counters: Arc<Counters>,
+    pub table: SharedTable,
+    pub subnet: Ipv4Net,
+    pub ready: AtomicBool,
+}
+
+impl Status {
+    /// The Prometheus text exposition of the node's state.
+    pub fn render(&self) -> String {
+        let s = self.counters.snapshot();
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP weft_peers Peers in the forwarding table.\n# TYPE weft_peers gauge"
+        );
+        let _ = writeln!(o, "weft_peers {}", self.table.load().len());
+        let _ = writeln!(
+            o,
+            "# TYPE weft_lease_info gauge\nweft_lease_info{{subnet=\"{}\"}} 1",
+            self.subnet
+        );
+        for (name, v) in [
+            ("weft_tx_packets_total", s.tx_packets),
+            ("weft_tx_bytes_total", s.tx_bytes),
+            ("weft_rx_packets_total", s.rx_packets),
+            ("weft_rx_bytes_total", s.rx_bytes),
+            ("weft_icmp_unreachable_sent_total", s.icmp_sent),
+        ] {
+            let _ = writeln!(o, "# TYPE {name} counter\n{name} {v}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP weft_drops_total Packets dropped, by reason.\n# TYPE weft_drops_total counter"
+        );
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                o,
+                "weft_drops_total{{reason=\"{}\"}} {}",
+                r.name(),
+                s.drops[r as usize]
+            );
+        }
+        o
+    }
+}
+
+/// Serves `/healthz` and `/metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, status: Arc<Status>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = match path {
+                "/healthz" if status.ready.load(Ordering::Relaxed) => {
+                    ("200 OK", "ok\n".to_string())
+                }
+                "/healthz" => ("503 Service Unavailable", "starting\n".to_string()),
+                "/metrics" => ("200 OK", status.render()),
+                _ => ("404 Not Found", "try /healthz or /metrics\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// Parses Prometheus text into `name{labels} → value` (for tests and the lab).
+pub fn parse(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}

@@ -1,0 +1,92 @@
+//! Route and link queries over rtnetlink: the underlay's MTU, the TUN device's
+//! index, and the route that sends the whole overlay Network into TUN.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0} (weftd needs CAP_NET_ADMIN)")]
+    Connect(std::io::Error),
+    #[error("interface {name} not found: {detail}")]
+    NoLink { name: String, detail: String },
+    #[error(
+        "cannot add route {net} dev {dev} src {src}: {detail} (is another route for {net} in the way? `ip route show {net}`)"
+    )]
+    Route {
+        net: Ipv4Net,
+        dev: String,
+        src: Ipv4Addr,
+        detail: String,
+    },
+}
+
+/// A netlink handle driven by a task on the current tokio runtime.
+///
+/// # Errors
+/// [`NetlinkError::Connect`].
+pub fn connect() -> Result<Handle, NetlinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// The index and MTU of interface `name`.
+///
+/// # Errors
+/// [`NetlinkError::NoLink`] naming the interface.
+pub async fn link(handle: &Handle, name: &str) -> Result<(u32, u32), NetlinkError> {
+    let no = |detail: String| NetlinkError::NoLink {
+        name: name.to_string(),
+        detail,
+    };
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let msg = links
+        .try_next()
+        .await
+        .map_err(|e| no(e.to_string()))?
+        .ok_or_else(|| no("no such link".into()))?;
+    let mtu = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(1500);
+    Ok((msg.header.index, mtu))
+}
+
+/// Adds (or replaces) `net dev <index> src <src>`: the route for the whole overlay.
+///
+/// # Errors
+/// [`NetlinkError::Route`] naming the route.
+pub async fn replace_route(
+    handle: &Handle,
+    net: Ipv4Net,
+    index: u32,
+    dev: &str,
+    src: Ipv4Addr,
+) -> Result<(), NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix_len())
+        .output_interface(index)
+        .pref_source(src)
+        .build();
+    handle
+        .route()
+        .add(msg)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::Route {
+            net,
+            dev: dev.to_string(),
+            src,
+            detail: e.to_string(),
+        })
+}

@@ -1,0 +1,295 @@
+//! Every syscall of the packet path: the TUN device (through tun-rs), the VXLAN
+//! UDP socket, and batched `recvmmsg`/`sendmmsg`. The only module allowed `unsafe`.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// How many packets one syscall moves at most.
+pub const BATCH: usize = 64;
+
+/// Failures opening the node's devices, each naming the device or address and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error(
+        "cannot create TUN device {name}: {source}. weftd needs /dev/net/tun (in a container: mount it, e.g. a hostPath /dev/net/tun; on a host: modprobe tun) and CAP_NET_ADMIN"
+    )]
+    Tun { name: String, source: io::Error },
+    #[error(
+        "TUN device {name} is busy: another weftd already runs in this network namespace (stop it, or pass --tun-name to use another device)"
+    )]
+    TunBusy { name: String },
+    #[error(
+        "cannot bind the VXLAN UDP socket to {addr}: {source}. Is another VXLAN endpoint (a kernel flannel.1 device, another weftd) using port {port}? Stop it or set Backend.Port"
+    )]
+    Bind {
+        addr: SocketAddrV4,
+        port: u16,
+        source: io::Error,
+    },
+}
+
+/// Creates and brings up the TUN device `name` with `addr/32` and `mtu`.
+///
+/// # Errors
+/// [`SysError::Tun`] / [`SysError::TunBusy`] naming the device.
+pub fn open_tun(name: &str, addr: Ipv4Addr, mtu: u16) -> Result<tun_rs::SyncDevice, SysError> {
+    let dev = tun_rs::DeviceBuilder::new()
+        .name(name)
+        .ipv4(addr, 32u8, None)
+        .mtu(mtu)
+        .packet_information(false)
+        .build_sync()
+        .map_err(|source| {
+            if source.raw_os_error() == Some(libc::EBUSY) {
+                SysError::TunBusy { name: name.into() }
+            } else {
+                SysError::Tun {
+                    name: name.into(),
+                    source,
+                }
+            }
+        })?;
+    dev.set_nonblocking(true).map_err(|source| SysError::Tun {
+        name: name.into(),
+        source,
+    })?;
+    Ok(dev)
+}
+
+/// Binds the VXLAN UDP socket at `addr`, non-blocking, with large buffers.
+///
+/// # Errors
+/// [`SysError::Bind`] naming the address.
+pub fn bind_udp(addr: SocketAddrV4) -> Result<UdpSocket, SysError> {
+    let err = |source| SysError::Bind {
+        addr,
+        port: addr.port(),
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    // Large buffers absorb bursts; the *FORCE variants pass rmem_max as root.
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(&s, libc::SOL_SOCKET, force, 4 << 20).is_err() {
+            let _ = setsockopt_int(&s, libc::SOL_SOCKET, plain, 4 << 20);
+        }
+    }
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    Ok(s.into())
+}
+
+fn setsockopt_int(s: &Socket, level: i32, name: i32, v: i32) -> io::Result<()> {
+    // SAFETY: `v` lives across the call and its size is passed exactly; the fd is
+    // a valid open socket borrowed from `s`.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&raw const v).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes; `Ok(false)` on timeout.
+///
+/// # Errors
+/// Whatever `poll(2)` reports, except EINTR (reported as a timeout).
+pub fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, t) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Preallocated headers for `recvmmsg`/`sendmmsg`, so a batch allocates nothing.
+pub struct Mmsg {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+}
+
+// SAFETY: the raw pointers inside are only set during a call that borrows the
+// buffers they point to, and are never dereferenced outside such a call.
+unsafe impl Send for Mmsg {}
+
+impl Default for Mmsg {
+    fn default() -> Self {
+        Mmsg::new()
+    }
+}
+
+impl Mmsg {
+    pub fn new() -> Mmsg {
+        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for which
+        // all-zero bytes are a valid value.
+        let z = || unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        Mmsg {
+            hdrs: (0..BATCH).map(|_| z()).collect(),
+            iovs: (0..BATCH)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            // SAFETY: as above.
+            addrs: (0..BATCH)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams: datagram `i` lands in
+    /// `pool[i * slot + offset ..]` (at most `max` bytes); its length goes to
+    /// `lens[i]` and its source to `srcs[i]`. Returns how many arrived (0 if none).
+    ///
+    /// # Errors
+    /// Whatever `recvmmsg(2)` reports except EAGAIN.
+    pub fn recv(
+        &mut self,
+        sock: &UdpSocket,
+        pool: &mut [u8],
+        slot: usize,
+        offset: usize,
+        max: usize,
+        lens: &mut [usize],
+        srcs: &mut [SocketAddrV4],
+    ) -> io::Result<usize> {
+        let n = BATCH.min(pool.len() / slot).min(lens.len()).min(srcs.len());
+        assert!(offset + max <= slot, "slot layout");
+        let base = pool.as_mut_ptr();
+        for i in 0..n {
+            // SAFETY: i * slot + offset + max <= n * slot <= pool.len(), checked above.
+            self.iovs[i].iov_base = unsafe { base.add(i * slot + offset) }.cast();
+            self.iovs[i].iov_len = max;
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_iov = &raw mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_name = (&raw mut self.addrs[i]).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: hdrs[..n] point at iovecs and addresses owned by self and at
+        // disjoint regions of `pool`, all borrowed mutably for this call.
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let r = r as usize;
+        for i in 0..r {
+            lens[i] = self.hdrs[i].msg_len as usize;
+            let a = &self.addrs[i];
+            srcs[i] = SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            );
+        }
+        Ok(r)
+    }
+
+    /// Sends `pool[range]` to `to` for each of `items` (at most [`BATCH`]) in as
+    /// few syscalls as the kernel allows, and returns how many were sent. An item
+    /// that fails is skipped (its error pushed onto `errors`) and the rest still go.
+    ///
+    /// # Panics
+    /// When a range lies outside `pool` (a caller bug, not packet input).
+    pub fn send(
+        &mut self,
+        sock: &UdpSocket,
+        pool: &[u8],
+        items: &[(SocketAddrV4, Range<usize>)],
+        errors: &mut Vec<io::Error>,
+    ) -> usize {
+        let n = items.len().min(BATCH);
+        for (i, (to, range)) in items[..n].iter().enumerate() {
+            let data = &pool[range.clone()];
+            self.addrs[i] = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: to.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*to.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            self.iovs[i].iov_base = data.as_ptr().cast_mut().cast();
+            self.iovs[i].iov_len = data.len();
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_iov = &raw mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_name = (&raw mut self.addrs[i]).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        let mut sent = 0;
+        let mut at = 0;
+        let mut waits = 0;
+        while at < n {
+            // SAFETY: hdrs[at..n] point at iovecs/addresses owned by self and at
+            // the caller's `items` buffers, all alive for this call; the kernel
+            // only reads them.
+            let r = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    self.hdrs.as_mut_ptr().add(at),
+                    (n - at) as libc::c_uint,
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock && waits < 3 {
+                    // Socket buffer full: wait briefly for room, then retry.
+                    waits += 1;
+                    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
+                    let _ = poll(&mut fds, PollTimeout::from(10u8));
+                    continue;
+                }
+                errors.push(e);
+                at += 1; // skip the datagram that failed
+            } else {
+                sent += r as usize;
+                at += r as usize;
+            }
+        }
+        sent
+    }
+}
