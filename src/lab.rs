@@ -216,8 +216,8 @@ fn print_leases(nodes: &[LabNode], leases: &[Lease]) {
         nodes.len()
     );
     println!(
-        "{:<12} {:<13} {:<16} {:<18} {}",
-        "node", "underlay", "lease", "VtepMAC", "expires"
+        "{:<12} {:<13} {:<16} {:<18} expires",
+        "node", "underlay", "lease", "VtepMAC"
     );
     let by_ip: BTreeMap<Ipv4Addr, &Lease> = leases.iter().map(|l| (l.attrs.public_ip, l)).collect();
     for n in nodes {

@@ -69,14 +69,16 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>) {
         };
         let status = status.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
+            // Read until the end of the request head (or 4 KiB, or 5 s).
+            let mut buf = [0u8; 4096];
+            let mut n = 0;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout_at(deadline, conn.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(k)) => n += k,
+                }
+            }
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
             let (code, body) = match path {

@@ -47,6 +47,7 @@ pub fn open_tun(name: &str, addr: Ipv4Addr, mtu: u16) -> Result<tun_rs::SyncDevi
         .ipv4(addr, 32u8, None)
         .mtu(mtu)
         .packet_information(false)
+        .enable(false)
         .build_sync()
         .map_err(|source| {
             if source.raw_os_error() == Some(libc::EBUSY) {
@@ -58,10 +59,15 @@ pub fn open_tun(name: &str, addr: Ipv4Addr, mtu: u16) -> Result<tun_rs::SyncDevi
                 }
             }
         })?;
-    dev.set_nonblocking(true).map_err(|source| SysError::Tun {
+    // The overlay carries IPv4 only: keep the kernel's IPv6 chatter (router
+    // solicitations, MLD) off the device before it comes up.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    let terr = |source| SysError::Tun {
         name: name.into(),
         source,
-    })?;
+    };
+    dev.enabled(true).map_err(terr)?;
+    dev.set_nonblocking(true).map_err(terr)?;
     Ok(dev)
 }
 
@@ -123,6 +129,14 @@ pub fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
     }
 }
 
+/// Where datagrams land in a pool of equal slots: `max` bytes at `offset` in each `slot`.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotLayout {
+    pub slot: usize,
+    pub offset: usize,
+    pub max: usize,
+}
+
 /// Preallocated headers for `recvmmsg`/`sendmmsg`, so a batch allocates nothing.
 pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
@@ -161,8 +175,9 @@ impl Mmsg {
     }
 
     /// Receives up to [`BATCH`] datagrams: datagram `i` lands in
-    /// `pool[i * slot + offset ..]` (at most `max` bytes); its length goes to
-    /// `lens[i]` and its source to `srcs[i]`. Returns how many arrived (0 if none).
+    /// `pool[i * at.slot + at.offset ..]` (at most `at.max` bytes); its length
+    /// goes to `lens[i]` and its source to `srcs[i]`. Returns how many arrived
+    /// (0 if none).
     ///
     /// # Errors
     /// Whatever `recvmmsg(2)` reports except EAGAIN.
@@ -170,12 +185,11 @@ impl Mmsg {
         &mut self,
         sock: &UdpSocket,
         pool: &mut [u8],
-        slot: usize,
-        offset: usize,
-        max: usize,
+        at: SlotLayout,
         lens: &mut [usize],
         srcs: &mut [SocketAddrV4],
     ) -> io::Result<usize> {
+        let SlotLayout { slot, offset, max } = at;
         let n = BATCH.min(pool.len() / slot).min(lens.len()).min(srcs.len());
         assert!(offset + max <= slot, "slot layout");
         let base = pool.as_mut_ptr();

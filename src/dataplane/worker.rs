@@ -16,7 +16,7 @@ use super::core::{Core, RxAction, TxAction};
 use super::counters::{Counters, DropReason, LocalCounts};
 use super::table::SharedTable;
 use super::{ENCAP_LEN, HEADROOM, SLOT};
-use crate::sys::{self, BATCH, Mmsg};
+use crate::sys::{self, BATCH, Mmsg, SlotLayout};
 
 /// How often an idle loop looks at the stop flag.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
@@ -212,6 +212,11 @@ fn udp_to_tun(
     let mut errlog = ErrLog::new("receiving VXLAN datagrams");
     let mut tunlog = ErrLog::new("writing to TUN");
     let off = HEADROOM - ENCAP_LEN;
+    let layout = SlotLayout {
+        slot: SLOT,
+        offset: off,
+        max: SLOT - off,
+    };
     while !stop.load(Ordering::Relaxed) {
         match sys::wait_readable(sock, IDLE_WAKE) {
             Ok(true) => {}
@@ -224,7 +229,7 @@ fn udp_to_tun(
         }
         // Drain what is queued, a batch at a time, before sleeping again.
         for _ in 0..16 {
-            let n = match mmsg.recv(sock, &mut pool, SLOT, off, SLOT - off, &mut lens, &mut srcs) {
+            let n = match mmsg.recv(sock, &mut pool, layout, &mut lens, &mut srcs) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {

@@ -1,0 +1,523 @@
+//! The netns harness: N weft nodes as network namespaces on one underlay bridge
+//! (in a namespace of its own), weftd started in each on a shared embedded
+//! store, and helpers to reach into them. Everything is torn down on drop, also
+//! when a test fails.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use weft::lease::{Lease, LeaseAttrs};
+use weft::netns::{self, NodeNs, Underlay};
+use weft::store::local::LocalStore;
+use weft::subnet_env::SubnetEnv;
+use weft::types::{Vni, VtepMac};
+
+pub const METRICS_PORT: u16 = 9100;
+
+/// True when the test may run; otherwise says loudly that it was skipped.
+/// Under CI (`CI=true`) a skip is a failure: privileged tests must run there.
+pub fn require_root(test: &str) -> bool {
+    if netns::is_root() {
+        return true;
+    }
+    let msg = format!("SKIPPED (needs root): netns test `{test}` did not run");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg}, and CI=true requires it"
+    );
+    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    false
+}
+
+/// Polls `f` every 100 ms until it returns true or `secs` pass.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Node {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Node {
+    pub fn subnet(&self) -> Ipv4Net {
+        SubnetEnv::read(&self.dir.join("subnet.env"))
+            .unwrap_or_else(|e| panic!("{}: no subnet.env: {e}\n{}", self.ns, self.log()))
+            .subnet
+    }
+
+    /// The node's `.0` address, on its TUN device.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.subnet().network()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("weftd.log")).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        netns::http_get(&self.ns, METRICS_PORT, "/metrics")
+            .map(|m| weft::metrics::parse(&m))
+            .unwrap_or_default()
+    }
+
+    pub fn metric(&self, k: &str) -> f64 {
+        self.metrics().get(k).copied().unwrap_or(-1.0)
+    }
+
+    pub fn drops(&self, reason: &str) -> f64 {
+        self.metric(&format!("weft_drops_total{{reason=\"{reason}\"}}"))
+    }
+
+    /// `ping -c1` from this node to `to`.
+    pub fn ping(&self, to: Ipv4Addr) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "ping",
+                "-n",
+                "-q",
+                "-c1",
+                "-W1",
+                &to.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &mut self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+            let _ = c.wait();
+        }
+        self.child = None;
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn stop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// SIGKILL: the node vanishes without a word to the store.
+    pub fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub store_dir: PathBuf,
+    underlay: Underlay,
+    _tmp: tempfile::TempDir,
+    ttl: String,
+}
+
+/// Cluster options.
+pub struct Opts {
+    pub nodes: usize,
+    pub ttl: &'static str,
+    /// net-conf.json for every node (else the embedded default).
+    pub net_conf: Option<&'static str>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            nodes: 3,
+            ttl: "60s",
+            net_conf: None,
+        }
+    }
+}
+
+impl Cluster {
+    /// Builds the underlay and `opts.nodes` namespaces; starts no weftd yet.
+    pub fn build(name: &str, opts: &Opts) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let prefix = format!("wt{}-{name}", std::process::id() % 100_000);
+        let mut underlay = Underlay::new(&prefix).expect("underlay");
+        let store_dir = tmp.path().join("store");
+        if let Some(c) = opts.net_conf {
+            std::fs::create_dir_all(&store_dir).unwrap();
+            std::fs::write(store_dir.join("net-conf.json"), c).unwrap();
+        }
+        let mut nodes = vec![];
+        for i in 0..opts.nodes {
+            let NodeNs { ns, ip } = underlay.add_node(true).expect("node");
+            let dir = tmp.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            nodes.push(Node {
+                ns,
+                ip,
+                dir,
+                child: None,
+                extra: vec![],
+            });
+        }
+        Cluster {
+            nodes,
+            store_dir,
+            underlay,
+            _tmp: tmp,
+            ttl: opts.ttl.to_string(),
+        }
+    }
+
+    /// Builds, starts every node, and waits until every node sees every other.
+    pub fn up(name: &str, opts: &Opts) -> Cluster {
+        let mut c = Cluster::build(name, opts);
+        for i in 0..c.nodes.len() {
+            c.start(i);
+        }
+        c.wait_peers(c.nodes.len() - 1);
+        c
+    }
+
+    /// A node namespace without weftd (for a kernel-VXLAN peer).
+    pub fn add_bare_node(&mut self) -> NodeNs {
+        self.underlay.add_node(true).expect("node")
+    }
+
+    pub fn store(&self) -> LocalStore {
+        LocalStore::new(&self.store_dir, Duration::from_millis(100))
+    }
+
+    /// weftd's command line for node `i`.
+    pub fn command(&self, i: usize) -> Command {
+        let n = &self.nodes[i];
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &n.ns, env!("CARGO_BIN_EXE_weftd")])
+            .arg("--state-dir")
+            .arg(&self.store_dir)
+            .arg("--subnet-file")
+            .arg(n.dir.join("subnet.env"))
+            .args(["--healthz-port", &METRICS_PORT.to_string()])
+            .args([
+                "--subnet-lease-ttl",
+                &self.ttl,
+                "--store-poll",
+                "200ms",
+                "--log-level",
+                "info",
+            ])
+            .args(&n.extra);
+        c
+    }
+
+    /// Starts weftd on node `i` (logging to its weftd.log) and waits for its lease.
+    pub fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nodes[i].dir.join("weftd.log"))
+            .unwrap();
+        let _ = std::fs::remove_file(self.nodes[i].dir.join("ready"));
+        let child = self
+            .command(i)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weftd");
+        self.nodes[i].child = Some(child);
+        let node = &mut self.nodes[i];
+        let ok = wait_until(20, || {
+            assert!(
+                node.running(),
+                "weftd on {} exited:\n{}",
+                node.ns,
+                node.log()
+            );
+            netns::http_get(&node.ns, METRICS_PORT, "/healthz").is_ok_and(|b| b.starts_with("ok"))
+        });
+        assert!(
+            ok,
+            "weftd on {} not ready in 20 s:\n{}",
+            node.ns,
+            node.log()
+        );
+    }
+
+    /// Waits until every running node's table holds `want` peers.
+    pub fn wait_peers(&mut self, want: usize) {
+        for n in &mut self.nodes {
+            if !n.running() {
+                continue;
+            }
+            let ok = wait_until(15, || n.metric("weft_peers") == want as f64);
+            assert!(
+                ok,
+                "{} has {} peers, want {want}:\n{}",
+                n.ns,
+                n.metric("weft_peers"),
+                n.log()
+            );
+        }
+    }
+
+    pub fn underlay_ns(&self) -> &str {
+        &self.underlay.ns
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!("---- weftd log of {} ----\n{}", n.ns, n.log());
+            }
+        }
+    }
+}
+
+/// A kernel VXLAN node configured exactly as flannel's vxlan backend does it.
+pub struct KernelNode {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub mac: VtepMac,
+}
+
+impl KernelNode {
+    /// Creates `flannel.1` (VNI 1, dstport 8472, nolearning, MTU 1450) holding
+    /// `subnet`'s `.0/32`, and stores its lease in flannel's shape.
+    pub fn new(n: NodeNs, subnet: Ipv4Net, store: &LocalStore) -> KernelNode {
+        let ns = n.ns.as_str();
+        let ip = n.ip.to_string();
+        netns::ip(&[
+            "-n",
+            ns,
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &ip,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])
+        .expect("kernel vxlan device (is the vxlan module available?)");
+        netns::ip(&["-n", ns, "link", "set", "flannel.1", "mtu", "1450"]).unwrap();
+        netns::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/32", subnet.network()),
+            "dev",
+            "flannel.1",
+        ])
+        .unwrap();
+        netns::ip(&["-n", ns, "link", "set", "flannel.1", "up"]).unwrap();
+        // On a physical NIC the hardware fills in inner checksums the kernel
+        // leaves partial; across veth nobody does, and a userspace receiver gets
+        // them unfilled. Checksum in software here, as the NIC would.
+        netns::run(Command::new("ip").args([
+            "netns",
+            "exec",
+            ns,
+            "ethtool",
+            "-K",
+            "flannel.1",
+            "tx",
+            "off",
+        ]))
+        .expect("ethtool");
+        let out = netns::ip(&["-n", ns, "-br", "link", "show", "flannel.1"]).unwrap();
+        let mac: VtepMac = out
+            .split_whitespace()
+            .nth(2)
+            .expect("MAC in `ip -br link`")
+            .parse()
+            .unwrap();
+        store
+            .put_lease(&Lease {
+                subnet,
+                attrs: LeaseAttrs::vxlan(n.ip, Vni::new(1).unwrap(), mac),
+                expiration: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
+            })
+            .unwrap();
+        KernelNode {
+            ns: n.ns,
+            ip: n.ip,
+            subnet,
+            mac,
+        }
+    }
+
+    /// What flannel does for each peer lease: route via `.0` onlink, a permanent
+    /// neighbour `.0` → VtepMAC, an FDB entry VtepMAC → public IP.
+    pub fn add_peer(&self, lease: &Lease) {
+        let d = lease.attrs.vxlan_data().unwrap();
+        let gw = lease.subnet.network().to_string();
+        let mac = d.vtep_mac.to_string();
+        let ns = self.ns.as_str();
+        netns::ip(&[
+            "-n",
+            ns,
+            "route",
+            "replace",
+            &lease.subnet.to_string(),
+            "via",
+            &gw,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])
+        .unwrap();
+        netns::ip(&[
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &mac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+        netns::run(Command::new("ip").args([
+            "netns",
+            "exec",
+            ns,
+            "bridge",
+            "fdb",
+            "append",
+            &mac,
+            "dev",
+            "flannel.1",
+            "dst",
+            &lease.attrs.public_ip.to_string(),
+        ]))
+        .unwrap();
+    }
+
+    pub fn ping(&self, to: Ipv4Addr) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "ping",
+                "-n",
+                "-q",
+                "-c1",
+                "-W1",
+                &to.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can be compared.
+pub fn fill(buf: &mut [u8], seed: &mut u64) {
+    for b in buf {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *b = *seed as u8;
+    }
+}
+
+/// Sends `total` bytes over TCP from namespace `from` to `to:port` (listening in
+/// `to_ns`) and returns (sent hash, received hash, bytes received).
+pub fn tcp_transfer(
+    from: &str,
+    to_ns: &str,
+    to: Ipv4Addr,
+    port: u16,
+    total: usize,
+) -> ([u8; 32], [u8; 32], usize) {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let to_ns2 = to_ns.to_string();
+    let server = std::thread::spawn(move || {
+        netns::in_netns(&to_ns2, || {
+            let l = std::net::TcpListener::bind((to, port)).expect("bind server");
+            tx.send(()).unwrap();
+            let (mut s, _) = l.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut h = Sha256::new();
+            let mut n = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        h.update(&buf[..k]);
+                        n += k;
+                    }
+                    Err(e) => panic!("server read after {n} bytes: {e}"),
+                }
+            }
+            (<[u8; 32]>::from(h.finalize()), n)
+        })
+        .unwrap()
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server listening");
+    let sent = netns::in_netns(from, || {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(5))
+                .expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = Sha256::new();
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = total;
+        while left > 0 {
+            let k = left.min(buf.len());
+            fill(&mut buf[..k], &mut seed);
+            s.write_all(&buf[..k]).expect("client write");
+            h.update(&buf[..k]);
+            left -= k;
+        }
+        <[u8; 32]>::from(h.finalize())
+    })
+    .unwrap();
+    let (got, n) = server.join().expect("server thread");
+    (sent, got, n)
+}
