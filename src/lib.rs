@@ -11,6 +11,7 @@
 //!   network namespaces.
 #![deny(unsafe_code)]
 
+pub mod cni;
 pub mod config;
 // pub mod daemon;
 // pub mod dataplane;
