@@ -88,6 +88,41 @@ fn ensure_bridge(host: &mut Netlink, name: &str, gw: Ipv4Net) -> Result<Link, Cn
     Ok(br)
 }
 
+/// Fails with code 103 when `CNI_IFNAME` already exists in the pod's netns
+/// (106 when the netns cannot be opened).
+///
+/// # Errors
+/// As above; 102 when netlink fails.
+pub fn refuse_existing(env: &CniEnv) -> Result<(), CniError> {
+    let netns = env.netns.as_deref().unwrap_or(Path::new(""));
+    let ns = open_ns(netns)?;
+    let mut pod = Netlink::in_netns(&ns).map_err(nl_err(format!(
+        "cannot open netlink in netns {}",
+        netns.display()
+    )))?;
+    refuse_in(&mut pod, &env.ifname, netns)
+}
+
+fn refuse_in(pod: &mut Netlink, ifname: &str, netns: &Path) -> Result<(), CniError> {
+    if pod
+        .link(ifname)
+        .map_err(nl_err(format!(
+            "cannot look up {ifname} in netns {}",
+            netns.display()
+        )))?
+        .is_some()
+    {
+        return Err(CniError::new(
+            code::IFACE_EXISTS,
+            format!(
+                "interface {ifname} already exists in netns {}; DEL it first or use another CNI_IFNAME",
+                netns.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// ADD in built-in mode.
 ///
 /// # Errors

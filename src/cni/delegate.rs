@@ -232,6 +232,9 @@ pub fn has_saved(data_dir: &Path, env: &CniEnv) -> bool {
 /// # Errors
 /// The delegate's error (its code), or 101/105 for weft's own failures.
 pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, CniError> {
+    // Refused before the delegate runs: its DEL (the undo of a failed ADD)
+    // would remove the interface of the pod that already has this name.
+    super::builtin::refuse_existing(env)?;
     let dtype = conf.delegate_type();
     let bin = require_plugin(env, &dtype)?;
     let version = negotiate(&bin, conf.version)?;
@@ -335,8 +338,18 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         .and_then(Value::as_str)
         .and_then(|v| Version::parse(v).ok())
         .unwrap_or(conf.version);
-    let prev = CniResult::from_json(prev)?.to_json(dversion);
-    dconf["prevResult"] = prev;
+    let mut prev = CniResult::from_json(prev)?;
+    // host-local's routes carry no gateway and the bridge plugin installs
+    // them via the address's gateway, yet its CHECK looks for a route
+    // without one. Name the gateway the route really has.
+    let gws: Vec<std::net::IpAddr> = prev.ips.iter().filter_map(|i| i.gateway).collect();
+    for r in prev.routes.iter_mut().filter(|r| r.gw.is_none()) {
+        r.gw = gws
+            .iter()
+            .copied()
+            .find(|g| g.is_ipv4() == r.dst.addr().is_ipv4());
+    }
+    dconf["prevResult"] = prev.to_json(dversion);
     let dtype = dconf["type"].as_str().unwrap_or("bridge").to_string();
     let bin = require_plugin(env, &dtype)?;
     let bytes =
