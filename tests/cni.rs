@@ -527,3 +527,38 @@ fn install_copies_binary_and_conflist() {
     assert!(out.stderr.contains("bad"), "{}", out.stderr);
     assert_eq!(std::fs::read_dir(&conf).unwrap().count(), 1);
 }
+
+#[test]
+fn failed_delegate_add_undoes_its_work() {
+    if !root_or_skip("failed_delegate_add_undoes_its_work") {
+        return;
+    }
+    let node = Node::new(Mode::Delegate);
+    // A /30: host-local has one address (.2) besides the gateway, so the
+    // second ADD fails inside the delegate, after bridge created the veth.
+    std::fs::write(
+        node.subnet_env(),
+        format!("FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET=10.77.5.1/30\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"),
+    )
+    .unwrap();
+    let conf = node.conf("1.0.0");
+    let (p1, p2) = (Netns::new("pod"), Netns::new("pod"));
+    let ok = node.call("ADD", "one", Some(&p1.path()), "eth0", &conf);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    let fail = node.call("ADD", "two", Some(&p2.path()), "eth0", &conf);
+    assert_ne!(fail.code, 0, "second ADD must fail: {}", fail.stdout);
+    assert!(fail.msg().contains("delegate bridge ADD"), "{}", fail.msg());
+    assert!(!p2.has_link("eth0"), "the failed pod has no interface");
+    assert!(
+        !node.data_dir().join("delegate/two").exists(),
+        "no saved configuration kept"
+    );
+    assert_eq!(node.host_local_allocations(), vec!["10.77.5.2".to_string()]);
+    assert_eq!(pod_addr(&p1, "eth0"), vec!["10.77.5.2/30".to_string()]);
+    assert_eq!(
+        node.call("DEL", "one", Some(&p1.path()), "eth0", &conf)
+            .code,
+        0
+    );
+    assert!(node.host_local_allocations().is_empty());
+}

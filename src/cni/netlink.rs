@@ -139,7 +139,6 @@ impl Netlink {
         let mut buf = vec![0u8; nl.header.length as usize];
         nl.serialize(&mut buf);
         self.sock.send(&buf, 0)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut out = Vec::new();
         loop {
             let (data, _) = self.sock.recv_from_full()?;
@@ -168,7 +167,6 @@ impl Netlink {
                 }
             }
             // A dump ends with DONE, a request with its ACK: read on.
-            let _ = dump;
         }
     }
 
