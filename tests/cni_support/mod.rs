@@ -30,7 +30,11 @@ pub fn root_or_skip(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} needs root (network namespaces) and CI=true: run the tests as root");
     }
-    eprintln!("SKIPPED (needs root): {test}: creates network namespaces");
+    // Written to the real stderr: libtest captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (needs root): {test}: creates network namespaces"
+    );
     false
 }
 
