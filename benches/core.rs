@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use weft::dataplane::core::{Core, RxAction, TxAction};
 use weft::dataplane::table::Table;
-use weft::dataplane::{ENCAP_LEN, HEADROOM, SLOT};
+use weft::dataplane::{HEADROOM, SLOT};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::types::{Vni, VtepMac};
 use weft::wire::ipv4;
@@ -28,7 +28,11 @@ fn leases(n: u32) -> Vec<Lease> {
 }
 
 fn core_of(subnet: &str) -> Core {
-    Core::new(Vni::new(1).unwrap(), VtepMac::derive(subnet.as_bytes()), subnet.parse().unwrap())
+    Core::new(
+        Vni::new(1).unwrap(),
+        VtepMac::derive(subnet.as_bytes()),
+        subnet.parse().unwrap(),
+    )
 }
 
 fn packet(len: usize, dst: Ipv4Addr) -> Vec<u8> {

@@ -8,10 +8,12 @@
 //! - [`config`], [`lease`], [`store`], [`subnet_env`], [`iface`]: flannel's
 //!   formats and the lease stores;
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
-//!   network namespaces.
+//!   network namespaces;
+//! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes).
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -1,0 +1,380 @@
+//! The network configuration weft-cni reads on stdin, and the bridge +
+//! host-local configuration it hands to a delegate in flannel's way.
+//!
+//! The keys are flannel's (`subnetFile`, `dataDir`, `delegate`, `ipam`,
+//! `runtimeConfig`), so a flannel conflist with `"type": "weft"` works
+//! unchanged; weft adds `mode` (`auto`, `delegate`, `builtin`).
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value, json};
+
+use super::error::{CniError, code};
+use super::version::Version;
+use crate::subnet_env::{self, SubnetEnv};
+
+/// Where delegate configurations and built-in IPAM state live by default.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/weft";
+/// The bridge built-in mode creates (the bridge plugin's default, as flannel uses).
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+/// How a call is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Delegate when the delegate and its IPAM plugin are in `CNI_PATH`,
+    /// built-in otherwise.
+    Auto,
+    Delegate,
+    Builtin,
+}
+
+/// The parsed network configuration.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub version: Version,
+    pub name: String,
+    pub plugin_type: String,
+    pub subnet_file: PathBuf,
+    pub data_dir: PathBuf,
+    pub mode: Mode,
+    /// The user's overrides of the delegate configuration.
+    pub delegate: Map<String, Value>,
+    /// The user's IPAM section (merged into the delegate's, as flannel does).
+    pub ipam: Option<Map<String, Value>>,
+    pub runtime_config: Option<Value>,
+    pub prev_result: Option<Value>,
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg)
+}
+
+/// Parses stdin as a JSON object.
+///
+/// # Errors
+/// Code 6 saying where the JSON breaks.
+pub fn parse_json(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
+    match serde_json::from_slice::<Value>(stdin) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(CniError::new(
+            code::DECODE,
+            "the network configuration on stdin is not a JSON object",
+        )),
+        Err(e) => Err(CniError::new(
+            code::DECODE,
+            format!("the network configuration on stdin is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// The `cniVersion` of a configuration.
+///
+/// # Errors
+/// Code 7 when missing, 1 when unsupported.
+pub fn version_of(m: &Map<String, Value>) -> Result<Version, CniError> {
+    match m.get("cniVersion") {
+        None | Some(Value::Null) => Err(invalid(format!(
+            "cniVersion is missing from the network configuration; set one of {}",
+            Version::supported().join(", ")
+        ))),
+        Some(Value::String(s)) => Version::parse(s),
+        Some(other) => Err(invalid(format!("cniVersion must be a string, got {other}"))),
+    }
+}
+
+fn opt_str(m: &Map<String, Value>, k: &str) -> Result<Option<String>, CniError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(invalid(format!("{k} must be a string, got {other}"))),
+    }
+}
+
+fn opt_obj(m: &Map<String, Value>, k: &str) -> Result<Option<Map<String, Value>>, CniError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o.clone())),
+        Some(other) => Err(invalid(format!("{k} must be a JSON object, got {other}"))),
+    }
+}
+
+impl NetConf {
+    /// Validates a parsed configuration of version `version`.
+    ///
+    /// # Errors
+    /// Code 7 naming the field.
+    pub fn from_map(m: &Map<String, Value>, version: Version) -> Result<NetConf, CniError> {
+        let plugin_type = opt_str(m, "type")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                invalid("type is missing from the network configuration (it names the plugin: \"weft\")")
+            })?;
+        let name = opt_str(m, "name")?.filter(|s| !s.is_empty()).ok_or_else(|| {
+            invalid("name is missing from the network configuration (the runtime copies it from the conflist)")
+        })?;
+        let mode = match opt_str(m, "mode")?.as_deref() {
+            None | Some("auto") => Mode::Auto,
+            Some("delegate") => Mode::Delegate,
+            Some("builtin") => Mode::Builtin,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "mode {other:?} is not known; use \"auto\", \"delegate\" or \"builtin\""
+                )));
+            }
+        };
+        let delegate = opt_obj(m, "delegate")?.unwrap_or_default();
+        if let Some(t) = delegate.get("type")
+            && !t.is_string()
+        {
+            return Err(invalid("delegate.type must be a string"));
+        }
+        for k in ["name", "ipam"] {
+            if delegate.contains_key(k) {
+                return Err(invalid(format!(
+                    "delegate.{k} must not be set: weft sets it (put IPAM settings in the top-level ipam)"
+                )));
+            }
+        }
+        Ok(NetConf {
+            version,
+            name,
+            plugin_type,
+            subnet_file: opt_str(m, "subnetFile")?
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| subnet_env::DEFAULT_PATH.to_string())
+                .into(),
+            data_dir: opt_str(m, "dataDir")?
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.to_string())
+                .into(),
+            mode,
+            delegate,
+            ipam: opt_obj(m, "ipam")?,
+            runtime_config: m.get("runtimeConfig").cloned().filter(|v| !v.is_null()),
+            prev_result: m.get("prevResult").cloned().filter(|v| !v.is_null()),
+        })
+    }
+
+    /// The delegate's plugin type (`bridge` unless overridden).
+    pub fn delegate_type(&self) -> String {
+        self.delegate
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("bridge")
+            .to_string()
+    }
+
+    /// The IPAM plugin type the delegate will call (`host-local` unless set).
+    pub fn ipam_type(&self) -> String {
+        self.ipam
+            .as_ref()
+            .and_then(|i| i.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("host-local")
+            .to_string()
+    }
+
+    /// The delegate configuration, built as flannel's CNI plugin builds it:
+    /// the user's `delegate` keys win; `name`, `cniVersion` and `ipam` are
+    /// weft's; IPAM's range is the node subnet and it routes the network.
+    ///
+    /// # Errors
+    /// Code 7 when `ipam.routes` is not an array.
+    pub fn delegate_config(&self, env: &SubnetEnv, version: Version) -> Result<Value, CniError> {
+        let mut d = self.delegate.clone();
+        d.insert("name".into(), json!(self.name));
+        d.insert("cniVersion".into(), json!(version.as_str()));
+        d.entry("type").or_insert_with(|| json!("bridge"));
+        d.entry("ipMasq").or_insert_with(|| json!(!env.ipmasq));
+        d.entry("mtu").or_insert_with(|| json!(env.mtu));
+        if d.get("type").and_then(Value::as_str) == Some("bridge") {
+            d.entry("isGateway").or_insert_with(|| json!(true));
+        }
+        if let Some(rc) = &self.runtime_config {
+            d.insert("runtimeConfig".into(), rc.clone());
+        }
+        let mut ipam = self.ipam.clone().unwrap_or_default();
+        ipam.entry("type").or_insert_with(|| json!("host-local"));
+        ipam.insert(
+            "ranges".into(),
+            json!([[{ "subnet": env.subnet.trunc().to_string() }]]),
+        );
+        let mut routes = match ipam.get("routes") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "ipam.routes must be an array, got {other}"
+                )));
+            }
+        };
+        routes.push(json!({ "dst": env.network.to_string() }));
+        ipam.insert("routes".into(), Value::Array(routes));
+        d.insert("ipam".into(), Value::Object(ipam));
+        Ok(Value::Object(d))
+    }
+
+    /// Built-in mode's bridge name (`delegate.bridge`, default `cni0`).
+    ///
+    /// # Errors
+    /// Code 7 when it is not a valid interface name.
+    pub fn bridge_name(&self) -> Result<String, CniError> {
+        let b = opt_str(&self.delegate, "bridge")?.unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        if super::env::valid_ifname(&b) {
+            Ok(b)
+        } else {
+            Err(invalid(format!(
+                "delegate.bridge {b:?} is not a valid interface name"
+            )))
+        }
+    }
+
+    /// Built-in mode's MTU: `delegate.mtu`, else subnet.env's.
+    ///
+    /// # Errors
+    /// Code 7 when `delegate.mtu` is not a number in 68..=65535.
+    pub fn mtu(&self, env: &SubnetEnv) -> Result<u32, CniError> {
+        match self.delegate.get("mtu") {
+            None | Some(Value::Null) => Ok(env.mtu),
+            Some(v) => v
+                .as_u64()
+                .filter(|m| (68..=65535).contains(m))
+                .map(|m| m as u32)
+                .ok_or_else(|| invalid(format!("delegate.mtu must be a number 68-65535, got {v}"))),
+        }
+    }
+
+    /// Whether built-in mode gives the pod a default route (`delegate.isDefaultGateway`).
+    ///
+    /// # Errors
+    /// Code 7 when it is not a boolean.
+    pub fn default_route(&self) -> Result<bool, CniError> {
+        match self.delegate.get("isDefaultGateway") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(invalid(format!(
+                "delegate.isDefaultGateway must be true or false, got {v}"
+            ))),
+        }
+    }
+}
+
+/// The `(containerID, ifname)` pairs of a GC request
+/// (`cni.dev/valid-attachments`, or the older `cni.dev/attachments`).
+///
+/// # Errors
+/// Code 7 when the list is missing or malformed.
+pub fn valid_attachments(m: &Map<String, Value>) -> Result<Vec<(String, String)>, CniError> {
+    let list = m
+        .get("cni.dev/valid-attachments")
+        .or_else(|| m.get("cni.dev/attachments"))
+        .ok_or_else(|| {
+            invalid(
+                "GC needs cni.dev/valid-attachments in the configuration (the attachments to keep)",
+            )
+        })?;
+    let arr = list
+        .as_array()
+        .ok_or_else(|| invalid("cni.dev/valid-attachments must be an array"))?;
+    arr.iter()
+        .map(|a| {
+            let c = a.get("containerID").and_then(Value::as_str);
+            let i = a.get("ifname").and_then(Value::as_str);
+            match (c, i) {
+                (Some(c), Some(i)) => Ok((c.to_string(), i.to_string())),
+                _ => Err(invalid(format!(
+                    "cni.dev/valid-attachments entry {a} needs containerID and ifname"
+                ))),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> SubnetEnv {
+        SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+            std::path::Path::new("/x"),
+        )
+        .unwrap()
+    }
+
+    fn conf(s: &str) -> NetConf {
+        let m = parse_json(s.as_bytes()).unwrap();
+        NetConf::from_map(&m, version_of(&m).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn delegate_config_as_flannel_builds_it() {
+        let c = conf(
+            r#"{"cniVersion":"0.3.1","name":"cbr0","type":"weft",
+                "delegate":{"hairpinMode":true,"isDefaultGateway":true},
+                "ipam":{"routes":[{"dst":"192.168.0.0/24"}]}}"#,
+        );
+        let d = c.delegate_config(&env(), Version::V0_3_1).unwrap();
+        assert_eq!(d["type"], "bridge");
+        assert_eq!(d["name"], "cbr0");
+        assert_eq!(d["cniVersion"], "0.3.1");
+        assert_eq!(d["isGateway"], true);
+        assert_eq!(d["ipMasq"], false);
+        assert_eq!(d["mtu"], 1472);
+        assert_eq!(d["hairpinMode"], true);
+        assert_eq!(d["ipam"]["type"], "host-local");
+        assert_eq!(d["ipam"]["ranges"], json!([[{"subnet":"10.1.17.0/24"}]]));
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst":"192.168.0.0/24"},{"dst":"10.1.0.0/16"}])
+        );
+    }
+
+    #[test]
+    fn user_overrides_win_and_bad_fields_are_named() {
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"weft","delegate":{"mtu":1400,"ipMasq":true,"isGateway":false}}"#,
+        );
+        let d = c.delegate_config(&env(), Version::V1_0_0).unwrap();
+        assert_eq!(
+            (
+                d["mtu"].clone(),
+                d["ipMasq"].clone(),
+                d["isGateway"].clone()
+            ),
+            (json!(1400), json!(true), json!(false))
+        );
+        for (bad, field) in [
+            (r#"{"cniVersion":"1.0.0","name":"n"}"#, "type is missing"),
+            (r#"{"cniVersion":"1.0.0","type":"weft"}"#, "name is missing"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"weft","delegate":{"name":"x"}}"#,
+                "delegate.name",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"weft","mode":"fast"}"#,
+                "mode",
+            ),
+        ] {
+            let m = parse_json(bad.as_bytes()).unwrap();
+            let e = NetConf::from_map(&m, Version::V1_0_0).unwrap_err();
+            assert_eq!(e.code, 7);
+            assert!(e.msg.contains(field), "{}", e.msg);
+        }
+        assert_eq!(parse_json(b"{nope").unwrap_err().code, 6);
+        let m = parse_json(br#"{"cniVersion":"9.9.9"}"#).unwrap();
+        assert_eq!(version_of(&m).unwrap_err().code, 1);
+    }
+
+    #[test]
+    fn attachments_new_and_old_keys() {
+        let m = parse_json(br#"{"cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#)
+            .unwrap();
+        assert_eq!(
+            valid_attachments(&m).unwrap(),
+            vec![("a".to_string(), "eth0".to_string())]
+        );
+        let m = parse_json(br#"{"cni.dev/valid-attachments":[{"containerID":"a"}]}"#).unwrap();
+        assert!(valid_attachments(&m).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! weft-cni's own IPAM for built-in mode: addresses of the node subnet, one
+//! file per allocated address under `<dataDir>/ipam/<network name>/`.
+//!
+//! Every change happens under an exclusive `flock` on the directory's `lock`
+//! file, so concurrent ADDs (separate processes) never hand out the same
+//! address. A file `10.244.3.7` holds `containerID\nifname\n`, as host-local's
+//! store does; `last_reserved` remembers where the next search starts, so a
+//! released address is not reused at once.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("IPAM state {path}: {source} (is dataDir writable by the runtime's user?)")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "node subnet {subnet} has no free address ({used} allocated under {dir}); run GC or a bigger SubnetLen"
+    )]
+    Exhausted {
+        subnet: Ipv4Net,
+        used: usize,
+        dir: PathBuf,
+    },
+}
+
+/// One allocation on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The allocation store of one network.
+pub struct Ipam {
+    dir: PathBuf,
+}
+
+const LOCK: &str = "lock";
+const LAST: &str = "last_reserved";
+
+impl Ipam {
+    pub fn new(dir: PathBuf) -> Ipam {
+        Ipam { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(io::Error) -> IpamError + use<> {
+        let path = path.to_owned();
+        move |source| IpamError::Io { path, source }
+    }
+
+    fn lock(&self) -> Result<Flock<File>, IpamError> {
+        fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let p = self.dir.join(LOCK);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(self.io(&p))?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| IpamError::Io {
+            path: p,
+            source: e.into(),
+        })
+    }
+
+    /// Every allocation on disk (call with the lock held, or accept a snapshot).
+    ///
+    /// # Errors
+    /// [`IpamError::Io`] naming the file.
+    pub fn allocations(&self) -> Result<Vec<Allocation>, IpamError> {
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(&self.dir)(e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(self.io(&self.dir))?;
+            let Some(ip) = ent
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let text = match fs::read_to_string(ent.path()) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io(&ent.path())(e)),
+            };
+            let mut lines = text.lines();
+            out.push(Allocation {
+                ip,
+                container_id: lines.next().unwrap_or_default().trim().to_string(),
+                ifname: lines.next().unwrap_or_default().trim().to_string(),
+            });
+        }
+        out.sort_by_key(|a| a.ip);
+        Ok(out)
+    }
+
+    /// Allocates an address of `subnet` (never its network, broadcast or
+    /// `gateway` address) for `(container_id, ifname)`; an allocation that
+    /// pair already holds in `subnet` is returned again.
+    ///
+    /// # Errors
+    /// [`IpamError::Exhausted`], or [`IpamError::Io`].
+    pub fn allocate(
+        &self,
+        subnet: Ipv4Net,
+        gateway: Ipv4Addr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Ipv4Addr, IpamError> {
+        let _lock = self.lock()?;
+        let current = self.allocations()?;
+        if let Some(a) = current.iter().find(|a| {
+            a.container_id == container_id && a.ifname == ifname && subnet.contains(&a.ip)
+        }) {
+            return Ok(a.ip);
+        }
+        let lo = u32::from(subnet.network()) + 1;
+        let hi = u32::from(subnet.broadcast()).saturating_sub(1);
+        if hi < lo {
+            return Err(IpamError::Exhausted {
+                subnet,
+                used: current.len(),
+                dir: self.dir.clone(),
+            });
+        }
+        let last_path = self.dir.join(LAST);
+        let start = fs::read_to_string(&last_path)
+            .ok()
+            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
+            .map(u32::from)
+            .filter(|l| (lo..=hi).contains(l))
+            .map_or(lo, |l| if l == hi { lo } else { l + 1 });
+        let span = hi - lo + 1;
+        for k in 0..span {
+            let cand = Ipv4Addr::from(lo + (start - lo + k) % span);
+            if cand == gateway {
+                continue;
+            }
+            let p = self.dir.join(cand.to_string());
+            let mut f = match OpenOptions::new().write(true).create_new(true).open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(self.io(&p)(e)),
+            };
+            f.write_all(format!("{container_id}\n{ifname}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| {
+                    let _ = fs::remove_file(&p);
+                    self.io(&p)(e)
+                })?;
+            fs::write(&last_path, cand.to_string()).map_err(self.io(&last_path))?;
+            return Ok(cand);
+        }
+        Err(IpamError::Exhausted {
+            subnet,
+            used: current.len(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Releases every address `(container_id, ifname)` holds; returns them.
+    ///
+    /// # Errors
+    /// [`IpamError::Io`].
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock()?;
+        self.remove_where(|a| a.container_id == container_id && a.ifname == ifname)
+    }
+
+    /// Releases every allocation whose `(containerID, ifname)` is not in
+    /// `valid`; returns them.
+    ///
+    /// # Errors
+    /// [`IpamError::Io`].
+    pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<Allocation>, IpamError> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock()?;
+        let stale: Vec<Allocation> = self
+            .allocations()?
+            .into_iter()
+            .filter(|a| {
+                !valid
+                    .iter()
+                    .any(|(c, i)| *c == a.container_id && *i == a.ifname)
+            })
+            .collect();
+        for a in &stale {
+            let p = self.dir.join(a.ip.to_string());
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(&p)(e)),
+            }
+        }
+        Ok(stale)
+    }
+
+    fn remove_where(&self, pred: impl Fn(&Allocation) -> bool) -> Result<Vec<Ipv4Addr>, IpamError> {
+        let mut out = Vec::new();
+        for a in self.allocations()?.into_iter().filter(|a| pred(a)) {
+            let p = self.dir.join(a.ip.to_string());
+            match fs::remove_file(&p) {
+                Ok(()) => out.push(a.ip),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(&p)(e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> Ipv4Net {
+        "10.9.3.0/29".parse().unwrap()
+    }
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 9, 3, 1);
+
+    #[test]
+    fn allocate_release_and_exhaust() {
+        let d = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(d.path().join("n"));
+        // /29: .1 gateway, .2-.6 usable (5 addresses).
+        let mut got = Vec::new();
+        for i in 0..5 {
+            got.push(ipam.allocate(net(), GW, &format!("c{i}"), "eth0").unwrap());
+        }
+        assert!(!got.contains(&GW));
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 5);
+        let e = ipam.allocate(net(), GW, "c9", "eth0").unwrap_err();
+        assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+        // Same pair again: the same address.
+        let again = ipam.allocate(net(), GW, "c0", "eth0").unwrap();
+        assert_eq!(ipam.release("c0", "eth0").unwrap(), vec![again]);
+        assert!(ipam.release("c0", "eth0").unwrap().is_empty());
+        ipam.allocate(net(), GW, "c9", "eth0").unwrap();
+    }
+
+    #[test]
+    fn gc_keeps_only_valid() {
+        let d = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(d.path().join("n"));
+        for c in ["a", "b", "c"] {
+            ipam.allocate(net(), GW, c, "eth0").unwrap();
+        }
+        let stale = ipam.gc(&[("b".into(), "eth0".into())]).unwrap();
+        assert_eq!(stale.len(), 2);
+        let left = ipam.allocations().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].container_id, "b");
+    }
+
+    #[test]
+    fn release_on_missing_dir_is_ok() {
+        let d = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(d.path().join("none"));
+        assert!(ipam.release("x", "eth0").unwrap().is_empty());
+        assert!(!ipam.dir().exists());
+    }
+}

@@ -1,0 +1,564 @@
+//! weft-cni conformance and behaviour, against real network namespaces (the
+//! pods and a "node" netns standing for the host) and the real reference
+//! plugins of containernetworking-plugins in /usr/lib/cni. The plugin binary
+//! is called as a runtime calls it: `CNI_*` variables and stdin.
+//!
+//! The two-node end-to-end test (pods pinging across weft nodes) needs the
+//! netns harness of `netns-tests/` and lives there.
+
+mod cni_support;
+
+use cni_support::*;
+use serde_json::{Value, json};
+
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+fn pod_addr(pod: &Netns, ifname: &str) -> Vec<String> {
+    let v = pod.ip_json(&["-4", "addr", "show", "dev", ifname]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a["local"].as_str()?,
+                a["prefixlen"].as_u64()?
+            ))
+        })
+        .collect()
+}
+
+fn pod_mtu(pod: &Netns, ifname: &str) -> Option<u64> {
+    pod.ip_json(&["link", "show", "dev", ifname])[0]["mtu"].as_u64()
+}
+
+fn pod_routes(pod: &Netns) -> Vec<(String, String)> {
+    pod.ip_json(&["-4", "route", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["dst"].as_str().unwrap_or("").to_string(),
+                r["gateway"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The whole conformance sequence for one version and one mode.
+fn conformance(mode: Mode, version: &str) {
+    let node = Node::new(mode);
+    let pod = Netns::new("pod");
+    let conf = node.conf(version);
+    let cid = format!("conf-{version}");
+    let add = node.call("ADD", &cid, Some(&pod.path()), "eth0", &conf);
+    assert_eq!(
+        add.code, 0,
+        "{mode:?} {version} ADD: {}{}",
+        add.stdout, add.stderr
+    );
+    let r = &add.json;
+
+    // Result shape, per version.
+    assert_eq!(r["cniVersion"], version, "{r}");
+    let ifaces = r["interfaces"].as_array().expect("interfaces");
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 1, "{r}");
+    let ip = &ips[0];
+    let idx = ip["interface"].as_u64().expect("ips[0].interface") as usize;
+    assert_eq!(ifaces[idx]["name"], "eth0", "{r}");
+    assert_eq!(ifaces[idx]["sandbox"], pod.path(), "{r}");
+    assert!(ifaces.iter().any(|i| i["name"] == "cni0"), "{r}");
+    if version.starts_with('0') {
+        assert_eq!(ip["version"], "4", "{version} ips carry version: {r}");
+    } else {
+        assert!(
+            ip.get("version").is_none(),
+            "{version} ips carry no version: {r}"
+        );
+    }
+    assert_eq!(ip["gateway"], GATEWAY, "{r}");
+    let address = ip["address"].as_str().expect("address").to_string();
+    assert!(
+        address.starts_with("10.77.5.") && address.ends_with("/24"),
+        "{address}"
+    );
+    let routes = r["routes"].as_array().expect("routes");
+    assert!(
+        routes.iter().any(|rt| rt["dst"] == NETWORK),
+        "route to the network: {r}"
+    );
+
+    // The pod really has it.
+    assert_eq!(pod_addr(&pod, "eth0"), vec![address.clone()]);
+    assert_eq!(pod_mtu(&pod, "eth0"), Some(u64::from(MTU)));
+    let prs = pod_routes(&pod);
+    assert!(
+        prs.contains(&(NETWORK.to_string(), GATEWAY.to_string())),
+        "{prs:?}"
+    );
+    assert!(
+        prs.contains(&("default".to_string(), GATEWAY.to_string())),
+        "{prs:?}"
+    );
+    assert!(node.ns.has_link("cni0"));
+    assert_eq!(node.allocations().len(), 1);
+
+    // CHECK: from 0.4.0 on, passes now and fails once eth0 is gone.
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = r.clone();
+    let check = node.call("CHECK", &cid, Some(&pod.path()), "eth0", &check_conf);
+    if version.starts_with("0.3") {
+        assert_eq!(
+            check.cni_code(),
+            Some(1),
+            "{version} has no CHECK: {}",
+            check.stdout
+        );
+        assert_ne!(check.code, 0);
+    } else {
+        assert_eq!(
+            check.code, 0,
+            "{mode:?} {version} CHECK: {}{}",
+            check.stdout, check.stderr
+        );
+    }
+    assert!(pod.ip(&["link", "del", "eth0"]), "remove eth0 by hand");
+    let check = node.call("CHECK", &cid, Some(&pod.path()), "eth0", &check_conf);
+    assert_ne!(
+        check.code, 0,
+        "{mode:?} {version} CHECK after removal must fail"
+    );
+    assert!(check.cni_code().is_some(), "{}", check.stdout);
+
+    // DEL twice.
+    for i in 0..2 {
+        let del = node.call("DEL", &cid, Some(&pod.path()), "eth0", &conf);
+        assert_eq!(
+            del.code, 0,
+            "{mode:?} {version} DEL #{i}: {}{}",
+            del.stdout, del.stderr
+        );
+        assert!(
+            del.stdout.trim().is_empty(),
+            "DEL prints nothing: {}",
+            del.stdout
+        );
+    }
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+
+    // DEL after the netns is gone.
+    let pod2 = Netns::new("pod");
+    let cid2 = format!("gone-{version}");
+    let add = node.call("ADD", &cid2, Some(&pod2.path()), "eth0", &conf);
+    assert_eq!(add.code, 0, "{}{}", add.stdout, add.stderr);
+    let path2 = pod2.path();
+    pod2.delete();
+    let del = node.call("DEL", &cid2, Some(&path2), "eth0", &conf);
+    assert_eq!(
+        del.code, 0,
+        "{mode:?} {version} DEL with gone netns: {}{}",
+        del.stdout, del.stderr
+    );
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    let saved = node.data_dir().join("delegate");
+    assert!(
+        std::fs::read_dir(&saved).map_or(true, |mut d| d.next().is_none()),
+        "saved delegate configurations left in {}",
+        saved.display()
+    );
+}
+
+#[test]
+fn conformance_builtin_every_version() {
+    if !root_or_skip("conformance_builtin_every_version") {
+        return;
+    }
+    for v in VERSIONS {
+        conformance(Mode::Builtin, v);
+    }
+}
+
+#[test]
+fn conformance_delegate_bridge_host_local_every_version() {
+    if !root_or_skip("conformance_delegate_bridge_host_local_every_version") {
+        return;
+    }
+    assert!(
+        std::path::Path::new("/usr/lib/cni/bridge").exists(),
+        "install containernetworking-plugins (scripts/deps.sh)"
+    );
+    for v in VERSIONS {
+        conformance(Mode::Delegate, v);
+    }
+}
+
+#[test]
+fn version_answers_every_version() {
+    for v in VERSIONS {
+        let out = call_raw(
+            &[("CNI_COMMAND", "VERSION")],
+            json!({"cniVersion": v}).to_string().as_bytes(),
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.json["cniVersion"], v);
+        let sup: Vec<&str> = out.json["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(sup, VERSIONS);
+    }
+}
+
+#[test]
+fn bad_stdin_and_env_give_spec_codes_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let conf = |extra: Value| {
+        let mut c = json!({
+            "cniVersion": "1.0.0", "name": "cbr0", "type": "weft",
+            "subnetFile": dir.path().join("subnet.env"), "dataDir": data,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c.to_string()
+    };
+    let full = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "bad"),
+        ("CNI_NETNS", "/run/netns/none-such"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/nonexistent"),
+    ];
+    let no_netns: Vec<(&str, &str)> = full
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "CNI_NETNS")
+        .collect();
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64, &str)> = vec![
+        (
+            "not JSON",
+            full.to_vec(),
+            "{this is not json".into(),
+            6,
+            "not valid JSON",
+        ),
+        (
+            "missing type",
+            full.to_vec(),
+            conf(json!({"type": null})),
+            7,
+            "type is missing",
+        ),
+        (
+            "unknown cniVersion",
+            full.to_vec(),
+            conf(json!({"cniVersion": "0.9.9"})),
+            1,
+            "0.9.9",
+        ),
+        (
+            "missing CNI_NETNS",
+            no_netns,
+            conf(json!({})),
+            4,
+            "CNI_NETNS",
+        ),
+        (
+            "subnet.env not written yet",
+            full.to_vec(),
+            conf(json!({})),
+            11,
+            "subnet.env",
+        ),
+    ];
+    for (what, env, stdin, code, needle) in cases {
+        let out = call_raw(&env, stdin.as_bytes());
+        assert_ne!(out.code, 0, "{what}: exit status");
+        assert_eq!(out.cni_code(), Some(code), "{what}: {}", out.stdout);
+        assert!(
+            out.msg().contains(needle),
+            "{what}: {:?} should name {needle:?}",
+            out.msg()
+        );
+        assert!(!out.stderr.is_empty(), "{what}: logged on stderr");
+        assert!(!data.exists(), "{what}: nothing written under dataDir");
+    }
+}
+
+#[test]
+fn status_reports_missing_subnet_env_as_50() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let mut c = json!({"cniVersion": "1.1.0", "name": "cbr0", "type": "weft",
+        "subnetFile": node_dir.path().join("subnet.env")});
+    let out = call_raw(&[("CNI_COMMAND", "STATUS")], c.to_string().as_bytes());
+    assert_eq!(out.cni_code(), Some(50), "{}", out.stdout);
+    assert!(out.msg().contains("subnet.env"), "{}", out.msg());
+    std::fs::write(
+        node_dir.path().join("subnet.env"),
+        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    )
+    .unwrap();
+    let out = call_raw(&[("CNI_COMMAND", "STATUS")], c.to_string().as_bytes());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    c["cniVersion"] = json!("1.0.0");
+    let out = call_raw(&[("CNI_COMMAND", "STATUS")], c.to_string().as_bytes());
+    assert_eq!(
+        out.cni_code(),
+        Some(1),
+        "STATUS needs 1.1.0: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn add_on_existing_interface_fails_clearly() {
+    if !root_or_skip("add_on_existing_interface_fails_clearly") {
+        return;
+    }
+    for mode in [Mode::Builtin, Mode::Delegate] {
+        let node = Node::new(mode);
+        let pod = Netns::new("pod");
+        let conf = node.conf("1.0.0");
+        let first = node.call("ADD", "first", Some(&pod.path()), "eth0", &conf);
+        assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+        let second = node.call("ADD", "second", Some(&pod.path()), "eth0", &conf);
+        assert_ne!(second.code, 0, "{mode:?}: second ADD on eth0 must fail");
+        assert!(
+            second.msg().contains("eth0") && second.msg().contains("exist"),
+            "{mode:?}: {}",
+            second.stdout
+        );
+        assert_eq!(
+            node.allocations().len(),
+            1,
+            "{mode:?}: the failed ADD kept no address"
+        );
+        assert_eq!(
+            pod_addr(&pod, "eth0").len(),
+            1,
+            "{mode:?}: the first pod is untouched"
+        );
+        for cid in ["first", "second"] {
+            assert_eq!(
+                node.call("DEL", cid, Some(&pod.path()), "eth0", &conf).code,
+                0
+            );
+        }
+        assert!(node.allocations().is_empty());
+    }
+}
+
+#[test]
+fn failed_builtin_add_undoes_its_work() {
+    if !root_or_skip("failed_builtin_add_undoes_its_work") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    // A veth named cni0: the pod's veth cannot be enslaved to it, which fails
+    // the ADD after the address is allocated and the veth pair created.
+    assert!(node.ns.ip(&[
+        "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p"
+    ]));
+    let pod = Netns::new("pod");
+    let conf = node.conf("1.0.0");
+    let out = node.call("ADD", "undo", Some(&pod.path()), "eth0", &conf);
+    assert_ne!(out.code, 0, "ADD must fail: {}", out.stdout);
+    assert!(out.msg().contains("cni0"), "{}", out.msg());
+    assert!(!pod.has_link("eth0"), "pod interface removed");
+    let links = node.ns.ip_json(&["link", "show"]);
+    assert!(
+        !links
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("veth"))),
+        // (cni0/cni0p are the test's own pair)
+        "host veth removed: {links}"
+    );
+    assert!(node.builtin_allocations().is_empty(), "address released");
+}
+
+#[test]
+fn fifty_parallel_adds_get_distinct_addresses_builtin() {
+    if !root_or_skip("fifty_parallel_adds_get_distinct_addresses_builtin") {
+        return;
+    }
+    parallel(Mode::Builtin);
+}
+
+#[test]
+fn fifty_parallel_adds_get_distinct_addresses_delegate() {
+    if !root_or_skip("fifty_parallel_adds_get_distinct_addresses_delegate") {
+        return;
+    }
+    parallel(Mode::Delegate);
+}
+
+fn parallel(mode: Mode) {
+    const N: usize = 50;
+    let node = Node::new(mode);
+    let pods: Vec<Netns> = (0..N).map(|_| Netns::new("par")).collect();
+    let conf = node.conf("1.0.0");
+    let adds: Vec<Out> = std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || node.call("ADD", &format!("par{i}"), Some(&p.path()), "eth0", conf))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addrs: Vec<String> = adds
+        .iter()
+        .map(|o| {
+            assert_eq!(o.code, 0, "{mode:?}: {}{}", o.stdout, o.stderr);
+            o.json["ips"][0]["address"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for (p, a) in pods.iter().zip(&addrs) {
+        assert_eq!(pod_addr(p, "eth0"), vec![a.clone()]);
+    }
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), N, "{mode:?}: distinct addresses");
+    assert_eq!(node.allocations().len(), N);
+    let dels: Vec<Out> = std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || node.call("DEL", &format!("par{i}"), Some(&p.path()), "eth0", conf))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for d in &dels {
+        assert_eq!(d.code, 0, "{mode:?}: {}{}", d.stdout, d.stderr);
+    }
+    assert!(
+        node.allocations().is_empty(),
+        "{mode:?}: IPAM state empty: {:?}",
+        node.allocations()
+    );
+}
+
+#[test]
+fn gc_releases_attachments_not_listed() {
+    if !root_or_skip("gc_releases_attachments_not_listed") {
+        return;
+    }
+    for (mode, key) in [
+        (Mode::Builtin, "cni.dev/valid-attachments"),
+        (Mode::Builtin, "cni.dev/attachments"),
+        (Mode::Delegate, "cni.dev/valid-attachments"),
+    ] {
+        let node = Node::new(mode);
+        let conf = node.conf("1.1.0");
+        let pods: Vec<Netns> = (0..3).map(|_| Netns::new("gc")).collect();
+        for (i, p) in pods.iter().enumerate() {
+            let o = node.call("ADD", &format!("gc{i}"), Some(&p.path()), "eth0", &conf);
+            assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        }
+        let mut gc = conf.clone();
+        gc[key] = json!([{"containerID": "gc1", "ifname": "eth0"}]);
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &node.ns.name, BIN])
+            .env_clear()
+            .env("CNI_COMMAND", "GC")
+            .env("CNI_PATH", node.cni_path());
+        let o = run(cmd, gc.to_string().as_bytes());
+        assert_eq!(o.code, 0, "{mode:?} {key}: {}{}", o.stdout, o.stderr);
+        let left = node.allocations();
+        assert_eq!(left.len(), 1, "{mode:?} {key}: {left:?}");
+        let kept = pod_addr(&pods[1], "eth0");
+        assert_eq!(kept[0].split('/').next().unwrap(), left[0]);
+        assert_eq!(
+            node.call("DEL", "gc1", Some(&pods[1].path()), "eth0", &conf)
+                .code,
+            0
+        );
+        assert!(node.allocations().is_empty());
+    }
+}
+
+#[test]
+fn install_copies_binary_and_conflist() {
+    let d = tempfile::tempdir().unwrap();
+    let (bin, conf) = (d.path().join("bin"), d.path().join("net.d"));
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["install", "--bin-dir"])
+        .arg(&bin)
+        .arg("--conf-dir")
+        .arg(&conf);
+    let out = run(cmd, b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let list: Value =
+        serde_json::from_slice(&std::fs::read(conf.join("10-weft.conflist")).unwrap()).unwrap();
+    assert_eq!(list["plugins"][0]["type"], "weft");
+    // The installed copy is the plugin: it answers VERSION.
+    let mut cmd = std::process::Command::new(bin.join("weft"));
+    cmd.env_clear().env("CNI_COMMAND", "VERSION");
+    let v = run(cmd, br#"{"cniVersion":"1.0.0"}"#);
+    assert_eq!(v.json["cniVersion"], "1.0.0", "{}", v.stdout);
+    // A custom conflist that is not valid is refused, and nothing is replaced.
+    std::fs::write(d.path().join("bad"), "{").unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["install", "--bin-dir"])
+        .arg(&bin)
+        .arg("--conf-dir")
+        .arg(&conf)
+        .arg("--conflist")
+        .arg(d.path().join("bad"));
+    let out = run(cmd, b"");
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("bad"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(&conf).unwrap().count(), 1);
+}
+
+#[test]
+fn failed_delegate_add_undoes_its_work() {
+    if !root_or_skip("failed_delegate_add_undoes_its_work") {
+        return;
+    }
+    let node = Node::new(Mode::Delegate);
+    // A /30: host-local has one address (.2) besides the gateway, so the
+    // second ADD fails inside the delegate, after bridge created the veth.
+    std::fs::write(
+        node.subnet_env(),
+        format!("FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET=10.77.5.1/30\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"),
+    )
+    .unwrap();
+    let conf = node.conf("1.0.0");
+    let (p1, p2) = (Netns::new("pod"), Netns::new("pod"));
+    let ok = node.call("ADD", "one", Some(&p1.path()), "eth0", &conf);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    let fail = node.call("ADD", "two", Some(&p2.path()), "eth0", &conf);
+    assert_ne!(fail.code, 0, "second ADD must fail: {}", fail.stdout);
+    assert!(fail.msg().contains("delegate bridge ADD"), "{}", fail.msg());
+    assert!(!p2.has_link("eth0"), "the failed pod has no interface");
+    assert!(
+        !node.data_dir().join("delegate/two").exists(),
+        "no saved configuration kept"
+    );
+    assert_eq!(node.host_local_allocations(), vec!["10.77.5.2".to_string()]);
+    assert_eq!(pod_addr(&p1, "eth0"), vec!["10.77.5.2/30".to_string()]);
+    assert_eq!(
+        node.call("DEL", "one", Some(&p1.path()), "eth0", &conf)
+            .code,
+        0
+    );
+    assert!(node.host_local_allocations().is_empty());
+}
