@@ -244,7 +244,9 @@ fn bad_stdin_and_env_give_spec_codes_and_leave_nothing() {
         .copied()
         .filter(|(k, _)| *k != "CNI_NETNS")
         .collect();
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64, &str)> = vec![
+    /// (what, environment, stdin, expected CNI code, words the message must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "not JSON",
             full.to_vec(),
