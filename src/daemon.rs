@@ -190,6 +190,8 @@ pub async fn run_with_store(
         opts.tun_name
     );
 
+    ensure_forwarding();
+
     let table = table::shared();
     let counters = Arc::new(Counters::default());
     let core = Core::new(config.backend.vni, vtep_mac, lease.subnet);
@@ -267,6 +269,23 @@ pub async fn run_with_store(
         .await
         .ok();
     outcome
+}
+
+/// Pods' traffic crosses the node: IPv4 forwarding must be on. Turn it on if
+/// it is off (as kubelet and Docker do), and say so.
+fn ensure_forwarding() {
+    const P: &str = "/proc/sys/net/ipv4/ip_forward";
+    match std::fs::read_to_string(P) {
+        Ok(v) if v.trim() == "1" => {}
+        _ => match std::fs::write(P, "1") {
+            Ok(()) => {
+                tracing::info!("enabled IPv4 forwarding ({P} = 1): pods on this node need it")
+            }
+            Err(e) => tracing::warn!(
+                "IPv4 forwarding is off and cannot be enabled ({P}: {e}); pods will not reach other nodes until it is on"
+            ),
+        },
+    }
 }
 
 /// Applies store events to the forwarding table; signals `ready` after the first snapshot.

@@ -1,0 +1,134 @@
+//! weft-cni end to end: two weft nodes, two pods on each (delegate mode with
+//! the reference bridge + host-local on one node, built-in mode on the other);
+//! every pod reaches every other, and TCP between pods on different nodes is
+//! byte-identical.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::harness::{Cluster, Node, Opts, require_root, tcp_transfer};
+use weft::netns;
+
+struct Pod {
+    ns: String,
+    ip: Ipv4Addr,
+}
+
+fn cni(node: &Node, command: &str, pod_ns: &str, mode: &str, cni_path: &str) -> serde_json::Value {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "weft",
+        "mode": mode,
+        "subnetFile": node.dir.join("subnet.env"),
+        "dataDir": node.dir.join("cni"),
+        "delegate": {"isDefaultGateway": true}
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.ns, env!("CARGO_BIN_EXE_weft-cni")])
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", pod_ns)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weft-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "weft-cni {command} for {pod_ns} on {}: {}\n{}",
+        node.ns,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other() {
+    if !require_root("pods_on_two_nodes_reach_each_other") {
+        return;
+    }
+    let c = Cluster::up(
+        "cni",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let empty_path = empty.path().to_str().unwrap().to_string();
+    let modes = [
+        ("delegate", "/usr/lib/cni"),
+        ("builtin", empty_path.as_str()),
+    ];
+    let mut pods = vec![];
+    for (i, node) in c.nodes.iter().enumerate() {
+        let (mode, path) = modes[i];
+        for j in 0..2 {
+            let ns = format!("{}-p{j}", node.ns);
+            netns::ip(&["netns", "add", &ns]).unwrap();
+            netns::ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
+            let r = cni(node, "ADD", &ns, mode, path);
+            let addr = r["ips"][0]["address"]
+                .as_str()
+                .expect("an address in the ADD result");
+            let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+            assert!(
+                node.subnet().contains(&ip),
+                "{ip} is not in {}'s subnet {}",
+                node.ns,
+                node.subnet()
+            );
+            pods.push((i, mode, path, Pod { ns, ip }));
+        }
+    }
+    for (_, _, _, a) in &pods {
+        for (_, _, _, b) in &pods {
+            if a.ns != b.ns {
+                let ok = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &a.ns,
+                        "ping",
+                        "-n",
+                        "-q",
+                        "-c1",
+                        "-W2",
+                        &b.ip.to_string(),
+                    ])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(
+                    ok,
+                    "pod {} ({}) cannot reach pod {} ({})",
+                    a.ns, a.ip, b.ns, b.ip
+                );
+            }
+        }
+    }
+    let (from, to) = (&pods[0].3, &pods[3].3);
+    let size = 16 << 20;
+    let (sent, got, n) = tcp_transfer(&from.ns, &to.ns, to.ip, 5100, size);
+    assert_eq!(
+        (n, sent),
+        (size, got),
+        "pod-to-pod TCP across nodes differs"
+    );
+    for (i, mode, path, p) in &pods {
+        cni(&c.nodes[*i], "DEL", &p.ns, mode, path);
+    }
+}
