@@ -12,6 +12,9 @@ pkgs=(
 	protobuf-compiler # protoc, for etcd-client's build
 	containernetworking-plugins # bridge, host-local: weft-cni's delegate mode
 	openssl        # test certificates
+	iptables       # the reference bridge plugin's ipMasq (weft-cni delegate mode)
+	ethtool        # checksum settings of kernel-VXLAN peers in the netns tests
+	kmod           # modprobe tun / vxlan
 	jq
 )
 missing=()
