@@ -373,7 +373,7 @@ impl EtcdStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.map_err(op, e)),
             Err(_) => Err(StoreError::EtcdUnreachable {
-                endpoints: self.describe(),
+                endpoints: self.settings.endpoints.join(","),
                 detail: format!("no answer within {t:?} while {op}"),
             }),
         }
@@ -382,13 +382,17 @@ impl EtcdStore {
     fn map_err(&self, op: &str, e: etcd_client::Error) -> StoreError {
         let unreachable = match &e {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-            // gRPC codes 14 (unavailable) and 4 (deadline exceeded).
-            etcd_client::Error::GRpcStatus(s) => matches!(i32::from(s.code()), 14 | 4),
+            // gRPC codes 14 (unavailable), 4 (deadline exceeded), 1 (canceled),
+            // and tonic's "unknown" wrapping a broken connection.
+            etcd_client::Error::GRpcStatus(s) => {
+                matches!(i32::from(s.code()), 14 | 4 | 1)
+                    || (i32::from(s.code()) == 2 && s.message().contains("transport error"))
+            }
             _ => false,
         };
         if unreachable {
             StoreError::EtcdUnreachable {
-                endpoints: self.describe(),
+                endpoints: self.settings.endpoints.join(","),
                 detail: format!("{op}: {}", error_chain(&e)),
             }
         } else {
@@ -1124,18 +1128,30 @@ fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), Stor
         endpoints: ep.to_string(),
         detail,
     };
-    let addr: SocketAddr = match hostport.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => a,
-        Ok(None) | Err(_) => {
-            let with_port = format!("{hostport}:2379");
-            match with_port.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => a,
-                _ => return Err(unreachable(format!("cannot resolve {hostport}"))),
-            }
-        }
+    let addrs: Vec<SocketAddr> = match hostport.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(_) => match format!("{hostport}:2379").to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => return Err(unreachable(format!("cannot resolve {hostport}: {e}"))),
+        },
     };
-    let tcp = TcpStream::connect_timeout(&addr, t)
-        .map_err(|e| unreachable(format!("TCP connect to {addr}: {e}")))?;
+    let mut tcp = None;
+    let mut failures = vec![];
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, t) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => failures.push(format!("TCP connect to {a}: {e}")),
+        }
+    }
+    let Some(tcp) = tcp else {
+        if failures.is_empty() {
+            failures.push(format!("{hostport} resolves to no address"));
+        }
+        return Err(unreachable(failures.join("; ")));
+    };
     if !https {
         return Ok(());
     }
