@@ -325,25 +325,7 @@ impl EtcdStore {
 
     /// The `etcdctl put` that creates the config key, with this store's endpoints and TLS files.
     pub fn etcdctl_put_config(&self) -> String {
-        let s = &self.settings;
-        let mut cmd = format!(
-            "ETCDCTL_API=3 etcdctl --endpoints={}",
-            s.endpoints.join(",")
-        );
-        for (flag, file) in [
-            ("--cacert", &s.cafile),
-            ("--cert", &s.certfile),
-            ("--key", &s.keyfile),
-        ] {
-            if let Some(f) = file {
-                cmd.push_str(&format!(" {flag}={}", f.display()));
-            }
-        }
-        cmd.push_str(&format!(
-            " put {} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'",
-            self.config_key()
-        ));
-        cmd
+        render_put_config(&self.settings)
     }
 
     #[doc(hidden)]
@@ -1042,6 +1024,28 @@ impl Watcher {
     }
 }
 
+/// The `etcdctl put` that creates `<prefix>/config` with a sample net-conf.json.
+fn render_put_config(s: &EtcdSettings) -> String {
+    let mut cmd = format!(
+        "ETCDCTL_API=3 etcdctl --endpoints={}",
+        s.endpoints.join(",")
+    );
+    for (flag, file) in [
+        ("--cacert", &s.cafile),
+        ("--cert", &s.certfile),
+        ("--key", &s.keyfile),
+    ] {
+        if let Some(f) = file {
+            cmd.push_str(&format!(" {flag}={}", f.display()));
+        }
+    }
+    cmd.push_str(&format!(
+        " put {}/config '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'",
+        s.prefix
+    ));
+    cmd
+}
+
 /// An error and its sources, joined: tonic's transport errors hide the cause.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -1389,5 +1393,204 @@ mod tls_check {
             ))),
             (_, Ok(())) => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        etcd: EtcdOptions,
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_are_flannels() {
+        let o = Cli::try_parse_from(["weftd"]).unwrap().etcd;
+        let s = o.resolve_with(env(&[])).unwrap();
+        assert_eq!(s.endpoints, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(s.prefix, "/coreos.com/network");
+        assert_eq!(s.lease_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(s.cafile, None);
+    }
+
+    #[test]
+    fn flag_beats_flannel_env_which_beats_default() {
+        let flannel = env(&[
+            (
+                "FLANNELD_ETCD_ENDPOINTS",
+                "https://10.0.0.5:2379,https://10.0.0.6:2379",
+            ),
+            ("FLANNELD_ETCD_PREFIX", "/kubernetes/network/"),
+            ("FLANNELD_ETCD_CAFILE", "/etc/etcd/ca.pem"),
+            ("FLANNELD_ETCD_CERTFILE", "/etc/flannel/flanneld.pem"),
+            ("FLANNELD_ETCD_KEYFILE", "/etc/flannel/flanneld-key.pem"),
+            ("FLANNELD_ETCD_USERNAME", "flannel"),
+            ("FLANNELD_ETCD_PASSWORD", "secret"),
+        ]);
+        let o = Cli::try_parse_from(["weftd"]).unwrap().etcd;
+        let s = o.resolve_with(&flannel).unwrap();
+        assert_eq!(
+            s.endpoints,
+            vec!["https://10.0.0.5:2379", "https://10.0.0.6:2379"]
+        );
+        assert_eq!(s.prefix, "/kubernetes/network");
+        assert_eq!(s.cafile, Some(PathBuf::from("/etc/etcd/ca.pem")));
+        assert_eq!(s.certfile, Some(PathBuf::from("/etc/flannel/flanneld.pem")));
+        assert_eq!(
+            s.keyfile,
+            Some(PathBuf::from("/etc/flannel/flanneld-key.pem"))
+        );
+        assert_eq!(s.username.as_deref(), Some("flannel"));
+        assert_eq!(s.password.as_deref(), Some("secret"));
+
+        let o = Cli::try_parse_from([
+            "weftd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379,http://127.0.0.2:2379",
+            "--etcd-prefix",
+            "/weft",
+            "--etcd-cafile",
+            "/ca.pem",
+            "--etcd-lease-ttl",
+            "1h",
+            "--etcd-relist-interval",
+            "30s",
+        ])
+        .unwrap()
+        .etcd;
+        let s = o.resolve_with(&flannel).unwrap();
+        assert_eq!(
+            s.endpoints,
+            vec!["http://127.0.0.1:2379", "http://127.0.0.2:2379"]
+        );
+        assert_eq!(s.prefix, "/weft");
+        assert_eq!(s.cafile, Some(PathBuf::from("/ca.pem")));
+        // Not given as flags: still flannel's env.
+        assert_eq!(s.certfile, Some(PathBuf::from("/etc/flannel/flanneld.pem")));
+        assert_eq!(s.lease_ttl, Duration::from_secs(3600));
+        assert_eq!(s.relist_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_option_has_a_weft_env_var() {
+        let cmd = Cli::command();
+        let mut seen = 0;
+        for a in cmd.get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            let want = format!("WEFT_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(
+                a.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "--{long}"
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 10);
+    }
+
+    #[test]
+    fn bad_options_are_explained() {
+        let o = EtcdOptions {
+            prefix: Some("coreos.com/network".into()),
+            ..Cli::try_parse_from(["weftd"]).unwrap().etcd
+        };
+        let e = o.resolve_with(env(&[])).unwrap_err().to_string();
+        assert!(e.contains("must start with '/'"), "{e}");
+        let o = EtcdOptions {
+            endpoints: Some(vec![" ".into()]),
+            ..Cli::try_parse_from(["weftd"]).unwrap().etcd
+        };
+        assert!(o.resolve_with(env(&[])).is_err());
+        let mut s = EtcdSettings::new(vec!["http://127.0.0.1:2379".into()]);
+        s.cafile = Some("/nonexistent/ca.pem".into());
+        let e = tls_options(&s).unwrap_err().to_string();
+        assert!(e.contains("plain http"), "{e}");
+        s.endpoints = vec!["https://127.0.0.1:2379".into()];
+        let e = tls_options(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("/nonexistent/ca.pem") && e.contains("--etcd-cafile"),
+            "{e}"
+        );
+    }
+
+    /// Runs in a child process with real env vars (set by the parent below):
+    /// setting env vars in-process would need `unsafe`.
+    #[test]
+    fn env_child() {
+        if std::env::var("WEFT_TEST_ENV_CHILD").is_err() {
+            return;
+        }
+        let s = Cli::try_parse_from(["weftd"])
+            .unwrap()
+            .etcd
+            .resolve()
+            .unwrap();
+        // WEFT_ beats FLANNELD_; FLANNELD_ fills what WEFT_ leaves.
+        assert_eq!(
+            s.endpoints,
+            vec!["http://192.0.2.1:2379", "http://192.0.2.2:2379"]
+        );
+        assert_eq!(s.prefix, "/flannel/prefix");
+        assert_eq!(s.keyfile, Some(PathBuf::from("/weft/key.pem")));
+        assert_eq!(s.lease_ttl, Duration::from_secs(120));
+        println!("env child ok");
+    }
+
+    #[test]
+    fn weft_and_flannel_env_vars_are_read() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "store::etcd::tests::env_child", "--nocapture"])
+            .env("WEFT_TEST_ENV_CHILD", "1")
+            .env(
+                "WEFT_ETCD_ENDPOINTS",
+                "http://192.0.2.1:2379,http://192.0.2.2:2379",
+            )
+            .env("FLANNELD_ETCD_ENDPOINTS", "http://198.51.100.1:2379")
+            .env("FLANNELD_ETCD_PREFIX", "/flannel/prefix")
+            .env("WEFT_ETCD_KEYFILE", "/weft/key.pem")
+            .env("FLANNELD_ETCD_KEYFILE", "/flannel/key.pem")
+            .env("WEFT_ETCD_LEASE_TTL", "2m")
+            .env_remove("WEFT_ETCD_PREFIX")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("env child ok"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn etcdctl_command_in_the_missing_config_error() {
+        let mut s = EtcdSettings::new(vec!["https://10.0.0.5:2379".into()]);
+        s.prefix = "/kubernetes/network".into();
+        s.cafile = Some("/etc/etcd/ca.pem".into());
+        // The command only: no client is needed to render it.
+        let cmd = render_put_config(&s);
+        assert_eq!(
+            cmd,
+            r#"ETCDCTL_API=3 etcdctl --endpoints=https://10.0.0.5:2379 --cacert=/etc/etcd/ca.pem put /kubernetes/network/config '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'"#
+        );
+    }
+
+    #[test]
+    fn certificate_names_are_read() {
+        // No certificate at hand without I/O: garbage is described, not a panic.
+        let (subject, names, _) = tls_check::describe_cert(b"not a certificate");
+        assert!(subject.contains("unparsable") && names.is_empty());
     }
 }

@@ -36,6 +36,9 @@ struct Record {
     expiration: String,
 }
 
+/// Every lease file: its name and the lease, or why it is not one.
+type Scanned = Vec<(String, Result<Lease, String>)>;
+
 /// A lease store in a directory shared by the `weftd` processes of one host.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -93,7 +96,7 @@ impl LocalStore {
     }
 
     /// Every lease file, valid or not: `(key, Ok(lease) | Err(why))`.
-    fn scan(&self) -> Result<Vec<(String, Result<Lease, String>)>, StoreError> {
+    fn scan(&self) -> Result<Scanned, StoreError> {
         let dir = self.subnets_dir();
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
