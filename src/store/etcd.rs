@@ -44,8 +44,9 @@ use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 /// flannel's default etcd endpoint.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
-/// How often the watcher checks that etcd answers and that its revision did not go back.
-const PROBE_INTERVAL: Duration = Duration::from_secs(3);
+/// How often the watcher checks that etcd answers and that its revision did not
+/// go back (one count-only read; HTTP/2 keepalive catches dead connections sooner).
+const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 /// Retry backoff while etcd is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -263,7 +264,10 @@ impl EtcdStore {
     pub async fn connect_lazy(settings: EtcdSettings) -> Result<EtcdStore, StoreError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(settings.request_timeout)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            // Above etcd's --grpc-keepalive-min-time (5 s), and no pings without a
+            // stream: etcd answers those with GOAWAY (too_many_pings).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false)
             .with_require_leader(true);
         if let Some(u) = &settings.username {
             opts = opts.with_user(u.clone(), settings.password.clone().unwrap_or_default());
