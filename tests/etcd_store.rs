@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use weft::config::NetConfig;
 use weft::lease::{Lease, LeaseAttrs};
-use weft::store::etcd::{EtcdSettings, EtcdStore};
+use weft::store::etcd::{EtcdSettings, EtcdStore, Renewed, renew_or_reacquire};
 use weft::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
 use weft::types::{Vni, VtepMac};
 
@@ -245,10 +245,21 @@ async fn lease_create_renew_reuse_release_and_operator_delete() {
         e.to_string().contains(&key) && e.to_string().contains("deleted by an operator"),
         "{e}"
     );
-    let mut back = req(NET, [192, 0, 2, 1], ttl);
-    back.previous = Some(a.subnet);
-    let a3 = s.acquire(&back).await.unwrap();
+    // weft's policy: acquire again, the same subnet first.
+    let a3 = match renew_or_reacquire(&s, &a2, &req(NET, [192, 0, 2, 1], ttl))
+        .await
+        .unwrap()
+    {
+        Renewed::Reacquired(l) => l,
+        other => panic!("expected a re-acquisition, got {other:?}"),
+    };
     assert_eq!(a3.subnet, a.subnet);
+    assert!(matches!(
+        renew_or_reacquire(&s, &a3, &req(NET, [192, 0, 2, 1], ttl))
+            .await
+            .unwrap(),
+        Renewed::Extended(_)
+    ));
     t.until(&mut w, Duration::from_secs(5), "our lease back", |t, _| {
         t.leases.contains_key(&sub)
     })

@@ -793,6 +793,52 @@ impl LeaseStore for EtcdStore {
     }
 }
 
+/// What [`renew_or_reacquire`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// The lease was extended in place.
+    Extended(Lease),
+    /// The lease key was gone ([`StoreError::LeaseDeleted`]); a lease was
+    /// acquired again, the same subnet first. Its subnet may differ.
+    Reacquired(Lease),
+}
+
+/// weft's policy for a lease key deleted under a running node: say so and
+/// acquire again, asking for the same subnet first (flannel exits instead).
+///
+/// # Errors
+/// What [`LeaseStore::renew`] returns other than [`StoreError::LeaseDeleted`]
+/// (etcd unreachable: retry later; [`StoreError::LeaseLost`]: another node
+/// holds the subnet), or what [`LeaseStore::acquire`] returns.
+pub async fn renew_or_reacquire(
+    store: &dyn LeaseStore,
+    lease: &Lease,
+    req: &AcquireRequest,
+) -> Result<Renewed, StoreError> {
+    match store.renew(lease, req.ttl).await {
+        Ok(l) => Ok(Renewed::Extended(l)),
+        Err(e @ StoreError::LeaseDeleted { .. }) => {
+            tracing::warn!("{e}; acquiring again");
+            let again = AcquireRequest {
+                previous: Some(lease.subnet),
+                ..req.clone()
+            };
+            let l = store.acquire(&again).await?;
+            if l.subnet == lease.subnet {
+                tracing::info!("lease for {} acquired again", l.subnet);
+            } else {
+                tracing::warn!(
+                    "lease for {} was taken by another node; this node now has {}: its pods need new addresses",
+                    lease.subnet,
+                    l.subnet
+                );
+            }
+            Ok(Renewed::Reacquired(l))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The task behind [`EtcdStore::watch`].
 struct Watcher {
     store: EtcdStore,
