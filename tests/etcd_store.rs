@@ -724,3 +724,54 @@ async fn tls_right_certs_connect_wrong_ca_and_wrong_name_are_explained() {
     eprintln!("no client cert: {e}");
     assert!(e.contains(&srv.endpoint()) && e.contains("client"), "{e}");
 }
+
+#[tokio::test]
+async fn username_and_password() {
+    if !etcd_available("username_and_password") {
+        return;
+    }
+    let mut srv = EtcdServer::start();
+    srv.enable_auth("flannel", "flannelpw", "/coreos.com/network");
+    srv.put("/coreos.com/network/config", NET);
+    let mut st = settings(&srv);
+    st.username = Some("flannel".into());
+    st.password = Some("flannelpw".into());
+    let s = EtcdStore::connect(st.clone())
+        .await
+        .expect("the right password connects");
+    assert!(s.network_config().await.unwrap().is_some());
+    let l = s
+        .acquire(&req(NET, [192, 0, 2, 1], Duration::from_secs(60)))
+        .await
+        .unwrap();
+    s.renew(&l, Duration::from_secs(60)).await.unwrap();
+    let mut w = s.watch().await.unwrap();
+    let mut t = Table::default();
+    t.until(&mut w, Duration::from_secs(5), "a snapshot", |t, _| {
+        t.snapshots == 1
+    })
+    .await;
+    assert_eq!(t.leases.len(), 1);
+
+    let mut bad = st.clone();
+    bad.password = Some("wrong".into());
+    let e = EtcdStore::connect(bad).await.unwrap_err().to_string();
+    assert!(
+        e.contains("authentication failed") && e.contains("--etcd-password"),
+        "{e}"
+    );
+
+    // The user may not touch another prefix.
+    let mut other = st.clone();
+    other.prefix = "/kubernetes/network".into();
+    let e = EtcdStore::connect(other).await.unwrap_err().to_string();
+    assert!(
+        e.contains("permission denied") && e.contains("/kubernetes/network/"),
+        "{e}"
+    );
+
+    let mut anon = settings(&srv);
+    anon.username = None;
+    let e = EtcdStore::connect(anon).await.unwrap_err().to_string();
+    assert!(e.contains("--etcd-username"), "{e}");
+}

@@ -270,7 +270,10 @@ impl EtcdStore {
             .with_keep_alive_while_idle(false)
             .with_require_leader(true);
         if let Some(u) = &settings.username {
-            opts = opts.with_user(u.clone(), settings.password.clone().unwrap_or_default());
+            opts = opts
+                .with_user(u.clone(), settings.password.clone().unwrap_or_default())
+                // etcd's simple tokens expire (5 min by default): fetch a new one.
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = tls_options(&settings)? {
             opts = opts.with_tls(tls);
@@ -288,9 +291,9 @@ impl EtcdStore {
                 }
                 Ok(Err(e)) => {
                     return Err(StoreError::EtcdRequest {
-                        store: describe,
+                        store: format!("etcd {describe}"),
                         op: "connecting".into(),
-                        detail: e.to_string(),
+                        detail: with_hint(&settings, error_chain(&e)),
                     });
                 }
                 Err(_) => {
@@ -385,7 +388,7 @@ impl EtcdStore {
             StoreError::EtcdRequest {
                 store: self.describe(),
                 op: op.to_string(),
-                detail: error_chain(&e),
+                detail: with_hint(&self.settings, error_chain(&e)),
             }
         }
     }
@@ -1094,6 +1097,23 @@ fn render_put_config(s: &EtcdSettings) -> String {
         s.prefix
     ));
     cmd
+}
+
+/// Adds what to do to etcd's auth refusals.
+fn with_hint(s: &EtcdSettings, detail: String) -> String {
+    let user = s.username.as_deref().unwrap_or("(none)");
+    if detail.contains("authentication failed") || detail.contains("invalid auth token") {
+        format!("{detail}; check --etcd-username ({user}) and --etcd-password")
+    } else if detail.contains("permission denied") {
+        format!(
+            "{detail}; user {user} needs readwrite on {p}/: etcdctl role grant-permission <role> --prefix=true readwrite {p}/",
+            p = s.prefix
+        )
+    } else if detail.contains("user name is empty") || detail.contains("user name not found") {
+        format!("{detail}; etcd has auth enabled: give --etcd-username and --etcd-password")
+    } else {
+        detail
+    }
 }
 
 /// An error and its sources, joined: tonic's transport errors hide the cause.

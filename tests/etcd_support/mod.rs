@@ -169,6 +169,8 @@ pub struct EtcdServer {
     pub client_port: u16,
     pub peer_port: u16,
     pub tls: Option<TlsFiles>,
+    /// `user:password` for etcdctl once auth is enabled.
+    pub user: Option<String>,
     child: Option<Child>,
 }
 
@@ -195,6 +197,7 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             tls,
+            user: None,
             child: None,
         };
         s.resume();
@@ -311,6 +314,9 @@ impl EtcdServer {
                 .arg(format!("--cert={}", t.client_cert.display()))
                 .arg(format!("--key={}", t.client_key.display()));
         }
+        if let Some(u) = &self.user {
+            cmd.arg(format!("--user={u}"));
+        }
         cmd.args(args).output().expect("etcdctl runs")
     }
 
@@ -382,6 +388,34 @@ impl EtcdServer {
             String::from_utf8_lossy(&out.stderr)
         );
         self.resume();
+    }
+}
+
+impl EtcdServer {
+    /// Enables etcd's auth with a root user and a `user` allowed readwrite on
+    /// `prefix`/ only, as an operator would for flannel.
+    pub fn enable_auth(&mut self, user: &str, password: &str, prefix: &str) {
+        self.etcdctl(&["user", "add", "root:rootpw", "--interactive=false"]);
+        let _ = self.etcdctl_raw(&["role", "add", "root"]);
+        self.etcdctl(&["user", "grant-role", "root", "root"]);
+        self.etcdctl(&["role", "add", user]);
+        self.etcdctl(&[
+            "role",
+            "grant-permission",
+            user,
+            "--prefix=true",
+            "readwrite",
+            &format!("{prefix}/"),
+        ]);
+        self.etcdctl(&[
+            "user",
+            "add",
+            &format!("{user}:{password}"),
+            "--interactive=false",
+        ]);
+        self.etcdctl(&["user", "grant-role", user, user]);
+        self.etcdctl(&["auth", "enable"]);
+        self.user = Some("root:rootpw".into());
     }
 }
 
