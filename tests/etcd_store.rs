@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use etcd_support::{EtcdServer, TlsFiles, etcd_available};
+use etcd_support::{EtcdServer, TlsFiles, cluster, etcd_available};
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use weft::config::NetConfig;
@@ -774,4 +774,59 @@ async fn username_and_password() {
     anon.username = None;
     let e = EtcdStore::connect(anon).await.unwrap_err().to_string();
     assert!(e.contains("--etcd-username"), "{e}");
+}
+
+#[tokio::test]
+async fn leader_loss_resyncs_when_a_leader_is_back() {
+    if !etcd_available("leader_loss_resyncs_when_a_leader_is_back") {
+        return;
+    }
+    capture_logs();
+    let mut members = cluster(3);
+    let p = "/coreos.com/network/subnets";
+    members[0].put(
+        &format!("{p}/10.244.1.0-24"),
+        &flannel_value("192.0.2.1", "02:00:00:00:00:01"),
+    );
+    // The node talks to member 0 only; the other two go away: no quorum, no leader.
+    let s = store(&members[0]).await;
+    let mut w = s.watch().await.unwrap();
+    let mut t = Table::default();
+    t.until(&mut w, Duration::from_secs(5), "a snapshot", |t, _| {
+        t.snapshots == 1
+    })
+    .await;
+    members[1].stop();
+    members[2].stop();
+    let lost = Instant::now();
+    // etcd cancels require-leader watches after a few election timeouts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logs().contains("no leader") {
+        assert!(
+            Instant::now() < deadline,
+            "no 'no leader' in the logs:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("watch noticed the leader loss after {:?}", lost.elapsed());
+    assert_eq!(
+        t.leases.len(),
+        1,
+        "routes are kept while there is no leader"
+    );
+    members[1].spawn();
+    members[2].spawn();
+    members[1].wait_healthy();
+    members[0].put(
+        &format!("{p}/10.244.2.0-24"),
+        &flannel_value("192.0.2.2", "02:00:00:00:00:02"),
+    );
+    t.until(
+        &mut w,
+        Duration::from_secs(20),
+        "the table after the leader is back",
+        |t, _| t.leases.len() == 2 && t.snapshots >= 2,
+    )
+    .await;
 }

@@ -171,6 +171,9 @@ pub struct EtcdServer {
     pub tls: Option<TlsFiles>,
     /// `user:password` for etcdctl once auth is enabled.
     pub user: Option<String>,
+    /// The member name and, in a cluster, everyone's `name=peer-url` list.
+    pub name: String,
+    pub initial_cluster: Option<String>,
     child: Option<Child>,
 }
 
@@ -198,6 +201,8 @@ impl EtcdServer {
             peer_port: free_port(),
             tls,
             user: None,
+            name: "default".into(),
+            initial_cluster: None,
             child: None,
         };
         s.resume();
@@ -228,6 +233,18 @@ impl EtcdServer {
 
     /// Starts etcd again on the same data dir and ports; waits until it answers.
     pub fn resume(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    fn cluster_arg(&self) -> String {
+        self.initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, self.peer_url()))
+    }
+
+    /// Starts the etcd process without waiting for it.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -237,7 +254,7 @@ impl EtcdServer {
         let mut cmd = Command::new(ETCD);
         cmd.args([
             "--name",
-            "default",
+            &self.name,
             "--data-dir",
             self.data_dir.to_str().unwrap(),
             "--listen-client-urls",
@@ -249,7 +266,7 @@ impl EtcdServer {
             "--initial-advertise-peer-urls",
             &self.peer_url(),
             "--initial-cluster",
-            &format!("default={}", self.peer_url()),
+            &self.cluster_arg(),
             "--logger",
             "zap",
             "--log-outputs",
@@ -270,6 +287,10 @@ impl EtcdServer {
             .stderr(log)
             .stdin(Stdio::null());
         self.child = Some(cmd.spawn().expect("etcd starts"));
+    }
+
+    /// Waits until this member answers `endpoint health`.
+    pub fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.etcdctl_raw(&["--command-timeout=1s", "endpoint", "health"]);
@@ -374,9 +395,9 @@ impl EtcdServer {
                 "--data-dir",
                 self.data_dir.to_str().unwrap(),
                 "--name",
-                "default",
+                &self.name,
                 "--initial-cluster",
-                &format!("default={}", self.peer_url()),
+                &self.cluster_arg(),
                 "--initial-advertise-peer-urls",
                 &self.peer_url(),
             ])
@@ -417,6 +438,38 @@ impl EtcdServer {
         self.etcdctl(&["auth", "enable"]);
         self.user = Some("root:rootpw".into());
     }
+}
+
+/// A cluster of `n` members on loopback, each in its own temp dir.
+pub fn cluster(n: usize) -> Vec<EtcdServer> {
+    let mut members: Vec<EtcdServer> = (0..n)
+        .map(|i| {
+            let dir = tempfile::tempdir().unwrap();
+            EtcdServer {
+                data_dir: dir.path().join("data"),
+                dir,
+                client_port: free_port(),
+                peer_port: free_port(),
+                tls: None,
+                user: None,
+                name: format!("m{i}"),
+                initial_cluster: None,
+                child: None,
+            }
+        })
+        .collect();
+    let all: Vec<String> = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect();
+    for m in &mut members {
+        m.initial_cluster = Some(all.join(","));
+        m.spawn();
+    }
+    for m in &mut members {
+        m.wait_healthy();
+    }
+    members
 }
 
 impl Drop for EtcdServer {
