@@ -367,6 +367,15 @@ async fn malformed_and_foreign_values_are_skipped_and_logged() {
         &format!("{p}/10.244.10.0-24"),
         &flannel_value("192.0.2.10", "02:00:00:00:00:0a"),
     );
+    // What flannel itself writes: newer versions add PublicIPv6, seed 001's has no VNI.
+    srv.put(
+        &format!("{p}/10.244.14.0-24"),
+        r#"{"PublicIP":"192.168.1.14","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:14"}}"#,
+    );
+    srv.put(
+        &format!("{p}/10.244.15.0-24"),
+        r#"{"PublicIP":"192.168.1.137","BackendType":"vxlan","BackendData":{"VtepMAC":"62:fc:03:83:1b:2b"}}"#,
+    );
     let s = store(&srv).await;
     let mut w = s.watch().await.unwrap();
     let mut t = Table::default();
@@ -374,7 +383,10 @@ async fn malformed_and_foreign_values_are_skipped_and_logged() {
         t.snapshots == 1
     })
     .await;
-    assert_eq!(t.subnets(), vec!["10.244.10.0/24"]);
+    assert_eq!(
+        t.subnets(),
+        vec!["10.244.10.0/24", "10.244.14.0/24", "10.244.15.0/24"]
+    );
     // A valid lease turning malformed goes away; a bad new one is skipped.
     srv.put(&format!("{p}/10.244.10.0-24"), r#"{"PublicIP":"nope"}"#);
     srv.put(
@@ -386,7 +398,7 @@ async fn malformed_and_foreign_values_are_skipped_and_logged() {
         &flannel_value("192.0.2.12", "02:00:00:00:00:0c"),
     );
     t.until(&mut w, Duration::from_secs(5), "the valid lease", |t, _| {
-        t.subnets() == vec!["10.244.12.0/24"]
+        t.subnets() == vec!["10.244.12.0/24", "10.244.14.0/24", "10.244.15.0/24"]
     })
     .await;
     // Acquire never takes a subnet whose key exists, valid or not.
@@ -829,4 +841,26 @@ async fn leader_loss_resyncs_when_a_leader_is_back() {
         |t, _| t.leases.len() == 2 && t.snapshots >= 2,
     )
     .await;
+}
+
+#[tokio::test]
+async fn periodic_relist_sends_snapshots() {
+    if !etcd_available("periodic_relist_sends_snapshots") {
+        return;
+    }
+    let srv = EtcdServer::start();
+    srv.put(
+        "/coreos.com/network/subnets/10.244.1.0-24",
+        &flannel_value("192.0.2.1", "02:00:00:00:00:01"),
+    );
+    let mut st = settings(&srv);
+    st.relist_interval = Duration::from_secs(1);
+    let s = EtcdStore::connect(st).await.unwrap();
+    let mut w = s.watch().await.unwrap();
+    let mut t = Table::default();
+    t.until(&mut w, Duration::from_secs(5), "three snapshots", |t, _| {
+        t.snapshots == 3
+    })
+    .await;
+    assert_eq!(t.subnets(), vec!["10.244.1.0/24"]);
 }

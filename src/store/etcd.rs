@@ -58,7 +58,7 @@ const MAX_ACQUIRE_ATTEMPTS: usize = 16;
 /// Each option reads, in order: the flag, weft's env var (`WEFT_ETCD_…`, through
 /// clap), flannel's env var (`FLANNELD_ETCD_…`, through [`EtcdOptions::resolve`]),
 /// the default. clap's `env` takes one name, so flannel's is looked up by hand.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct EtcdOptions {
     /// etcd endpoints, comma separated [default: http://127.0.0.1:2379; env FLANNELD_ETCD_ENDPOINTS too]
     #[arg(
@@ -101,7 +101,7 @@ pub struct EtcdOptions {
 }
 
 /// [`EtcdOptions`] with every fallback applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EtcdSettings {
     pub endpoints: Vec<String>,
     /// Without a trailing slash.
@@ -114,6 +114,45 @@ pub struct EtcdSettings {
     pub lease_ttl: Duration,
     pub relist_interval: Duration,
     pub request_timeout: Duration,
+}
+
+/// The password never reaches a log.
+fn redact(p: &Option<String>) -> Option<&'static str> {
+    p.as_ref().map(|_| "(redacted)")
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("cafile", &self.cafile)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("lease_ttl", &self.lease_ttl)
+            .field("relist_interval", &self.relist_interval)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("cafile", &self.cafile)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("lease_ttl", &self.lease_ttl)
+            .field("relist_interval", &self.relist_interval)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 impl EtcdSettings {
@@ -1483,6 +1522,19 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        let mut s = EtcdSettings::new(vec![DEFAULT_ENDPOINT.into()]);
+        s.password = Some("hunter2".into());
+        let o = EtcdOptions {
+            password: Some("hunter2".into()),
+            ..EtcdOptions::default()
+        };
+        for d in [format!("{s:?}"), format!("{o:?}")] {
+            assert!(!d.contains("hunter2") && d.contains("redacted"), "{d}");
+        }
     }
 
     #[test]
