@@ -89,7 +89,7 @@ pub struct EtcdOptions {
         hide_env_values = true
     )]
     pub password: Option<String>,
-    /// TTL of a subnet lease in etcd (flannel: 24h)
+    /// TTL of a subnet lease in etcd (flannel: 24h); weftd passes it as the acquire/renew TTL in etcd mode
     #[arg(long = "etcd-lease-ttl", env = "WEFT_ETCD_LEASE_TTL", value_parser = humantime::parse_duration, default_value = "24h")]
     pub lease_ttl: Duration,
     /// Full re-list of the leases this often, a safety net beside the watch
