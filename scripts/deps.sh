@@ -10,6 +10,7 @@ pkgs=(
 	etcd-server    # the etcd lease store's tests (real etcd)
 	etcd-client    # etcdctl, as operators use it
 	protobuf-compiler # protoc, for etcd-client's build
+	libprotobuf-dev # google/protobuf/*.proto that etcd-client's protos import
 	containernetworking-plugins # bridge, host-local: weft-cni's delegate mode
 	openssl        # test certificates
 	iptables       # the reference bridge plugin's ipMasq (weft-cni delegate mode)

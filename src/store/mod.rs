@@ -6,6 +6,7 @@
 //! [`WatchEvent::Snapshot`] may come again at any time (after a re-list) and then
 //! replaces the whole table, so stale peers cannot survive.
 
+pub mod etcd;
 pub mod local;
 
 use std::net::Ipv4Addr;
@@ -73,9 +74,39 @@ pub enum StoreError {
         key: String,
         problem: String,
     },
+    #[error(
+        "{store}: network config key {key} not found (wrong --etcd-prefix, or the config was never written); create it with: {command}"
+    )]
+    EtcdConfigMissing {
+        store: String,
+        key: String,
+        command: String,
+    },
+    #[error(
+        "etcd {endpoints}: unreachable: {detail}; check that etcd runs there and that --etcd-endpoints is right"
+    )]
+    EtcdUnreachable { endpoints: String, detail: String },
+    #[error("etcd {endpoint}: TLS failed with CA file {ca_file}: {problem}")]
+    EtcdTls {
+        endpoint: String,
+        ca_file: String,
+        problem: String,
+    },
+    #[error("{store}: {op} failed: {detail}")]
+    EtcdRequest {
+        store: String,
+        op: String,
+        detail: String,
+    },
+    #[error("etcd options: {problem}")]
+    EtcdOptions { problem: String },
+    #[error(
+        "{store}: this node's lease key {key} is gone: deleted by an operator, or expired while etcd was unreachable. Acquire again (weftd does, asking for the same subnet first)"
+    )]
+    LeaseDeleted { store: String, key: String },
 }
 
-/// A place where leases are kept. Implementations: [`local::LocalStore`].
+/// A place where leases are kept. Implementations: [`local::LocalStore`], [`etcd::EtcdStore`].
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
     /// Where the store lives, for logs and errors (a directory, endpoints, a cluster).
