@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::Options;
 use crate::iface::IfaceSpec;
+use crate::store::StoreError;
+use crate::store::etcd::EtcdOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,15 +86,28 @@ pub struct RunArgs {
     /// Port of the /healthz and /metrics endpoint (0 = disabled).
     #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// etcd mode: set --etcd-endpoints (or WEFT_ETCD_ENDPOINTS / FLANNELD_ETCD_ENDPOINTS)
+    /// to keep leases in etcd, in flannel's key layout, instead of the embedded store.
+    #[command(flatten)]
+    pub etcd: EtcdOptions,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log_level: String,
 }
 
 impl RunArgs {
+    /// Whether leases live in etcd: endpoints given by flag or environment.
+    pub fn etcd_mode(&self) -> bool {
+        self.etcd.endpoints.is_some()
+            || std::env::var("FLANNELD_ETCD_ENDPOINTS").is_ok_and(|v| !v.is_empty())
+    }
+
     /// The daemon's options.
-    pub fn options(&self) -> Options {
-        Options {
+    ///
+    /// # Errors
+    /// [`StoreError::EtcdOptions`] when the etcd options contradict each other.
+    pub fn options(&self) -> Result<Options, StoreError> {
+        Ok(Options {
             iface: IfaceSpec {
                 iface: self.iface.clone(),
                 iface_regex: self.iface_regex.clone(),
@@ -108,7 +123,12 @@ impl RunArgs {
             tun_name: self.tun_name.clone(),
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
-        }
+            etcd: if self.etcd_mode() {
+                Some(self.etcd.resolve()?)
+            } else {
+                None
+            },
+        })
     }
 }
 
@@ -132,7 +152,8 @@ mod tests {
             "9100",
         ])
         .unwrap();
-        let o = c.run.options();
+        let o = c.run.options().unwrap();
+        assert!(o.etcd.is_none(), "the embedded store is the default");
         assert_eq!(o.iface.iface, vec!["eth1", "10.0.0.5"]);
         assert_eq!(o.lease_ttl, Duration::from_secs(30));
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
@@ -148,5 +169,16 @@ mod tests {
             }))
         ));
         assert!(Cli::try_parse_from(["weftd", "--public-ip", "nope"]).is_err());
+        let c = Cli::try_parse_from([
+            "weftd",
+            "--etcd-endpoints",
+            "https://10.0.0.5:2379",
+            "--etcd-prefix",
+            "/kubernetes/network",
+        ])
+        .unwrap();
+        let e = c.run.options().unwrap().etcd.unwrap();
+        assert_eq!(e.endpoints, vec!["https://10.0.0.5:2379"]);
+        assert_eq!(e.prefix, "/kubernetes/network");
     }
 }

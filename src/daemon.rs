@@ -21,6 +21,7 @@ use crate::iface::{self, IfaceError, IfaceSpec};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::metrics::{self, Status};
 use crate::netlink::{self, NetlinkError};
+use crate::store::etcd::{EtcdSettings, EtcdStore, Renewed, renew_or_reacquire};
 use crate::store::local::LocalStore;
 use crate::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent, renew_interval};
 use crate::subnet_env::{SubnetEnv, SubnetEnvError};
@@ -39,6 +40,8 @@ pub struct Options {
     pub store_poll: Duration,
     pub tun_name: String,
     pub healthz: Option<SocketAddr>,
+    /// Keep leases in etcd instead of the embedded store.
+    pub etcd: Option<EtcdSettings>,
 }
 
 /// Why weftd stopped or could not start.
@@ -71,15 +74,24 @@ pub enum DaemonError {
     },
     #[error("cannot start the packet threads: {0}")]
     Threads(std::io::Error),
+    #[error(
+        "this node's lease for {old} was deleted and {old} was taken by another node; it now holds {new}. Exiting so that weftd restarts on {new} (its pods need new addresses)"
+    )]
+    SubnetChanged { old: Ipv4Net, new: Ipv4Net },
     #[error("lease store {0}: the lease watch ended; the store is gone")]
     WatchEnded(String),
 }
 
-/// Runs the node on the embedded local store until `shutdown` completes.
+/// Runs the node on its store (etcd when configured, else the embedded local
+/// store) until `shutdown` completes.
 ///
 /// # Errors
 /// [`DaemonError`]: each variant names what failed and how to fix it.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    if let Some(settings) = opts.etcd.clone() {
+        let store = EtcdStore::connect(settings).await?;
+        return run_with_store(opts, Arc::new(store), None, shutdown).await;
+    }
     let store = LocalStore::new(&opts.state_dir, opts.store_poll);
     let default_conf = match &opts.net_config_path {
         Some(_) => None,
@@ -238,21 +250,35 @@ pub async fn run_with_store(
     }
 
     let every = renew_interval(opts.lease_ttl, opts.renew_margin);
+    // After a failed renewal, try again soon (but not in a tight loop).
+    let retry = (opts.lease_ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30));
     let outcome = {
         tokio::pin!(shutdown);
         let mut watcher = watcher;
+        let mut next = every;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = &mut watcher => break Err(DaemonError::WatchEnded(format!("{} ({r:?})", store.describe()))),
-                _ = tokio::time::sleep(every) => {
-                    match store.renew(&lease, opts.lease_ttl).await {
-                        Ok(l) => {
+                _ = tokio::time::sleep(next) => {
+                    match renew_or_reacquire(store.as_ref(), &lease, &req).await {
+                        Ok(Renewed::Extended(l)) => {
                             tracing::debug!("lease renewed: {} until {:?}", l.subnet, l.expiration);
                             lease = l;
+                            next = every;
+                        }
+                        Ok(Renewed::Reacquired(l)) if l.subnet == lease.subnet => {
+                            lease = l;
+                            next = every;
+                        }
+                        Ok(Renewed::Reacquired(l)) => {
+                            break Err(DaemonError::SubnetChanged { old: lease.subnet, new: l.subnet });
                         }
                         Err(e @ StoreError::LeaseLost { .. }) => break Err(e.into()),
-                        Err(e) => tracing::warn!("renewing the lease for {} failed, will retry: {e}", lease.subnet),
+                        Err(e) => {
+                            tracing::warn!("renewing the lease for {} failed, retrying in {retry:?}: {e}", lease.subnet);
+                            next = retry;
+                        }
                     }
                 }
             }

@@ -35,9 +35,12 @@ fn main() -> ExitCode {
             Some(Command::Lab(args)) => weft::lab::run(args, shutdown_signal())
                 .await
                 .map_err(Into::into),
-            None => weft::daemon::run(cli.run.options(), shutdown_signal())
-                .await
-                .map_err(Into::into),
+            None => {
+                let opts = cli.run.options()?;
+                weft::daemon::run(opts, shutdown_signal())
+                    .await
+                    .map_err(Into::into)
+            }
         }
     });
     match result {

@@ -89,9 +89,6 @@ pub struct EtcdOptions {
         hide_env_values = true
     )]
     pub password: Option<String>,
-    /// TTL of a subnet lease in etcd (flannel: 24h); weftd passes it as the acquire/renew TTL in etcd mode
-    #[arg(long = "etcd-lease-ttl", env = "WEFT_ETCD_LEASE_TTL", value_parser = humantime::parse_duration, default_value = "24h")]
-    pub lease_ttl: Duration,
     /// Full re-list of the leases this often, a safety net beside the watch
     #[arg(long = "etcd-relist-interval", env = "WEFT_ETCD_RELIST_INTERVAL", value_parser = humantime::parse_duration, default_value = "10m")]
     pub relist_interval: Duration,
@@ -111,7 +108,6 @@ pub struct EtcdSettings {
     pub keyfile: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
-    pub lease_ttl: Duration,
     pub relist_interval: Duration,
     pub request_timeout: Duration,
 }
@@ -131,7 +127,6 @@ impl std::fmt::Debug for EtcdOptions {
             .field("keyfile", &self.keyfile)
             .field("username", &self.username)
             .field("password", &redact(&self.password))
-            .field("lease_ttl", &self.lease_ttl)
             .field("relist_interval", &self.relist_interval)
             .field("request_timeout", &self.request_timeout)
             .finish()
@@ -148,7 +143,6 @@ impl std::fmt::Debug for EtcdSettings {
             .field("keyfile", &self.keyfile)
             .field("username", &self.username)
             .field("password", &redact(&self.password))
-            .field("lease_ttl", &self.lease_ttl)
             .field("relist_interval", &self.relist_interval)
             .field("request_timeout", &self.request_timeout)
             .finish()
@@ -166,7 +160,6 @@ impl EtcdSettings {
             keyfile: None,
             username: None,
             password: None,
-            lease_ttl: Duration::from_secs(24 * 3600),
             relist_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(5),
         }
@@ -233,7 +226,6 @@ impl EtcdOptions {
             keyfile: path(&self.keyfile, "KEYFILE"),
             username: self.username.clone().or_else(|| flannel("USERNAME")),
             password: self.password.clone().or_else(|| flannel("PASSWORD")),
-            lease_ttl: self.lease_ttl,
             relist_interval: self.relist_interval,
             request_timeout: self.request_timeout,
         })
@@ -1543,7 +1535,6 @@ mod tests {
         let s = o.resolve_with(env(&[])).unwrap();
         assert_eq!(s.endpoints, vec!["http://127.0.0.1:2379"]);
         assert_eq!(s.prefix, "/coreos.com/network");
-        assert_eq!(s.lease_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(s.cafile, None);
     }
 
@@ -1585,8 +1576,6 @@ mod tests {
             "/weft",
             "--etcd-cafile",
             "/ca.pem",
-            "--etcd-lease-ttl",
-            "1h",
             "--etcd-relist-interval",
             "30s",
         ])
@@ -1601,7 +1590,6 @@ mod tests {
         assert_eq!(s.cafile, Some(PathBuf::from("/ca.pem")));
         // Not given as flags: still flannel's env.
         assert_eq!(s.certfile, Some(PathBuf::from("/etc/flannel/flanneld.pem")));
-        assert_eq!(s.lease_ttl, Duration::from_secs(3600));
         assert_eq!(s.relist_interval, Duration::from_secs(30));
     }
 
@@ -1666,7 +1654,6 @@ mod tests {
         );
         assert_eq!(s.prefix, "/flannel/prefix");
         assert_eq!(s.keyfile, Some(PathBuf::from("/weft/key.pem")));
-        assert_eq!(s.lease_ttl, Duration::from_secs(120));
         println!("env child ok");
     }
 
@@ -1684,7 +1671,6 @@ mod tests {
             .env("FLANNELD_ETCD_PREFIX", "/flannel/prefix")
             .env("WEFT_ETCD_KEYFILE", "/weft/key.pem")
             .env("FLANNELD_ETCD_KEYFILE", "/flannel/key.pem")
-            .env("WEFT_ETCD_LEASE_TTL", "2m")
             .env_remove("WEFT_ETCD_PREFIX")
             .output()
             .unwrap();
