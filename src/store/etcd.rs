@@ -1607,7 +1607,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 10);
+        assert_eq!(seen, 9);
     }
 
     #[test]
