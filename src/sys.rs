@@ -174,6 +174,19 @@ impl Mmsg {
         }
     }
 
+    /// Points header `i` at iovec `i` and address `i` (one buffer, no control data).
+    fn link(&mut self, i: usize) {
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_iov = &raw mut self.iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_name = (&raw mut self.addrs[i]).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        self.hdrs[i].msg_len = 0;
+    }
+
     /// Receives up to [`BATCH`] datagrams: datagram `i` lands in
     /// `pool[i * at.slot + at.offset ..]` (at most `at.max` bytes); its length
     /// goes to `lens[i]` and its source to `srcs[i]`. Returns how many arrived
@@ -197,15 +210,7 @@ impl Mmsg {
             // SAFETY: i * slot + offset + max <= n * slot <= pool.len(), checked above.
             self.iovs[i].iov_base = unsafe { base.add(i * slot + offset) }.cast();
             self.iovs[i].iov_len = max;
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_iov = &raw mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
+            self.link(i);
         }
         // SAFETY: hdrs[..n] point at iovecs and addresses owned by self and at
         // disjoint regions of `pool`, all borrowed mutably for this call.
@@ -264,14 +269,7 @@ impl Mmsg {
             };
             self.iovs[i].iov_base = data.as_ptr().cast_mut().cast();
             self.iovs[i].iov_len = data.len();
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_iov = &raw mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            self.link(i);
         }
         let mut sent = 0;
         let mut at = 0;

@@ -20,6 +20,38 @@ use weft::types::{Vni, VtepMac};
 
 pub const METRICS_PORT: u16 = 9100;
 
+/// Drop reasons that never occur in a healthy overlay.
+pub const WRONG_DROPS: [&str; 8] = [
+    "wrong_vni",
+    "wrong_mac",
+    "vxlan_truncated",
+    "inner_malformed",
+    "not_our_subnet",
+    "udp_send_error",
+    "tun_write_error",
+    "tun_not_ipv4",
+];
+
+/// `ping -c1 -W1` from namespace `ns` to `to`.
+pub fn ping_from(ns: &str, to: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-c1",
+            "-W1",
+            &to.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// True when the test may run; otherwise says loudly that it was skipped.
 /// Under CI (`CI=true`) a skip is a failure: privileged tests must run there.
 pub fn require_root(test: &str) -> bool {
@@ -89,22 +121,19 @@ impl Node {
 
     /// `ping -c1` from this node to `to`.
     pub fn ping(&self, to: Ipv4Addr) -> bool {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "ping",
-                "-n",
-                "-q",
-                "-c1",
-                "-W1",
-                &to.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        ping_from(&self.ns, to)
+    }
+
+    /// Asserts that none of the drop reasons that mean "something is wrong"
+    /// (as opposed to "no route yet") were counted.
+    pub fn assert_nothing_wrong(&self) {
+        let m = self.metrics();
+        for r in WRONG_DROPS {
+            let v = m
+                .get(&format!("weft_drops_total{{reason=\"{r}\"}}"))
+                .copied();
+            assert_eq!(v, Some(0.0), "{}: {r} drops counted: {m:?}", self.ns);
+        }
     }
 
     pub fn running(&mut self) -> bool {
@@ -433,21 +462,7 @@ impl KernelNode {
     }
 
     pub fn ping(&self, to: Ipv4Addr) -> bool {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "ping",
-                "-n",
-                "-q",
-                "-c1",
-                "-W1",
-                &to.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        ping_from(&self.ns, to)
     }
 }
 

@@ -111,6 +111,19 @@ impl ErrLog {
     }
 }
 
+/// Waits up to [`IDLE_WAKE`] for `fd` to be readable; false on timeout or error
+/// (logged, then a pause so a persistent error cannot spin).
+fn wait(fd: &impl std::os::fd::AsFd, errlog: &mut ErrLog) -> bool {
+    match sys::wait_readable(fd, IDLE_WAKE) {
+        Ok(ready) => ready,
+        Err(e) => {
+            errlog.log(&e);
+            std::thread::sleep(IDLE_WAKE);
+            false
+        }
+    }
+}
+
 fn tun_to_udp(
     tun: &tun_rs::SyncDevice,
     sock: &UdpSocket,
@@ -130,14 +143,8 @@ fn tun_to_udp(
     let mut sendlog = ErrLog::new("sending VXLAN datagrams");
     let (mut icmp_budget, mut icmp_second) = (ICMP_PER_SEC, Instant::now());
     while !stop.load(Ordering::Relaxed) {
-        match sys::wait_readable(tun, IDLE_WAKE) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                errlog.log(&e);
-                std::thread::sleep(IDLE_WAKE);
-                continue;
-            }
+        if !wait(tun, &mut errlog) {
+            continue;
         }
         let mut n = 0;
         while n < BATCH {
@@ -218,14 +225,8 @@ fn udp_to_tun(
         max: SLOT - off,
     };
     while !stop.load(Ordering::Relaxed) {
-        match sys::wait_readable(sock, IDLE_WAKE) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                errlog.log(&e);
-                std::thread::sleep(IDLE_WAKE);
-                continue;
-            }
+        if !wait(sock, &mut errlog) {
+            continue;
         }
         // Drain what is queued, a batch at a time, before sleeping again.
         for _ in 0..16 {
