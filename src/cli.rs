@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Port of the /healthz and /metrics endpoint (0 = disabled).
     #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// TUN offloads: read 64 KiB TCP super-packets and write coalesced ones
+    /// (virtio-net headers, TSO/GRO); `false` moves one packet per syscall.
+    #[arg(long, env = "WEFT_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub offload: bool,
     /// etcd mode: set --etcd-endpoints (or WEFT_ETCD_ENDPOINTS / FLANNELD_ETCD_ENDPOINTS)
     /// to keep leases in etcd, in flannel's key layout, instead of the embedded store.
     #[command(flatten)]
@@ -121,6 +125,7 @@ impl RunArgs {
             renew_margin: Duration::from_secs(self.subnet_lease_renew_margin * 60),
             store_poll: self.store_poll,
             tun_name: self.tun_name.clone(),
+            offload: self.offload,
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             etcd: if self.etcd_mode() {

@@ -40,6 +40,8 @@ pub struct Options {
     pub store_poll: Duration,
     pub tun_name: String,
     pub healthz: Option<SocketAddr>,
+    /// Use TUN offloads (TSO on read, GRO on write) when the kernel has them.
+    pub offload: bool,
     /// Keep leases in etcd instead of the embedded store.
     pub etcd: Option<EtcdSettings>,
 }
@@ -187,7 +189,19 @@ pub async fn run_with_store(
 
     let router = lease.subnet.network();
     let sock = sys::bind_udp(SocketAddrV4::new(ext.addr, config.backend.port))?;
-    let tun = sys::open_tun(&opts.tun_name, router, mtu as u16)?;
+    let tun = match sys::open_tun(&opts.tun_name, router, mtu as u16, opts.offload) {
+        Err(SysError::Tun { name, source }) if opts.offload => {
+            tracing::warn!(
+                "TUN offloads unavailable on {name} ({source}); running without them (slower)"
+            );
+            sys::open_tun(&opts.tun_name, router, mtu as u16, false)?
+        }
+        r => r?,
+    };
+    tracing::info!(
+        "TUN offloads (TSO/GRO through virtio-net headers): {}",
+        if tun.tcp_gso() { "on" } else { "off" }
+    );
     // The overlay carries IPv4 only: keep the kernel's IPv6 chatter off the device.
     let _ = std::fs::write(
         format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.tun_name),

@@ -14,7 +14,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// How many packets one syscall moves at most.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 
 /// Failures opening the node's devices, each naming the device or address and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +37,22 @@ pub enum SysError {
     },
 }
 
-/// Creates and brings up the TUN device `name` with `addr/32` and `mtu`.
+/// Creates and brings up the TUN device `name` with `addr/32` and `mtu`. With
+/// `offload`, the device carries a virtio-net header (`IFF_VNET_HDR`) and
+/// TSO/checksum offloads (`TUNSETOFFLOAD`): reads may return 64 KiB TCP
+/// super-packets, and writes may be coalesced ones.
 ///
 /// # Errors
 /// [`SysError::Tun`] / [`SysError::TunBusy`] naming the device.
-pub fn open_tun(name: &str, addr: Ipv4Addr, mtu: u16) -> Result<tun_rs::SyncDevice, SysError> {
+pub fn open_tun(
+    name: &str,
+    addr: Ipv4Addr,
+    mtu: u16,
+    offload: bool,
+) -> Result<tun_rs::SyncDevice, SysError> {
     let dev = tun_rs::DeviceBuilder::new()
         .name(name)
+        .offload(offload)
         .ipv4(addr, 32u8, None)
         .mtu(mtu)
         .packet_information(false)
@@ -129,14 +138,6 @@ pub fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
     }
 }
 
-/// Where datagrams land in a pool of equal slots: `max` bytes at `offset` in each `slot`.
-#[derive(Debug, Clone, Copy)]
-pub struct SlotLayout {
-    pub slot: usize,
-    pub offset: usize,
-    pub max: usize,
-}
-
 /// Preallocated headers for `recvmmsg`/`sendmmsg`, so a batch allocates nothing.
 pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
@@ -188,32 +189,31 @@ impl Mmsg {
     }
 
     /// Receives up to [`BATCH`] datagrams: datagram `i` lands in
-    /// `pool[i * at.slot + at.offset ..]` (at most `at.max` bytes); its length
-    /// goes to `lens[i]` and its source to `srcs[i]`. Returns how many arrived
-    /// (0 if none).
+    /// `slots[i][offset..]`; its length goes to `lens[i]` and its source to
+    /// `srcs[i]`. Returns how many arrived (0 if none).
     ///
     /// # Errors
     /// Whatever `recvmmsg(2)` reports except EAGAIN.
-    pub fn recv(
+    ///
+    /// # Panics
+    /// When a slot is shorter than `offset` (a caller bug, not packet input).
+    pub fn recv<S: AsMut<[u8]>>(
         &mut self,
         sock: &UdpSocket,
-        pool: &mut [u8],
-        at: SlotLayout,
+        slots: &mut [S],
+        offset: usize,
         lens: &mut [usize],
         srcs: &mut [SocketAddrV4],
     ) -> io::Result<usize> {
-        let SlotLayout { slot, offset, max } = at;
-        let n = BATCH.min(pool.len() / slot).min(lens.len()).min(srcs.len());
-        assert!(offset + max <= slot, "slot layout");
-        let base = pool.as_mut_ptr();
-        for i in 0..n {
-            // SAFETY: i * slot + offset + max <= n * slot <= pool.len(), checked above.
-            self.iovs[i].iov_base = unsafe { base.add(i * slot + offset) }.cast();
-            self.iovs[i].iov_len = max;
+        let n = BATCH.min(slots.len()).min(lens.len()).min(srcs.len());
+        for (i, slot) in slots[..n].iter_mut().enumerate() {
+            let room = &mut slot.as_mut()[offset..];
+            self.iovs[i].iov_base = room.as_mut_ptr().cast();
+            self.iovs[i].iov_len = room.len();
             self.link(i);
         }
         // SAFETY: hdrs[..n] point at iovecs and addresses owned by self and at
-        // disjoint regions of `pool`, all borrowed mutably for this call.
+        // the distinct `slots`, all borrowed mutably for this call.
         let r = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -243,22 +243,23 @@ impl Mmsg {
         Ok(r)
     }
 
-    /// Sends `pool[range]` to `to` for each of `items` (at most [`BATCH`]) in as
-    /// few syscalls as the kernel allows, and returns how many were sent. An item
-    /// that fails is skipped (its error pushed onto `errors`) and the rest still go.
+    /// Sends `slots[slot][range]` to `to` for each `(to, slot, range)` of `items`
+    /// (at most [`BATCH`]) in as few syscalls as the kernel allows, and returns
+    /// how many were sent. An item that fails is skipped (its error pushed onto
+    /// `errors`) and the rest still go.
     ///
     /// # Panics
-    /// When a range lies outside `pool` (a caller bug, not packet input).
-    pub fn send(
+    /// When a range lies outside its slot (a caller bug, not packet input).
+    pub fn send<S: AsRef<[u8]>>(
         &mut self,
         sock: &UdpSocket,
-        pool: &[u8],
-        items: &[(SocketAddrV4, Range<usize>)],
+        slots: &[S],
+        items: &[(SocketAddrV4, usize, Range<usize>)],
         errors: &mut Vec<io::Error>,
     ) -> usize {
         let n = items.len().min(BATCH);
-        for (i, (to, range)) in items[..n].iter().enumerate() {
-            let data = &pool[range.clone()];
+        for (i, (to, slot, range)) in items[..n].iter().enumerate() {
+            let data = &slots[*slot].as_ref()[range.clone()];
             self.addrs[i] = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: to.port().to_be(),
@@ -276,7 +277,7 @@ impl Mmsg {
         let mut waits = 0;
         while at < n {
             // SAFETY: hdrs[at..n] point at iovecs/addresses owned by self and at
-            // the caller's `items` buffers, all alive for this call; the kernel
+            // the caller's slots, all alive for this call; the kernel
             // only reads them.
             let r = unsafe {
                 libc::sendmmsg(

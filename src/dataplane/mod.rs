@@ -4,6 +4,7 @@
 
 pub mod core;
 pub mod counters;
+pub mod slot;
 pub mod table;
 pub mod worker;
 

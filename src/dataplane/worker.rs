@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use super::core::{Core, RxAction, TxAction};
 use super::counters::{Counters, DropReason, LocalCounts};
+use super::slot::Slot;
 use super::table::SharedTable;
 use super::{ENCAP_LEN, HEADROOM, SLOT};
-use crate::sys::{self, BATCH, Mmsg, SlotLayout};
+use crate::sys::{self, BATCH, Mmsg};
+use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 /// How often an idle loop looks at the stop flag.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
@@ -41,6 +43,7 @@ impl Dataplane {
         table: SharedTable,
         counters: Arc<Counters>,
     ) -> io::Result<Dataplane> {
+        let offload = tun.tcp_gso();
         let stop = Arc::new(AtomicBool::new(false));
         let sock = Arc::new(sock);
         // One handle, shared: reads and writes on a TUN fd are independent.
@@ -53,7 +56,9 @@ impl Dataplane {
             threads.push(
                 std::thread::Builder::new()
                     .name("weft-tx".into())
-                    .spawn(move || tun_to_udp(&tun, &sock, core, &table, &counters, &stop))?,
+                    .spawn(move || {
+                        tun_to_udp(&tun, &sock, core, &table, &counters, &stop, offload)
+                    })?,
             );
         }
         {
@@ -131,12 +136,26 @@ fn tun_to_udp(
     table: &SharedTable,
     counters: &Counters,
     stop: &AtomicBool,
+    offload: bool,
 ) {
-    let mut pool = vec![0u8; BATCH * SLOT];
-    let mut lens = [0usize; BATCH];
-    let mut items: Vec<(SocketAddrV4, Range<usize>)> = Vec::with_capacity(BATCH);
+    let mut slots: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
+    let mut sizes = [0usize; BATCH];
+    // With offloads one read is a super-packet of up to 64 KiB, split into
+    // MTU-sized segments across the slots; without, one read is one packet.
+    let mut original = vec![
+        0u8;
+        if offload {
+            VIRTIO_NET_HDR_LEN + 65536
+        } else {
+            0
+        }
+    ];
+    let per_read = if offload { BATCH } else { 1 };
+    let mut items: Vec<(SocketAddrV4, usize, Range<usize>)> = Vec::with_capacity(BATCH);
     let mut errors: Vec<io::Error> = Vec::with_capacity(BATCH);
-    let mut scratch = [0u8; 128];
+    // ICMP answers are built after room for a (zero) virtio-net header.
+    let mut scratch = [0u8; VIRTIO_NET_HDR_LEN + 128];
+    let icmp_from = if offload { 0 } else { VIRTIO_NET_HDR_LEN };
     let mut mmsg = Mmsg::new();
     let mut local = LocalCounts::default();
     let mut errlog = ErrLog::new("reading from TUN");
@@ -146,14 +165,11 @@ fn tun_to_udp(
         if !wait(tun, &mut errlog) {
             continue;
         }
+        slots.iter_mut().for_each(Slot::reset);
         let mut n = 0;
-        while n < BATCH {
-            let slot = &mut pool[n * SLOT + HEADROOM..(n + 1) * SLOT];
-            match tun.recv(slot) {
-                Ok(len) => {
-                    lens[n] = len;
-                    n += 1;
-                }
+        while BATCH - n >= per_read {
+            match tun.recv_multiple(&mut original, &mut slots[n..], &mut sizes[n..], HEADROOM) {
+                Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     errlog.log(&e);
@@ -164,22 +180,32 @@ fn tun_to_udp(
         if n == 0 {
             continue;
         }
+        // One table load for the whole batch: a super-packet's segments share it.
         let t = table.load();
         items.clear();
-        for (i, &len) in lens[..n].iter().enumerate() {
-            let base = i * SLOT;
-            match core.encap(&t, &mut pool[base..base + SLOT], len, &mut scratch) {
+        for (i, &len) in sizes[..n].iter().enumerate() {
+            match core.encap(
+                &t,
+                slots[i].as_mut(),
+                len,
+                &mut scratch[VIRTIO_NET_HDR_LEN..],
+            ) {
                 TxAction::Send { to, range } => {
                     local.tx_packets += 1;
                     local.tx_bytes += range.len() as u64;
-                    items.push((to, base + range.start..base + range.end));
+                    items.push((to, i, range));
                 }
                 TxAction::Unreachable { len } => {
                     local.drop(DropReason::NoRoute);
                     if icmp_second.elapsed() >= Duration::from_secs(1) {
                         (icmp_budget, icmp_second) = (ICMP_PER_SEC, Instant::now());
                     }
-                    if icmp_budget > 0 && tun.send(&scratch[..len]).is_ok() {
+                    scratch[..VIRTIO_NET_HDR_LEN].fill(0);
+                    if icmp_budget > 0
+                        && tun
+                            .send(&scratch[icmp_from..VIRTIO_NET_HDR_LEN + len])
+                            .is_ok()
+                    {
                         icmp_budget -= 1;
                         local.icmp_sent += 1;
                     }
@@ -190,7 +216,7 @@ fn tun_to_udp(
         drop(t);
         if !items.is_empty() {
             errors.clear();
-            let sent = mmsg.send(sock, &pool, &items, &mut errors);
+            let sent = mmsg.send(sock, &slots, &items, &mut errors);
             let failed = items.len() - sent;
             if failed > 0 {
                 local.tx_packets -= failed as u64;
@@ -211,26 +237,25 @@ fn udp_to_tun(
     counters: &Counters,
     stop: &AtomicBool,
 ) {
-    let mut pool = vec![0u8; BATCH * SLOT];
+    let mut slots: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
     let mut lens = [0usize; BATCH];
     let mut srcs = [SocketAddrV4::new(0.into(), 0); BATCH];
+    let mut gro = GROTable::new();
     let mut mmsg = Mmsg::new();
     let mut local = LocalCounts::default();
     let mut errlog = ErrLog::new("receiving VXLAN datagrams");
     let mut tunlog = ErrLog::new("writing to TUN");
+    // Datagrams land so that the inner packet starts at HEADROOM, which leaves
+    // room for the virtio-net header tun-rs writes in front on offload devices.
     let off = HEADROOM - ENCAP_LEN;
-    let layout = SlotLayout {
-        slot: SLOT,
-        offset: off,
-        max: SLOT - off,
-    };
     while !stop.load(Ordering::Relaxed) {
         if !wait(sock, &mut errlog) {
             continue;
         }
         // Drain what is queued, a batch at a time, before sleeping again.
         for _ in 0..16 {
-            let n = match mmsg.recv(sock, &mut pool, layout, &mut lens, &mut srcs) {
+            slots.iter_mut().for_each(Slot::reset);
+            let n = match mmsg.recv(sock, &mut slots, off, &mut lens, &mut srcs) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
@@ -238,22 +263,28 @@ fn udp_to_tun(
                     break;
                 }
             };
+            // Delivered packets move to the front, trimmed to their length;
+            // tun-rs then writes them, coalescing TCP segments (GRO) on offload devices.
+            let mut k = 0;
             for (i, &len) in lens[..n].iter().enumerate() {
-                match core.decap(&pool, i * SLOT + off, len) {
+                match core.decap(slots[i].as_ref(), off, len) {
                     RxAction::Deliver(r) => {
-                        let bytes = r.len() as u64;
-                        match tun.send(&pool[r]) {
-                            Ok(_) => {
-                                local.rx_packets += 1;
-                                local.rx_bytes += bytes;
-                            }
-                            Err(e) => {
-                                local.drop(DropReason::TunWriteError);
-                                tunlog.log(&e);
-                            }
-                        }
+                        debug_assert_eq!(r.start, HEADROOM);
+                        local.rx_bytes += r.len() as u64;
+                        slots[i].set_len(r.end);
+                        slots.swap(i, k);
+                        k += 1;
                     }
                     RxAction::Drop(r) => local.drop(r),
+                }
+            }
+            if k > 0 {
+                match tun.send_multiple(&mut gro, &mut slots[..k], HEADROOM) {
+                    Ok(_) => local.rx_packets += k as u64,
+                    Err(e) => {
+                        local.drops[DropReason::TunWriteError as usize] += k as u64;
+                        tunlog.log(&e);
+                    }
                 }
             }
             counters.flush(&mut local);
