@@ -396,3 +396,211 @@ fn etcd_outage_20s_traffic_flows_nodes_reconnect() {
         "traffic between established nodes lost more than a few datagrams: {loss}"
     );
 }
+
+/// Writes `value` to `key` `n` times (each write is a revision and a watch
+/// event), 32 writes in flight at once, from the etcd server's namespace.
+fn rewrite_many(etcd: &EtcdServer, key: &str, value: &str, n: usize) {
+    use futures::StreamExt;
+    let ns = etcd.netns.clone().expect("etcd in a namespace");
+    let ep = etcd.endpoint();
+    netns::in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = etcd_client::Client::connect([ep], None)
+                .await
+                .expect("connect to etcd");
+            futures::stream::iter(0..n)
+                .map(|_| {
+                    let mut c = client.clone();
+                    async move { c.put(key, value, None).await.expect("put") }
+                })
+                .buffer_unordered(32)
+                .count()
+                .await
+        })
+    })
+    .unwrap();
+}
+
+/// A node whose watch falls behind (weftd stopped with SIGSTOP while thousands
+/// of lease writes pile up, then the history is compacted) re-lists when it
+/// runs again and converges to what etcd holds.
+#[test]
+fn etcd_compaction_while_a_watch_is_behind() {
+    if !runnable("etcd_compaction_while_a_watch_is_behind") {
+        return;
+    }
+    let (mut c, etcd) = etcd_cluster("ecmp", 3, 3, "60s");
+    let gone = "10.244.251.0/24";
+    let new = "10.244.252.0/24";
+    etcd.put(
+        &lease_key(gone),
+        &flannel_value(Ipv4Addr::new(192, 0, 2, 51), "02:00:00:00:00:51"),
+    );
+    converge(&mut c, 3, 10);
+    let flow = Flow::start(&c.nodes[0], &c.nodes[1], 7002);
+    let pid = nix::unistd::Pid::from_raw(c.nodes[2].pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    etcd.del(&lease_key(gone));
+    // Enough bytes of events to fill the stopped node's HTTP/2 window (2 MiB)
+    // and etcd's send buffer (128 responses): etcd then parks the watcher as a
+    // slow one, to catch up later from a revision that the compaction removes.
+    // The value is a valid lease (unknown fields are ignored, as flannel does)
+    // and the same each time, so running nodes see no change.
+    let padded = format!(
+        r#"{{"PublicIP":"192.0.2.52","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:00:52","Padding":"{}"}}}}"#,
+        "x".repeat(16 << 10)
+    );
+    rewrite_many(&etcd, &lease_key(new), &padded, 1000);
+    let compacted = etcd.compact();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let t = Instant::now();
+    let want = etcd_subnets(&etcd);
+    assert_eq!(want.len(), 4, "{want:?}");
+    let n2 = &c.nodes[2];
+    assert!(
+        wait_until(20, || n2.log().contains("peer removed: 10.244.251.0/24")
+            && n2.log().contains("peer added: 10.244.252.0/24")
+            && n2.metric("weft_peers") == (want.len() - 1) as f64),
+        "the node did not converge to etcd's {want:?} (compacted at {compacted}):\n{}",
+        n2.log()
+    );
+    let took = t.elapsed();
+    let loss = flow.stop();
+    eprintln!(
+        "compaction while a watch is behind: {loss}; the stopped node converged {:.1} s after SIGCONT",
+        took.as_secs_f64()
+    );
+    assert!(
+        n2.log().contains("fell behind a compaction"),
+        "the node never saw the compaction, so this test did not test it:\n{}",
+        n2.log()
+    );
+    converge(&mut c, 3, 5);
+    assert!(loss.lost <= 5, "{loss}");
+}
+
+/// etcd restored from a snapshot taken before a kernel-VXLAN node joined: its
+/// revision goes back, and every weft node replaces its table with what etcd
+/// holds now, so the route to the node that etcd no longer knows goes.
+#[test]
+fn etcd_restored_from_an_earlier_snapshot() {
+    if !runnable("etcd_restored_from_an_earlier_snapshot") {
+        return;
+    }
+    let (mut c, mut etcd) = etcd_cluster("erst", 3, 3, "60s");
+    let snap = etcd.snapshot_save("before.db");
+    let rev_snap = etcd.revision();
+    let k = KernelNode::configure(c.add_bare_node(), "10.244.250.0/24".parse().unwrap());
+    etcd.put(
+        &lease_key("10.244.250.0/24"),
+        &flannel_value(k.ip, &k.mac.to_string()),
+    );
+    converge(&mut c, 3, 10);
+    for l in etcd_leases(&etcd).iter().filter(|l| l.subnet != k.subnet) {
+        k.add_peer(l);
+    }
+    for n in &c.nodes {
+        assert!(
+            n.ping(k.subnet.network()),
+            "{} cannot reach the kernel node",
+            n.ns
+        );
+    }
+    let rev_before = etcd.revision();
+    let flow = Flow::start(&c.nodes[0], &c.nodes[1], 7003);
+    etcd.restore(&snap);
+    let t = Instant::now();
+    let rev_after = etcd.revision();
+    assert!(
+        rev_after < rev_before,
+        "the restore must take the revision back ({rev_before} → {rev_after})"
+    );
+    assert!(!etcd_subnets(&etcd).contains(&k.subnet));
+    let took = converge(&mut c, 2, 20);
+    let loss = flow.stop();
+    eprintln!(
+        "etcd restored from a snapshot (revision {rev_before} → {rev_after}, snapshot at {rev_snap}): {loss}; every node dropped the vanished lease {:.1} s after etcd was back",
+        t.elapsed().max(took).as_secs_f64()
+    );
+    for n in &c.nodes {
+        let log = n.log();
+        assert!(
+            log.contains("revision went backwards")
+                && log.contains("peer removed: 10.244.250.0/24"),
+            "{}:\n{log}",
+            n.ns
+        );
+        assert!(
+            !n.ping(k.subnet.network()),
+            "{} still routes to the lease that vanished",
+            n.ns
+        );
+    }
+    for a in &c.nodes {
+        for b in &c.nodes {
+            if a.ns != b.ns {
+                assert!(a.ping(b.addr()), "{} cannot reach {}", a.ns, b.ns);
+            }
+        }
+    }
+    assert!(loss.lost <= 5, "{loss}");
+}
+
+/// A node killed with SIGKILL releases nothing; its etcd lease runs out after
+/// the TTL (5 s here), etcd deletes the key, and the others drop its route
+/// while their own traffic keeps flowing.
+#[test]
+fn etcd_killed_node_expires_after_its_ttl() {
+    if !runnable("etcd_killed_node_expires_after_its_ttl") {
+        return;
+    }
+    let (mut c, etcd) = etcd_cluster("ekill", 3, 3, "5s");
+    // Renewals keep every live lease across several TTLs.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        etcd_subnets(&etcd).len(),
+        3,
+        "renewed leases must not expire"
+    );
+    converge(&mut c, 2, 1);
+    let dead = c.nodes[2].subnet();
+    let dead_addr = c.nodes[2].addr();
+    let flow = Flow::start(&c.nodes[0], &c.nodes[1], 7004);
+    c.nodes[2].kill();
+    let t = Instant::now();
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    assert!(
+        wait_until(12, || n0.metric("weft_peers") == 1.0
+            && n1.metric("weft_peers") == 1.0),
+        "the dead node's route is still there 12 s after the kill (TTL 5 s)"
+    );
+    let took = t.elapsed();
+    let loss = flow.stop();
+    eprintln!(
+        "node killed (TTL 5 s): its route went {:.1} s after the kill; between the live nodes {loss}",
+        took.as_secs_f64()
+    );
+    // The last renewal was at most ttl/3 (plus its own duration) before the kill.
+    assert!(
+        took >= Duration::from_millis(2500),
+        "removed before its TTL ran out: {took:?}"
+    );
+    assert!(
+        !etcd_subnets(&etcd).contains(&dead),
+        "etcd still holds {dead}"
+    );
+    for n in [n0, n1] {
+        assert!(
+            n.log().contains(&format!("peer removed: {dead}")),
+            "{}",
+            n.log()
+        );
+        assert!(!n.ping(dead_addr));
+    }
+    assert!(n0.ping(n1.addr()), "the live peer is still reachable");
+    assert!(loss.lost <= 5, "{loss}");
+}
