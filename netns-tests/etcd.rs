@@ -604,3 +604,60 @@ fn etcd_killed_node_expires_after_its_ttl() {
     assert!(n0.ping(n1.addr()), "the live peer is still reachable");
     assert!(loss.lost <= 5, "{loss}");
 }
+
+/// etcd with client-certificate auth: weftd connects with the right CA,
+/// certificate and key; with a CA that did not sign etcd's certificate it
+/// exits non-zero, naming the endpoint and the CA file.
+#[test]
+fn etcd_tls_client_certs_and_a_wrong_ca() {
+    if !runnable("etcd_tls_client_certs_and_a_wrong_ca") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "etls",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tls = crate::etcd_support::TlsFiles::generate(dir.path(), "IP:192.0.2.254");
+    let etcd = EtcdServer::start_tls_in_netns(dir, tls.clone(), c.underlay_ns(), UNDERLAY_GW);
+    etcd.put(&format!("{PREFIX}/config"), NET_CONF);
+    let ep = etcd.endpoint();
+    assert!(ep.starts_with("https://192.0.2.254:"), "{ep}");
+    c.etcd = Some(ep.clone());
+    let flags = |ca: &std::path::Path| -> Vec<String> {
+        vec![
+            "--etcd-cafile".into(),
+            ca.display().to_string(),
+            "--etcd-certfile".into(),
+            tls.client_cert.display().to_string(),
+            "--etcd-keyfile".into(),
+            tls.client_key.display().to_string(),
+        ]
+    };
+    for i in 0..2 {
+        c.nodes[i].extra = flags(&tls.ca);
+        c.start(i);
+    }
+    c.wait_peers(1);
+    assert!(c.nodes[0].ping(c.nodes[1].addr()));
+    assert!(c.nodes[1].ping(c.nodes[0].addr()));
+    assert_eq!(etcd_subnets(&etcd).len(), 2);
+
+    c.nodes[1].stop();
+    c.nodes[1].extra = flags(&tls.wrong_ca);
+    let out = c
+        .command(1)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("weftd runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "weftd accepted a wrong CA:\n{err}");
+    assert!(
+        err.contains(&ep) && err.contains(&tls.wrong_ca.display().to_string()),
+        "the error must name the endpoint {ep} and the CA file:\n{err}"
+    );
+    eprintln!("wrong CA: {}", err.trim());
+}
