@@ -661,3 +661,44 @@ fn etcd_tls_client_certs_and_a_wrong_ca() {
     );
     eprintln!("wrong CA: {}", err.trim());
 }
+
+/// An operator deletes a running node's lease key (`etcdctl del`; a restore
+/// from a backup older than the node does the same). With flannel's long TTL
+/// the next renewal is far off, so the node must not wait for it: it notices
+/// through its watch, acquires the same subnet again at once, and the others
+/// route to it again.
+#[test]
+fn etcd_deleted_lease_key_is_reacquired_at_once() {
+    if !runnable("etcd_deleted_lease_key_is_reacquired_at_once") {
+        return;
+    }
+    // Renewal every 200 s: only the watch can bring the key back in time.
+    let (mut c, etcd) = etcd_cluster("edel", 3, 3, "10m");
+    let own = c.nodes[0].subnet();
+    let flow = Flow::start(&c.nodes[1], &c.nodes[0], 7005);
+    std::thread::sleep(Duration::from_millis(300));
+    etcd.del(&lease_key(&own.to_string()));
+    let t = Instant::now();
+    let n0 = &c.nodes[0];
+    assert!(
+        wait_until(10, || etcd_subnets(&etcd).contains(&own)),
+        "the deleted key of {own} is still gone 10 s later:\n{}",
+        n0.log()
+    );
+    let back = t.elapsed();
+    converge(&mut c, 2, 10);
+    let loss = flow.stop();
+    eprintln!(
+        "lease key deleted by an operator: back in etcd {:.1} s later; {loss}",
+        back.as_secs_f64()
+    );
+    let n0 = &c.nodes[0];
+    assert_eq!(n0.subnet(), own, "the node kept its subnet");
+    assert!(
+        n0.log()
+            .contains(&format!("lease for {own} acquired again")),
+        "{}",
+        n0.log()
+    );
+    assert!(c.nodes[1].ping(own.network()) && c.nodes[2].ping(own.network()));
+}
