@@ -209,8 +209,7 @@ impl Flow {
         }
     }
 
-    /// Datagrams received so far can't be asked for; this stops the flow and
-    /// counts (after a grace period for the ones in flight).
+    /// Stops the flow and counts, after a grace period for datagrams in flight.
     fn stop(self) -> Loss {
         self.stop_send.store(true, Ordering::Relaxed);
         let sent = self.sender.join().expect("flow sender");
