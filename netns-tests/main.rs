@@ -1,8 +1,12 @@
 //! Integration tests in real network namespaces: weft nodes, kernel VXLAN peers,
-//! TCP and UDP across the overlay. They need root; without it each says loudly
-//! that it was skipped (and fails under CI=true).
+//! TCP and UDP across the overlay, and weftd on a real etcd. They need root;
+//! without it each says loudly that it was skipped (and fails under CI=true).
 
 mod harness;
 
+#[path = "../tests/etcd_support/mod.rs"]
+mod etcd_support;
+
 mod cni;
 mod dataplane;
+mod etcd;

@@ -251,12 +251,15 @@ pub async fn run_with_store(
 
     let events = store.watch().await?;
     let (ready_tx, mut ready_rx) = mpsc::channel(1);
+    // Raised by the watcher when this node's own lease leaves the store.
+    let own_gone = Arc::new(tokio::sync::Notify::new());
     let watcher = tokio::spawn(watch_leases(
         events,
         table.clone(),
         lease.subnet,
         config.clone(),
         ready_tx,
+        own_gone.clone(),
     ));
     if ready_rx.recv().await.is_some() {
         status.ready.store(true, Ordering::Relaxed);
@@ -274,6 +277,13 @@ pub async fn run_with_store(
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = &mut watcher => break Err(DaemonError::WatchEnded(format!("{} ({r:?})", store.describe()))),
+                // The next renewal may be hours away (24 h TTL): a deleted key
+                // is acquired again now, or every other node drops this node's
+                // route until then.
+                _ = own_gone.notified() => {
+                    tracing::warn!("this node's lease for {} is gone from {}; renewing now", lease.subnet, store.describe());
+                    next = Duration::ZERO;
+                }
                 _ = tokio::time::sleep(next) => {
                     match renew_or_reacquire(store.as_ref(), &lease, &req).await {
                         Ok(Renewed::Extended(l)) => {
@@ -335,6 +345,7 @@ async fn watch_leases(
     own: Ipv4Net,
     config: NetConfig,
     ready: mpsc::Sender<()>,
+    own_gone: Arc<tokio::sync::Notify>,
 ) {
     let mut leases: BTreeMap<Ipv4Net, Lease> = BTreeMap::new();
     let mut warned: HashSet<(Ipv4Net, String)> = HashSet::new();
@@ -345,6 +356,7 @@ async fn watch_leases(
             .peers()
             .map(|p| (p.subnet, p.public_ip))
             .collect();
+        let had_own = leases.contains_key(&own);
         match ev {
             WatchEvent::Snapshot(all) => {
                 leases = all.into_iter().map(|l| (l.subnet, l)).collect();
@@ -355,6 +367,9 @@ async fn watch_leases(
             WatchEvent::Remove(s) => {
                 leases.remove(&s);
             }
+        }
+        if (had_own || first) && !leases.contains_key(&own) {
+            own_gone.notify_one();
         }
         let (mut t, skipped) = Table::build(
             leases.values(),

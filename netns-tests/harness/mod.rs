@@ -1,6 +1,7 @@
 //! The netns harness: N weft nodes as network namespaces on one underlay bridge
 //! (in a namespace of its own), weftd started in each on a shared embedded
-//! store, and helpers to reach into them. Everything is torn down on drop, also
+//! store (or on etcd, when [`Cluster::etcd`] names an endpoint), and helpers to
+//! reach into them. Everything is torn down on drop, also
 //! when a test fails.
 
 #![allow(dead_code)]
@@ -86,7 +87,8 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub dir: PathBuf,
     child: Option<Child>,
-    extra: Vec<String>,
+    /// Extra weftd arguments, appended to [`Cluster::command`]'s.
+    pub extra: Vec<String>,
 }
 
 impl Node {
@@ -136,6 +138,11 @@ impl Node {
         }
     }
 
+    /// weftd's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -167,6 +174,8 @@ pub struct Cluster {
     underlay: Underlay,
     _tmp: tempfile::TempDir,
     ttl: String,
+    /// etcd mode: weftd gets `--etcd-endpoints` with this instead of `--state-dir`.
+    pub etcd: Option<String>,
 }
 
 /// Cluster options.
@@ -217,6 +226,7 @@ impl Cluster {
             underlay,
             _tmp: tmp,
             ttl: opts.ttl.to_string(),
+            etcd: None,
         }
     }
 
@@ -243,10 +253,12 @@ impl Cluster {
     pub fn command(&self, i: usize) -> Command {
         let n = &self.nodes[i];
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &n.ns, env!("CARGO_BIN_EXE_weftd")])
-            .arg("--state-dir")
-            .arg(&self.store_dir)
-            .arg("--subnet-file")
+        c.args(["netns", "exec", &n.ns, env!("CARGO_BIN_EXE_weftd")]);
+        match &self.etcd {
+            Some(ep) => c.args(["--etcd-endpoints", ep]),
+            None => c.arg("--state-dir").arg(&self.store_dir),
+        };
+        c.arg("--subnet-file")
             .arg(n.dir.join("subnet.env"))
             .args(["--healthz-port", &METRICS_PORT.to_string()])
             .args([
@@ -342,6 +354,20 @@ impl KernelNode {
     /// Creates `flannel.1` (VNI 1, dstport 8472, nolearning, MTU 1450) holding
     /// `subnet`'s `.0/32`, and stores its lease in flannel's shape.
     pub fn new(n: NodeNs, subnet: Ipv4Net, store: &LocalStore) -> KernelNode {
+        let k = KernelNode::configure(n, subnet);
+        store
+            .put_lease(&Lease {
+                subnet,
+                attrs: LeaseAttrs::vxlan(k.ip, Vni::new(1).unwrap(), k.mac),
+                expiration: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
+            })
+            .unwrap();
+        k
+    }
+
+    /// As [`KernelNode::new`] but stores no lease: the caller publishes it
+    /// (with `etcdctl`, as an operator of a flannel node would).
+    pub fn configure(n: NodeNs, subnet: Ipv4Net) -> KernelNode {
         let ns = n.ns.as_str();
         let ip = n.ip.to_string();
         netns::ip(&[
@@ -395,13 +421,6 @@ impl KernelNode {
             .nth(2)
             .expect("MAC in `ip -br link`")
             .parse()
-            .unwrap();
-        store
-            .put_lease(&Lease {
-                subnet,
-                attrs: LeaseAttrs::vxlan(n.ip, Vni::new(1).unwrap(), mac),
-                expiration: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
-            })
             .unwrap();
         KernelNode {
             ns: n.ns,

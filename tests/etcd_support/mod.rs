@@ -1,6 +1,8 @@
 //! A real etcd for tests: `/usr/bin/etcd` on 127.0.0.1 with free ports and its
 //! data in a temp dir, stopped and started on the same data, snapshotted,
 //! restored and compacted with `etcdctl` as an operator would. Killed on drop.
+//! The netns tests run it (and `etcdctl`) inside a test namespace instead,
+//! listening on an address there ([`EtcdServer::start_in_netns`]).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -174,6 +176,10 @@ pub struct EtcdServer {
     /// The member name and, in a cluster, everyone's `name=peer-url` list.
     pub name: String,
     pub initial_cluster: Option<String>,
+    /// The network namespace etcd and etcdctl run in (`None`: the test's own).
+    pub netns: Option<String>,
+    /// The client listen address (127.0.0.1 unless in a namespace).
+    pub host: String,
     child: Option<Child>,
 }
 
@@ -193,6 +199,37 @@ impl EtcdServer {
     }
 
     fn start_in(dir: tempfile::TempDir, tls: Option<TlsFiles>) -> EtcdServer {
+        EtcdServer::start_in_ns(dir, tls, None, "127.0.0.1")
+    }
+
+    /// Starts a plain-http etcd inside namespace `ns`, listening for clients on
+    /// `host` there (its peer URL stays on that namespace's loopback).
+    pub fn start_in_netns(ns: &str, host: std::net::Ipv4Addr) -> EtcdServer {
+        EtcdServer::start_in_ns(
+            tempfile::tempdir().unwrap(),
+            None,
+            Some(ns),
+            &host.to_string(),
+        )
+    }
+
+    /// As [`EtcdServer::start_in_netns`], with client-certificate auth over
+    /// `tls` (whose server certificate must name `host`).
+    pub fn start_tls_in_netns(
+        dir: tempfile::TempDir,
+        tls: TlsFiles,
+        ns: &str,
+        host: std::net::Ipv4Addr,
+    ) -> EtcdServer {
+        EtcdServer::start_in_ns(dir, Some(tls), Some(ns), &host.to_string())
+    }
+
+    fn start_in_ns(
+        dir: tempfile::TempDir,
+        tls: Option<TlsFiles>,
+        ns: Option<&str>,
+        host: &str,
+    ) -> EtcdServer {
         let data_dir = dir.path().join("data");
         let mut s = EtcdServer {
             data_dir,
@@ -203,6 +240,8 @@ impl EtcdServer {
             user: None,
             name: "default".into(),
             initial_cluster: None,
+            netns: ns.map(str::to_string),
+            host: host.to_string(),
             child: None,
         };
         s.resume();
@@ -215,16 +254,30 @@ impl EtcdServer {
 
     /// The client URL: `http://127.0.0.1:PORT`, or `https://localhost:PORT` with
     /// TLS (the server certificate names `localhost` only, so that connecting by
-    /// IP shows the missing-SAN error of seeds 000 and 002).
+    /// IP shows the missing-SAN error of seeds 000 and 002). In a namespace,
+    /// the listen address instead of 127.0.0.1 / localhost.
     pub fn endpoint(&self) -> String {
-        match self.tls {
-            None => format!("http://127.0.0.1:{}", self.client_port),
-            Some(_) => format!("https://localhost:{}", self.client_port),
+        match (&self.tls, self.host.as_str()) {
+            (None, h) => format!("http://{h}:{}", self.client_port),
+            (Some(_), "127.0.0.1") => format!("https://localhost:{}", self.client_port),
+            (Some(_), h) => format!("https://{h}:{}", self.client_port),
         }
     }
 
     fn listen_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+        format!("{}://{}:{}", self.scheme(), self.host, self.client_port)
+    }
+
+    /// `program`, run in this server's namespace when it has one.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     fn peer_url(&self) -> String {
@@ -251,7 +304,7 @@ impl EtcdServer {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let mut cmd = Command::new(ETCD);
+        let mut cmd = self.command(ETCD);
         cmd.args([
             "--name",
             &self.name,
@@ -327,7 +380,7 @@ impl EtcdServer {
     }
 
     fn etcdctl_raw(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(ETCDCTL);
+        let mut cmd = self.command(ETCDCTL);
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()));
         if let Some(t) = &self.tls {
@@ -454,6 +507,8 @@ pub fn cluster(n: usize) -> Vec<EtcdServer> {
                 user: None,
                 name: format!("m{i}"),
                 initial_cluster: None,
+                netns: None,
+                host: "127.0.0.1".into(),
                 child: None,
             }
         })
