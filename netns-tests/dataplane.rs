@@ -449,3 +449,54 @@ fn startup_refusals_say_what_to_do() {
     );
     c.nodes[0].kill();
 }
+
+/// The fallback path: a node with `--offload false` (one packet per syscall)
+/// and a node with TUN offloads (TSO/GRO) exchange TCP both ways, byte-identical,
+/// and each says in its log which mode it runs.
+#[test]
+fn offload_and_plain_nodes_interoperate() {
+    if !require_root("offload_and_plain_nodes_interoperate") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "mixed",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    c.nodes[1].extra = vec!["--offload".into(), "false".into()];
+    c.start(0);
+    c.start(1);
+    c.wait_peers(1);
+    assert!(
+        c.nodes[0]
+            .log()
+            .contains("TUN offloads (TSO/GRO through virtio-net headers): on")
+    );
+    assert!(
+        c.nodes[1]
+            .log()
+            .contains("TUN offloads (TSO/GRO through virtio-net headers): off")
+    );
+    let size = 32 << 20;
+    let (s, g, n) = tcp_transfer(
+        &c.nodes[0].ns,
+        &c.nodes[1].ns,
+        c.nodes[1].addr(),
+        5004,
+        size,
+    );
+    assert_eq!((n, s), (size, g), "offload → plain TCP stream differs");
+    let (s, g, n) = tcp_transfer(
+        &c.nodes[1].ns,
+        &c.nodes[0].ns,
+        c.nodes[0].addr(),
+        5005,
+        size,
+    );
+    assert_eq!((n, s), (size, g), "plain → offload TCP stream differs");
+    for n in &c.nodes {
+        n.assert_nothing_wrong();
+    }
+}

@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets -- --test-threads=2
+# Unit, integration and netns tests (two at a time: the netns tests move real traffic).
+cargo test --locked --lib --bins --tests -- --test-threads=2
+# The criterion benchmarks, each run once as a smoke test (criterion's test mode).
+cargo test --locked --benches
