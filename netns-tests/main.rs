@@ -6,3 +6,6 @@ mod harness;
 
 mod cni;
 mod dataplane;
+mod kube;
+#[path = "../tests/kube_support/mod.rs"]
+mod kube_support;

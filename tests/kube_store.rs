@@ -443,6 +443,7 @@ async fn refusals_name_the_fix() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("{e}");
     assert!(
         e.contains("node bare has no pod CIDR")
             && e.contains("--allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16")
@@ -481,6 +482,7 @@ async fn refusals_name_the_fix() {
             .await
             .unwrap_err()
             .to_string();
+        eprintln!("{e}");
         assert!(
             e.contains(&format!("forbidden to {verb} {res}"))
                 && e.contains(&format!("verb \"{verb}\" on \"{res}\"")),
@@ -525,6 +527,7 @@ async fn tls_error_names_the_address_and_the_certificate_sans() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("{e}");
     assert!(
         e.contains(&srv.addr.to_string())
             && e.contains("kubernetes.default.svc")
@@ -560,6 +563,7 @@ async fn unanswering_cluster_ip_is_called_the_cni_before_kube_proxy_deadlock() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("{e}");
     assert!(
         e.contains("CNI-before-kube-proxy deadlock")
             && e.contains(&format!("127.0.0.1:{port}"))

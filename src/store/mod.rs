@@ -112,7 +112,7 @@ pub enum StoreError {
     )]
     KubeUnreachable { api: String, detail: String },
     #[error(
-        "Kubernetes API server {api} (in-cluster config: KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port}) does not answer: {detail}. That address is the `kubernetes` Service's ClusterIP, which only works once kube-proxy runs, and kube-proxy waits for the pod network that weft provides: this is the CNI-before-kube-proxy deadlock. Fix: reach the API server directly, either with --kubeconfig-file (a kubeconfig with the real server address and CA, mounted into the pod as a file) or by setting KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in the DaemonSet to the API server's real host and port (e.g. 10.0.0.100 and 6443)"
+        "Kubernetes API server {api} (in-cluster config: KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port}) does not answer: {detail}. In a pod that address is normally the `kubernetes` Service's ClusterIP, which only works once kube-proxy runs, and kube-proxy waits for the pod network that weft provides: this is the CNI-before-kube-proxy deadlock. Fix: reach the API server directly, either with --kubeconfig-file (a kubeconfig with the real server address and CA, mounted into the pod as a file) or by setting KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in the DaemonSet to the API server's real host and port (e.g. 10.0.0.100 and 6443)"
     )]
     KubeDeadlock {
         api: String,
