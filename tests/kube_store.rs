@@ -366,7 +366,7 @@ async fn api_server_restart_and_etcd_restore_rebuild_the_table() {
         flannel_annotations("192.0.2.6", "62:fc:03:83:1b:66"),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let srv = ApiServer::start(std::net::TcpListener::bind(addr).unwrap(), st.clone(), None);
+    let srv = ApiServer::restart_on(addr, st.clone());
     converge(
         &mut rx,
         &mut table,
@@ -389,7 +389,7 @@ async fn api_server_restart_and_etcd_restore_rebuild_the_table() {
             flannel_annotations("192.0.2.2", "62:fc:03:83:1b:2b"),
         )],
     );
-    let srv = ApiServer::start(std::net::TcpListener::bind(addr).unwrap(), st.clone(), None);
+    let srv = ApiServer::restart_on(addr, st.clone());
     let before = snaps;
     converge(
         &mut rx,

@@ -693,10 +693,10 @@ fn tls_probe(
     Some(StoreError::KubeTls {
         api: d.api.clone(),
         addr: addr.to_string(),
-        problem,
-        subject,
-        names: names.join(", "),
-        hint,
+        detail: format!(
+            "{problem}. The server's certificate (subject {subject}) carries the names [{}]{hint}",
+            names.join(", ")
+        ),
     })
 }
 

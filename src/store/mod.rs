@@ -120,16 +120,12 @@ pub enum StoreError {
         port: String,
         detail: String,
     },
-    #[error(
-        "Kubernetes API server {api}: TLS failed when dialling {addr}: {problem}. The server's certificate (subject {subject}) carries the names [{names}]{hint}"
-    )]
+    #[error("Kubernetes API server {api}: TLS failed when dialling {addr}: {detail}")]
     KubeTls {
         api: String,
         addr: String,
-        problem: String,
-        subject: String,
-        names: String,
-        hint: String,
+        /// What failed, then the certificate's subject and names (SANs) and the fix.
+        detail: String,
     },
     #[error(
         "Kubernetes API server {api}: forbidden to {verb} {resource}: {detail}. Grant weft's ServiceAccount the verb {verb:?} on {resource:?} (the ClusterRole in docker/weft.yaml does)"

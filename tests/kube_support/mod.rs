@@ -211,7 +211,7 @@ impl State {
         let _ = self
             .live
             .send(json!({"type": "ERROR", "object": status(410, "Expired",
-            &format!("The resourceVersion for the provided watch is too old."))}));
+            "The resourceVersion for the provided watch is too old.")}));
     }
 
     /// A BOOKMARK to every live watch.
@@ -259,6 +259,21 @@ impl ApiServer {
     pub fn loopback(state: Shared) -> ApiServer {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         ApiServer::start(l, state, None)
+    }
+
+    /// A restarted server on `addr` (plain HTTP), once the old one let go of the port.
+    pub fn restart_on(addr: SocketAddr, state: Shared) -> ApiServer {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => return ApiServer::start(l, state, None),
+                Err(e) if std::time::Instant::now() < end => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("rebind {addr}: {e}"),
+            }
+        }
     }
 
     /// Serves on `listener` (plain HTTP, or TLS with `tls`).
