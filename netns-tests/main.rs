@@ -10,3 +10,6 @@ mod etcd_support;
 mod cni;
 mod dataplane;
 mod etcd;
+mod kube;
+#[path = "../tests/kube_support/mod.rs"]
+mod kube_support;

@@ -11,6 +11,7 @@ use crate::daemon::Options;
 use crate::iface::IfaceSpec;
 use crate::store::StoreError;
 use crate::store::etcd::EtcdOptions;
+use crate::store::kube::KubeSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,6 +95,20 @@ pub struct RunArgs {
     /// to keep leases in etcd, in flannel's key layout, instead of the embedded store.
     #[command(flatten)]
     pub etcd: EtcdOptions,
+    /// Kubernetes mode: this node's subnet is its spec.podCIDR, peers come from node
+    /// annotations (flannel's); needs NODE_NAME (or POD_NAME and POD_NAMESPACE).
+    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR")]
+    pub kube_subnet_mgr: bool,
+    /// kubeconfig for the API server (the deadlock-free way: it names the real
+    /// server address, not the Service ClusterIP that needs kube-proxy).
+    #[arg(long, env = "WEFT_KUBECONFIG_FILE")]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// The API server's URL; overrides the address of the kubeconfig or in-cluster config.
+    #[arg(long, env = "WEFT_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// Prefix of the node annotations (flannel's by default, so flannel nodes are peers).
+    #[arg(long, env = "WEFT_KUBE_ANNOTATION_PREFIX", default_value = crate::store::kube::DEFAULT_ANNOTATION_PREFIX)]
+    pub kube_annotation_prefix: String,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log_level: String,
@@ -111,6 +126,12 @@ impl RunArgs {
     /// # Errors
     /// [`StoreError::EtcdOptions`] when the etcd options contradict each other.
     pub fn options(&self) -> Result<Options, StoreError> {
+        if self.kube_subnet_mgr && self.etcd_mode() {
+            return Err(StoreError::KubeConfig {
+                from: "--kube-subnet-mgr with --etcd-endpoints".into(),
+                problem: "choose one lease store: Kubernetes node objects or etcd".into(),
+            });
+        }
         Ok(Options {
             iface: IfaceSpec {
                 iface: self.iface.clone(),
@@ -133,6 +154,13 @@ impl RunArgs {
             } else {
                 None
             },
+            kube: self.kube_subnet_mgr.then(|| {
+                KubeSettings::from_env(
+                    self.kubeconfig_file.clone(),
+                    self.kube_api_url.clone(),
+                    self.kube_annotation_prefix.clone(),
+                )
+            }),
         })
     }
 }
@@ -185,5 +213,27 @@ mod tests {
         let e = c.run.options().unwrap().etcd.unwrap();
         assert_eq!(e.endpoints, vec!["https://10.0.0.5:2379"]);
         assert_eq!(e.prefix, "/kubernetes/network");
+        let c = Cli::try_parse_from([
+            "weftd",
+            "--kube-subnet-mgr",
+            "--kubeconfig-file",
+            "/etc/weft/kubeconfig",
+            "--kube-api-url",
+            "https://10.0.0.100:6443",
+        ])
+        .unwrap();
+        let o = c.run.options().unwrap();
+        let k = o.kube.unwrap();
+        assert!(o.etcd.is_none());
+        assert_eq!(k.annotation_prefix, "flannel.alpha.coreos.com");
+        assert_eq!(k.api_url.as_deref(), Some("https://10.0.0.100:6443"));
+        let c = Cli::try_parse_from([
+            "weftd",
+            "--kube-subnet-mgr",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+        ])
+        .unwrap();
+        assert!(c.run.options().is_err(), "one store at a time");
     }
 }

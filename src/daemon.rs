@@ -22,6 +22,7 @@ use crate::lease::{Lease, LeaseAttrs};
 use crate::metrics::{self, Status};
 use crate::netlink::{self, NetlinkError};
 use crate::store::etcd::{EtcdSettings, EtcdStore, Renewed, renew_or_reacquire};
+use crate::store::kube::{KubeSettings, KubeStore};
 use crate::store::local::LocalStore;
 use crate::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent, renew_interval};
 use crate::subnet_env::{SubnetEnv, SubnetEnvError};
@@ -44,7 +45,12 @@ pub struct Options {
     pub offload: bool,
     /// Keep leases in etcd instead of the embedded store.
     pub etcd: Option<EtcdSettings>,
+    /// Kubernetes mode (`--kube-subnet-mgr`): leases are the nodes' pod CIDRs.
+    pub kube: Option<KubeSettings>,
 }
+
+/// net-conf.json's place in Kubernetes mode when `--net-config-path` is not given (flannel's).
+pub const KUBE_NET_CONF: &str = "/etc/kube-flannel/net-conf.json";
 
 /// Why weftd stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +96,15 @@ pub enum DaemonError {
 /// # Errors
 /// [`DaemonError`]: each variant names what failed and how to fix it.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    if let Some(settings) = opts.kube.clone() {
+        let store = KubeStore::connect(settings).await?;
+        tracing::info!("Kubernetes subnet manager: {}", store.describe());
+        let mut opts = opts;
+        if opts.net_config_path.is_none() {
+            opts.net_config_path = Some(KUBE_NET_CONF.into());
+        }
+        return run_with_store(opts, Arc::new(store), None, shutdown).await;
+    }
     if let Some(settings) = opts.etcd.clone() {
         let store = EtcdStore::connect(settings).await?;
         return run_with_store(opts, Arc::new(store), None, shutdown).await;
@@ -181,6 +196,13 @@ pub async fn run_with_store(
         ttl: opts.lease_ttl,
     };
     let mut lease = store.acquire(&req).await?;
+    // The store may hand back the VtepMAC this node announced before (kube mode
+    // reads it from the node's annotation): the dataplane must answer to that one.
+    let vtep_mac = lease
+        .attrs
+        .vxlan_data()
+        .map(|d| d.vtep_mac)
+        .unwrap_or(vtep_mac);
     tracing::info!(
         "lease acquired: {} (VtepMAC {vtep_mac}, store {})",
         lease.subnet,
@@ -264,6 +286,9 @@ pub async fn run_with_store(
     if ready_rx.recv().await.is_some() {
         status.ready.store(true, Ordering::Relaxed);
         tracing::info!("watching for subnet leases");
+        if let Err(e) = store.network_ready(&lease).await {
+            tracing::warn!("the dataplane is up but the store was not told: {e}");
+        }
     }
 
     let every = renew_interval(opts.lease_ttl, opts.renew_margin);

@@ -89,6 +89,7 @@ pub struct Node {
     child: Option<Child>,
     /// Extra weftd arguments, appended to [`Cluster::command`]'s.
     pub extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -218,6 +219,7 @@ impl Cluster {
                 dir,
                 child: None,
                 extra: vec![],
+                env: vec![],
             });
         }
         Cluster {
@@ -269,8 +271,18 @@ impl Cluster {
                 "--log-level",
                 "info",
             ])
-            .args(&n.extra);
+            .args(&n.extra)
+            .envs(n.env.iter().map(|(k, v)| (k, v)));
         c
+    }
+
+    /// Extra weftd arguments and environment for node `i` (e.g. Kubernetes mode).
+    pub fn set_node_args(&mut self, i: usize, args: &[String], env: &[(&str, &str)]) {
+        self.nodes[i].extra = args.to_vec();
+        self.nodes[i].env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Starts weftd on node `i` (logging to its weftd.log) and waits for its lease.

@@ -1266,7 +1266,7 @@ fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), Stor
 }
 
 /// A TLS handshake that records what the server presented, to name it in errors.
-mod tls_check {
+pub(crate) mod tls_check {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::sync::{Arc, Mutex};
@@ -1324,7 +1324,7 @@ mod tls_check {
     }
 
     /// The subject and the names (DNS and IP SANs) of a DER certificate.
-    pub(super) fn describe_cert(der: &[u8]) -> (String, Vec<String>, String) {
+    pub(crate) fn describe_cert(der: &[u8]) -> (String, Vec<String>, String) {
         match x509_parser::parse_x509_certificate(der) {
             Ok((_, cert)) => {
                 let mut names = vec![];

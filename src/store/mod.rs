@@ -1,5 +1,5 @@
 //! The lease store seam (flannel's subnet manager): one trait, with the embedded
-//! [`local`] store behind it today and etcd / Kubernetes stores to come.
+//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it.
 //!
 //! A store hands out leases (acquire, renew, release) and reports everyone's
 //! leases as a stream of [`WatchEvent`]s that starts with a full snapshot. A
@@ -7,6 +7,7 @@
 //! replaces the whole table, so stale peers cannot survive.
 
 pub mod etcd;
+pub mod kube;
 pub mod local;
 
 use std::net::Ipv4Addr;
@@ -104,9 +105,63 @@ pub enum StoreError {
         "{store}: this node's lease key {key} is gone: deleted by an operator, or expired while etcd was unreachable. Acquire again (weftd does, asking for the same subnet first)"
     )]
     LeaseDeleted { store: String, key: String },
+    #[error("Kubernetes client configuration ({from}): {problem}")]
+    KubeConfig { from: String, problem: String },
+    #[error(
+        "Kubernetes API server {api}: unreachable: {detail}; check the server address (--kube-api-url, or the kubeconfig's clusters[].cluster.server) and that the API server runs there"
+    )]
+    KubeUnreachable { api: String, detail: String },
+    #[error(
+        "Kubernetes API server {api} (in-cluster config: KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port}) does not answer: {detail}. In a pod that address is normally the `kubernetes` Service's ClusterIP, which only works once kube-proxy runs, and kube-proxy waits for the pod network that weft provides: this is the CNI-before-kube-proxy deadlock. Fix: reach the API server directly, either with --kubeconfig-file (a kubeconfig with the real server address and CA, mounted into the pod as a file) or by setting KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in the DaemonSet to the API server's real host and port (e.g. 10.0.0.100 and 6443)"
+    )]
+    KubeDeadlock {
+        api: String,
+        host: String,
+        port: String,
+        detail: String,
+    },
+    #[error("Kubernetes API server {api}: TLS failed when dialling {addr}: {detail}")]
+    KubeTls {
+        api: String,
+        addr: String,
+        /// What failed, then the certificate's subject and names (SANs) and the fix.
+        detail: String,
+    },
+    #[error(
+        "Kubernetes API server {api}: forbidden to {verb} {resource}: {detail}. Grant weft's ServiceAccount the verb {verb:?} on {resource:?} (the ClusterRole in docker/weft.yaml does)"
+    )]
+    KubeForbidden {
+        api: String,
+        verb: String,
+        resource: String,
+        detail: String,
+    },
+    #[error(
+        "node {node} has no pod CIDR (spec.podCIDR / spec.podCIDRs are empty): nobody assigns node subnets in this cluster. Run kube-controller-manager with --allocate-node-cidrs=true --cluster-cidr={network} (with kubeadm: kubeadm init --pod-network-cidr={network}), or set spec.podCIDR on the node"
+    )]
+    KubeNoPodCidr { node: String, network: Ipv4Net },
+    #[error(
+        "node {node}'s pod CIDR {cidr} lies outside the Network {network} of net-conf.json; make Network equal kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr)"
+    )]
+    KubePodCidrOutside {
+        node: String,
+        cidr: String,
+        network: Ipv4Net,
+    },
+    #[error("Kubernetes API server {api}: {op} failed: {detail}")]
+    KubeRequest {
+        api: String,
+        op: String,
+        detail: String,
+    },
+    #[error(
+        "cannot tell which node this is: set NODE_NAME (the DaemonSet sets it from spec.nodeName with the downward API), or POD_NAME and POD_NAMESPACE"
+    )]
+    KubeNoNodeName,
 }
 
-/// A place where leases are kept. Implementations: [`local::LocalStore`], [`etcd::EtcdStore`].
+/// A place where leases are kept. Implementations: [`local::LocalStore`],
+/// [`etcd::EtcdStore`], [`kube::KubeStore`].
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
     /// Where the store lives, for logs and errors (a directory, endpoints, a cluster).
@@ -128,6 +183,13 @@ pub trait LeaseStore: Send + Sync {
     /// Streams lease changes, starting with a [`WatchEvent::Snapshot`]. The stream
     /// ends when the receiver is dropped.
     async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
+
+    /// Tells the store that this node's dataplane is up and carries `lease`
+    /// (the kube store sets the node condition `NetworkUnavailable=False`).
+    async fn network_ready(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _ = lease;
+        Ok(())
+    }
 }
 
 /// flannel's choice of subnet, shared by the stores that allocate (local, etcd):

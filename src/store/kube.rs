@@ -1,0 +1,1019 @@
+//! The Kubernetes lease store (flannel's `--kube-subnet-mgr`): a node's subnet is
+//! its `spec.podCIDR(s)`, assigned by kube-controller-manager; weft keeps no
+//! store of its own. The VXLAN details travel in node annotations under a
+//! prefix (`flannel.alpha.coreos.com` by default), the same ones flannel
+//! writes, so weft and flannel nodes can share a cluster.
+//!
+//! Promises: every node object is read defensively (a malformed annotation is
+//! skipped with a log naming the node, never a panic); every re-list of the
+//! node watch (`Init … InitDone`, after a 410 Gone, an API server restart, a
+//! resourceVersion "too large" after an etcd restore, or the periodic resync)
+//! reaches the daemon as one [`WatchEvent::Snapshot`]; errors name the API
+//! server, the address dialled, the certificate's names, the node, or the verb
+//! and resource refused, with the fix.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Client, Config};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
+use crate::lease::{Lease, LeaseAttrs, VxlanData};
+
+/// The default annotation prefix, flannel's.
+pub const DEFAULT_ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com";
+
+/// Where a pod finds its ServiceAccount token, CA and namespace.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Every API call the kube store makes, as (verb, resource) the way RBAC names
+/// them. The ClusterRole in `docker/weft.yaml` must grant exactly these (a test
+/// checks). Annotations are written through `nodes/status`, as flannel does, so
+/// weft needs no write access to node specs.
+pub const API_CALLS: &[(&str, &str)] = &[
+    ("get", "nodes"),
+    ("list", "nodes"),
+    ("watch", "nodes"),
+    ("patch", "nodes/status"),
+    ("get", "pods"),
+];
+
+/// How weft reaches the API server and which node it runs on.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// `NODE_NAME` (the DaemonSet sets it from `spec.nodeName`).
+    pub node_name: Option<String>,
+    /// `POD_NAMESPACE` and `POD_NAME`: used to look up the node when `NODE_NAME` is unset.
+    pub pod: Option<(String, String)>,
+    /// `--kubeconfig-file`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-api-url`: overrides the server address of whatever config is used.
+    pub api_url: Option<String>,
+    /// `--kube-annotation-prefix`.
+    pub annotation_prefix: String,
+    /// `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT` (in-cluster config).
+    pub service_host: Option<String>,
+    pub service_port: Option<String>,
+    /// The ServiceAccount directory (token, ca.crt, namespace).
+    pub service_account_dir: PathBuf,
+    /// A full re-list of the nodes this often, as a safety net.
+    pub resync: Duration,
+    /// How long to wait for a TCP connection to the API server.
+    pub connect_timeout: Duration,
+}
+
+impl KubeSettings {
+    /// Settings from the flags, with node name and in-cluster address from the environment.
+    pub fn from_env(
+        kubeconfig: Option<PathBuf>,
+        api_url: Option<String>,
+        annotation_prefix: String,
+    ) -> KubeSettings {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        KubeSettings {
+            node_name: var("NODE_NAME"),
+            pod: var("POD_NAMESPACE").zip(var("POD_NAME")),
+            kubeconfig,
+            api_url,
+            annotation_prefix,
+            service_host: var("KUBERNETES_SERVICE_HOST"),
+            service_port: var("KUBERNETES_SERVICE_PORT"),
+            service_account_dir: PathBuf::from(SERVICE_ACCOUNT_DIR),
+            resync: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How the client config was made: decides which diagnosis an unreachable server gets.
+#[derive(Debug, Clone)]
+enum Source {
+    Kubeconfig(PathBuf),
+    InCluster { host: String, port: String },
+    ApiUrl,
+}
+
+/// The annotation keys under one prefix.
+#[derive(Debug, Clone)]
+struct Keys {
+    backend_type: String,
+    backend_data: String,
+    managed: String,
+    public_ip: String,
+    public_ip_overwrite: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        let k = |s: &str| format!("{}/{s}", prefix.trim_end_matches('/'));
+        Keys {
+            backend_type: k("backend-type"),
+            backend_data: k("backend-data"),
+            managed: k("kube-subnet-manager"),
+            public_ip: k("public-ip"),
+            public_ip_overwrite: k("public-ip-overwrite"),
+        }
+    }
+}
+
+/// Leases from Kubernetes node objects.
+#[derive(Clone)]
+pub struct KubeStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Api<Node>,
+    node_name: String,
+    keys: Keys,
+    api: String,
+    source: Source,
+    root_certs: Option<Vec<Vec<u8>>>,
+    resync: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KubeStore({})", self.describe())
+    }
+}
+
+/// Reads a PEM file into DER certificates.
+fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The client config: kubeconfig file, else in-cluster, else `--kube-api-url`
+/// alone; `--kube-api-url` overrides the server address in every case.
+async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError> {
+    let (mut config, source) = if let Some(path) = &s.kubeconfig {
+        let bad = |problem: String| StoreError::KubeConfig {
+            from: format!("--kubeconfig-file {}", path.display()),
+            problem,
+        };
+        let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+        let c = Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        (c, Source::Kubeconfig(path.clone()))
+    } else if let Some(host) = &s.service_host {
+        let port = s.service_port.clone().unwrap_or_else(|| "443".into());
+        let from = format!(
+            "in-cluster: KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port}, {}",
+            s.service_account_dir.display()
+        );
+        let h = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let url: http::Uri =
+            format!("https://{h}:{port}")
+                .parse()
+                .map_err(|e| StoreError::KubeConfig {
+                    from: from.clone(),
+                    problem: format!("not a valid server address: {e}"),
+                })?;
+        let mut c = Config::new(url);
+        let ca = s.service_account_dir.join("ca.crt");
+        c.root_cert = Some(read_pem_certs(&ca).map_err(|problem| StoreError::KubeConfig {
+            from: from.clone(),
+            problem: format!(
+                "{problem}; is automountServiceAccountToken off for weft's pod? Or pass --kubeconfig-file"
+            ),
+        })?);
+        let token = s.service_account_dir.join("token");
+        if token.exists() {
+            c.auth_info.token_file = Some(token.display().to_string());
+        }
+        if let Ok(ns) = std::fs::read_to_string(s.service_account_dir.join("namespace")) {
+            c.default_namespace = ns.trim().to_string();
+        }
+        (
+            c,
+            Source::InCluster {
+                host: host.clone(),
+                port,
+            },
+        )
+    } else if let Some(url) = &s.api_url {
+        let u: http::Uri = url.parse().map_err(|e| StoreError::KubeConfig {
+            from: format!("--kube-api-url {url}"),
+            problem: format!("not a URL: {e}"),
+        })?;
+        (Config::new(u), Source::ApiUrl)
+    } else {
+        return Err(StoreError::KubeConfig {
+            from: "no --kubeconfig-file, no --kube-api-url, no KUBERNETES_SERVICE_HOST".into(),
+            problem: "weft does not know where the API server is: pass --kubeconfig-file (recommended: it works before the pod network exists) or --kube-api-url, or run weft in a pod".into(),
+        });
+    };
+    if let Some(url) = &s.api_url {
+        config.cluster_url = url.parse().map_err(|e| StoreError::KubeConfig {
+            from: format!("--kube-api-url {url}"),
+            problem: format!("not a URL: {e}"),
+        })?;
+    }
+    config.connect_timeout = Some(s.connect_timeout);
+    Ok((config, source))
+}
+
+impl KubeStore {
+    /// Builds the client and finds this node's name (from `NODE_NAME`, else by
+    /// reading the pod `POD_NAMESPACE`/`POD_NAME`).
+    ///
+    /// # Errors
+    /// [`StoreError::KubeConfig`] for an unusable config; the API errors of
+    /// [`KubeStore::acquire`] when the pod lookup fails;
+    /// [`StoreError::KubeNoNodeName`] when neither is set.
+    pub async fn connect(s: KubeSettings) -> Result<KubeStore, StoreError> {
+        let (config, source) = client_config(&s).await?;
+        let api = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let root_certs = config.root_cert.clone();
+        let client = Client::try_from(config).map_err(|e| StoreError::KubeConfig {
+            from: api.clone(),
+            problem: e.to_string(),
+        })?;
+        let mut inner = Inner {
+            nodes: Api::all(client.clone()),
+            node_name: String::new(),
+            keys: Keys::new(&s.annotation_prefix),
+            api,
+            source,
+            root_certs,
+            resync: s.resync,
+            connect_timeout: s.connect_timeout,
+        };
+        inner.node_name = match (&s.node_name, &s.pod) {
+            (Some(n), _) => n.clone(),
+            (None, Some((ns, pod))) => {
+                let pods: Api<Pod> = Api::namespaced(client, ns);
+                let p = match pods.get(pod).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Err(inner
+                            .api_error("get", "pods", &format!("{ns}/{pod}"), e)
+                            .await);
+                    }
+                };
+                match p.spec.and_then(|s| s.node_name) {
+                    Some(n) => n,
+                    None => {
+                        return Err(StoreError::KubeRequest {
+                            api: inner.api.clone(),
+                            op: format!("get pods {ns}/{pod}"),
+                            detail: "the pod is not scheduled to a node yet (no spec.nodeName); set NODE_NAME from the downward API instead".into(),
+                        });
+                    }
+                }
+            }
+            (None, None) => return Err(StoreError::KubeNoNodeName),
+        };
+        Ok(KubeStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.inner.node_name
+    }
+}
+
+/// The first IPv4 pod CIDR of a node (`spec.podCIDRs`, else `spec.podCIDR`),
+/// as text, and parsed when it parses.
+fn pod_cidr(node: &Node) -> Option<(String, Option<Ipv4Net>)> {
+    let spec = node.spec.as_ref()?;
+    let mut all: Vec<String> = spec.pod_cidrs.clone().unwrap_or_default();
+    if all.is_empty() {
+        all.extend(spec.pod_cidr.clone());
+    }
+    all.retain(|c| !c.is_empty());
+    let first = all
+        .iter()
+        .find(|c| !c.contains(':'))
+        .or(all.first())?
+        .clone();
+    let parsed = first.parse::<Ipv4Net>().ok().map(|n| n.trunc());
+    Some((first, parsed))
+}
+
+fn name_of(node: &Node) -> String {
+    node.metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "(unnamed)".into())
+}
+
+impl Inner {
+    fn annotation<'a>(&self, node: &'a Node, key: &str) -> Option<&'a str> {
+        node.metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
+    /// A node as a peer lease: `Ok(None)` when the node is not (yet) managed by
+    /// weft or flannel, `Err` with the reason when its data is malformed.
+    fn peer(&self, node: &Node) -> Result<Option<Lease>, String> {
+        if self.annotation(node, &self.keys.managed) != Some("true") {
+            return Ok(None);
+        }
+        let Some((text, cidr)) = pod_cidr(node) else {
+            return Ok(None);
+        };
+        let subnet = cidr.ok_or_else(|| format!("pod CIDR {text:?} is not an IPv4 network"))?;
+        let backend_type = self
+            .annotation(node, &self.keys.backend_type)
+            .ok_or_else(|| format!("annotation {} is missing", self.keys.backend_type))?;
+        let data = self
+            .annotation(node, &self.keys.backend_data)
+            .ok_or_else(|| format!("annotation {} is missing", self.keys.backend_data))?;
+        let backend_data: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+            format!(
+                "annotation {} is not JSON ({data:?}): {e}",
+                self.keys.backend_data
+            )
+        })?;
+        let ip = self
+            .annotation(node, &self.keys.public_ip)
+            .ok_or_else(|| format!("annotation {} is missing", self.keys.public_ip))?;
+        let public_ip: Ipv4Addr = ip.parse().map_err(|_| {
+            format!(
+                "annotation {} = {ip:?} is not an IPv4 address",
+                self.keys.public_ip
+            )
+        })?;
+        let attrs = LeaseAttrs {
+            public_ip,
+            backend_type: backend_type.to_string(),
+            backend_data,
+        };
+        attrs.vxlan_data().map_err(|e| {
+            format!(
+                "annotations {} / {}: {e}",
+                self.keys.backend_type, self.keys.backend_data
+            )
+        })?;
+        Ok(Some(Lease {
+            subnet,
+            attrs,
+            expiration: None,
+        }))
+    }
+
+    /// `peer`, logging malformed nodes (by name) and dropping them.
+    fn peer_logged(&self, node: &Node) -> Option<Lease> {
+        match self.peer(node) {
+            Ok(l) => l,
+            Err(why) => {
+                tracing::warn!("skipping node {}: {why}", name_of(node));
+                None
+            }
+        }
+    }
+
+    /// Maps a client error to a [`StoreError`] that names what was refused or
+    /// why the server cannot be reached.
+    async fn api_error(
+        &self,
+        verb: &str,
+        resource: &str,
+        name: &str,
+        e: kube::Error,
+    ) -> StoreError {
+        let op = if name.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource} {name}")
+        };
+        match e {
+            kube::Error::Api(r) if r.code == 403 => StoreError::KubeForbidden {
+                api: self.api.clone(),
+                verb: verb.into(),
+                resource: resource.into(),
+                detail: r.message,
+            },
+            kube::Error::Api(r) if r.code == 401 => StoreError::KubeRequest {
+                api: self.api.clone(),
+                op,
+                detail: format!(
+                    "unauthorized ({}): the credentials were rejected; check the token or client certificate of the kubeconfig / ServiceAccount",
+                    r.message
+                ),
+            },
+            kube::Error::Api(r) => StoreError::KubeRequest {
+                api: self.api.clone(),
+                op,
+                detail: format!("{} ({} {})", r.message, r.code, r.reason),
+            },
+            other => {
+                let detail = error_chain(&other);
+                let this = DiagnoseInput {
+                    api: self.api.clone(),
+                    source: self.source.clone(),
+                    root_certs: self.root_certs.clone(),
+                    timeout: self.connect_timeout,
+                };
+                match tokio::task::spawn_blocking(move || diagnose(&this, &detail)).await {
+                    Ok(e) => e,
+                    Err(j) => StoreError::KubeRequest {
+                        api: self.api.clone(),
+                        op,
+                        detail: j.to_string(),
+                    },
+                }
+            }
+        }
+    }
+
+    async fn get_node(&self) -> Result<Node, StoreError> {
+        match self.nodes.get(&self.node_name).await {
+            Ok(n) => Ok(n),
+            Err(kube::Error::Api(r)) if r.code == 404 => Err(StoreError::KubeRequest {
+                api: self.api.clone(),
+                op: format!("get nodes {}", self.node_name),
+                detail: format!(
+                    "there is no node {:?} ({}); NODE_NAME must be the node's name as `kubectl get nodes` shows it",
+                    self.node_name, r.message
+                ),
+            }),
+            Err(e) => Err(self.api_error("get", "nodes", &self.node_name, e).await),
+        }
+    }
+
+    async fn patch_status(&self, patch: serde_json::Value) -> Result<Node, StoreError> {
+        match self
+            .nodes
+            .patch_status(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+        {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self
+                .api_error("patch", "nodes/status", &self.node_name, e)
+                .await),
+        }
+    }
+}
+
+/// The chain of sources of an error, joined, for messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+struct DiagnoseInput {
+    api: String,
+    source: Source,
+    root_certs: Option<Vec<Vec<u8>>>,
+    timeout: Duration,
+}
+
+/// Why the API server did not answer: TCP (with the deadlock explained for the
+/// in-cluster ClusterIP), then TLS (naming the certificate's SANs).
+fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
+    let uri: http::Uri = match d.api.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return StoreError::KubeUnreachable {
+                api: d.api.clone(),
+                detail: detail.to_string(),
+            };
+        }
+    };
+    let https = uri.scheme_str() != Some("http");
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let unreachable = |why: String| match &d.source {
+        Source::InCluster { host: h, port: p } => StoreError::KubeDeadlock {
+            api: d.api.clone(),
+            host: h.clone(),
+            port: p.clone(),
+            detail: why,
+        },
+        Source::Kubeconfig(p) => StoreError::KubeUnreachable {
+            api: d.api.clone(),
+            detail: format!(
+                "{why} (the address is the server of --kubeconfig-file {})",
+                p.display()
+            ),
+        },
+        Source::ApiUrl => StoreError::KubeUnreachable {
+            api: d.api.clone(),
+            detail: why,
+        },
+    };
+    let addrs: Vec<SocketAddr> = match (host.as_str(), port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return unreachable(format!("cannot resolve {host}: {e}")),
+    };
+    let mut failures = vec![];
+    let mut tcp = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, d.timeout) {
+            Ok(s) => {
+                tcp = Some((s, *a));
+                break;
+            }
+            Err(e) => failures.push(format!("TCP connect to {a}: {e}")),
+        }
+    }
+    let Some((tcp, addr)) = tcp else {
+        if failures.is_empty() {
+            failures.push(format!("{host} resolves to no address"));
+        }
+        return unreachable(failures.join("; "));
+    };
+    if https {
+        if let Some(e) = tls_probe(d, &host, addr, tcp) {
+            return e;
+        }
+    }
+    StoreError::KubeUnreachable {
+        api: d.api.clone(),
+        detail: detail.to_string(),
+    }
+}
+
+/// A TLS handshake to `addr` that records the certificate the server presents;
+/// `Some` error when verification fails, naming the certificate's names.
+fn tls_probe(
+    d: &DiagnoseInput,
+    host: &str,
+    addr: SocketAddr,
+    mut tcp: TcpStream,
+) -> Option<StoreError> {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use std::sync::Mutex;
+
+    #[derive(Debug)]
+    struct Recorder {
+        inner: Arc<WebPkiServerVerifier>,
+        seen: Mutex<Option<(Vec<u8>, Option<rustls::Error>)>>,
+    }
+    impl ServerCertVerifier for Recorder {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let r =
+                self.inner
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+            if let Ok(mut g) = self.seen.lock() {
+                *g = Some((end_entity.to_vec(), r.as_ref().err().cloned()));
+            }
+            r
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            s: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(m, c, s)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            s: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(m, c, s)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    let _ = tcp.set_read_timeout(Some(d.timeout));
+    let _ = tcp.set_write_timeout(Some(d.timeout));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in d.root_certs.iter().flatten() {
+        let _ = roots.add(CertificateDer::from(c.clone()));
+    }
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .ok()?;
+    let rec = Arc::new(Recorder {
+        inner,
+        seen: Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(rec.clone())
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut tcp).is_err() {
+            break;
+        }
+    }
+    let (der, err) = rec.seen.lock().ok()?.clone()?;
+    let err = err?;
+    let (subject, names, issuer) = crate::store::etcd::tls_check::describe_cert(&der);
+    let valid_for_host = names.iter().any(|n| n.eq_ignore_ascii_case(host));
+    let problem = match &err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature) => format!(
+            "the server certificate (issuer {issuer}) is not signed by the CA weft trusts (the kubeconfig's certificate-authority-data, or the ServiceAccount's ca.crt)"
+        ),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+            ..
+        }) => format!("x509: certificate is not valid for {host}"),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. }) => {
+            "the server certificate has expired (kubeadm certs renew all renews a kubeadm cluster's)".to_string()
+        }
+        other => other.to_string(),
+    };
+    let hint = if valid_for_host {
+        String::new()
+    } else {
+        format!(
+            ", not {host}: dial the API server by one of those names (in --kube-api-url, the kubeconfig's server, or KUBERNETES_SERVICE_HOST), or reissue its certificate with {host} in its SANs (kubeadm: apiServer.certSANs)"
+        )
+    };
+    Some(StoreError::KubeTls {
+        api: d.api.clone(),
+        addr: addr.to_string(),
+        detail: format!(
+            "{problem}. The server's certificate (subject {subject}) carries the names [{}]{hint}",
+            names.join(", ")
+        ),
+    })
+}
+
+/// The annotations this node should carry for `attrs`.
+fn own_annotations(keys: &Keys, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (keys.backend_type.clone(), attrs.backend_type.clone()),
+        (keys.backend_data.clone(), attrs.backend_data.to_string()),
+        (keys.managed.clone(), "true".to_string()),
+        (keys.public_ip.clone(), attrs.public_ip.to_string()),
+    ])
+}
+
+#[async_trait]
+impl LeaseStore for KubeStore {
+    fn describe(&self) -> String {
+        format!(
+            "Kubernetes API {} (node {})",
+            self.inner.api, self.inner.node_name
+        )
+    }
+
+    /// Kubernetes mode reads net-conf.json from `--net-config-path` (the ConfigMap).
+    async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// The node's pod CIDR as the lease. Writes this node's annotations (only
+    /// when they differ), keeping the VtepMAC already annotated so that it
+    /// survives restarts, and the public IP from `public-ip-overwrite` if set.
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
+        let me = &self.inner;
+        let node = me.get_node().await?;
+        let network = req.config.network;
+        let Some((text, cidr)) = pod_cidr(&node) else {
+            return Err(StoreError::KubeNoPodCidr {
+                node: me.node_name.clone(),
+                network,
+            });
+        };
+        let subnet = match cidr {
+            Some(c) if network.contains(&c) => c,
+            _ => {
+                return Err(StoreError::KubePodCidrOutside {
+                    node: me.node_name.clone(),
+                    cidr: text,
+                    network,
+                });
+            }
+        };
+        let mut attrs = req.attrs.clone();
+        if let Some(ip) = me.annotation(&node, &me.keys.public_ip_overwrite) {
+            match ip.parse::<Ipv4Addr>() {
+                Ok(ip) => {
+                    tracing::info!(
+                        "node {}: public IP {ip} from annotation {}",
+                        me.node_name,
+                        me.keys.public_ip_overwrite
+                    );
+                    attrs.public_ip = ip;
+                }
+                Err(_) => tracing::warn!(
+                    "node {}: ignoring annotation {} = {ip:?}: not an IPv4 address",
+                    me.node_name,
+                    me.keys.public_ip_overwrite
+                ),
+            }
+        }
+        // Keep the VtepMAC this node already announced (a restart must not change it).
+        let annotated_mac = me
+            .annotation(&node, &me.keys.backend_data)
+            .and_then(|d| serde_json::from_str::<VxlanData>(d).ok())
+            .map(|d| d.vtep_mac);
+        let mut data: serde_json::Value = attrs.backend_data.clone();
+        if let (Some(mac), Some(obj)) = (annotated_mac, data.as_object_mut()) {
+            obj.insert("VtepMAC".into(), json!(mac.to_string()));
+        }
+        attrs.backend_data = data;
+        let want = own_annotations(&me.keys, &attrs);
+        let have = node.metadata.annotations.clone().unwrap_or_default();
+        if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
+            me.patch_status(json!({"metadata": {"annotations": want}}))
+                .await?;
+            tracing::info!(
+                "node {}: annotations {}/… written",
+                me.node_name,
+                me.keys.backend_type.rsplit_once('/').map_or("", |p| p.0)
+            );
+        }
+        Ok(Lease {
+            subnet,
+            attrs,
+            expiration: None,
+        })
+    }
+
+    /// Pod CIDRs do not expire: nothing to renew.
+    async fn renew(&self, lease: &Lease, _ttl: Duration) -> Result<Lease, StoreError> {
+        Ok(lease.clone())
+    }
+
+    /// The annotations stay: a restarted weft reuses them (same VtepMAC), and
+    /// peers drop this node when its node object is deleted.
+    async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
+        let (tx, rx) = mpsc::channel(64);
+        let me = self.inner.clone();
+        tokio::spawn(async move { watch_nodes(me, tx).await });
+        Ok(rx)
+    }
+
+    /// `NetworkUnavailable=False` on the node, through `nodes/status` (as flannel does).
+    async fn network_ready(&self, _lease: &Lease) -> Result<(), StoreError> {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        self.inner
+            .patch_status(json!({"status": {"conditions": [{
+                "type": "NetworkUnavailable",
+                "status": "False",
+                "reason": "WeftIsUp",
+                "message": "weft is running on this node",
+                "lastTransitionTime": now,
+                "lastHeartbeatTime": now,
+            }]}}))
+            .await?;
+        tracing::info!("node {}: NetworkUnavailable=False", self.inner.node_name);
+        Ok(())
+    }
+}
+
+/// Whether a watch error means the API server's resourceVersions went back
+/// (an etcd restore): the watch must be rebuilt from a fresh list.
+fn too_large(e: &watcher::Error) -> bool {
+    let r = match e {
+        watcher::Error::WatchError(r) => r,
+        watcher::Error::WatchStartFailed(kube::Error::Api(r))
+        | watcher::Error::WatchFailed(kube::Error::Api(r))
+        | watcher::Error::InitialListFailed(kube::Error::Api(r)) => r,
+        _ => return false,
+    };
+    r.message.contains("Too large resource version")
+        || r.reason == "ResourceVersionTooLarge"
+        || (r.code == 504 && r.reason == "Timeout")
+}
+
+/// The node watch: one kube-rs watcher at a time, rebuilt (fresh list, hence a
+/// fresh snapshot) on "too large", on repeated errors, when its stream ends, and
+/// every `resync`.
+async fn watch_nodes(me: Arc<Inner>, tx: mpsc::Sender<WatchEvent>) {
+    // Peers by node name.
+    let mut current: BTreeMap<String, Lease> = BTreeMap::new();
+    let mut errors = 0u32;
+    loop {
+        let cfg = watcher::Config::default();
+        let mut stream = watcher(me.nodes.clone(), cfg).boxed();
+        let resync = tokio::time::sleep(me.resync);
+        tokio::pin!(resync);
+        let mut buffer: Option<BTreeMap<String, Lease>> = None;
+        let rebuild_after = loop {
+            let ev = tokio::select! {
+                _ = &mut resync => {
+                    tracing::debug!("periodic full resync of the nodes");
+                    break Duration::ZERO;
+                }
+                _ = tx.closed() => return,
+                ev = stream.next() => ev,
+            };
+            let Some(ev) = ev else {
+                break Duration::from_millis(200);
+            };
+            let sent = match ev {
+                Ok(ev) => {
+                    errors = 0;
+                    apply(&me, ev, &mut buffer, &mut current)
+                }
+                Err(e) => {
+                    errors += 1;
+                    if too_large(&e) {
+                        tracing::warn!(
+                            "Kubernetes API {}: {e}: the API server's resourceVersions went back (an etcd restore?); listing the nodes afresh",
+                            me.api
+                        );
+                        break Duration::from_millis(200);
+                    }
+                    let wait = Duration::from_millis(200 * u64::from(errors.min(25)));
+                    if errors == 1 || errors % 20 == 0 {
+                        tracing::warn!(
+                            "Kubernetes API {}: watching nodes: {} (retrying)",
+                            me.api,
+                            error_chain(&e)
+                        );
+                    }
+                    if errors >= 10 {
+                        // Something keeps failing on this watch: start over with a list.
+                        break wait;
+                    }
+                    tokio::time::sleep(wait).await;
+                    vec![]
+                }
+            };
+            for ev in sent {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        };
+        drop(stream);
+        tokio::time::sleep(rebuild_after).await;
+    }
+}
+
+/// Applies one watcher event to the peer table; returns what to tell the daemon.
+fn apply(
+    me: &Inner,
+    ev: watcher::Event<Node>,
+    buffer: &mut Option<BTreeMap<String, Lease>>,
+    current: &mut BTreeMap<String, Lease>,
+) -> Vec<WatchEvent> {
+    match ev {
+        watcher::Event::Init => {
+            *buffer = Some(BTreeMap::new());
+            vec![]
+        }
+        watcher::Event::InitApply(n) => {
+            let b = buffer.get_or_insert_with(BTreeMap::new);
+            if let Some(l) = me.peer_logged(&n) {
+                b.insert(name_of(&n), l);
+            }
+            vec![]
+        }
+        watcher::Event::InitDone => {
+            *current = buffer.take().unwrap_or_default();
+            vec![WatchEvent::Snapshot(current.values().cloned().collect())]
+        }
+        watcher::Event::Apply(n) => {
+            let name = name_of(&n);
+            match me.peer_logged(&n) {
+                Some(l) => {
+                    let mut out = vec![];
+                    match current.get(&name) {
+                        Some(old) if *old == l => return vec![],
+                        Some(old) if old.subnet != l.subnet => {
+                            out.push(WatchEvent::Remove(old.subnet))
+                        }
+                        _ => {}
+                    }
+                    current.insert(name, l.clone());
+                    out.push(WatchEvent::Upsert(l));
+                    out
+                }
+                None => current
+                    .remove(&name)
+                    .map(|old| vec![WatchEvent::Remove(old.subnet)])
+                    .unwrap_or_default(),
+            }
+        }
+        watcher::Event::Delete(n) => current
+            .remove(&name_of(&n))
+            .map(|old| vec![WatchEvent::Remove(old.subnet)])
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(v: serde_json::Value) -> Node {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pod_cidrs_prefer_the_ipv4_entry_of_podcidrs() {
+        let n = node(json!({"metadata": {"name": "a"}, "spec": {
+            "podCIDR": "fd00::/64", "podCIDRs": ["fd00::/64", "10.244.1.0/24"]}}));
+        assert_eq!(
+            pod_cidr(&n).unwrap().1,
+            Some("10.244.1.0/24".parse().unwrap())
+        );
+        let n = node(json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "10.244.2.0/24"}}));
+        assert_eq!(
+            pod_cidr(&n).unwrap().1,
+            Some("10.244.2.0/24".parse().unwrap())
+        );
+        let n = node(json!({"metadata": {"name": "a"}, "spec": {}}));
+        assert!(pod_cidr(&n).is_none());
+    }
+
+    #[test]
+    fn annotation_keys_follow_the_prefix() {
+        let k = Keys::new("flannel.alpha.coreos.com");
+        assert_eq!(k.backend_data, "flannel.alpha.coreos.com/backend-data");
+        assert_eq!(
+            k.public_ip_overwrite,
+            "flannel.alpha.coreos.com/public-ip-overwrite"
+        );
+        let attrs = LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 0, 2, 1),
+            crate::types::Vni::new(1).unwrap(),
+            "62:fc:03:83:1b:2b".parse().unwrap(),
+        );
+        let a = own_annotations(&Keys::new("example.com/"), &attrs);
+        assert_eq!(
+            a["example.com/backend-data"],
+            r#"{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"}"#
+        );
+        assert_eq!(a["example.com/kube-subnet-manager"], "true");
+        assert_eq!(a["example.com/public-ip"], "192.0.2.1");
+    }
+
+    #[test]
+    fn api_calls_name_rbac_resources() {
+        for (verb, res) in API_CALLS {
+            assert!(["get", "list", "watch", "patch"].contains(verb), "{verb}");
+            assert!(["nodes", "nodes/status", "pods"].contains(res), "{res}");
+        }
+    }
+}
