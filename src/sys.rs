@@ -96,32 +96,13 @@ pub fn bind_udp(addr: SocketAddrV4) -> Result<UdpSocket, SysError> {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        if setsockopt_int(&s, libc::SOL_SOCKET, force, 4 << 20).is_err() {
-            let _ = setsockopt_int(&s, libc::SOL_SOCKET, plain, 4 << 20);
+        if setsockopt_int_fd(s.as_raw_fd(), libc::SOL_SOCKET, force, 4 << 20).is_err() {
+            let _ = setsockopt_int_fd(s.as_raw_fd(), libc::SOL_SOCKET, plain, 4 << 20);
         }
     }
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
     Ok(s.into())
-}
-
-fn setsockopt_int(s: &Socket, level: i32, name: i32, v: i32) -> io::Result<()> {
-    // SAFETY: `v` lives across the call and its size is passed exactly; the fd is
-    // a valid open socket borrowed from `s`.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&raw const v).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Waits until `fd` is readable or `timeout` passes; `Ok(false)` on timeout.
@@ -138,11 +119,76 @@ pub fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
     }
 }
 
+/// Segments one UDP GSO send may carry: the kernel's limit is 64 (older
+/// kernels) and the whole must stay under 64 KiB.
+pub const GSO_MAX_SEGMENTS: usize = 44;
+/// Bytes of payload one GSO send may carry.
+const GSO_MAX_BYTES: usize = 65_000;
+/// Control-message room per datagram (one `UDP_SEGMENT`/`UDP_GRO` cmsg).
+const CTRL_WORDS: usize = 8;
+
+/// Asks the kernel to coalesce received datagrams of one flow (`UDP_GRO`);
+/// [`Mmsg::recv`] then reports each buffer's segment size. False when the
+/// kernel has no UDP GRO (before Linux 5.0).
+pub fn enable_udp_gro(sock: &UdpSocket) -> bool {
+    setsockopt_int_fd(sock.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
+}
+
+/// Whether the kernel takes `UDP_SEGMENT` (UDP GSO, Linux 4.18+) on this socket.
+pub fn udp_gso_supported(sock: &UdpSocket) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` live across the call and `len` holds `v`'s size;
+    // the fd is a valid open socket borrowed from `sock`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    r == 0
+}
+
+fn setsockopt_int_fd(fd: i32, level: i32, name: i32, v: i32) -> io::Result<()> {
+    // SAFETY: `v` lives across the call and its size is passed exactly; `fd` is
+    // an open socket the caller borrows for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const v).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What one [`Mmsg::send`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendReport {
+    /// Datagrams handed to the kernel.
+    pub sent: usize,
+    /// A GSO send was refused (EIO/EINVAL): the caller should stop using GSO.
+    pub gso_refused: bool,
+}
+
 /// Preallocated headers for `recvmmsg`/`sendmmsg`, so a batch allocates nothing.
 pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in>,
+    /// One control buffer per message, u64 words for cmsg alignment.
+    ctrl: Vec<[u64; CTRL_WORDS]>,
+    /// Per message: how many items it carries (sending).
+    counts: Vec<usize>,
 }
 
 // SAFETY: the raw pointers inside are only set during a call that borrows the
@@ -172,25 +218,34 @@ impl Mmsg {
             addrs: (0..BATCH)
                 .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
                 .collect(),
+            ctrl: vec![[0; CTRL_WORDS]; BATCH],
+            counts: vec![0; BATCH],
         }
     }
 
-    /// Points header `i` at iovec `i` and address `i` (one buffer, no control data).
-    fn link(&mut self, i: usize) {
-        let h = &mut self.hdrs[i].msg_hdr;
-        h.msg_iov = &raw mut self.iovs[i];
-        h.msg_iovlen = 1;
-        h.msg_name = (&raw mut self.addrs[i]).cast();
+    /// Points header `m` at `iovlen` iovecs from `iov`, address `m`, and
+    /// `ctrl_len` bytes of control buffer `m`.
+    fn link(&mut self, m: usize, iov: usize, iovlen: usize, ctrl_len: usize) {
+        let h = &mut self.hdrs[m].msg_hdr;
+        h.msg_iov = &raw mut self.iovs[iov];
+        h.msg_iovlen = iovlen;
+        h.msg_name = (&raw mut self.addrs[m]).cast();
         h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_control = std::ptr::null_mut();
-        h.msg_controllen = 0;
+        h.msg_control = if ctrl_len > 0 {
+            self.ctrl[m].as_mut_ptr().cast()
+        } else {
+            std::ptr::null_mut()
+        };
+        h.msg_controllen = ctrl_len;
         h.msg_flags = 0;
-        self.hdrs[i].msg_len = 0;
+        self.hdrs[m].msg_len = 0;
     }
 
-    /// Receives up to [`BATCH`] datagrams: datagram `i` lands in
-    /// `slots[i][offset..]`; its length goes to `lens[i]` and its source to
-    /// `srcs[i]`. Returns how many arrived (0 if none).
+    /// Receives up to `slots.len()` (at most [`BATCH`]) datagrams: datagram `i`
+    /// lands in `slots[i][offset..]`; its length goes to `lens[i]`, its source
+    /// to `srcs[i]`, and, when UDP GRO coalesced several, the size of each
+    /// segment to `segs[i]` (0 for a single datagram). Returns how many
+    /// buffers arrived (0 if none).
     ///
     /// # Errors
     /// Whatever `recvmmsg(2)` reports except EAGAIN.
@@ -204,16 +259,22 @@ impl Mmsg {
         offset: usize,
         lens: &mut [usize],
         srcs: &mut [SocketAddrV4],
+        segs: &mut [usize],
     ) -> io::Result<usize> {
-        let n = BATCH.min(slots.len()).min(lens.len()).min(srcs.len());
+        let n = BATCH
+            .min(slots.len())
+            .min(lens.len())
+            .min(srcs.len())
+            .min(segs.len());
         for (i, slot) in slots[..n].iter_mut().enumerate() {
             let room = &mut slot.as_mut()[offset..];
             self.iovs[i].iov_base = room.as_mut_ptr().cast();
             self.iovs[i].iov_len = room.len();
-            self.link(i);
+            self.link(i, i, 1, CTRL_WORDS * 8);
         }
-        // SAFETY: hdrs[..n] point at iovecs and addresses owned by self and at
-        // the distinct `slots`, all borrowed mutably for this call.
+        // SAFETY: hdrs[..n] point at iovecs, addresses and control buffers
+        // owned by self and at the distinct `slots`, all borrowed mutably for
+        // this call.
         let r = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -239,14 +300,30 @@ impl Mmsg {
                 Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                 u16::from_be(a.sin_port),
             );
+            segs[i] = 0;
+            let h = &self.hdrs[i].msg_hdr;
+            // SAFETY: the kernel filled msg_control/msg_controllen for this
+            // message; CMSG_FIRSTHDR/NXTHDR stay inside that buffer and return
+            // null at its end.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(h);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        segs[i] = usize::try_from(v).unwrap_or(0);
+                    }
+                    c = libc::CMSG_NXTHDR(h, c);
+                }
+            }
         }
         Ok(r)
     }
 
-    /// Sends `slots[slot][range]` to `to` for each `(to, slot, range)` of `items`
-    /// (at most [`BATCH`]) in as few syscalls as the kernel allows, and returns
-    /// how many were sent. An item that fails is skipped (its error pushed onto
-    /// `errors`) and the rest still go.
+    /// Sends `slots[slot][range]` to `to` for each `(to, slot, range)` of
+    /// `items` (at most [`BATCH`]) in as few syscalls as the kernel allows. With
+    /// `gso`, runs of same-size datagrams to one peer (the last may be shorter)
+    /// go as one UDP GSO send. An item that fails is skipped (its error pushed
+    /// onto `errors`) and the rest still go.
     ///
     /// # Panics
     /// When a range lies outside its slot (a caller bug, not packet input).
@@ -255,12 +332,37 @@ impl Mmsg {
         sock: &UdpSocket,
         slots: &[S],
         items: &[(SocketAddrV4, usize, Range<usize>)],
+        gso: bool,
         errors: &mut Vec<io::Error>,
-    ) -> usize {
+    ) -> SendReport {
         let n = items.len().min(BATCH);
-        for (i, (to, slot, range)) in items[..n].iter().enumerate() {
-            let data = &slots[*slot].as_ref()[range.clone()];
-            self.addrs[i] = libc::sockaddr_in {
+        // Group items into messages.
+        let mut msgs = 0;
+        let mut i = 0;
+        while i < n {
+            let (to, _, ref first) = items[i];
+            let seg = first.len();
+            let mut count = 1;
+            let mut bytes = seg;
+            if gso {
+                while i + count < n && count < GSO_MAX_SEGMENTS {
+                    let (t2, _, ref r2) = items[i + count];
+                    if t2 != to || r2.len() > seg || bytes + r2.len() > GSO_MAX_BYTES {
+                        break;
+                    }
+                    bytes += r2.len();
+                    count += 1;
+                    if r2.len() < seg {
+                        break; // a shorter segment ends the run
+                    }
+                }
+            }
+            for (k, (_, slot, range)) in items[i..i + count].iter().enumerate() {
+                let data = &slots[*slot].as_ref()[range.clone()];
+                self.iovs[i + k].iov_base = data.as_ptr().cast_mut().cast();
+                self.iovs[i + k].iov_len = data.len();
+            }
+            self.addrs[msgs] = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: to.port().to_be(),
                 sin_addr: libc::in_addr {
@@ -268,22 +370,28 @@ impl Mmsg {
                 },
                 sin_zero: [0; 8],
             };
-            self.iovs[i].iov_base = data.as_ptr().cast_mut().cast();
-            self.iovs[i].iov_len = data.len();
-            self.link(i);
+            let ctrl_len = if count > 1 {
+                self.put_segment_cmsg(msgs, seg as u16)
+            } else {
+                0
+            };
+            self.link(msgs, i, count, ctrl_len);
+            self.counts[msgs] = count;
+            msgs += 1;
+            i += count;
         }
-        let mut sent = 0;
+        let mut report = SendReport::default();
         let mut at = 0;
         let mut waits = 0;
-        while at < n {
-            // SAFETY: hdrs[at..n] point at iovecs/addresses owned by self and at
-            // the caller's slots, all alive for this call; the kernel
-            // only reads them.
+        while at < msgs {
+            // SAFETY: hdrs[at..msgs] point at iovecs, addresses and control
+            // buffers owned by self and at the caller's slots, all alive for
+            // this call; the kernel only reads them.
             let r = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
                     self.hdrs.as_mut_ptr().add(at),
-                    (n - at) as libc::c_uint,
+                    (msgs - at) as libc::c_uint,
                     0,
                 )
             };
@@ -296,13 +404,38 @@ impl Mmsg {
                     let _ = poll(&mut fds, PollTimeout::from(10u8));
                     continue;
                 }
+                if self.counts[at] > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+                {
+                    report.gso_refused = true;
+                }
                 errors.push(e);
-                at += 1; // skip the datagram that failed
+                at += 1; // skip the message that failed
             } else {
-                sent += r as usize;
-                at += r as usize;
+                let r = r as usize;
+                report.sent += self.counts[at..at + r].iter().sum::<usize>();
+                at += r;
             }
         }
-        sent
+        report
+    }
+
+    /// Writes a `UDP_SEGMENT` cmsg carrying `seg` into control buffer `m`;
+    /// returns the control length to pass.
+    fn put_segment_cmsg(&mut self, m: usize, seg: u16) -> usize {
+        let buf = &mut self.ctrl[m];
+        // SAFETY: CMSG_SPACE(2) (24 bytes) fits the 64-byte, u64-aligned buffer;
+        // the header and data are written inside it through CMSG_* offsets.
+        unsafe {
+            let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+            let mut h: libc::msghdr = MaybeUninit::zeroed().assume_init();
+            h.msg_control = buf.as_mut_ptr().cast();
+            h.msg_controllen = space;
+            let c = libc::CMSG_FIRSTHDR(&h);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            space
+        }
     }
 }

@@ -20,6 +20,8 @@ use super::{ENCAP_LEN, HEADROOM, SLOT};
 use crate::sys::{self, BATCH, Mmsg};
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
+/// Receive buffers per batch; with UDP GRO each may hold up to 64 KiB of segments.
+const RX_BUFFERS: usize = 32;
 /// How often an idle loop looks at the stop flag.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// At most this many ICMP unreachables per second per node.
@@ -44,6 +46,13 @@ impl Dataplane {
         counters: Arc<Counters>,
     ) -> io::Result<Dataplane> {
         let offload = tun.tcp_gso();
+        let gso = crate::sys::udp_gso_supported(&sock);
+        let gro = crate::sys::enable_udp_gro(&sock);
+        tracing::info!(
+            "UDP GSO (one send per run of segments): {}; UDP GRO (coalesced receive): {}",
+            if gso { "on" } else { "off" },
+            if gro { "on" } else { "off" }
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let sock = Arc::new(sock);
         // One handle, shared: reads and writes on a TUN fd are independent.
@@ -57,7 +66,7 @@ impl Dataplane {
                 std::thread::Builder::new()
                     .name("weft-tx".into())
                     .spawn(move || {
-                        tun_to_udp(&tun, &sock, core, &table, &counters, &stop, offload)
+                        tun_to_udp(&tun, &sock, core, &table, &counters, &stop, offload, gso)
                     })?,
             );
         }
@@ -137,6 +146,7 @@ fn tun_to_udp(
     counters: &Counters,
     stop: &AtomicBool,
     offload: bool,
+    mut gso: bool,
 ) {
     let mut slots: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
     let mut sizes = [0usize; BATCH];
@@ -216,8 +226,15 @@ fn tun_to_udp(
         drop(t);
         if !items.is_empty() {
             errors.clear();
-            let sent = mmsg.send(sock, &slots, &items, &mut errors);
-            let failed = items.len() - sent;
+            let report = mmsg.send(sock, &slots, &items, gso, &mut errors);
+            if report.gso_refused {
+                gso = false;
+                tracing::warn!(
+                    "the kernel refused a UDP GSO send ({:?}); sending one datagram per syscall from now on",
+                    errors.first()
+                );
+            }
+            let failed = items.len() - report.sent;
             if failed > 0 {
                 local.tx_packets -= failed as u64;
                 local.drops[DropReason::UdpSendError as usize] += failed as u64;
@@ -237,25 +254,41 @@ fn udp_to_tun(
     counters: &Counters,
     stop: &AtomicBool,
 ) {
-    let mut slots: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
-    let mut lens = [0usize; BATCH];
-    let mut srcs = [SocketAddrV4::new(0.into(), 0); BATCH];
+    // Received buffers: one datagram, or with UDP GRO a run of same-size
+    // segments back to back. Decapsulated packets are copied into `out` slots at
+    // HEADROOM (room for tun-rs's virtio-net header), which tun-rs then writes,
+    // coalescing TCP segments again (GRO) on offload devices.
+    let mut inbox: Vec<Slot> = (0..RX_BUFFERS).map(|_| Slot::new(SLOT)).collect();
+    let mut out: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
+    let mut lens = [0usize; RX_BUFFERS];
+    let mut segs = [0usize; RX_BUFFERS];
+    let mut srcs = [SocketAddrV4::new(0.into(), 0); RX_BUFFERS];
     let mut gro = GROTable::new();
     let mut mmsg = Mmsg::new();
     let mut local = LocalCounts::default();
     let mut errlog = ErrLog::new("receiving VXLAN datagrams");
     let mut tunlog = ErrLog::new("writing to TUN");
-    // Datagrams land so that the inner packet starts at HEADROOM, which leaves
-    // room for the virtio-net header tun-rs writes in front on offload devices.
     let off = HEADROOM - ENCAP_LEN;
+    let mut flush = |out: &mut [Slot], k: usize, local: &mut LocalCounts| {
+        if k == 0 {
+            return;
+        }
+        match tun.send_multiple(&mut gro, &mut out[..k], HEADROOM) {
+            Ok(_) => local.rx_packets += k as u64,
+            Err(e) => {
+                local.drops[DropReason::TunWriteError as usize] += k as u64;
+                tunlog.log(&e);
+            }
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         if !wait(sock, &mut errlog) {
             continue;
         }
         // Drain what is queued, a batch at a time, before sleeping again.
         for _ in 0..16 {
-            slots.iter_mut().for_each(Slot::reset);
-            let n = match mmsg.recv(sock, &mut slots, off, &mut lens, &mut srcs) {
+            inbox.iter_mut().for_each(Slot::reset);
+            let n = match mmsg.recv(sock, &mut inbox, off, &mut lens, &mut srcs, &mut segs) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
@@ -263,32 +296,32 @@ fn udp_to_tun(
                     break;
                 }
             };
-            // Delivered packets move to the front, trimmed to their length;
-            // tun-rs then writes them, coalescing TCP segments (GRO) on offload devices.
             let mut k = 0;
-            for (i, &len) in lens[..n].iter().enumerate() {
-                match core.decap(slots[i].as_ref(), off, len) {
-                    RxAction::Deliver(r) => {
-                        debug_assert_eq!(r.start, HEADROOM);
-                        local.rx_bytes += r.len() as u64;
-                        slots[i].set_len(r.end);
-                        slots.swap(i, k);
-                        k += 1;
+            for i in 0..n {
+                let seg = if segs[i] > 0 { segs[i] } else { lens[i] };
+                let mut pos = 0;
+                while pos < lens[i] {
+                    let len = seg.min(lens[i] - pos);
+                    match core.decap(inbox[i].as_ref(), off + pos, len) {
+                        RxAction::Deliver(r) => {
+                            local.rx_bytes += r.len() as u64;
+                            let o = &mut out[k];
+                            o.set_len(HEADROOM + r.len());
+                            o.as_mut()[HEADROOM..].copy_from_slice(&inbox[i].as_ref()[r]);
+                            k += 1;
+                            if k == out.len() {
+                                flush(&mut out, k, &mut local);
+                                k = 0;
+                            }
+                        }
+                        RxAction::Drop(r) => local.drop(r),
                     }
-                    RxAction::Drop(r) => local.drop(r),
+                    pos += seg;
                 }
             }
-            if k > 0 {
-                match tun.send_multiple(&mut gro, &mut slots[..k], HEADROOM) {
-                    Ok(_) => local.rx_packets += k as u64,
-                    Err(e) => {
-                        local.drops[DropReason::TunWriteError as usize] += k as u64;
-                        tunlog.log(&e);
-                    }
-                }
-            }
+            flush(&mut out, k, &mut local);
             counters.flush(&mut local);
-            if n < BATCH {
+            if n < RX_BUFFERS {
                 break;
             }
         }
