@@ -20,6 +20,15 @@ use super::{ENCAP_LEN, HEADROOM, SLOT};
 use crate::sys::{self, BATCH, Mmsg};
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
+/// What the kernel offers the transmit loop, probed once at start.
+#[derive(Debug, Clone, Copy)]
+struct Features {
+    /// TUN reads are virtio-net framed and may be TSO super-packets.
+    offload: bool,
+    /// UDP GSO: a run of segments to one peer goes in one send.
+    gso: bool,
+}
+
 /// Receive buffers per batch; with UDP GRO each may hold up to 64 KiB of segments.
 const RX_BUFFERS: usize = 32;
 /// How often an idle loop looks at the stop flag.
@@ -66,7 +75,15 @@ impl Dataplane {
                 std::thread::Builder::new()
                     .name("weft-tx".into())
                     .spawn(move || {
-                        tun_to_udp(&tun, &sock, core, &table, &counters, &stop, offload, gso)
+                        tun_to_udp(
+                            &tun,
+                            &sock,
+                            core,
+                            &table,
+                            &counters,
+                            &stop,
+                            Features { offload, gso },
+                        )
                     })?,
             );
         }
@@ -145,9 +162,9 @@ fn tun_to_udp(
     table: &SharedTable,
     counters: &Counters,
     stop: &AtomicBool,
-    offload: bool,
-    mut gso: bool,
+    features: Features,
 ) {
+    let Features { offload, mut gso } = features;
     let mut slots: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
     let mut sizes = [0usize; BATCH];
     // With offloads one read is a super-packet of up to 64 KiB, split into
