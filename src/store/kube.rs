@@ -588,54 +588,9 @@ fn tls_probe(
     addr: SocketAddr,
     mut tcp: TcpStream,
 ) -> Option<StoreError> {
+    use rustls::RootCertStore;
     use rustls::client::WebPkiServerVerifier;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-    use std::sync::Mutex;
-
-    #[derive(Debug)]
-    struct Recorder {
-        inner: Arc<WebPkiServerVerifier>,
-        seen: Mutex<Option<(Vec<u8>, Option<rustls::Error>)>>,
-    }
-    impl ServerCertVerifier for Recorder {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp: &[u8],
-            now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            let r =
-                self.inner
-                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-            if let Ok(mut g) = self.seen.lock() {
-                *g = Some((end_entity.to_vec(), r.as_ref().err().cloned()));
-            }
-            r
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            s: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls12_signature(m, c, s)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            s: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls13_signature(m, c, s)
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.inner.supported_verify_schemes()
-        }
-    }
+    use rustls::pki_types::{CertificateDer, ServerName};
 
     let _ = tcp.set_read_timeout(Some(d.timeout));
     let _ = tcp.set_write_timeout(Some(d.timeout));
@@ -647,10 +602,7 @@ fn tls_probe(
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .ok()?;
-    let rec = Arc::new(Recorder {
-        inner,
-        seen: Mutex::new(None),
-    });
+    let rec = Arc::new(crate::store::tls::Recorder::new(inner));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
@@ -666,7 +618,7 @@ fn tls_probe(
     }
     let (der, err) = rec.seen.lock().ok()?.clone()?;
     let err = err?;
-    let (subject, names, issuer) = crate::store::etcd::tls_check::describe_cert(&der);
+    let (subject, names, issuer) = crate::store::tls::describe_cert(&der);
     let valid_for_host = names.iter().any(|n| n.eq_ignore_ascii_case(host));
     let problem = match &err {
         rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)

@@ -9,6 +9,7 @@
 pub mod etcd;
 pub mod kube;
 pub mod local;
+pub(crate) mod tls;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
