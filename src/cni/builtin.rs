@@ -141,22 +141,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         "cannot open netlink in netns {}",
         netns.display()
     )))?;
-    if pod
-        .link(ifname)
-        .map_err(nl_err(format!(
-            "cannot look up {ifname} in netns {}",
-            netns.display()
-        )))?
-        .is_some()
-    {
-        return Err(CniError::new(
-            code::IFACE_EXISTS,
-            format!(
-                "interface {ifname} already exists in netns {}; DEL it first or use another CNI_IFNAME",
-                netns.display()
-            ),
-        ));
-    }
+    refuse_in(&mut pod, ifname, netns)?;
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
     let gw_net = Ipv4Net::new(gw, subnet.prefix_len()).unwrap_or(subnet);
     let bridge = ensure_bridge(&mut host, &bridge_name, gw_net)?;
