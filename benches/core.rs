@@ -84,7 +84,9 @@ fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     for n in [10u32, 1000, 10_000] {
         let ls = leases(n);
-        let table = Table::build(&ls, None, Vni::new(1).unwrap(), 8472).0;
+        let mut table = Table::build(&ls, None, Vni::new(1).unwrap(), 8472).0;
+        // As weftd does: the dense index over the Network (10.0.0.0/8 holds these /24s).
+        table.index_dense("10.0.0.0/8".parse().unwrap());
         // Destinations spread over every lease, visited in a scrambled order.
         let dsts: Vec<Ipv4Addr> = (0..4096u32)
             .map(|i| {

@@ -428,6 +428,7 @@ async fn watch_leases(
             }
             t = kept;
         }
+        t.index_dense(config.network);
         let after: BTreeMap<Ipv4Net, Ipv4Addr> =
             t.peers().map(|p| (p.subnet, p.public_ip)).collect();
         for (s, ip) in &after {

@@ -31,7 +31,22 @@ pub struct Table {
     /// Distinct prefix lengths, longest first.
     lens: Vec<u8>,
     map: FxHashMap<u64, Peer>,
+    dense: Option<Dense>,
 }
+
+/// Every subnet of one Network at one prefix length, indexed by subnet number.
+#[derive(Debug)]
+struct Dense {
+    base: u32,
+    mask: u32,
+    shift: u32,
+    /// 0 = no lease; else 1 + an index into `peers`.
+    slots: Vec<u32>,
+    peers: Vec<Peer>,
+}
+
+/// At most 2^16 subnets per Network get a dense index (256 KiB).
+const DENSE_MAX_BITS: u8 = 16;
 
 /// A lease left out of the table, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +104,41 @@ impl Table {
         (t, skipped)
     }
 
+    /// Adds the dense index when every peer has the same prefix length inside
+    /// `network` and the network holds at most 2^16 such subnets (a flannel
+    /// network: 10.244.0.0/16 with /24s has 256). Lookups answer the same
+    /// with or without it. Returns whether the index was built.
+    pub fn index_dense(&mut self, network: Ipv4Net) -> bool {
+        self.dense = None;
+        let [len] = self.lens[..] else { return false };
+        let plen = network.prefix_len();
+        if len < plen
+            || len - plen > DENSE_MAX_BITS
+            || !self.map.values().all(|p| network.contains(&p.subnet))
+        {
+            return false;
+        }
+        let shift = 32 - u32::from(len);
+        let base = u32::from(network.network());
+        let mut d = Dense {
+            base,
+            mask: mask(plen),
+            shift,
+            slots: vec![0; 1 << (len - plen)],
+            peers: Vec::with_capacity(self.map.len()),
+        };
+        for p in self.map.values() {
+            d.peers.push(*p);
+            d.slots[((u32::from(p.subnet.network()) - base) >> shift) as usize] =
+                d.peers.len() as u32;
+        }
+        self.dense = Some(d);
+        true
+    }
+
     /// Adds or replaces the route for `p.subnet`.
     pub fn insert(&mut self, p: Peer) {
+        self.dense = None;
         let len = p.subnet.prefix_len();
         if !self.lens.contains(&len) {
             self.lens.push(len);
@@ -103,6 +151,12 @@ impl Table {
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
         let a = u32::from(dst);
+        if let Some(d) = &self.dense {
+            if a & d.mask == d.base {
+                let i = d.slots[((a - d.base) >> d.shift) as usize];
+                return i.checked_sub(1).map(|i| &d.peers[i as usize]);
+            }
+        }
         for &len in &self.lens {
             if let Some(p) = self.map.get(&key(a & mask(len), len)) {
                 return Some(p);
@@ -168,6 +222,53 @@ mod tests {
         assert_eq!(p.public_ip, Ipv4Addr::new(192, 0, 2, 3));
         assert_eq!(p.endpoint, "192.0.2.3:8472".parse().unwrap());
         assert!(t.lookup(Ipv4Addr::new(10, 245, 2, 5)).is_none());
+    }
+
+    #[test]
+    fn dense_index_answers_like_the_hash() {
+        let ls: Vec<Lease> = (1..=300u32)
+            .filter(|i| i % 7 != 0)
+            .map(|i| {
+                lease(
+                    &format!("10.244.{}.0/24", i % 256),
+                    [192, 0, (i / 256) as u8 + 2, i as u8],
+                    1,
+                )
+            })
+            .collect();
+        let (mut t, _) = Table::build(
+            &ls,
+            Some("10.244.9.0/24".parse().unwrap()),
+            Vni::new(1).unwrap(),
+            8472,
+        );
+        let probes: Vec<Ipv4Addr> = (0..70_000u32)
+            .map(|i| Ipv4Addr::from(0x0af3_0000 + i * 61))
+            .collect();
+        let hashed: Vec<Option<Peer>> = probes.iter().map(|a| t.lookup(*a).copied()).collect();
+        assert!(t.index_dense("10.244.0.0/16".parse().unwrap()));
+        let dense: Vec<Option<Peer>> = probes.iter().map(|a| t.lookup(*a).copied()).collect();
+        assert_eq!(hashed, dense);
+        assert!(dense.iter().any(Option::is_some) && dense.iter().any(Option::is_none));
+        // Mixed prefix lengths, or peers outside the network: no dense index.
+        t.insert(Peer {
+            subnet: "10.244.200.128/25".parse().unwrap(),
+            ..*t.lookup(Ipv4Addr::new(10, 244, 1, 1)).unwrap()
+        });
+        assert!(!t.index_dense("10.244.0.0/16".parse().unwrap()));
+        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472);
+        assert!(
+            !t.index_dense("10.244.0.0/17".parse().unwrap()),
+            "leases outside 10.244.0.0/17"
+        );
+        assert!(
+            t.index_dense("10.0.0.0/8".parse().unwrap()),
+            "2^16 subnets: indexed"
+        );
+        assert!(
+            !t.index_dense("10.0.0.0/7".parse().unwrap()),
+            "2^17 subnets: too many"
+        );
     }
 
     #[test]
