@@ -374,23 +374,7 @@ fn interop_with_kernel_vxlan() {
     {
         k.add_peer(l);
     }
-    for n in &c.nodes {
-        assert!(
-            n.ping(k.subnet.network()),
-            "weft {} cannot reach the kernel node",
-            n.ns
-        );
-        assert!(
-            k.ping(n.addr()),
-            "the kernel node cannot reach weft {}",
-            n.ns
-        );
-    }
-    let size = 8 << 20;
-    let (s, g, n) = tcp_transfer(&c.nodes[0].ns, &k.ns, k.subnet.network(), 5002, size);
-    assert_eq!((n, s), (size, g), "weft → kernel TCP stream differs");
-    let (s, g, n) = tcp_transfer(&k.ns, &c.nodes[1].ns, c.nodes[1].addr(), 5003, size);
-    assert_eq!((n, s), (size, g), "kernel → weft TCP stream differs");
+    k.assert_interop(&c.nodes, 5002, 8 << 20);
     for n in &c.nodes {
         assert_eq!(
             n.drops("wrong_mac") + n.drops("wrong_vni") + n.drops("inner_malformed"),

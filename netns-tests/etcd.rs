@@ -298,24 +298,8 @@ fn etcd_kernel_vxlan_node_written_with_etcdctl() {
             n.ns,
             n.log()
         );
-        assert!(
-            n.ping(k.subnet.network()),
-            "weft {} cannot reach the kernel node",
-            n.ns
-        );
-        assert!(
-            k.ping(n.addr()),
-            "the kernel node cannot reach weft {}",
-            n.ns
-        );
     }
-    let size = 4 << 20;
-    let (s, g, n) =
-        crate::harness::tcp_transfer(&c.nodes[0].ns, &k.ns, k.subnet.network(), 5102, size);
-    assert_eq!((n, s), (size, g), "weft → kernel TCP stream differs");
-    let (s, g, n) =
-        crate::harness::tcp_transfer(&k.ns, &c.nodes[1].ns, c.nodes[1].addr(), 5103, size);
-    assert_eq!((n, s), (size, g), "kernel → weft TCP stream differs");
+    k.assert_interop(&c.nodes, 5102, 4 << 20);
     // The operator takes the kernel node out: its etcd lease is revoked, the key
     // goes with it, and every weft node drops the route.
     etcd.etcdctl(&["lease", "revoke", id]);

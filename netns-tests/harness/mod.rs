@@ -495,6 +495,29 @@ impl KernelNode {
     pub fn ping(&self, to: Ipv4Addr) -> bool {
         ping_from(&self.ns, to)
     }
+
+    /// Interop with every weft node in `nodes`, both ways: ping, then `size`
+    /// bytes of TCP from the first weft node to this node (on `port`) and from
+    /// this node to the last weft node (on `port + 1`), byte-identical.
+    pub fn assert_interop(&self, nodes: &[Node], port: u16, size: usize) {
+        for n in nodes {
+            assert!(
+                n.ping(self.subnet.network()),
+                "weft {} cannot reach the kernel node",
+                n.ns
+            );
+            assert!(
+                self.ping(n.addr()),
+                "the kernel node cannot reach weft {}",
+                n.ns
+            );
+        }
+        let (first, last) = (&nodes[0], &nodes[nodes.len() - 1]);
+        let (s, g, n) = tcp_transfer(&first.ns, &self.ns, self.subnet.network(), port, size);
+        assert_eq!((n, s), (size, g), "weft → kernel TCP stream differs");
+        let (s, g, n) = tcp_transfer(&self.ns, &last.ns, last.addr(), port + 1, size);
+        assert_eq!((n, s), (size, g), "kernel → weft TCP stream differs");
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so both ends can be compared.
