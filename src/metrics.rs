@@ -42,6 +42,8 @@ impl Status {
             ("weft_rx_packets_total", s.rx_packets),
             ("weft_rx_bytes_total", s.rx_bytes),
             ("weft_icmp_unreachable_sent_total", s.icmp_sent),
+            ("weft_tun_reads_total", s.tun_reads),
+            ("weft_tun_writes_total", s.tun_writes),
         ] {
             let _ = writeln!(o, "# TYPE {name} counter\n{name} {v}");
         }

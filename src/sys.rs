@@ -6,12 +6,14 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::dataplane::Gather;
+use crate::dataplane::offload::Datagram;
 
 /// How many packets one syscall moves at most.
 pub const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
@@ -126,6 +128,12 @@ pub const GSO_MAX_SEGMENTS: usize = 44;
 const GSO_MAX_BYTES: usize = 65_000;
 /// Control-message room per datagram (one `UDP_SEGMENT`/`UDP_GRO` cmsg).
 const CTRL_WORDS: usize = 8;
+/// Messages one `sendmmsg`/`recvmmsg` carries at most.
+const MAX_MSGS: usize = BATCH;
+/// Iovecs one `sendmmsg` gathers at most (a segment takes two).
+const MAX_IOVS: usize = 4096;
+/// Iovecs one TUN write gathers at most: a header, then coalesced payloads.
+pub const MAX_WRITE_PARTS: usize = 64;
 
 /// Asks the kernel to coalesce received datagrams of one flow (`UDP_GRO`);
 /// [`Mmsg::recv`] then reports each buffer's segment size. False when the
@@ -176,6 +184,8 @@ fn setsockopt_int_fd(fd: i32, level: i32, name: i32, v: i32) -> io::Result<()> {
 pub struct SendReport {
     /// Datagrams handed to the kernel.
     pub sent: usize,
+    /// Datagrams the kernel refused.
+    pub failed: usize,
     /// A GSO send was refused (EIO/EINVAL): the caller should stop using GSO.
     pub gso_refused: bool,
 }
@@ -207,19 +217,19 @@ impl Mmsg {
         // all-zero bytes are a valid value.
         let z = || unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
         Mmsg {
-            hdrs: (0..BATCH).map(|_| z()).collect(),
-            iovs: (0..BATCH)
+            hdrs: (0..MAX_MSGS).map(|_| z()).collect(),
+            iovs: (0..MAX_IOVS)
                 .map(|_| libc::iovec {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 })
                 .collect(),
             // SAFETY: as above.
-            addrs: (0..BATCH)
+            addrs: (0..MAX_MSGS)
                 .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
                 .collect(),
-            ctrl: vec![[0; CTRL_WORDS]; BATCH],
-            counts: vec![0; BATCH],
+            ctrl: vec![[0; CTRL_WORDS]; MAX_MSGS],
+            counts: vec![0; MAX_MSGS],
         }
     }
 
@@ -319,74 +329,107 @@ impl Mmsg {
         Ok(r)
     }
 
-    /// Sends `slots[slot][range]` to `to` for each `(to, slot, range)` of
-    /// `items` (at most [`BATCH`]) in as few syscalls as the kernel allows. With
-    /// `gso`, runs of same-size datagrams to one peer (the last may be shorter)
-    /// go as one UDP GSO send. An item that fails is skipped (its error pushed
-    /// onto `errors`) and the rest still go.
+    /// Sends every datagram of `dgrams`, each gathered from its parts of
+    /// `from`, in as few syscalls as the kernel
+    /// allows. With `gso`, runs of same-size datagrams to one peer (the last
+    /// may be shorter) go as one UDP GSO send of at most [`GSO_MAX_SEGMENTS`].
+    /// A message that fails is skipped (its error pushed onto `errors`) and the
+    /// rest still go.
     ///
     /// # Panics
-    /// When a range lies outside its slot (a caller bug, not packet input).
+    /// When a part lies outside its buffer (a bug in the code that built it,
+    /// never packet input).
     pub fn send<S: AsRef<[u8]>>(
         &mut self,
         sock: &UdpSocket,
-        slots: &[S],
-        items: &[(SocketAddrV4, usize, Range<usize>)],
+        from: Gather<'_, S>,
+        dgrams: &[Datagram],
         gso: bool,
         errors: &mut Vec<io::Error>,
     ) -> SendReport {
-        let n = items.len().min(BATCH);
-        // Group items into messages.
-        let mut msgs = 0;
+        let mut report = SendReport::default();
         let mut i = 0;
-        while i < n {
-            let (to, _, ref first) = items[i];
-            let seg = first.len();
-            let mut count = 1;
-            let mut bytes = seg;
-            if gso {
-                while i + count < n && count < GSO_MAX_SEGMENTS {
-                    let (t2, _, ref r2) = items[i + count];
-                    if t2 != to || r2.len() > seg || bytes + r2.len() > GSO_MAX_BYTES {
-                        break;
-                    }
-                    bytes += r2.len();
-                    count += 1;
-                    if r2.len() < seg {
-                        break; // a shorter segment ends the run
+        while i < dgrams.len() {
+            // Build up to MAX_MSGS messages (and MAX_IOVS iovecs), then send them.
+            let mut msgs = 0;
+            let mut iov = 0;
+            while i < dgrams.len() && msgs < MAX_MSGS {
+                let d = &dgrams[i];
+                let seg = d.len;
+                let mut count = 1;
+                let mut bytes = seg;
+                let mut niov = d.parts.len();
+                if gso {
+                    while i + count < dgrams.len() && count < GSO_MAX_SEGMENTS {
+                        let d2 = &dgrams[i + count];
+                        if d2.to != d.to
+                            || d2.len > seg
+                            || bytes + d2.len > GSO_MAX_BYTES
+                            || iov + niov + d2.parts.len() > MAX_IOVS
+                        {
+                            break;
+                        }
+                        bytes += d2.len;
+                        niov += d2.parts.len();
+                        count += 1;
+                        if d2.len < seg {
+                            break; // a shorter segment ends the run
+                        }
                     }
                 }
+                if iov + niov > MAX_IOVS {
+                    break;
+                }
+                let first_iov = iov;
+                for d in &dgrams[i..i + count] {
+                    for data in from.slices(d.parts.clone()) {
+                        self.iovs[iov] = libc::iovec {
+                            iov_base: data.as_ptr().cast_mut().cast(),
+                            iov_len: data.len(),
+                        };
+                        iov += 1;
+                    }
+                }
+                let to = d.to;
+                self.addrs[msgs] = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: to.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*to.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let ctrl_len = if count > 1 {
+                    self.put_segment_cmsg(msgs, seg as u16)
+                } else {
+                    0
+                };
+                self.link(msgs, first_iov, iov - first_iov, ctrl_len);
+                self.counts[msgs] = count;
+                msgs += 1;
+                i += count;
             }
-            for (k, (_, slot, range)) in items[i..i + count].iter().enumerate() {
-                let data = &slots[*slot].as_ref()[range.clone()];
-                self.iovs[i + k].iov_base = data.as_ptr().cast_mut().cast();
-                self.iovs[i + k].iov_len = data.len();
-            }
-            self.addrs[msgs] = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: to.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*to.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            let ctrl_len = if count > 1 {
-                self.put_segment_cmsg(msgs, seg as u16)
-            } else {
-                0
-            };
-            self.link(msgs, i, count, ctrl_len);
-            self.counts[msgs] = count;
-            msgs += 1;
-            i += count;
+            self.flush(sock, msgs, &mut report, errors);
         }
-        let mut report = SendReport::default();
+        report
+    }
+
+    /// Hands messages `0..msgs` to `sendmmsg`, retrying briefly while the
+    /// socket buffer is full and skipping a message the kernel refuses.
+    fn flush(
+        &mut self,
+        sock: &UdpSocket,
+        msgs: usize,
+        report: &mut SendReport,
+        errors: &mut Vec<io::Error>,
+    ) {
         let mut at = 0;
         let mut waits = 0;
         while at < msgs {
             // SAFETY: hdrs[at..msgs] point at iovecs, addresses and control
-            // buffers owned by self and at the caller's slots, all alive for
-            // this call; the kernel only reads them.
+            // buffers owned by self and, through the iovecs, at the caller's
+            // arena and buffers, which `send` borrows for this call; the kernel
+            // only reads them.
             let r = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
@@ -408,6 +451,7 @@ impl Mmsg {
                 {
                     report.gso_refused = true;
                 }
+                report.failed += self.counts[at];
                 errors.push(e);
                 at += 1; // skip the message that failed
             } else {
@@ -416,7 +460,6 @@ impl Mmsg {
                 at += r;
             }
         }
-        report
     }
 
     /// Writes a `UDP_SEGMENT` cmsg carrying `seg` into control buffer `m`;
@@ -437,5 +480,39 @@ impl Mmsg {
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
             space
         }
+    }
+}
+
+/// Writes one packet to the TUN device `fd`, gathered from `from.parts[range]`
+/// (at most [`MAX_WRITE_PARTS`]) in one `writev`.
+/// On an offload device the first part is the virtio-net header.
+///
+/// # Errors
+/// Whatever `writev(2)` reports.
+///
+/// # Panics
+/// When a part lies outside its buffer (a bug in the code that built it).
+pub fn tun_write<S: AsRef<[u8]>>(
+    fd: &impl AsRawFd,
+    from: Gather<'_, S>,
+    range: std::ops::Range<usize>,
+) -> io::Result<usize> {
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_WRITE_PARTS];
+    let mut n = 0;
+    for (iov, data) in iovs.iter_mut().zip(from.slices(range)) {
+        n += 1;
+        iov.iov_base = data.as_ptr().cast_mut().cast();
+        iov.iov_len = data.len();
+    }
+    // SAFETY: iovs[..n] point into `from`'s arena and buffers, borrowed for this call;
+    // the kernel only reads them. The fd is open for the borrow of `fd`.
+    let r = unsafe { libc::writev(fd.as_raw_fd(), iovs.as_ptr(), n as libc::c_int) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
     }
 }

@@ -35,6 +35,21 @@ pub enum TxAction {
     Drop(DropReason),
 }
 
+/// Where a packet read from TUN goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To `to`, behind `prefix` (VXLAN + inner Ethernet header).
+    Peer {
+        to: SocketAddrV4,
+        prefix: [u8; ENCAP_LEN],
+    },
+    /// No route: write the ICMP unreachable in `scratch[..len]` back into TUN.
+    Unreachable {
+        len: usize,
+    },
+    Drop(DropReason),
+}
+
 /// What to do with a datagram received on the VXLAN port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RxAction {
@@ -77,8 +92,27 @@ impl Core {
         let Some(pkt) = slot.get(HEADROOM..HEADROOM + len) else {
             return TxAction::Drop(DropReason::TunTruncated);
         };
+        match self.route(table, pkt, scratch) {
+            Route::Peer { to, prefix } => {
+                let start = HEADROOM - ENCAP_LEN;
+                slot[start..HEADROOM].copy_from_slice(&prefix);
+                TxAction::Send {
+                    to,
+                    range: start..HEADROOM + len,
+                }
+            }
+            Route::Unreachable { len } => TxAction::Unreachable { len },
+            Route::Drop(r) => TxAction::Drop(r),
+        }
+    }
+
+    /// Finds the peer for the IP packet `pkt` and builds the VXLAN + inner
+    /// Ethernet header every datagram to it starts with. On `Unreachable`,
+    /// the ICMP answer is built in `scratch`.
+    #[inline]
+    pub fn route(&self, table: &Table, pkt: &[u8], scratch: &mut [u8]) -> Route {
         let Some(dst) = ipv4::peek_dst(pkt) else {
-            return TxAction::Drop(if pkt.first().is_some_and(|b| b >> 4 == 4) {
+            return Route::Drop(if pkt.first().is_some_and(|b| b >> 4 == 4) {
                 DropReason::TunTruncated
             } else {
                 DropReason::TunNotIpv4
@@ -86,24 +120,23 @@ impl Core {
         };
         let Some(peer) = table.lookup(dst) else {
             if self.subnet.contains(&dst) {
-                return TxAction::Drop(DropReason::OwnSubnet);
+                return Route::Drop(DropReason::OwnSubnet);
             }
             return match self.unreachable(pkt, scratch) {
-                Some(len) => TxAction::Unreachable { len },
-                None => TxAction::Drop(DropReason::NoRoute),
+                Some(len) => Route::Unreachable { len },
+                None => Route::Drop(DropReason::NoRoute),
             };
         };
-        let start = HEADROOM - ENCAP_LEN;
-        let hdr = &mut slot[start..HEADROOM];
-        vxlan::Packet::new_unchecked(&mut hdr[..vxlan::HEADER_LEN]).emit(self.vni);
-        ethernet::Frame::new_unchecked(&mut hdr[vxlan::HEADER_LEN..]).emit(
+        let mut prefix = [0u8; ENCAP_LEN];
+        vxlan::Packet::new_unchecked(&mut prefix[..vxlan::HEADER_LEN]).emit(self.vni);
+        ethernet::Frame::new_unchecked(&mut prefix[vxlan::HEADER_LEN..]).emit(
             peer.vtep_mac.octets(),
             self.mac.octets(),
             ethernet::ETHERTYPE_IPV4,
         );
-        TxAction::Send {
+        Route::Peer {
             to: peer.endpoint,
-            range: start..HEADROOM + len,
+            prefix,
         }
     }
 

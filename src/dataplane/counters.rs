@@ -38,10 +38,13 @@ pub enum DropReason {
     UdpSendError,
     /// Writing to the TUN device failed.
     TunWriteError,
+    /// From TUN: a super-packet whose virtio-net header cannot be honoured
+    /// (unknown segmentation type, offsets outside the packet, no payload).
+    TunBadOffload,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::TunTruncated,
         DropReason::TunNotIpv4,
         DropReason::NoRoute,
@@ -56,6 +59,7 @@ impl DropReason {
         DropReason::NotOurSubnet,
         DropReason::UdpSendError,
         DropReason::TunWriteError,
+        DropReason::TunBadOffload,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -76,6 +80,7 @@ impl DropReason {
             DropReason::NotOurSubnet => "not_our_subnet",
             DropReason::UdpSendError => "udp_send_error",
             DropReason::TunWriteError => "tun_write_error",
+            DropReason::TunBadOffload => "tun_bad_offload",
         }
     }
 }
@@ -89,6 +94,10 @@ pub struct LocalCounts {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub icmp_sent: u64,
+    /// TUN reads (one may be a super-packet of many segments).
+    pub tun_reads: u64,
+    /// TUN writes (one may carry many coalesced segments).
+    pub tun_writes: u64,
 }
 
 impl LocalCounts {
@@ -107,6 +116,8 @@ pub struct Counters {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     icmp_sent: AtomicU64,
+    tun_reads: AtomicU64,
+    tun_writes: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -118,6 +129,10 @@ pub struct Snapshot {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub icmp_sent: u64,
+    /// TUN reads (one may be a super-packet of many segments).
+    pub tun_reads: u64,
+    /// TUN writes (one may carry many coalesced segments).
+    pub tun_writes: u64,
 }
 
 impl Counters {
@@ -134,6 +149,8 @@ impl Counters {
             (&self.rx_packets, l.rx_packets),
             (&self.rx_bytes, l.rx_bytes),
             (&self.icmp_sent, l.icmp_sent),
+            (&self.tun_reads, l.tun_reads),
+            (&self.tun_writes, l.tun_writes),
         ] {
             if v != 0 {
                 a.fetch_add(v, Ordering::Relaxed);
@@ -152,6 +169,8 @@ impl Counters {
         s.rx_packets = self.rx_packets.load(Ordering::Relaxed);
         s.rx_bytes = self.rx_bytes.load(Ordering::Relaxed);
         s.icmp_sent = self.icmp_sent.load(Ordering::Relaxed);
+        s.tun_reads = self.tun_reads.load(Ordering::Relaxed);
+        s.tun_writes = self.tun_writes.load(Ordering::Relaxed);
         s
     }
 }

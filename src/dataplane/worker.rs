@@ -6,19 +6,19 @@
 
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::core::{Core, RxAction, TxAction};
+use super::core::{Core, Route, RxAction, TxAction};
 use super::counters::{Counters, DropReason, LocalCounts};
+use super::offload::{self, ARENA_LEN, Arena, Coalescer, Datagram, SegmentError};
 use super::slot::Slot;
 use super::table::SharedTable;
-use super::{ENCAP_LEN, HEADROOM, SLOT};
+use super::{ENCAP_LEN, Gather, HEADROOM, Part, SLOT};
 use crate::sys::{self, BATCH, Mmsg};
-use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
+use crate::wire::virtio::{self, HEADER_LEN as VIRTIO_NET_HDR_LEN};
 
 /// What the kernel offers the transmit loop, probed once at start.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +92,7 @@ impl Dataplane {
             threads.push(
                 std::thread::Builder::new()
                     .name("weft-rx".into())
-                    .spawn(move || udp_to_tun(&sock, &tun_rx, core, &counters, &stop))?,
+                    .spawn(move || udp_to_tun(&sock, &tun_rx, core, &counters, &stop, offload))?,
             );
         }
         Ok(Dataplane { stop, threads })
@@ -155,6 +155,54 @@ fn wait(fd: &impl std::os::fd::AsFd, errlog: &mut ErrLog) -> bool {
     }
 }
 
+/// TUN reads one transmit batch takes at most.
+const TX_READS: usize = 64;
+/// A transmit batch stops reading once it holds this many bytes, so a batch
+/// of super-packets stays cache-sized.
+const TX_BATCH_BYTES: usize = 256 * 1024;
+/// Parts and datagrams one transmit batch may describe (bounded by the arena:
+/// every segment's header lives there).
+const TX_PARTS: usize = 2 * (ARENA_LEN / (ENCAP_LEN + 40)) + TX_READS;
+
+#[allow(clippy::too_many_arguments)]
+fn send_pending(
+    mmsg: &mut Mmsg,
+    sock: &UdpSocket,
+    arena: &Arena,
+    slots: &[Slot],
+    parts: &[Part],
+    dgrams: &[Datagram],
+    gso: &mut bool,
+    local: &mut LocalCounts,
+    errors: &mut Vec<io::Error>,
+    sendlog: &mut ErrLog,
+) {
+    if dgrams.is_empty() {
+        return;
+    }
+    errors.clear();
+    let from = Gather {
+        arena: arena.bytes(),
+        bufs: slots,
+        parts,
+    };
+    let report = mmsg.send(sock, from, dgrams, *gso, errors);
+    if report.gso_refused {
+        *gso = false;
+        tracing::warn!(
+            "the kernel refused a UDP GSO send ({:?}); sending one datagram per syscall from now on",
+            errors.first()
+        );
+    }
+    if report.failed > 0 {
+        local.tx_packets = local.tx_packets.saturating_sub(report.failed as u64);
+        local.drops[DropReason::UdpSendError as usize] += report.failed as u64;
+        if let Some(e) = errors.first() {
+            sendlog.log(e);
+        }
+    }
+}
+
 fn tun_to_udp(
     tun: &tun_rs::SyncDevice,
     sock: &UdpSocket,
@@ -165,20 +213,14 @@ fn tun_to_udp(
     features: Features,
 ) {
     let Features { offload, mut gso } = features;
-    let mut slots: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
-    let mut sizes = [0usize; BATCH];
-    // With offloads one read is a super-packet of up to 64 KiB, split into
-    // MTU-sized segments across the slots; without, one read is one packet.
-    let mut original = vec![
-        0u8;
-        if offload {
-            VIRTIO_NET_HDR_LEN + 65536
-        } else {
-            0
-        }
-    ];
-    let per_read = if offload { BATCH } else { 1 };
-    let mut items: Vec<(SocketAddrV4, usize, Range<usize>)> = Vec::with_capacity(BATCH);
+    // With offloads each read starts with a virtio-net header, read into the
+    // end of the headroom; the IP packet always starts at HEADROOM.
+    let vh = if offload { virtio::HEADER_LEN } else { 0 };
+    let mut slots: Vec<Slot> = (0..TX_READS).map(|_| Slot::new(SLOT)).collect();
+    let mut lens = [0usize; TX_READS];
+    let mut arena = Arena::default();
+    let mut parts: Vec<Part> = Vec::with_capacity(TX_PARTS);
+    let mut dgrams: Vec<Datagram> = Vec::with_capacity(TX_PARTS);
     let mut errors: Vec<io::Error> = Vec::with_capacity(BATCH);
     // ICMP answers are built after room for a (zero) virtio-net header.
     let mut scratch = [0u8; VIRTIO_NET_HDR_LEN + 128];
@@ -192,11 +234,17 @@ fn tun_to_udp(
         if !wait(tun, &mut errlog) {
             continue;
         }
-        slots.iter_mut().for_each(Slot::reset);
-        let mut n = 0;
-        while BATCH - n >= per_read {
-            match tun.recv_multiple(&mut original, &mut slots[n..], &mut sizes[n..], HEADROOM) {
-                Ok(k) => n += k,
+        let (mut n, mut bytes) = (0, 0);
+        while n < TX_READS && bytes < TX_BATCH_BYTES {
+            let slot = &mut slots[n];
+            slot.reset();
+            match tun.recv(&mut slot.as_mut()[HEADROOM - vh..]) {
+                Ok(len) if len < vh => local.drop(DropReason::TunTruncated),
+                Ok(len) => {
+                    lens[n] = len - vh;
+                    bytes += len;
+                    n += 1;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     errlog.log(&e);
@@ -205,63 +253,158 @@ fn tun_to_udp(
             }
         }
         if n == 0 {
+            counters.flush(&mut local);
             continue;
         }
+        local.tun_reads += n as u64;
         // One table load for the whole batch: a super-packet's segments share it.
         let t = table.load();
-        items.clear();
-        for (i, &len) in sizes[..n].iter().enumerate() {
-            match core.encap(
-                &t,
-                slots[i].as_mut(),
-                len,
-                &mut scratch[VIRTIO_NET_HDR_LEN..],
-            ) {
-                TxAction::Send { to, range } => {
-                    local.tx_packets += 1;
-                    local.tx_bytes += range.len() as u64;
-                    items.push((to, i, range));
+        arena.clear();
+        parts.clear();
+        dgrams.clear();
+        let mut j = 0;
+        while j < n {
+            let len = lens[j];
+            let h = if offload {
+                virtio::Header::parse(&slots[j].as_ref()[HEADROOM - vh..HEADROOM])
+                    .unwrap_or_default()
+            } else {
+                virtio::Header::default()
+            };
+            let mut unreachable = None;
+            if h.gso_kind() == virtio::GSO_NONE {
+                let slot = slots[j].as_mut();
+                if h.flags & virtio::FLAG_NEEDS_CSUM != 0
+                    && let Err(r) =
+                        offload::complete_checksum(&h, &mut slot[HEADROOM..HEADROOM + len])
+                {
+                    local.drop(r);
+                    j += 1;
+                    continue;
                 }
-                TxAction::Unreachable { len } => {
-                    local.drop(DropReason::NoRoute);
-                    if icmp_second.elapsed() >= Duration::from_secs(1) {
-                        (icmp_budget, icmp_second) = (ICMP_PER_SEC, Instant::now());
+                match core.encap(&t, slot, len, &mut scratch[VIRTIO_NET_HDR_LEN..]) {
+                    TxAction::Send { to, range } => {
+                        local.tx_packets += 1;
+                        local.tx_bytes += range.len() as u64;
+                        let p = parts.len();
+                        dgrams.push(Datagram {
+                            to,
+                            parts: p..p + 1,
+                            len: range.len(),
+                        });
+                        parts.push(Part::Buf(j, range));
                     }
-                    scratch[..VIRTIO_NET_HDR_LEN].fill(0);
-                    if icmp_budget > 0
-                        && tun
-                            .send(&scratch[icmp_from..VIRTIO_NET_HDR_LEN + len])
-                            .is_ok()
-                    {
-                        icmp_budget -= 1;
-                        local.icmp_sent += 1;
-                    }
+                    TxAction::Unreachable { len } => unreachable = Some(len),
+                    TxAction::Drop(r) => local.drop(r),
                 }
-                TxAction::Drop(r) => local.drop(r),
+            } else {
+                let pkt = &slots[j].as_ref()[HEADROOM..HEADROOM + len];
+                match core.route(&t, pkt, &mut scratch[VIRTIO_NET_HDR_LEN..]) {
+                    Route::Peer { to, prefix } => {
+                        let before = dgrams.len();
+                        match offload::segment(
+                            &h,
+                            pkt,
+                            j,
+                            HEADROOM,
+                            &prefix,
+                            to,
+                            &mut arena,
+                            &mut parts,
+                            &mut dgrams,
+                        ) {
+                            Ok(k) => {
+                                local.tx_packets += k as u64;
+                                local.tx_bytes +=
+                                    dgrams[before..].iter().map(|d| d.len as u64).sum::<u64>();
+                            }
+                            Err(SegmentError::NoRoom) => {
+                                send_pending(
+                                    &mut mmsg,
+                                    sock,
+                                    &arena,
+                                    &slots,
+                                    &parts,
+                                    &dgrams,
+                                    &mut gso,
+                                    &mut local,
+                                    &mut errors,
+                                    &mut sendlog,
+                                );
+                                arena.clear();
+                                parts.clear();
+                                dgrams.clear();
+                                continue; // the same super-packet again, with room
+                            }
+                            Err(SegmentError::Bad(r)) => local.drop(r),
+                        }
+                    }
+                    Route::Unreachable { len } => unreachable = Some(len),
+                    Route::Drop(r) => local.drop(r),
+                }
             }
+            if let Some(len) = unreachable {
+                local.drop(DropReason::NoRoute);
+                if icmp_second.elapsed() >= Duration::from_secs(1) {
+                    (icmp_budget, icmp_second) = (ICMP_PER_SEC, Instant::now());
+                }
+                scratch[..VIRTIO_NET_HDR_LEN].fill(0);
+                if icmp_budget > 0
+                    && tun
+                        .send(&scratch[icmp_from..VIRTIO_NET_HDR_LEN + len])
+                        .is_ok()
+                {
+                    icmp_budget -= 1;
+                    local.icmp_sent += 1;
+                }
+            }
+            j += 1;
         }
         drop(t);
-        if !items.is_empty() {
-            errors.clear();
-            let report = mmsg.send(sock, &slots, &items, gso, &mut errors);
-            if report.gso_refused {
-                gso = false;
-                tracing::warn!(
-                    "the kernel refused a UDP GSO send ({:?}); sending one datagram per syscall from now on",
-                    errors.first()
-                );
-            }
-            let failed = items.len() - report.sent;
-            if failed > 0 {
-                local.tx_packets -= failed as u64;
-                local.drops[DropReason::UdpSendError as usize] += failed as u64;
-                if let Some(e) = errors.first() {
-                    sendlog.log(e);
-                }
-            }
-        }
+        send_pending(
+            &mut mmsg,
+            sock,
+            &arena,
+            &slots,
+            &parts,
+            &dgrams,
+            &mut gso,
+            &mut local,
+            &mut errors,
+            &mut sendlog,
+        );
         counters.flush(&mut local);
     }
+}
+
+/// Writes every finished write of `co` to TUN, counts them, and empties it.
+fn write_coalesced(
+    co: &mut Coalescer,
+    tun: &tun_rs::SyncDevice,
+    inbox: &[Slot],
+    local: &mut LocalCounts,
+    tunlog: &mut ErrLog,
+) {
+    co.close();
+    let (writes, parts, arena) = co.writes();
+    let from = Gather {
+        arena,
+        bufs: inbox,
+        parts,
+    };
+    for w in writes {
+        match sys::tun_write(tun, from, w.parts.clone()) {
+            Ok(_) => {
+                local.rx_packets += w.segments as u64;
+                local.tun_writes += 1;
+            }
+            Err(e) => {
+                local.drops[DropReason::TunWriteError as usize] += w.segments as u64;
+                tunlog.log(&e);
+            }
+        }
+    }
+    co.clear();
 }
 
 fn udp_to_tun(
@@ -270,34 +413,22 @@ fn udp_to_tun(
     core: Core,
     counters: &Counters,
     stop: &AtomicBool,
+    offload: bool,
 ) {
     // Received buffers: one datagram, or with UDP GRO a run of same-size
-    // segments back to back. Decapsulated packets are copied into `out` slots at
-    // HEADROOM (room for tun-rs's virtio-net header), which tun-rs then writes,
-    // coalescing TCP segments again (GRO) on offload devices.
+    // segments back to back. Inner packets are written to TUN from where they
+    // lie: on an offload device through the coalescer (one write per run of
+    // one TCP flow), otherwise one write each.
     let mut inbox: Vec<Slot> = (0..RX_BUFFERS).map(|_| Slot::new(SLOT)).collect();
-    let mut out: Vec<Slot> = (0..BATCH).map(|_| Slot::new(SLOT)).collect();
     let mut lens = [0usize; RX_BUFFERS];
     let mut segs = [0usize; RX_BUFFERS];
     let mut srcs = [SocketAddrV4::new(0.into(), 0); RX_BUFFERS];
-    let mut gro = GROTable::new();
+    let mut co = Coalescer::new();
     let mut mmsg = Mmsg::new();
     let mut local = LocalCounts::default();
     let mut errlog = ErrLog::new("receiving VXLAN datagrams");
     let mut tunlog = ErrLog::new("writing to TUN");
     let off = HEADROOM - ENCAP_LEN;
-    let mut flush = |out: &mut [Slot], k: usize, local: &mut LocalCounts| {
-        if k == 0 {
-            return;
-        }
-        match tun.send_multiple(&mut gro, &mut out[..k], HEADROOM) {
-            Ok(_) => local.rx_packets += k as u64,
-            Err(e) => {
-                local.drops[DropReason::TunWriteError as usize] += k as u64;
-                tunlog.log(&e);
-            }
-        }
-    };
     while !stop.load(Ordering::Relaxed) {
         if !wait(sock, &mut errlog) {
             continue;
@@ -313,7 +444,6 @@ fn udp_to_tun(
                     break;
                 }
             };
-            let mut k = 0;
             for i in 0..n {
                 let seg = if segs[i] > 0 { segs[i] } else { lens[i] };
                 let mut pos = 0;
@@ -322,13 +452,22 @@ fn udp_to_tun(
                     match core.decap(inbox[i].as_ref(), off + pos, len) {
                         RxAction::Deliver(r) => {
                             local.rx_bytes += r.len() as u64;
-                            let o = &mut out[k];
-                            o.set_len(HEADROOM + r.len());
-                            o.as_mut()[HEADROOM..].copy_from_slice(&inbox[i].as_ref()[r]);
-                            k += 1;
-                            if k == out.len() {
-                                flush(&mut out, k, &mut local);
-                                k = 0;
+                            if offload {
+                                if !co.has_room() {
+                                    write_coalesced(&mut co, tun, &inbox, &mut local, &mut tunlog);
+                                }
+                                co.push(&inbox[i].as_ref()[r.clone()], i, r);
+                            } else {
+                                match tun.send(&inbox[i].as_ref()[r]) {
+                                    Ok(_) => {
+                                        local.rx_packets += 1;
+                                        local.tun_writes += 1;
+                                    }
+                                    Err(e) => {
+                                        local.drop(DropReason::TunWriteError);
+                                        tunlog.log(&e);
+                                    }
+                                }
                             }
                         }
                         RxAction::Drop(r) => local.drop(r),
@@ -336,7 +475,7 @@ fn udp_to_tun(
                     pos += seg;
                 }
             }
-            flush(&mut out, k, &mut local);
+            write_coalesced(&mut co, tun, &inbox, &mut local, &mut tunlog);
             counters.flush(&mut local);
             if n < RX_BUFFERS {
                 break;

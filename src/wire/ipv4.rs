@@ -7,6 +7,8 @@ use super::{Field, WireError, checksum_finish, checksum_sum};
 mod field {
     use super::Field;
     pub const VER_IHL: usize = 0;
+    pub const TOS: usize = 1;
+    pub const IDENT: Field = 4..6;
     pub const TOTAL_LEN: Field = 2..4;
     pub const FLAGS_FRAG: Field = 6..8;
     pub const TTL: usize = 8;
@@ -63,6 +65,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
         u16::from_be_bytes([b[0], b[1]])
     }
 
+    pub fn tos(&self) -> u8 {
+        self.buffer.as_ref()[field::TOS]
+    }
+
+    pub fn ident(&self) -> u16 {
+        let b = &self.buffer.as_ref()[field::IDENT];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// The Don't Fragment flag.
+    pub fn dont_frag(&self) -> bool {
+        self.buffer.as_ref()[field::FLAGS_FRAG.start] & 0x40 != 0
+    }
+
+    /// The More Fragments flag.
+    pub fn more_frags(&self) -> bool {
+        self.buffer.as_ref()[field::FLAGS_FRAG.start] & 0x20 != 0
+    }
+
+    /// Whether the header checksum verifies.
+    pub fn checksum_ok(&self) -> bool {
+        let hl = self.header_len().min(self.buffer.as_ref().len());
+        checksum_finish(checksum_sum(&self.buffer.as_ref()[..hl], 0)) == 0
+    }
+
     /// The fragment offset in 8-byte units (0 for a first or only fragment).
     pub fn frag_offset(&self) -> u16 {
         let b = &self.buffer.as_ref()[field::FLAGS_FRAG];
@@ -90,6 +117,25 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The whole underlying buffer.
     pub fn as_bytes(&self) -> &[u8] {
         self.buffer.as_ref()
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    pub fn set_total_len(&mut self, len: u16) {
+        self.buffer.as_mut()[field::TOTAL_LEN].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn set_ident(&mut self, id: u16) {
+        self.buffer.as_mut()[field::IDENT].copy_from_slice(&id.to_be_bytes());
+    }
+
+    /// Recomputes the header checksum.
+    pub fn fill_checksum(&mut self) {
+        let hl = self.header_len().min(self.buffer.as_ref().len());
+        let b = self.buffer.as_mut();
+        b[field::CHECKSUM].copy_from_slice(&[0, 0]);
+        let c = checksum_finish(checksum_sum(&b[..hl], 0));
+        b[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
     }
 }
 

@@ -1,0 +1,534 @@
+//! Segmentation and coalescing of TCP/UDP super-packets, with no I/O and no
+//! copy of payload: the offload half of the packet path.
+//!
+//! A TUN device with offloads hands weft 64 KiB super-packets (TSO/USO) and
+//! takes coalesced ones back (GRO). Instead of cutting a super-packet into
+//! fresh buffers, [`segment`] writes one small header per segment into a
+//! header [`Arena`] and describes each VXLAN datagram as two [`Part`]s — its
+//! header, then its stretch of the original payload — for one gathered UDP GSO
+//! send. On the way in, a [`Coalescer`] joins consecutive TCP segments of one
+//! flow into a single TUN write: one rebuilt header in the arena, then the
+//! payloads where they were received.
+//!
+//! Contract: no input panics. A super-packet that cannot be honoured is a
+//! [`DropReason`]; a segment that cannot be coalesced is written as it came.
+
+use std::net::SocketAddrV4;
+use std::ops::Range;
+
+use super::counters::DropReason;
+use super::{ENCAP_LEN, Part};
+use crate::wire::tcp::{self, PROTO_TCP, PROTO_UDP};
+use crate::wire::{checksum_finish, checksum_fold, checksum_sum, ipv4, virtio};
+
+/// Bytes of per-batch header arena.
+pub const ARENA_LEN: usize = 256 * 1024;
+/// Most segments one coalesced TUN write carries (one iovec each).
+pub const MAX_COALESCE: usize = 62;
+/// Largest IPv4 packet: a coalesced write stays within it.
+const IP_MAX: usize = 65_535;
+
+/// Scratch space for the headers of one batch, reused batch after batch.
+#[derive(Debug)]
+pub struct Arena {
+    buf: Box<[u8]>,
+    used: usize,
+}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Arena::new(ARENA_LEN)
+    }
+}
+
+impl Arena {
+    pub fn new(len: usize) -> Arena {
+        Arena {
+            buf: vec![0; len].into_boxed_slice(),
+            used: 0,
+        }
+    }
+
+    /// Forgets every header: the start of a batch.
+    pub fn clear(&mut self) {
+        self.used = 0;
+    }
+
+    pub fn room(&self) -> usize {
+        self.buf.len() - self.used
+    }
+
+    /// Reserves `n` bytes; `None` when the arena is full.
+    pub fn alloc(&mut self, n: usize) -> Option<Range<usize>> {
+        if n > self.room() {
+            return None;
+        }
+        let r = self.used..self.used + n;
+        self.used += n;
+        Some(r)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.used]
+    }
+
+    pub fn get_mut(&mut self, r: Range<usize>) -> &mut [u8] {
+        &mut self.buf[r]
+    }
+}
+
+/// One VXLAN datagram to send: `parts[parts]` gathered, `len` bytes in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub to: SocketAddrV4,
+    pub parts: Range<usize>,
+    pub len: usize,
+}
+
+/// Why [`segment`] produced nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentError {
+    /// The arena cannot hold this super-packet's headers: send what is
+    /// pending, clear the arena, and try again.
+    NoRoom,
+    /// The super-packet is malformed or of a kind weft does not carry.
+    Bad(DropReason),
+}
+
+/// Completes a partial checksum (`FLAG_NEEDS_CSUM`) in place: the field at
+/// `csum_start + csum_offset` holds the pseudo-header sum; the sum over
+/// `pkt[csum_start..]` is folded into it and complemented.
+///
+/// # Errors
+/// [`DropReason::TunBadOffload`] when the offsets lie outside `pkt`.
+pub fn complete_checksum(h: &virtio::Header, pkt: &mut [u8]) -> Result<(), DropReason> {
+    let start = usize::from(h.csum_start);
+    let at = start + usize::from(h.csum_offset);
+    if at + 2 > pkt.len() || start > pkt.len() {
+        return Err(DropReason::TunBadOffload);
+    }
+    let c = checksum_finish(checksum_sum(&pkt[start..], 0));
+    // A UDP checksum that computes to zero is sent as all ones (RFC 768).
+    let c = if c == 0 && is_udp(pkt, start) {
+        0xffff
+    } else {
+        c
+    };
+    pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+fn is_udp(pkt: &[u8], l4: usize) -> bool {
+    pkt.first().is_some_and(|b| b >> 4 == 4)
+        && l4 == usize::from(pkt[0] & 0x0f) * 4
+        && pkt.get(9) == Some(&PROTO_UDP)
+}
+
+/// Cuts the TCP/IPv4 (TSO) or UDP/IPv4 (USO) super-packet `pkt`, which lies at
+/// `bufs[buf][at..]`, into `gso_size` segments for `to`. Each segment's
+/// header — `prefix` (VXLAN + inner Ethernet), then the inner IPv4 and TCP/UDP
+/// headers with their lengths, IP ID, sequence number, flags and checksums
+/// fixed for that segment — goes into `arena`; each datagram is pushed onto
+/// `dgrams` as that header plus the segment's payload, left in place.
+/// Returns how many segments it made.
+///
+/// TCP flags follow the kernel's TSO: CWR only on the first segment, FIN and
+/// PSH only on the last.
+///
+/// # Errors
+/// [`SegmentError::NoRoom`] (nothing pushed) when the arena is too full;
+/// [`SegmentError::Bad`] for a malformed super-packet.
+#[allow(clippy::too_many_arguments)]
+pub fn segment(
+    h: &virtio::Header,
+    pkt: &[u8],
+    buf: usize,
+    at: usize,
+    prefix: &[u8; ENCAP_LEN],
+    to: SocketAddrV4,
+    arena: &mut Arena,
+    parts: &mut Vec<Part>,
+    dgrams: &mut Vec<Datagram>,
+) -> Result<usize, SegmentError> {
+    let bad = SegmentError::Bad(DropReason::TunBadOffload);
+    let ip = ipv4::Packet::new_checked(pkt).map_err(|_| bad)?;
+    let iphl = ip.header_len();
+    let proto = ip.protocol();
+    let (l4hl, is_tcp) = match (h.gso_kind(), proto) {
+        (virtio::GSO_TCPV4, PROTO_TCP) => {
+            let t = tcp::Packet::new_checked(&pkt[iphl..]).map_err(|_| bad)?;
+            (t.header_len(), true)
+        }
+        (virtio::GSO_UDP_L4, PROTO_UDP) if pkt.len() >= iphl + 8 => (8, false),
+        _ => return Err(bad),
+    };
+    let hl = iphl + l4hl;
+    let mss = usize::from(h.gso_size);
+    // The kernel's total length may be 0 for a super-packet over 64 KiB; the
+    // read length is what counts.
+    let payload = pkt.len().saturating_sub(hl);
+    if mss == 0 || payload == 0 {
+        return Err(bad);
+    }
+    let count = payload.div_ceil(mss);
+    let need = count * (ENCAP_LEN + hl);
+    if need > arena.room() {
+        return Err(if need > ARENA_LEN {
+            bad
+        } else {
+            SegmentError::NoRoom
+        });
+    }
+    let (src, dst) = (ip.src(), ip.dst());
+    let id0 = ip.ident();
+    let (seq0, flags0) = if is_tcp {
+        let t = tcp::Packet::new_unchecked(&pkt[iphl..]);
+        (t.seq(), t.flags())
+    } else {
+        (0, 0)
+    };
+    for k in 0..count {
+        let off = hl + k * mss;
+        let chunk = &pkt[off..(off + mss).min(pkt.len())];
+        let seg_len = hl + chunk.len();
+        let r = arena.alloc(ENCAP_LEN + hl).ok_or(SegmentError::NoRoom)?;
+        let out = arena.get_mut(r.clone());
+        out[..ENCAP_LEN].copy_from_slice(prefix);
+        let (_, hdr) = out.split_at_mut(ENCAP_LEN);
+        hdr.copy_from_slice(&pkt[..hl]);
+        let (iph, l4) = hdr.split_at_mut(iphl);
+        let mut ip = ipv4::Packet::new_unchecked(&mut *iph);
+        ip.set_total_len(seg_len as u16);
+        ip.set_ident(id0.wrapping_add(k as u16));
+        ip.fill_checksum();
+        let l4_len = (l4hl + chunk.len()) as u16;
+        if is_tcp {
+            let mut t = tcp::Packet::new_unchecked(&mut *l4);
+            t.set_seq(seq0.wrapping_add((k * mss) as u32));
+            let mut f = flags0;
+            if k > 0 {
+                f &= !tcp::FLAG_CWR;
+            }
+            if k + 1 < count {
+                f &= !(tcp::FLAG_FIN | tcp::FLAG_PSH);
+            }
+            t.set_flags(f);
+            t.set_checksum(0);
+        } else {
+            l4[4..6].copy_from_slice(&l4_len.to_be_bytes());
+            l4[6..8].copy_from_slice(&[0, 0]);
+        }
+        let sum = tcp::pseudo_header_sum(src, dst, proto, l4_len, 0);
+        let sum = checksum_sum(l4, sum);
+        let mut c = checksum_finish(checksum_sum(chunk, sum));
+        if !is_tcp && c == 0 {
+            c = 0xffff;
+        }
+        let at_csum = if is_tcp { tcp::CHECKSUM_OFFSET } else { 6 };
+        l4[at_csum..at_csum + 2].copy_from_slice(&c.to_be_bytes());
+        let first = parts.len();
+        parts.push(Part::Arena(r));
+        parts.push(Part::Buf(buf, at + off..at + off + chunk.len()));
+        dgrams.push(Datagram {
+            to,
+            parts: first..first + 2,
+            len: ENCAP_LEN + seg_len,
+        });
+    }
+    Ok(count)
+}
+
+/// One TUN write: `parts[parts]` gathered, a virtio-net header first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunWrite {
+    pub parts: Range<usize>,
+    /// Inner packets it carries (1, or the coalesced segments).
+    pub segments: usize,
+}
+
+/// A TCP segment that may join a coalesced write.
+struct Seg {
+    iphl: usize,
+    tcphl: usize,
+    payload: usize,
+    seq: u32,
+    flags: u8,
+    id: u16,
+}
+
+/// The write being built: the first segment's headers in the arena.
+#[derive(Debug)]
+struct Group {
+    /// virtio-net header + IPv4 + TCP header, in the arena.
+    hdr: Range<usize>,
+    iphl: usize,
+    tcphl: usize,
+    mss: usize,
+    payload: usize,
+    segments: usize,
+    next_seq: u32,
+    next_id: u16,
+    dont_frag: bool,
+    last_flags: u8,
+    first_part: usize,
+}
+
+/// Joins runs of consecutive TCP segments of one flow into single TUN writes
+/// (receive-side GRO), without copying payload.
+///
+/// A segment joins the open write when it continues it exactly: same
+/// addresses, ports, IP TOS/TTL/DF, identical TCP header apart from the
+/// sequence number (which must be the next expected one), PSH and checksum, no
+/// SYN/FIN/RST/URG/ECE/CWR, and a payload no longer than the first's (a
+/// shorter one, or PSH, ends the write). Every segment that is coalesced has
+/// had its IPv4 and TCP checksums verified, because the kernel trusts a
+/// coalesced write's checksum; one that fails is written on its own, unmarked,
+/// for the kernel to check and drop. Anything else (UDP, ICMP, fragments, IP
+/// options) is written as it came. Order is never changed.
+#[derive(Debug)]
+pub struct Coalescer {
+    arena: Arena,
+    parts: Vec<Part>,
+    writes: Vec<TunWrite>,
+    open: Option<Group>,
+    /// Arena ranges of the two fixed headers singles use.
+    plain: Range<usize>,
+    valid: Range<usize>,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer::new()
+    }
+}
+
+/// Parts a coalescer holds before it asks to be flushed.
+const MAX_PARTS: usize = 8192;
+
+impl Coalescer {
+    pub fn new() -> Coalescer {
+        let mut c = Coalescer {
+            arena: Arena::default(),
+            parts: Vec::with_capacity(MAX_PARTS),
+            writes: Vec::with_capacity(MAX_PARTS),
+            open: None,
+            plain: 0..0,
+            valid: 0..0,
+        };
+        c.clear();
+        c
+    }
+
+    /// Empties the coalescer after its writes went out.
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.parts.clear();
+        self.writes.clear();
+        self.open = None;
+        // Two fixed virtio-net headers: "as is" and "checksum verified".
+        self.plain = self.arena.alloc(virtio::HEADER_LEN).unwrap_or(0..0);
+        self.valid = self.arena.alloc(virtio::HEADER_LEN).unwrap_or(0..0);
+        virtio::Header::default().emit(self.arena.get_mut(self.plain.clone()));
+        virtio::Header {
+            flags: virtio::FLAG_DATA_VALID,
+            ..Default::default()
+        }
+        .emit(self.arena.get_mut(self.valid.clone()));
+    }
+
+    /// Whether another packet fits; when not, close, write and clear first.
+    pub fn has_room(&self) -> bool {
+        self.parts.len() + 2 <= MAX_PARTS && self.arena.room() >= virtio::HEADER_LEN + 120
+    }
+
+    /// Adds the inner IP packet `pkt`, which lies at `bufs[buf][range]`.
+    /// Call [`Coalescer::has_room`] first.
+    pub fn push(&mut self, pkt: &[u8], buf: usize, range: Range<usize>) {
+        let Some(seg) = tcp_segment(pkt) else {
+            self.close();
+            self.single(buf, range, false);
+            return;
+        };
+        let joins = self
+            .open
+            .as_ref()
+            .is_some_and(|g| self.continues(g, &seg, pkt));
+        if !joins {
+            self.close();
+            if !self.start(&seg, pkt, buf, range.clone()) {
+                self.single(buf, range, false);
+                return;
+            }
+        } else if let Some(g) = self.open.as_mut() {
+            self.parts.push(Part::Buf(
+                buf,
+                range.start + seg.iphl + seg.tcphl..range.end,
+            ));
+            g.payload += seg.payload;
+            g.segments += 1;
+            g.next_seq = g.next_seq.wrapping_add(seg.payload as u32);
+            g.next_id = seg.id.wrapping_add(1);
+            g.last_flags = seg.flags;
+        }
+        let ends = self.open.as_ref().is_some_and(|g| {
+            seg.flags & tcp::FLAG_PSH != 0
+                || seg.payload < g.mss
+                || g.segments >= MAX_COALESCE
+                || g.payload + g.mss + g.iphl + g.tcphl > IP_MAX
+        });
+        if ends {
+            self.close();
+        }
+    }
+
+    fn continues(&self, g: &Group, seg: &Seg, pkt: &[u8]) -> bool {
+        if seg.iphl != g.iphl || seg.tcphl != g.tcphl || seg.payload > g.mss {
+            return false;
+        }
+        if seg.seq != g.next_seq || (!g.dont_frag && seg.id != g.next_id) {
+            return false;
+        }
+        let first = &self.arena.buf[g.hdr.start + virtio::HEADER_LEN..g.hdr.end];
+        let (fi, ft) = first.split_at(g.iphl);
+        let (pi, pt) = pkt[..g.iphl + g.tcphl].split_at(g.iphl);
+        // IPv4: version/IHL, TOS, flags/fragment, TTL, protocol, addresses.
+        // (Length, ID and checksum differ by design; the ID was checked above.)
+        let ip_same = fi[0..2] == pi[0..2] && fi[6..10] == pi[6..10] && fi[12..20] == pi[12..20];
+        // TCP: ports, ack, data offset, flags but PSH, window, urgent, options.
+        let tcp_same = ft[0..4] == pt[0..4]
+            && ft[8..13] == pt[8..13]
+            && (ft[13] | tcp::FLAG_PSH) == (pt[13] | tcp::FLAG_PSH)
+            && ft[14..16] == pt[14..16]
+            && ft[18..] == pt[18..];
+        ip_same && tcp_same
+    }
+
+    fn start(&mut self, seg: &Seg, pkt: &[u8], buf: usize, range: Range<usize>) -> bool {
+        let hl = seg.iphl + seg.tcphl;
+        let Some(r) = self.arena.alloc(virtio::HEADER_LEN + hl) else {
+            return false;
+        };
+        self.arena.get_mut(r.clone())[virtio::HEADER_LEN..].copy_from_slice(&pkt[..hl]);
+        let first_part = self.parts.len();
+        self.parts.push(Part::Arena(r.clone()));
+        self.parts.push(Part::Buf(buf, range.start + hl..range.end));
+        let ip = ipv4::Packet::new_unchecked(pkt);
+        self.open = Some(Group {
+            hdr: r,
+            iphl: seg.iphl,
+            tcphl: seg.tcphl,
+            mss: seg.payload,
+            payload: seg.payload,
+            segments: 1,
+            next_seq: seg.seq.wrapping_add(seg.payload as u32),
+            next_id: seg.id.wrapping_add(1),
+            dont_frag: ip.dont_frag(),
+            last_flags: seg.flags,
+            first_part,
+        });
+        true
+    }
+
+    fn single(&mut self, buf: usize, range: Range<usize>, verified: bool) {
+        let first = self.parts.len();
+        let hdr = if verified {
+            self.valid.clone()
+        } else {
+            self.plain.clone()
+        };
+        self.parts.push(Part::Arena(hdr));
+        self.parts.push(Part::Buf(buf, range));
+        self.writes.push(TunWrite {
+            parts: first..first + 2,
+            segments: 1,
+        });
+    }
+
+    /// Finishes the open write, if any.
+    pub fn close(&mut self) {
+        let Some(g) = self.open.take() else {
+            return;
+        };
+        let hl = g.iphl + g.tcphl;
+        let out = self.arena.get_mut(g.hdr.clone());
+        let (vh, pkt) = out.split_at_mut(virtio::HEADER_LEN);
+        if g.segments == 1 {
+            // Alone: the original headers, checksums already verified.
+            virtio::Header {
+                flags: virtio::FLAG_DATA_VALID,
+                ..Default::default()
+            }
+            .emit(vh);
+        } else {
+            let total = hl + g.payload;
+            let (iph, th) = pkt.split_at_mut(g.iphl);
+            let mut ip = ipv4::Packet::new_unchecked(&mut *iph);
+            ip.set_total_len(total as u16);
+            ip.fill_checksum();
+            let (src, dst) = (ip.src(), ip.dst());
+            let mut t = tcp::Packet::new_unchecked(&mut *th);
+            t.set_flags(t.flags() | (g.last_flags & tcp::FLAG_PSH));
+            // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum.
+            let pseudo = tcp::pseudo_header_sum(src, dst, PROTO_TCP, (total - g.iphl) as u16, 0);
+            t.set_checksum(checksum_fold(pseudo));
+            virtio::Header {
+                flags: virtio::FLAG_NEEDS_CSUM,
+                gso_type: virtio::GSO_TCPV4,
+                hdr_len: hl as u16,
+                gso_size: g.mss as u16,
+                csum_start: g.iphl as u16,
+                csum_offset: tcp::CHECKSUM_OFFSET as u16,
+            }
+            .emit(vh);
+        }
+        self.writes.push(TunWrite {
+            parts: g.first_part..self.parts.len(),
+            segments: g.segments,
+        });
+    }
+
+    /// The finished writes (call [`Coalescer::close`] first to include the
+    /// open one), with the arena and parts they refer to.
+    pub fn writes(&self) -> (&[TunWrite], &[Part], &[u8]) {
+        (&self.writes, &self.parts, self.arena.bytes())
+    }
+}
+
+/// The segment's header facts when `pkt` is a TCP/IPv4 segment with payload
+/// that may be coalesced: no IP options or fragmentation, only ACK (and PSH)
+/// set, and valid IPv4 and TCP checksums.
+fn tcp_segment(pkt: &[u8]) -> Option<Seg> {
+    let ip = ipv4::Packet::new_checked(pkt).ok()?;
+    let iphl = ip.header_len();
+    if iphl != ipv4::MIN_HEADER_LEN
+        || ip.protocol() != PROTO_TCP
+        || usize::from(ip.total_len()) != pkt.len()
+        || ip.more_frags()
+        || ip.frag_offset() != 0
+    {
+        return None;
+    }
+    let t = tcp::Packet::new_checked(&pkt[iphl..]).ok()?;
+    let tcphl = t.header_len();
+    let payload = pkt.len() - iphl - tcphl;
+    let flags = t.flags();
+    if payload == 0 || flags & !tcp::FLAG_PSH != tcp::FLAG_ACK {
+        return None;
+    }
+    if !ip.checksum_ok() {
+        return None;
+    }
+    let l4 = &pkt[iphl..];
+    let sum = tcp::pseudo_header_sum(ip.src(), ip.dst(), PROTO_TCP, l4.len() as u16, 0);
+    if checksum_finish(checksum_sum(l4, sum)) != 0 {
+        return None;
+    }
+    Some(Seg {
+        iphl,
+        tcphl,
+        payload,
+        seq: t.seq(),
+        flags,
+        id: ip.ident(),
+    })
+}
