@@ -170,6 +170,11 @@ pub fn segment(
     if mss == 0 || payload == 0 {
         return Err(bad);
     }
+    // A segment longer than any IPv4 packet (a read past 64 KiB) would wrap
+    // its 16-bit IP and TCP/UDP lengths.
+    if hl + mss.min(payload) > IP_MAX {
+        return Err(bad);
+    }
     let count = payload.div_ceil(mss);
     let need = count * (ENCAP_LEN + hl);
     if need > arena.room() {
@@ -532,3 +537,7 @@ fn tcp_segment(pkt: &[u8]) -> Option<Seg> {
         id: ip.ident(),
     })
 }
+
+#[cfg(test)]
+#[path = "offload_tests.rs"]
+mod tests;

@@ -23,7 +23,8 @@ pub enum WireError {
 
 /// The Internet checksum (RFC 1071) of `data` added to `acc`: a one's
 /// complement sum of big-endian 16-bit words, not yet complemented. The result
-/// stays below 2^17 + `acc`, so sums of several pieces can be chained.
+/// stays below 3 * 2^16 + `acc`, so sums of several pieces, all but the last
+/// of even length, can be chained.
 ///
 /// Native-endian 32-bit words are summed into 64 bits (the loop the compiler
 /// vectorizes) and the folded result byte-swapped back, which RFC 1071 §2(B)
