@@ -43,6 +43,8 @@ pub struct Options {
     pub healthz: Option<SocketAddr>,
     /// Use TUN offloads (TSO on read, GRO on write) when the kernel has them.
     pub offload: bool,
+    /// How long the packet loop keeps polling after traffic before it sleeps.
+    pub busy_poll: Duration,
     /// Keep leases in etcd instead of the embedded store.
     pub etcd: Option<EtcdSettings>,
     /// Kubernetes mode (`--kube-subnet-mgr`): leases are the nodes' pod CIDRs.
@@ -243,8 +245,15 @@ pub async fn run_with_store(
     let table = table::shared();
     let counters = Arc::new(Counters::default());
     let core = Core::new(config.backend.vni, vtep_mac, lease.subnet);
-    let dataplane = Dataplane::start(tun, sock, core, table.clone(), counters.clone())
-        .map_err(DaemonError::Threads)?;
+    let dataplane = Dataplane::start(
+        tun,
+        sock,
+        core,
+        table.clone(),
+        counters.clone(),
+        opts.busy_poll,
+    )
+    .map_err(DaemonError::Threads)?;
 
     let env = SubnetEnv {
         network: config.network,

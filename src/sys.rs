@@ -107,12 +107,15 @@ pub fn bind_udp(addr: SocketAddrV4) -> Result<UdpSocket, SysError> {
     Ok(s.into())
 }
 
-/// Waits until `fd` is readable or `timeout` passes; `Ok(false)` on timeout.
+/// Waits until `a` or `b` is readable or `timeout` passes.
 ///
 /// # Errors
 /// Whatever `poll(2)` reports, except EINTR (reported as a timeout).
-pub fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+pub fn wait_readable_any(a: &impl AsFd, b: &impl AsFd, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [
+        PollFd::new(a.as_fd(), PollFlags::POLLIN),
+        PollFd::new(b.as_fd(), PollFlags::POLLIN),
+    ];
     let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
     match poll(&mut fds, t) {
         Ok(n) => Ok(n > 0),

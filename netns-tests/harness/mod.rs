@@ -22,7 +22,7 @@ use weft::types::{Vni, VtepMac};
 pub const METRICS_PORT: u16 = 9100;
 
 /// Drop reasons that never occur in a healthy overlay.
-pub const WRONG_DROPS: [&str; 8] = [
+pub const WRONG_DROPS: [&str; 9] = [
     "wrong_vni",
     "wrong_mac",
     "vxlan_truncated",
@@ -31,6 +31,7 @@ pub const WRONG_DROPS: [&str; 8] = [
     "udp_send_error",
     "tun_write_error",
     "tun_not_ipv4",
+    "tun_bad_offload",
 ];
 
 /// `ping -c1 -W1` from namespace `ns` to `to`.

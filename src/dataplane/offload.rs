@@ -164,15 +164,11 @@ pub fn segment(
     };
     let hl = iphl + l4hl;
     let mss = usize::from(h.gso_size);
-    // The kernel's total length may be 0 for a super-packet over 64 KiB; the
-    // read length is what counts.
+    // The IPv4 total length bounds the packet: bytes read past it are not
+    // ours to send, and every segment's 16-bit lengths fit.
+    let pkt = &pkt[..usize::from(ip.total_len())];
     let payload = pkt.len().saturating_sub(hl);
     if mss == 0 || payload == 0 {
-        return Err(bad);
-    }
-    // A segment longer than any IPv4 packet (a read past 64 KiB) would wrap
-    // its 16-bit IP and TCP/UDP lengths.
-    if hl + mss.min(payload) > IP_MAX {
         return Err(bad);
     }
     let count = payload.div_ceil(mss);
