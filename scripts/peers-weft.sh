@@ -6,7 +6,8 @@
 # weftd (release build, or $WEFTD) on a store shared by both sides under STATE,
 # pins each side's subnet through a pre-written subnet.env (flannel's "previous
 # subnet" rule), adds the benchmark address next to the TUN's .0, and stays in
-# the foreground. Start with an empty STATE (rm -rf it first).
+# the foreground. Start with an empty STATE (rm -rf it first). Extra weftd flags
+# (e.g. WEFT_ARGS='--queues 2') come from $WEFT_ARGS.
 set -euo pipefail
 side=$1
 state=${2:-/tmp/weft-peers}
@@ -18,7 +19,7 @@ echo '{"Network":"10.250.0.0/16","SubnetLen":24,"SubnetMin":"10.250.0.0","Backen
 printf 'FLANNEL_NETWORK=10.250.0.0/16\nFLANNEL_SUBNET=10.250.%d.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n' "$n" \
 	>"$state/$side/subnet.env"
 "$weftd" --net-config-path "$conf" --state-dir "$state/store" --subnet-file "$state/$side/subnet.env" \
-	--iface "pb-v$side" --log-level warn &
+	--iface "pb-v$side" --log-level warn ${WEFT_ARGS:-} &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' EXIT TERM INT
 for _ in $(seq 100); do

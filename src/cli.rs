@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// while traffic is sparse); 0 turns it off.
     #[arg(long, env = "WEFT_BUSY_POLL", default_value = "100us", value_parser = humantime::parse_duration)]
     pub busy_poll: Duration,
+    /// Packet worker threads, each with its own TUN queue (multi-queue TUN)
+    /// and UDP sockets; flows are spread over them by hash.
+    #[arg(long, env = "WEFT_QUEUES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: u16,
     /// etcd mode: set --etcd-endpoints (or WEFT_ETCD_ENDPOINTS / FLANNELD_ETCD_ENDPOINTS)
     /// to keep leases in etcd, in flannel's key layout, instead of the embedded store.
     #[command(flatten)]
@@ -153,6 +157,7 @@ impl RunArgs {
             tun_name: self.tun_name.clone(),
             offload: self.offload,
             busy_poll: self.busy_poll,
+            queues: usize::from(self.queues),
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             etcd: if self.etcd_mode() {

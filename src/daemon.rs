@@ -16,7 +16,7 @@ use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use crate::dataplane::core::Core;
 use crate::dataplane::counters::Counters;
 use crate::dataplane::table::{self, SharedTable, Table};
-use crate::dataplane::worker::Dataplane;
+use crate::dataplane::worker::{Dataplane, Queue};
 use crate::iface::{self, IfaceError, IfaceSpec};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::metrics::{self, Status};
@@ -28,6 +28,9 @@ use crate::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent, renew_int
 use crate::subnet_env::{SubnetEnv, SubnetEnvError};
 use crate::sys::{self, SysError};
 use crate::types::VtepMac;
+
+/// Sending sockets (source ports) a multi-queue node spreads flows over.
+const SEND_SOCKETS: usize = 8;
 
 /// Everything `weftd` needs to run (the CLI fills it).
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct Options {
     pub offload: bool,
     /// How long the packet loop keeps polling after traffic before it sleeps.
     pub busy_poll: Duration,
+    /// TUN queues, each with its own worker thread and sockets.
+    pub queues: usize,
     /// Keep leases in etcd instead of the embedded store.
     pub etcd: Option<EtcdSettings>,
     /// Kubernetes mode (`--kube-subnet-mgr`): leases are the nodes' pod CIDRs.
@@ -212,25 +217,37 @@ pub async fn run_with_store(
     );
 
     let router = lease.subnet.network();
-    let sock = sys::bind_udp(SocketAddrV4::new(ext.addr, config.backend.port))?;
-    let tun = match sys::open_tun(&opts.tun_name, router, mtu as u16, opts.offload) {
+    let queues = opts.queues.max(1);
+    let tuns = match sys::open_tun(&opts.tun_name, router, mtu as u16, opts.offload, queues) {
         Err(SysError::Tun { name, source }) if opts.offload => {
             tracing::warn!(
                 "TUN offloads unavailable on {name} ({source}); running without them (slower)"
             );
-            sys::open_tun(&opts.tun_name, router, mtu as u16, false)?
+            sys::open_tun(&opts.tun_name, router, mtu as u16, false, queues)?
         }
         r => r?,
     };
     tracing::info!(
-        "TUN offloads (TSO/GRO through virtio-net headers): {}",
-        if tun.tcp_gso() { "on" } else { "off" }
+        "TUN offloads (TSO/GRO through virtio-net headers): {}; queues: {queues}",
+        if tuns[0].tcp_gso() { "on" } else { "off" }
     );
-    // The overlay carries IPv4 only: keep the kernel's IPv6 chatter off the device.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.tun_name),
-        "1",
-    );
+    // One receive socket per queue on the VXLAN port. With one queue it also
+    // sends (source port = the VXLAN port); with several, packets leave from
+    // SEND_SOCKETS sockets on ephemeral ports, picked by inner flow hash, so
+    // the receiver's SO_REUSEPORT (or a NIC's RSS) spreads flows over its
+    // workers, as the kernel's VXLAN source-port hashing does.
+    let listen = SocketAddrV4::new(ext.addr, config.backend.port);
+    let rx_socks = (0..queues)
+        .map(|_| sys::bind_udp(listen, queues > 1))
+        .collect::<Result<Vec<_>, _>>()?;
+    let send: Arc<[std::net::UdpSocket]> = if queues > 1 {
+        (0..SEND_SOCKETS)
+            .map(|_| sys::bind_udp(SocketAddrV4::new(ext.addr, 0), false))
+            .collect::<Result<Vec<_>, _>>()?
+            .into()
+    } else {
+        Arc::new([])
+    };
     let (tun_index, _) = netlink::link(&nl, &opts.tun_name).await?;
     netlink::replace_route(&nl, config.network, tun_index, &opts.tun_name, router).await?;
     tracing::info!(
@@ -245,9 +262,17 @@ pub async fn run_with_store(
     let table = table::shared();
     let counters = Arc::new(Counters::default());
     let core = Core::new(config.backend.vni, vtep_mac, lease.subnet);
+    let queues: Vec<Queue> = tuns
+        .into_iter()
+        .zip(rx_socks)
+        .map(|(tun, rx)| Queue {
+            tun,
+            rx,
+            send: send.clone(),
+        })
+        .collect();
     let dataplane = Dataplane::start(
-        tun,
-        sock,
+        queues,
         core,
         table.clone(),
         counters.clone(),

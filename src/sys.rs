@@ -39,10 +39,12 @@ pub enum SysError {
     },
 }
 
-/// Creates and brings up the TUN device `name` with `addr/32` and `mtu`. With
-/// `offload`, the device carries a virtio-net header (`IFF_VNET_HDR`) and
-/// TSO/checksum offloads (`TUNSETOFFLOAD`): reads may return 64 KiB TCP
-/// super-packets, and writes may be coalesced ones.
+/// Creates and brings up the TUN device `name` with `addr/32` and `mtu`, and
+/// returns one handle per queue (`IFF_MULTI_QUEUE` when `queues` > 1: the
+/// kernel spreads flows over the queues by flow hash, so one flow stays on
+/// one queue). With `offload`, the device carries a virtio-net header
+/// (`IFF_VNET_HDR`) and TSO/checksum offloads (`TUNSETOFFLOAD`): reads may
+/// return 64 KiB TCP super-packets, and writes may be coalesced ones.
 ///
 /// # Errors
 /// [`SysError::Tun`] / [`SysError::TunBusy`] naming the device.
@@ -51,10 +53,12 @@ pub fn open_tun(
     addr: Ipv4Addr,
     mtu: u16,
     offload: bool,
-) -> Result<tun_rs::SyncDevice, SysError> {
+    queues: usize,
+) -> Result<Vec<tun_rs::SyncDevice>, SysError> {
     let dev = tun_rs::DeviceBuilder::new()
         .name(name)
         .offload(offload)
+        .multi_queue(queues > 1)
         .ipv4(addr, 32u8, None)
         .mtu(mtu)
         .packet_information(false)
@@ -79,20 +83,32 @@ pub fn open_tun(
     };
     dev.enabled(true).map_err(terr)?;
     dev.set_nonblocking(true).map_err(terr)?;
-    Ok(dev)
+    let mut all = Vec::with_capacity(queues);
+    for _ in 1..queues {
+        let q = dev.try_clone().map_err(terr)?;
+        q.set_nonblocking(true).map_err(terr)?;
+        all.push(q);
+    }
+    all.insert(0, dev);
+    Ok(all)
 }
 
 /// Binds the VXLAN UDP socket at `addr`, non-blocking, with large buffers.
+/// With `reuseport`, several sockets (one per queue) share the port and the
+/// kernel spreads incoming datagrams over them by their addresses and ports.
 ///
 /// # Errors
 /// [`SysError::Bind`] naming the address.
-pub fn bind_udp(addr: SocketAddrV4) -> Result<UdpSocket, SysError> {
+pub fn bind_udp(addr: SocketAddrV4, reuseport: bool) -> Result<UdpSocket, SysError> {
     let err = |source| SysError::Bind {
         addr,
         port: addr.port(),
         source,
     };
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if reuseport {
+        s.set_reuse_port(true).map_err(err)?;
+    }
     // Large buffers absorb bursts; the *FORCE variants pass rmem_max as root.
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),

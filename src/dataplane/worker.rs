@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::core::{Core, Route, RxAction, TxAction};
+use super::core::{Core, Route, RxAction, TxAction, flow_hash};
 use super::counters::{Counters, DropReason, LocalCounts};
 use super::offload::{self, ARENA_LEN, Arena, Coalescer, Datagram, SegmentError};
 use super::slot::Slot;
@@ -42,81 +42,110 @@ const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// At most this many ICMP unreachables per second per node.
 const ICMP_PER_SEC: u32 = 100;
 
-/// The running packet loop; dropping it does not stop it, [`Dataplane::stop`] does.
+/// One TUN queue and its sockets: what one worker thread serves.
+pub struct Queue {
+    pub tun: tun_rs::SyncDevice,
+    /// Receives on the VXLAN port (and sends, when `send` is empty).
+    pub rx: UdpSocket,
+    /// Sockets on ports of their own, shared by all workers: a packet leaves
+    /// from the one its flow hash picks, so each flow has a stable source
+    /// port and receivers (SO_REUSEPORT, a NIC's RSS) spread flows.
+    pub send: Arc<[UdpSocket]>,
+}
+
+/// The running packet loops; dropping it does not stop them, [`Dataplane::stop`] does.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Dataplane {
-    /// Starts the worker thread, which serves both directions.
+    /// Starts one worker thread per queue; each serves both directions.
     ///
-    /// After traffic, the worker keeps polling both descriptors without
-    /// sleeping for `busy_poll` before it blocks again: a reply that comes
-    /// back within that window is picked up without a thread wake-up, which
-    /// is most of a round trip's cost on an idle machine. Zero turns it off.
+    /// After traffic, a worker keeps polling both descriptors without
+    /// sleeping for `busy_poll` before it blocks again, so a reply that comes
+    /// back within that window is picked up without a thread wake-up. Zero
+    /// turns it off.
     ///
     /// # Errors
-    /// When the thread cannot start.
+    /// When a thread cannot start.
     pub fn start(
-        tun: tun_rs::SyncDevice,
-        sock: UdpSocket,
+        queues: Vec<Queue>,
         core: Core,
         table: SharedTable,
         counters: Arc<Counters>,
         busy_poll: Duration,
     ) -> io::Result<Dataplane> {
-        let offload = tun.tcp_gso();
-        let gso = crate::sys::udp_gso_supported(&sock);
-        let gro = crate::sys::enable_udp_gro(&sock);
-        tracing::info!(
-            "UDP GSO (one send per run of segments): {}; UDP GRO (coalesced receive): {}; busy poll after traffic: {busy_poll:?}",
-            if gso { "on" } else { "off" },
-            if gro { "on" } else { "off" }
-        );
         let stop = Arc::new(AtomicBool::new(false));
-        let features = Features { offload, gso };
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("weft-dp".into())
-                .spawn(move || {
-                    let mut tx = Tx::new(features);
-                    let mut rx = Rx::new(offload);
-                    let mut local = LocalCounts::default();
-                    let mut idle_log = ErrLog::new("waiting for packets");
-                    let mut hot_until: Option<Instant> = None;
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = tx.batch(&tun, &sock, &core, &table, &mut local);
-                        let r = rx.batch(&sock, &tun, &core, &mut local);
-                        counters.flush(&mut local);
-                        if t || r {
-                            hot_until = (!busy_poll.is_zero()).then(|| Instant::now() + busy_poll);
-                            continue;
-                        }
-                        if hot_until.is_some_and(|h| Instant::now() < h) {
-                            std::hint::spin_loop();
-                            continue;
-                        }
-                        hot_until = None;
-                        if let Err(e) = sys::wait_readable_any(&tun, &sock, IDLE_WAKE) {
-                            idle_log.log(&e);
-                            std::thread::sleep(IDLE_WAKE);
-                        }
-                    }
-                })?
-        };
-        Ok(Dataplane {
-            stop,
-            threads: vec![thread],
-        })
+        let mut threads = Vec::with_capacity(queues.len());
+        for (i, q) in queues.into_iter().enumerate() {
+            let offload = q.tun.tcp_gso();
+            let gso = crate::sys::udp_gso_supported(q.send.first().unwrap_or(&q.rx));
+            let gro = crate::sys::enable_udp_gro(&q.rx);
+            if i == 0 {
+                tracing::info!(
+                    "UDP GSO (one send per run of segments): {}; UDP GRO (coalesced receive): {}; busy poll after traffic: {busy_poll:?}",
+                    if gso { "on" } else { "off" },
+                    if gro { "on" } else { "off" }
+                );
+            }
+            let features = Features { offload, gso };
+            let (stop, table, counters) = (stop.clone(), table.clone(), counters.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("weft-dp{i}"))
+                    .spawn(move || run(&q, core, &table, &counters, &stop, features, busy_poll))?,
+            );
+        }
+        Ok(Dataplane { stop, threads })
     }
 
-    /// Stops the worker and waits for it (at most about [`IDLE_WAKE`]).
+    /// Stops the workers and waits for them (at most about [`IDLE_WAKE`]).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// One worker: alternates a transmit and a receive batch while there is
+/// traffic, busy-polls for `busy_poll` after it, then sleeps in `poll(2)`.
+fn run(
+    q: &Queue,
+    core: Core,
+    table: &SharedTable,
+    counters: &Counters,
+    stop: &AtomicBool,
+    features: Features,
+    busy_poll: Duration,
+) {
+    let send: &[UdpSocket] = if q.send.is_empty() {
+        std::slice::from_ref(&q.rx)
+    } else {
+        &q.send
+    };
+    let mut tx = Tx::new(features);
+    let mut rx = Rx::new(features.offload);
+    let mut local = LocalCounts::default();
+    let mut idle_log = ErrLog::new("waiting for packets");
+    let mut hot_until: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let t = tx.batch(&q.tun, send, &core, table, &mut local);
+        let r = rx.batch(&q.rx, &q.tun, &core, &mut local);
+        counters.flush(&mut local);
+        if t || r {
+            hot_until = (!busy_poll.is_zero()).then(|| Instant::now() + busy_poll);
+            continue;
+        }
+        if hot_until.is_some_and(|h| Instant::now() < h) {
+            std::hint::spin_loop();
+            continue;
+        }
+        hot_until = None;
+        if let Err(e) = sys::wait_readable_any(&q.tun, &q.rx, IDLE_WAKE) {
+            idle_log.log(&e);
+            std::thread::sleep(IDLE_WAKE);
         }
     }
 }
@@ -207,7 +236,7 @@ impl Tx {
     fn batch(
         &mut self,
         tun: &tun_rs::SyncDevice,
-        sock: &UdpSocket,
+        socks: &[UdpSocket],
         core: &Core,
         table: &SharedTable,
         local: &mut LocalCounts,
@@ -246,9 +275,20 @@ impl Tx {
         self.arena.clear();
         self.parts.clear();
         self.dgrams.clear();
+        // The socket the pending datagrams leave from.
+        let mut cur = 0;
         let mut j = 0;
         while j < n {
             let len = self.lens[j];
+            if socks.len() > 1 {
+                let pkt = &self.slots[j].as_ref()[HEADROOM..HEADROOM + len];
+                let k = flow_hash(pkt) as usize % socks.len();
+                if k != cur {
+                    self.send_pending(&socks[cur], local);
+                    cur = k;
+                }
+            }
+            let sock = &socks[cur];
             let h = if vh > 0 {
                 virtio::Header::parse(&self.slots[j].as_ref()[HEADROOM - vh..HEADROOM])
                     .unwrap_or_default()
@@ -322,7 +362,7 @@ impl Tx {
             j += 1;
         }
         drop(t);
-        self.send_pending(sock, local);
+        self.send_pending(&socks[cur], local);
         true
     }
 
