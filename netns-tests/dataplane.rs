@@ -543,3 +543,81 @@ fn parallel_flows_with_offloads_segment_and_coalesce() {
         );
     }
 }
+
+/// CPU ticks each `weft-dp*` worker thread of process `pid` has used.
+fn worker_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = vec![];
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let t = t.expect("task entry").path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if !comm.starts_with("weft-dp") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
+        // After the parenthesised name come fields 3 (state) onwards; utime
+        // and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| {
+            f.get(n - 3)
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let ticks = field(14) + field(15);
+        out.push((comm.trim().to_string(), ticks));
+    }
+    out.sort();
+    out
+}
+
+/// With `--queues 2`, sixteen TCP streams at once arrive byte-identical and
+/// both workers of both nodes carry them: the sender spreads flows over its
+/// sending sockets by flow hash, the receiver's SO_REUSEPORT spreads them
+/// over its workers, and the multi-queue TUN keeps each flow on one queue.
+#[test]
+fn multi_queue_spreads_flows_over_workers() {
+    if !require_root("multi_queue_spreads_flows_over_workers") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "mq",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    for n in &mut c.nodes {
+        n.extra = vec!["--queues".into(), "2".into()];
+    }
+    c.start(0);
+    c.start(1);
+    c.wait_peers(1);
+    assert!(
+        c.nodes[0].log().contains("queues: 2"),
+        "{}",
+        c.nodes[0].log()
+    );
+    let size = 4 << 20;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let handles: Vec<_> = (0..16u16)
+        .map(|i| {
+            let (from, to_ns, to) = (a.ns.clone(), b.ns.clone(), b.addr());
+            std::thread::spawn(move || (i, tcp_transfer(&from, &to_ns, to, 5100 + i, size)))
+        })
+        .collect();
+    for h in handles {
+        let (i, (sent, got, n)) = h.join().expect("transfer thread");
+        assert_eq!((n, sent), (size, got), "stream {i} differs");
+    }
+    for n in &c.nodes {
+        n.assert_nothing_wrong();
+        let ticks = worker_ticks(n.pid().expect("weftd runs"));
+        eprintln!("{}: worker CPU ticks {ticks:?}", n.ns);
+        assert_eq!(ticks.len(), 2, "{}: two workers expected: {ticks:?}", n.ns);
+        assert!(
+            ticks.iter().all(|(_, t)| *t >= 2),
+            "{}: a worker carried (almost) nothing: {ticks:?}",
+            n.ns
+        );
+    }
+}
