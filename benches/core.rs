@@ -1,17 +1,20 @@
 //! Criterion benchmarks of the packet core, no syscalls: encapsulation and
-//! decapsulation at 64 / 512 / 1400 bytes, and forwarding-table lookups with
-//! 10, 1 000 and 10 000 leases.
+//! decapsulation at 64 / 512 / 1400 bytes, forwarding-table lookups with
+//! 10, 1 000 and 10 000 leases, and the offload paths: cutting a 64 KB TCP
+//! super-packet into segments and coalescing them again.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use weft::dataplane::core::{Core, RxAction, TxAction};
+use weft::dataplane::offload::{self, Arena, Coalescer, Datagram};
 use weft::dataplane::table::Table;
-use weft::dataplane::{HEADROOM, SLOT};
+use weft::dataplane::{ENCAP_LEN, Gather, HEADROOM, Part, SLOT};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::types::{Vni, VtepMac};
 use weft::wire::ipv4;
+use weft::wire::virtio;
 
 /// `n` leases of /24s inside 10.0.0.0/8 (node i holds 10.(i/256).(i%256).0/24).
 fn leases(n: u32) -> Vec<Lease> {
@@ -106,5 +109,112 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encap_decap, lookup);
+/// A TCP/IPv4 super-packet as a TUN device with TSO hands it over: 20-byte
+/// IP header, 32-byte TCP header (timestamps), `payload` bytes, and the
+/// virtio-net header asking for `mss`-byte segments.
+fn super_packet(payload: usize, mss: u16) -> (virtio::Header, Vec<u8>) {
+    let len = 52 + payload;
+    let mut p: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+    ipv4::emit_header(
+        &mut p,
+        len as u16,
+        64,
+        6,
+        Ipv4Addr::new(10, 0, 0, 5),
+        Ipv4Addr::new(10, 0, 2, 9),
+    );
+    let t = &mut p[20..52];
+    t[..12].copy_from_slice(&[0x9c, 0x40, 0x13, 0x89, 0, 0, 0, 1, 0, 0, 0, 1]);
+    t[12] = 8 << 4; // data offset: 32 bytes
+    t[13] = 0x18; // PSH|ACK
+    t[14..20].copy_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 7]);
+    let h = virtio::Header {
+        flags: virtio::FLAG_NEEDS_CSUM,
+        gso_type: virtio::GSO_TCPV4,
+        hdr_len: 52,
+        gso_size: mss,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    (h, p)
+}
+
+fn offload_paths(c: &mut Criterion) {
+    let (h, pkt) = super_packet(64_000, 1398);
+    let segs = 64_000usize.div_ceil(1398);
+    let to = "192.0.2.2:8472".parse().unwrap();
+    let prefix = [0u8; ENCAP_LEN];
+    let mut arena = Arena::default();
+    let mut parts: Vec<Part> = Vec::with_capacity(4 * segs);
+    let mut dgrams: Vec<Datagram> = Vec::with_capacity(2 * segs);
+    let mut g = c.benchmark_group("offload");
+    // Per segment of 1398 payload bytes.
+    g.throughput(Throughput::Elements(segs as u64));
+    g.bench_function("segment 64000 B into 46", |b| {
+        b.iter(|| {
+            arena.clear();
+            parts.clear();
+            dgrams.clear();
+            let n = offload::segment(
+                &h,
+                black_box(&pkt),
+                0,
+                0,
+                &prefix,
+                to,
+                &mut arena,
+                &mut parts,
+                &mut dgrams,
+            );
+            black_box(n.expect("segments"))
+        })
+    });
+    // The segments as a receiver sees them once decapsulated: IP packets.
+    arena.clear();
+    parts.clear();
+    dgrams.clear();
+    offload::segment(
+        &h,
+        &pkt,
+        0,
+        0,
+        &prefix,
+        to,
+        &mut arena,
+        &mut parts,
+        &mut dgrams,
+    )
+    .unwrap();
+    let bufs = [pkt.clone()];
+    let from = Gather {
+        arena: arena.bytes(),
+        bufs: &bufs,
+        parts: &parts,
+    };
+    let inner: Vec<Vec<u8>> = dgrams
+        .iter()
+        .map(|d| {
+            from.slices(d.parts.clone())
+                .flatten()
+                .copied()
+                .skip(ENCAP_LEN)
+                .collect()
+        })
+        .collect();
+    let mut co = Coalescer::new();
+    g.bench_function("coalesce 46 into 1", |b| {
+        b.iter(|| {
+            co.clear();
+            for (i, p) in inner.iter().enumerate() {
+                co.push(black_box(p), i, 0..p.len());
+            }
+            co.close();
+            black_box(co.writes().0.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encap_decap, lookup, offload_paths);
 criterion_main!(benches);
