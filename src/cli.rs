@@ -91,11 +91,6 @@ pub struct RunArgs {
     /// (virtio-net headers, TSO/GRO); `false` moves one packet per syscall.
     #[arg(long, env = "WEFT_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set)]
     pub offload: bool,
-    /// After traffic, keep polling for this long before sleeping, so a reply
-    /// is picked up without a thread wake-up (lower latency, a little CPU
-    /// while traffic is sparse); 0 turns it off.
-    #[arg(long, env = "WEFT_BUSY_POLL", default_value = "100us", value_parser = humantime::parse_duration)]
-    pub busy_poll: Duration,
     /// Packet worker threads, each with its own TUN queue (multi-queue TUN)
     /// and UDP sockets; flows are spread over them by hash.
     #[arg(long, env = "WEFT_QUEUES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -156,7 +151,6 @@ impl RunArgs {
             store_poll: self.store_poll,
             tun_name: self.tun_name.clone(),
             offload: self.offload,
-            busy_poll: self.busy_poll,
             queues: usize::from(self.queues),
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),

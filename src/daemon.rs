@@ -46,8 +46,6 @@ pub struct Options {
     pub healthz: Option<SocketAddr>,
     /// Use TUN offloads (TSO on read, GRO on write) when the kernel has them.
     pub offload: bool,
-    /// How long the packet loop keeps polling after traffic before it sleeps.
-    pub busy_poll: Duration,
     /// TUN queues, each with its own worker thread and sockets.
     pub queues: usize,
     /// Keep leases in etcd instead of the embedded store.
@@ -271,14 +269,8 @@ pub async fn run_with_store(
             send: send.clone(),
         })
         .collect();
-    let dataplane = Dataplane::start(
-        queues,
-        core,
-        table.clone(),
-        counters.clone(),
-        opts.busy_poll,
-    )
-    .map_err(DaemonError::Threads)?;
+    let dataplane = Dataplane::start(queues, core, table.clone(), counters.clone())
+        .map_err(DaemonError::Threads)?;
 
     let env = SubnetEnv {
         network: config.network,

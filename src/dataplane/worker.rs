@@ -62,11 +62,6 @@ pub struct Dataplane {
 impl Dataplane {
     /// Starts one worker thread per queue; each serves both directions.
     ///
-    /// After traffic, a worker keeps polling both descriptors without
-    /// sleeping for `busy_poll` before it blocks again, so a reply that comes
-    /// back within that window is picked up without a thread wake-up. Zero
-    /// turns it off.
-    ///
     /// # Errors
     /// When a thread cannot start.
     pub fn start(
@@ -74,7 +69,6 @@ impl Dataplane {
         core: Core,
         table: SharedTable,
         counters: Arc<Counters>,
-        busy_poll: Duration,
     ) -> io::Result<Dataplane> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(queues.len());
@@ -84,7 +78,7 @@ impl Dataplane {
             let gro = crate::sys::enable_udp_gro(&q.rx);
             if i == 0 {
                 tracing::info!(
-                    "UDP GSO (one send per run of segments): {}; UDP GRO (coalesced receive): {}; busy poll after traffic: {busy_poll:?}",
+                    "UDP GSO (one send per run of segments): {}; UDP GRO (coalesced receive): {}",
                     if gso { "on" } else { "off" },
                     if gro { "on" } else { "off" }
                 );
@@ -94,7 +88,7 @@ impl Dataplane {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("weft-dp{i}"))
-                    .spawn(move || run(&q, core, &table, &counters, &stop, features, busy_poll))?,
+                    .spawn(move || run(&q, core, &table, &counters, &stop, features))?,
             );
         }
         Ok(Dataplane { stop, threads })
@@ -109,8 +103,8 @@ impl Dataplane {
     }
 }
 
-/// One worker: alternates a transmit and a receive batch while there is
-/// traffic, busy-polls for `busy_poll` after it, then sleeps in `poll(2)`.
+/// One worker: alternates a transmit and a receive batch while either side
+/// has traffic, then sleeps in `poll(2)` on both descriptors.
 fn run(
     q: &Queue,
     core: Core,
@@ -118,7 +112,6 @@ fn run(
     counters: &Counters,
     stop: &AtomicBool,
     features: Features,
-    busy_poll: Duration,
 ) {
     let send: &[UdpSocket] = if q.send.is_empty() {
         std::slice::from_ref(&q.rx)
@@ -129,20 +122,13 @@ fn run(
     let mut rx = Rx::new(features.offload);
     let mut local = LocalCounts::default();
     let mut idle_log = ErrLog::new("waiting for packets");
-    let mut hot_until: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let t = tx.batch(&q.tun, send, &core, table, &mut local);
         let r = rx.batch(&q.rx, &q.tun, &core, &mut local);
         counters.flush(&mut local);
         if t || r {
-            hot_until = (!busy_poll.is_zero()).then(|| Instant::now() + busy_poll);
             continue;
         }
-        if hot_until.is_some_and(|h| Instant::now() < h) {
-            std::hint::spin_loop();
-            continue;
-        }
-        hot_until = None;
         if let Err(e) = sys::wait_readable_any(&q.tun, &q.rx, IDLE_WAKE) {
             idle_log.log(&e);
             std::thread::sleep(IDLE_WAKE);
