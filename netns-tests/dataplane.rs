@@ -621,3 +621,59 @@ fn multi_queue_spreads_flows_over_workers() {
         );
     }
 }
+
+/// A second weftd in a namespace where one already runs is refused with the
+/// reason and the fix, also with `--queues 2` (where the kernel would let a
+/// second multi-queue open attach to the running device as another queue).
+#[test]
+fn second_weftd_in_a_namespace_is_refused() {
+    if !require_root("second_weftd_in_a_namespace_is_refused") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "busy",
+        &Opts {
+            nodes: 1,
+            ..Opts::default()
+        },
+    );
+    c.nodes[0].extra = vec!["--queues".into(), "2".into()];
+    c.start(0);
+    for queues in ["1", "2"] {
+        c.nodes[0].extra = vec!["--queues".into(), queues.into()];
+        let out = c
+            .command(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn a second weftd");
+        let pid = out.id();
+        let waiter = std::thread::spawn(move || out.wait_with_output());
+        let done = wait_until(20, || waiter.is_finished());
+        if !done {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let out = waiter.join().expect("waiter").expect("second weftd output");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            done,
+            "--queues {queues}: a second weftd kept running: {err}"
+        );
+        assert!(
+            !out.status.success(),
+            "--queues {queues}: exit status {:?}",
+            out.status
+        );
+        assert!(
+            err.contains("already runs in this network namespace"),
+            "--queues {queues}: {err}"
+        );
+    }
+    // The first one is untouched.
+    assert!(c.nodes[0].running());
+    c.nodes[0].assert_nothing_wrong();
+}

@@ -55,6 +55,13 @@ pub fn open_tun(
     offload: bool,
     queues: usize,
 ) -> Result<Vec<tun_rs::SyncDevice>, SysError> {
+    // weftd's device is not persistent: if it exists, a weftd owns it. Asking
+    // first gives that answer whatever the open would say: a multi-queue open
+    // of a multi-queue device attaches as one more queue instead of failing,
+    // and a mismatched one fails with a bare EINVAL.
+    if nix::net::if_::if_nametoindex(name).is_ok() {
+        return Err(SysError::TunBusy { name: name.into() });
+    }
     let dev = tun_rs::DeviceBuilder::new()
         .name(name)
         .offload(offload)
