@@ -1,4 +1,5 @@
-//! The packet loop: one OS thread that moves TUN → core → UDP and UDP → core → TUN.
+//! The packet loops: one OS thread per TUN queue, each moving TUN → core → UDP
+//! and UDP → core → TUN.
 //!
 //! Each turn moves a batch each way: up to [`TX_READS`] TUN reads (each possibly
 //! a 64 KiB super-packet) with the forwarding table loaded once and one
