@@ -158,8 +158,9 @@ const CTRL_WORDS: usize = 8;
 const MAX_MSGS: usize = BATCH;
 /// Iovecs one `sendmmsg` gathers at most (a segment takes two).
 const MAX_IOVS: usize = 4096;
-/// Iovecs one TUN write gathers at most: a header, then coalesced payloads.
-pub const MAX_WRITE_PARTS: usize = 64;
+/// Iovecs one TUN write gathers at most: a header, then the payloads of the
+/// most segments the coalescer joins.
+pub const MAX_WRITE_PARTS: usize = 1 + crate::dataplane::offload::MAX_COALESCE;
 
 /// Asks the kernel to coalesce received datagrams of one flow (`UDP_GRO`);
 /// [`Mmsg::recv`] then reports each buffer's segment size. False when the
@@ -514,7 +515,8 @@ impl Mmsg {
 /// On an offload device the first part is the virtio-net header.
 ///
 /// # Errors
-/// Whatever `writev(2)` reports.
+/// Whatever `writev(2)` reports; `InvalidInput` for more than
+/// [`MAX_WRITE_PARTS`] parts, rather than writing a truncated packet.
 ///
 /// # Panics
 /// When a part lies outside its buffer (a bug in the code that built it).
@@ -523,6 +525,15 @@ pub fn tun_write<S: AsRef<[u8]>>(
     from: Gather<'_, S>,
     range: std::ops::Range<usize>,
 ) -> io::Result<usize> {
+    if range.len() > MAX_WRITE_PARTS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a TUN write of {} parts (at most {MAX_WRITE_PARTS})",
+                range.len()
+            ),
+        ));
+    }
     let mut iovs = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,

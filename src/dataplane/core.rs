@@ -18,7 +18,7 @@ use super::counters::DropReason;
 use super::table::Table;
 use super::{ENCAP_LEN, HEADROOM};
 use crate::types::{Vni, VtepMac};
-use crate::wire::{ethernet, icmp, ipv4, vxlan};
+use crate::wire::{ethernet, icmp, ipv4, tcp, vxlan};
 
 /// What to do with a packet read from TUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +199,10 @@ pub fn flow_hash(pkt: &[u8]) -> u32 {
     let mut h = (u64::from(u32::from(ip.src())) << 32) | u64::from(u32::from(ip.dst()));
     h ^= u64::from(ip.protocol()) << 56;
     let hl = ip.header_len();
-    if matches!(ip.protocol(), 6 | 17) && ip.frag_offset() == 0 && !ip.more_frags() {
+    if matches!(ip.protocol(), tcp::PROTO_TCP | tcp::PROTO_UDP)
+        && ip.frag_offset() == 0
+        && !ip.more_frags()
+    {
         if let Some(p) = pkt.get(hl..hl + 4) {
             h = h.rotate_left(17) ^ u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
         }
