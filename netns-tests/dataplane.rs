@@ -318,11 +318,16 @@ fn bad_packets_are_counted_and_dropped() {
     })
     .unwrap();
     let n1 = &mut c.nodes[1];
+    // All 90 datagrams sent must be accounted for before the counts are read:
+    // they arrive over several worker turns, and each turn flushes its own.
+    let reasons = ["wrong_vni", "vxlan_truncated", "wrong_mac", "vxlan_flags"];
     assert!(
-        wait_until(5, || n1.drops("wrong_vni") >= 10.0),
-        "wrong VNI not counted: {:?}",
+        wait_until(5, || reasons.iter().map(|r| n1.drops(r)).sum::<f64>()
+            >= 90.0),
+        "not all 90 bad datagrams counted: {:?}",
         n1.metrics()
     );
+    assert_eq!(n1.drops("wrong_vni"), 10.0, "{:?}", n1.metrics());
     let m = n1.metrics();
     let drops = |r: &str| {
         m.get(&format!("weft_drops_total{{reason=\"{r}\"}}"))
