@@ -29,6 +29,9 @@ pub struct NetConfig {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: VxlanBackend,
+    /// `EnableNFTables`: weft's rules in nftables (true) or iptables (false);
+    /// unset, weft takes nftables where `nft` works.
+    pub enable_nftables: Option<bool>,
 }
 
 /// The `Backend` object of a `vxlan` configuration.
@@ -205,12 +208,24 @@ impl NetConfig {
             }
         };
 
+        let enable_nftables = match get(top, "EnableNFTables") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(bad(
+                    "EnableNFTables",
+                    format!("{other} must be true or false"),
+                ));
+            }
+        };
+
         Ok(NetConfig {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
             backend,
+            enable_nftables,
         })
     }
 
@@ -373,6 +388,28 @@ mod tests {
         assert_eq!(c.backend.vni.get(), 4096);
         assert_eq!(c.backend.port, 4789);
         assert_eq!(c.overlay_mtu(1500), 8950);
+    }
+
+    #[test]
+    fn enable_nftables_as_flannel_reads_it() {
+        assert_eq!(parse(DEFAULT_NET_CONF).unwrap().enable_nftables, None);
+        let c = parse(
+            r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(c.unwrap().enable_nftables, Some(true));
+        let c = parse(
+            r#"{"Network":"10.244.0.0/16","enablenftables":false,"Backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(c.unwrap().enable_nftables, Some(false));
+        let e = parse(
+            r#"{"Network":"10.244.0.0/16","EnableNFTables":"yes","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("EnableNFTables") && e.contains("true or false"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   module allowed `unsafe`;
 //! - [`config`], [`lease`], [`store`], [`subnet_env`], [`iface`]: flannel's
 //!   formats and the lease stores;
+//! - [`netfilter`]: the masquerade and forward rules (nftables or iptables);
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
 //! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes).
@@ -21,6 +22,7 @@ pub mod iface;
 pub mod lab;
 pub mod lease;
 pub mod metrics;
+pub mod netfilter;
 pub mod netlink;
 pub mod netns;
 pub mod store;

@@ -1,0 +1,357 @@
+//! The node's packet-filter rules, in the node's own network namespace:
+//! masquerade for pods' traffic that leaves the pod Network (flannel's
+//! `--ip-masq`) and FORWARD accepts for the Network (`--iptables-forward-rules`).
+//!
+//! [`plan`] says what is wanted (no I/O); this module runs the tools the
+//! Kubernetes ecosystem drives for it: `nft -f` transactions in weft's own
+//! table `ip weft` (as kube-proxy's nftables mode does in its own), or
+//! `iptables-restore --noflush` on weft's own chains. Nothing else of the
+//! host's, kube-proxy's or Docker's rules is touched, except one jump into
+//! weft's chain from `POSTROUTING` / `FORWARD` in iptables mode.
+//!
+//! nftables cannot override another table's drop: an `accept` in `ip weft`
+//! ends only weft's chain, and a packet still meets the FORWARD policy DROP
+//! that Docker, ufw or firewalld set through iptables. So in nftables mode,
+//! when iptables' FORWARD drops, the forward accepts also go into an iptables
+//! chain `WEFT-FWD`, jumped to first from FORWARD.
+
+pub mod plan;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub use plan::{Chain, IptState, NftState, Rules};
+
+/// Which tool holds weft's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nftables,
+    Iptables,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        })
+    }
+}
+
+/// The flags that govern the rules (flannel's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// `--ip-masq`.
+    pub masquerade: bool,
+    /// Not `--ip-masq-fully-random-disable`.
+    pub random_fully: bool,
+    /// `--iptables-forward-rules`.
+    pub forward: bool,
+    /// `--iptables-resync`: how often the rules are checked and restored.
+    pub resync: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            masquerade: false,
+            random_fully: true,
+            forward: true,
+            resync: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the rules could not be installed, checked or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetfilterError {
+    #[error(
+        "neither nft nor iptables works here ({nft}; {iptables}), so {what} cannot be installed. Install nftables (apt-get install nftables) or iptables, or run where CAP_NET_ADMIN covers this network namespace"
+    )]
+    NoTool {
+        what: &'static str,
+        nft: String,
+        iptables: String,
+    },
+    #[error(
+        "net-conf.json asks for {backend} (EnableNFTables: {}) but it does not work here: {why}. Install it{}",
+        *.backend == Backend::Nftables,
+        if *.backend == Backend::Nftables { " (apt-get install nftables), or set EnableNFTables to false to use iptables" } else { " (apt-get install iptables), or set EnableNFTables to true to use nftables" }
+    )]
+    Unusable { backend: Backend, why: String },
+    #[error("`{cmd}` failed: {why}")]
+    Tool { cmd: String, why: String },
+}
+
+/// Runs `program args`, feeding `stdin`; returns stdout, or why it failed.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {
+    let cmd = format!("{program} {}", args.join(" "));
+    let fail = |why: String| NetfilterError::Tool {
+        cmd: cmd.clone(),
+        why,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run {program}: {e}")))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| fail(format!("writing its input: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for it: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.trim();
+        Err(fail(if err.is_empty() {
+            format!("{}", out.status)
+        } else {
+            err.lines().take(4).collect::<Vec<_>>().join(" / ")
+        }))
+    }
+}
+
+fn nft_works() -> Result<(), String> {
+    run("nft", &["list", "tables"], None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn iptables_works() -> Result<(), String> {
+    run("iptables-save", &["-t", "filter"], None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The backend, chosen as flannel chooses: net-conf.json's `EnableNFTables`
+/// when it is set; otherwise nftables where `nft` works, else iptables. The
+/// second value says why, for the log.
+///
+/// # Errors
+/// [`NetfilterError::Unusable`] when the configured one does not work,
+/// [`NetfilterError::NoTool`] when neither does.
+pub fn choose(
+    enable_nftables: Option<bool>,
+    what: &'static str,
+) -> Result<(Backend, &'static str), NetfilterError> {
+    match enable_nftables {
+        Some(true) => nft_works()
+            .map(|()| (Backend::Nftables, "net-conf.json sets EnableNFTables"))
+            .map_err(|why| NetfilterError::Unusable {
+                backend: Backend::Nftables,
+                why,
+            }),
+        Some(false) => iptables_works()
+            .map(|()| {
+                (
+                    Backend::Iptables,
+                    "net-conf.json sets EnableNFTables to false",
+                )
+            })
+            .map_err(|why| NetfilterError::Unusable {
+                backend: Backend::Iptables,
+                why,
+            }),
+        None => match nft_works() {
+            Ok(()) => Ok((Backend::Nftables, "nft works here")),
+            Err(nft) => match iptables_works() {
+                Ok(()) => Ok((Backend::Iptables, "nft does not work here")),
+                Err(iptables) => Err(NetfilterError::NoTool {
+                    what,
+                    nft,
+                    iptables,
+                }),
+            },
+        },
+    }
+}
+
+/// weft's rules on this node, kept in step with [`Rules`].
+#[derive(Debug)]
+pub struct Netfilter {
+    pub backend: Backend,
+    pub rules: Rules,
+    /// Whether the last apply put the forward accepts into iptables too
+    /// (nftables mode on a host whose iptables FORWARD drops).
+    iptables_forward: bool,
+}
+
+/// What [`Netfilter::apply`] did, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// What was found out of step (empty on a fresh install).
+    pub repaired: Vec<String>,
+    /// nftables mode: iptables' FORWARD drops, so WEFT-FWD was added there
+    /// (set when this apply added it, not when it was there already).
+    pub iptables_forward: bool,
+    /// `--random-fully` was refused by the kernel or tool and left out.
+    pub random_fully_refused: bool,
+}
+
+impl Netfilter {
+    pub fn new(backend: Backend, rules: Rules) -> Netfilter {
+        Netfilter {
+            backend,
+            rules,
+            iptables_forward: false,
+        }
+    }
+
+    fn nft_state() -> NftState {
+        // A missing table makes `nft list` fail: that is the empty state.
+        NftState::parse(
+            &run("nft", &["list", "table", "ip", plan::NFT_TABLE], None).unwrap_or_default(),
+        )
+    }
+
+    fn ipt_state() -> Option<IptState> {
+        let nat = run("iptables-save", &["-t", "nat"], None).ok()?;
+        let filter = run("iptables-save", &["-t", "filter"], None).ok()?;
+        Some(IptState::parse(&(nat + &filter)))
+    }
+
+    /// The iptables chains wanted in this mode, given iptables' state.
+    fn ipt_chains(&self, ipt: &IptState) -> Vec<Chain> {
+        match self.backend {
+            Backend::Iptables => vec![Chain::Masq, Chain::Forward],
+            Backend::Nftables if self.rules.forward && ipt.forward_drops => vec![Chain::Forward],
+            Backend::Nftables => vec![],
+        }
+    }
+
+    /// What is out of step with the wanted rules (empty: all in place).
+    pub fn check(&self) -> Vec<String> {
+        let mut d = vec![];
+        let ipt = Self::ipt_state();
+        match self.backend {
+            Backend::Nftables => {
+                d.extend(Self::nft_state().diff(&self.rules));
+                if let Some(ipt) = &ipt {
+                    d.extend(ipt.diff(&self.rules, &self.ipt_chains(ipt)));
+                }
+            }
+            Backend::Iptables => {
+                match &ipt {
+                    Some(ipt) => d.extend(ipt.diff(&self.rules, &self.ipt_chains(ipt))),
+                    None => d.push("iptables-save failed".into()),
+                }
+                if Self::nft_state().table {
+                    d.push(format!(
+                        "nftables table ip {} is left from nftables mode",
+                        plan::NFT_TABLE
+                    ));
+                }
+            }
+        }
+        d
+    }
+
+    /// Installs the wanted rules, replacing weft's own (never duplicating
+    /// them), and removes what the other backend left.
+    ///
+    /// # Errors
+    /// [`NetfilterError::Tool`] with the command and its error output.
+    pub fn apply(&mut self) -> Result<Applied, NetfilterError> {
+        let mut applied = Applied {
+            repaired: self.check(),
+            ..Applied::default()
+        };
+        let had = self.iptables_forward;
+        match self.install() {
+            Err(e) if self.rules.random_fully && self.rules.masquerade => {
+                self.rules.random_fully = false;
+                self.install().map_err(|_| e)?;
+                applied.random_fully_refused = true;
+            }
+            r => r?,
+        }
+        applied.iptables_forward = self.iptables_forward && !had;
+        Ok(applied)
+    }
+
+    fn install(&mut self) -> Result<(), NetfilterError> {
+        let ipt = Self::ipt_state();
+        if self.backend == Backend::Nftables {
+            run("nft", &["-f", "-"], Some(&self.rules.nft_script()))?;
+        } else if Self::nft_state().table {
+            run("nft", &["-f", "-"], Some(&Rules::nft_remove_script()))?;
+        }
+        let Some(ipt) = ipt else {
+            // No iptables: nothing of weft's can be there to replace or remove.
+            self.iptables_forward = false;
+            return if self.backend == Backend::Iptables {
+                Err(NetfilterError::Tool {
+                    cmd: "iptables-save".into(),
+                    why: "failed".into(),
+                })
+            } else {
+                Ok(())
+            };
+        };
+        let chains = self.ipt_chains(&ipt);
+        self.iptables_forward = self.backend == Backend::Nftables && !chains.is_empty();
+        let script = self.rules.iptables_script(&chains, &ipt);
+        if !script.is_empty() {
+            run("iptables-restore", &["-w", "5", "--noflush"], Some(&script))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the rules and restores them when they are out of step; returns
+    /// what was wrong (None: all was in place).
+    ///
+    /// # Errors
+    /// As [`Netfilter::apply`].
+    pub fn resync(&mut self) -> Result<Option<Applied>, NetfilterError> {
+        if self.check().is_empty() {
+            return Ok(None);
+        }
+        self.apply().map(Some)
+    }
+}
+
+/// Removes every rule weft installed, in both backends (`weftd uninstall`);
+/// returns what was removed, one line each.
+///
+/// # Errors
+/// [`NetfilterError::Tool`] with the command and its error output.
+pub fn remove_all() -> Result<Vec<String>, NetfilterError> {
+    let mut done = vec![];
+    if nft_works().is_ok() && Netfilter::nft_state().table {
+        run("nft", &["-f", "-"], Some(&Rules::nft_remove_script()))?;
+        done.push(format!("nftables table ip {}", plan::NFT_TABLE));
+    }
+    if let Some(ipt) = Netfilter::ipt_state() {
+        let any = Rules {
+            network: ipnet::Ipv4Net::default(),
+            subnet: ipnet::Ipv4Net::default(),
+            masquerade: false,
+            random_fully: false,
+            forward: false,
+        };
+        let script = any.iptables_script(&[], &ipt);
+        if !script.is_empty() {
+            run("iptables-restore", &["-w", "5", "--noflush"], Some(&script))?;
+            for (exists, name) in [
+                (ipt.masq_chain, plan::IPT_MASQ_CHAIN),
+                (ipt.forward_chain, plan::IPT_FORWARD_CHAIN),
+            ] {
+                if exists {
+                    done.push(format!("iptables chain {name} and its jump"));
+                }
+            }
+        }
+    }
+    Ok(done)
+}

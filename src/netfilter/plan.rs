@@ -1,0 +1,770 @@
+//! The rules weft wants, with no I/O: flannel's masquerade and forward-accept
+//! rules for one Network and node subnet, rendered as an `nft -f` transaction
+//! or an `iptables-restore --noflush` script, and the comparison of what a
+//! listing (`nft list table`, `iptables-save`) shows against what is wanted.
+//!
+//! Every rule carries a comment `weft <role> <fingerprint>/<n>`: the
+//! fingerprint hashes the whole wanted rule set, so a rule flushed, edited,
+//! reordered or left from another Network or subnet shows up as a difference.
+
+use std::fmt::Write as _;
+
+use ipnet::Ipv4Net;
+
+/// weft's nftables table (family `ip`): nothing else of the host's is touched.
+pub const NFT_TABLE: &str = "weft";
+/// The nftables chains in [`NFT_TABLE`].
+pub const NFT_MASQ_CHAIN: &str = "postrouting";
+pub const NFT_FORWARD_CHAIN: &str = "forward";
+/// weft's iptables chains, jumped to from `nat POSTROUTING` and `filter FORWARD`.
+pub const IPT_MASQ_CHAIN: &str = "WEFT-POSTRTG";
+pub const IPT_FORWARD_CHAIN: &str = "WEFT-FWD";
+/// The comments on the iptables jumps into weft's chains.
+pub const IPT_MASQ_JUMP_COMMENT: &str = "weft masq";
+pub const IPT_FORWARD_JUMP_COMMENT: &str = "weft forward";
+/// kube-proxy marks the packets it will masquerade itself with this bit.
+pub const KUBE_PROXY_MARK: u32 = 0x4000;
+/// IPv4 multicast, never masqueraded.
+pub const MULTICAST: Ipv4Net = match Ipv4Net::new(std::net::Ipv4Addr::new(224, 0, 0, 0), 4) {
+    Ok(n) => n,
+    Err(_) => panic!("224.0.0.0/4 is a valid prefix"),
+};
+
+/// What weftd is asked to install for this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// The pod Network (net-conf.json's `Network`).
+    pub network: Ipv4Net,
+    /// This node's subnet (its lease).
+    pub subnet: Ipv4Net,
+    /// `--ip-masq`: masquerade pods' traffic that leaves the Network.
+    pub masquerade: bool,
+    /// `--random-fully` on MASQUERADE (off with `--ip-masq-fully-random-disable`).
+    pub random_fully: bool,
+    /// `--iptables-forward-rules`: accept forwarded traffic from and to the Network.
+    pub forward: bool,
+}
+
+/// The chain a rule lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// nat, postrouting hook.
+    Masq,
+    /// filter, forward hook.
+    Forward,
+}
+
+/// One condition of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    KubeProxyMark,
+    Src(Ipv4Net),
+    NotSrc(Ipv4Net),
+    Dst(Ipv4Net),
+    NotDst(Ipv4Net),
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Return,
+    Accept,
+    Masquerade { random_fully: bool },
+}
+
+/// One rule, in a backend-neutral form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: Chain,
+    pub matches: Vec<Match>,
+    pub verdict: Verdict,
+    /// Why the rule is there (shown in `weftd`'s docs and logs).
+    pub why: &'static str,
+}
+
+impl Rules {
+    /// flannel's rule list (`--ip-masq`, `--iptables-forward-rules`), in order.
+    pub fn list(&self) -> Vec<Rule> {
+        let (net, sub) = (self.network, self.subnet);
+        let masq = Verdict::Masquerade {
+            random_fully: self.random_fully,
+        };
+        let r = |chain, matches: &[Match], verdict, why| Rule {
+            chain,
+            matches: matches.to_vec(),
+            verdict,
+            why,
+        };
+        let mut v = vec![];
+        if self.masquerade {
+            use Match::*;
+            v.extend([
+                r(
+                    Chain::Masq,
+                    &[KubeProxyMark],
+                    Verdict::Return,
+                    "kube-proxy masquerades what it marked",
+                ),
+                r(
+                    Chain::Masq,
+                    &[Src(sub), Dst(net)],
+                    Verdict::Return,
+                    "no NAT from this node's pods to pods",
+                ),
+                r(
+                    Chain::Masq,
+                    &[Src(net), Dst(sub)],
+                    Verdict::Return,
+                    "no NAT from pods to this node's pods",
+                ),
+                r(
+                    Chain::Masq,
+                    &[NotSrc(net), Dst(sub)],
+                    Verdict::Return,
+                    "no NAT from outside to this node's pods",
+                ),
+                r(
+                    Chain::Masq,
+                    &[Src(net), NotDst(MULTICAST)],
+                    masq,
+                    "pods to outside the Network: masquerade (not multicast)",
+                ),
+                r(
+                    Chain::Masq,
+                    &[NotSrc(net), Dst(net)],
+                    masq,
+                    "outside to pods on other nodes: masquerade",
+                ),
+            ]);
+        }
+        if self.forward {
+            v.extend([
+                r(
+                    Chain::Forward,
+                    &[Match::Src(net)],
+                    Verdict::Accept,
+                    "forward from pods",
+                ),
+                r(
+                    Chain::Forward,
+                    &[Match::Dst(net)],
+                    Verdict::Accept,
+                    "forward to pods",
+                ),
+            ]);
+        }
+        v
+    }
+
+    /// A short hash of the wanted rule set: rules of another Network, subnet
+    /// or option set carry another one.
+    pub fn fingerprint(&self) -> String {
+        let mut text = String::new();
+        for r in self.list() {
+            let _ = writeln!(text, "{:?} {}", r.chain, nft_body(&r));
+        }
+        // FNV-1a, 32 bits.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in text.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        format!("{h:08x}")
+    }
+
+    /// The comments the rules of `chain` carry, in order.
+    pub fn comments(&self, chain: Chain) -> Vec<String> {
+        let fp = self.fingerprint();
+        self.list()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.chain == chain)
+            .map(|(i, r)| comment(r.chain, &fp, i))
+            .collect()
+    }
+
+    /// An `nft -f -` transaction that removes weft's table (and nothing else).
+    pub fn nft_remove_script() -> String {
+        format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+    }
+
+    /// An `nft -f -` transaction that replaces weft's table atomically with
+    /// the wanted rules (or removes it when nothing is wanted).
+    pub fn nft_script(&self) -> String {
+        let fp = self.fingerprint();
+        let rules = self.list();
+        let mut s = Rules::nft_remove_script();
+        if rules.is_empty() {
+            return s;
+        }
+        let _ = writeln!(s, "add table ip {NFT_TABLE}");
+        for (chain, name, head) in [
+            (
+                Chain::Masq,
+                NFT_MASQ_CHAIN,
+                "type nat hook postrouting priority srcnat; policy accept;",
+            ),
+            (
+                Chain::Forward,
+                NFT_FORWARD_CHAIN,
+                "type filter hook forward priority filter; policy accept;",
+            ),
+        ] {
+            if !rules.iter().any(|r| r.chain == chain) {
+                continue;
+            }
+            let _ = writeln!(s, "add chain ip {NFT_TABLE} {name} {{ {head} }}");
+            for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.chain == chain) {
+                let _ = writeln!(
+                    s,
+                    "add rule ip {NFT_TABLE} {name} {} comment \"{}\"",
+                    nft_body(r),
+                    comment(chain, &fp, i)
+                );
+            }
+        }
+        s
+    }
+
+    /// An `iptables-restore --noflush` script that rewrites weft's chains
+    /// with the wanted rules of `chains`, adding the jumps `state` lacks and
+    /// dropping the duplicates it has; the chains of the others are removed.
+    pub fn iptables_script(&self, chains: &[Chain], state: &IptState) -> String {
+        let fp = self.fingerprint();
+        let rules = self.list();
+        let mut s = String::new();
+        for (chain, table, name, hook, jump_comment) in [
+            (
+                Chain::Masq,
+                "nat",
+                IPT_MASQ_CHAIN,
+                "POSTROUTING",
+                IPT_MASQ_JUMP_COMMENT,
+            ),
+            (
+                Chain::Forward,
+                "filter",
+                IPT_FORWARD_CHAIN,
+                "FORWARD",
+                IPT_FORWARD_JUMP_COMMENT,
+            ),
+        ] {
+            let wanted = chains.contains(&chain) && rules.iter().any(|r| r.chain == chain);
+            let jumps = state.jumps(chain);
+            let exists = state.chain_exists(chain);
+            if !wanted && !exists && jumps == 0 {
+                continue;
+            }
+            let _ = writeln!(s, "*{table}");
+            let jump = format!("{hook} -m comment --comment \"{jump_comment}\" -j {name}");
+            if wanted {
+                let _ = writeln!(s, ":{name} - [0:0]");
+                for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.chain == chain) {
+                    let _ = writeln!(
+                        s,
+                        "-A {name} {} -m comment --comment \"{}\" {}",
+                        ipt_matches(r),
+                        comment(chain, &fp, i),
+                        ipt_verdict(r.verdict)
+                    );
+                }
+                // One jump, first in the hook's chain, so a DROP after it
+                // (Docker, ufw, firewalld) does not shadow weft's accepts.
+                for _ in 1..jumps.max(1) {
+                    let _ = writeln!(s, "-D {jump}");
+                }
+                if jumps == 0 {
+                    let _ = writeln!(s, "-I {jump}");
+                }
+            } else {
+                for _ in 0..jumps {
+                    let _ = writeln!(s, "-D {jump}");
+                }
+                if exists {
+                    let _ = writeln!(s, ":{name} - [0:0]\n-X {name}");
+                }
+            }
+            let _ = writeln!(s, "COMMIT");
+        }
+        s
+    }
+}
+
+fn comment(chain: Chain, fp: &str, i: usize) -> String {
+    let role = match chain {
+        Chain::Masq => "masq",
+        Chain::Forward => "forward",
+    };
+    format!("weft {role} {fp}/{i}")
+}
+
+/// A rule's body in nft syntax, without its comment.
+pub fn nft_body(r: &Rule) -> String {
+    let mut s = String::new();
+    for m in &r.matches {
+        let _ = match m {
+            Match::KubeProxyMark => {
+                write!(
+                    s,
+                    "meta mark & {KUBE_PROXY_MARK:#x} == {KUBE_PROXY_MARK:#x} "
+                )
+            }
+            Match::Src(n) => write!(s, "ip saddr {n} "),
+            Match::NotSrc(n) => write!(s, "ip saddr != {n} "),
+            Match::Dst(n) => write!(s, "ip daddr {n} "),
+            Match::NotDst(n) => write!(s, "ip daddr != {n} "),
+        };
+    }
+    s.push_str(match r.verdict {
+        Verdict::Return => "return",
+        Verdict::Accept => "accept",
+        Verdict::Masquerade { random_fully: true } => "masquerade fully-random",
+        Verdict::Masquerade {
+            random_fully: false,
+        } => "masquerade",
+    });
+    s
+}
+
+fn ipt_matches(r: &Rule) -> String {
+    let parts: Vec<String> = r
+        .matches
+        .iter()
+        .map(|m| match m {
+            Match::KubeProxyMark => {
+                format!("-m mark --mark {KUBE_PROXY_MARK:#x}/{KUBE_PROXY_MARK:#x}")
+            }
+            Match::Src(n) => format!("-s {n}"),
+            Match::NotSrc(n) => format!("! -s {n}"),
+            Match::Dst(n) => format!("-d {n}"),
+            Match::NotDst(n) => format!("! -d {n}"),
+        })
+        .collect();
+    parts.join(" ")
+}
+
+fn ipt_verdict(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Return => "-j RETURN",
+        Verdict::Accept => "-j ACCEPT",
+        Verdict::Masquerade { random_fully: true } => "-j MASQUERADE --random-fully",
+        Verdict::Masquerade {
+            random_fully: false,
+        } => "-j MASQUERADE",
+    }
+}
+
+/// Pulls the `comment "…"` strings out of `nft list table` output, per chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftState {
+    pub table: bool,
+    pub masq: Vec<String>,
+    pub forward: Vec<String>,
+}
+
+impl NftState {
+    /// Parses `nft list table ip weft` output (empty text: no table).
+    pub fn parse(listing: &str) -> NftState {
+        let mut st = NftState::default();
+        let mut chain: Option<Chain> = None;
+        for line in listing.lines().map(str::trim) {
+            if line.starts_with("table ip ") {
+                st.table = true;
+            } else if let Some(rest) = line.strip_prefix("chain ") {
+                let name = rest.trim_end_matches('{').trim();
+                chain = match name {
+                    NFT_MASQ_CHAIN => Some(Chain::Masq),
+                    NFT_FORWARD_CHAIN => Some(Chain::Forward),
+                    _ => None,
+                };
+            } else if let (Some(c), Some(com)) = (chain, quoted_after(line, "comment ")) {
+                match c {
+                    Chain::Masq => st.masq.push(com),
+                    Chain::Forward => st.forward.push(com),
+                }
+            }
+        }
+        st
+    }
+
+    /// What differs from `want`, one line each (empty: in step).
+    pub fn diff(&self, want: &Rules) -> Vec<String> {
+        let mut d = vec![];
+        let any = !want.list().is_empty();
+        if any && !self.table {
+            d.push(format!("table ip {NFT_TABLE} is missing"));
+            return d;
+        }
+        if !any && self.table {
+            d.push(format!("table ip {NFT_TABLE} is not wanted"));
+        }
+        for (chain, name, have) in [
+            (Chain::Masq, NFT_MASQ_CHAIN, &self.masq),
+            (Chain::Forward, NFT_FORWARD_CHAIN, &self.forward),
+        ] {
+            diff_chain(
+                &mut d,
+                &format!("chain {name}"),
+                have,
+                &want.comments(chain),
+            );
+        }
+        d
+    }
+}
+
+fn diff_chain(d: &mut Vec<String>, what: &str, have: &[String], want: &[String]) {
+    if have != want {
+        let missing = want.iter().filter(|w| !have.contains(w)).count();
+        let extra = have.iter().filter(|h| !want.contains(h)).count();
+        d.push(format!(
+            "{what}: {} rules where {} are wanted ({missing} missing, {extra} not weft's current ones{})",
+            have.len(),
+            want.len(),
+            if missing == 0 && extra == 0 {
+                ", out of order"
+            } else {
+                ""
+            }
+        ));
+    }
+}
+
+fn quoted_after(line: &str, key: &str) -> Option<String> {
+    let at = line.rfind(key)? + key.len();
+    let rest = line[at..].strip_prefix('"')?;
+    let end = rest.find('"')?;
+    Some(rest[..end].to_string())
+}
+
+/// What `iptables-save` shows of weft's chains, their jumps, and the FORWARD policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IptState {
+    pub masq_chain: bool,
+    pub forward_chain: bool,
+    pub masq: Vec<String>,
+    pub forward: Vec<String>,
+    pub masq_jumps: usize,
+    pub forward_jumps: usize,
+    /// `filter FORWARD` drops what no rule accepts: policy DROP, or a rule
+    /// that drops or rejects everything.
+    pub forward_drops: bool,
+}
+
+impl IptState {
+    /// Parses `iptables-save` output (of the nat and filter tables).
+    pub fn parse(save: &str) -> IptState {
+        let mut st = IptState::default();
+        let mut table = "";
+        for line in save.lines().map(str::trim) {
+            if let Some(t) = line.strip_prefix('*') {
+                table = if t == "nat" || t == "filter" { t } else { "" };
+                continue;
+            }
+            match table {
+                "nat" => {
+                    if line.starts_with(&format!(":{IPT_MASQ_CHAIN} ")) {
+                        st.masq_chain = true;
+                    } else if line.starts_with(&format!("-A {IPT_MASQ_CHAIN} ")) {
+                        st.masq.extend(quoted_after(line, "--comment "));
+                    } else if line.starts_with("-A POSTROUTING ")
+                        && line.ends_with(&format!("-j {IPT_MASQ_CHAIN}"))
+                    {
+                        st.masq_jumps += 1;
+                    }
+                }
+                "filter" => {
+                    if line.starts_with(&format!(":{IPT_FORWARD_CHAIN} ")) {
+                        st.forward_chain = true;
+                    } else if line.starts_with(&format!("-A {IPT_FORWARD_CHAIN} ")) {
+                        st.forward.extend(quoted_after(line, "--comment "));
+                    } else if line.starts_with("-A FORWARD ")
+                        && line.ends_with(&format!("-j {IPT_FORWARD_CHAIN}"))
+                    {
+                        st.forward_jumps += 1;
+                    } else if line.starts_with(":FORWARD DROP")
+                        || line == "-A FORWARD -j DROP"
+                        || line.starts_with("-A FORWARD -j REJECT")
+                    {
+                        st.forward_drops = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        st
+    }
+
+    pub fn jumps(&self, chain: Chain) -> usize {
+        match chain {
+            Chain::Masq => self.masq_jumps,
+            Chain::Forward => self.forward_jumps,
+        }
+    }
+
+    pub fn chain_exists(&self, chain: Chain) -> bool {
+        match chain {
+            Chain::Masq => self.masq_chain,
+            Chain::Forward => self.forward_chain,
+        }
+    }
+
+    /// What differs from `want`'s rules of `chains` (weft's other iptables
+    /// chains should be absent), one line each (empty: in step).
+    pub fn diff(&self, want: &Rules, chains: &[Chain]) -> Vec<String> {
+        let mut d = vec![];
+        for (chain, name, hook, have) in [
+            (Chain::Masq, IPT_MASQ_CHAIN, "nat POSTROUTING", &self.masq),
+            (
+                Chain::Forward,
+                IPT_FORWARD_CHAIN,
+                "filter FORWARD",
+                &self.forward,
+            ),
+        ] {
+            let wanted = want.comments(chain);
+            let wanted = if chains.contains(&chain) {
+                wanted
+            } else {
+                vec![]
+            };
+            let jumps = self.jumps(chain);
+            if wanted.is_empty() {
+                if self.chain_exists(chain) || jumps > 0 {
+                    d.push(format!("chain {name} is not wanted"));
+                }
+                continue;
+            }
+            if !self.chain_exists(chain) {
+                d.push(format!("chain {name} is missing"));
+                continue;
+            }
+            diff_chain(&mut d, &format!("chain {name}"), have, &wanted);
+            if jumps != 1 {
+                d.push(format!("{hook} has {jumps} jumps to {name}, not 1"));
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(masquerade: bool, forward: bool) -> Rules {
+        Rules {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            masquerade,
+            random_fully: true,
+            forward,
+        }
+    }
+
+    #[test]
+    fn flannel_rules_in_order() {
+        let bodies: Vec<String> = rules(true, true).list().iter().map(nft_body).collect();
+        assert_eq!(
+            bodies,
+            [
+                "meta mark & 0x4000 == 0x4000 return",
+                "ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return",
+                "ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+                "ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+                "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+                "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random",
+                "ip saddr 10.244.0.0/16 accept",
+                "ip daddr 10.244.0.0/16 accept",
+            ]
+        );
+        let r = Rules {
+            random_fully: false,
+            ..rules(true, false)
+        };
+        assert!(nft_body(&r.list()[4]).ends_with("masquerade"));
+        assert_eq!(r.list().len(), 6);
+        assert_eq!(rules(false, true).list().len(), 2);
+        assert!(rules(false, false).list().is_empty());
+    }
+
+    #[test]
+    fn nft_script_replaces_the_table_atomically() {
+        let r = rules(true, true);
+        let s = r.nft_script();
+        let fp = r.fingerprint();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "add table ip weft");
+        assert_eq!(lines[1], "delete table ip weft");
+        assert_eq!(lines[2], "add table ip weft");
+        assert_eq!(
+            lines[3],
+            "add chain ip weft postrouting { type nat hook postrouting priority srcnat; policy accept; }"
+        );
+        assert_eq!(
+            lines[4],
+            format!(
+                "add rule ip weft postrouting meta mark & 0x4000 == 0x4000 return comment \"weft masq {fp}/0\""
+            )
+        );
+        assert!(s.contains(
+            "add chain ip weft forward { type filter hook forward priority filter; policy accept; }"
+        ));
+        assert!(s.contains(&format!(
+            "add rule ip weft forward ip daddr 10.244.0.0/16 accept comment \"weft forward {fp}/7\""
+        )));
+        assert_eq!(
+            rules(false, false).nft_script(),
+            "add table ip weft\ndelete table ip weft\n"
+        );
+        assert!(!rules(false, true).nft_script().contains("postrouting"));
+    }
+
+    #[test]
+    fn the_fingerprint_follows_network_subnet_and_options() {
+        let a = rules(true, true);
+        let b = Rules {
+            subnet: "10.244.4.0/24".parse().unwrap(),
+            ..a
+        };
+        let c = Rules {
+            network: "10.245.0.0/16".parse().unwrap(),
+            ..a
+        };
+        let d = Rules {
+            random_fully: false,
+            ..a
+        };
+        let fps = [&a, &b, &c, &d].map(|r| r.fingerprint());
+        for i in 0..4 {
+            for j in 0..i {
+                assert_ne!(fps[i], fps[j]);
+            }
+        }
+        assert_eq!(a.fingerprint(), rules(true, true).fingerprint());
+        // The value docs/pod-network.md shows for this Network and subnet.
+        assert_eq!(a.fingerprint(), "d1bdf61b");
+    }
+
+    // What `nft list table ip weft` printed for nft_script() on nftables 1.0.6.
+    fn nft_listing(r: &Rules) -> String {
+        let fp = r.fingerprint();
+        format!(
+            "table ip weft {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark & 0x00004000 == 0x00004000 return comment \"weft masq {fp}/0\"\n\
+             \t\tip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return comment \"weft masq {fp}/1\"\n\
+             \t\tip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"weft masq {fp}/2\"\n\
+             \t\tip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"weft masq {fp}/3\"\n\
+             \t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment \"weft masq {fp}/4\"\n\
+             \t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment \"weft masq {fp}/5\"\n\
+             \t}}\n\n\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip saddr 10.244.0.0/16 accept comment \"weft forward {fp}/6\"\n\
+             \t\tip daddr 10.244.0.0/16 accept comment \"weft forward {fp}/7\"\n\t}}\n}}\n"
+        )
+    }
+
+    #[test]
+    fn nft_listing_in_step_flushed_or_stale() {
+        let r = rules(true, true);
+        let st = NftState::parse(&nft_listing(&r));
+        assert!(st.table);
+        assert_eq!(st.masq.len(), 6);
+        assert!(st.diff(&r).is_empty(), "{:?}", st.diff(&r));
+        // Flushed by hand.
+        let flushed = NftState::parse(
+            "table ip weft {\n\tchain postrouting {\n\t}\n\tchain forward {\n\t}\n}\n",
+        );
+        let d = flushed.diff(&r);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].contains("0 rules where 6 are wanted (6 missing"),
+            "{d:?}"
+        );
+        // Gone.
+        assert_eq!(NftState::parse("").diff(&r), ["table ip weft is missing"]);
+        // Left from another subnet.
+        let other = Rules {
+            subnet: "10.244.9.0/24".parse().unwrap(),
+            ..r
+        };
+        let d = st.diff(&other);
+        assert!(d[0].contains("6 not weft's current ones"), "{d:?}");
+        // Nothing wanted, a table left.
+        assert_eq!(st.diff(&rules(false, false)).len(), 3);
+        assert!(NftState::parse("").diff(&rules(false, false)).is_empty());
+    }
+
+    fn save(r: &Rules, masq_jumps: usize, policy: &str) -> String {
+        let fp = r.fingerprint();
+        let mut s = String::from(
+            "# Generated by iptables-save v1.8.9\n*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:WEFT-POSTRTG - [0:0]\n",
+        );
+        for _ in 0..masq_jumps {
+            s += "-A POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n";
+        }
+        s += &format!(
+            "-A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq {fp}/0\" -j RETURN\n"
+        );
+        for i in 1..6 {
+            s += &format!(
+                "-A WEFT-POSTRTG -s 10.244.0.0/16 -m comment --comment \"weft masq {fp}/{i}\" -j RETURN\n"
+            );
+        }
+        s += &format!(
+            "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {policy} [0:0]\n:WEFT-FWD - [0:0]\n-A FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\n\
+             -A WEFT-FWD -s 10.244.0.0/16 -m comment --comment \"weft forward {fp}/6\" -j ACCEPT\n\
+             -A WEFT-FWD -d 10.244.0.0/16 -m comment --comment \"weft forward {fp}/7\" -j ACCEPT\nCOMMIT\n"
+        );
+        s
+    }
+
+    #[test]
+    fn iptables_save_in_step_duplicated_or_missing() {
+        let r = rules(true, true);
+        let both = [Chain::Masq, Chain::Forward];
+        let st = IptState::parse(&save(&r, 1, "ACCEPT"));
+        assert!(!st.forward_drops);
+        assert_eq!((st.masq.len(), st.forward.len()), (6, 2));
+        assert!(st.diff(&r, &both).is_empty(), "{:?}", st.diff(&r, &both));
+        assert!(IptState::parse(&save(&r, 1, "DROP")).forward_drops);
+        let dup = IptState::parse(&save(&r, 2, "ACCEPT"));
+        assert_eq!(
+            dup.diff(&r, &both),
+            ["nat POSTROUTING has 2 jumps to WEFT-POSTRTG, not 1"]
+        );
+        // The restore script deletes the duplicate and rewrites the chain.
+        let s = r.iptables_script(&both, &dup);
+        assert_eq!(
+            s.matches("-D POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG")
+                .count(),
+            1
+        );
+        assert!(!s.contains("-I POSTROUTING"));
+        assert!(s.contains(":WEFT-POSTRTG - [0:0]\n-A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq "));
+        assert!(s.contains("-A WEFT-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment"));
+        assert!(s.contains("-j MASQUERADE --random-fully\n"));
+        // Nothing there yet: chains and jumps first in their hooks.
+        let fresh = r.iptables_script(&both, &IptState::default());
+        assert!(
+            fresh.contains("-I POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n")
+        );
+        assert!(fresh.contains("*filter\n:WEFT-FWD - [0:0]\n"));
+        assert!(
+            fresh
+                .contains("-I FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\nCOMMIT\n")
+        );
+        let d = IptState::default().diff(&r, &both);
+        assert_eq!(
+            d,
+            ["chain WEFT-POSTRTG is missing", "chain WEFT-FWD is missing"]
+        );
+        // Only forward wanted: the masquerade chain and its jump are removed.
+        let s = r.iptables_script(&[Chain::Forward], &st);
+        assert!(s.contains("*nat\n-D POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n:WEFT-POSTRTG - [0:0]\n-X WEFT-POSTRTG\nCOMMIT\n"), "{s}");
+        assert_eq!(
+            st.diff(&r, &[Chain::Forward]),
+            ["chain WEFT-POSTRTG is not wanted"]
+        );
+        assert!(r.iptables_script(&[], &IptState::default()).is_empty());
+    }
+}
