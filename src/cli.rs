@@ -31,6 +31,17 @@ pub enum Command {
     /// A local lab: N nodes in network namespaces on the embedded store, their
     /// leases and a live reachability matrix, until Ctrl-C.
     Lab(LabArgs),
+    /// Remove what weftd leaves in place when it stops, so that a restart
+    /// keeps pods' connections: its nftables table or iptables chains, and
+    /// the TUN device with its route. Run it in the node's network namespace.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The TUN device to remove.
+    #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0")]
+    pub tun_name: String,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +124,21 @@ pub struct RunArgs {
     /// Prefix of the node annotations (flannel's by default, so flannel nodes are peers).
     #[arg(long, env = "WEFT_KUBE_ANNOTATION_PREFIX", default_value = crate::store::kube::DEFAULT_ANNOTATION_PREFIX)]
     pub kube_annotation_prefix: String,
+    /// Masquerade pods' traffic to destinations outside the Network, and
+    /// write FLANNEL_IPMASQ=true so the CNI bridge does not NAT (flannel's flag).
+    #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ip_masq: bool,
+    /// MASQUERADE without --random-fully.
+    #[arg(long, env = "WEFT_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ip_masq_fully_random_disable: bool,
+    /// Seconds between checks of weft's masquerade and forward rules; rules
+    /// found changed or flushed are restored.
+    #[arg(long, env = "WEFT_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub iptables_resync: u64,
+    /// Accept forwarded traffic from and to the Network (for hosts whose
+    /// FORWARD policy is DROP: Docker, ufw, firewalld).
+    #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    pub iptables_forward_rules: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log_level: String,
@@ -152,6 +178,12 @@ impl RunArgs {
             tun_name: self.tun_name.clone(),
             offload: self.offload,
             queues: usize::from(self.queues),
+            netfilter: crate::netfilter::Settings {
+                masquerade: self.ip_masq,
+                random_fully: !self.ip_masq_fully_random_disable,
+                forward: self.iptables_forward_rules,
+                resync: Duration::from_secs(self.iptables_resync),
+            },
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             etcd: if self.etcd_mode() {
@@ -207,6 +239,24 @@ mod tests {
             }))
         ));
         assert!(Cli::try_parse_from(["weftd", "--public-ip", "nope"]).is_err());
+        let nf = o.netfilter;
+        assert!(!nf.masquerade, "no masquerade unless asked, as flannel");
+        assert!(nf.forward && nf.random_fully);
+        assert_eq!(nf.resync, Duration::from_secs(5));
+        let c = Cli::try_parse_from([
+            "weftd",
+            "--ip-masq",
+            "--iptables-resync=2",
+            "--iptables-forward-rules=false",
+            "--ip-masq-fully-random-disable",
+        ])
+        .unwrap();
+        let nf = c.run.options().unwrap().netfilter;
+        assert!(nf.masquerade && !nf.forward && !nf.random_fully);
+        assert_eq!(nf.resync, Duration::from_secs(2));
+        let c = Cli::try_parse_from(["weftd", "--ip-masq=false"]).unwrap();
+        assert!(!c.run.options().unwrap().netfilter.masquerade);
+        assert!(Cli::try_parse_from(["weftd", "--iptables-resync", "0"]).is_err());
         let c = Cli::try_parse_from([
             "weftd",
             "--etcd-endpoints",

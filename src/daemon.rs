@@ -20,6 +20,7 @@ use crate::dataplane::worker::{Dataplane, Queue};
 use crate::iface::{self, IfaceError, IfaceSpec};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::metrics::{self, Status};
+use crate::netfilter::{self, Netfilter, NetfilterError};
 use crate::netlink::{self, NetlinkError};
 use crate::store::etcd::{EtcdSettings, EtcdStore, Renewed, renew_or_reacquire};
 use crate::store::kube::{KubeSettings, KubeStore};
@@ -52,6 +53,8 @@ pub struct Options {
     pub etcd: Option<EtcdSettings>,
     /// Kubernetes mode (`--kube-subnet-mgr`): leases are the nodes' pod CIDRs.
     pub kube: Option<KubeSettings>,
+    /// Masquerade and forward rules.
+    pub netfilter: netfilter::Settings,
 }
 
 /// net-conf.json's place in Kubernetes mode when `--net-config-path` is not given (flannel's).
@@ -72,6 +75,11 @@ pub enum DaemonError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     SubnetEnv(#[from] SubnetEnvError),
+    #[error("cannot install the {what}: {source}")]
+    Netfilter {
+        what: &'static str,
+        source: NetfilterError,
+    },
     #[error(
         "the TUN MTU would be {mtu} (underlay {underlay} − 50): too small to carry IPv4; raise the MTU of {iface} or Backend.MTU"
     )]
@@ -190,8 +198,9 @@ pub async fn run_with_store(
 
     // A stable VtepMAC: derived from the public IP, so restarts keep it.
     let vtep_mac = VtepMac::derive(&ext.public_ip.octets());
-    let previous = SubnetEnv::read(&opts.subnet_file)
-        .ok()
+    let previous_env = SubnetEnv::read(&opts.subnet_file).ok();
+    let previous = previous_env
+        .as_ref()
         .filter(|e| e.network == config.network)
         .map(|e| e.subnet);
     let req = AcquireRequest {
@@ -272,11 +281,14 @@ pub async fn run_with_store(
     let dataplane = Dataplane::start(queues, core, table.clone(), counters.clone())
         .map_err(DaemonError::Threads)?;
 
+    let mut rules =
+        setup_netfilter(opts.netfilter, &config, lease.subnet, previous_env.as_ref()).await?;
+
     let env = SubnetEnv {
         network: config.network,
         subnet: lease.subnet,
         mtu,
-        ipmasq: false,
+        ipmasq: opts.netfilter.masquerade,
     };
     env.write(&opts.subnet_file)?;
     tracing::info!("wrote {}", opts.subnet_file.display());
@@ -324,9 +336,15 @@ pub async fn run_with_store(
         tokio::pin!(shutdown);
         let mut watcher = watcher;
         let mut next = every;
+        let mut resync = tokio::time::interval(opts.netfilter.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.reset();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
+                _ = resync.tick(), if rules.is_some() => {
+                    rules = resync_netfilter(rules.take()).await;
+                }
                 r = &mut watcher => break Err(DaemonError::WatchEnded(format!("{} ({r:?})", store.describe()))),
                 // The next renewal may be hours away (24 h TTL): a deleted key
                 // is acquired again now, or every other node drops this node's
@@ -363,13 +381,147 @@ pub async fn run_with_store(
         h.abort();
     }
     tracing::info!(
-        "stopping: the lease for {} is kept for the next start",
-        lease.subnet
+        "stopping: the lease for {} is kept for the next start{}",
+        lease.subnet,
+        if rules.is_some() {
+            ", and the masquerade and forward rules stay in place (weftd uninstall removes them)"
+        } else {
+            ""
+        }
     );
     tokio::task::spawn_blocking(move || dataplane.stop())
         .await
         .ok();
     outcome
+}
+
+/// `weftd uninstall`: removes what a stopped weftd leaves in place (its
+/// rules in both backends, the TUN device and its route); returns what was
+/// removed, one line each.
+///
+/// # Errors
+/// [`DaemonError::Netfilter`] or [`DaemonError::Netlink`] naming what failed.
+pub async fn uninstall(tun_name: &str) -> Result<Vec<String>, DaemonError> {
+    let mut done = tokio::task::spawn_blocking(netfilter::remove_all)
+        .await
+        .map_err(|e| DaemonError::Threads(std::io::Error::other(e)))?
+        .map_err(|source| DaemonError::Netfilter {
+            what: "rules (removing them)",
+            source,
+        })?;
+    let nl = netlink::connect()?;
+    if netlink::delete_link(&nl, tun_name).await? {
+        done.push(format!("TUN device {tun_name} and its route"));
+    }
+    Ok(done)
+}
+
+/// Installs the masquerade and forward rules (replacing weft's own from an
+/// earlier run) and says in the log what they mean for pods. None when
+/// neither is wanted.
+async fn setup_netfilter(
+    settings: netfilter::Settings,
+    config: &NetConfig,
+    subnet: Ipv4Net,
+    previous: Option<&SubnetEnv>,
+) -> Result<Option<Netfilter>, DaemonError> {
+    let network = config.network;
+    if !settings.masquerade {
+        tracing::warn!(
+            "IP masquerade is off (no --ip-masq): pods reach pods on every node with their own addresses, \
+             but their traffic to anything outside {network} leaves with the pod's address, so replies come back \
+             only where the network routes {network} to this node. A delegated CNI bridge masquerades itself \
+             (FLANNEL_IPMASQ=false gives it ipMasq: true), NATing pod-to-pod traffic too. Pass --ip-masq, as kube-flannel.yml does"
+        );
+    }
+    if !settings.masquerade && !settings.forward {
+        return Ok(None);
+    }
+    let what = match (settings.masquerade, settings.forward) {
+        (true, true) => "masquerade and forward rules",
+        (true, false) => "masquerade rules",
+        _ => "forward rules",
+    };
+    let enable = config.enable_nftables;
+    let chosen = tokio::task::spawn_blocking(move || netfilter::choose(enable, what))
+        .await
+        .map_err(|e| DaemonError::Threads(std::io::Error::other(e)))?;
+    let (backend, why) = match chosen {
+        Ok(b) => b,
+        // Forward accepts are a convenience for hosts that drop forwarding;
+        // masquerade is what the operator asked for.
+        Err(source) if !settings.masquerade => {
+            tracing::warn!("forward accept rules not installed: {source}");
+            return Ok(None);
+        }
+        Err(source) => return Err(DaemonError::Netfilter { what, source }),
+    };
+    if let Some(p) = previous.filter(|p| p.network != network || p.subnet != subnet) {
+        tracing::info!(
+            "the network or subnet ({network}, {subnet}) differs from the previous run's ({}, {}): replacing weft's rules",
+            p.network,
+            p.subnet
+        );
+    }
+    let rules = netfilter::Rules {
+        network,
+        subnet,
+        masquerade: settings.masquerade,
+        random_fully: settings.random_fully,
+        forward: settings.forward,
+    };
+    let mut nf = Netfilter::new(backend, rules);
+    let (nf, applied) = tokio::task::spawn_blocking(move || {
+        let r = nf.apply();
+        (nf, r)
+    })
+    .await
+    .map_err(|e| DaemonError::Threads(std::io::Error::other(e)))?;
+    let applied = applied.map_err(|source| DaemonError::Netfilter { what, source })?;
+    log_applied(&nf, &applied);
+    tracing::info!(
+        "{what} installed with {backend} ({why}); rechecked every {}s",
+        settings.resync.as_secs()
+    );
+    Ok(Some(nf))
+}
+
+fn log_applied(nf: &Netfilter, applied: &netfilter::Applied) {
+    if applied.random_fully_refused {
+        tracing::warn!("MASQUERADE --random-fully was refused here; masquerading without it");
+    }
+    if applied.iptables_forward {
+        tracing::info!(
+            "iptables' FORWARD chain drops what it does not accept (policy DROP, as Docker, ufw and firewalld set it), \
+             which an nftables accept cannot override: the forward accepts for {} are in iptables chain {} too",
+            nf.rules.network,
+            netfilter::plan::IPT_FORWARD_CHAIN
+        );
+    }
+}
+
+/// One resync: checks the rules and restores what someone changed or flushed.
+async fn resync_netfilter(nf: Option<Netfilter>) -> Option<Netfilter> {
+    let mut nf = nf?;
+    let (nf, r) = tokio::task::spawn_blocking(move || {
+        let r = nf.resync();
+        (nf, r)
+    })
+    .await
+    .ok()?;
+    match r {
+        Ok(None) => {}
+        Ok(Some(applied)) => {
+            tracing::warn!(
+                "weft's {} rules were out of step ({}); restored",
+                nf.backend,
+                applied.repaired.join("; ")
+            );
+            log_applied(&nf, &applied);
+        }
+        Err(e) => tracing::warn!("checking weft's {} rules failed: {e}", nf.backend),
+    }
+    Some(nf)
 }
 
 /// Pods' traffic crosses the node: IPv4 forwarding must be on. Turn it on if

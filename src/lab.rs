@@ -90,6 +90,8 @@ pub async fn run(args: LabArgs, shutdown: impl Future<Output = ()>) -> Result<()
                     &METRICS_PORT.to_string(),
                     "--subnet-lease-ttl",
                     "60s",
+                    // As kube-flannel.yml runs flanneld: weft owns masquerade.
+                    "--ip-masq",
                 ])
                 .stdin(Stdio::null())
                 .stdout(log)

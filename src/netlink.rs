@@ -14,6 +14,8 @@ pub enum NetlinkError {
     Connect(std::io::Error),
     #[error("interface {name} not found: {detail}")]
     NoLink { name: String, detail: String },
+    #[error("cannot delete interface {name}: {detail}")]
+    Delete { name: String, detail: String },
     #[error(
         "cannot add route {net} dev {dev} src {src}: {detail} (is another route for {net} in the way? `ip route show {net}`)"
     )]
@@ -87,6 +89,26 @@ pub async fn replace_route(
             net,
             dev: dev.to_string(),
             src,
+            detail: e.to_string(),
+        })
+}
+
+/// Deletes interface `name` (its routes go with it); false when there is none.
+///
+/// # Errors
+/// [`NetlinkError::Delete`] naming the interface.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
+    let Ok((index, _)) = link(handle, name).await else {
+        return Ok(false);
+    };
+    handle
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .map(|()| true)
+        .map_err(|e| NetlinkError::Delete {
+            name: name.to_string(),
             detail: e.to_string(),
         })
 }

@@ -35,6 +35,16 @@ fn main() -> ExitCode {
             Some(Command::Lab(args)) => weft::lab::run(args, shutdown_signal())
                 .await
                 .map_err(Into::into),
+            Some(Command::Uninstall(args)) => {
+                let done = weft::daemon::uninstall(&args.tun_name).await?;
+                if done.is_empty() {
+                    println!("weftd uninstall: nothing of weft's was left here");
+                }
+                for d in done {
+                    println!("weftd uninstall: removed {d}");
+                }
+                Ok(())
+            }
             None => {
                 let opts = cli.run.options()?;
                 weft::daemon::run(opts, shutdown_signal())
