@@ -2,7 +2,9 @@
 //! `CNI_IFNAME` created directly in the pod's netns, host end on a bridge
 //! whose address is the node subnet's gateway), an address from weft's own
 //! IPAM, a route to the cluster network (and a default route when
-//! `delegate.isDefaultGateway` is true), and the MTU of subnet.env.
+//! `delegate.isDefaultGateway` is true), and the MTU of subnet.env. The
+//! bridge port is in hairpin mode, so a pod reaches itself through a Service.
+//! It never masquerades: weftd's `--ip-masq` rules do that for every mode.
 //!
 //! Every step of ADD after the address is allocated is undone when a later
 //! one fails. DEL removes what exists and ignores what does not.
@@ -134,6 +136,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let bridge_name = conf.bridge_name()?;
     let mtu = conf.mtu(senv)?;
     let default_route = conf.default_route()?;
+    let hairpin = conf.hairpin()?;
     let subnet = senv.subnet.trunc();
     let gw = gateway(subnet);
     let ns = open_ns(netns)?;
@@ -187,6 +190,11 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             .map_err(nl_err(format!(
                 "cannot attach {host_name} to {bridge_name}"
             )))?;
+        if hairpin {
+            host.set_hairpin(hv.index).map_err(nl_err(format!(
+                "cannot turn on hairpin mode on {host_name} (port of {bridge_name})"
+            )))?;
+        }
         let pl = pod
             .link(ifname)
             .map_err(nl_err(format!(

@@ -189,6 +189,9 @@ impl NetConf {
         d.entry("mtu").or_insert_with(|| json!(env.mtu));
         if d.get("type").and_then(Value::as_str) == Some("bridge") {
             d.entry("isGateway").or_insert_with(|| json!(true));
+            // A pod reaching itself through a Service needs its bridge port
+            // in hairpin mode; flannel's documented conflist sets it.
+            d.entry("hairpinMode").or_insert_with(|| json!(true));
         }
         if let Some(rc) = &self.runtime_config {
             d.insert("runtimeConfig".into(), rc.clone());
@@ -249,11 +252,24 @@ impl NetConf {
     /// # Errors
     /// Code 7 when it is not a boolean.
     pub fn default_route(&self) -> Result<bool, CniError> {
-        match self.delegate.get("isDefaultGateway") {
-            None | Some(Value::Null) => Ok(false),
+        self.delegate_bool("isDefaultGateway", false)
+    }
+
+    /// Built-in mode: `delegate.hairpinMode` (default true, so a pod reaches
+    /// itself through a Service).
+    ///
+    /// # Errors
+    /// Code 7 when it is not a boolean.
+    pub fn hairpin(&self) -> Result<bool, CniError> {
+        self.delegate_bool("hairpinMode", true)
+    }
+
+    fn delegate_bool(&self, key: &str, default: bool) -> Result<bool, CniError> {
+        match self.delegate.get(key) {
+            None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
             Some(v) => Err(invalid(format!(
-                "delegate.isDefaultGateway must be true or false, got {v}"
+                "delegate.{key} must be true or false, got {v}"
             ))),
         }
     }
@@ -344,6 +360,15 @@ mod tests {
             ),
             (json!(1400), json!(true), json!(false))
         );
+        assert_eq!(d["hairpinMode"], true, "on unless the user says otherwise");
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"weft","delegate":{"hairpinMode":false}}"#,
+        );
+        let d = c.delegate_config(&env(), Version::V1_0_0).unwrap();
+        assert_eq!(d["hairpinMode"], false);
+        assert!(!c.hairpin().unwrap());
+        let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#);
+        assert!(c.hairpin().unwrap(), "built-in mode: on by default");
         for (bad, field) in [
             (r#"{"cniVersion":"1.0.0","name":"n"}"#, "type is missing"),
             (r#"{"cniVersion":"1.0.0","type":"weft"}"#, "name is missing"),

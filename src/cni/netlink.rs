@@ -20,7 +20,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -271,6 +272,26 @@ impl Netlink {
             m.attributes.push(LinkAttribute::Controller(b));
         }
         self.ack(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Turns hairpin mode on for bridge port `index`: the bridge may send a
+    /// frame back out of the port it came in on, as a pod reaching itself
+    /// through a Service needs (kube-proxy's DNAT turns the packet around at
+    /// the bridge when br_netfilter is on). An RTM_NEWLINK on the existing
+    /// link, as `ip link set DEV type bridge_slave hairpin on` sends.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn set_hairpin(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(m), 0)
     }
 
     /// Deletes a link; `Ok(false)` when it did not exist.
