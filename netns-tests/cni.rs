@@ -10,12 +10,39 @@ use std::process::{Command, Stdio};
 use crate::harness::{Cluster, Node, Opts, require_root, tcp_transfer};
 use weft::netns;
 
-struct Pod {
-    ns: String,
-    ip: Ipv4Addr,
+pub struct Pod {
+    pub ns: String,
+    pub ip: Ipv4Addr,
 }
 
-fn cni(node: &Node, command: &str, pod_ns: &str, mode: &str, cni_path: &str) -> serde_json::Value {
+/// Creates namespace `ns` and attaches it to `node` with weft-cni ADD in `mode`.
+pub fn add_pod(node: &Node, ns: &str, mode: &str, cni_path: &str) -> Pod {
+    netns::ip(&["netns", "add", ns]).unwrap();
+    netns::ip(&["-n", ns, "link", "set", "lo", "up"]).unwrap();
+    let r = cni(node, "ADD", ns, mode, cni_path);
+    let addr = r["ips"][0]["address"]
+        .as_str()
+        .expect("an address in the ADD result");
+    let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+    assert!(
+        node.subnet().contains(&ip),
+        "{ip} is not in {}'s subnet {}",
+        node.ns,
+        node.subnet()
+    );
+    Pod {
+        ns: ns.to_string(),
+        ip,
+    }
+}
+
+pub fn cni(
+    node: &Node,
+    command: &str,
+    pod_ns: &str,
+    mode: &str,
+    cni_path: &str,
+) -> serde_json::Value {
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "cbr0",
@@ -77,20 +104,7 @@ fn pods_on_two_nodes_reach_each_other() {
         let (mode, path) = modes[i];
         for j in 0..2 {
             let ns = format!("{}-p{j}", node.ns);
-            netns::ip(&["netns", "add", &ns]).unwrap();
-            netns::ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
-            let r = cni(node, "ADD", &ns, mode, path);
-            let addr = r["ips"][0]["address"]
-                .as_str()
-                .expect("an address in the ADD result");
-            let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
-            assert!(
-                node.subnet().contains(&ip),
-                "{ip} is not in {}'s subnet {}",
-                node.ns,
-                node.subnet()
-            );
-            pods.push((i, mode, path, Pod { ns, ip }));
+            pods.push((i, mode, path, add_pod(node, &ns, mode, path)));
         }
     }
     for (_, _, _, a) in &pods {

@@ -13,3 +13,4 @@ mod etcd;
 mod kube;
 #[path = "../tests/kube_support/mod.rs"]
 mod kube_support;
+mod podnet;

@@ -142,6 +142,11 @@ fn daemonset_runs_weftd_and_the_installer_with_arguments_they_accept() {
     argv.extend(c.args.clone().unwrap_or_default());
     let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     assert!(cli.run.kube_subnet_mgr);
+    // As kube-flannel.yml: weftd owns masquerade, the CNI bridge does none.
+    assert!(
+        cli.run.ip_masq,
+        "the DaemonSet must pass --ip-masq: {argv:?}"
+    );
     let conf = cli.run.net_config_path.clone().unwrap();
     let mounts = c.volume_mounts.clone().unwrap();
     let cfg_mount = mounts.iter().find(|m| m.name == "weft-cfg").unwrap();

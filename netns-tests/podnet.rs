@@ -1,0 +1,534 @@
+//! The pod network as Kubernetes requires it, with weftd's `--ip-masq`, in
+//! both rule backends: pods on different nodes see each other's own
+//! addresses (TCP and UDP, both CNI modes); a pod reaching a host outside the
+//! cluster network is seen there as its node; a node whose FORWARD policy is
+//! DROP still forwards pod traffic; rules flushed by hand come back within the
+//! resync period; a subnet change replaces the rules; a pod reaches itself
+//! through a Service (hairpin); a kernel-VXLAN flannel node's pods and weft's
+//! see each other's real addresses; and the rules install inside a user
+//! namespace (the rootless path).
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cni::{Pod, add_pod};
+use crate::harness::{Cluster, KernelNode, Opts, require_root, wait_until};
+use weft::lease::{Lease, LeaseAttrs};
+use weft::netfilter::Rules;
+use weft::netns;
+use weft::types::{Vni, VtepMac};
+
+const NFT_CONF: &str =
+    r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+const IPT_CONF: &str =
+    r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#;
+/// A Service address, DNATed by the kube-proxy stand-in of the hairpin check.
+const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn sh(ns: &str, program: &str, args: &[&str]) -> String {
+    netns::run(netns::exec_in(ns, program).args(args))
+        .unwrap_or_else(|e| panic!("{program} {args:?} in {ns}: {e}"))
+}
+
+/// The source address a TCP server bound to `bind` in `server_ns` sees when
+/// `client_ns` connects to `to`; None when the connection does not work.
+fn tcp_seen(
+    server_ns: &str,
+    bind: SocketAddrV4,
+    client_ns: &str,
+    to: SocketAddrV4,
+) -> Option<Ipv4Addr> {
+    let listener = netns::in_netns(server_ns, || TcpListener::bind(bind))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("bind {bind} in {server_ns}: {e}"));
+    listener.set_nonblocking(true).unwrap();
+    let client_ns = client_ns.to_string();
+    let client = std::thread::spawn(move || {
+        netns::in_netns(&client_ns, || {
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+                .and_then(|mut s| std::io::Write::write_all(&mut s, b"x"))
+                .is_ok()
+        })
+        .unwrap()
+    });
+    let end = Instant::now() + Duration::from_secs(4);
+    let seen = loop {
+        match listener.accept() {
+            Ok((_, peer)) => match peer.ip() {
+                std::net::IpAddr::V4(a) => break Some(a),
+                std::net::IpAddr::V6(_) => break None,
+            },
+            Err(_) if Instant::now() > end => break None,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let connected = client.join().unwrap();
+    seen.filter(|_| connected)
+}
+
+/// The source address a UDP server bound to `bind` in `server_ns` sees for a
+/// datagram `client_ns` sends to `bind`; None when none arrives.
+fn udp_seen(server_ns: &str, bind: SocketAddrV4, client_ns: &str) -> Option<Ipv4Addr> {
+    let sock = netns::in_netns(server_ns, || UdpSocket::bind(bind))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("bind udp {bind} in {server_ns}: {e}"));
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let client = netns::in_netns(client_ns, || UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..6 {
+        let _ = client.send_to(b"hello", bind);
+        if let Ok((_, std::net::SocketAddr::V4(from))) = sock.recv_from(&mut buf) {
+            return Some(*from.ip());
+        }
+    }
+    None
+}
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// The comments of weft's rules (`weft masq 1a2b3c4d/0` …) in the node's
+/// namespace, with the listing they came from.
+fn weft_rules(ns: &str, backend: &str) -> (Vec<String>, String) {
+    let listing = if backend == "nftables" {
+        netns::run(netns::exec_in(ns, "nft").args(["list", "table", "ip", "weft"]))
+            .unwrap_or_default()
+    } else {
+        sh(ns, "iptables-save", &[])
+    };
+    let re = regex::Regex::new(r"weft (masq|forward) [0-9a-f]{8}/\d+").unwrap();
+    let found = re
+        .find_iter(&listing)
+        .map(|m| m.as_str().to_string())
+        .collect();
+    (found, listing)
+}
+
+/// What kube-proxy does for a Service whose one endpoint is `pod:8080`: DNAT
+/// in PREROUTING, and a mark (masqueraded by its own rule) for hairpin traffic.
+fn kube_proxy_service(node_ns: &str, pod: Ipv4Addr) {
+    let svc = format!("{SERVICE_IP}/32");
+    let ep = format!("{pod}:8080");
+    let pod32 = format!("{pod}/32");
+    for rule in [
+        vec![
+            "-A",
+            "PREROUTING",
+            "-s",
+            &pod32,
+            "-d",
+            &svc,
+            "-j",
+            "MARK",
+            "--set-xmark",
+            "0x4000/0x4000",
+        ],
+        vec![
+            "-A",
+            "PREROUTING",
+            "-d",
+            &svc,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &ep,
+        ],
+        vec![
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "mark",
+            "--mark",
+            "0x4000/0x4000",
+            "-j",
+            "MASQUERADE",
+        ],
+    ] {
+        let mut args = vec!["-w", "-t", "nat"];
+        args.extend(rule);
+        sh(node_ns, "iptables", &args);
+    }
+}
+
+/// Whether every port of `bridge` in `ns` is in hairpin mode (and there is one).
+fn ports_hairpin(ns: &str, bridge: &str) -> bool {
+    let out = netns::ip(&["-n", ns, "-d", "-j", "link", "show", "master", bridge]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ports = v.as_array().cloned().unwrap_or_default();
+    !ports.is_empty()
+        && ports
+            .iter()
+            .all(|p| p["linkinfo"]["info_slave_data"]["hairpin"] == true)
+}
+
+fn pod_network(backend: &str, conf: &'static str) {
+    let mut c = Cluster::build(
+        &format!("pn{}", &backend[..3]),
+        &Opts {
+            nodes: 2,
+            net_conf: Some(conf),
+            ..Opts::default()
+        },
+    );
+    let outside = c.add_bare_node();
+    for i in 0..2 {
+        // As Docker, ufw and firewalld leave it.
+        sh(&c.nodes[i].ns, "iptables", &["-w", "-P", "FORWARD", "DROP"]);
+        c.nodes[i].extra = vec!["--ip-masq".into(), "--iptables-resync".into(), "1".into()];
+        c.start(i);
+    }
+    c.wait_peers(1);
+    for n in &c.nodes {
+        let log = n.log();
+        assert!(
+            log.contains(&format!("installed with {backend}")),
+            "{}: {log}",
+            n.ns
+        );
+        let env = std::fs::read_to_string(n.dir.join("subnet.env")).unwrap();
+        assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let a = add_pod(
+        &c.nodes[0],
+        &format!("{}-pa", c.nodes[0].ns),
+        "delegate",
+        "/usr/lib/cni",
+    );
+    let b = add_pod(
+        &c.nodes[1],
+        &format!("{}-pb", c.nodes[1].ns),
+        "builtin",
+        empty.path().to_str().unwrap(),
+    );
+
+    // No NAT between pods, whichever mode sent, across FORWARD policy DROP.
+    for (from, to, port) in [(&a, &b, 7001), (&b, &a, 7002)] {
+        assert_eq!(
+            tcp_seen(&to.ns, sa(to.ip, port), &from.ns, sa(to.ip, port)),
+            Some(from.ip),
+            "TCP {} → {}: the far pod must see the sender's own address",
+            from.ip,
+            to.ip
+        );
+        assert_eq!(
+            udp_seen(&to.ns, sa(to.ip, port), &from.ns),
+            Some(from.ip),
+            "UDP {} → {}: the far pod must see the sender's own address",
+            from.ip,
+            to.ip
+        );
+    }
+
+    // Egress: a host outside the cluster network sees the node, and answers.
+    let egress = |c: &Cluster, port: u16| {
+        for (pod, node) in [(&a, &c.nodes[0]), (&b, &c.nodes[1])] {
+            assert_eq!(
+                tcp_seen(
+                    &outside.ns,
+                    sa(outside.ip, port),
+                    &pod.ns,
+                    sa(outside.ip, port)
+                ),
+                Some(node.ip),
+                "TCP from pod {} to outside host {}: seen as its node {}",
+                pod.ip,
+                outside.ip,
+                node.ip
+            );
+            assert_eq!(
+                udp_seen(&outside.ns, sa(outside.ip, port), &pod.ns),
+                Some(node.ip),
+                "UDP from pod {} to outside host {}",
+                pod.ip,
+                outside.ip
+            );
+        }
+    };
+    egress(&c, 7003);
+
+    // Hairpin: each pod reaches itself through a Service, in both modes.
+    for (pod, node, bridge) in [(&a, &c.nodes[0], "cni0"), (&b, &c.nodes[1], "cni0")] {
+        kube_proxy_service(&node.ns, pod.ip);
+        assert!(
+            ports_hairpin(&node.ns, bridge),
+            "{}: the pod's bridge port is not in hairpin mode",
+            node.ns
+        );
+        assert!(
+            tcp_seen(
+                &pod.ns,
+                sa(Ipv4Addr::UNSPECIFIED, 8080),
+                &pod.ns,
+                sa(SERVICE_IP, 80)
+            )
+            .is_some(),
+            "pod {} cannot reach itself through Service {SERVICE_IP}",
+            pod.ip
+        );
+    }
+
+    // Flushed by hand: back within the resync period (1 s here).
+    for n in &c.nodes {
+        let (before, _) = weft_rules(&n.ns, backend);
+        assert_eq!(before.len(), 8, "{}: {before:?}", n.ns);
+        if backend == "nftables" {
+            sh(&n.ns, "nft", &["flush", "table", "ip", "weft"]);
+        } else {
+            sh(
+                &n.ns,
+                "iptables",
+                &["-w", "-t", "nat", "-F", "WEFT-POSTRTG"],
+            );
+            sh(&n.ns, "iptables", &["-w", "-F", "WEFT-FWD"]);
+        }
+        assert!(weft_rules(&n.ns, backend).0.len() < 8);
+        let t = Instant::now();
+        assert!(
+            wait_until(3, || weft_rules(&n.ns, backend).0 == before),
+            "{}: rules not restored in 3 s:\n{}",
+            n.ns,
+            weft_rules(&n.ns, backend).1
+        );
+        eprintln!("{}: rules restored {:?} after the flush", n.ns, t.elapsed());
+        assert!(n.log().contains("were out of step"), "{}", n.log());
+    }
+    egress(&c, 7004);
+
+    // A subnet change replaces the rules: node 1 restarts on another subnet
+    // (its old one now held by someone else), as after seed 004's fix.
+    let old = c.nodes[1].subnet();
+    c.nodes[1].stop();
+    c.store()
+        .put_lease(&Lease {
+            subnet: old,
+            attrs: LeaseAttrs::vxlan(
+                Ipv4Addr::new(192, 0, 2, 99),
+                Vni::new(1).unwrap(),
+                VtepMac::derive(&[192, 0, 2, 99]),
+            ),
+            expiration: Some(SystemTime::now() + Duration::from_secs(600)),
+        })
+        .unwrap();
+    c.start(1);
+    let new = c.nodes[1].subnet();
+    assert_ne!(old, new);
+    let (rules, listing) = weft_rules(&c.nodes[1].ns, backend);
+    assert_eq!(rules.len(), 8, "replaced, not duplicated:\n{listing}");
+    assert!(
+        listing.contains(&new.to_string()) && !listing.contains(&old.to_string()),
+        "rules for {new} only:\n{listing}"
+    );
+    let want = Rules {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet: new,
+        masquerade: true,
+        random_fully: true,
+        forward: true,
+    };
+    assert!(
+        rules.iter().all(|r| r.contains(&want.fingerprint())),
+        "{rules:?}"
+    );
+    assert!(
+        c.nodes[1].log().contains("differs from the previous run's"),
+        "{}",
+        c.nodes[1].log()
+    );
+}
+
+#[test]
+fn pod_network_nftables() {
+    if !require_root("pod_network_nftables") {
+        return;
+    }
+    pod_network("nftables", NFT_CONF);
+}
+
+#[test]
+fn pod_network_iptables() {
+    if !require_root("pod_network_iptables") {
+        return;
+    }
+    pod_network("iptables", IPT_CONF);
+}
+
+/// A flannel node on kernel VXLAN, with flannel's own `--ip-masq` rules, and
+/// a weft node with weft's: their pods see each other's real addresses.
+#[test]
+fn kernel_flannel_pods_see_real_addresses() {
+    if !require_root("kernel_flannel_pods_see_real_addresses") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "pnk",
+        &Opts {
+            nodes: 1,
+            ..Opts::default()
+        },
+    );
+    let kn = c.add_bare_node();
+    let store = c.store();
+    let ksub: ipnet::Ipv4Net = "10.244.250.0/24".parse().unwrap();
+    let k = KernelNode::new(kn, ksub, &store);
+    c.nodes[0].extra = vec!["--ip-masq".into()];
+    c.start(0);
+    c.wait_peers(1);
+    for l in store.leases().unwrap().iter().filter(|l| l.subnet != ksub) {
+        k.add_peer(l);
+    }
+    // The flannel node's pod: a veth into the node, gateway .1, as its bridge would.
+    let kpod = Pod {
+        ns: format!("{}-kp", k.ns),
+        ip: Ipv4Addr::new(10, 244, 250, 5),
+    };
+    netns::ip(&["netns", "add", &kpod.ns]).unwrap();
+    netns::ip(&[
+        "-n", &k.ns, "link", "add", "kp0", "type", "veth", "peer", "name", "eth0", "netns",
+        &kpod.ns,
+    ])
+    .unwrap();
+    netns::ip(&["-n", &k.ns, "addr", "add", "10.244.250.1/24", "dev", "kp0"]).unwrap();
+    netns::ip(&["-n", &k.ns, "link", "set", "kp0", "up"]).unwrap();
+    netns::ip(&[
+        "-n",
+        &kpod.ns,
+        "addr",
+        "add",
+        "10.244.250.5/24",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    netns::ip(&["-n", &kpod.ns, "link", "set", "eth0", "up"]).unwrap();
+    netns::ip(&["-n", &kpod.ns, "link", "set", "lo", "up"]).unwrap();
+    netns::ip(&[
+        "-n",
+        &kpod.ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.250.1",
+    ])
+    .unwrap();
+    sh(&k.ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    // flanneld --ip-masq's rules on the kernel node (the same list weft writes).
+    let flannel = Rules {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet: ksub,
+        masquerade: true,
+        random_fully: true,
+        forward: true,
+    };
+    let script = flannel.iptables_script(
+        &[
+            weft::netfilter::Chain::Masq,
+            weft::netfilter::Chain::Forward,
+        ],
+        &weft::netfilter::IptState::default(),
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), script).unwrap();
+    netns::run(
+        netns::exec_in(&k.ns, "iptables-restore")
+            .args(["-w", "--noflush"])
+            .arg(file.path()),
+    )
+    .unwrap();
+
+    let wpod = add_pod(
+        &c.nodes[0],
+        &format!("{}-wp", c.nodes[0].ns),
+        "delegate",
+        "/usr/lib/cni",
+    );
+    for (from, to, port) in [(&kpod, &wpod, 7101), (&wpod, &kpod, 7102)] {
+        assert_eq!(
+            tcp_seen(&to.ns, sa(to.ip, port), &from.ns, sa(to.ip, port)),
+            Some(from.ip),
+            "TCP {} → {} between a kernel-VXLAN node's pod and a weft node's",
+            from.ip,
+            to.ip
+        );
+        assert_eq!(
+            udp_seen(&to.ns, sa(to.ip, port), &from.ns),
+            Some(from.ip),
+            "UDP {} → {}",
+            from.ip,
+            to.ip
+        );
+    }
+}
+
+/// Rootless: weftd as an unprivileged user in its own user, network and mount
+/// namespaces installs its rules there (and nowhere else).
+#[test]
+fn rules_install_inside_a_user_namespace() {
+    if !require_root("rules_install_inside_a_user_namespace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // A TUN node the user may open (the host's /dev/net/tun may be 0600).
+    let tun = d.join("tun");
+    netns::run(
+        Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(&tun)
+            .args(["c", "10", "200"]),
+    )
+    .unwrap();
+    let script = format!(
+        "set -e; mount --bind {tun} /dev/net/tun; ip link set lo up; iptables -w -P FORWARD DROP; \
+         {weftd} --iface lo --ip-masq --state-dir {d}/store --subnet-file {d}/subnet.env >{d}/log 2>&1 & pid=$!; \
+         for i in $(seq 100); do [ -f {d}/subnet.env ] && break; sleep 0.1; done; \
+         nft list table ip weft; echo ---; iptables-save -t filter; kill $pid; wait $pid || true",
+        tun = tun.display(),
+        weftd = env!("CARGO_BIN_EXE_weftd"),
+        d = d.display()
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(d.join("log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let re = regex::Regex::new(r"weft (masq|forward) [0-9a-f]{8}/\d+").unwrap();
+    let (nft, ipt) = text.split_once("---").unwrap();
+    assert_eq!(re.find_iter(nft).count(), 8, "{text}\n{log}");
+    assert!(
+        ipt.contains("-j WEFT-FWD"),
+        "FORWARD DROP in the user namespace is answered too:\n{text}"
+    );
+    assert!(log.contains("installed with nftables"), "{log}");
+    // The host's own namespace got none of it.
+    let host = netns::run(Command::new("nft").args(["list", "tables"])).unwrap_or_default();
+    assert!(!host.contains("table ip weft"), "{host}");
+}
