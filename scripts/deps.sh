@@ -13,7 +13,8 @@ pkgs=(
 	libprotobuf-dev # google/protobuf/*.proto that etcd-client's protos import
 	containernetworking-plugins # bridge, host-local: weft-cni's delegate mode
 	openssl        # test certificates
-	iptables       # the reference bridge plugin's ipMasq (weft-cni delegate mode)
+	iptables       # weftd's iptables backend; the reference bridge plugin's ipMasq
+	nftables       # nft: weftd's masquerade and forward rules (the default backend)
 	ethtool        # checksum settings of kernel-VXLAN peers in the netns tests
 	kmod           # modprobe tun / vxlan
 	jq
