@@ -362,17 +362,30 @@ fn pod_network_iptables() {
     pod_network("iptables", IPT_CONF);
 }
 
-/// A flannel node on kernel VXLAN, with flannel's own `--ip-masq` rules, and
-/// a weft node with weft's: their pods see each other's real addresses.
 #[test]
-fn kernel_flannel_pods_see_real_addresses() {
-    if !require_root("kernel_flannel_pods_see_real_addresses") {
+fn kernel_flannel_pods_see_real_addresses_nftables() {
+    if !require_root("kernel_flannel_pods_see_real_addresses_nftables") {
         return;
     }
+    kernel_flannel_pods("nftables", NFT_CONF);
+}
+
+#[test]
+fn kernel_flannel_pods_see_real_addresses_iptables() {
+    if !require_root("kernel_flannel_pods_see_real_addresses_iptables") {
+        return;
+    }
+    kernel_flannel_pods("iptables", IPT_CONF);
+}
+
+/// A flannel node on kernel VXLAN, with flannel's own `--ip-masq` rules, and
+/// a weft node with weft's: their pods see each other's real addresses.
+fn kernel_flannel_pods(backend: &str, conf: &'static str) {
     let mut c = Cluster::build(
-        "pnk",
+        &format!("pk{}", &backend[..3]),
         &Opts {
             nodes: 1,
+            net_conf: Some(conf),
             ..Opts::default()
         },
     );
@@ -383,6 +396,13 @@ fn kernel_flannel_pods_see_real_addresses() {
     c.nodes[0].extra = vec!["--ip-masq".into()];
     c.start(0);
     c.wait_peers(1);
+    assert!(
+        c.nodes[0]
+            .log()
+            .contains(&format!("installed with {backend}")),
+        "{}",
+        c.nodes[0].log()
+    );
     for l in store.leases().unwrap().iter().filter(|l| l.subnet != ksub) {
         k.add_peer(l);
     }
