@@ -648,8 +648,15 @@ fn second_weftd_in_a_namespace_is_refused() {
     );
     c.nodes[0].extra = vec!["--queues".into(), "2".into()];
     c.start(0);
+    // Another device on the same port: refused (the same device takes over,
+    // see lifecycle.rs).
     for queues in ["1", "2"] {
-        c.nodes[0].extra = vec!["--queues".into(), queues.into()];
+        c.nodes[0].extra = vec![
+            "--queues".into(),
+            queues.into(),
+            "--tun-name".into(),
+            "weft1".into(),
+        ];
         let out = c
             .command(0)
             .stdin(std::process::Stdio::null())
@@ -678,8 +685,12 @@ fn second_weftd_in_a_namespace_is_refused() {
             out.status
         );
         assert!(
-            err.contains("already runs in this network namespace"),
+            err.contains("on TUN device weft0, serves VXLAN port 8472 in this network namespace"),
             "--queues {queues}: {err}"
+        );
+        assert!(
+            !err.contains("lease acquired"),
+            "refused before taking a lease: {err}"
         );
     }
     // The first one is untouched.

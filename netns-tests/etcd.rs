@@ -685,3 +685,31 @@ fn etcd_deleted_lease_key_is_reacquired_at_once() {
     );
     assert!(c.nodes[1].ping(own.network()) && c.nodes[2].ping(own.network()));
 }
+
+/// etcd does not answer when weftd starts (a node booting before its etcd):
+/// weftd says so, retries with backoff, and comes up once etcd does.
+#[test]
+fn etcd_down_at_boot_is_waited_for() {
+    if !runnable("etcd_down_at_boot_is_waited_for") {
+        return;
+    }
+    let (mut c, mut etcd) = etcd_cluster("eboot", 1, 0, "60s");
+    etcd.stop();
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        etcd.resume();
+        etcd
+    });
+    let t = Instant::now();
+    c.start(0);
+    let up = t.elapsed();
+    let etcd = back.join().unwrap();
+    assert!(up >= Duration::from_secs(3), "ready before etcd was back?");
+    let log = c.nodes[0].log();
+    assert!(
+        log.contains("retrying in 1s") && log.contains("retrying in 2s"),
+        "{log}"
+    );
+    assert_eq!(etcd_subnets(&etcd).len(), 1, "its lease is in etcd");
+    eprintln!("etcd down at boot: weftd ready {up:?} after its start, etcd back after 3 s");
+}

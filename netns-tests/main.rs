@@ -13,4 +13,5 @@ mod etcd;
 mod kube;
 #[path = "../tests/kube_support/mod.rs"]
 mod kube_support;
+mod lifecycle;
 mod podnet;

@@ -17,6 +17,7 @@ use crate::dataplane::core::Core;
 use crate::dataplane::counters::Counters;
 use crate::dataplane::table::{self, SharedTable, Table};
 use crate::dataplane::worker::{Dataplane, Queue};
+use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::metrics::{self, Status};
@@ -95,6 +96,14 @@ pub enum DaemonError {
     },
     #[error("cannot start the packet threads: {0}")]
     Threads(std::io::Error),
+    #[error("cannot write in {path}: {source} (set {flag} to a writable place)")]
+    Unwritable {
+        path: PathBuf,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
     #[error(
         "this node's lease for {old} was deleted and {old} was taken by another node; it now holds {new}. Exiting so that weftd restarts on {new} (its pods need new addresses)"
     )]
@@ -109,8 +118,13 @@ pub enum DaemonError {
 /// # Errors
 /// [`DaemonError`]: each variant names what failed and how to fix it.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    tokio::pin!(shutdown);
     if let Some(settings) = opts.kube.clone() {
-        let store = KubeStore::connect(settings).await?;
+        let Some(store) =
+            retry_at_boot(&mut shutdown, || KubeStore::connect(settings.clone())).await?
+        else {
+            return Ok(());
+        };
         tracing::info!("Kubernetes subnet manager: {}", store.describe());
         let mut opts = opts;
         if opts.net_config_path.is_none() {
@@ -119,9 +133,14 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         return run_with_store(opts, Arc::new(store), None, shutdown).await;
     }
     if let Some(settings) = opts.etcd.clone() {
-        let store = EtcdStore::connect(settings).await?;
+        let Some(store) =
+            retry_at_boot(&mut shutdown, || EtcdStore::connect(settings.clone())).await?
+        else {
+            return Ok(());
+        };
         return run_with_store(opts, Arc::new(store), None, shutdown).await;
     }
+    check_writable_dir(&opts.state_dir, "--state-dir")?;
     let store = LocalStore::new(&opts.state_dir, opts.store_poll);
     let default_conf = match &opts.net_config_path {
         Some(_) => None,
@@ -130,8 +149,128 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     run_with_store(opts, Arc::new(store), default_conf, shutdown).await
 }
 
+/// A store that does not answer at boot is tried again, with backoff (1 s
+/// doubling to 30 s), as flannel does, until it answers or `shutdown`; other
+/// errors (TLS, auth, options) end the start at once. `None` on shutdown.
+async fn retry_at_boot<S, F>(
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut connect: impl FnMut() -> F,
+) -> Result<Option<S>, DaemonError>
+where
+    F: Future<Output = Result<S, StoreError>>,
+{
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match connect().await {
+            Ok(s) => return Ok(Some(s)),
+            Err(e @ (StoreError::EtcdUnreachable { .. } | StoreError::KubeUnreachable { .. })) => {
+                tracing::warn!("{e}; retrying in {}s", wait.as_secs());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Checks before the lease is taken that `dir` exists (or can be made) and
+/// takes files; `flag` is the one that moves it.
+fn check_writable_dir(dir: &std::path::Path, flag: &'static str) -> Result<(), DaemonError> {
+    let probe = dir.join(format!(".weftd-probe.{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|source| DaemonError::Unwritable {
+            path: dir.to_owned(),
+            flag,
+            source,
+        })
+}
+
+/// The devices of the node, opened before the lease is taken.
+struct Devices {
+    tuns: Vec<tun_rs::SyncDevice>,
+    rx: Vec<std::net::UdpSocket>,
+    send: Arc<[std::net::UdpSocket]>,
+}
+
+/// Opens (or attaches to) the TUN device and binds the VXLAN sockets.
+/// Offloads are dropped only when the kernel refuses them; a device left by
+/// an earlier weftd with other settings is recreated when no weftd runs.
+async fn open_devices(
+    opts: &Options,
+    nl: &rtnetlink::Handle,
+    listen: SocketAddrV4,
+    mtu: u16,
+    predecessor: bool,
+) -> Result<Devices, DaemonError> {
+    let queues = opts.queues.max(1);
+    let name = opts.tun_name.as_str();
+    let open = || sys::open_tun(name, mtu, opts.offload, queues);
+    let tuns = match open() {
+        Err(SysError::TunMismatch { .. }) if !predecessor => {
+            tracing::warn!(
+                "TUN device {name} was left by an earlier weftd with other settings; recreating it"
+            );
+            netlink::delete_link(nl, name).await?;
+            open()
+        }
+        r => r,
+    };
+    let tuns = match tuns {
+        Err(e) if opts.offload && sys::offload_refused(&e) => {
+            tracing::warn!("TUN offloads refused on {name} ({e}); running without them (slower)");
+            sys::open_tun(name, mtu, false, queues)?
+        }
+        r => r?,
+    };
+    tracing::info!(
+        "TUN offloads (TSO/GRO through virtio-net headers): {}; queues: {queues}",
+        if tuns[0].tcp_gso() { "on" } else { "off" }
+    );
+    // One receive socket per queue on the VXLAN port, shared by SO_REUSEPORT
+    // (also with a weftd taking over from this one). With one queue it also
+    // sends (source port = the VXLAN port); with several, packets leave from
+    // SEND_SOCKETS sockets on ephemeral ports, picked by inner flow hash, so
+    // the receiver's SO_REUSEPORT (or a NIC's RSS) spreads flows over its
+    // workers, as the kernel's VXLAN source-port hashing does.
+    let rx = (0..queues)
+        .map(|_| sys::bind_udp(listen, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    let send: Arc<[std::net::UdpSocket]> = if queues > 1 {
+        (0..SEND_SOCKETS)
+            .map(|_| sys::bind_udp(SocketAddrV4::new(*listen.ip(), 0), false))
+            .collect::<Result<Vec<_>, _>>()?
+            .into()
+    } else {
+        Arc::new([])
+    };
+    // The kernel reports twice what it counts against the limit.
+    let (r, w) = sys::buffer_sizes(&rx[0]);
+    let (r, w) = (r / 2, w / 2);
+    tracing::info!(
+        "VXLAN socket {listen}: receive buffer {} KiB, send buffer {} KiB{}",
+        r / 1024,
+        w / 1024,
+        if r < (4 << 20) {
+            " (4096 KiB asked for; without CAP_NET_ADMIN the kernel caps it at net.core.rmem_max: raise that for fewer drops under bursts)"
+        } else {
+            ""
+        }
+    );
+    Ok(Devices { tuns, rx, send })
+}
+
 /// Runs the node on `store`. When `seed_default` is given and neither a config
 /// file nor a stored config exists, the embedded default config is stored first.
+///
+/// Everything that can be checked is checked before the lease is taken (the
+/// subnet file's directory, the hand-over name, the TUN device, the UDP port);
+/// a start that fails after taking it releases it, unless a running weftd
+/// (which this one was to take over from) holds it too.
 ///
 /// # Errors
 /// As [`run`].
@@ -188,13 +327,31 @@ pub async fn run_with_store(
     let nl = netlink::connect()?;
     let (_, underlay_mtu) = netlink::link(&nl, &ext.name).await?;
     let mtu = config.overlay_mtu(underlay_mtu);
-    if mtu < 576 {
-        return Err(DaemonError::Mtu {
+    let tun_mtu = u16::try_from(mtu)
+        .ok()
+        .filter(|m| *m >= 576)
+        .ok_or(DaemonError::Mtu {
             mtu,
             underlay: config.backend.mtu.unwrap_or(underlay_mtu),
             iface: ext.name.clone(),
-        });
+        })?;
+
+    // Checked before the lease is taken.
+    if let Some(dir) = opts.subnet_file.parent() {
+        check_writable_dir(dir, "--subnet-file")?;
     }
+    let port = config.backend.port;
+    let mut holder = handover::claim(port)?;
+    let predecessor = holder.is_none();
+    if predecessor {
+        handover::check_successor(port, &opts.tun_name)?;
+        tracing::info!(
+            "a weftd already serves {} and port {port} here: this one attaches beside it and takes over once it forwards",
+            opts.tun_name
+        );
+    }
+    let listen = SocketAddrV4::new(ext.addr, port);
+    let devices = open_devices(&opts, &nl, listen, tun_mtu, predecessor).await?;
 
     // A stable VtepMAC: derived from the public IP, so restarts keep it.
     let vtep_mac = VtepMac::derive(&ext.public_ip.octets());
@@ -209,54 +366,109 @@ pub async fn run_with_store(
         previous,
         ttl: opts.lease_ttl,
     };
-    let mut lease = store.acquire(&req).await?;
+    let lease = store.acquire(&req).await?;
+    let started = start(
+        &opts,
+        &config,
+        &store,
+        &nl,
+        devices,
+        lease.clone(),
+        mtu,
+        previous_env.as_ref(),
+    )
+    .await;
+    let node = match started {
+        Ok(n) => n,
+        Err(e) => {
+            if !predecessor {
+                match store.release(&lease).await {
+                    Ok(()) => tracing::warn!(
+                        "start failed after the lease for {} was taken: released it, so no node routes to a node without a dataplane",
+                        lease.subnet
+                    ),
+                    Err(re) => tracing::warn!(
+                        "start failed, and releasing the lease for {} failed too: {re}",
+                        lease.subnet
+                    ),
+                }
+            }
+            return Err(e);
+        }
+    };
+
+    // Take over from the weftd that ran here: it stops once this one forwards.
+    if predecessor {
+        let took = tokio::task::spawn_blocking(move || {
+            let gone = handover::ask_to_stop(port, Duration::from_secs(10));
+            (gone, handover::claim_within(port, Duration::from_secs(2)))
+        })
+        .await
+        .map_err(|e| DaemonError::Threads(std::io::Error::other(e)))?;
+        match took {
+            (Ok(t), Ok(h)) => {
+                tracing::info!(
+                    "took over from the previous weftd, which exited {} ms after being asked",
+                    t.as_millis()
+                );
+                holder = h;
+            }
+            (gone, claimed) => {
+                tracing::warn!(
+                    "the previous weftd did not hand over cleanly ({:?}, {:?}); both forward until it exits",
+                    gone.err(),
+                    claimed.err()
+                );
+            }
+        }
+    }
+    let handed_over = Arc::new(tokio::sync::Notify::new());
+    if let Some(h) = holder {
+        let n = handed_over.clone();
+        h.serve(opts.tun_name.clone(), move || n.notify_one());
+    }
+    node.run(&opts, store, req, shutdown, handed_over).await
+}
+
+/// A node whose dataplane forwards: what the main loop needs.
+struct Running {
+    lease: Lease,
+    dataplane: Dataplane,
+    healthz: Option<tokio::task::JoinHandle<()>>,
+    rules: Option<Netfilter>,
+    watcher: tokio::task::JoinHandle<()>,
+    own_gone: Arc<tokio::sync::Notify>,
+}
+
+/// The steps after the lease: TUN address and route, packet threads, rules,
+/// subnet.env, /healthz, the watch; ready once the first snapshot is applied.
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    opts: &Options,
+    config: &NetConfig,
+    store: &Arc<dyn LeaseStore>,
+    nl: &rtnetlink::Handle,
+    devices: Devices,
+    lease: Lease,
+    mtu: u32,
+    previous_env: Option<&SubnetEnv>,
+) -> Result<Running, DaemonError> {
     // The store may hand back the VtepMAC this node announced before (kube mode
     // reads it from the node's annotation): the dataplane must answer to that one.
     let vtep_mac = lease
         .attrs
         .vxlan_data()
         .map(|d| d.vtep_mac)
-        .unwrap_or(vtep_mac);
+        .unwrap_or_else(|_| VtepMac::derive(&lease.attrs.public_ip.octets()));
     tracing::info!(
         "lease acquired: {} (VtepMAC {vtep_mac}, store {})",
         lease.subnet,
         store.describe()
     );
-
     let router = lease.subnet.network();
-    let queues = opts.queues.max(1);
-    let tuns = match sys::open_tun(&opts.tun_name, router, mtu as u16, opts.offload, queues) {
-        Err(SysError::Tun { name, source }) if opts.offload => {
-            tracing::warn!(
-                "TUN offloads unavailable on {name} ({source}); running without them (slower)"
-            );
-            sys::open_tun(&opts.tun_name, router, mtu as u16, false, queues)?
-        }
-        r => r?,
-    };
-    tracing::info!(
-        "TUN offloads (TSO/GRO through virtio-net headers): {}; queues: {queues}",
-        if tuns[0].tcp_gso() { "on" } else { "off" }
-    );
-    // One receive socket per queue on the VXLAN port. With one queue it also
-    // sends (source port = the VXLAN port); with several, packets leave from
-    // SEND_SOCKETS sockets on ephemeral ports, picked by inner flow hash, so
-    // the receiver's SO_REUSEPORT (or a NIC's RSS) spreads flows over its
-    // workers, as the kernel's VXLAN source-port hashing does.
-    let listen = SocketAddrV4::new(ext.addr, config.backend.port);
-    let rx_socks = (0..queues)
-        .map(|_| sys::bind_udp(listen, queues > 1))
-        .collect::<Result<Vec<_>, _>>()?;
-    let send: Arc<[std::net::UdpSocket]> = if queues > 1 {
-        (0..SEND_SOCKETS)
-            .map(|_| sys::bind_udp(SocketAddrV4::new(ext.addr, 0), false))
-            .collect::<Result<Vec<_>, _>>()?
-            .into()
-    } else {
-        Arc::new([])
-    };
-    let (tun_index, _) = netlink::link(&nl, &opts.tun_name).await?;
-    netlink::replace_route(&nl, config.network, tun_index, &opts.tun_name, router).await?;
+    let (tun_index, _) = netlink::link(nl, &opts.tun_name).await?;
+    netlink::set_only_address(nl, tun_index, &opts.tun_name, router).await?;
+    netlink::replace_route(nl, config.network, tun_index, &opts.tun_name, router).await?;
     tracing::info!(
         "{} up: {router}/32, MTU {mtu}, route {} dev {}",
         opts.tun_name,
@@ -269,44 +481,54 @@ pub async fn run_with_store(
     let table = table::shared();
     let counters = Arc::new(Counters::default());
     let core = Core::new(config.backend.vni, vtep_mac, lease.subnet);
-    let queues: Vec<Queue> = tuns
+    let queues: Vec<Queue> = devices
+        .tuns
         .into_iter()
-        .zip(rx_socks)
+        .zip(devices.rx)
         .map(|(tun, rx)| Queue {
             tun,
             rx,
-            send: send.clone(),
+            send: devices.send.clone(),
         })
         .collect();
     let dataplane = Dataplane::start(queues, core, table.clone(), counters.clone())
         .map_err(DaemonError::Threads)?;
 
-    let mut rules =
-        setup_netfilter(opts.netfilter, &config, lease.subnet, previous_env.as_ref()).await?;
-
-    let env = SubnetEnv {
-        network: config.network,
-        subnet: lease.subnet,
-        mtu,
-        ipmasq: opts.netfilter.masquerade,
-    };
-    env.write(&opts.subnet_file)?;
-    tracing::info!("wrote {}", opts.subnet_file.display());
-
-    let status = Arc::new(Status {
-        counters: counters.clone(),
-        table: table.clone(),
-        subnet: lease.subnet,
-        ready: false.into(),
-    });
-    let healthz = match opts.healthz {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
+    let started = async {
+        let rules = setup_netfilter(opts.netfilter, config, lease.subnet, previous_env).await?;
+        let env = SubnetEnv {
+            network: config.network,
+            subnet: lease.subnet,
+            mtu,
+            ipmasq: opts.netfilter.masquerade,
+        };
+        env.write(&opts.subnet_file)?;
+        tracing::info!("wrote {}", opts.subnet_file.display());
+        let status = Arc::new(Status {
+            counters: counters.clone(),
+            table: table.clone(),
+            subnet: lease.subnet,
+            ready: false.into(),
+        });
+        let healthz = match opts.healthz {
+            Some(addr) => {
+                let l =
+                    metrics::bind(addr).map_err(|source| DaemonError::Healthz { addr, source })?;
+                Some(tokio::spawn(metrics::serve(l, status.clone())))
+            }
+            None => None,
+        };
+        Ok::<_, DaemonError>((rules, status, healthz))
+    }
+    .await;
+    let (rules, status, healthz) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            tokio::task::spawn_blocking(move || dataplane.stop())
                 .await
-                .map_err(|source| DaemonError::Healthz { addr, source })?;
-            Some(tokio::spawn(metrics::serve(l, status.clone())))
+                .ok();
+            return Err(e);
         }
-        None => None,
     };
 
     let events = store.watch().await?;
@@ -328,71 +550,110 @@ pub async fn run_with_store(
             tracing::warn!("the dataplane is up but the store was not told: {e}");
         }
     }
+    Ok(Running {
+        lease,
+        dataplane,
+        healthz,
+        rules,
+        watcher,
+        own_gone,
+    })
+}
 
-    let every = renew_interval(opts.lease_ttl, opts.renew_margin);
-    // After a failed renewal, try again soon (but not in a tight loop).
-    let retry = (opts.lease_ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30));
-    let outcome = {
-        tokio::pin!(shutdown);
-        let mut watcher = watcher;
-        let mut next = every;
-        let mut resync = tokio::time::interval(opts.netfilter.resync);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        resync.reset();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break Ok(()),
-                _ = resync.tick(), if rules.is_some() => {
-                    rules = resync_netfilter(rules.take()).await;
-                }
-                r = &mut watcher => break Err(DaemonError::WatchEnded(format!("{} ({r:?})", store.describe()))),
-                // The next renewal may be hours away (24 h TTL): a deleted key
-                // is acquired again now, or every other node drops this node's
-                // route until then.
-                _ = own_gone.notified() => {
-                    tracing::warn!("this node's lease for {} is gone from {}; renewing now", lease.subnet, store.describe());
-                    next = Duration::ZERO;
-                }
-                _ = tokio::time::sleep(next) => {
-                    match renew_or_reacquire(store.as_ref(), &lease, &req).await {
-                        Ok(Renewed::Extended(l)) => {
-                            tracing::debug!("lease renewed: {} until {:?}", l.subnet, l.expiration);
-                            lease = l;
-                            next = every;
-                        }
-                        Ok(Renewed::Reacquired(l)) if l.subnet == lease.subnet => {
-                            lease = l;
-                            next = every;
-                        }
-                        Ok(Renewed::Reacquired(l)) => {
-                            break Err(DaemonError::SubnetChanged { old: lease.subnet, new: l.subnet });
-                        }
-                        Err(e @ StoreError::LeaseLost { .. }) => break Err(e.into()),
-                        Err(e) => {
-                            tracing::warn!("renewing the lease for {} failed, retrying in {retry:?}: {e}", lease.subnet);
-                            next = retry;
+impl Running {
+    /// Keeps the lease renewed, the table in step and the rules true until
+    /// `shutdown` or a successor's hand-over; then stops the packet threads
+    /// and leaves the device, its route, the rules and the lease in place.
+    async fn run(
+        self,
+        opts: &Options,
+        store: Arc<dyn LeaseStore>,
+        req: AcquireRequest,
+        shutdown: impl Future<Output = ()>,
+        handed_over: Arc<tokio::sync::Notify>,
+    ) -> Result<(), DaemonError> {
+        let Running {
+            mut lease,
+            dataplane,
+            healthz,
+            mut rules,
+            watcher,
+            own_gone,
+        } = self;
+        let every = renew_interval(opts.lease_ttl, opts.renew_margin);
+        // After a failed renewal, try again soon (but not in a tight loop).
+        let retry =
+            (opts.lease_ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let outcome = {
+            tokio::pin!(shutdown);
+            let mut watcher = watcher;
+            // A deadline, not a sleep re-armed each turn: other branches
+            // (the rules' resync, say) must not push the renewal back.
+            let mut renew_at = tokio::time::Instant::now() + every;
+            let mut resync = tokio::time::interval(opts.netfilter.resync);
+            resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            resync.reset();
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break Ok(()),
+                    _ = handed_over.notified() => {
+                        tracing::info!("a new weftd took over: stopping");
+                        break Ok(());
+                    }
+                    _ = resync.tick(), if rules.is_some() => {
+                        rules = resync_netfilter(rules.take()).await;
+                    }
+                    r = &mut watcher => break Err(DaemonError::WatchEnded(format!("{} ({r:?})", store.describe()))),
+                    // The next renewal may be hours away (24 h TTL): a deleted key
+                    // is acquired again now, or every other node drops this node's
+                    // route until then.
+                    _ = own_gone.notified() => {
+                        tracing::warn!("this node's lease for {} is gone from {}; renewing now", lease.subnet, store.describe());
+                        renew_at = tokio::time::Instant::now();
+                    }
+                    _ = tokio::time::sleep_until(renew_at) => {
+                        let now = tokio::time::Instant::now();
+                        match renew_or_reacquire(store.as_ref(), &lease, &req).await {
+                            Ok(Renewed::Extended(l)) => {
+                                tracing::debug!("lease renewed: {} until {:?}", l.subnet, l.expiration);
+                                lease = l;
+                                renew_at = now + every;
+                            }
+                            Ok(Renewed::Reacquired(l)) if l.subnet == lease.subnet => {
+                                lease = l;
+                                renew_at = now + every;
+                            }
+                            Ok(Renewed::Reacquired(l)) => {
+                                break Err(DaemonError::SubnetChanged { old: lease.subnet, new: l.subnet });
+                            }
+                            Err(e @ StoreError::LeaseLost { .. }) => break Err(e.into()),
+                            Err(e) => {
+                                tracing::warn!("renewing the lease for {} failed, retrying in {retry:?}: {e}", lease.subnet);
+                                renew_at = now + retry;
+                            }
                         }
                     }
                 }
             }
+        };
+        if let Some(h) = healthz {
+            h.abort();
         }
-    };
-    if let Some(h) = healthz {
-        h.abort();
+        tracing::info!(
+            "stopping: the lease for {} is kept for the next start; {} and its route stay{}",
+            lease.subnet,
+            opts.tun_name,
+            if rules.is_some() {
+                ", and so do the masquerade and forward rules (weftd uninstall removes them)"
+            } else {
+                " (weftd uninstall removes them)"
+            }
+        );
+        tokio::task::spawn_blocking(move || dataplane.stop())
+            .await
+            .ok();
+        outcome
     }
-    tracing::info!(
-        "stopping: the lease for {} is kept for the next start{}",
-        lease.subnet,
-        if rules.is_some() {
-            ", and the masquerade and forward rules stay in place (weftd uninstall removes them)"
-        } else {
-            ""
-        }
-    );
-    tokio::task::spawn_blocking(move || dataplane.stop())
-        .await
-        .ok();
-    outcome
 }
 
 /// `weftd uninstall`: removes what a stopped weftd leaves in place (its

@@ -18,6 +18,7 @@ pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod handover;
 pub mod iface;
 pub mod lab;
 pub mod lease;

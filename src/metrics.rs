@@ -64,6 +64,22 @@ impl Status {
 }
 
 /// Serves `/healthz` and `/metrics` on `listener` until the task is dropped.
+/// Binds the /healthz and /metrics listener with `SO_REUSEPORT`, so a new
+/// weftd taking over can bind it while the old one still serves.
+///
+/// # Errors
+/// The bind error.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let s = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    s.listen(128)
+}
+
 pub async fn serve(listener: TcpListener, status: Arc<Status>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {

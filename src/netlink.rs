@@ -14,6 +14,12 @@ pub enum NetlinkError {
     Connect(std::io::Error),
     #[error("interface {name} not found: {detail}")]
     NoLink { name: String, detail: String },
+    #[error("cannot set address {addr}/32 on {dev}: {detail}")]
+    Address {
+        addr: Ipv4Addr,
+        dev: String,
+        detail: String,
+    },
     #[error("cannot delete interface {name}: {detail}")]
     Delete { name: String, detail: String },
     #[error(
@@ -111,4 +117,60 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkErr
             name: name.to_string(),
             detail: e.to_string(),
         })
+}
+
+/// Leaves `addr/32` as the only IPv4 address of interface `index`: a device
+/// kept from an earlier run may hold another subnet's.
+///
+/// # Errors
+/// [`NetlinkError::Address`] naming the device and address.
+pub async fn set_only_address(
+    handle: &Handle,
+    index: u32,
+    dev: &str,
+    addr: Ipv4Addr,
+) -> Result<(), NetlinkError> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let fail = |detail: String| NetlinkError::Address {
+        addr,
+        dev: dev.to_string(),
+        detail,
+    };
+    let mut have = false;
+    let mut stale = vec![];
+    let mut list = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(m) = list.try_next().await.map_err(|e| fail(e.to_string()))? {
+        let v4 = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(std::net::IpAddr::V4(a))
+            | AddressAttribute::Address(std::net::IpAddr::V4(a)) => Some(*a),
+            _ => None,
+        });
+        match v4 {
+            Some(a) if a == addr && m.header.prefix_len == 32 => have = true,
+            Some(_) => stale.push(m),
+            None => {}
+        }
+    }
+    for m in stale {
+        handle
+            .address()
+            .del(m)
+            .execute()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    if !have {
+        handle
+            .address()
+            .add(index, std::net::IpAddr::V4(addr), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
 }

@@ -22,15 +22,29 @@ pub const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {
     #[error(
-        "cannot create TUN device {name}: {source}. weftd needs /dev/net/tun (in a container: mount it, e.g. a hostPath /dev/net/tun; on a host: modprobe tun) and CAP_NET_ADMIN"
+        "cannot open /dev/net/tun for TUN device {name}: permission denied. The device node's mode does not let this user open it (0600 root-only on hosts without udev): make it 0666 as udev does (chmod 0666 /dev/net/tun), or grant this user an ACL (setfacl -m u:$USER:rw /dev/net/tun)"
     )]
+    TunAccess { name: String },
+    #[error(
+        "cannot open /dev/net/tun for TUN device {name}: it does not exist. Load the module (modprobe tun) or create the node (mknod /dev/net/tun c 10 200 && chmod 0666 /dev/net/tun); in a container, mount it (a hostPath /dev/net/tun)"
+    )]
+    TunMissing { name: String },
+    #[error(
+        "cannot create TUN device {name}: operation not permitted. weftd needs CAP_NET_ADMIN over this network namespace: run it as root, in a container with the NET_ADMIN capability, or inside a user namespace that owns its network namespace (unshare --user --map-root-user --net)"
+    )]
+    TunPermission { name: String },
+    #[error("cannot create TUN device {name}: {source}")]
     Tun { name: String, source: io::Error },
     #[error(
-        "TUN device {name} is busy: another weftd already runs in this network namespace (stop it, or pass --tun-name to use another device)"
+        "TUN device {name} is held by a program that does not share it (an older weftd, or another tunnel): stop it, delete the device (ip link del {name}) or pass --tun-name to use another one"
     )]
     TunBusy { name: String },
     #[error(
-        "cannot bind the VXLAN UDP socket to {addr}: {source}. Is another VXLAN endpoint (a kernel flannel.1 device, another weftd) using port {port}? Stop it or set Backend.Port"
+        "TUN device {name} exists with other settings than this weftd's (another kind of device, or offloads set differently); {fix}"
+    )]
+    TunMismatch { name: String, fix: &'static str },
+    #[error(
+        "cannot bind the VXLAN UDP socket to {addr}: {source}. Is another VXLAN endpoint (a kernel flannel.1 device, a weftd of another version) using port {port}? Stop it or set Backend.Port"
     )]
     Bind {
         addr: SocketAddrV4,
@@ -39,70 +53,86 @@ pub enum SysError {
     },
 }
 
-/// Creates and brings up the TUN device `name` with `addr/32` and `mtu`, and
-/// returns one handle per queue (`IFF_MULTI_QUEUE` when `queues` > 1: the
-/// kernel spreads flows over the queues by flow hash, so one flow stays on
-/// one queue). With `offload`, the device carries a virtio-net header
-/// (`IFF_VNET_HDR`) and TSO/checksum offloads (`TUNSETOFFLOAD`): reads may
-/// return 64 KiB TCP super-packets, and writes may be coalesced ones.
+/// Whether a TUN error is the kernel refusing the offload request itself
+/// (TUNSETOFFLOAD, or IFF_VNET_HDR on a device made without it): then the
+/// device works without offloads.
+pub fn offload_refused(e: &SysError) -> bool {
+    matches!(e, SysError::Tun { source, .. } if source.raw_os_error() == Some(libc::EINVAL))
+        || matches!(e, SysError::TunMismatch { .. })
+}
+
+/// Opens (creating, or attaching to when it exists) the persistent,
+/// multi-queue TUN device `name` with `mtu`, brings it up, and returns one
+/// handle per queue. The kernel spreads flows over the attached queues by
+/// flow hash, so one flow stays on one queue. With `offload`, the device
+/// carries a virtio-net header (`IFF_VNET_HDR`) and TSO/checksum offloads
+/// (`TUNSETOFFLOAD`): reads may return 64 KiB TCP super-packets, and writes
+/// may be coalesced ones.
+///
+/// The device is persistent and always multi-queue, so it outlives weftd:
+/// across a restart pods' routes and addresses stay, and a new weftd attaches
+/// its queues beside the old one's before the old one leaves. Addresses and
+/// routes are the caller's (netlink). `weftd uninstall` deletes the device.
 ///
 /// # Errors
-/// [`SysError::Tun`] / [`SysError::TunBusy`] naming the device.
+/// [`SysError`] naming the device and the cause: the node's mode (EACCES),
+/// a missing node (ENOENT), no CAP_NET_ADMIN (EPERM), a device held by a
+/// program that does not share it (EBUSY), other settings (EINVAL).
 pub fn open_tun(
     name: &str,
-    addr: Ipv4Addr,
     mtu: u16,
     offload: bool,
     queues: usize,
 ) -> Result<Vec<tun_rs::SyncDevice>, SysError> {
-    // weftd's device is not persistent: if it exists, a weftd owns it. Asking
-    // first gives that answer whatever the open would say: a multi-queue open
-    // of a multi-queue device attaches as one more queue instead of failing,
-    // and a mismatched one fails with a bare EINVAL.
-    if nix::net::if_::if_nametoindex(name).is_ok() {
-        return Err(SysError::TunBusy { name: name.into() });
-    }
-    let dev = tun_rs::DeviceBuilder::new()
-        .name(name)
-        .offload(offload)
-        .multi_queue(queues > 1)
-        .ipv4(addr, 32u8, None)
-        .mtu(mtu)
-        .packet_information(false)
-        .enable(false)
-        .build_sync()
-        .map_err(|source| {
-            if source.raw_os_error() == Some(libc::EBUSY) {
-                SysError::TunBusy { name: name.into() }
-            } else {
-                SysError::Tun {
-                    name: name.into(),
-                    source,
-                }
-            }
-        })?;
+    let existed = nix::net::if_::if_nametoindex(name).is_ok();
+    let tun_err = |source: io::Error| match source.raw_os_error() {
+        Some(libc::EACCES) => SysError::TunAccess { name: name.into() },
+        Some(libc::ENOENT) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
+            SysError::TunMissing { name: name.into() }
+        }
+        Some(libc::EPERM) => SysError::TunPermission { name: name.into() },
+        Some(libc::EBUSY) => SysError::TunBusy { name: name.into() },
+        Some(libc::EINVAL) if existed => SysError::TunMismatch {
+            name: name.into(),
+            fix: "delete it (weftd uninstall, or ip link del) and start again",
+        },
+        _ => SysError::Tun {
+            name: name.into(),
+            source,
+        },
+    };
+    let open = || {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .offload(offload)
+            .multi_queue(true)
+            .packet_information(false)
+            .enable(false)
+            .build_sync()
+            .map_err(tun_err)
+    };
+    let dev = open()?;
+    dev.persist().map_err(tun_err)?;
     // The overlay carries IPv4 only: keep the kernel's IPv6 chatter (router
     // solicitations, MLD) off the device before it comes up.
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-    let terr = |source| SysError::Tun {
-        name: name.into(),
-        source,
-    };
-    dev.enabled(true).map_err(terr)?;
-    dev.set_nonblocking(true).map_err(terr)?;
+    dev.set_mtu(mtu).map_err(tun_err)?;
+    dev.enabled(true).map_err(tun_err)?;
+    dev.set_nonblocking(true).map_err(tun_err)?;
     let mut all = Vec::with_capacity(queues);
     for _ in 1..queues {
-        let q = dev.try_clone().map_err(terr)?;
-        q.set_nonblocking(true).map_err(terr)?;
+        let q = dev.try_clone().map_err(tun_err)?;
+        q.set_nonblocking(true).map_err(tun_err)?;
         all.push(q);
     }
     all.insert(0, dev);
     Ok(all)
 }
 
-/// Binds the VXLAN UDP socket at `addr`, non-blocking, with large buffers.
-/// With `reuseport`, several sockets (one per queue) share the port and the
-/// kernel spreads incoming datagrams over them by their addresses and ports.
+/// Binds the VXLAN UDP socket at `addr`, non-blocking, with large buffers
+/// ([`buffer_sizes`] says what the kernel granted). With `reuseport`, several sockets (one per queue, and those of a new
+/// weftd taking over) share the port and the kernel spreads incoming
+/// datagrams over them by their addresses and ports.
 ///
 /// # Errors
 /// [`SysError::Bind`] naming the address.
@@ -130,14 +160,30 @@ pub fn bind_udp(addr: SocketAddrV4, reuseport: bool) -> Result<UdpSocket, SysErr
     Ok(s.into())
 }
 
-/// Waits until `a` or `b` is readable or `timeout` passes.
+/// The receive and send buffer sizes the kernel gave `sock` (it reports
+/// twice what counts against the limit, as `socket(7)` says).
+pub fn buffer_sizes(sock: &UdpSocket) -> (usize, usize) {
+    let r = socket2::SockRef::from(sock);
+    (
+        r.recv_buffer_size().unwrap_or(0),
+        r.send_buffer_size().unwrap_or(0),
+    )
+}
+
+/// Waits until `a`, `b` or `wake` is readable or `timeout` passes.
 ///
 /// # Errors
 /// Whatever `poll(2)` reports, except EINTR (reported as a timeout).
-pub fn wait_readable_any(a: &impl AsFd, b: &impl AsFd, timeout: Duration) -> io::Result<bool> {
+pub fn wait_readable_any(
+    a: &impl AsFd,
+    b: &impl AsFd,
+    wake: &impl AsFd,
+    timeout: Duration,
+) -> io::Result<bool> {
     let mut fds = [
         PollFd::new(a.as_fd(), PollFlags::POLLIN),
         PollFd::new(b.as_fd(), PollFlags::POLLIN),
+        PollFd::new(wake.as_fd(), PollFlags::POLLIN),
     ];
     let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
     match poll(&mut fds, t) {

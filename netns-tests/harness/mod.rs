@@ -320,6 +320,43 @@ impl Cluster {
         );
     }
 
+    /// Starts a second weftd on node `i` while the first still runs (a
+    /// rollout with maxSurge), waits until the first has exited (the new
+    /// one asks it to), and keeps the new one as the node's weftd. Returns
+    /// how long the old one took to go after the new one was spawned.
+    pub fn start_beside(&mut self, i: usize) -> Duration {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nodes[i].dir.join("weftd.log"))
+            .unwrap();
+        let t = Instant::now();
+        let child = self
+            .command(i)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weftd");
+        let node = &mut self.nodes[i];
+        let mut old = node.child.replace(child).expect("a weftd runs");
+        let gone = wait_until(20, || old.try_wait().ok().flatten().is_some());
+        assert!(
+            gone,
+            "the old weftd on {} did not exit:\n{}",
+            node.ns,
+            node.log()
+        );
+        let took = t.elapsed();
+        assert!(
+            node.running(),
+            "the new weftd on {} exited:\n{}",
+            node.ns,
+            node.log()
+        );
+        took
+    }
+
     /// Waits until every running node's table holds `want` peers.
     pub fn wait_peers(&mut self, want: usize) {
         for n in &mut self.nodes {

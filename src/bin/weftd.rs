@@ -53,6 +53,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Blocking tasks still sleeping (a store poll) must not delay the exit:
+    // a restart's gap is as long as the old process takes to go.
+    rt.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -38,7 +39,7 @@ struct Features {
 
 /// Receive buffers per batch; with UDP GRO each may hold up to 64 KiB of segments.
 const RX_BUFFERS: usize = 32;
-/// How often an idle loop looks at the stop flag.
+/// How long an idle loop sleeps in `poll` at most (a stop wakes it sooner).
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// At most this many ICMP unreachables per second per node.
 const ICMP_PER_SEC: u32 = 100;
@@ -57,6 +58,8 @@ pub struct Queue {
 /// The running packet loops; dropping it does not stop them, [`Dataplane::stop`] does.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
+    /// Written once on stop: wakes every worker sleeping in `poll`.
+    wake: UnixDatagram,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -72,6 +75,8 @@ impl Dataplane {
         counters: Arc<Counters>,
     ) -> io::Result<Dataplane> {
         let stop = Arc::new(AtomicBool::new(false));
+        let (wake, woken) = UnixDatagram::pair()?;
+        let woken = Arc::new(woken);
         let mut threads = Vec::with_capacity(queues.len());
         for (i, q) in queues.into_iter().enumerate() {
             let offload = q.tun.tcp_gso();
@@ -86,18 +91,26 @@ impl Dataplane {
             }
             let features = Features { offload, gso };
             let (stop, table, counters) = (stop.clone(), table.clone(), counters.clone());
+            let woken = woken.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("weft-dp{i}"))
-                    .spawn(move || run(&q, core, &table, &counters, &stop, features))?,
+                    .spawn(move || run(&q, core, &table, &counters, &stop, &woken, features))?,
             );
         }
-        Ok(Dataplane { stop, threads })
+        Ok(Dataplane {
+            stop,
+            wake,
+            threads,
+        })
     }
 
-    /// Stops the workers and waits for them (at most about [`IDLE_WAKE`]).
+    /// Stops the workers and waits for them: at most one batch each, since
+    /// the wake-up reaches those asleep in `poll` at once.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Never read: it stays readable, so every worker's poll returns.
+        let _ = self.wake.send(&[1]);
         for t in self.threads {
             let _ = t.join();
         }
@@ -112,6 +125,7 @@ fn run(
     table: &SharedTable,
     counters: &Counters,
     stop: &AtomicBool,
+    wake: &UnixDatagram,
     features: Features,
 ) {
     let send: &[UdpSocket] = if q.send.is_empty() {
@@ -130,7 +144,7 @@ fn run(
         if t || r {
             continue;
         }
-        if let Err(e) = sys::wait_readable_any(&q.tun, &q.rx, IDLE_WAKE) {
+        if let Err(e) = sys::wait_readable_any(&q.tun, &q.rx, wake, IDLE_WAKE) {
             idle_log.log(&e);
             std::thread::sleep(IDLE_WAKE);
         }
