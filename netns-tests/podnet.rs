@@ -300,7 +300,12 @@ fn pod_network(backend: &str, conf: &'static str) {
             weft_rules(&n.ns, backend).1
         );
         eprintln!("{}: rules restored {:?} after the flush", n.ns, t.elapsed());
-        assert!(n.log().contains("were out of step"), "{}", n.log());
+        // The line is written just after the rules.
+        assert!(
+            wait_until(2, || n.log().contains("were out of step")),
+            "{}",
+            n.log()
+        );
     }
     egress(&c, 7004);
 
