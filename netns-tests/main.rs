@@ -15,3 +15,4 @@ mod kube;
 mod kube_support;
 mod lifecycle;
 mod podnet;
+mod rootless;

@@ -795,6 +795,14 @@ fn ensure_forwarding() {
             Ok(()) => {
                 tracing::info!("enabled IPv4 forwarding ({P} = 1): pods on this node need it")
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
+                tracing::warn!(
+                    "IPv4 forwarding is off, and {P} is read-only here ({e}; a rootless or unprivileged container): \
+                     pods will not reach other nodes until it is on. Set it where the namespace is made: \
+                     docker/podman run --sysctl net.ipv4.ip_forward=1, a pod's securityContext.sysctls, \
+                     or sysctl -w net.ipv4.ip_forward=1 in the namespace"
+                )
+            }
             Err(e) => tracing::warn!(
                 "IPv4 forwarding is off and cannot be enabled ({P}: {e}); pods will not reach other nodes until it is on"
             ),

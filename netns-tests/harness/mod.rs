@@ -21,6 +21,12 @@ use weft::types::{Vni, VtepMac};
 
 pub const METRICS_PORT: u16 = 9100;
 
+/// The weftd binary the tests run: `WEFT_TEST_WEFTD` (the rootless tier
+/// runs a copy an unprivileged user may execute), else cargo's.
+pub fn weftd_bin() -> String {
+    std::env::var("WEFT_TEST_WEFTD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weftd").to_string())
+}
+
 /// Drop reasons that never occur in a healthy overlay.
 pub const WRONG_DROPS: [&str; 9] = [
     "wrong_vni",
@@ -256,7 +262,7 @@ impl Cluster {
     pub fn command(&self, i: usize) -> Command {
         let n = &self.nodes[i];
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &n.ns, env!("CARGO_BIN_EXE_weftd")]);
+        c.args(["netns", "exec", &n.ns, &weftd_bin()]);
         match &self.etcd {
             Some(ep) => c.args(["--etcd-endpoints", ep]),
             None => c.arg("--state-dir").arg(&self.store_dir),

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Once, on stderr where the log goes too.
             eprintln!("weftd: {e:#}");
             ExitCode::FAILURE
         }
