@@ -2,8 +2,7 @@
 //! a lease, bring up TUN and the packet loops, write subnet.env, then keep the
 //! forwarding table in step with the store and the lease renewed until told to stop.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use crate::dataplane::core::Core;
 use crate::dataplane::counters::Counters;
-use crate::dataplane::table::{self, SharedTable, Table};
+use crate::dataplane::table::{self, SharedTable};
 use crate::dataplane::worker::{Dataplane, Queue};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
@@ -23,10 +22,11 @@ use crate::lease::{Lease, LeaseAttrs};
 use crate::metrics::{self, Status};
 use crate::netfilter::{self, Netfilter, NetfilterError};
 use crate::netlink::{self, NetlinkError};
-use crate::store::etcd::{EtcdSettings, EtcdStore, Renewed, renew_or_reacquire};
+use crate::node::{Reconciler, Renewal, Step};
+use crate::store::etcd::{EtcdSettings, EtcdStore};
 use crate::store::kube::{KubeSettings, KubeStore};
 use crate::store::local::LocalStore;
-use crate::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent, renew_interval};
+use crate::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
 use crate::subnet_env::{SubnetEnv, SubnetEnvError};
 use crate::sys::{self, SysError};
 use crate::types::VtepMac;
@@ -580,16 +580,13 @@ impl Running {
             watcher,
             own_gone,
         } = self;
-        let every = renew_interval(opts.lease_ttl, opts.renew_margin);
-        // After a failed renewal, try again soon (but not in a tight loop).
-        let retry =
-            (opts.lease_ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let renewal = Renewal::new(opts.lease_ttl, opts.renew_margin);
         let outcome = {
             tokio::pin!(shutdown);
             let mut watcher = watcher;
             // A deadline, not a sleep re-armed each turn: other branches
             // (the rules' resync, say) must not push the renewal back.
-            let mut renew_at = tokio::time::Instant::now() + every;
+            let mut renew_at = tokio::time::Instant::now() + renewal.every;
             let mut resync = tokio::time::interval(opts.netfilter.resync);
             resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             resync.reset();
@@ -613,23 +610,30 @@ impl Running {
                     }
                     _ = tokio::time::sleep_until(renew_at) => {
                         let now = tokio::time::Instant::now();
-                        match renew_or_reacquire(store.as_ref(), &lease, &req).await {
-                            Ok(Renewed::Extended(l)) => {
+                        let mut step = renewal.renewed(&lease, &req, store.renew(&lease, req.ttl).await);
+                        if let Step::Reacquire { request, why } = step {
+                            tracing::warn!("{why}; acquiring again");
+                            step = renewal.reacquired(&lease, store.acquire(&request).await);
+                            if let Step::Keep { lease: l, .. } = &step {
+                                tracing::info!("lease for {} acquired again", l.subnet);
+                            }
+                        }
+                        match step {
+                            Step::Keep { lease: l, next } => {
                                 tracing::debug!("lease renewed: {} until {:?}", l.subnet, l.expiration);
                                 lease = l;
-                                renew_at = now + every;
+                                renew_at = now + next;
                             }
-                            Ok(Renewed::Reacquired(l)) if l.subnet == lease.subnet => {
-                                lease = l;
-                                renew_at = now + every;
+                            Step::Retry { next, why } => {
+                                tracing::warn!("renewing the lease for {} failed, retrying in {next:?}: {why}", lease.subnet);
+                                renew_at = now + next;
                             }
-                            Ok(Renewed::Reacquired(l)) => {
-                                break Err(DaemonError::SubnetChanged { old: lease.subnet, new: l.subnet });
-                            }
-                            Err(e @ StoreError::LeaseLost { .. }) => break Err(e.into()),
-                            Err(e) => {
-                                tracing::warn!("renewing the lease for {} failed, retrying in {retry:?}: {e}", lease.subnet);
-                                renew_at = now + retry;
+                            Step::SubnetChanged { old, new } => break Err(DaemonError::SubnetChanged { old, new }),
+                            Step::Lost(e) => break Err(e.into()),
+                            Step::Reacquire { why, .. } => {
+                                // Deleted again at once: try again soon.
+                                tracing::warn!("{why}; acquiring again in {:?}", renewal.retry);
+                                renew_at = now + renewal.retry;
                             }
                         }
                     }
@@ -810,7 +814,9 @@ fn ensure_forwarding() {
     }
 }
 
-/// Applies store events to the forwarding table; signals `ready` after the first snapshot.
+/// Feeds store events to the [`Reconciler`] and carries out what it returns:
+/// publishes the table, logs peer changes and ignored leases, raises
+/// `own_gone`, and signals `ready` after the first view.
 async fn watch_leases(
     mut events: mpsc::Receiver<WatchEvent>,
     table: SharedTable,
@@ -819,80 +825,20 @@ async fn watch_leases(
     ready: mpsc::Sender<()>,
     own_gone: Arc<tokio::sync::Notify>,
 ) {
-    let mut leases: BTreeMap<Ipv4Net, Lease> = BTreeMap::new();
-    let mut warned: HashSet<(Ipv4Net, String)> = HashSet::new();
-    let mut first = true;
+    let mut rec = Reconciler::new(own, &config);
     while let Some(ev) = events.recv().await {
-        let before: BTreeMap<Ipv4Net, Ipv4Addr> = table
-            .load()
-            .peers()
-            .map(|p| (p.subnet, p.public_ip))
-            .collect();
-        let had_own = leases.contains_key(&own);
-        match ev {
-            WatchEvent::Snapshot(all) => {
-                leases = all.into_iter().map(|l| (l.subnet, l)).collect();
-            }
-            WatchEvent::Upsert(l) => {
-                leases.insert(l.subnet, l);
-            }
-            WatchEvent::Remove(s) => {
-                leases.remove(&s);
-            }
+        let u = rec.apply(ev);
+        for (s, why) in &u.ignored {
+            tracing::warn!("ignoring the lease for {s}: {why}");
         }
-        if (had_own || first) && !leases.contains_key(&own) {
+        for c in &u.changes {
+            tracing::info!("{c}");
+        }
+        table.store(Arc::new(u.table));
+        if u.own_lost {
             own_gone.notify_one();
         }
-        let (mut t, skipped) = Table::build(
-            leases.values(),
-            Some(own),
-            config.backend.vni,
-            config.backend.port,
-        );
-        for s in skipped {
-            if warned.insert((s.subnet, s.why.clone())) {
-                tracing::warn!("ignoring the lease for {}: {}", s.subnet, s.why);
-            }
-        }
-        // Leases outside the Network cannot be routed through TUN: leave them out.
-        let outside: Vec<Ipv4Net> = t
-            .peers()
-            .filter(|p| !config.network.contains(&p.subnet))
-            .map(|p| p.subnet)
-            .collect();
-        if !outside.is_empty() {
-            let mut kept = Table::default();
-            for p in t.peers().filter(|p| config.network.contains(&p.subnet)) {
-                kept.insert(*p);
-            }
-            for s in outside {
-                if warned.insert((s, "outside".into())) {
-                    tracing::warn!(
-                        "ignoring the lease for {s}: it is outside the Network {}",
-                        config.network
-                    );
-                }
-            }
-            t = kept;
-        }
-        t.index_dense(config.network);
-        let after: BTreeMap<Ipv4Net, Ipv4Addr> =
-            t.peers().map(|p| (p.subnet, p.public_ip)).collect();
-        for (s, ip) in &after {
-            match before.get(s) {
-                None => tracing::info!("peer added: {s} via {ip}"),
-                Some(old) if old != ip => tracing::info!("peer changed: {s} via {ip} (was {old})"),
-                _ => {}
-            }
-        }
-        for (s, ip) in &before {
-            if !after.contains_key(s) {
-                tracing::info!("peer removed: {s} (was via {ip})");
-            }
-        }
-        table.store(Arc::new(t));
-        if first {
-            first = false;
+        if u.first {
             let _ = ready.send(()).await;
         }
     }

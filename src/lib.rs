@@ -8,6 +8,7 @@
 //! - [`config`], [`lease`], [`store`], [`subnet_env`], [`iface`]: flannel's
 //!   formats and the lease stores;
 //! - [`netfilter`]: the masquerade and forward rules (nftables or iptables);
+//! - [`node`]: the control plane's core (no I/O): the store's view and the renewal policy;
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
 //! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes).
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod netfilter;
 pub mod netlink;
 pub mod netns;
+pub mod node;
 pub mod store;
 pub mod subnet_env;
 pub mod sys;

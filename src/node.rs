@@ -1,0 +1,469 @@
+//! The control plane's core, with no I/O: the node's view of the lease store
+//! and its renewal policy, for every store.
+//!
+//! [`Reconciler`] takes the node's own subnet and the store's watch events,
+//! and returns the forwarding table to publish, the peer changes
+//! to log, the leases it ignores (once each, with why) and whether the node's
+//! own lease left the store. [`Renewal`] says when to renew, and what a
+//! renewal's outcome means: extended, acquire again (the key was deleted),
+//! retry soon (the store did not answer), or stop (the subnet is gone).
+//! `daemon.rs` only feeds them and carries out what they return; their tests
+//! run in memory.
+//!
+//! # Recovery
+//! A [`WatchEvent::Snapshot`] (a re-list after an etcd compaction, a 410 from
+//! the API server, a store restored from an older backup) replaces everything
+//! the reconciler held, so no stale route survives it. Expiry is the store's:
+//! etcd deletes an expired key, the embedded store's poll reports it, a kube
+//! node's podCIDR never expires; each arrives as a removal. (The leases the
+//! stores report carry the expiration they were listed with, which a renewal
+//! does not always update, so the reconciler does not judge them by the
+//! clock.) A lease outside the Network, or of another VNI, is never routed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::config::NetConfig;
+use crate::dataplane::table::Table;
+use crate::lease::Lease;
+use crate::store::{AcquireRequest, StoreError, WatchEvent, renew_interval};
+
+/// A change in the peers the node routes to, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    Added {
+        subnet: Ipv4Net,
+        via: Ipv4Addr,
+    },
+    Changed {
+        subnet: Ipv4Net,
+        via: Ipv4Addr,
+        was: Ipv4Addr,
+    },
+    Removed {
+        subnet: Ipv4Net,
+        was: Ipv4Addr,
+    },
+}
+
+impl fmt::Display for PeerChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerChange::Added { subnet, via } => write!(f, "peer added: {subnet} via {via}"),
+            PeerChange::Changed { subnet, via, was } => {
+                write!(f, "peer changed: {subnet} via {via} (was {was})")
+            }
+            PeerChange::Removed { subnet, was } => {
+                write!(f, "peer removed: {subnet} (was via {was})")
+            }
+        }
+    }
+}
+
+/// What one watch event changes.
+#[derive(Debug)]
+pub struct Update {
+    /// The forwarding table to publish (it replaces the old one whole).
+    pub table: Table,
+    pub changes: Vec<PeerChange>,
+    /// Leases left out for the first time, with why.
+    pub ignored: Vec<(Ipv4Net, String)>,
+    /// The node's own lease was in the store (or this is the first view) and
+    /// is not now: acquire it again at once instead of at the next renewal.
+    pub own_lost: bool,
+    /// The first view of the store: the node is ready once it is published.
+    pub first: bool,
+}
+
+/// The node's view of the store.
+#[derive(Debug)]
+pub struct Reconciler {
+    own: Ipv4Net,
+    network: Ipv4Net,
+    vni: crate::types::Vni,
+    port: u16,
+    leases: BTreeMap<Ipv4Net, Lease>,
+    published: BTreeMap<Ipv4Net, Ipv4Addr>,
+    warned: HashSet<(Ipv4Net, String)>,
+    had_own: bool,
+    first: bool,
+}
+
+impl Reconciler {
+    pub fn new(own: Ipv4Net, config: &NetConfig) -> Reconciler {
+        Reconciler {
+            own,
+            network: config.network,
+            vni: config.backend.vni,
+            port: config.backend.port,
+            leases: BTreeMap::new(),
+            published: BTreeMap::new(),
+            warned: HashSet::new(),
+            had_own: false,
+            first: true,
+        }
+    }
+
+    /// Applies one store event.
+    pub fn apply(&mut self, ev: WatchEvent) -> Update {
+        match ev {
+            WatchEvent::Snapshot(all) => {
+                self.leases = all.into_iter().map(|l| (l.subnet, l)).collect();
+            }
+            WatchEvent::Upsert(l) => {
+                self.leases.insert(l.subnet, l);
+            }
+            WatchEvent::Remove(s) => {
+                self.leases.remove(&s);
+            }
+        }
+        let has_own = self.leases.contains_key(&self.own);
+        let own_lost = (self.had_own || self.first) && !has_own;
+        self.had_own = has_own;
+
+        let mut ignored = vec![];
+        let mut ignore = |warned: &mut HashSet<_>, s: Ipv4Net, why: String| {
+            if warned.insert((s, why.clone())) {
+                ignored.push((s, why));
+            }
+        };
+        let network = self.network;
+        let inside: Vec<&Lease> = self
+            .leases
+            .values()
+            .filter(|l| {
+                let ok = network.contains(&l.subnet);
+                if !ok && l.subnet != self.own {
+                    ignore(
+                        &mut self.warned,
+                        l.subnet,
+                        format!("it is outside the Network {network}"),
+                    );
+                }
+                ok
+            })
+            .collect();
+        let (mut table, skipped) = Table::build(inside, Some(self.own), self.vni, self.port);
+        for s in skipped {
+            ignore(&mut self.warned, s.subnet, s.why);
+        }
+        table.index_dense(self.network);
+
+        let after: BTreeMap<Ipv4Net, Ipv4Addr> =
+            table.peers().map(|p| (p.subnet, p.public_ip)).collect();
+        let mut changes = vec![];
+        for (s, ip) in &after {
+            match self.published.get(s) {
+                None => changes.push(PeerChange::Added {
+                    subnet: *s,
+                    via: *ip,
+                }),
+                Some(was) if was != ip => changes.push(PeerChange::Changed {
+                    subnet: *s,
+                    via: *ip,
+                    was: *was,
+                }),
+                _ => {}
+            }
+        }
+        for (s, was) in &self.published {
+            if !after.contains_key(s) {
+                changes.push(PeerChange::Removed {
+                    subnet: *s,
+                    was: *was,
+                });
+            }
+        }
+        self.published = after;
+        let first = std::mem::replace(&mut self.first, false);
+        Update {
+            table,
+            changes,
+            ignored,
+            own_lost,
+            first,
+        }
+    }
+}
+
+/// When to renew the node's lease, and what a renewal's outcome means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// Between renewals ([`renew_interval`]: flannel's margin, or a third of the TTL).
+    pub every: Duration,
+    /// After a renewal that failed: soon, but not in a tight loop.
+    pub retry: Duration,
+}
+
+/// What to do after a renewal.
+#[derive(Debug)]
+pub enum Step {
+    /// Keep `lease`; renew again in `next`.
+    Keep { lease: Lease, next: Duration },
+    /// The lease key was deleted (`why`): acquire with `request` (same subnet first).
+    Reacquire {
+        request: AcquireRequest,
+        why: StoreError,
+    },
+    /// The store did not answer: keep the lease, try again in `next`.
+    Retry { next: Duration, why: StoreError },
+    /// The node's subnet changed: exit so that pods get new addresses.
+    SubnetChanged { old: Ipv4Net, new: Ipv4Net },
+    /// Another node holds the subnet now.
+    Lost(StoreError),
+}
+
+impl Renewal {
+    pub fn new(ttl: Duration, margin: Duration) -> Renewal {
+        Renewal {
+            every: renew_interval(ttl, margin),
+            retry: (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30)),
+        }
+    }
+
+    /// The outcome of renewing `held` (as `req` acquired it).
+    pub fn renewed(
+        &self,
+        held: &Lease,
+        req: &AcquireRequest,
+        outcome: Result<Lease, StoreError>,
+    ) -> Step {
+        match outcome {
+            Ok(lease) => Step::Keep {
+                lease,
+                next: self.every,
+            },
+            Err(why @ StoreError::LeaseDeleted { .. }) => Step::Reacquire {
+                request: AcquireRequest {
+                    previous: Some(held.subnet),
+                    ..req.clone()
+                },
+                why,
+            },
+            Err(e @ StoreError::LeaseLost { .. }) => Step::Lost(e),
+            Err(why) => Step::Retry {
+                next: self.retry,
+                why,
+            },
+        }
+    }
+
+    /// The outcome of acquiring again after the key was deleted.
+    pub fn reacquired(&self, held: &Lease, outcome: Result<Lease, StoreError>) -> Step {
+        match outcome {
+            Ok(lease) if lease.subnet == held.subnet => Step::Keep {
+                lease,
+                next: self.every,
+            },
+            Ok(lease) => Step::SubnetChanged {
+                old: held.subnet,
+                new: lease.subnet,
+            },
+            Err(e @ StoreError::LeaseLost { .. }) => Step::Lost(e),
+            Err(why) => Step::Retry {
+                next: self.retry,
+                why,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+    use crate::types::{Vni, VtepMac};
+    use std::time::SystemTime;
+
+    fn config() -> NetConfig {
+        NetConfig::parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn lease(subnet: &str, ip: [u8; 4], expiration: Option<SystemTime>) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
+            expiration,
+        }
+    }
+
+    fn own() -> Lease {
+        lease("10.244.1.0/24", [192, 0, 2, 1], None)
+    }
+
+    fn peers(u: &Update) -> Vec<String> {
+        u.table.peers().map(|p| p.subnet.to_string()).collect()
+    }
+
+    #[test]
+    fn snapshot_then_changes_are_reported_and_published() {
+        let mut r = Reconciler::new(own().subnet, &config());
+        let b = lease("10.244.2.0/24", [192, 0, 2, 2], None);
+        let u = r.apply(WatchEvent::Snapshot(vec![own(), b.clone()]));
+        assert!(u.first && !u.own_lost);
+        assert_eq!(peers(&u), ["10.244.2.0/24"], "own lease is not a peer");
+        assert_eq!(
+            u.changes,
+            [PeerChange::Added {
+                subnet: b.subnet,
+                via: [192, 0, 2, 2].into()
+            }]
+        );
+        assert!(u.table.lookup([10, 244, 2, 9].into()).is_some());
+        // The peer moves to another address.
+        let moved = lease("10.244.2.0/24", [192, 0, 2, 9], None);
+        let u = r.apply(WatchEvent::Upsert(moved));
+        assert!(!u.first);
+        assert_eq!(
+            u.changes[0].to_string(),
+            "peer changed: 10.244.2.0/24 via 192.0.2.9 (was 192.0.2.2)"
+        );
+        let u = r.apply(WatchEvent::Remove(b.subnet));
+        assert_eq!(
+            u.changes[0].to_string(),
+            "peer removed: 10.244.2.0/24 (was via 192.0.2.9)"
+        );
+        assert!(peers(&u).is_empty());
+    }
+
+    #[test]
+    fn own_lease_deleted_or_missing_at_first_is_lost() {
+        let mut r = Reconciler::new(own().subnet, &config());
+        let u = r.apply(WatchEvent::Snapshot(vec![]));
+        assert!(u.own_lost, "not in the first view");
+        let u = r.apply(WatchEvent::Upsert(own()));
+        assert!(!u.own_lost);
+        let u = r.apply(WatchEvent::Remove(own().subnet));
+        assert!(u.own_lost, "deleted under the node");
+        let u = r.apply(WatchEvent::Remove(own().subnet));
+        assert!(!u.own_lost, "said once, until it is back");
+        // Expired (the store reports it gone in a re-list) counts as lost too.
+        let mut r = Reconciler::new(own().subnet, &config());
+        assert!(!r.apply(WatchEvent::Snapshot(vec![own()])).own_lost);
+        assert!(r.apply(WatchEvent::Snapshot(vec![])).own_lost);
+    }
+
+    #[test]
+    fn a_store_restored_to_an_older_state_replaces_the_table() {
+        let mut r = Reconciler::new(own().subnet, &config());
+        let (b, c, d) = (
+            lease("10.244.2.0/24", [192, 0, 2, 2], None),
+            lease("10.244.3.0/24", [192, 0, 2, 3], None),
+            lease("10.244.4.0/24", [192, 0, 2, 4], None),
+        );
+        r.apply(WatchEvent::Snapshot(vec![own(), b.clone(), c.clone()]));
+        r.apply(WatchEvent::Upsert(d));
+        // The backup knew b only: c and d go, in one re-list.
+        let u = r.apply(WatchEvent::Snapshot(vec![own(), b]));
+        assert_eq!(peers(&u), ["10.244.2.0/24"]);
+        let removed: Vec<String> = u.changes.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            removed,
+            [
+                "peer removed: 10.244.3.0/24 (was via 192.0.2.3)",
+                "peer removed: 10.244.4.0/24 (was via 192.0.2.4)"
+            ]
+        );
+        assert!(!u.own_lost);
+    }
+
+    #[test]
+    fn leases_outside_the_network_or_of_another_vni_are_ignored_once() {
+        let mut r = Reconciler::new(own().subnet, &config());
+        let outside = lease("10.99.0.0/24", [192, 0, 2, 7], None);
+        let mut other_vni = lease("10.244.8.0/24", [192, 0, 2, 8], None);
+        other_vni.attrs = LeaseAttrs::vxlan(
+            [192, 0, 2, 8].into(),
+            Vni::new(7).unwrap(),
+            VtepMac::derive(&[192, 0, 2, 8]),
+        );
+        let u = r.apply(WatchEvent::Snapshot(vec![
+            own(),
+            outside.clone(),
+            other_vni,
+        ]));
+        assert!(peers(&u).is_empty());
+        let why: Vec<String> = u.ignored.iter().map(|(s, w)| format!("{s}: {w}")).collect();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why.iter()
+                .any(|w| w.contains("10.99.0.0/24: it is outside the Network 10.244.0.0/16"))
+        );
+        assert!(
+            why.iter()
+                .any(|w| w.contains("10.244.8.0/24") && w.contains("VNI 7"))
+        );
+        let u = r.apply(WatchEvent::Upsert(outside));
+        assert!(u.ignored.is_empty(), "warned once");
+    }
+
+    fn req() -> AcquireRequest {
+        AcquireRequest {
+            config: config(),
+            attrs: own().attrs,
+            previous: None,
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    #[test]
+    fn renew_timing_and_outcomes() {
+        let day = Renewal::new(Duration::from_secs(24 * 3600), Duration::from_secs(3600));
+        assert_eq!(
+            day.every,
+            Duration::from_secs(23 * 3600),
+            "flannel's margin"
+        );
+        assert_eq!(day.retry, Duration::from_secs(30));
+        let short = Renewal::new(Duration::from_secs(3), Duration::from_secs(3600));
+        assert_eq!(
+            short.every,
+            Duration::from_secs(1),
+            "a third of a short TTL"
+        );
+        assert_eq!(short.retry, Duration::from_millis(300));
+        let tiny = Renewal::new(Duration::from_millis(500), Duration::from_secs(60));
+        assert_eq!(tiny.retry, Duration::from_millis(200), "never a tight loop");
+
+        let held = own();
+        assert!(matches!(
+            day.renewed(&held, &req(), Ok(held.clone())),
+            Step::Keep { next, .. } if next == day.every
+        ));
+        let deleted = StoreError::LeaseDeleted {
+            store: "s".into(),
+            key: "k".into(),
+        };
+        match day.renewed(&held, &req(), Err(deleted)) {
+            Step::Reacquire { request, .. } => {
+                assert_eq!(request.previous, Some(held.subnet), "same subnet first")
+            }
+            s => panic!("{s:?}"),
+        }
+        let down = StoreError::EtcdUnreachable {
+            endpoints: "e".into(),
+            detail: "d".into(),
+        };
+        assert!(matches!(
+            day.renewed(&held, &req(), Err(down)),
+            Step::Retry { next, .. } if next == day.retry
+        ));
+        let other = lease("10.244.9.0/24", [192, 0, 2, 1], None);
+        assert!(matches!(
+            day.reacquired(&held, Ok(other)),
+            Step::SubnetChanged { new, .. } if new.to_string() == "10.244.9.0/24"
+        ));
+        assert!(matches!(
+            day.reacquired(&held, Ok(held.clone())),
+            Step::Keep { .. }
+        ));
+    }
+}
