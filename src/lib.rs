@@ -19,6 +19,7 @@ pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod gather;
 pub mod handover;
 pub mod iface;
 pub mod lab;

@@ -12,8 +12,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::dataplane::Gather;
-use crate::dataplane::offload::Datagram;
+use crate::gather::{Datagram, Gather};
 
 /// How many packets one syscall moves at most.
 pub const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
@@ -206,7 +205,7 @@ const MAX_MSGS: usize = BATCH;
 const MAX_IOVS: usize = 4096;
 /// Iovecs one TUN write gathers at most: a header, then the payloads of the
 /// most segments the coalescer joins.
-pub const MAX_WRITE_PARTS: usize = 1 + crate::dataplane::offload::MAX_COALESCE;
+pub const MAX_WRITE_PARTS: usize = 1 + crate::gather::MAX_COALESCE;
 
 /// Asks the kernel to coalesce received datagrams of one flow (`UDP_GRO`);
 /// [`Mmsg::recv`] then reports each buffer's segment size. False when the
@@ -255,8 +254,6 @@ fn setsockopt_int_fd(fd: i32, level: i32, name: i32, v: i32) -> io::Result<()> {
 /// What one [`Mmsg::send`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendReport {
-    /// Datagrams handed to the kernel.
-    pub sent: usize,
     /// Datagrams the kernel refused.
     pub failed: usize,
     /// A GSO send was refused (EIO/EINVAL): the caller should stop using GSO.
@@ -528,9 +525,7 @@ impl Mmsg {
                 errors.push(e);
                 at += 1; // skip the message that failed
             } else {
-                let r = r as usize;
-                report.sent += self.counts[at..at + r].iter().sum::<usize>();
-                at += r;
+                at += r as usize;
             }
         }
     }

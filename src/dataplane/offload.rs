@@ -23,8 +23,7 @@ use crate::wire::{checksum_finish, checksum_fold, checksum_sum, ipv4, virtio};
 
 /// Bytes of per-batch header arena.
 pub const ARENA_LEN: usize = 256 * 1024;
-/// Most segments one coalesced TUN write carries (one iovec each).
-pub const MAX_COALESCE: usize = 62;
+pub use crate::gather::MAX_COALESCE;
 /// Largest IPv4 packet: a coalesced write stays within it.
 const IP_MAX: usize = 65_535;
 
@@ -77,13 +76,7 @@ impl Arena {
     }
 }
 
-/// One VXLAN datagram to send: `parts[parts]` gathered, `len` bytes in all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Datagram {
-    pub to: SocketAddrV4,
-    pub parts: Range<usize>,
-    pub len: usize,
-}
+pub use crate::gather::Datagram;
 
 /// Why [`segment`] produced nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,9 +285,8 @@ pub struct Coalescer {
     parts: Vec<Part>,
     writes: Vec<TunWrite>,
     open: Option<Group>,
-    /// Arena ranges of the two fixed headers singles use.
+    /// Arena range of the fixed, all-zero virtio-net header singles use.
     plain: Range<usize>,
-    valid: Range<usize>,
 }
 
 impl Default for Coalescer {
@@ -317,7 +309,6 @@ impl Coalescer {
             writes: Vec::with_capacity(MAX_PARTS),
             open: None,
             plain: 0..0,
-            valid: 0..0,
         };
         c.clear();
         c
@@ -329,15 +320,9 @@ impl Coalescer {
         self.parts.clear();
         self.writes.clear();
         self.open = None;
-        // Two fixed virtio-net headers: "as is" and "checksum verified".
+        // One fixed virtio-net header: "as is" (the kernel checks the packet).
         self.plain = self.arena.alloc(virtio::HEADER_LEN).unwrap_or(0..0);
-        self.valid = self.arena.alloc(virtio::HEADER_LEN).unwrap_or(0..0);
         virtio::Header::default().emit(self.arena.get_mut(self.plain.clone()));
-        virtio::Header {
-            flags: virtio::FLAG_DATA_VALID,
-            ..Default::default()
-        }
-        .emit(self.arena.get_mut(self.valid.clone()));
     }
 
     /// Whether another packet fits; when not, close, write and clear first.
@@ -350,7 +335,7 @@ impl Coalescer {
     pub fn push(&mut self, pkt: &[u8], buf: usize, range: Range<usize>) {
         let Some(seg) = tcp_segment(pkt) else {
             self.close();
-            self.single(buf, range, false);
+            self.single(buf, range);
             return;
         };
         let joins = self
@@ -360,7 +345,7 @@ impl Coalescer {
         if !joins {
             self.close();
             if !self.start(&seg, pkt, buf, range.clone()) {
-                self.single(buf, range, false);
+                self.single(buf, range);
                 return;
             }
         } else if let Some(g) = self.open.as_mut() {
@@ -433,14 +418,9 @@ impl Coalescer {
         true
     }
 
-    fn single(&mut self, buf: usize, range: Range<usize>, verified: bool) {
+    fn single(&mut self, buf: usize, range: Range<usize>) {
         let first = self.parts.len();
-        let hdr = if verified {
-            self.valid.clone()
-        } else {
-            self.plain.clone()
-        };
-        self.parts.push(Part::Arena(hdr));
+        self.parts.push(Part::Arena(self.plain.clone()));
         self.parts.push(Part::Buf(buf, range));
         self.writes.push(TunWrite {
             parts: first..first + 2,

@@ -1,10 +1,8 @@
 //! Packet slots: a buffer allocated once at full size, with a logical length.
 //!
-//! The worker loops hand slots to the kernel (recvmmsg) and to tun-rs's
-//! offload code (GSO split on read, GRO coalescing on write). Setting the
-//! length is free, because the backing buffer never shrinks and is always
-//! initialized. Growing past it allocates; that only happens if a coalesced
-//! packet outgrows [`super::SLOT`], which the 64 KiB limit of GRO prevents.
+//! The worker loops hand slots to the kernel (TUN reads, `recvmmsg`) and
+//! read back as much as it filled. Setting the length is free, because the
+//! backing buffer never shrinks and is always initialized.
 
 /// One packet buffer.
 #[derive(Debug, Clone)]
@@ -48,42 +46,17 @@ impl AsMut<[u8]> for Slot {
     }
 }
 
-impl tun_rs::ExpandBuffer for Slot {
-    fn buf_capacity(&self) -> usize {
-        self.buf.len()
-    }
-
-    fn buf_resize(&mut self, new_len: usize, value: u8) {
-        let old = self.len;
-        self.set_len(new_len);
-        if new_len > old {
-            self.buf[old..new_len].fill(value);
-        }
-    }
-
-    fn buf_extend_from_slice(&mut self, src: &[u8]) {
-        let start = self.len;
-        self.set_len(start + src.len());
-        self.buf[start..start + src.len()].copy_from_slice(src);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tun_rs::ExpandBuffer;
 
     #[test]
     fn logical_length_over_a_fixed_buffer() {
         let mut s = Slot::new(16);
         s.set_len(4);
         s.as_mut().copy_from_slice(b"abcd");
-        s.buf_extend_from_slice(b"ef");
-        assert_eq!(s.as_ref(), b"abcdef");
-        s.buf_resize(8, b'x');
-        assert_eq!(s.as_ref(), b"abcdefxx");
-        assert_eq!(s.buf_capacity(), 16);
-        s.buf_extend_from_slice(&[b'y'; 12]);
+        assert_eq!(s.as_ref(), b"abcd");
+        s.set_len(20);
         assert_eq!(
             s.as_ref().len(),
             20,
