@@ -6,10 +6,10 @@
 //! [`WatchEvent::Snapshot`] may come again at any time (after a re-list) and then
 //! replaces the whole table, so stale peers cannot survive.
 
+pub(crate) mod dial;
 pub mod etcd;
 pub mod kube;
 pub mod local;
-pub(crate) mod tls;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

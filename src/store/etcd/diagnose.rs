@@ -2,19 +2,17 @@
 //! handshake with the configured files that names the certificate at fault;
 //! and what to do about etcd's authentication refusals.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
-use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::EtcdSettings;
 use crate::store::StoreError;
-use crate::store::tls::{Recorder, describe_cert};
+use crate::store::dial::{self, CertProblem, Handshake, HandshakeError, describe_cert};
 
 /// Turns a failed first request into an error that says which endpoint and
 /// which certificate: a TCP connect to each endpoint, then a TLS handshake
@@ -56,21 +54,6 @@ pub(super) fn with_hint(s: &EtcdSettings, detail: String) -> String {
     }
 }
 
-/// An error and its sources, joined: tonic's transport errors hide the cause.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// Checks one endpoint: TCP, then (https) a TLS handshake with the configured
 /// files. `Ok` when nothing is wrong at these levels.
 fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), StoreError> {
@@ -97,33 +80,22 @@ fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), Stor
             Err(e) => return Err(unreachable(format!("cannot resolve {hostport}: {e}"))),
         },
     };
-    let mut tcp = None;
-    let mut failures = vec![];
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, t) {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => failures.push(format!("TCP connect to {a}: {e}")),
-        }
-    }
-    let Some(tcp) = tcp else {
-        if failures.is_empty() {
-            failures.push(format!("{hostport} resolves to no address"));
-        }
-        return Err(unreachable(failures.join("; ")));
-    };
+    let (tcp, _) = dial::connect_first(hostport, &addrs, t).map_err(unreachable)?;
     if !https {
         return Ok(());
     }
-    let _ = tcp.set_read_timeout(Some(t));
-    let _ = tcp.set_write_timeout(Some(t));
-    handshake(ep, host, tcp, s)
+    handshake(ep, host, tcp, t, s)
 }
 
-/// A TLS handshake that records what the server presented, to name it in errors.
-fn handshake(ep: &str, host: &str, mut tcp: TcpStream, s: &EtcdSettings) -> Result<(), StoreError> {
+/// A TLS handshake with the configured files that records what the server
+/// presented, to name it in errors.
+fn handshake(
+    ep: &str,
+    host: &str,
+    tcp: TcpStream,
+    t: Duration,
+    s: &EtcdSettings,
+) -> Result<(), StoreError> {
     let ca_name = s
         .cafile
         .as_ref()
@@ -134,11 +106,10 @@ fn handshake(ep: &str, host: &str, mut tcp: TcpStream, s: &EtcdSettings) -> Resu
         ca_file: ca_name.clone(),
         problem,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     if let Some(ca) = &s.cafile {
-        let certs: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(ca) {
-            Ok(it) => it.filter_map(Result::ok).collect(),
+        let certs = match dial::pem_certs(ca) {
+            Ok(certs) => certs,
             Err(e) => return Err(tls_err(format!("cannot read the CA file: {e}"))),
         };
         if certs.is_empty() {
@@ -152,80 +123,37 @@ fn handshake(ep: &str, host: &str, mut tcp: TcpStream, s: &EtcdSettings) -> Resu
             }
         }
     }
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| tls_err(format!("cannot use the CA file: {e}")))?;
-    let rec = Arc::new(Recorder::new(inner));
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(rec.clone());
-    let config = match (&s.certfile, &s.keyfile) {
+    let verifier =
+        dial::verifier(roots).map_err(|e| tls_err(format!("cannot use the CA file: {e}")))?;
+    let identity = match (&s.certfile, &s.keyfile) {
         (Some(c), Some(k)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
-                .map_err(|e| tls_err(format!("cannot read --etcd-certfile {}: {e}", c.display())))?
-                .filter_map(Result::ok)
-                .collect();
+            let chain = dial::pem_certs(c).map_err(|e| {
+                tls_err(format!("cannot read --etcd-certfile {}: {e}", c.display()))
+            })?;
             let key = PrivateKeyDer::from_pem_file(k)
                 .map_err(|e| tls_err(format!("cannot read --etcd-keyfile {}: {e}", k.display())))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| tls_err(format!("client certificate/key unusable: {e}")))?
+            Some((chain, key))
         }
-        _ => builder.with_no_client_auth(),
+        _ => None,
     };
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|e| tls_err(format!("{host:?} is not a valid TLS server name: {e}")))?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| tls_err(e.to_string()))?;
-    let mut result = Ok(());
-    while conn.is_handshaking() {
-        if let Err(e) = conn.complete_io(&mut tcp) {
-            result = Err(e);
-            break;
-        }
-    }
-    // TLS 1.3 reports a rejected client certificate only after the handshake.
-    if result.is_ok() {
-        let _ = conn.writer().write_all(b"");
-        let _ = conn.complete_io(&mut tcp);
-        let mut buf = [0u8; 1];
-        if let Err(e) = conn.reader().read(&mut buf) {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                let _ = conn.complete_io(&mut tcp);
-            }
-        }
-        if let Err(e) = conn.complete_io(&mut tcp) {
-            if e.kind() != std::io::ErrorKind::WouldBlock
-                && e.kind() != std::io::ErrorKind::TimedOut
-            {
-                result = Err(e);
-            }
-        }
-    }
-    let seen = rec.seen.lock().ok().and_then(|g| g.clone());
-    match (seen, result) {
+    let Handshake { presented, result } = dial::handshake(tcp, t, host, verifier, identity, true)
+        .map_err(|e| match e {
+        HandshakeError::Versions(e) | HandshakeError::Connection(e) => tls_err(e.to_string()),
+        HandshakeError::ClientCert(e) => tls_err(format!("client certificate/key unusable: {e}")),
+        HandshakeError::Name(e) => tls_err(format!("{host:?} is not a valid TLS server name: {e}")),
+    })?;
+    match (presented, result) {
         (Some((der, Some(err))), _) => {
             let (subject, names, issuer) = describe_cert(&der);
-            let why = match &err {
-                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
-                | rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature) => {
-                    format!(
-                        "the server certificate (issuer {issuer}) is not signed by the CA in the CA file; give the CA that signed etcd's --cert-file"
-                    )
-                }
-                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
-                | rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForNameContext { .. },
-                ) => format!(
+            let why = match dial::cert_problem(&err) {
+                CertProblem::Untrusted => format!(
+                    "the server certificate (issuer {issuer}) is not signed by the CA in the CA file; give the CA that signed etcd's --cert-file"
+                ),
+                CertProblem::WrongName => format!(
                     "the server certificate is not valid for {host:?}: connect with one of its names, or reissue it with {host} in its SANs"
                 ),
-                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
-                | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
-                    ..
-                }) => "the server certificate has expired; renew it".to_string(),
-                other => other.to_string(),
+                CertProblem::Expired => "the server certificate has expired; renew it".to_string(),
+                CertProblem::Other => err.to_string(),
             };
             Err(tls_err(format!(
                 "{why} (expected name {host}; presented subject {subject}, names [{}])",

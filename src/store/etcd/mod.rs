@@ -44,9 +44,10 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
+use super::dial::error_chain;
 use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet};
 use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
-use diagnose::{diagnose, error_chain, with_hint};
+use diagnose::{diagnose, with_hint};
 use options::{render_put_config, tls_options};
 
 /// How many creation races `acquire` may lose before it gives up.

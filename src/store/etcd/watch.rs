@@ -9,9 +9,9 @@ use etcd_client::{EventType, WatchOptions};
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
-use super::diagnose::error_chain;
 use super::{Entry, EtcdStore};
 use crate::lease::Lease;
+use crate::store::dial::error_chain;
 use crate::store::{StoreError, WatchEvent};
 
 /// How often the watcher checks that etcd answers and that its revision did not
