@@ -10,7 +10,8 @@
 //! - [`netfilter`]: the masquerade and forward rules (nftables or iptables);
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
-//! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes).
+//! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes);
+//! - `fsutil`: atomic file writes and lock files, for the stores and the plugin.
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub(crate) mod fsutil;
 pub mod iface;
 pub mod lab;
 pub mod lease;

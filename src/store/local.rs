@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -87,12 +86,9 @@ impl LocalStore {
     }
 
     /// Writes `contents` to `path` atomically.
-    fn write_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let op = format!("writing {}", path.display());
-        let mut f = File::create(&tmp).map_err(self.io(op.clone()))?;
-        f.write_all(contents).map_err(self.io(op.clone()))?;
-        std::fs::rename(&tmp, path).map_err(self.io(op))
+    fn write_file(&self, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+        crate::fsutil::write_atomic(path, contents)
+            .map_err(self.io(format!("writing {}", path.display())))
     }
 
     /// Every lease file, valid or not: `(key, Ok(lease) | Err(why))`.
@@ -137,7 +133,7 @@ impl LocalStore {
             .to_string(),
         };
         let body = serde_json::to_vec(&rec).expect("a lease record always serializes");
-        self.write_atomic(&self.subnets_dir().join(subnet_key(&lease.subnet)), &body)
+        self.write_file(&self.subnets_dir().join(subnet_key(&lease.subnet)), &body)
     }
 
     /// Writes `text` as the network config unless one is stored already (create-if-absent).
@@ -150,7 +146,7 @@ impl LocalStore {
         if p.exists() {
             return Ok(false);
         }
-        self.write_atomic(&p, text.as_bytes())?;
+        self.write_file(&p, text.as_bytes())?;
         Ok(true)
     }
 
