@@ -1,11 +1,14 @@
 //! File-system helpers shared by the lease stores, subnet.env and weft-cni:
-//! atomic file replacement ([`write_atomic`]). They return plain I/O errors;
-//! callers name the file and the fix in their own error types.
+//! atomic file replacement ([`write_atomic`]) and exclusive lock files
+//! ([`lock_exclusive`]). They return plain I/O errors; callers name the file
+//! and the fix in their own error types.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 /// The temporary sibling that [`write_atomic`] writes before renaming it over
 /// `path`: `.<name>.tmp.<pid>` in the same directory. Its name holds `.tmp.`,
@@ -54,6 +57,40 @@ fn write_atomic_inner(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Resul
     res
 }
 
+/// What [`lock_exclusive`] failed at.
+#[derive(Debug)]
+pub enum LockError {
+    /// Opening (or creating) the lock file.
+    Open(io::Error),
+    /// Taking the lock.
+    Lock(io::Error),
+}
+
+impl LockError {
+    /// The I/O error, whichever step failed.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            LockError::Open(e) | LockError::Lock(e) => e,
+        }
+    }
+}
+
+/// Opens the lock file `path` (created if absent, never truncated) and takes
+/// an exclusive `flock` on it, waiting while another process holds it. The
+/// lock is held until the returned value is dropped. The directory must exist.
+///
+/// # Errors
+/// [`LockError`] with the I/O error of the step that failed.
+pub fn lock_exclusive(path: &Path) -> Result<Flock<File>, LockError> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(LockError::Open)?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| LockError::Lock(e.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +111,18 @@ mod tests {
         // A missing directory: the error, and nothing left behind.
         let e = write_atomic(&d.path().join("no/such/file"), b"x").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn lock_file_is_created_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(".lock");
+        std::fs::write(&p, b"keep").unwrap();
+        let l = lock_exclusive(&p).unwrap();
+        drop(l);
+        assert_eq!(std::fs::read(&p).unwrap(), b"keep");
+        let e = lock_exclusive(&d.path().join("no/such/lock")).unwrap_err();
+        assert!(matches!(e, LockError::Open(_)));
+        assert_eq!(e.into_io().kind(), io::ErrorKind::NotFound);
     }
 }

@@ -17,11 +17,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet};
+use crate::fsutil::{LockError, lock_exclusive};
 use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
 
 /// The on-disk form of one lease.
@@ -75,14 +76,10 @@ impl LocalStore {
         std::fs::create_dir_all(self.subnets_dir())
             .map_err(self.io(format!("creating {}", self.subnets_dir().display())))?;
         let p = self.dir.join(".lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(self.io(format!("opening {}", p.display())))?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| self.io(format!("locking {}", p.display()))(e.into()))
+        lock_exclusive(&p).map_err(|e| match e {
+            LockError::Open(e) => self.io(format!("opening {}", p.display()))(e),
+            LockError::Lock(e) => self.io(format!("locking {}", p.display()))(e),
+        })
     }
 
     /// Writes `contents` to `path` atomically.
