@@ -166,6 +166,14 @@ fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs)
 }
 
+/// `--kube-api-url` parsed.
+fn api_url(url: &str) -> Result<http::Uri, StoreError> {
+    url.parse().map_err(|e| StoreError::KubeConfig {
+        from: format!("--kube-api-url {url}"),
+        problem: format!("not a URL: {e}"),
+    })
+}
+
 /// The client config: kubeconfig file, else in-cluster, else `--kube-api-url`
 /// alone; `--kube-api-url` overrides the server address in every case.
 async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError> {
@@ -220,11 +228,7 @@ async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError>
             },
         )
     } else if let Some(url) = &s.api_url {
-        let u: http::Uri = url.parse().map_err(|e| StoreError::KubeConfig {
-            from: format!("--kube-api-url {url}"),
-            problem: format!("not a URL: {e}"),
-        })?;
-        (Config::new(u), Source::ApiUrl)
+        (Config::new(api_url(url)?), Source::ApiUrl)
     } else {
         return Err(StoreError::KubeConfig {
             from: "no --kubeconfig-file, no --kube-api-url, no KUBERNETES_SERVICE_HOST".into(),
@@ -232,10 +236,7 @@ async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError>
         });
     };
     if let Some(url) = &s.api_url {
-        config.cluster_url = url.parse().map_err(|e| StoreError::KubeConfig {
-            from: format!("--kube-api-url {url}"),
-            problem: format!("not a URL: {e}"),
-        })?;
+        config.cluster_url = api_url(url)?;
     }
     config.connect_timeout = Some(s.connect_timeout);
     Ok((config, source))

@@ -339,6 +339,15 @@ impl EtcdStore {
         }
     }
 
+    /// `attrs` as flannel's lease JSON, the value of `key`.
+    fn encode(&self, key: &str, attrs: &LeaseAttrs) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(attrs).map_err(|e| StoreError::EtcdRequest {
+            store: self.describe(),
+            op: format!("encoding the lease {key}"),
+            detail: e.to_string(),
+        })
+    }
+
     /// Creates `subnet`'s key if absent; `Ok(false)` when someone else has it.
     async fn create(
         &self,
@@ -347,11 +356,7 @@ impl EtcdStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.lease_key(&subnet);
-        let value = serde_json::to_vec(attrs).map_err(|e| StoreError::EtcdRequest {
-            store: self.describe(),
-            op: format!("encoding the lease {key}"),
-            detail: e.to_string(),
-        })?;
+        let value = self.encode(&key, attrs)?;
         let id = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -388,11 +393,7 @@ impl EtcdStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.lease_key(&subnet);
-        let value = serde_json::to_vec(attrs).map_err(|e| StoreError::EtcdRequest {
-            store: self.describe(),
-            op: format!("encoding the lease {key}"),
-            detail: e.to_string(),
-        })?;
+        let value = self.encode(&key, attrs)?;
         let id = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::mod_revision(
@@ -472,6 +473,12 @@ impl LeaseStore for EtcdStore {
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
         let mut lost: Vec<Ipv4Net> = vec![];
+        // Whoever holds a subnet behind a malformed value or a lost race.
+        let nobody = || LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            backend_type: String::new(),
+            backend_data: serde_json::Value::Null,
+        };
         for _ in 0..MAX_ACQUIRE_ATTEMPTS {
             let (entries, _) = self.list().await?;
             // Every key takes its subnet, valid or not: a malformed value still
@@ -479,11 +486,7 @@ impl LeaseStore for EtcdStore {
             let mut taken: Vec<Lease> = vec![];
             for e in &entries {
                 let Some(subnet) = e.subnet else { continue };
-                let attrs = e.attrs.clone().unwrap_or_else(|| LeaseAttrs {
-                    public_ip: Ipv4Addr::UNSPECIFIED,
-                    backend_type: String::new(),
-                    backend_data: serde_json::Value::Null,
-                });
+                let attrs = e.attrs.clone().unwrap_or_else(nobody);
                 taken.push(Lease {
                     subnet,
                     attrs,
@@ -494,11 +497,7 @@ impl LeaseStore for EtcdStore {
                 if !taken.iter().any(|l| l.subnet == *s) {
                     taken.push(Lease {
                         subnet: *s,
-                        attrs: LeaseAttrs {
-                            public_ip: Ipv4Addr::UNSPECIFIED,
-                            backend_type: String::new(),
-                            backend_data: serde_json::Value::Null,
-                        },
+                        attrs: nobody(),
                         expiration: None,
                     });
                 }
