@@ -3,7 +3,7 @@
 //! `weftd lab` and by the netns tests; everything is removed on drop.
 //!
 //! Also the one way weft runs code inside a network namespace,
-//! [`on_thread_in_netns`] (a thread of its own that enters it), used by
+//! `on_thread_in_netns` (a thread of its own that enters it), used by
 //! [`in_netns`] and by weft-cni's netlink client.
 
 use std::fs::File;

@@ -1,5 +1,6 @@
 //! The lease store seam (flannel's subnet manager): one trait, with the embedded
-//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it.
+//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it;
+//! `dial.rs` holds what the etcd and kube stores share to reach their servers.
 //!
 //! A store hands out leases (acquire, renew, release) and reports everyone's
 //! leases as a stream of [`WatchEvent`]s that starts with a full snapshot. A

@@ -1,6 +1,7 @@
-//! The watcher behind [`EtcdStore::watch`]: a snapshot from a listing, then
-//! etcd's watch from the next revision, re-listing after a compaction, a lost
-//! connection, a revision that went back, and periodically.
+//! The watcher behind [`EtcdStore`]'s
+//! [`LeaseStore::watch`](crate::store::LeaseStore::watch): a snapshot from a
+//! listing, then etcd's watch from the next revision, re-listing after a
+//! compaction, a lost connection, a revision that went back, and periodically.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -40,7 +41,7 @@ pub(super) async fn start(store: &EtcdStore) -> Result<mpsc::Receiver<WatchEvent
     Ok(rx)
 }
 
-/// The task behind [`EtcdStore::watch`].
+/// The task behind [`EtcdStore`]'s [`LeaseStore::watch`](crate::store::LeaseStore::watch).
 struct Watcher {
     store: EtcdStore,
     tx: mpsc::Sender<WatchEvent>,
