@@ -11,7 +11,8 @@
 //! - [`node`]: the control plane's core (no I/O): the store's view and the renewal policy;
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
-//! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes).
+//! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes);
+//! - `fsutil`: atomic file writes and lock files, for the stores and the plugin.
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub(crate) mod fsutil;
 pub mod gather;
 pub mod handover;
 pub mod iface;

@@ -1,11 +1,16 @@
 //! Test hosts in network namespaces: an underlay bridge in a namespace of its
 //! own (never the host's) and nodes joined to it by veth pairs. Used by
 //! `weftd lab` and by the netns tests; everything is removed on drop.
+//!
+//! Also the one way weft runs code inside a network namespace,
+//! `on_thread_in_netns` (a thread of its own that enters it), used by
+//! [`in_netns`] and by weft-cni's netlink client.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 
+use nix::errno::Errno;
 use nix::sched::CloneFlags;
 
 /// The underlay subnet (TEST-NET-1, documentation space); the bridge is `.254`.
@@ -66,14 +71,27 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, Ne
         ns: ns.to_string(),
         detail,
     };
+    let fd = File::open(format!("/run/netns/{ns}")).map_err(|e| enter(e.to_string()))?;
+    on_thread_in_netns(&fd, f)
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        .map_err(|e| enter(e.to_string()))
+}
+
+/// Runs `f` on a new thread that first enters the network namespace `ns` (an
+/// open nsfs file such as `/run/netns/NAME` or `/proc/PID/ns/net`): sockets `f`
+/// opens live there, and the calling thread never changes namespace.
+/// `Ok(Err(errno))` when `setns` fails (`f` does not run then); `Err` holds the
+/// panic of `f`, for the caller to resume or report.
+pub(crate) fn on_thread_in_netns<T: Send>(
+    ns: &File,
+    f: impl FnOnce() -> T + Send,
+) -> std::thread::Result<Result<T, Errno>> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let fd = File::open(format!("/run/netns/{ns}")).map_err(|e| enter(e.to_string()))?;
-            nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| enter(e.to_string()))?;
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)?;
             Ok(f())
         })
         .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
 

@@ -1,6 +1,5 @@
 //! flannel's `subnet.env`: the node's lease as CNI plugins and runtimes read it.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -64,11 +63,7 @@ impl SubnetEnv {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(werr)?;
         }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(self.render().as_bytes()).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&tmp, path).map_err(werr)
+        crate::fsutil::write_atomic(path, self.render().as_bytes()).map_err(werr)
     }
 
     /// Parses subnet.env text (as written by flannel or weft).

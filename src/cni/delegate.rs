@@ -188,17 +188,7 @@ fn save(path: &Path, bytes: &[u8]) -> Result<(), CniError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| state_err(dir, e))?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        state_err(path, e)
-    })
+    crate::fsutil::write_atomic(path, bytes).map_err(|e| state_err(path, e))
 }
 
 fn forget(path: &Path) {

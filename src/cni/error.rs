@@ -1,9 +1,6 @@
-//! The CNI error object: the spec's codes, weft's own (100+), and how an error
-//! is written to stdout.
-
-use serde_json::json;
-
-use super::version::Version;
+//! The CNI error: the spec's codes and weft's own (100+). It depends on no
+//! other CNI module; its JSON form, which carries a `cniVersion`, is written by
+//! `result.rs` ([`CniError::to_json`]).
 
 /// The error codes the CNI spec reserves (0-99), and weft's own (100+).
 pub mod code {
@@ -60,33 +57,5 @@ impl CniError {
     pub fn with_details(mut self, details: impl Into<String>) -> CniError {
         self.details = details.into();
         self
-    }
-
-    /// The error object the spec describes, in `version`'s format.
-    pub fn to_json(&self, version: Version) -> String {
-        let mut v = json!({
-            "cniVersion": version.as_str(),
-            "code": self.code,
-            "msg": self.msg,
-        });
-        if !self.details.is_empty() {
-            v["details"] = json!(self.details);
-        }
-        serde_json::to_string_pretty(&v).unwrap_or_else(|_| String::from("{}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_json_has_spec_fields() {
-        let e = CniError::new(code::INVALID_ENV, "CNI_NETNS is not set").with_details("ADD");
-        let v: serde_json::Value = serde_json::from_str(&e.to_json(Version::V1_0_0)).unwrap();
-        assert_eq!(v["cniVersion"], "1.0.0");
-        assert_eq!(v["code"], 4);
-        assert_eq!(v["msg"], "CNI_NETNS is not set");
-        assert_eq!(v["details"], "ADD");
     }
 }

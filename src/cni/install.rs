@@ -4,8 +4,7 @@
 //! the rename replaces it, so pods being set up keep the old one.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -66,29 +65,15 @@ pub struct InstallArgs {
     pub source: Option<PathBuf>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+/// Writes `bytes` to `path` atomically with permissions `mode`, creating the directory.
+fn install_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     let werr = |source| InstallError::Write {
         path: path.to_owned(),
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(werr)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let res = (|| -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    res.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        werr(e)
-    })
+    crate::fsutil::write_atomic_mode(path, bytes, mode).map_err(werr)
 }
 
 /// Checks that `text` is a conflist naming a network and listing plugins.
@@ -152,14 +137,16 @@ pub fn install(args: &InstallArgs) -> Result<(PathBuf, PathBuf), InstallError> {
         source,
     })?;
     let bin_path = args.bin_dir.join(&args.plugin_name);
-    write_atomic(&bin_path, &bin, 0o755)?;
+    install_file(&bin_path, &bin, 0o755)?;
     let conf_path = args.conf_dir.join(&args.conf_name);
-    write_atomic(&conf_path, conf_text.as_bytes(), 0o644)?;
+    install_file(&conf_path, conf_text.as_bytes(), 0o644)?;
     Ok((bin_path, conf_path))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

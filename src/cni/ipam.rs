@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -62,15 +62,9 @@ impl Ipam {
     fn lock(&self) -> Result<Flock<File>, IpamError> {
         fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let p = self.dir.join(LOCK);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(self.io(&p))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| IpamError::Io {
+        crate::fsutil::lock_exclusive(&p).map_err(|e| IpamError::Io {
             path: p,
-            source: e.into(),
+            source: e.into_io(),
         })
     }
 

@@ -74,10 +74,34 @@ fn serve(
             format!("cannot read the network configuration from stdin: {e}"),
         )
     })?;
-    if command == Command::Version {
-        return Ok(version_info(&buf));
-    }
-    let map = conf::parse_json(&buf)?;
+    let serve_call: fn(&Call, Version) -> Result<String, CniError> = match command {
+        Command::Version => return Ok(version_info(&buf)),
+        Command::Add => add,
+        Command::Del => del,
+        Command::Check => check,
+        Command::Status => status,
+        Command::Gc => gc,
+    };
+    let call = prepare(get, command, &buf, version)?;
+    serve_call(&call, *version)
+}
+
+/// A call other than VERSION, its configuration read and checked.
+struct Call {
+    map: serde_json::Map<String, serde_json::Value>,
+    conf: NetConf,
+    env: CniEnv,
+}
+
+/// Reads and checks the configuration of a call other than VERSION, and sets
+/// `version` to its `cniVersion` (the version errors are written in).
+fn prepare(
+    get: &dyn Fn(&str) -> Option<String>,
+    command: Command,
+    buf: &[u8],
+    version: &mut Version,
+) -> Result<Call, CniError> {
+    let map = conf::parse_json(buf)?;
     *version = conf::version_of(&map)?;
     let min = match command {
         Command::Check => Version::V0_4_0,
@@ -104,62 +128,67 @@ fn serve(
         ));
     }
     let env = CniEnv::from_env(get, command)?;
-    match command {
-        Command::Version => unreachable_version(),
-        Command::Add => {
-            let senv = read_subnet_env(&conf, code::TRY_AGAIN_LATER)?;
-            let result = match resolve_mode(&conf, &env) {
-                Mode::Delegate => delegate::add(&conf, &env, &senv)?,
-                _ => builtin::add(&conf, &env, &senv)?,
-            };
-            serde_json::to_string_pretty(&result.to_json(*version))
-                .map_err(|e| CniError::new(code::DECODE, e.to_string()))
-        }
-        Command::Del => {
-            if delegate::has_saved(&conf.data_dir, &env) {
-                delegate::del(&conf, &env)?;
-            } else {
-                builtin::del(&conf, &env)?;
-            }
-            Ok(String::new())
-        }
-        Command::Check => {
-            if delegate::has_saved(&conf.data_dir, &env) {
-                delegate::check(&conf, &env)?;
-            } else {
-                let senv = read_subnet_env(&conf, code::TRY_AGAIN_LATER).ok();
-                builtin::check(&conf, &env, senv.as_ref())?;
-            }
-            Ok(String::new())
-        }
-        Command::Status => {
-            read_subnet_env(&conf, code::NOT_AVAILABLE)?;
-            if conf.mode == Mode::Delegate {
-                let t = conf.delegate_type();
-                if delegate::find_plugin(&env.path, &t).is_none() {
-                    return Err(CniError::new(
-                        code::NOT_AVAILABLE,
-                        format!("mode is delegate but plugin {t:?} is not in CNI_PATH"),
-                    ));
-                }
-            }
-            Ok(String::new())
-        }
-        Command::Gc => {
-            let valid = conf::valid_attachments(&map)?;
-            let d = delegate::gc(&conf, &env, &valid);
-            builtin::gc(&conf, &valid)?;
-            d?;
-            Ok(String::new())
-        }
-    }
+    Ok(Call { map, conf, env })
 }
 
-fn unreachable_version() -> Result<String, CniError> {
-    Err(CniError::new(
-        code::INVALID_ENV,
-        "VERSION is answered before the configuration is read",
-    ))
+/// ADD: delegate or built-in, as [`resolve_mode`] says; the result in `version`'s format.
+fn add(call: &Call, version: Version) -> Result<String, CniError> {
+    let (conf, env) = (&call.conf, &call.env);
+    let senv = read_subnet_env(conf, code::TRY_AGAIN_LATER)?;
+    let result = match resolve_mode(conf, env) {
+        Mode::Delegate => delegate::add(conf, env, &senv)?,
+        _ => builtin::add(conf, env, &senv)?,
+    };
+    serde_json::to_string_pretty(&result.to_json(version))
+        .map_err(|e| CniError::new(code::DECODE, e.to_string()))
+}
+
+/// DEL: whichever mode set the attachment up undoes it.
+fn del(call: &Call, _: Version) -> Result<String, CniError> {
+    let (conf, env) = (&call.conf, &call.env);
+    if delegate::has_saved(&conf.data_dir, env) {
+        delegate::del(conf, env)?;
+    } else {
+        builtin::del(conf, env)?;
+    }
+    Ok(String::new())
+}
+
+/// CHECK: whichever mode set the attachment up checks it.
+fn check(call: &Call, _: Version) -> Result<String, CniError> {
+    let (conf, env) = (&call.conf, &call.env);
+    if delegate::has_saved(&conf.data_dir, env) {
+        delegate::check(conf, env)?;
+    } else {
+        let senv = read_subnet_env(conf, code::TRY_AGAIN_LATER).ok();
+        builtin::check(conf, env, senv.as_ref())?;
+    }
+    Ok(String::new())
+}
+
+/// STATUS: ready when subnet.env is there (and, in delegate mode, the delegate plugin).
+fn status(call: &Call, _: Version) -> Result<String, CniError> {
+    let (conf, env) = (&call.conf, &call.env);
+    read_subnet_env(conf, code::NOT_AVAILABLE)?;
+    if conf.mode == Mode::Delegate {
+        let t = conf.delegate_type();
+        if delegate::find_plugin(&env.path, &t).is_none() {
+            return Err(CniError::new(
+                code::NOT_AVAILABLE,
+                format!("mode is delegate but plugin {t:?} is not in CNI_PATH"),
+            ));
+        }
+    }
+    Ok(String::new())
+}
+
+/// GC: both modes release the attachments the runtime no longer lists as valid.
+fn gc(call: &Call, _: Version) -> Result<String, CniError> {
+    let valid = conf::valid_attachments(&call.map)?;
+    let d = delegate::gc(&call.conf, &call.env, &valid);
+    builtin::gc(&call.conf, &valid)?;
+    d?;
+    Ok(String::new())
 }
 
 /// VERSION's answer: the versions weft-cni speaks, labelled with the

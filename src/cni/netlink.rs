@@ -29,6 +29,8 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use crate::netns::on_thread_in_netns;
+
 /// A link as weft-cni needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -93,15 +95,11 @@ impl Netlink {
     /// # Errors
     /// The open, `setns` or socket error; `NotFound` when the path is gone.
     pub fn in_netns(ns: &File) -> io::Result<Netlink> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(io::Error::from)?;
-                Netlink::new()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
-        })
+        match on_thread_in_netns(ns, Netlink::new) {
+            Ok(Ok(nl)) => nl,
+            Ok(Err(errno)) => Err(io::Error::from(errno)),
+            Err(_) => Err(io::Error::other("netns thread panicked")),
+        }
     }
 
     /// Opens a netns file, checking that it really is a network namespace.
@@ -112,17 +110,14 @@ impl Netlink {
     pub fn open_netns(path: &Path) -> io::Result<File> {
         let f = File::open(path)?;
         // A nsfs inode: entering it on a throw-away thread proves it is one.
-        std::thread::scope(|s| {
-            s.spawn(|| nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET))
-                .join()
-                .unwrap_or(Err(nix::errno::Errno::EINVAL))
-        })
-        .map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("not a network namespace ({e})"),
-            )
-        })?;
+        on_thread_in_netns(&f, || ())
+            .unwrap_or(Err(nix::errno::Errno::EINVAL))
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("not a network namespace ({e})"),
+                )
+            })?;
         Ok(f)
     }
 

@@ -1,6 +1,6 @@
-//! The ADD result: one model, read from any supported version's JSON (a
-//! delegate's answer, a CHECK's `prevResult`) and written in the version the
-//! runtime asked for.
+//! What the plugin answers, in the version the runtime asked for: the ADD
+//! result (one model, read from any supported version's JSON: a delegate's
+//! answer, a CHECK's `prevResult`) or the error object of a [`CniError`].
 
 use std::net::IpAddr;
 
@@ -48,6 +48,21 @@ fn bad(field: &str, what: impl std::fmt::Display) -> CniError {
         code::DECODE,
         format!("result field {field} is malformed: {what}"),
     )
+}
+
+impl CniError {
+    /// The error object the spec describes, in `version`'s format.
+    pub fn to_json(&self, version: Version) -> String {
+        let mut v = json!({
+            "cniVersion": version.as_str(),
+            "code": self.code,
+            "msg": self.msg,
+        });
+        if !self.details.is_empty() {
+            v["details"] = json!(self.details);
+        }
+        serde_json::to_string_pretty(&v).unwrap_or_else(|_| String::from("{}"))
+    }
 }
 
 impl CniResult {
@@ -238,6 +253,16 @@ mod tests {
             assert_eq!(back.ips, r.ips);
             assert_eq!(back.routes, r.routes);
         }
+    }
+
+    #[test]
+    fn error_json_has_spec_fields() {
+        let e = CniError::new(code::INVALID_ENV, "CNI_NETNS is not set").with_details("ADD");
+        let v: serde_json::Value = serde_json::from_str(&e.to_json(Version::V1_0_0)).unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["code"], 4);
+        assert_eq!(v["msg"], "CNI_NETNS is not set");
+        assert_eq!(v["details"], "ADD");
     }
 
     #[test]

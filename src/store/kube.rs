@@ -25,9 +25,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Client, Config};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::dial::{self, CertProblem, error_chain};
 use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
 use crate::lease::{Lease, LeaseAttrs, VxlanData};
 
@@ -152,17 +155,23 @@ impl std::fmt::Debug for KubeStore {
 
 /// Reads a PEM file into DER certificates.
 fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+    let certs: Vec<Vec<u8>> = dial::pem_certs(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .filter_map(Result::ok)
+        .into_iter()
         .map(|c| c.to_vec())
         .collect();
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
     Ok(certs)
+}
+
+/// `--kube-api-url` parsed.
+fn api_url(url: &str) -> Result<http::Uri, StoreError> {
+    url.parse().map_err(|e| StoreError::KubeConfig {
+        from: format!("--kube-api-url {url}"),
+        problem: format!("not a URL: {e}"),
+    })
 }
 
 /// The client config: kubeconfig file, else in-cluster, else `--kube-api-url`
@@ -219,11 +228,7 @@ async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError>
             },
         )
     } else if let Some(url) = &s.api_url {
-        let u: http::Uri = url.parse().map_err(|e| StoreError::KubeConfig {
-            from: format!("--kube-api-url {url}"),
-            problem: format!("not a URL: {e}"),
-        })?;
-        (Config::new(u), Source::ApiUrl)
+        (Config::new(api_url(url)?), Source::ApiUrl)
     } else {
         return Err(StoreError::KubeConfig {
             from: "no --kubeconfig-file, no --kube-api-url, no KUBERNETES_SERVICE_HOST".into(),
@@ -231,10 +236,7 @@ async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError>
         });
     };
     if let Some(url) = &s.api_url {
-        config.cluster_url = url.parse().map_err(|e| StoreError::KubeConfig {
-            from: format!("--kube-api-url {url}"),
-            problem: format!("not a URL: {e}"),
-        })?;
+        config.cluster_url = api_url(url)?;
     }
     config.connect_timeout = Some(s.connect_timeout);
     Ok((config, source))
@@ -487,21 +489,6 @@ impl Inner {
     }
 }
 
-/// The chain of sources of an error, joined, for messages.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 struct DiagnoseInput {
     api: String,
     source: Source,
@@ -552,22 +539,9 @@ fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
         Ok(a) => a.collect(),
         Err(e) => return unreachable(format!("cannot resolve {host}: {e}")),
     };
-    let mut failures = vec![];
-    let mut tcp = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, d.timeout) {
-            Ok(s) => {
-                tcp = Some((s, *a));
-                break;
-            }
-            Err(e) => failures.push(format!("TCP connect to {a}: {e}")),
-        }
-    }
-    let Some((tcp, addr)) = tcp else {
-        if failures.is_empty() {
-            failures.push(format!("{host} resolves to no address"));
-        }
-        return unreachable(failures.join("; "));
+    let (tcp, addr) = match dial::connect_first(&host, &addrs, d.timeout) {
+        Ok(c) => c,
+        Err(why) => return unreachable(why),
     };
     if https {
         if let Some(e) = tls_probe(d, &host, addr, tcp) {
@@ -586,54 +560,27 @@ fn tls_probe(
     d: &DiagnoseInput,
     host: &str,
     addr: SocketAddr,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
 ) -> Option<StoreError> {
-    use rustls::RootCertStore;
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::pki_types::{CertificateDer, ServerName};
-
-    let _ = tcp.set_read_timeout(Some(d.timeout));
-    let _ = tcp.set_write_timeout(Some(d.timeout));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for c in d.root_certs.iter().flatten() {
         let _ = roots.add(CertificateDer::from(c.clone()));
     }
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .ok()?;
-    let rec = Arc::new(crate::store::tls::Recorder::new(inner));
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .dangerous()
-        .with_custom_certificate_verifier(rec.clone())
-        .with_no_client_auth();
-    let name = ServerName::try_from(host.to_string()).ok()?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
-    while conn.is_handshaking() {
-        if conn.complete_io(&mut tcp).is_err() {
-            break;
-        }
-    }
-    let (der, err) = rec.seen.lock().ok()?.clone()?;
+    let verifier = dial::verifier(roots).ok()?;
+    let hs = dial::handshake(tcp, d.timeout, host, verifier, None, false).ok()?;
+    let (der, err) = hs.presented?;
     let err = err?;
-    let (subject, names, issuer) = crate::store::tls::describe_cert(&der);
+    let (subject, names, issuer) = dial::describe_cert(&der);
     let valid_for_host = names.iter().any(|n| n.eq_ignore_ascii_case(host));
-    let problem = match &err {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
-        | rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature) => format!(
+    let problem = match dial::cert_problem(&err) {
+        CertProblem::Untrusted => format!(
             "the server certificate (issuer {issuer}) is not signed by the CA weft trusts (the kubeconfig's certificate-authority-data, or the ServiceAccount's ca.crt)"
         ),
-        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
-        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
-            ..
-        }) => format!("x509: certificate is not valid for {host}"),
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
-        | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. }) => {
+        CertProblem::WrongName => format!("x509: certificate is not valid for {host}"),
+        CertProblem::Expired => {
             "the server certificate has expired (kubeadm certs renew all renews a kubeadm cluster's)".to_string()
         }
-        other => other.to_string(),
+        CertProblem::Other => err.to_string(),
     };
     let hint = if valid_for_host {
         String::new()

@@ -12,17 +12,17 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet};
+use crate::fsutil::{LockError, lock_exclusive};
 use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
 
 /// The on-disk form of one lease.
@@ -76,23 +76,16 @@ impl LocalStore {
         std::fs::create_dir_all(self.subnets_dir())
             .map_err(self.io(format!("creating {}", self.subnets_dir().display())))?;
         let p = self.dir.join(".lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(self.io(format!("opening {}", p.display())))?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| self.io(format!("locking {}", p.display()))(e.into()))
+        lock_exclusive(&p).map_err(|e| match e {
+            LockError::Open(e) => self.io(format!("opening {}", p.display()))(e),
+            LockError::Lock(e) => self.io(format!("locking {}", p.display()))(e),
+        })
     }
 
     /// Writes `contents` to `path` atomically.
-    fn write_atomic(&self, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let op = format!("writing {}", path.display());
-        let mut f = File::create(&tmp).map_err(self.io(op.clone()))?;
-        f.write_all(contents).map_err(self.io(op.clone()))?;
-        std::fs::rename(&tmp, path).map_err(self.io(op))
+    fn write_file(&self, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+        crate::fsutil::write_atomic(path, contents)
+            .map_err(self.io(format!("writing {}", path.display())))
     }
 
     /// Every lease file, valid or not: `(key, Ok(lease) | Err(why))`.
@@ -137,7 +130,7 @@ impl LocalStore {
             .to_string(),
         };
         let body = serde_json::to_vec(&rec).expect("a lease record always serializes");
-        self.write_atomic(&self.subnets_dir().join(subnet_key(&lease.subnet)), &body)
+        self.write_file(&self.subnets_dir().join(subnet_key(&lease.subnet)), &body)
     }
 
     /// Writes `text` as the network config unless one is stored already (create-if-absent).
@@ -150,7 +143,7 @@ impl LocalStore {
         if p.exists() {
             return Ok(false);
         }
-        self.write_atomic(&p, text.as_bytes())?;
+        self.write_file(&p, text.as_bytes())?;
         Ok(true)
     }
 

@@ -1,15 +1,16 @@
 //! The lease store seam (flannel's subnet manager): one trait, with the embedded
-//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it.
+//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it;
+//! `dial.rs` holds what the etcd and kube stores share to reach their servers.
 //!
 //! A store hands out leases (acquire, renew, release) and reports everyone's
 //! leases as a stream of [`WatchEvent`]s that starts with a full snapshot. A
 //! [`WatchEvent::Snapshot`] may come again at any time (after a re-list) and then
 //! replaces the whole table, so stale peers cannot survive.
 
+pub(crate) mod dial;
 pub mod etcd;
 pub mod kube;
 pub mod local;
-pub(crate) mod tls;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -1,0 +1,657 @@
+//! The etcd lease store: flannel's etcd v3 layout, so weft nodes and flannel
+//! nodes can share one network and operators keep their `etcdctl` commands.
+//!
+//! Layout under the prefix (default `/coreos.com/network`):
+//! - `<prefix>/config` — net-conf.json, written by the operator (never by weft);
+//! - `<prefix>/subnets/10.244.3.0-24` — one key per lease, flannel's value JSON
+//!   `{"PublicIP":"…","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}`,
+//!   attached to an etcd lease whose TTL is the lease's (flannel: 24 h).
+//!
+//! What this module promises:
+//! - a lease key is created only if absent (a transaction on `create_revision == 0`);
+//!   a lost race is retried with another subnet;
+//! - [`EtcdStore::renew`] grants a fresh etcd lease and moves the key onto it
+//!   (the key must still hold this node's value); a key deleted by an operator
+//!   makes it fail with [`StoreError::LeaseDeleted`], and the watch reports a
+//!   [`WatchEvent::Remove`] of the node's own subnet. The policy (documented in
+//!   the README's etcd section): the daemon says so and acquires again, asking for the same
+//!   subnet first, rather than exiting as flannel does;
+//! - the watch never ends because etcd is unreachable: it re-lists (and sends a
+//!   [`WatchEvent::Snapshot`]) after a reconnect, a compaction, a leader loss,
+//!   a revision that went backwards (etcd restored from a backup), and
+//!   periodically as a safety net, retrying with backoff while etcd is down;
+//! - malformed lease values and non-vxlan leases are skipped with a warning
+//!   naming the key; nothing read from etcd can make this module panic.
+//!
+//! Files: `options.rs` (flags, env vars, settings and what is derived from
+//! them), this one (the client, its reads and transactions, the [`LeaseStore`]
+//! impl), `watch.rs` (the watcher), `diagnose.rs` (why etcd cannot be reached).
+
+mod diagnose;
+mod options;
+mod watch;
+
+pub use options::{DEFAULT_ENDPOINT, DEFAULT_PREFIX, EtcdOptions, EtcdSettings};
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+};
+use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
+
+use super::dial::error_chain;
+use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet};
+use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+use diagnose::{diagnose, with_hint};
+use options::{render_put_config, tls_options};
+
+/// How many creation races `acquire` may lose before it gives up.
+const MAX_ACQUIRE_ATTEMPTS: usize = 16;
+
+/// A lease store in etcd, in flannel's layout. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    settings: Arc<EtcdSettings>,
+    /// Test hook: a pause between the initial listing and the watch creation.
+    watch_start_delay: Arc<Mutex<Duration>>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One key under `<prefix>/subnets/`, parsed as far as it goes.
+struct Entry {
+    key: String,
+    mod_revision: i64,
+    lease_id: i64,
+    /// The subnet of the key, when the key has flannel's form.
+    subnet: Option<Ipv4Net>,
+    /// The lease, or why it cannot be used as a VXLAN peer.
+    parsed: Result<Lease, String>,
+    /// The attributes, when the value is flannel's JSON (whatever the backend).
+    attrs: Option<LeaseAttrs>,
+}
+
+impl EtcdStore {
+    /// Connects to etcd and checks that it answers (a read of the config key).
+    ///
+    /// # Errors
+    /// [`StoreError::EtcdOptions`] for unreadable certificate files or TLS
+    /// options with `http://` endpoints; [`StoreError::EtcdUnreachable`] naming
+    /// the endpoints when none answers; [`StoreError::EtcdTls`] naming the
+    /// endpoint, the CA file and the certificate names when TLS fails;
+    /// [`StoreError::EtcdRequest`] for other refusals (authentication).
+    pub async fn connect(settings: EtcdSettings) -> Result<EtcdStore, StoreError> {
+        let store = EtcdStore::connect_lazy(settings).await?;
+        let probe = store
+            .call("reading the config key", {
+                let mut c = store.client.clone();
+                let key = store.config_key();
+                async move { c.get(key, Some(GetOptions::new().with_keys_only())).await }
+            })
+            .await;
+        match probe {
+            Ok(_) => Ok(store),
+            Err(e) => Err(diagnose(store.settings.clone(), e).await),
+        }
+    }
+
+    /// Builds the client without checking that etcd answers: requests made while
+    /// etcd is down fail (after the request timeout) and are retried by the watch.
+    ///
+    /// # Errors
+    /// As [`EtcdStore::connect`], except that no request is made (but a user name
+    /// is authenticated right away by the client).
+    pub async fn connect_lazy(settings: EtcdSettings) -> Result<EtcdStore, StoreError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(settings.request_timeout)
+            // Above etcd's --grpc-keepalive-min-time (5 s), and no pings without a
+            // stream: etcd answers those with GOAWAY (too_many_pings).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true);
+        if let Some(u) = &settings.username {
+            opts = opts
+                .with_user(u.clone(), settings.password.clone().unwrap_or_default())
+                // etcd's simple tokens expire (5 min by default): fetch a new one.
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = tls_options(&settings)? {
+            opts = opts.with_tls(tls);
+        }
+        let endpoints = settings.endpoints.clone();
+        let timeout = settings.request_timeout;
+        let describe = endpoints.join(",");
+        let client =
+            match tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(etcd_client::Error::InvalidArgs(a))) => {
+                    return Err(StoreError::EtcdOptions {
+                        problem: format!("etcd {describe}: {a}"),
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(StoreError::EtcdRequest {
+                        store: format!("etcd {describe}"),
+                        op: "connecting".into(),
+                        detail: with_hint(&settings, error_chain(&e)),
+                    });
+                }
+                Err(_) => {
+                    return Err(StoreError::EtcdUnreachable {
+                        endpoints: describe,
+                        detail: format!("no answer within {timeout:?} while authenticating"),
+                    });
+                }
+            };
+        Ok(EtcdStore {
+            client,
+            settings: Arc::new(settings),
+            watch_start_delay: Arc::new(Mutex::new(Duration::ZERO)),
+        })
+    }
+
+    /// The settings the store runs with.
+    pub fn settings(&self) -> &EtcdSettings {
+        &self.settings
+    }
+
+    /// `<prefix>/config`.
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.settings.prefix)
+    }
+
+    /// `<prefix>/subnets/`.
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.settings.prefix)
+    }
+
+    /// `<prefix>/subnets/10.244.3.0-24`.
+    pub fn lease_key(&self, subnet: &Ipv4Net) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    }
+
+    /// The `etcdctl put` that creates the config key, with this store's endpoints and TLS files.
+    pub fn etcdctl_put_config(&self) -> String {
+        render_put_config(&self.settings)
+    }
+
+    #[doc(hidden)]
+    /// Test hook: pause `d` between the initial listing of a (re-)list and the
+    /// creation of the watch, to let a test compact etcd in that gap.
+    pub fn set_watch_start_delay(&self, d: Duration) {
+        if let Ok(mut g) = self.watch_start_delay.lock() {
+            *g = d;
+        }
+    }
+
+    fn watch_start_delay(&self) -> Duration {
+        self.watch_start_delay
+            .lock()
+            .map(|g| *g)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Runs one etcd request under the request timeout, mapping its errors.
+    async fn call<T>(
+        &self,
+        op: &str,
+        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        let t = self.settings.request_timeout;
+        match tokio::time::timeout(t, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.map_err(op, e)),
+            Err(_) => Err(StoreError::EtcdUnreachable {
+                endpoints: self.settings.endpoints.join(","),
+                detail: format!("no answer within {t:?} while {op}"),
+            }),
+        }
+    }
+
+    fn map_err(&self, op: &str, e: etcd_client::Error) -> StoreError {
+        let unreachable = match &e {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+            // gRPC codes 14 (unavailable), 4 (deadline exceeded), 1 (canceled),
+            // and tonic's "unknown" wrapping a broken connection.
+            etcd_client::Error::GRpcStatus(s) => {
+                matches!(i32::from(s.code()), 14 | 4 | 1)
+                    || (i32::from(s.code()) == 2 && s.message().contains("transport error"))
+            }
+            _ => false,
+        };
+        if unreachable {
+            StoreError::EtcdUnreachable {
+                endpoints: self.settings.endpoints.join(","),
+                detail: format!("{op}: {}", error_chain(&e)),
+            }
+        } else {
+            StoreError::EtcdRequest {
+                store: self.describe(),
+                op: op.to_string(),
+                detail: with_hint(&self.settings, error_chain(&e)),
+            }
+        }
+    }
+
+    /// Every key under `<prefix>/subnets/` and the revision of the listing.
+    async fn list(&self) -> Result<(Vec<Entry>, i64), StoreError> {
+        let mut c = self.client.clone();
+        let prefix = self.subnets_prefix();
+        let resp = self
+            .call("listing the leases", async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let entries = resp.kvs().iter().map(|kv| self.entry(kv)).collect();
+        Ok((entries, rev))
+    }
+
+    fn entry(&self, kv: &KeyValue) -> Entry {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let subnet = key
+            .strip_prefix(&self.subnets_prefix())
+            .and_then(|k| parse_subnet_key(k).ok());
+        let attrs: Result<LeaseAttrs, String> = serde_json::from_slice(kv.value())
+            .map_err(|e| format!("value is not flannel's lease JSON: {e}"));
+        let parsed = match (subnet, &attrs) {
+            (None, _) => {
+                Err("the key is not of the form <prefix>/subnets/10.244.3.0-24".to_string())
+            }
+            (Some(_), Err(e)) => Err(e.clone()),
+            (Some(s), Ok(a)) => a
+                .vxlan_data()
+                .map(|_| Lease {
+                    subnet: s,
+                    attrs: a.clone(),
+                    expiration: None,
+                })
+                .map_err(|e| e.to_string()),
+        };
+        Entry {
+            key,
+            mod_revision: kv.mod_revision(),
+            lease_id: kv.lease(),
+            subnet,
+            parsed,
+            attrs: attrs.ok(),
+        }
+    }
+
+    /// Every valid vxlan lease in etcd now (peers carry no expiration: etcd expires them).
+    ///
+    /// # Errors
+    /// [`StoreError::EtcdUnreachable`] or [`StoreError::EtcdRequest`].
+    pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let (entries, _) = self.list().await?;
+        Ok(entries.into_iter().filter_map(|e| e.parsed.ok()).collect())
+    }
+
+    /// The current revision of etcd (a cheap count-only read).
+    async fn revision(&self) -> Result<i64, StoreError> {
+        let mut c = self.client.clone();
+        let key = self.config_key();
+        let resp = self
+            .call("reading the revision", async move {
+                c.get(key, Some(GetOptions::new().with_count_only())).await
+            })
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let secs = i64::try_from(ttl.as_secs().max(1) + u64::from(ttl.subsec_nanos() > 0))
+            .unwrap_or(i64::MAX);
+        let mut c = self.client.clone();
+        let r = self
+            .call("granting an etcd lease", async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
+        Ok(r.id())
+    }
+
+    async fn revoke(&self, id: i64) {
+        if id == 0 {
+            return;
+        }
+        let mut c = self.client.clone();
+        if let Err(e) = self
+            .call(
+                "revoking an etcd lease",
+                async move { c.lease_revoke(id).await },
+            )
+            .await
+        {
+            tracing::debug!("revoking etcd lease {id:x}: {e}");
+        }
+    }
+
+    /// `attrs` as flannel's lease JSON, the value of `key`.
+    fn encode(&self, key: &str, attrs: &LeaseAttrs) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(attrs).map_err(|e| StoreError::EtcdRequest {
+            store: self.describe(),
+            op: format!("encoding the lease {key}"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Creates `subnet`'s key if absent; `Ok(false)` when someone else has it.
+    async fn create(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.lease_key(&subnet);
+        let value = self.encode(&key, attrs)?;
+        let id = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let mut c = self.client.clone();
+        let r = self
+            .call(&format!("creating {key}"), async move { c.txn(txn).await })
+            .await;
+        match r {
+            Ok(r) if r.succeeded() => Ok(true),
+            Ok(_) => {
+                self.revoke(id).await;
+                Ok(false)
+            }
+            Err(e) => {
+                self.revoke(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves an existing key of this node onto a fresh etcd lease of `ttl` with
+    /// `attrs`, if the key was not modified since `mod_revision`.
+    async fn rewrite(
+        &self,
+        subnet: Ipv4Net,
+        mod_revision: i64,
+        old_lease: i64,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.lease_key(&subnet);
+        let value = self.encode(&key, attrs)?;
+        let id = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let mut c = self.client.clone();
+        let r = self
+            .call(&format!("renewing {key}"), async move { c.txn(txn).await })
+            .await;
+        match r {
+            Ok(r) if r.succeeded() => {
+                if old_lease != id {
+                    self.revoke(old_lease).await;
+                }
+                Ok(true)
+            }
+            Ok(_) => {
+                self.revoke(id).await;
+                Ok(false)
+            }
+            Err(e) => {
+                self.revoke(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The key of `subnet` as stored now, if any.
+    async fn get_entry(&self, subnet: &Ipv4Net) -> Result<Option<Entry>, StoreError> {
+        let key = self.lease_key(subnet);
+        let mut c = self.client.clone();
+        let resp = self
+            .call(
+                &format!("reading {key}"),
+                async move { c.get(key, None).await },
+            )
+            .await?;
+        Ok(resp.kvs().first().map(|kv| self.entry(kv)))
+    }
+}
+
+#[async_trait]
+impl LeaseStore for EtcdStore {
+    fn describe(&self) -> String {
+        format!("etcd {}", self.settings.endpoints.join(","))
+    }
+
+    /// The config key's text. Never `Ok(None)`: in etcd mode the operator writes
+    /// the config, so a missing key is [`StoreError::EtcdConfigMissing`] with the
+    /// `etcdctl put` that creates it.
+    async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        let key = self.config_key();
+        let mut c = self.client.clone();
+        let k = key.clone();
+        let resp = self
+            .call(
+                &format!("reading {key}"),
+                async move { c.get(k, None).await },
+            )
+            .await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Some(String::from_utf8_lossy(kv.value()).into_owned())),
+            None => Err(StoreError::EtcdConfigMissing {
+                store: self.describe(),
+                key,
+                command: self.etcdctl_put_config(),
+            }),
+        }
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
+        let mut lost: Vec<Ipv4Net> = vec![];
+        // Whoever holds a subnet behind a malformed value or a lost race.
+        let nobody = || LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            backend_type: String::new(),
+            backend_data: serde_json::Value::Null,
+        };
+        for _ in 0..MAX_ACQUIRE_ATTEMPTS {
+            let (entries, _) = self.list().await?;
+            // Every key takes its subnet, valid or not: a malformed value still
+            // holds the key, and creating over it would fail.
+            let mut taken: Vec<Lease> = vec![];
+            for e in &entries {
+                let Some(subnet) = e.subnet else { continue };
+                let attrs = e.attrs.clone().unwrap_or_else(nobody);
+                taken.push(Lease {
+                    subnet,
+                    attrs,
+                    expiration: None,
+                });
+            }
+            for s in &lost {
+                if !taken.iter().any(|l| l.subnet == *s) {
+                    taken.push(Lease {
+                        subnet: *s,
+                        attrs: nobody(),
+                        expiration: None,
+                    });
+                }
+            }
+            let choice = {
+                let mut rng = rand::rng();
+                choose_subnet(&self.describe(), req, &taken, &mut rng)?.map(|own| own.subnet)
+            };
+            let now = SystemTime::now();
+            let lease = |subnet| Lease {
+                subnet,
+                attrs: req.attrs.clone(),
+                expiration: Some(now + req.ttl),
+            };
+            match choice {
+                Ok(own) => {
+                    // This node's lease from an earlier run: take it over with our attrs.
+                    let Some(e) = entries.iter().find(|e| e.subnet == Some(own)) else {
+                        continue;
+                    };
+                    if self
+                        .rewrite(own, e.mod_revision, e.lease_id, &req.attrs, req.ttl)
+                        .await?
+                    {
+                        tracing::info!("etcd: reusing this node's lease {}", e.key);
+                        return Ok(lease(own));
+                    }
+                }
+                Err(free) => {
+                    if self.create(free, &req.attrs, req.ttl).await? {
+                        tracing::info!("etcd: created lease {}", self.lease_key(&free));
+                        return Ok(lease(free));
+                    }
+                    tracing::info!(
+                        "etcd: lost the race for {}; trying another subnet",
+                        self.lease_key(&free)
+                    );
+                    lost.push(free);
+                }
+            }
+        }
+        Err(StoreError::EtcdRequest {
+            store: self.describe(),
+            op: "acquiring a lease".into(),
+            detail: format!(
+                "lost {MAX_ACQUIRE_ATTEMPTS} races for a subnet in a row; too many nodes are starting at once, retry"
+            ),
+        })
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        for _ in 0..3 {
+            let Some(e) = self.get_entry(&lease.subnet).await? else {
+                return Err(StoreError::LeaseDeleted {
+                    store: self.describe(),
+                    key: self.lease_key(&lease.subnet),
+                });
+            };
+            if let Some(a) = &e.attrs {
+                if a.public_ip != lease.attrs.public_ip {
+                    return Err(StoreError::LeaseLost {
+                        store: self.describe(),
+                        subnet: lease.subnet,
+                        holder: a.public_ip,
+                    });
+                }
+            }
+            if self
+                .rewrite(lease.subnet, e.mod_revision, e.lease_id, &lease.attrs, ttl)
+                .await?
+            {
+                return Ok(Lease {
+                    expiration: Some(SystemTime::now() + ttl),
+                    ..lease.clone()
+                });
+            }
+        }
+        Err(StoreError::EtcdRequest {
+            store: self.describe(),
+            op: format!("renewing {}", self.lease_key(&lease.subnet)),
+            detail: "the key kept changing under the renewal; is another process writing it?"
+                .into(),
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let Some(e) = self.get_entry(&lease.subnet).await? else {
+            return Ok(());
+        };
+        if e.attrs.as_ref().map(|a| a.public_ip) != Some(lease.attrs.public_ip) {
+            return Ok(());
+        }
+        let key = e.key.clone();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                e.mod_revision,
+            )])
+            .and_then([TxnOp::delete(key.clone(), None)]);
+        let mut c = self.client.clone();
+        self.call(&format!("deleting {key}"), async move { c.txn(txn).await })
+            .await?;
+        self.revoke(e.lease_id).await;
+        Ok(())
+    }
+
+    async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
+        watch::start(self).await
+    }
+}
+
+/// What [`renew_or_reacquire`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// The lease was extended in place.
+    Extended(Lease),
+    /// The lease key was gone ([`StoreError::LeaseDeleted`]); a lease was
+    /// acquired again, the same subnet first. Its subnet may differ.
+    Reacquired(Lease),
+}
+
+/// weft's policy for a lease key deleted under a running node: say so and
+/// acquire again, asking for the same subnet first (flannel exits instead).
+///
+/// # Errors
+/// What [`LeaseStore::renew`] returns other than [`StoreError::LeaseDeleted`]
+/// (etcd unreachable: retry later; [`StoreError::LeaseLost`]: another node
+/// holds the subnet), or what [`LeaseStore::acquire`] returns.
+pub async fn renew_or_reacquire(
+    store: &dyn LeaseStore,
+    lease: &Lease,
+    req: &AcquireRequest,
+) -> Result<Renewed, StoreError> {
+    match store.renew(lease, req.ttl).await {
+        Ok(l) => Ok(Renewed::Extended(l)),
+        Err(e @ StoreError::LeaseDeleted { .. }) => {
+            tracing::warn!("{e}; acquiring again");
+            let again = AcquireRequest {
+                previous: Some(lease.subnet),
+                ..req.clone()
+            };
+            let l = store.acquire(&again).await?;
+            if l.subnet == lease.subnet {
+                tracing::info!("lease for {} acquired again", l.subnet);
+            } else {
+                tracing::warn!(
+                    "lease for {} was taken by another node; this node now has {}: its pods need new addresses",
+                    lease.subnet,
+                    l.subnet
+                );
+            }
+            Ok(Renewed::Reacquired(l))
+        }
+        Err(e) => Err(e),
+    }
+}
