@@ -14,7 +14,8 @@ use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use weft::config::NetConfig;
 use weft::lease::{Lease, LeaseAttrs};
-use weft::store::etcd::{EtcdSettings, EtcdStore, Renewed, renew_or_reacquire};
+use weft::node::{Renewal, Step};
+use weft::store::etcd::{EtcdSettings, EtcdStore};
 use weft::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
 use weft::types::{Vni, VtepMac};
 
@@ -245,20 +246,22 @@ async fn lease_create_renew_reuse_release_and_operator_delete() {
         e.to_string().contains(&key) && e.to_string().contains("deleted by an operator"),
         "{e}"
     );
-    // weft's policy: acquire again, the same subnet first.
-    let a3 = match renew_or_reacquire(&s, &a2, &req(NET, [192, 0, 2, 1], ttl))
-        .await
-        .unwrap()
-    {
-        Renewed::Reacquired(l) => l,
+    // weft's policy (node::Renewal, as the daemon runs it): acquire again,
+    // the same subnet first.
+    let policy = Renewal::new(ttl, Duration::from_secs(3600));
+    let r = req(NET, [192, 0, 2, 1], ttl);
+    let again = match policy.renewed(&a2, &r, s.renew(&a2, ttl).await) {
+        Step::Reacquire { request, .. } => request,
         other => panic!("expected a re-acquisition, got {other:?}"),
+    };
+    let a3 = match policy.reacquired(&a2, s.acquire(&again).await) {
+        Step::Keep { lease, .. } => lease,
+        other => panic!("expected the same subnet back, got {other:?}"),
     };
     assert_eq!(a3.subnet, a.subnet);
     assert!(matches!(
-        renew_or_reacquire(&s, &a3, &req(NET, [192, 0, 2, 1], ttl))
-            .await
-            .unwrap(),
-        Renewed::Extended(_)
+        policy.renewed(&a3, &r, s.renew(&a3, ttl).await),
+        Step::Keep { .. }
     ));
     t.until(&mut w, Duration::from_secs(5), "our lease back", |t, _| {
         t.leases.contains_key(&sub)
