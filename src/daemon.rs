@@ -202,7 +202,7 @@ struct Devices {
 /// an earlier weftd with other settings is recreated when no weftd runs.
 async fn open_devices(
     opts: &Options,
-    nl: &rtnetlink::Handle,
+    nl: &mut netlink::Netlink,
     listen: SocketAddrV4,
     mtu: u16,
     predecessor: bool,
@@ -215,7 +215,7 @@ async fn open_devices(
             tracing::warn!(
                 "TUN device {name} was left by an earlier weftd with other settings; recreating it"
             );
-            netlink::delete_link(nl, name).await?;
+            netlink::delete_link(nl, name)?;
             open()
         }
         r => r,
@@ -324,8 +324,8 @@ pub async fn run_with_store(
         config.backend.port
     );
 
-    let nl = netlink::connect()?;
-    let (_, underlay_mtu) = netlink::link(&nl, &ext.name).await?;
+    let mut nl = netlink::connect()?;
+    let (_, underlay_mtu) = netlink::link(&mut nl, &ext.name)?;
     let mtu = config.overlay_mtu(underlay_mtu);
     let tun_mtu = u16::try_from(mtu)
         .ok()
@@ -351,7 +351,7 @@ pub async fn run_with_store(
         );
     }
     let listen = SocketAddrV4::new(ext.addr, port);
-    let devices = open_devices(&opts, &nl, listen, tun_mtu, predecessor).await?;
+    let devices = open_devices(&opts, &mut nl, listen, tun_mtu, predecessor).await?;
 
     // A stable VtepMAC: derived from the public IP, so restarts keep it.
     let vtep_mac = VtepMac::derive(&ext.public_ip.octets());
@@ -371,7 +371,7 @@ pub async fn run_with_store(
         &opts,
         &config,
         &store,
-        &nl,
+        &mut nl,
         devices,
         lease.clone(),
         mtu,
@@ -447,7 +447,7 @@ async fn start(
     opts: &Options,
     config: &NetConfig,
     store: &Arc<dyn LeaseStore>,
-    nl: &rtnetlink::Handle,
+    nl: &mut netlink::Netlink,
     devices: Devices,
     lease: Lease,
     mtu: u32,
@@ -466,9 +466,9 @@ async fn start(
         store.describe()
     );
     let router = lease.subnet.network();
-    let (tun_index, _) = netlink::link(nl, &opts.tun_name).await?;
-    netlink::set_only_address(nl, tun_index, &opts.tun_name, router).await?;
-    netlink::replace_route(nl, config.network, tun_index, &opts.tun_name, router).await?;
+    let (tun_index, _) = netlink::link(nl, &opts.tun_name)?;
+    netlink::set_only_address(nl, tun_index, &opts.tun_name, router)?;
+    netlink::replace_route(nl, config.network, tun_index, &opts.tun_name, router)?;
     tracing::info!(
         "{} up: {router}/32, MTU {mtu}, route {} dev {}",
         opts.tun_name,
@@ -674,8 +674,8 @@ pub async fn uninstall(tun_name: &str) -> Result<Vec<String>, DaemonError> {
             what: "rules (removing them)",
             source,
         })?;
-    let nl = netlink::connect()?;
-    if netlink::delete_link(&nl, tun_name).await? {
+    let mut nl = netlink::connect()?;
+    if netlink::delete_link(&mut nl, tun_name)? {
         done.push(format!("TUN device {tun_name} and its route"));
     }
     Ok(done)

@@ -1,17 +1,501 @@
-//! Route and link queries over rtnetlink: the underlay's MTU, the TUN device's
-//! index, and the route that sends the whole overlay Network into TUN.
+//! weft's one netlink client, for weftd and weft-cni alike: links, addresses
+//! and routes, in the current network namespace or in a pod's (the TUN
+//! device's address and route, the underlay's MTU, the CNI's veths, bridge
+//! and routes).
+//!
+//! Messages are built and parsed with `netlink-packet-route` and sent over a
+//! blocking `netlink-sys` socket: no async runtime, so a CNI call answers in
+//! milliseconds, and weftd's few calls at start take microseconds. A socket stays bound to the namespace it was created in, so
+//! [`Netlink::in_netns`] creates one on a short-lived thread that has entered
+//! the pod's namespace with `setns` (the calling thread never changes
+//! namespace) and hands the socket back.
 
-use std::net::Ipv4Addr;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
 
-use futures::TryStreamExt;
-use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::{Handle, RouteMessageBuilder};
+use ipnet::{IpNet, Ipv4Net};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use crate::netns::on_thread_in_netns;
+
+/// A link as weft-cni needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<String>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    /// The index of the bridge this link is attached to.
+    pub master: Option<u32>,
+}
+
+/// An IPv4 route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: Ipv4Net,
+    pub gw: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+/// A blocking rtnetlink socket bound to one network namespace.
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+}
+
+fn is_errno(e: &io::Error, errno: i32) -> bool {
+    e.raw_os_error() == Some(errno)
+}
+
+/// Whether `e` says the object already exists (EEXIST).
+pub fn is_exists(e: &io::Error) -> bool {
+    is_errno(e, libc::EEXIST)
+}
+
+/// Whether `e` says the link does not exist (ENODEV).
+pub fn is_no_device(e: &io::Error) -> bool {
+    is_errno(e, libc::ENODEV)
+}
+
+fn format_mac(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    ///
+    /// # Errors
+    /// The socket or bind error.
+    pub fn new() -> io::Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink { sock, seq: 0 })
+    }
+
+    /// A socket in the network namespace at `path` (e.g. `/run/netns/pod`).
+    ///
+    /// # Errors
+    /// The open, `setns` or socket error; `NotFound` when the path is gone.
+    pub fn in_netns(ns: &File) -> io::Result<Netlink> {
+        match on_thread_in_netns(ns, Netlink::new) {
+            Ok(Ok(nl)) => nl,
+            Ok(Err(errno)) => Err(io::Error::from(errno)),
+            Err(_) => Err(io::Error::other("netns thread panicked")),
+        }
+    }
+
+    /// Opens a netns file, checking that it really is a network namespace.
+    ///
+    /// # Errors
+    /// The open error (`NotFound` when the namespace is gone), or
+    /// `InvalidInput` when the path is not a namespace.
+    pub fn open_netns(path: &Path) -> io::Result<File> {
+        let f = File::open(path)?;
+        // A nsfs inode: entering it on a throw-away thread proves it is one.
+        on_thread_in_netns(&f, || ())
+            .unwrap_or(Err(nix::errno::Errno::EINVAL))
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("not a network namespace ({e})"),
+                )
+            })?;
+        Ok(f)
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut nl = NetlinkMessage::from(msg);
+        nl.header.flags = NLM_F_REQUEST | flags;
+        nl.header.sequence_number = seq;
+        nl.finalize();
+        let mut buf = vec![0u8; nl.header.length as usize];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
+                            None => Ok(out),
+                        };
+                    }
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    _ => {}
+                }
+            }
+            // A dump ends with DONE, a request with its ACK: read on.
+        }
+    }
+
+    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.request(msg, NLM_F_ACK | flags).map(|_| ())
+    }
+
+    fn to_link(m: &LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            master: None,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(b) => l.mac = Some(format_mac(b)),
+                LinkAttribute::Mtu(v) => l.mtu = Some(*v),
+                LinkAttribute::Controller(v) => l.master = Some(*v),
+                _ => {}
+            }
+        }
+        l
+    }
+
+    /// The link named `name`, or `None`.
+    ///
+    /// # Errors
+    /// Netlink errors other than "no such device".
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(m), NLM_F_ACK) {
+            Ok(v) => Ok(v.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(Self::to_link(l)),
+                _ => None,
+            })),
+            Err(e) if is_no_device(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a bridge; `Ok(false)` when it already existed.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn create_bridge(&mut self, name: &str) -> io::Result<bool> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        match self.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a veth pair: `host` here, `peer` directly inside the namespace
+    /// `peer_ns`, both with `mtu`.
+    ///
+    /// # Errors
+    /// EEXIST when `host` exists here; other netlink errors (the kernel also
+    /// answers EEXIST when `peer` exists in `peer_ns`).
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        peer: &str,
+        peer_ns: &File,
+        mtu: u32,
+    ) -> io::Result<()> {
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        p.attributes.push(LinkAttribute::Mtu(mtu));
+        p.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Sets a link up, and attaches it to `master` when given.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn set_up(&mut self, index: u32, master: Option<u32>) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        if let Some(b) = master {
+            m.attributes.push(LinkAttribute::Controller(b));
+        }
+        self.ack(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Turns hairpin mode on for bridge port `index`: the bridge may send a
+    /// frame back out of the port it came in on, as a pod reaching itself
+    /// through a Service needs (kube-proxy's DNAT turns the packet around at
+    /// the bridge when br_netfilter is on). An RTM_NEWLINK on the existing
+    /// link, as `ip link set DEV type bridge_slave hairpin on` sends.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn set_hairpin(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(m), 0)
+    }
+
+    /// Deletes a link; `Ok(false)` when it did not exist.
+    ///
+    /// # Errors
+    /// Netlink errors other than ENODEV.
+    pub fn delete_link(&mut self, name: &str) -> io::Result<bool> {
+        let Some(l) = self.link(name)? else {
+            return Ok(false);
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = l.index;
+        match self.ack(RouteNetlinkMessage::DelLink(m), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if is_no_device(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds an IPv4 address; `Ok(false)` when it was already there.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn add_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<bool> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = addr.prefix_len();
+        m.header.index = index;
+        m.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        m.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        if addr.prefix_len() < 31 {
+            m.attributes
+                .push(AddressAttribute::Broadcast(addr.broadcast()));
+        }
+        match self.ack(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The IPv4 addresses of link `index`.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Ipv4Net>> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for r in all {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            if a.header.index != index {
+                continue;
+            }
+            for at in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = at
+                    && let Ok(n) = Ipv4Net::new(*ip, a.header.prefix_len)
+                {
+                    out.push(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an IPv4 route in the main table; `Ok(false)` when it existed.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn add_route(&mut self, dst: Ipv4Net, gw: Option<Ipv4Addr>, oif: u32) -> io::Result<bool> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = if gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        m.header.kind = RouteType::Unicast;
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                    dst.network(),
+                )));
+        }
+        if let Some(g) = gw {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
+        }
+        m.attributes.push(RouteAttribute::Oif(oif));
+        match self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds or replaces `dst dev <oif> src <src>` (scope link) in the main table.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn replace_route(&mut self, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Link;
+        m.header.kind = RouteType::Unicast;
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                dst.network(),
+            )));
+        m.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.ack(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Removes IPv4 address `addr` from link `index`.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn del_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = addr.prefix_len();
+        m.header.index = index;
+        m.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        m.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        self.ack(RouteNetlinkMessage::DelAddress(m), 0)
+    }
+
+    /// The IPv4 routes of the main table.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn routes(&mut self) -> io::Result<Vec<RouteEntry>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        let all = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for r in all {
+            let RouteNetlinkMessage::NewRoute(rt) = r else {
+                continue;
+            };
+            if rt.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let mut e = RouteEntry {
+                dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or_default(),
+                gw: None,
+                oif: None,
+            };
+            for a in &rt.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                        e.dst = Ipv4Net::new(*d, rt.header.destination_prefix_length)
+                            .unwrap_or_default();
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => e.gw = Some(*g),
+                    RouteAttribute::Oif(o) => e.oif = Some(*o),
+                    _ => {}
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `routes` holds a route to `dst` (via `gw` when given).
+pub fn has_route(routes: &[RouteEntry], dst: IpNet, gw: Option<IpAddr>) -> bool {
+    let IpNet::V4(dst) = dst else {
+        return false;
+    };
+    routes.iter().any(|r| {
+        r.dst == dst.trunc()
+            && match gw {
+                Some(IpAddr::V4(g)) => r.gw == Some(g),
+                Some(IpAddr::V6(_)) => false,
+                None => true,
+            }
+    })
+}
+
+/// weftd's netlink failures, naming the interface, route or address.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("cannot open a netlink socket: {0} (weftd needs CAP_NET_ADMIN)")]
-    Connect(std::io::Error),
+    Connect(io::Error),
     #[error("interface {name} not found: {detail}")]
     NoLink { name: String, detail: String },
     #[error("cannot set address {addr}/32 on {dev}: {detail}")]
@@ -33,88 +517,46 @@ pub enum NetlinkError {
     },
 }
 
-/// A netlink handle driven by a task on the current tokio runtime.
+/// A client in this network namespace.
 ///
 /// # Errors
 /// [`NetlinkError::Connect`].
-pub fn connect() -> Result<Handle, NetlinkError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
-    tokio::spawn(conn);
-    Ok(handle)
+pub fn connect() -> Result<Netlink, NetlinkError> {
+    Netlink::new().map_err(NetlinkError::Connect)
 }
 
 /// The index and MTU of interface `name`.
 ///
 /// # Errors
 /// [`NetlinkError::NoLink`] naming the interface.
-pub async fn link(handle: &Handle, name: &str) -> Result<(u32, u32), NetlinkError> {
+pub fn link(nl: &mut Netlink, name: &str) -> Result<(u32, u32), NetlinkError> {
     let no = |detail: String| NetlinkError::NoLink {
         name: name.to_string(),
         detail,
     };
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    let msg = links
-        .try_next()
-        .await
+    let l = nl
+        .link(name)
         .map_err(|e| no(e.to_string()))?
         .ok_or_else(|| no("no such link".into()))?;
-    let mtu = msg
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Mtu(m) => Some(*m),
-            _ => None,
-        })
-        .unwrap_or(1500);
-    Ok((msg.header.index, mtu))
+    Ok((l.index, l.mtu.unwrap_or(1500)))
 }
 
 /// Adds (or replaces) `net dev <index> src <src>`: the route for the whole overlay.
 ///
 /// # Errors
 /// [`NetlinkError::Route`] naming the route.
-pub async fn replace_route(
-    handle: &Handle,
+pub fn replace_route(
+    nl: &mut Netlink,
     net: Ipv4Net,
     index: u32,
     dev: &str,
     src: Ipv4Addr,
 ) -> Result<(), NetlinkError> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(net.network(), net.prefix_len())
-        .output_interface(index)
-        .pref_source(src)
-        .build();
-    handle
-        .route()
-        .add(msg)
-        .replace()
-        .execute()
-        .await
+    nl.replace_route(net, index, src)
         .map_err(|e| NetlinkError::Route {
             net,
             dev: dev.to_string(),
             src,
-            detail: e.to_string(),
-        })
-}
-
-/// Deletes interface `name` (its routes go with it); false when there is none.
-///
-/// # Errors
-/// [`NetlinkError::Delete`] naming the interface.
-pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
-    let Ok((index, _)) = link(handle, name).await else {
-        return Ok(false);
-    };
-    handle
-        .link()
-        .del(index)
-        .execute()
-        .await
-        .map(|()| true)
-        .map_err(|e| NetlinkError::Delete {
-            name: name.to_string(),
             detail: e.to_string(),
         })
 }
@@ -124,53 +566,35 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkErr
 ///
 /// # Errors
 /// [`NetlinkError::Address`] naming the device and address.
-pub async fn set_only_address(
-    handle: &Handle,
+pub fn set_only_address(
+    nl: &mut Netlink,
     index: u32,
     dev: &str,
     addr: Ipv4Addr,
 ) -> Result<(), NetlinkError> {
-    use rtnetlink::packet_route::address::AddressAttribute;
-    let fail = |detail: String| NetlinkError::Address {
+    let fail = |e: io::Error| NetlinkError::Address {
         addr,
         dev: dev.to_string(),
-        detail,
+        detail: e.to_string(),
     };
-    let mut have = false;
-    let mut stale = vec![];
-    let mut list = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(m) = list.try_next().await.map_err(|e| fail(e.to_string()))? {
-        let v4 = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(std::net::IpAddr::V4(a))
-            | AddressAttribute::Address(std::net::IpAddr::V4(a)) => Some(*a),
-            _ => None,
-        });
-        match v4 {
-            Some(a) if a == addr && m.header.prefix_len == 32 => have = true,
-            Some(_) => stale.push(m),
-            None => {}
-        }
+    let want = Ipv4Net::new(addr, 32).map_err(|e| fail(io::Error::other(e)))?;
+    let have = nl.addresses(index).map_err(fail)?;
+    for a in have.iter().filter(|a| **a != want) {
+        nl.del_address(index, *a).map_err(fail)?;
     }
-    for m in stale {
-        handle
-            .address()
-            .del(m)
-            .execute()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    if !have {
-        handle
-            .address()
-            .add(index, std::net::IpAddr::V4(addr), 32)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+    if !have.contains(&want) {
+        nl.add_address(index, want).map_err(fail)?;
     }
     Ok(())
+}
+
+/// Deletes interface `name` (its routes go with it); false when there is none.
+///
+/// # Errors
+/// [`NetlinkError::Delete`] naming the interface.
+pub fn delete_link(nl: &mut Netlink, name: &str) -> Result<bool, NetlinkError> {
+    nl.delete_link(name).map_err(|e| NetlinkError::Delete {
+        name: name.to_string(),
+        detail: e.to_string(),
+    })
 }

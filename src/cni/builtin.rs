@@ -21,8 +21,8 @@ use super::env::CniEnv;
 use super::error::{CniError, code};
 use super::ipam::{Ipam, IpamError};
 use super::log;
-use super::netlink::{Link, Netlink, has_route, is_exists};
 use super::result::{CniResult, Interface, IpConfig, Route};
+use crate::netlink::{Link, Netlink, has_route, is_exists};
 use crate::subnet_env::SubnetEnv;
 
 /// The IPAM store of the network.

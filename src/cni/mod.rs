@@ -8,7 +8,7 @@
 //!
 //! - [`env`], [`conf`], [`version`], [`result`], [`error`]: the protocol;
 //! - [`delegate`]: flannel-compatible bridge + host-local delegation;
-//! - [`builtin`], [`ipam`], [`netlink`]: the plugin's own veth, bridge and IPAM;
+//! - [`builtin`], [`ipam`]: the plugin's own veth, bridge and IPAM (over [`crate::netlink`]);
 //! - [`install`]: what a DaemonSet init container runs.
 
 pub mod builtin;
@@ -18,7 +18,6 @@ pub mod env;
 pub mod error;
 pub mod install;
 pub mod ipam;
-pub mod netlink;
 pub mod result;
 pub mod version;
 
