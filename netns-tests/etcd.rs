@@ -2,7 +2,7 @@
 //! bridge address (192.0.2.254), every node reaches it over its `eth0`, and the
 //! leases are in flannel's layout so `etcdctl` reads and writes them as an
 //! operator would. The fault tests keep a UDP stream running between two nodes
-//! and print the loss each one measured (the README's etcd section lists them).
+//! and print the loss each one measured (docs/etcd.md lists them).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};

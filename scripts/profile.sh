@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # profile.sh - one iperf3 run through two weft nodes in network namespaces, with
-# what the README's performance analysis quotes. As root, after
+# what docs/performance.md's analysis quotes. As root, after
 # `cargo build --release`:
 #
 #   scripts/profile.sh             # TCP, 1 stream: Gbit/s, CPU idle, weft CPU per thread

@@ -14,7 +14,7 @@
 //!   (the key must still hold this node's value); a key deleted by an operator
 //!   makes it fail with [`StoreError::LeaseDeleted`], and the watch reports a
 //!   [`WatchEvent::Remove`] of the node's own subnet. The policy (documented in
-//!   the README's etcd section): the daemon says so and acquires again, asking for the same
+//!   docs/etcd.md): the daemon says so and acquires again, asking for the same
 //!   subnet first, rather than exiting as flannel does;
 //! - the watch never ends because etcd is unreachable: it re-lists (and sends a
 //!   [`WatchEvent::Snapshot`]) after a reconnect, a compaction, a leader loss,
