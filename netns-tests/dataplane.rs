@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, KernelNode, Opts, require_root, tcp_transfer, wait_until};
+use crate::harness::{Cluster, Opts, require_root, tcp_transfer, wait_until};
 use weft::netns;
 
 /// Every node reaches every other node's subnet address, both directions.
@@ -367,22 +367,7 @@ fn interop_with_kernel_vxlan() {
     // Node 1 runs multi-queue: its datagrams leave from flow-hashed source
     // ports, which the kernel must take as well.
     c.nodes[1].extra = vec!["--queues".into(), "2".into()];
-    let kn = c.add_bare_node();
-    let store = c.store();
-    // The kernel node's lease goes in first, as an operator (or flannel) would.
-    let k = KernelNode::new(kn, "10.244.250.0/24".parse().unwrap(), &store);
-    for i in 0..2 {
-        c.start(i);
-    }
-    c.wait_peers(2);
-    for l in store
-        .leases()
-        .unwrap()
-        .iter()
-        .filter(|l| l.subnet != k.subnet)
-    {
-        k.add_peer(l);
-    }
+    let k = c.up_with_kernel_peer("10.244.250.0/24");
     k.assert_interop(&c.nodes, 5002, 8 << 20);
     for n in &c.nodes {
         assert_eq!(

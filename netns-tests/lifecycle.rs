@@ -190,21 +190,7 @@ fn restarts_without_an_outage() {
             ..Opts::default()
         },
     );
-    let kn = c.add_bare_node();
-    let store = c.store();
-    let k = KernelNode::new(kn, "10.244.250.0/24".parse().unwrap(), &store);
-    for i in 0..2 {
-        c.start(i);
-    }
-    c.wait_peers(2);
-    for l in store
-        .leases()
-        .unwrap()
-        .iter()
-        .filter(|l| l.subnet != k.subnet)
-    {
-        k.add_peer(l);
-    }
+    let k = c.up_with_kernel_peer("10.244.250.0/24");
     let to = c.nodes[0].addr();
     let stream = Stream::open(&c.nodes[1].ns.clone(), &c.nodes[0].ns.clone(), to, 7300);
 

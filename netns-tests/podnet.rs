@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cni::{Pod, add_pod};
-use crate::harness::{Cluster, KernelNode, Opts, require_root, wait_until};
+use crate::harness::{Cluster, Opts, require_root, wait_until};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::netfilter::Rules;
 use weft::netns;
@@ -394,13 +394,9 @@ fn kernel_flannel_pods(backend: &str, conf: &'static str) {
             ..Opts::default()
         },
     );
-    let kn = c.add_bare_node();
-    let store = c.store();
     let ksub: ipnet::Ipv4Net = "10.244.250.0/24".parse().unwrap();
-    let k = KernelNode::new(kn, ksub, &store);
     c.nodes[0].extra = vec!["--ip-masq".into()];
-    c.start(0);
-    c.wait_peers(1);
+    let k = c.up_with_kernel_peer("10.244.250.0/24");
     assert!(
         c.nodes[0]
             .log()
@@ -408,9 +404,6 @@ fn kernel_flannel_pods(backend: &str, conf: &'static str) {
         "{}",
         c.nodes[0].log()
     );
-    for l in store.leases().unwrap().iter().filter(|l| l.subnet != ksub) {
-        k.add_peer(l);
-    }
     // The flannel node's pod: a veth into the node, gateway .1, as its bridge would.
     let kpod = Pod {
         ns: format!("{}-kp", k.ns),
@@ -507,13 +500,7 @@ fn rules_install_inside_a_user_namespace() {
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     // A TUN node the user may open (the host's /dev/net/tun may be 0600).
     let tun = d.join("tun");
-    netns::run(
-        Command::new("mknod")
-            .args(["-m", "666"])
-            .arg(&tun)
-            .args(["c", "10", "200"]),
-    )
-    .unwrap();
+    crate::harness::tun_node(&tun, "666");
     let script = format!(
         "set -e; mount --bind {tun} /dev/net/tun; ip link set lo up; iptables -w -P FORWARD DROP; \
          {weftd} --iface lo --ip-masq --state-dir {d}/store --subnet-file {d}/subnet.env >{d}/log 2>&1 & pid=$!; \
@@ -523,19 +510,7 @@ fn rules_install_inside_a_user_namespace() {
         weftd = env!("CARGO_BIN_EXE_weftd"),
         d = d.display()
     );
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args([
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--net",
-            "--mount",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .current_dir("/")
+    let out = crate::harness::unprivileged_in_userns(&script)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use crate::harness::{Cluster, Opts, require_root, tcp_transfer};
-use weft::netns;
 
 /// Set for the inner half, which runs inside the user namespace.
 const INNER: &str = "WEFT_ROOTLESS_INNER";
@@ -33,13 +32,7 @@ fn rootless_nodes_ping_carry_tcp_and_run_the_lab() {
     let d = dir.path();
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     let tun = d.join("tun");
-    netns::run(
-        Command::new("mknod")
-            .args(["-m", "666"])
-            .arg(&tun)
-            .args(["c", "10", "200"]),
-    )
-    .unwrap();
+    crate::harness::tun_node(&tun, "666");
     std::fs::create_dir_all("/run/netns").unwrap();
     // Binaries the user may execute wherever the checkout lives.
     let weftd = copy_exec(env!("CARGO_BIN_EXE_weftd").as_ref(), d);
@@ -49,18 +42,7 @@ fn rootless_nodes_ping_carry_tcp_and_run_the_lab() {
          {me} --exact rootless::inner --ignored --nocapture --test-threads=1",
         tun = tun.display()
     );
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args([
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--net",
-            "--mount",
-            "sh",
-            "-c",
-            &script,
-        ])
+    let out = crate::harness::unprivileged_in_userns(&script)
         .env(INNER, "1")
         .env("WEFT_TEST_WEFTD", &weftd)
         .env("TMPDIR", "/tmp")
@@ -171,13 +153,7 @@ fn tun_errors_name_their_cause() {
     let d = dir.path();
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
     for (mode, name) in [("600", "tun600"), ("666", "tun666")] {
-        netns::run(
-            Command::new("mknod")
-                .args(["-m", mode])
-                .arg(d.join(name))
-                .args(["c", "10", "200"]),
-        )
-        .unwrap();
+        crate::harness::tun_node(&d.join(name), mode);
     }
     let node = |n: &str| d.join(n).display().to_string();
     let cases = [

@@ -81,6 +81,19 @@ fn format_mac(b: &[u8]) -> String {
         .join(":")
 }
 
+/// An address message for `addr` on link `index` (local = address, as `ip` sends).
+fn address_message(index: u32, addr: Ipv4Net) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.prefix_len = addr.prefix_len();
+    m.header.index = index;
+    m.attributes
+        .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+    m.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+    m
+}
+
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     ///
@@ -314,14 +327,7 @@ impl Netlink {
     /// # Errors
     /// Netlink errors other than EEXIST.
     pub fn add_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<bool> {
-        let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet;
-        m.header.prefix_len = addr.prefix_len();
-        m.header.index = index;
-        m.attributes
-            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        m.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        let mut m = address_message(index, addr);
         if addr.prefix_len() < 31 {
             m.attributes
                 .push(AddressAttribute::Broadcast(addr.broadcast()));
@@ -427,15 +433,10 @@ impl Netlink {
     /// # Errors
     /// The netlink error.
     pub fn del_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<()> {
-        let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet;
-        m.header.prefix_len = addr.prefix_len();
-        m.header.index = index;
-        m.attributes
-            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        m.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
-        self.ack(RouteNetlinkMessage::DelAddress(m), 0)
+        self.ack(
+            RouteNetlinkMessage::DelAddress(address_message(index, addr)),
+            0,
+        )
     }
 
     /// The IPv4 routes of the main table.

@@ -75,6 +75,29 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Makes a TUN device node (char 10:200) at `path` with `mode` ("666": one
+/// an unprivileged user may open, whatever the host's /dev/net/tun is).
+pub fn tun_node(path: &std::path::Path, mode: &str) {
+    netns::run(
+        Command::new("mknod")
+            .args(["-m", mode])
+            .arg(path)
+            .args(["c", "10", "200"]),
+    )
+    .unwrap();
+}
+
+/// `sh -c script` as the unprivileged user 65534 inside a user, network and
+/// mount namespace of its own, where it is root (the rootless path).
+pub fn unprivileged_in_userns(script: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "--net", "--mount"])
+        .args(["sh", "-c", script])
+        .current_dir("/");
+    c
+}
+
 /// Polls `f` every 100 ms until it returns true or `secs` pass.
 pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -249,6 +272,28 @@ impl Cluster {
         c
     }
 
+    /// A kernel-VXLAN node for `subnet` whose lease goes in first (as an
+    /// operator, or flannel, would write it); then weftd starts on every node,
+    /// and the kernel node learns every weft node's lease as flannel would.
+    pub fn up_with_kernel_peer(&mut self, subnet: &str) -> KernelNode {
+        let kn = self.add_bare_node();
+        let store = self.store();
+        let k = KernelNode::new(kn, subnet.parse().unwrap(), &store);
+        for i in 0..self.nodes.len() {
+            self.start(i);
+        }
+        self.wait_peers(self.nodes.len());
+        for l in store
+            .leases()
+            .unwrap()
+            .iter()
+            .filter(|l| l.subnet != k.subnet)
+        {
+            k.add_peer(l);
+        }
+        k
+    }
+
     /// A node namespace without weftd (for a kernel-VXLAN peer).
     pub fn add_bare_node(&mut self) -> NodeNs {
         self.underlay.add_node(true).expect("node")
@@ -292,21 +337,24 @@ impl Cluster {
             .collect();
     }
 
-    /// Starts weftd on node `i` (logging to its weftd.log) and waits for its lease.
-    pub fn start(&mut self, i: usize) {
+    /// Spawns weftd on node `i`, logging to its weftd.log.
+    fn spawn(&self, i: usize) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.nodes[i].dir.join("weftd.log"))
             .unwrap();
-        let _ = std::fs::remove_file(self.nodes[i].dir.join("ready"));
-        let child = self
-            .command(i)
+        self.command(i)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn weftd");
+            .expect("spawn weftd")
+    }
+
+    /// Starts weftd on node `i` (logging to its weftd.log) and waits for its lease.
+    pub fn start(&mut self, i: usize) {
+        let child = self.spawn(i);
         self.nodes[i].child = Some(child);
         let node = &mut self.nodes[i];
         let ok = wait_until(20, || {
@@ -331,19 +379,8 @@ impl Cluster {
     /// one asks it to), and keeps the new one as the node's weftd. Returns
     /// how long the old one took to go after the new one was spawned.
     pub fn start_beside(&mut self, i: usize) -> Duration {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.nodes[i].dir.join("weftd.log"))
-            .unwrap();
         let t = Instant::now();
-        let child = self
-            .command(i)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn weftd");
+        let child = self.spawn(i);
         let node = &mut self.nodes[i];
         let mut old = node.child.replace(child).expect("a weftd runs");
         let gone = wait_until(20, || old.try_wait().ok().flatten().is_some());
