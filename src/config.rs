@@ -129,6 +129,14 @@ impl NetConfig {
                     )
                 })?,
         };
+        if network.prefix_len() == 0 {
+            return Err(bad(
+                "Network",
+                format!(
+                    "{network} would take every address, the underlay's included; use a private range such as \"10.244.0.0/16\""
+                ),
+            ));
+        }
         if network.network() != network.addr() {
             return Err(bad(
                 "Network",
@@ -388,6 +396,17 @@ mod tests {
         assert_eq!(c.backend.vni.get(), 4096);
         assert_eq!(c.backend.port, 4789);
         assert_eq!(c.overlay_mtu(1500), 8950);
+    }
+
+    #[test]
+    fn a_slash_zero_network_is_refused() {
+        let e = parse(r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field Network") && e.contains("every address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -89,6 +89,20 @@ impl Lease {
 }
 
 /// flannel's key form of a subnet: `10.244.3.0/24` → `10.244.3.0-24`.
+/// Why `s` cannot be a node's subnet, if it cannot: a /0 would route every
+/// address (the underlay's too) into the overlay, and a /31 or /32 leaves no
+/// address for a gateway and a pod. Every store's data and subnet.env are
+/// held to this before weft routes to, or hands out addresses from, a subnet.
+pub fn node_subnet_problem(s: &Ipv4Net) -> Option<&'static str> {
+    match s.prefix_len() {
+        0 => Some("a /0 node subnet would take every address, the underlay's included"),
+        31 | 32 => Some(
+            "a /31 or /32 node subnet leaves no address for the gateway and a pod (it must be /30 or shorter)",
+        ),
+        _ => None,
+    }
+}
+
 pub fn subnet_key(s: &Ipv4Net) -> String {
     format!("{}-{}", s.addr(), s.prefix_len())
 }

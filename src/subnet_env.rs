@@ -39,7 +39,14 @@ pub enum SubnetEnvError {
 impl SubnetEnv {
     /// The file's text, in flannel's order and format.
     pub fn render(&self) -> String {
-        let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
+        // The first host address; a subnet with none (refused by `parse`
+        // and by every store) is written as it is rather than overflowing.
+        let net = u32::from(self.subnet.network());
+        let first = Ipv4Addr::from(if self.subnet.prefix_len() < 31 {
+            net.saturating_add(1)
+        } else {
+            net
+        });
         format!(
             "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
             self.network,
@@ -90,6 +97,9 @@ impl SubnetEnv {
             .parse::<Ipv4Net>()
             .map_err(|e| perr(format!("FLANNEL_SUBNET: {e}")))?
             .trunc();
+        if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
+            return Err(perr(format!("FLANNEL_SUBNET={subnet}: {why}")));
+        }
         let mtu = var("FLANNEL_MTU")
             .ok_or_else(|| perr("FLANNEL_MTU is missing".into()))?
             .parse::<u32>()
@@ -142,6 +152,27 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn subnets_without_room_are_refused_and_never_overflow() {
+        for bad in ["255.255.255.255/32", "10.1.2.4/31", "0.0.0.0/0"] {
+            let text =
+                format!("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET={bad}\nFLANNEL_MTU=1450\n");
+            let e = SubnetEnv::parse(&text, Path::new("/run/flannel/subnet.env")).unwrap_err();
+            assert!(
+                e.to_string().contains("FLANNEL_SUBNET=")
+                    && e.to_string().contains("/run/flannel/subnet.env"),
+                "{e}"
+            );
+        }
+        let e = SubnetEnv {
+            network: "0.0.0.0/1".parse().unwrap(),
+            subnet: "255.255.255.255/32".parse().unwrap(),
+            mtu: 1450,
+            ipmasq: false,
+        };
+        assert!(e.render().contains("FLANNEL_SUBNET=255.255.255.255/32"));
     }
 
     #[test]

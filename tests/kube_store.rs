@@ -434,6 +434,12 @@ async fn refusals_name_the_fix() {
             "192.0.2.10",
             json!({}),
         ));
+        s.put_node(node_json(
+            "tiny",
+            Some("10.244.7.1/32"),
+            "192.0.2.12",
+            json!({}),
+        ));
     }
     let srv = ApiServer::loopback(st);
     let e = KubeStore::connect(settings(&srv.url, "bare"))
@@ -459,6 +465,19 @@ async fn refusals_name_the_fix() {
         .to_string();
     assert!(
         e.contains("10.99.1.0/24") && e.contains("outside the Network 10.244.0.0/16"),
+        "{e}"
+    );
+    // A /32 pod CIDR: refused, naming the node, not a subnet.env with no room.
+    let e = KubeStore::connect(settings(&srv.url, "tiny"))
+        .await
+        .unwrap()
+        .acquire(&request([192, 0, 2, 12]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node tiny's pod CIDR 10.244.7.1/32 cannot be a node subnet")
+            && e.contains("--node-cidr-mask-size"),
         "{e}"
     );
     let e = KubeStore::connect(settings(&srv.url, "ghost"))

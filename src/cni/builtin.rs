@@ -44,7 +44,8 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 
 /// The gateway of the node subnet: its first host address (flannel's `.1`).
 pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+    // subnet.env with no room for one is refused before this is reached.
+    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
 }
 
 fn nl_err(what: String) -> impl FnOnce(io::Error) -> CniError {

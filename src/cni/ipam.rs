@@ -124,7 +124,7 @@ impl Ipam {
         }) {
             return Ok(a.ip);
         }
-        let lo = u32::from(subnet.network()) + 1;
+        let lo = u32::from(subnet.network()).saturating_add(1);
         let hi = u32::from(subnet.broadcast()).saturating_sub(1);
         if hi < lo {
             return Err(IpamError::Exhausted {
@@ -139,7 +139,7 @@ impl Ipam {
             .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
             .map(u32::from)
             .filter(|l| (lo..=hi).contains(l))
-            .map_or(lo, |l| if l == hi { lo } else { l + 1 });
+            .map_or(lo, |l| if l >= hi { lo } else { l + 1 });
         let span = hi - lo + 1;
         for k in 0..span {
             let cand = Ipv4Addr::from(lo + (start - lo + k) % span);

@@ -265,6 +265,42 @@ mod tests {
         assert_eq!(j["cniVersion"], "1.1.0");
     }
 
+    /// A subnet.env whose subnet has no room (255.255.255.255/32 once made
+    /// ADD overflow): a CNI error object, never a panic.
+    #[test]
+    fn a_subnet_without_room_is_a_cni_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("subnet.env");
+        std::fs::write(
+            &env,
+            "FLANNEL_NETWORK=0.0.0.0/1\nFLANNEL_SUBNET=255.255.255.255/32\nFLANNEL_MTU=1450\n",
+        )
+        .unwrap();
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "n", "type": "weft", "mode": "builtin",
+            "subnetFile": env, "dataDir": dir.path().join("data"),
+        });
+        let (j, exit) = call(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_NETNS", "/run/netns/none"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/nonexistent"),
+            ],
+            &conf.to_string(),
+        );
+        assert_eq!(exit, 1, "{j}");
+        assert_eq!(j["code"], code::SUBNET_ENV, "{j}");
+        assert!(
+            j["msg"]
+                .as_str()
+                .unwrap()
+                .contains("FLANNEL_SUBNET=255.255.255.255/32"),
+            "{j}"
+        );
+    }
+
     #[test]
     fn bad_input_gives_spec_codes() {
         let add = [

@@ -82,6 +82,13 @@ impl Table {
             if Some(l.subnet) == own {
                 continue;
             }
+            if let Some(why) = crate::lease::node_subnet_problem(&l.subnet) {
+                skipped.push(Skipped {
+                    subnet: l.subnet,
+                    why: why.into(),
+                });
+                continue;
+            }
             match l.attrs.vxlan_data() {
                 Ok(d) if d.vni != vni.get() => skipped.push(Skipped {
                     subnet: l.subnet,
@@ -112,7 +119,9 @@ impl Table {
         self.dense = None;
         let [len] = self.lens[..] else { return false };
         let plen = network.prefix_len();
-        if len < plen
+        // A shift of 32 (a /0 peer) has no meaning: no index then.
+        if len == 0
+            || len < plen
             || len - plen > DENSE_MAX_BITS
             || !self.map.values().all(|p| network.contains(&p.subnet))
         {
@@ -222,6 +231,34 @@ mod tests {
         assert_eq!(p.public_ip, Ipv4Addr::new(192, 0, 2, 3));
         assert_eq!(p.endpoint, "192.0.2.3:8472".parse().unwrap());
         assert!(t.lookup(Ipv4Addr::new(10, 245, 2, 5)).is_none());
+    }
+
+    /// A /0 peer (etcd key `…/subnets/0.0.0.0-0`, a node with podCIDR
+    /// 0.0.0.0/0) under a /0 Network once made the dense index shift by 32
+    /// and every lookup index out of bounds: it is skipped, and lookups
+    /// answer None.
+    #[test]
+    fn a_slash_zero_or_slash_32_peer_is_skipped_and_lookups_never_panic() {
+        let leases = [
+            lease("0.0.0.0/0", [192, 0, 2, 2], 1),
+            lease("10.244.7.1/32", [192, 0, 2, 3], 1),
+        ];
+        let (mut t, skipped) = Table::build(&leases, None, Vni::new(1).unwrap(), 8472);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].why.contains("/0"), "{skipped:?}");
+        assert!(skipped[1].why.contains("/31 or /32"), "{skipped:?}");
+        assert!(!t.index_dense("0.0.0.0/0".parse().unwrap()));
+        assert!(t.lookup([10, 0, 2, 5].into()).is_none());
+        // Inserted by hand anyway, the index refuses a shift of 32.
+        let mut t = Table::default();
+        t.insert(Peer {
+            subnet: "0.0.0.0/0".parse().unwrap(),
+            public_ip: [192, 0, 2, 2].into(),
+            vtep_mac: VtepMac::derive(&[192, 0, 2, 2]),
+            endpoint: "192.0.2.2:8472".parse().unwrap(),
+        });
+        assert!(!t.index_dense("0.0.0.0/0".parse().unwrap()));
+        assert!(t.lookup([10, 0, 2, 5].into()).is_some());
     }
 
     #[test]

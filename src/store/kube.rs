@@ -352,6 +352,9 @@ impl Inner {
             return Ok(None);
         };
         let subnet = cidr.ok_or_else(|| format!("pod CIDR {text:?} is not an IPv4 network"))?;
+        if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
+            return Err(format!("pod CIDR {subnet}: {why}"));
+        }
         let backend_type = self
             .annotation(node, &self.keys.backend_type)
             .ok_or_else(|| format!("annotation {} is missing", self.keys.backend_type))?;
@@ -646,6 +649,13 @@ impl LeaseStore for KubeStore {
                 });
             }
         };
+        if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
+            return Err(StoreError::KubePodCidrUnusable {
+                node: me.node_name.clone(),
+                cidr: subnet,
+                why,
+            });
+        }
         let mut attrs = req.attrs.clone();
         if let Some(ip) = me.annotation(&node, &me.keys.public_ip_overwrite) {
             match ip.parse::<Ipv4Addr>() {

@@ -150,6 +150,14 @@ pub enum StoreError {
         cidr: String,
         network: Ipv4Net,
     },
+    #[error(
+        "node {node}'s pod CIDR {cidr} cannot be a node subnet: {why}; give kube-controller-manager a --node-cidr-mask-size of 30 or less"
+    )]
+    KubePodCidrUnusable {
+        node: String,
+        cidr: Ipv4Net,
+        why: &'static str,
+    },
     #[error("Kubernetes API server {api}: {op} failed: {detail}")]
     KubeRequest {
         api: String,
