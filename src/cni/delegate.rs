@@ -100,7 +100,11 @@ fn exec(bin: &Path, call: &Call<'_>, stdin: &[u8]) -> Result<Vec<u8>, CniError> 
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     match serde_json::from_slice::<Value>(&out.stdout) {
         Ok(v) if v.get("code").and_then(Value::as_u64).is_some() => {
-            let c = v["code"].as_u64().unwrap_or(u64::from(code::DELEGATE)) as u32;
+            // A code that does not fit is not the delegate's meaning: say "delegate failed".
+            let c = v["code"]
+                .as_u64()
+                .and_then(|c| u32::try_from(c).ok())
+                .unwrap_or(code::DELEGATE);
             let msg = v.get("msg").and_then(Value::as_str).unwrap_or("");
             let details = v.get("details").and_then(Value::as_str).unwrap_or("");
             Err(

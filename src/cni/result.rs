@@ -161,7 +161,13 @@ impl CniResult {
             r.interfaces.push(Interface {
                 name: s(&i, "name").ok_or_else(|| bad("interfaces[].name", "missing"))?,
                 mac: s(&i, "mac").filter(|m| !m.is_empty()),
-                mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
+                mtu: match i.get("mtu").and_then(Value::as_u64) {
+                    None => None,
+                    Some(m) => Some(
+                        u32::try_from(m)
+                            .map_err(|_| bad("interfaces[].mtu", "is larger than any MTU"))?,
+                    ),
+                },
                 sandbox: s(&i, "sandbox").filter(|m| !m.is_empty()),
             });
         }
@@ -234,6 +240,18 @@ mod tests {
             }],
             dns: json!({}),
         }
+    }
+
+    #[test]
+    fn an_mtu_past_u32_is_refused_not_narrowed() {
+        let v = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "mtu": 4_294_968_746u64}]});
+        let e = CniResult::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("interfaces[].mtu"), "{e}");
+        let v = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "mtu": 1450}]});
+        assert_eq!(
+            CniResult::from_json(&v).unwrap().interfaces[0].mtu,
+            Some(1450)
+        );
     }
 
     #[test]

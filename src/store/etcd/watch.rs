@@ -158,7 +158,9 @@ impl Watcher {
     async fn watch_phase(&mut self, backoff: &mut Duration) -> Resync {
         let store = self.store.clone();
         let prefix = store.subnets_prefix();
-        let start = self.last_rev + 1;
+        // An etcd revision is an i64 that no real store exhausts; a hostile
+        // one at i64::MAX makes the watch start there rather than overflow.
+        let start = self.last_rev.saturating_add(1);
         let mut c = store.client.clone();
         let p = prefix.clone();
         let stream = store
