@@ -5,7 +5,6 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -200,7 +199,7 @@ struct Devices {
 /// Opens (or attaches to) the TUN device and binds the VXLAN sockets.
 /// Offloads are dropped only when the kernel refuses them; a device left by
 /// an earlier weftd with other settings is recreated when no weftd runs.
-async fn open_devices(
+fn open_devices(
     opts: &Options,
     nl: &mut netlink::Netlink,
     listen: SocketAddrV4,
@@ -351,7 +350,7 @@ pub async fn run_with_store(
         );
     }
     let listen = SocketAddrV4::new(ext.addr, port);
-    let devices = open_devices(&opts, &mut nl, listen, tun_mtu, predecessor).await?;
+    let devices = open_devices(&opts, &mut nl, listen, tun_mtu, predecessor)?;
 
     // A stable VtepMAC: derived from the public IP, so restarts keep it.
     let vtep_mac = VtepMac::derive(&ext.public_ip.octets());
@@ -494,6 +493,35 @@ async fn start(
     let dataplane = Dataplane::start(queues, core, table.clone(), counters.clone())
         .map_err(DaemonError::Threads)?;
 
+    // Peers first: after a restart the table is what pods wait for, while
+    // the rules and subnet.env of the previous run are still in place.
+    let watched = async {
+        let events = store.watch().await?;
+        let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        // Raised by the watcher when this node's own lease leaves the store.
+        let own_gone = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch_leases(
+            events,
+            table.clone(),
+            lease.subnet,
+            config.clone(),
+            ready_tx,
+            own_gone.clone(),
+        ));
+        let first = ready_rx.recv().await.is_some();
+        Ok::<_, DaemonError>((watcher, own_gone, first))
+    }
+    .await;
+    let (watcher, own_gone, first) = match watched {
+        Ok(x) => x,
+        Err(e) => {
+            tokio::task::spawn_blocking(move || dataplane.stop())
+                .await
+                .ok();
+            return Err(e);
+        }
+    };
+
     let started = async {
         let rules = setup_netfilter(opts.netfilter, config, lease.subnet, previous_env).await?;
         let env = SubnetEnv {
@@ -508,7 +536,7 @@ async fn start(
             counters: counters.clone(),
             table: table.clone(),
             subnet: lease.subnet,
-            ready: false.into(),
+            ready: first.into(),
         });
         let healthz = match opts.healthz {
             Some(addr) => {
@@ -518,33 +546,20 @@ async fn start(
             }
             None => None,
         };
-        Ok::<_, DaemonError>((rules, status, healthz))
+        Ok::<_, DaemonError>((rules, healthz))
     }
     .await;
-    let (rules, status, healthz) = match started {
+    let (rules, healthz) = match started {
         Ok(x) => x,
         Err(e) => {
+            watcher.abort();
             tokio::task::spawn_blocking(move || dataplane.stop())
                 .await
                 .ok();
             return Err(e);
         }
     };
-
-    let events = store.watch().await?;
-    let (ready_tx, mut ready_rx) = mpsc::channel(1);
-    // Raised by the watcher when this node's own lease leaves the store.
-    let own_gone = Arc::new(tokio::sync::Notify::new());
-    let watcher = tokio::spawn(watch_leases(
-        events,
-        table.clone(),
-        lease.subnet,
-        config.clone(),
-        ready_tx,
-        own_gone.clone(),
-    ));
-    if ready_rx.recv().await.is_some() {
-        status.ready.store(true, Ordering::Relaxed);
+    if first {
         tracing::info!("watching for subnet leases");
         if let Err(e) = store.network_ready(&lease).await {
             tracing::warn!("the dataplane is up but the store was not told: {e}");

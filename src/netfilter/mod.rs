@@ -208,19 +208,6 @@ impl Netfilter {
         }
     }
 
-    fn nft_state() -> NftState {
-        // A missing table makes `nft list` fail: that is the empty state.
-        NftState::parse(
-            &run("nft", &["list", "table", "ip", plan::NFT_TABLE], None).unwrap_or_default(),
-        )
-    }
-
-    fn ipt_state() -> Option<IptState> {
-        let nat = run("iptables-save", &["-t", "nat"], None).ok()?;
-        let filter = run("iptables-save", &["-t", "filter"], None).ok()?;
-        Some(IptState::parse(&(nat + &filter)))
-    }
-
     /// The iptables chains wanted in this mode, given iptables' state.
     fn ipt_chains(&self, ipt: &IptState) -> Vec<Chain> {
         match self.backend {
@@ -230,23 +217,22 @@ impl Netfilter {
         }
     }
 
-    /// What is out of step with the wanted rules (empty: all in place).
-    pub fn check(&self) -> Vec<String> {
+    /// What `state` shows out of step with the wanted rules (empty: all in place).
+    fn diff(&self, state: &State) -> Vec<String> {
         let mut d = vec![];
-        let ipt = Self::ipt_state();
         match self.backend {
             Backend::Nftables => {
-                d.extend(Self::nft_state().diff(&self.rules));
-                if let Some(ipt) = &ipt {
+                d.extend(state.nft.diff(&self.rules));
+                if let Some(ipt) = &state.ipt {
                     d.extend(ipt.diff(&self.rules, &self.ipt_chains(ipt)));
                 }
             }
             Backend::Iptables => {
-                match &ipt {
+                match &state.ipt {
                     Some(ipt) => d.extend(ipt.diff(&self.rules, &self.ipt_chains(ipt))),
                     None => d.push("iptables-save failed".into()),
                 }
-                if Self::nft_state().table {
+                if state.nft.table {
                     d.push(format!(
                         "nftables table ip {} is left from nftables mode",
                         plan::NFT_TABLE
@@ -257,21 +243,51 @@ impl Netfilter {
         d
     }
 
+    /// What is out of step with the wanted rules now (empty: all in place).
+    pub fn check(&self) -> Vec<String> {
+        self.diff(&State::read())
+    }
+
     /// Installs the wanted rules, replacing weft's own (never duplicating
     /// them), and removes what the other backend left.
     ///
     /// # Errors
     /// [`NetfilterError::Tool`] with the command and its error output.
     pub fn apply(&mut self) -> Result<Applied, NetfilterError> {
+        let state = State::read();
+        let repaired = self.diff(&state);
+        self.apply_on(&state, repaired)
+    }
+
+    /// Checks the rules and restores them when they are out of step; returns
+    /// what was wrong (None: all was in place). One listing of each tool.
+    ///
+    /// # Errors
+    /// As [`Netfilter::apply`].
+    pub fn resync(&mut self) -> Result<Option<Applied>, NetfilterError> {
+        let state = State::read();
+        let repaired = self.diff(&state);
+        if repaired.is_empty() {
+            return Ok(None);
+        }
+        self.apply_on(&state, repaired).map(Some)
+    }
+
+    fn apply_on(
+        &mut self,
+        state: &State,
+        repaired: Vec<String>,
+    ) -> Result<Applied, NetfilterError> {
         let mut applied = Applied {
-            repaired: self.check(),
+            repaired,
             ..Applied::default()
         };
         let had = self.iptables_forward;
-        match self.install() {
+        // Each tool's change is atomic: a failed one left `state` as it was.
+        match self.install(state) {
             Err(e) if self.rules.random_fully && self.rules.masquerade => {
                 self.rules.random_fully = false;
-                self.install().map_err(|_| e)?;
+                self.install(state).map_err(|_| e)?;
                 applied.random_fully_refused = true;
             }
             r => r?,
@@ -280,14 +296,13 @@ impl Netfilter {
         Ok(applied)
     }
 
-    fn install(&mut self) -> Result<(), NetfilterError> {
-        let ipt = Self::ipt_state();
+    fn install(&mut self, state: &State) -> Result<(), NetfilterError> {
         if self.backend == Backend::Nftables {
             run("nft", &["-f", "-"], Some(&self.rules.nft_script()))?;
-        } else if Self::nft_state().table {
+        } else if state.nft.table {
             run("nft", &["-f", "-"], Some(&Rules::nft_remove_script()))?;
         }
-        let Some(ipt) = ipt else {
+        let Some(ipt) = &state.ipt else {
             // No iptables: nothing of weft's can be there to replace or remove.
             self.iptables_forward = false;
             return if self.backend == Backend::Iptables {
@@ -299,25 +314,34 @@ impl Netfilter {
                 Ok(())
             };
         };
-        let chains = self.ipt_chains(&ipt);
+        let chains = self.ipt_chains(ipt);
         self.iptables_forward = self.backend == Backend::Nftables && !chains.is_empty();
-        let script = self.rules.iptables_script(&chains, &ipt);
+        let script = self.rules.iptables_script(&chains, ipt);
         if !script.is_empty() {
             run("iptables-restore", &["-w", "5", "--noflush"], Some(&script))?;
         }
         Ok(())
     }
+}
 
-    /// Checks the rules and restores them when they are out of step; returns
-    /// what was wrong (None: all was in place).
-    ///
-    /// # Errors
-    /// As [`Netfilter::apply`].
-    pub fn resync(&mut self) -> Result<Option<Applied>, NetfilterError> {
-        if self.check().is_empty() {
-            return Ok(None);
+/// What the tools show of weft's rules now: one `nft list table` and one
+/// `iptables-save` (None where iptables does not work).
+struct State {
+    nft: NftState,
+    ipt: Option<IptState>,
+}
+
+impl State {
+    fn read() -> State {
+        State {
+            // A missing table makes `nft list` fail: that is the empty state.
+            nft: NftState::parse(
+                &run("nft", &["list", "table", "ip", plan::NFT_TABLE], None).unwrap_or_default(),
+            ),
+            ipt: run("iptables-save", &[], None)
+                .ok()
+                .map(|save| IptState::parse(&save)),
         }
-        self.apply().map(Some)
     }
 }
 
@@ -328,19 +352,13 @@ impl Netfilter {
 /// [`NetfilterError::Tool`] with the command and its error output.
 pub fn remove_all() -> Result<Vec<String>, NetfilterError> {
     let mut done = vec![];
-    if nft_works().is_ok() && Netfilter::nft_state().table {
+    let state = State::read();
+    if state.nft.table {
         run("nft", &["-f", "-"], Some(&Rules::nft_remove_script()))?;
         done.push(format!("nftables table ip {}", plan::NFT_TABLE));
     }
-    if let Some(ipt) = Netfilter::ipt_state() {
-        let any = Rules {
-            network: ipnet::Ipv4Net::default(),
-            subnet: ipnet::Ipv4Net::default(),
-            masquerade: false,
-            random_fully: false,
-            forward: false,
-        };
-        let script = any.iptables_script(&[], &ipt);
+    if let Some(ipt) = &state.ipt {
+        let script = ipt.remove_script();
         if !script.is_empty() {
             run("iptables-restore", &["-w", "5", "--noflush"], Some(&script))?;
             for (exists, name) in [

@@ -509,6 +509,19 @@ impl IptState {
         }
     }
 
+    /// An `iptables-restore --noflush` script that removes weft's chains and
+    /// their jumps (empty when there are none).
+    pub fn remove_script(&self) -> String {
+        let nothing = Rules {
+            network: Ipv4Net::default(),
+            subnet: Ipv4Net::default(),
+            masquerade: false,
+            random_fully: false,
+            forward: false,
+        };
+        nothing.iptables_script(&[], self)
+    }
+
     /// What differs from `want`'s rules of `chains` (weft's other iptables
     /// chains should be absent), one line each (empty: in step).
     pub fn diff(&self, want: &Rules, chains: &[Chain]) -> Vec<String> {
@@ -766,5 +779,10 @@ mod tests {
             ["chain WEFT-POSTRTG is not wanted"]
         );
         assert!(r.iptables_script(&[], &IptState::default()).is_empty());
+        // Uninstall: every chain and jump of weft's, nothing else.
+        let rm = st.remove_script();
+        assert!(rm.contains("-D POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n:WEFT-POSTRTG - [0:0]\n-X WEFT-POSTRTG"), "{rm}");
+        assert!(rm.contains("-D FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\n:WEFT-FWD - [0:0]\n-X WEFT-FWD"), "{rm}");
+        assert!(IptState::default().remove_script().is_empty());
     }
 }
