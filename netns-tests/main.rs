@@ -10,6 +10,7 @@ mod etcd_support;
 mod cni;
 mod dataplane;
 mod etcd;
+mod hostile;
 mod kube;
 #[path = "../tests/kube_support/mod.rs"]
 mod kube_support;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::Options;
+use crate::dataplane::core::SourceChecks;
 use crate::iface::IfaceSpec;
 use crate::store::StoreError;
 use crate::store::etcd::EtcdOptions;
@@ -139,6 +140,15 @@ pub struct RunArgs {
     /// FORWARD policy is DROP: Docker, ufw, firewalld).
     #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub iptables_forward_rules: bool,
+    /// Accept VXLAN from addresses that are no lease's PublicIP (for
+    /// underlays that rewrite source addresses: nodes behind NAT). Inner
+    /// sources must then still lie in some peer's subnet.
+    #[arg(long, env = "WEFT_ACCEPT_UNKNOWN_PEERS", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accept_unknown_peers: bool,
+    /// Accept inner packets whose source is outside the sending node's
+    /// subnet (for peers that route other networks' traffic unmasqueraded).
+    #[arg(long, env = "WEFT_ACCEPT_FOREIGN_SOURCES", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accept_foreign_sources: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log_level: String,
@@ -183,6 +193,10 @@ impl RunArgs {
                 random_fully: !self.ip_masq_fully_random_disable,
                 forward: self.iptables_forward_rules,
                 resync: Duration::from_secs(self.iptables_resync),
+            },
+            source_checks: SourceChecks {
+                known_peers: !self.accept_unknown_peers,
+                own_sources: !self.accept_foreign_sources,
             },
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),

@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
-use crate::dataplane::core::Core;
+use crate::dataplane::core::{Core, SourceChecks};
 use crate::dataplane::counters::Counters;
 use crate::dataplane::table::{self, SharedTable};
 use crate::dataplane::worker::{Dataplane, Queue};
@@ -55,6 +55,8 @@ pub struct Options {
     pub kube: Option<KubeSettings>,
     /// Masquerade and forward rules.
     pub netfilter: netfilter::Settings,
+    /// Whom the receive path believes (`--accept-unknown-peers`, `--accept-foreign-sources`).
+    pub source_checks: SourceChecks,
 }
 
 /// net-conf.json's place in Kubernetes mode when `--net-config-path` is not given (flannel's).
@@ -479,7 +481,25 @@ async fn start(
 
     let table = table::shared();
     let counters = Arc::new(Counters::default());
-    let core = Core::new(config.backend.vni, vtep_mac, lease.subnet);
+    let core = Core {
+        checks: opts.source_checks,
+        ..Core::new(config.backend.vni, vtep_mac, lease.subnet)
+    };
+    if !opts.source_checks.known_peers || !opts.source_checks.own_sources {
+        tracing::warn!(
+            "source checks relaxed: VXLAN accepted from {} with inner sources {}",
+            if opts.source_checks.known_peers {
+                "leased nodes only"
+            } else {
+                "any address"
+            },
+            if opts.source_checks.own_sources {
+                "inside a peer's subnet"
+            } else {
+                "from anywhere"
+            }
+        );
+    }
     let queues: Vec<Queue> = devices
         .tuns
         .into_iter()
@@ -490,11 +510,11 @@ async fn start(
             send: devices.send.clone(),
         })
         .collect();
-    let dataplane = Dataplane::start(queues, core, table.clone(), counters.clone())
-        .map_err(DaemonError::Threads)?;
-
-    // Peers first: after a restart the table is what pods wait for, while
-    // the rules and subnet.env of the previous run are still in place.
+    // Peers first, then the packet threads: a worker with an empty table
+    // would refuse every datagram as from an unknown peer and answer every
+    // packet with ICMP unreachable. Until then the kernel queues what
+    // arrives (TUN queue, socket buffer); after a restart the previous
+    // weftd forwards meanwhile, and its rules and subnet.env stay in place.
     let watched = async {
         let events = store.watch().await?;
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
@@ -512,13 +532,12 @@ async fn start(
         Ok::<_, DaemonError>((watcher, own_gone, first))
     }
     .await;
-    let (watcher, own_gone, first) = match watched {
-        Ok(x) => x,
+    let (watcher, own_gone, first) = watched?;
+    let dataplane = match Dataplane::start(queues, core, table.clone(), counters.clone()) {
+        Ok(d) => d,
         Err(e) => {
-            tokio::task::spawn_blocking(move || dataplane.stop())
-                .await
-                .ok();
-            return Err(e);
+            watcher.abort();
+            return Err(DaemonError::Threads(e));
         }
     };
 

@@ -28,8 +28,10 @@ pub fn weftd_bin() -> String {
 }
 
 /// Drop reasons that never occur in a healthy overlay.
-pub const WRONG_DROPS: [&str; 9] = [
+pub const WRONG_DROPS: [&str; 11] = [
     "wrong_vni",
+    "unknown_peer",
+    "spoofed_source",
     "wrong_mac",
     "vxlan_truncated",
     "inner_malformed",
