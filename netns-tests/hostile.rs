@@ -208,3 +208,79 @@ fn strangers_and_spoofed_sources_never_reach_the_pod() {
     );
     assert_eq!(n1.drops("unknown_peer"), 0.0, "{:?}", n1.metrics());
 }
+
+/// Leases no node can hold — a `/0`, a `/32`, a `/31` (an etcd key
+/// `…/subnets/0.0.0.0-0`, a hand-written local-store file) — are ignored
+/// with the subnet and the reason, and forwarding goes on; a `/0` Network
+/// is refused at start, naming the field.
+#[test]
+fn unusable_leases_are_ignored_and_a_slash_zero_network_refused() {
+    if !require_root("unusable_leases_are_ignored_and_a_slash_zero_network_refused") {
+        return;
+    }
+    let mut c = Cluster::up(
+        "badlease",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let store = c.store();
+    for s in ["0.0.0.0/0", "10.244.250.1/32", "10.244.251.0/31"] {
+        let ip: Ipv4Addr = [192, 0, 2, 77].into();
+        store
+            .put_lease(&weft::lease::Lease {
+                subnet: s.parse().unwrap(),
+                attrs: weft::lease::LeaseAttrs::vxlan(
+                    ip,
+                    weft::types::Vni::new(1).unwrap(),
+                    VtepMac::derive(&ip.octets()),
+                ),
+                expiration: Some(std::time::SystemTime::now() + Duration::from_secs(600)),
+            })
+            .unwrap();
+    }
+    for n in &c.nodes {
+        let ok = wait_until(5, || {
+            let log = n.log();
+            log.contains("ignoring the lease for 0.0.0.0/0: it is outside the Network")
+                && log.contains("ignoring the lease for 10.244.250.1/32")
+                && log.contains("ignoring the lease for 10.244.251.0/31")
+        });
+        assert!(ok, "{}:\n{}", n.ns, n.log());
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        assert!(
+            c.nodes[a].running(),
+            "{}:\n{}",
+            c.nodes[a].ns,
+            c.nodes[a].log()
+        );
+        assert!(
+            c.nodes[a].ping(c.nodes[b].addr()),
+            "node {a} reaches node {b}"
+        );
+        assert_eq!(c.nodes[a].metric("weft_peers"), 1.0);
+    }
+
+    // A /0 Network: refused before anything is set up.
+    let conf = c.store_dir.with_file_name("zero-net-conf.json");
+    std::fs::write(
+        &conf,
+        r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    c.nodes[1].stop();
+    c.nodes[1].extra = vec!["--net-config-path".into(), conf.display().to_string()];
+    let out = c
+        .command(1)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a /0 Network was accepted:\n{err}");
+    assert!(
+        err.contains("Network") && err.contains(&conf.display().to_string()),
+        "{err}"
+    );
+}

@@ -17,3 +17,4 @@ mod kube_support;
 mod lifecycle;
 mod podnet;
 mod rootless;
+mod secrets;

@@ -18,6 +18,8 @@ use crate::store::kube::KubeSettings;
 #[command(
     name = "weftd",
     version,
+    // As Go's flag package (flanneld): a flag given twice takes the last value.
+    args_override_self = true,
     about = "weft: a userspace VXLAN overlay network that speaks flannel's formats"
 )]
 pub struct Cli {
