@@ -9,6 +9,7 @@ mod etcd_support;
 
 mod cni;
 mod dataplane;
+mod dropin;
 mod etcd;
 mod hostile;
 mod kube;

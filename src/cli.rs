@@ -115,7 +115,7 @@ pub struct RunArgs {
     pub etcd: EtcdOptions,
     /// Kubernetes mode: this node's subnet is its spec.podCIDR, peers come from node
     /// annotations (flannel's); needs NODE_NAME (or POD_NAME and POD_NAMESPACE).
-    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR")]
+    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub kube_subnet_mgr: bool,
     /// kubeconfig for the API server (the deadlock-free way: it names the real
     /// server address, not the Service ClusterIP that needs kube-proxy).
@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// Prefix of the node annotations (flannel's by default, so flannel nodes are peers).
     #[arg(long, env = "WEFT_KUBE_ANNOTATION_PREFIX", default_value = crate::store::kube::DEFAULT_ANNOTATION_PREFIX)]
     pub kube_annotation_prefix: String,
+    /// Kubernetes mode: set the node's NetworkUnavailable condition to False
+    /// once the dataplane is up (flannel's flag).
+    #[arg(long, env = "WEFT_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    pub set_node_network_unavailable: bool,
     /// Masquerade pods' traffic to destinations outside the Network, and
     /// write FLANNEL_IPMASQ=true so the CNI bridge does not NAT (flannel's flag).
     #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
@@ -207,8 +211,9 @@ impl RunArgs {
             } else {
                 None
             },
-            kube: self.kube_subnet_mgr.then(|| {
-                KubeSettings::from_env(
+            kube: self.kube_subnet_mgr.then(|| KubeSettings {
+                set_node_network_unavailable: self.set_node_network_unavailable,
+                ..KubeSettings::from_env(
                     self.kubeconfig_file.clone(),
                     self.kube_api_url.clone(),
                     self.kube_annotation_prefix.clone(),

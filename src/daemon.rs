@@ -615,6 +615,10 @@ impl Running {
             own_gone,
         } = self;
         let renewal = Renewal::new(opts.lease_ttl, opts.renew_margin);
+        notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("forwarding for {}", lease.subnet)),
+        ]);
         let outcome = {
             tokio::pin!(shutdown);
             let mut watcher = watcher;
@@ -674,6 +678,7 @@ impl Running {
                 }
             }
         };
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         if let Some(h) = healthz {
             h.abort();
         }
@@ -691,6 +696,17 @@ impl Running {
             .await
             .ok();
         outcome
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) how the
+/// node stands; nothing without a notify socket.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(
+            "cannot notify systemd through NOTIFY_SOCKET={:?}: {e}",
+            std::env::var("NOTIFY_SOCKET").unwrap_or_default()
+        );
     }
 }
 

@@ -1,5 +1,6 @@
 //! The health and metrics endpoint (flannel's `--healthz-ip`/`--healthz-port`):
-//! `GET /healthz` (200 once the dataplane is up) and `GET /metrics`
+//! `GET /healthz` (liveness), `GET /readyz` (200 once the dataplane forwards
+//! to the peers of the first lease snapshot, else 503), and `GET /metrics`
 //! (Prometheus text: peers, packets, bytes and drops by reason).
 
 use std::fmt::Write as _;
@@ -98,14 +99,20 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>) {
                 }
             }
             let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let target = req.split_whitespace().nth(1).unwrap_or("");
+            let path = target.split('?').next().unwrap_or("");
+            let ready = status.ready.load(Ordering::Relaxed);
+            // As flanneld's: /healthz is liveness (the process serves),
+            // /readyz readiness (the dataplane forwards to the peers it knows).
             let (code, body) = match path {
-                "/healthz" if status.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "ok\n".to_string())
-                }
-                "/healthz" => ("503 Service Unavailable", "starting\n".to_string()),
+                "/healthz" | "/readyz" if ready => ("200 OK", "ok\n".to_string()),
+                "/healthz" => ("200 OK", "ok (starting)\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
                 "/metrics" => ("200 OK", status.render()),
-                _ => ("404 Not Found", "try /healthz or /metrics\n".to_string()),
+                _ => (
+                    "404 Not Found",
+                    "try /healthz, /readyz or /metrics\n".to_string(),
+                ),
             };
             let resp = format!(
                 "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

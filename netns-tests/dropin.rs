@@ -1,0 +1,160 @@
+//! weftd started the way operators start flanneld: a systemd unit's command
+//! line with Go's single-dash flags and `FLANNELD_*` variables against a real
+//! etcd under seed 003's prefix, `Type=notify` against a notify socket the
+//! test binds, and flanneld's `/healthz` and `/readyz`.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use weft::netns::{self, UNDERLAY_GW};
+
+use crate::etcd_support::{EtcdServer, etcd_available};
+use crate::harness::{Cluster, METRICS_PORT, Opts, require_root, weftd_bin};
+
+const PREFIX: &str = "/kubernetes/network";
+
+/// Every message the notify socket got within `wait`.
+fn notifications(sock: &UnixDatagram, wait: Duration) -> Vec<String> {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut got = vec![];
+    let mut buf = [0u8; 512];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got
+}
+
+#[test]
+fn a_flanneld_unit_command_line_starts_weftd() {
+    if !require_root("a_flanneld_unit_command_line_starts_weftd")
+        || !etcd_available("a_flanneld_unit_command_line_starts_weftd")
+    {
+        return;
+    }
+    let mut c = Cluster::build(
+        "dropin",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let etcd = EtcdServer::start_in_netns(c.underlay_ns(), UNDERLAY_GW);
+    // Seed 001/003: `etcdctl set ${FLANNEL_ETCD_PREFIX}/config '{…, "SubnetLen": 24, …}'`.
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"172.30.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut socks = vec![];
+    for i in 0..2 {
+        let path = dir.path().join(format!("notify{i}"));
+        socks.push(UnixDatagram::bind(&path).unwrap());
+        let n = &c.nodes[i];
+        let mut cmd = Command::new("ip");
+        // The unit's ExecStart: flanneld's flags as Go writes them.
+        cmd.args(["netns", "exec", &n.ns, &weftd_bin()])
+            .arg(format!("-etcd-endpoints={}", etcd.endpoint()))
+            .arg(format!("-etcd-prefix={PREFIX}"))
+            .arg("-ip-masq")
+            .arg("-v=2")
+            .arg(format!(
+                "-subnet-file={}",
+                n.dir.join("subnet.env").display()
+            ))
+            .args(["-healthz-port", &METRICS_PORT.to_string()])
+            .env("NOTIFY_SOCKET", &path)
+            // From the unit's EnvironmentFile, flanneld's names.
+            .env("FLANNELD_IFACE", "eth0")
+            .env("FLANNELD_IPTABLES_FORWARD_RULES", "true");
+        c.start_command(i, cmd);
+    }
+    c.wait_peers(1);
+    assert!(c.nodes[0].ping(c.nodes[1].addr()));
+    assert!(c.nodes[1].subnet().to_string().starts_with("172.30."));
+    let keys = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("{PREFIX}/subnets/"),
+    ]);
+    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 2, "{keys}");
+    for (i, n) in c.nodes.iter().enumerate() {
+        let log = n.log();
+        assert!(log.contains("DEBUG"), "-v=2 is the debug level:\n{log}");
+        assert_eq!(
+            netns::http_get(&n.ns, METRICS_PORT, "/readyz").unwrap(),
+            "ok\n"
+        );
+        assert_eq!(
+            netns::http_get(&n.ns, METRICS_PORT, "/healthz").unwrap(),
+            "ok\n"
+        );
+        let got = notifications(&socks[i], Duration::from_millis(200));
+        assert!(
+            got.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+            "no READY=1: {got:?}"
+        );
+        assert!(
+            std::fs::read_to_string(n.dir.join("subnet.env"))
+                .unwrap()
+                .contains("FLANNEL_IPMASQ=true"),
+            "-ip-masq"
+        );
+    }
+    c.nodes[0].stop();
+    let got = notifications(&socks[0], Duration::from_millis(200));
+    assert!(
+        got.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "no STOPPING=1: {got:?}"
+    );
+    // FLANNELD_IFACE is read: an interface that does not exist is named.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c.nodes[0].ns, &weftd_bin()])
+        .arg(format!("-etcd-endpoints={}", etcd.endpoint()))
+        .arg(format!("-etcd-prefix={PREFIX}"))
+        .env("FLANNELD_IFACE", "nosuch0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nosuch0"), "{err}");
+}
+
+/// kube-flannel.yml's container args, flanneld's klog flags and the flags
+/// weft has no use for are accepted: a DaemonSet swapped to weft's image
+/// does not crash-loop on a parse error.
+#[test]
+fn flanneld_flags_weft_does_not_use_are_accepted_with_a_warning() {
+    if !require_root("flanneld_flags_weft_does_not_use_are_accepted_with_a_warning") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "noflag",
+        &Opts {
+            nodes: 1,
+            ..Opts::default()
+        },
+    );
+    c.nodes[0].extra = [
+        "--ip-masq",
+        "--ip-blackhole-route",
+        "-vmodule=kube=3",
+        "-public-ipv6",
+        "2001:db8::1",
+        "-v=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.start(0);
+    let log = c.nodes[0].log();
+    for f in [
+        "-ip-blackhole-route",
+        "-set-node-network-unavailable",
+        "-public-ipv6",
+    ] {
+        assert!(
+            log.contains(&format!("flanneld's {f} has no effect in weft")),
+            "{f}:\n{log}"
+        );
+    }
+}
