@@ -158,3 +158,63 @@ fn flanneld_flags_weft_does_not_use_are_accepted_with_a_warning() {
         );
     }
 }
+
+/// A node moving from flanneld to weft: flanneld's `flannel.1` still holds
+/// UDP 8472. weftd names it with the fix; with `--replace-kernel-vxlan` it
+/// deletes it, takes the node's lease over and forwards.
+#[test]
+fn a_leftover_flannel_device_is_named_then_replaced() {
+    if !require_root("a_leftover_flannel_device_is_named_then_replaced") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "swap",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let flannel_node = weft::netns::NodeNs {
+        ns: c.nodes[1].ns.clone(),
+        ip: c.nodes[1].ip,
+    };
+    let k = crate::harness::KernelNode::new(
+        flannel_node,
+        "10.244.77.0/24".parse().unwrap(),
+        &c.store(),
+    );
+    c.start(0);
+    let out = c
+        .command(1)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "weftd started beside flannel.1:\n{err}"
+    );
+    assert!(
+        err.contains("kernel VXLAN device flannel.1 (VNI 1) holds UDP port 8472")
+            && err.contains("ip link del flannel.1")
+            && err.contains("--replace-kernel-vxlan"),
+        "{err}"
+    );
+    c.nodes[1].extra = vec!["--replace-kernel-vxlan".into()];
+    c.start(1);
+    c.wait_peers(1);
+    let log = c.nodes[1].log();
+    assert!(
+        log.contains("deleted the kernel VXLAN device flannel.1 (VNI 1)"),
+        "{log}"
+    );
+    assert_eq!(
+        c.nodes[1].subnet(),
+        k.subnet,
+        "the node keeps flannel's lease"
+    );
+    let links = netns::ip(&["-n", &c.nodes[1].ns, "-br", "link"]).unwrap();
+    assert!(!links.contains("flannel.1"), "{links}");
+    assert!(c.nodes[0].ping(c.nodes[1].addr()));
+    assert!(c.nodes[1].ping(c.nodes[0].addr()));
+}

@@ -155,6 +155,10 @@ pub struct RunArgs {
     /// subnet (for peers that route other networks' traffic unmasqueraded).
     #[arg(long, env = "WEFT_ACCEPT_FOREIGN_SOURCES", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub accept_foreign_sources: bool,
+    /// Delete a kernel VXLAN device (flanneld's flannel.1) that holds this
+    /// network's UDP port, so weftd can take the node over from flanneld.
+    #[arg(long, env = "WEFT_REPLACE_KERNEL_VXLAN", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub replace_kernel_vxlan: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log_level: String,
@@ -200,6 +204,7 @@ impl RunArgs {
                 forward: self.iptables_forward_rules,
                 resync: Duration::from_secs(self.iptables_resync),
             },
+            replace_kernel_vxlan: self.replace_kernel_vxlan,
             source_checks: SourceChecks {
                 known_peers: !self.accept_unknown_peers,
                 own_sources: !self.accept_foreign_sources,

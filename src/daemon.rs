@@ -57,6 +57,8 @@ pub struct Options {
     pub netfilter: netfilter::Settings,
     /// Whom the receive path believes (`--accept-unknown-peers`, `--accept-foreign-sources`).
     pub source_checks: SourceChecks,
+    /// Delete a kernel VXLAN device that holds the VXLAN port (`--replace-kernel-vxlan`).
+    pub replace_kernel_vxlan: bool,
 }
 
 /// net-conf.json's place in Kubernetes mode when `--net-config-path` is not given (flannel's).
@@ -111,6 +113,14 @@ pub enum DaemonError {
     SubnetChanged { old: Ipv4Net, new: Ipv4Net },
     #[error("lease store {0}: the lease watch ended; the store is gone")]
     WatchEnded(String),
+    #[error(
+        "the kernel VXLAN device {device} (VNI {vni}) holds UDP port {port}, which weftd needs: flanneld made it, and may still run. Stop flanneld, then delete the device (ip link del {device}) or start weftd with --replace-kernel-vxlan, which deletes it. The node keeps its lease, so pods keep their addresses"
+    )]
+    KernelVxlanHoldsPort {
+        device: String,
+        vni: String,
+        port: u16,
+    },
 }
 
 /// Runs the node on its store (etcd when configured, else the embedded local
@@ -238,9 +248,18 @@ fn open_devices(
     // SEND_SOCKETS sockets on ephemeral ports, picked by inner flow hash, so
     // the receiver's SO_REUSEPORT (or a NIC's RSS) spreads flows over its
     // workers, as the kernel's VXLAN source-port hashing does.
-    let rx = (0..queues)
-        .map(|_| sys::bind_udp(listen, true))
-        .collect::<Result<Vec<_>, _>>()?;
+    let bind = || {
+        (0..queues)
+            .map(|_| sys::bind_udp(listen, true))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let rx = match bind() {
+        Err(SysError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            free_port_of_kernel_vxlan(nl, listen.port(), opts.replace_kernel_vxlan)?;
+            bind()?
+        }
+        r => r?,
+    };
     let send: Arc<[std::net::UdpSocket]> = if queues > 1 {
         (0..SEND_SOCKETS)
             .map(|_| sys::bind_udp(SocketAddrV4::new(*listen.ip(), 0), false))
@@ -263,6 +282,37 @@ fn open_devices(
         }
     );
     Ok(Devices { tuns, rx, send })
+}
+
+/// When the VXLAN port is taken: names the kernel VXLAN device holding it
+/// (flanneld's `flannel.1` on a node moving to weft) with the fix, or, with
+/// `--replace-kernel-vxlan`, deletes it (its routes go with it). Without
+/// such a device the bind is retried and its own error stands.
+fn free_port_of_kernel_vxlan(
+    nl: &mut netlink::Netlink,
+    port: u16,
+    replace: bool,
+) -> Result<(), DaemonError> {
+    let devices = nl.vxlan_devices().map_err(|e| NetlinkError::Query {
+        what: "the VXLAN devices".into(),
+        detail: e.to_string(),
+    })?;
+    for d in devices.into_iter().filter(|d| d.port == Some(port)) {
+        let vni = d.vni.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+        if !replace {
+            return Err(DaemonError::KernelVxlanHoldsPort {
+                device: d.name,
+                vni,
+                port,
+            });
+        }
+        netlink::delete_link(nl, &d.name)?;
+        tracing::warn!(
+            "deleted the kernel VXLAN device {} (VNI {vni}), which held UDP port {port} (--replace-kernel-vxlan); its routes went with it, and weft's TUN device carries the overlay from now on",
+            d.name
+        );
+    }
+    Ok(())
 }
 
 /// Runs the node on `store`. When `seed_default` is given and neither a config

@@ -20,8 +20,9 @@ const IGNORED: [(&str, bool, &str); 4] = [
 
 /// Flags of weftd (and flanneld) that are Go booleans: `-flag` alone means
 /// true, and a value only ever comes after `=`.
-const BOOLS: [&str; 10] = [
+const BOOLS: [&str; 11] = [
     "set-node-network-unavailable",
+    "replace-kernel-vxlan",
     "ip-masq",
     "ip-masq-fully-random-disable",
     "kube-subnet-mgr",
