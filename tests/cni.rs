@@ -564,3 +564,68 @@ fn failed_delegate_add_undoes_its_work() {
     );
     assert!(node.host_local_allocations().is_empty());
 }
+
+/// A pod flannel's plugin added before the node moved to weft: its delegate
+/// configuration is in flannel's data dir (`<dir>/<containerID>`, as flannel
+/// saves it). weft-cni's DEL finds it there and runs the real bridge and
+/// host-local DEL: the address is released and the interface is gone.
+#[test]
+fn pods_added_by_flannel_are_deleted_through_its_saved_config() {
+    if !root_or_skip("pods_added_by_flannel_are_deleted_through_its_saved_config") {
+        return;
+    }
+    let node = Node::new(Mode::Delegate);
+    let flannel_dir = node.dir.path().join("flannel-data");
+    std::fs::create_dir_all(&flannel_dir).unwrap();
+    // What flannel's plugin hands the bridge plugin (and saves).
+    let delegate = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": true,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "isDefaultGateway": true,
+        "mtu": MTU,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": node.host_local_dir(),
+            "ranges": [[{"subnet": SUBNET}]],
+            "routes": [{"dst": NETWORK}],
+        },
+    });
+    let pod = Netns::new("pod");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &node.ns.name,
+        &format!("{REFERENCE_PLUGINS}/bridge"),
+    ])
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("CNI_COMMAND", "ADD")
+    .env("CNI_CONTAINERID", "underflannel")
+    .env("CNI_NETNS", pod.path())
+    .env("CNI_IFNAME", "eth0")
+    .env("CNI_PATH", REFERENCE_PLUGINS);
+    let added = cni_support::run(cmd, delegate.to_string().as_bytes());
+    assert_eq!(added.code, 0, "{}{}", added.stdout, added.stderr);
+    std::fs::write(flannel_dir.join("underflannel"), delegate.to_string()).unwrap();
+    assert_eq!(node.host_local_allocations(), vec!["10.77.5.2".to_string()]);
+
+    let mut conf = node.conf("1.0.0");
+    conf["flannelDataDir"] = serde_json::json!(flannel_dir);
+    let del = node.call("DEL", "underflannel", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(del.code, 0, "{}{}", del.stdout, del.stderr);
+    assert!(
+        node.host_local_allocations().is_empty(),
+        "flannel's address released"
+    );
+    assert!(!pod.has_link("eth0"), "the pod's interface is gone");
+    assert!(
+        !flannel_dir.join("underflannel").exists(),
+        "flannel's copy removed"
+    );
+}

@@ -126,7 +126,12 @@ fn daemonset_runs_weftd_and_the_installer_with_arguments_they_accept() {
     let d = docs();
     let data = d.config_map.data.unwrap();
     NetConfig::parse(&data["net-conf.json"], "weft.yaml net-conf.json").unwrap();
-    validate_conflist(&data["cni-conf.json"], "weft.yaml cni-conf.json".as_ref()).unwrap();
+    validate_conflist(
+        &data["cni-conf.json"],
+        "weft.yaml cni-conf.json".as_ref(),
+        "weft",
+    )
+    .unwrap();
 
     let spec = d.ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(spec.host_network, Some(true));
