@@ -284,9 +284,14 @@ impl Netlink {
     ///
     /// # Errors
     /// Netlink errors other than EEXIST.
-    pub fn create_bridge(&mut self, name: &str) -> io::Result<bool> {
+    pub fn create_bridge(&mut self, name: &str, mac: Option<[u8; 6]>) -> io::Result<bool> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        // A MAC set at creation stays; without one the bridge takes its
+        // lowest port's, and changes as ports come and go.
+        if let Some(mac) = mac {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
@@ -324,6 +329,17 @@ impl Netlink {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
         self.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Sets the MAC address of a link (down, or one the kernel lets change).
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.ack(RouteNetlinkMessage::SetLink(m), 0)
     }
 
     /// Sets a link up, and attaches it to `master` when given.

@@ -629,3 +629,92 @@ fn pods_added_by_flannel_are_deleted_through_its_saved_config() {
         "flannel's copy removed"
     );
 }
+
+fn link_mac(ns: &Netns, dev: &str) -> String {
+    ns.ip_json(&["link", "show", "dev", dev])[0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// podman found the bridge's MAC following its lowest port, so a pod that
+/// stayed lost its gateway for ~20 s when another went. Built-in mode sets
+/// the bridge's MAC once (`0a:58` + the gateway address); it never moves,
+/// and the pod that stays keeps reaching the gateway.
+#[test]
+fn builtin_bridge_mac_is_fixed_as_pods_come_and_go() {
+    if !root_or_skip("builtin_bridge_mac_is_fixed_as_pods_come_and_go") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let conf = node.conf("1.0.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pod")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        let out = node.call("ADD", &format!("c{i}"), Some(&p.path()), "eth0", &conf);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let want = "0a:58:0a:4d:05:01"; // 10.77.5.1
+        assert_eq!(link_mac(&node.ns, "cni0"), want, "after ADD {i}");
+        assert_eq!(out.json["interfaces"][0]["mac"], want, "the result says so");
+    }
+    for i in [0, 1] {
+        let out = node.call(
+            "DEL",
+            &format!("c{i}"),
+            Some(&pods[i].path()),
+            "eth0",
+            &conf,
+        );
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        assert_eq!(
+            link_mac(&node.ns, "cni0"),
+            "0a:58:0a:4d:05:01",
+            "after DEL {i}"
+        );
+    }
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pods[2].name,
+            "ping",
+            "-c1",
+            "-W1",
+            GATEWAY,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "the pod that stayed reaches its gateway"
+    );
+}
+
+/// `podman run --mac-address`: runtimeConfig.mac is the pod's MAC in
+/// built-in mode; a MAC that is not unicast is refused, never ignored.
+#[test]
+fn builtin_runtime_config_mac_is_honoured() {
+    if !root_or_skip("builtin_runtime_config_mac_is_honoured") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let mut conf = node.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"mac": "02:42:ac:11:00:07"});
+    let pod = Netns::new("pod");
+    let out = node.call("ADD", "withmac", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(link_mac(&pod, "eth0"), "02:42:ac:11:00:07");
+    let pod_if = out.json["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "eth0")
+        .cloned()
+        .unwrap();
+    assert_eq!(pod_if["mac"], "02:42:ac:11:00:07");
+    conf["runtimeConfig"] = json!({"mac": "01:00:5e:00:00:01"});
+    let pod2 = Netns::new("pod");
+    let out = node.call("ADD", "badmac", Some(&pod2.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+    assert!(out.msg().contains("runtimeConfig.mac"), "{}", out.msg());
+    assert!(!pod2.has_link("eth0"));
+}

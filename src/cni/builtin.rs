@@ -71,8 +71,49 @@ fn open_ns(path: &Path) -> Result<std::fs::File, CniError> {
     })
 }
 
+/// The bridge's MAC: `0a:58` and the gateway's IPv4 address (the CNI
+/// plugins' convention), set when the bridge is created, so pods' ARP
+/// entries for the gateway stay right as other pods come and go.
+pub fn bridge_mac(gw: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gw.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
+/// The pod's MAC from `runtimeConfig.mac` (`podman run --mac-address`), if
+/// asked for.
+///
+/// # Errors
+/// Code 7 when it is not a unicast MAC address.
+pub fn requested_mac(conf: &NetConf) -> Result<Option<[u8; 6]>, CniError> {
+    let Some(v) = conf.runtime_config.as_ref().and_then(|r| r.get("mac")) else {
+        return Ok(None);
+    };
+    let bad = || {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("runtimeConfig.mac {v} is not a unicast MAC address (aa:bb:cc:dd:ee:ff)"),
+        )
+    };
+    let text = v.as_str().ok_or_else(bad)?;
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(Some(mac))
+}
+
 fn ensure_bridge(host: &mut Netlink, name: &str, gw: Ipv4Net) -> Result<Link, CniError> {
-    host.create_bridge(name)
+    host.create_bridge(name, Some(bridge_mac(gw.addr())))
         .map_err(nl_err(format!("cannot create bridge {name}")))?;
     let br = host
         .link(name)
@@ -138,6 +179,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let mtu = conf.mtu(senv)?;
     let default_route = conf.default_route()?;
     let hairpin = conf.hairpin()?;
+    let mac = requested_mac(conf)?;
     let subnet = senv.subnet.trunc();
     let gw = gateway(subnet);
     let ns = open_ns(netns)?;
@@ -210,6 +252,17 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             })?;
         let addr = Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or(subnet);
         let in_pod = |what: &str| format!("{what} on {ifname} in netns {}", netns.display());
+        let pl = match mac {
+            Some(m) => {
+                pod.set_mac(pl.index, m)
+                    .map_err(nl_err(in_pod("cannot set runtimeConfig.mac")))?;
+                Link {
+                    mac: Some(crate::types::VtepMac(m).to_string()),
+                    ..pl
+                }
+            }
+            None => pl,
+        };
         pod.add_address(pl.index, addr)
             .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
         pod.set_up(pl.index, None)
