@@ -218,3 +218,140 @@ fn a_leftover_flannel_device_is_named_then_replaced() {
     assert!(c.nodes[0].ping(c.nodes[1].addr()));
     assert!(c.nodes[1].ping(c.nodes[0].addr()));
 }
+
+/// kube-flannel.yml's container, swapped to weftd and nothing else: its args
+/// (`--ip-masq --kube-subnet-mgr --healthz-port=8081`), its environment
+/// (`POD_NAME`, `POD_NAMESPACE`, `EVENT_QUEUE_DEPTH`, `CONT_WHEN_CACHE_NOT_READY`
+/// and the kubelet's `KUBERNETES_SERVICE_*`), its mounts (the ServiceAccount
+/// under /var/run/secrets, net-conf.json in /etc/kube-flannel, /run/flannel),
+/// reached through a private mount namespace per node so the host's /etc and
+/// /run stay untouched. Both nodes start, forward, and answer the probes.
+#[test]
+fn kube_flannel_yml_container_runs_weftd_unchanged() {
+    use crate::kube_support::{ApiServer, new_state, node_json, tls_files};
+    if !require_root("kube_flannel_yml_container_runs_weftd_unchanged") {
+        return;
+    }
+    let c = Cluster::build(
+        "kfyml",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = tls_files(dir.path(), "IP:192.0.2.254");
+    let st = new_state();
+    for i in 0..2 {
+        let mut s = st.lock().unwrap();
+        s.put_node(node_json(
+            &format!("node{i}"),
+            Some(&format!("10.244.{}.0/24", i + 1)),
+            &c.nodes[i].ip.to_string(),
+            serde_json::json!({}),
+        ));
+        s.put_pod(
+            "kube-flannel",
+            &format!("kube-flannel-ds-{i}"),
+            &format!("node{i}"),
+        );
+    }
+    let l = netns::in_netns(c.underlay_ns(), || {
+        std::net::TcpListener::bind("192.0.2.254:0")
+    })
+    .unwrap()
+    .unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _srv = ApiServer::start(l, st.clone(), Some(tls));
+
+    struct Killed(Vec<std::process::Child>);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut running = Killed(vec![]);
+    for (i, n) in c.nodes.iter().enumerate() {
+        let t = dir.path().join(format!("node{i}"));
+        let sa = t.join("sa");
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(sa.join("token"), "sa-token").unwrap();
+        std::fs::copy(&ca, sa.join("ca.crt")).unwrap();
+        std::fs::write(sa.join("namespace"), "kube-flannel").unwrap();
+        std::fs::write(
+            t.join("net-conf.json"),
+            r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        for d in ["etc-up", "etc-work"] {
+            std::fs::create_dir_all(t.join(d)).unwrap();
+        }
+        // The pod's view: its own /run and /etc/kube-flannel, the host's network.
+        let mounts = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/flannel /run/secrets/kubernetes.io/serviceaccount \
+             && mount --bind {t}/sa /run/secrets/kubernetes.io/serviceaccount \
+             && mount -t overlay overlay -o lowerdir=/etc,upperdir={t}/etc-up,workdir={t}/etc-work /etc \
+             && mkdir -p /etc/kube-flannel && cp {t}/net-conf.json /etc/kube-flannel/ \
+             && exec \"$0\" \"$@\"",
+            t = t.display()
+        );
+        let log = std::fs::File::create(t.join("weftd.log")).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &n.ns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+            ])
+            .args(["sh", "-c", &mounts, &weftd_bin()])
+            // kube-flannel.yml's args, exactly.
+            .args(["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"])
+            .env("POD_NAME", format!("kube-flannel-ds-{i}"))
+            .env("POD_NAMESPACE", "kube-flannel")
+            .env("EVENT_QUEUE_DEPTH", "5000")
+            .env("CONT_WHEN_CACHE_NOT_READY", "false")
+            .env("KUBERNETES_SERVICE_HOST", "192.0.2.254")
+            .env("KUBERNETES_SERVICE_PORT", port.to_string())
+            .env_remove("NODE_NAME")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        running.0.push(child);
+    }
+    let log = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("node{i}/weftd.log"))).unwrap_or_default()
+    };
+    for (i, n) in c.nodes.iter().enumerate() {
+        let ready = crate::harness::wait_until(20, || {
+            netns::http_get(&n.ns, 8081, "/readyz").is_ok_and(|b| b == "ok\n")
+        });
+        assert!(ready, "node{i} not ready:\n{}", log(i));
+        assert!(netns::http_get(&n.ns, 8081, "/healthz").is_ok_and(|b| b.starts_with("ok")));
+        assert!(!log(i).contains("has no effect"), "{}", log(i));
+    }
+    let to = |i: usize| -> std::net::Ipv4Addr { [10, 244, i as u8 + 1, 0].into() };
+    assert!(
+        crate::harness::wait_until(10, || crate::harness::ping_from(&c.nodes[0].ns, to(1))
+            && crate::harness::ping_from(&c.nodes[1].ns, to(0))),
+        "no forwarding:\n{}\n{}",
+        log(0),
+        log(1)
+    );
+    let node1 = st.lock().unwrap().node("node1");
+    assert!(
+        node1["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-data"].is_string(),
+        "{node1}"
+    );
+    assert!(
+        !std::path::Path::new("/etc/kube-flannel").exists(),
+        "the host's /etc untouched"
+    );
+}
