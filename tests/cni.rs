@@ -718,3 +718,92 @@ fn builtin_runtime_config_mac_is_honoured() {
     assert!(out.msg().contains("runtimeConfig.mac"), "{}", out.msg());
     assert!(!pod2.has_link("eth0"));
 }
+
+/// hostPort as kubelet asks for it: the default conflist's chain (weft,
+/// then the real portmap plugin with `runtimeConfig.portMappings` and weft's
+/// result as `prevResult`), in both modes. A connection to the node's
+/// address on the host port reaches the pod's server; DEL removes it.
+#[test]
+fn host_port_through_the_real_portmap_plugin() {
+    if !root_or_skip("host_port_through_the_real_portmap_plugin") {
+        return;
+    }
+    for mode in [Mode::Delegate, Mode::Builtin] {
+        let node = Node::new(mode);
+        let pod = Netns::new("pod");
+        let conf = node.conf("1.0.0");
+        let add = node.call("ADD", "hostport", Some(&pod.path()), "eth0", &conf);
+        assert_eq!(add.code, 0, "{mode:?}: {}{}", add.stdout, add.stderr);
+        let pod_ip: std::net::Ipv4Addr = add.json["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let portmap = json!({
+            "cniVersion": "1.0.0",
+            "name": "cbr0",
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}
+            ]},
+            "prevResult": add.json,
+        });
+        let run_portmap = |command: &str| {
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                &node.ns.name,
+                &format!("{REFERENCE_PLUGINS}/portmap"),
+            ])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "hostport")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", REFERENCE_PLUGINS);
+            cni_support::run(cmd, portmap.to_string().as_bytes())
+        };
+        let pm = run_portmap("ADD");
+        assert_eq!(
+            pm.code, 0,
+            "{mode:?} portmap ADD: {}{}",
+            pm.stdout, pm.stderr
+        );
+        let server = weft::netns::in_netns(&pod.name, || {
+            std::net::TcpListener::bind((pod_ip, 80)).unwrap()
+        })
+        .unwrap();
+        let accept = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut s, _) = server.accept().unwrap();
+            s.write_all(b"from the pod").unwrap();
+        });
+        let got = weft::netns::in_netns(&node.ns.name, || {
+            use std::io::Read;
+            let gw: std::net::Ipv4Addr = GATEWAY.parse().unwrap();
+            let mut s = std::net::TcpStream::connect_timeout(
+                &(gw, 18080).into(),
+                std::time::Duration::from_secs(3),
+            )
+            .expect("connect to the host port");
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            buf
+        })
+        .unwrap();
+        accept.join().unwrap();
+        assert_eq!(got, "from the pod", "{mode:?}");
+        assert_eq!(run_portmap("DEL").code, 0);
+        assert_eq!(
+            node.call("DEL", "hostport", Some(&pod.path()), "eth0", &conf)
+                .code,
+            0
+        );
+    }
+}
