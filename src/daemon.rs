@@ -12,8 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use crate::dataplane::core::{Core, SourceChecks};
-use crate::dataplane::counters::Counters;
-use crate::dataplane::table::{self, SharedTable};
+use crate::dataplane::table::SharedTable;
 use crate::dataplane::worker::{Dataplane, Queue};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
@@ -130,6 +129,17 @@ pub enum DaemonError {
 /// [`DaemonError`]: each variant names what failed and how to fix it.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
+    // /healthz first, as flanneld's: it answers while weftd waits for its
+    // store at boot (a liveness probe must not restart it meanwhile);
+    // /readyz says 503 until the dataplane forwards.
+    let status = Arc::new(Status::default());
+    let _healthz = match opts.healthz {
+        Some(addr) => {
+            let l = metrics::bind(addr).map_err(|source| DaemonError::Healthz { addr, source })?;
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(l, status.clone()))))
+        }
+        None => None,
+    };
     if let Some(settings) = opts.kube.clone() {
         let Some(store) =
             retry_at_boot(&mut shutdown, || KubeStore::connect(settings.clone())).await?
@@ -141,7 +151,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         if opts.net_config_path.is_none() {
             opts.net_config_path = Some(KUBE_NET_CONF.into());
         }
-        return run_with_store(opts, Arc::new(store), None, shutdown).await;
+        return run_with_store(opts, Arc::new(store), None, status, shutdown).await;
     }
     if let Some(settings) = opts.etcd.clone() {
         let Some(store) =
@@ -149,7 +159,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         else {
             return Ok(());
         };
-        return run_with_store(opts, Arc::new(store), None, shutdown).await;
+        return run_with_store(opts, Arc::new(store), None, status, shutdown).await;
     }
     check_writable_dir(&opts.state_dir, "--state-dir")?;
     let store = LocalStore::new(&opts.state_dir, opts.store_poll);
@@ -157,7 +167,16 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         Some(_) => None,
         None => Some(store.clone()),
     };
-    run_with_store(opts, Arc::new(store), default_conf, shutdown).await
+    run_with_store(opts, Arc::new(store), default_conf, status, shutdown).await
+}
+
+/// A task aborted when its owner goes (tokio's handles detach on drop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A store that does not answer at boot is tried again, with backoff (1 s
@@ -329,6 +348,7 @@ pub async fn run_with_store(
     opts: Options,
     store: Arc<dyn LeaseStore>,
     seed_default: Option<LocalStore>,
+    status: Arc<Status>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let ext = iface::select(&opts.iface)?;
@@ -427,6 +447,7 @@ pub async fn run_with_store(
         lease.clone(),
         mtu,
         previous_env.as_ref(),
+        &status,
     )
     .await;
     let node = match started {
@@ -478,21 +499,21 @@ pub async fn run_with_store(
         let n = handed_over.clone();
         h.serve(opts.tun_name.clone(), move || n.notify_one());
     }
-    node.run(&opts, store, req, shutdown, handed_over).await
+    node.run(&opts, store, req, &status, shutdown, handed_over)
+        .await
 }
 
 /// A node whose dataplane forwards: what the main loop needs.
 struct Running {
     lease: Lease,
     dataplane: Dataplane,
-    healthz: Option<tokio::task::JoinHandle<()>>,
     rules: Option<Netfilter>,
     watcher: tokio::task::JoinHandle<()>,
     own_gone: Arc<tokio::sync::Notify>,
 }
 
-/// The steps after the lease: TUN address and route, packet threads, rules,
-/// subnet.env, /healthz, the watch; ready once the first snapshot is applied.
+/// The steps after the lease: TUN address and route, the watch, packet
+/// threads, rules, subnet.env; ready once the first snapshot is applied.
 #[allow(clippy::too_many_arguments)]
 async fn start(
     opts: &Options,
@@ -503,6 +524,7 @@ async fn start(
     lease: Lease,
     mtu: u32,
     previous_env: Option<&SubnetEnv>,
+    status: &Status,
 ) -> Result<Running, DaemonError> {
     // The store may hand back the VtepMAC this node announced before (kube mode
     // reads it from the node's annotation): the dataplane must answer to that one.
@@ -529,8 +551,8 @@ async fn start(
 
     ensure_forwarding();
 
-    let table = table::shared();
-    let counters = Arc::new(Counters::default());
+    let (table, counters) = (status.table.clone(), status.counters.clone());
+    let _ = status.subnet.set(lease.subnet);
     let core = Core {
         checks: opts.source_checks,
         ..Core::new(config.backend.vni, vtep_mac, lease.subnet)
@@ -601,24 +623,10 @@ async fn start(
         };
         env.write(&opts.subnet_file)?;
         tracing::info!("wrote {}", opts.subnet_file.display());
-        let status = Arc::new(Status {
-            counters: counters.clone(),
-            table: table.clone(),
-            subnet: lease.subnet,
-            ready: first.into(),
-        });
-        let healthz = match opts.healthz {
-            Some(addr) => {
-                let l =
-                    metrics::bind(addr).map_err(|source| DaemonError::Healthz { addr, source })?;
-                Some(tokio::spawn(metrics::serve(l, status.clone())))
-            }
-            None => None,
-        };
-        Ok::<_, DaemonError>((rules, healthz))
+        Ok::<_, DaemonError>(rules)
     }
     .await;
-    let (rules, healthz) = match started {
+    let rules = match started {
         Ok(x) => x,
         Err(e) => {
             watcher.abort();
@@ -628,6 +636,9 @@ async fn start(
             return Err(e);
         }
     };
+    status
+        .ready
+        .store(first, std::sync::atomic::Ordering::Relaxed);
     if first {
         tracing::info!("watching for subnet leases");
         if let Err(e) = store.network_ready(&lease).await {
@@ -637,7 +648,6 @@ async fn start(
     Ok(Running {
         lease,
         dataplane,
-        healthz,
         rules,
         watcher,
         own_gone,
@@ -653,13 +663,13 @@ impl Running {
         opts: &Options,
         store: Arc<dyn LeaseStore>,
         req: AcquireRequest,
+        status: &Status,
         shutdown: impl Future<Output = ()>,
         handed_over: Arc<tokio::sync::Notify>,
     ) -> Result<(), DaemonError> {
         let Running {
             mut lease,
             dataplane,
-            healthz,
             mut rules,
             watcher,
             own_gone,
@@ -729,9 +739,9 @@ impl Running {
             }
         };
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
-        if let Some(h) = healthz {
-            h.abort();
-        }
+        status
+            .ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "stopping: the lease for {} is kept for the next start; {} and its route stay{}",
             lease.subnet,

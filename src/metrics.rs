@@ -14,11 +14,14 @@ use tokio::net::TcpListener;
 use crate::dataplane::counters::{Counters, DropReason};
 use crate::dataplane::table::SharedTable;
 
-/// What the endpoint reports.
+/// What the endpoint reports. It serves from the start of weftd (so
+/// `/healthz` answers while weftd waits for its store); the subnet is set
+/// once leased, and `ready` once the dataplane forwards.
+#[derive(Default)]
 pub struct Status {
     pub counters: Arc<Counters>,
     pub table: SharedTable,
-    pub subnet: Ipv4Net,
+    pub subnet: std::sync::OnceLock<Ipv4Net>,
     pub ready: AtomicBool,
 }
 
@@ -32,11 +35,12 @@ impl Status {
             "# HELP weft_peers Peers in the forwarding table.\n# TYPE weft_peers gauge"
         );
         let _ = writeln!(o, "weft_peers {}", self.table.load().len());
-        let _ = writeln!(
-            o,
-            "# TYPE weft_lease_info gauge\nweft_lease_info{{subnet=\"{}\"}} 1",
-            self.subnet
-        );
+        if let Some(subnet) = self.subnet.get() {
+            let _ = writeln!(
+                o,
+                "# TYPE weft_lease_info gauge\nweft_lease_info{{subnet=\"{subnet}\"}} 1"
+            );
+        }
         for (name, v) in [
             ("weft_tx_packets_total", s.tx_packets),
             ("weft_tx_bytes_total", s.tx_bytes),
