@@ -335,18 +335,7 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         .and_then(Value::as_str)
         .and_then(|v| Version::parse(v).ok())
         .unwrap_or(conf.version);
-    let mut prev = CniResult::from_json(prev)?;
-    // host-local's routes carry no gateway and the bridge plugin installs
-    // them via the address's gateway, yet its CHECK looks for a route
-    // without one. Name the gateway the route really has.
-    let gws: Vec<std::net::IpAddr> = prev.ips.iter().filter_map(|i| i.gateway).collect();
-    for r in prev.routes.iter_mut().filter(|r| r.gw.is_none()) {
-        r.gw = gws
-            .iter()
-            .copied()
-            .find(|g| g.is_ipv4() == r.dst.addr().is_ipv4());
-    }
-    dconf["prevResult"] = prev.to_json(dversion);
+    dconf["prevResult"] = prev_result_for_check(prev, dversion)?;
     let dtype = dconf["type"].as_str().unwrap_or("bridge").to_string();
     let bin = require_plugin(env, &dtype)?;
     let bytes =
@@ -360,6 +349,26 @@ pub fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         &bytes,
     )?;
     Ok(())
+}
+
+/// The `prevResult` a delegate's CHECK gets: the runtime's, in the
+/// delegate's version `dversion`, each route without a gateway given the
+/// gateway of an address of its family. (host-local's routes carry no
+/// gateway and the bridge plugin installs them via the address's gateway,
+/// yet its CHECK looks for a route with one.) Pure; the fuzzer's entry point.
+///
+/// # Errors
+/// Code 6 naming the malformed field of `prev`.
+pub fn prev_result_for_check(prev: &Value, dversion: Version) -> Result<Value, CniError> {
+    let mut prev = CniResult::from_json(prev)?;
+    let gws: Vec<std::net::IpAddr> = prev.ips.iter().filter_map(|i| i.gateway).collect();
+    for r in prev.routes.iter_mut().filter(|r| r.gw.is_none()) {
+        r.gw = gws
+            .iter()
+            .copied()
+            .find(|g| g.is_ipv4() == r.dst.addr().is_ipv4());
+    }
+    Ok(prev.to_json(dversion))
 }
 
 /// GC: DEL every saved attachment not in `valid`.

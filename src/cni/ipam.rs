@@ -42,6 +42,37 @@ pub struct Ipam {
     dir: PathBuf,
 }
 
+/// The addresses of `subnet` that [`Ipam::allocate`] tries, in order: every
+/// host address (not the network or broadcast address) once, starting after
+/// `last_reserved` (the text of the `last_reserved` file) when that lies in
+/// range, else at the first. `None` when the subnet has no host address.
+/// Pure; the fuzzer's entry point.
+pub fn candidates(
+    subnet: Ipv4Net,
+    last_reserved: Option<&str>,
+) -> Option<impl Iterator<Item = Ipv4Addr>> {
+    let lo = u32::from(subnet.network()).saturating_add(1);
+    let hi = u32::from(subnet.broadcast()).saturating_sub(1);
+    if hi < lo {
+        return None;
+    }
+    let start = last_reserved
+        .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
+        .map(u32::from)
+        .filter(|l| (lo..=hi).contains(l))
+        .map_or(lo, |l| if l >= hi { lo } else { l + 1 });
+    let span = hi - lo + 1;
+    Some((0..span).map(move |k| Ipv4Addr::from(rotated(lo, start, span, k))))
+}
+
+/// The `k`-th address of the `span` addresses from `lo`, counted from
+/// `start` and wrapping to `lo`; computed in 64 bits, as `start - lo + k` can
+/// pass `u32::MAX` in a large subnet.
+fn rotated(lo: u32, start: u32, span: u32, k: u32) -> u32 {
+    let off = (u64::from(start - lo) + u64::from(k)) % u64::from(span);
+    lo + u32::try_from(off).unwrap_or(0)
+}
+
 const LOCK: &str = "lock";
 const LAST: &str = "last_reserved";
 
@@ -124,25 +155,16 @@ impl Ipam {
         }) {
             return Ok(a.ip);
         }
-        let lo = u32::from(subnet.network()).saturating_add(1);
-        let hi = u32::from(subnet.broadcast()).saturating_sub(1);
-        if hi < lo {
+        let last_path = self.dir.join(LAST);
+        let last = fs::read_to_string(&last_path).ok();
+        let Some(order) = candidates(subnet, last.as_deref()) else {
             return Err(IpamError::Exhausted {
                 subnet,
                 used: current.len(),
                 dir: self.dir.clone(),
             });
-        }
-        let last_path = self.dir.join(LAST);
-        let start = fs::read_to_string(&last_path)
-            .ok()
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
-            .map(u32::from)
-            .filter(|l| (lo..=hi).contains(l))
-            .map_or(lo, |l| if l >= hi { lo } else { l + 1 });
-        let span = hi - lo + 1;
-        for k in 0..span {
-            let cand = Ipv4Addr::from(lo + (start - lo + k) % span);
+        };
+        for cand in order {
             if cand == gateway {
                 continue;
             }
@@ -267,6 +289,29 @@ mod tests {
         let left = ipam.allocations().unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].container_id, "b");
+    }
+
+    #[test]
+    fn candidates_cover_every_host_address_once_from_after_the_last() {
+        let all: Vec<Ipv4Addr> = candidates(net(), Some("10.9.3.4\n")).unwrap().collect();
+        let want: Vec<Ipv4Addr> = [5, 6, 1, 2, 3, 4]
+            .iter()
+            .map(|h| Ipv4Addr::new(10, 9, 3, *h))
+            .collect();
+        assert_eq!(all, want);
+        // Out of range or garbage: from the first host address.
+        for last in [None, Some("10.9.4.1"), Some("nope"), Some("10.9.3.7")] {
+            let first = candidates(net(), last).unwrap().next();
+            assert_eq!(first, Some(Ipv4Addr::new(10, 9, 3, 1)), "{last:?}");
+        }
+        for none in ["10.9.3.4/31", "10.9.3.4/32", "255.255.255.255/32"] {
+            assert!(candidates(none.parse().unwrap(), None).is_none(), "{none}");
+        }
+        // In a /0 the rotation passes u32::MAX: computed without overflow.
+        let (lo, hi) = (1u32, u32::MAX - 1);
+        let span = hi - lo + 1;
+        assert_eq!(rotated(lo, 0x8000_0000, span, span - 1), 0x7fff_ffff);
+        assert_eq!(rotated(lo, hi, span, 1), lo);
     }
 
     #[test]

@@ -137,7 +137,10 @@ impl Core {
         len: usize,
         scratch: &mut [u8],
     ) -> TxAction {
-        let Some(pkt) = slot.get(HEADROOM..HEADROOM + len) else {
+        let Some(pkt) = HEADROOM
+            .checked_add(len)
+            .and_then(|end| slot.get(HEADROOM..end))
+        else {
             return TxAction::Drop(DropReason::TunTruncated);
         };
         match self.route(table, pkt, scratch) {
@@ -539,6 +542,34 @@ mod tests {
         // Both relaxed: anything well-formed for this node.
         b.checks.known_peers = false;
         assert!(delivered(decap(&b, stranger, &outside)));
+    }
+
+    /// Lengths and starts near `usize::MAX` (found by the fuzzer:
+    /// `HEADROOM + len` and `start + len` overflowed) are refused.
+    #[test]
+    fn lengths_near_usize_max_are_dropped_not_overflowed() {
+        let (a, b) = (node(1), node(2));
+        let ta = table_of(&[2], 1);
+        let mut slot = vec![0u8; SLOT];
+        let mut scratch = [0u8; 128];
+        for len in [usize::MAX, usize::MAX - HEADROOM, usize::MAX - HEADROOM + 1] {
+            assert_eq!(
+                a.encap(&ta, &mut slot, len, &mut scratch),
+                TxAction::Drop(DropReason::TunTruncated)
+            );
+        }
+        for (start, len) in [
+            (HEADROOM - ENCAP_LEN, usize::MAX),
+            (usize::MAX, 1),
+            (usize::MAX - 3, 100),
+            (1, usize::MAX),
+        ] {
+            assert_eq!(
+                b.decap(Sender::Anyone, &slot, start, len),
+                RxAction::Drop(DropReason::VxlanTruncated),
+                "{start} + {len}"
+            );
+        }
     }
 
     /// Random bytes of every length never panic and are never delivered

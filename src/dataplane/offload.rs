@@ -160,6 +160,10 @@ pub fn segment(
     // The IPv4 total length bounds the packet: bytes read past it are not
     // ours to send, and every segment's 16-bit lengths fit.
     let pkt = &pkt[..usize::from(ip.total_len())];
+    // Every payload part lies in `at..at + pkt.len()`: that must not overflow.
+    if at.checked_add(pkt.len()).is_none() {
+        return Err(bad);
+    }
     let payload = pkt.len().saturating_sub(hl);
     if mss == 0 || payload == 0 {
         return Err(bad);
@@ -331,9 +335,11 @@ impl Coalescer {
     }
 
     /// Adds the inner IP packet `pkt`, which lies at `bufs[buf][range]`.
-    /// Call [`Coalescer::has_room`] first.
+    /// Call [`Coalescer::has_room`] first. A range whose end would pass
+    /// `usize::MAX` is written as it came.
     pub fn push(&mut self, pkt: &[u8], buf: usize, range: Range<usize>) {
-        let Some(seg) = tcp_segment(pkt) else {
+        let fits = range.start.checked_add(pkt.len()).is_some();
+        let Some(seg) = tcp_segment(pkt).filter(|_| fits) else {
             self.close();
             self.single(buf, range);
             return;

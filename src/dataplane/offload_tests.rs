@@ -1253,6 +1253,70 @@ fn segment_refuses_every_prefix() {
     }
 }
 
+/// A super-packet said to lie at an offset near `usize::MAX`: the payload
+/// ranges `at + off..` would overflow, so it is refused, nothing pushed.
+#[test]
+fn segment_refuses_an_offset_near_usize_max() {
+    let sp = tso(&flow_a(), &Rng::new(33).bytes(3000));
+    let h = gso_header(&sp, virtio::GSO_TCPV4, 1000);
+    let mut arena = Arena::default();
+    for at in [usize::MAX, usize::MAX - sp.len() + 1, usize::MAX - 60] {
+        let (mut parts, mut dgrams) = (vec![], vec![]);
+        let r = segment(
+            &h,
+            &sp,
+            1,
+            at,
+            &prefix(),
+            peer(),
+            &mut arena,
+            &mut parts,
+            &mut dgrams,
+        );
+        assert_eq!(r, BAD, "at {at}");
+        assert!(parts.is_empty() && dgrams.is_empty() && arena.bytes().is_empty());
+    }
+    // The last offset at which the payload still fits is cut as usual.
+    let (mut parts, mut dgrams) = (vec![], vec![]);
+    let at = usize::MAX - sp.len();
+    let r = segment(
+        &h,
+        &sp,
+        1,
+        at,
+        &prefix(),
+        peer(),
+        &mut arena,
+        &mut parts,
+        &mut dgrams,
+    );
+    assert_eq!(r, Ok(3));
+    assert_eq!(
+        parts.last(),
+        Some(&Part::Buf(1, usize::MAX - 1000..usize::MAX))
+    );
+}
+
+/// A segment said to lie at a range near `usize::MAX` (found by the
+/// fuzzer: `range.start + header length` overflowed) is written as it
+/// came, never joined; the segments around it still are.
+#[test]
+fn coalescer_writes_a_range_near_usize_max_as_it_came() {
+    let mut f = flow_a();
+    let pkts = f.stream(&[1000, 1000, 1000, 1000], &mut Rng::new(34));
+    let mut co = Coalescer::new();
+    let far = usize::MAX - 3..usize::MAX;
+    co.push(&pkts[0], 0, 0..pkts[0].len());
+    co.push(&pkts[1], 1, 0..pkts[1].len());
+    co.push(&pkts[2], 2, far.clone());
+    co.push(&pkts[3], 3, 0..pkts[3].len());
+    co.close();
+    let (writes, parts, _) = co.writes();
+    let segments: Vec<usize> = writes.iter().map(|w| w.segments).collect();
+    assert_eq!(segments, [2, 1, 1]);
+    assert_eq!(parts[writes[1].parts.clone()][1], Part::Buf(2, far));
+}
+
 /// Random bytes, half of them dressed as IPv4/TCP or UDP so they get past
 /// the first checks, under random virtio headers: no panic, and whatever is
 /// accepted comes out as consistent packets carrying the input's payload.

@@ -339,65 +339,162 @@ fn name_of(node: &Node) -> String {
         .unwrap_or_else(|| "(unnamed)".into())
 }
 
-impl Inner {
-    fn annotation<'a>(&self, node: &'a Node, key: &str) -> Option<&'a str> {
-        node.metadata
-            .annotations
-            .as_ref()?
-            .get(key)
-            .map(String::as_str)
-    }
+fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
 
-    /// A node as a peer lease: `Ok(None)` when the node is not (yet) managed by
-    /// weft or flannel, `Err` with the reason when its data is malformed.
+/// A node object as a peer lease, as the watch reads every node:
+/// `Ok(None)` when the node is not (yet) managed by weft or flannel, `Err`
+/// with the reason when its data is malformed. Pure; the fuzzer's entry point.
+pub fn peer_from_node(annotation_prefix: &str, node: &Node) -> Result<Option<Lease>, String> {
+    peer_of(&Keys::new(annotation_prefix), node)
+}
+
+/// This node's lease from its own node object and `network`, as
+/// [`KubeStore`]'s `acquire` makes it before writing the annotations: the
+/// pod CIDR, the public IP from `public-ip-overwrite` if set, and the
+/// VtepMAC already annotated. Pure; the fuzzer's entry point.
+///
+/// # Errors
+/// [`StoreError::KubeNoPodCidr`], [`StoreError::KubePodCidrOutside`] or
+/// [`StoreError::KubePodCidrUnusable`], naming `node_name`.
+pub fn own_lease_from_node(
+    annotation_prefix: &str,
+    node_name: &str,
+    node: &Node,
+    network: Ipv4Net,
+    attrs: &LeaseAttrs,
+) -> Result<Lease, StoreError> {
+    own_lease(
+        &Keys::new(annotation_prefix),
+        node_name,
+        node,
+        network,
+        attrs,
+    )
+}
+
+/// A node as a peer lease (see [`peer_from_node`]).
+fn peer_of(keys: &Keys, node: &Node) -> Result<Option<Lease>, String> {
+    if annotation(node, &keys.managed) != Some("true") {
+        return Ok(None);
+    }
+    let Some((text, cidr)) = pod_cidr(node) else {
+        return Ok(None);
+    };
+    let subnet = cidr.ok_or_else(|| format!("pod CIDR {text:?} is not an IPv4 network"))?;
+    if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
+        return Err(format!("pod CIDR {subnet}: {why}"));
+    }
+    let backend_type = annotation(node, &keys.backend_type)
+        .ok_or_else(|| format!("annotation {} is missing", keys.backend_type))?;
+    let data = annotation(node, &keys.backend_data)
+        .ok_or_else(|| format!("annotation {} is missing", keys.backend_data))?;
+    let backend_data: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+        format!(
+            "annotation {} is not JSON ({data:?}): {e}",
+            keys.backend_data
+        )
+    })?;
+    let ip = annotation(node, &keys.public_ip)
+        .ok_or_else(|| format!("annotation {} is missing", keys.public_ip))?;
+    let public_ip: Ipv4Addr = ip.parse().map_err(|_| {
+        format!(
+            "annotation {} = {ip:?} is not an IPv4 address",
+            keys.public_ip
+        )
+    })?;
+    let attrs = LeaseAttrs {
+        public_ip,
+        backend_type: backend_type.to_string(),
+        backend_data,
+    };
+    attrs.vxlan_data().map_err(|e| {
+        format!(
+            "annotations {} / {}: {e}",
+            keys.backend_type, keys.backend_data
+        )
+    })?;
+    Ok(Some(Lease {
+        subnet,
+        attrs,
+        expiration: None,
+    }))
+}
+
+/// What `acquire` makes of this node's object (see [`own_lease_from_node`]).
+fn own_lease(
+    keys: &Keys,
+    node_name: &str,
+    node: &Node,
+    network: Ipv4Net,
+    attrs: &LeaseAttrs,
+) -> Result<Lease, StoreError> {
+    let Some((text, cidr)) = pod_cidr(node) else {
+        return Err(StoreError::KubeNoPodCidr {
+            node: node_name.to_string(),
+            network,
+        });
+    };
+    let subnet = match cidr {
+        Some(c) if network.contains(&c) => c,
+        _ => {
+            return Err(StoreError::KubePodCidrOutside {
+                node: node_name.to_string(),
+                cidr: text,
+                network,
+            });
+        }
+    };
+    if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
+        return Err(StoreError::KubePodCidrUnusable {
+            node: node_name.to_string(),
+            cidr: subnet,
+            why,
+        });
+    }
+    let mut attrs = attrs.clone();
+    if let Some(ip) = annotation(node, &keys.public_ip_overwrite) {
+        match ip.parse::<Ipv4Addr>() {
+            Ok(ip) => {
+                tracing::info!(
+                    "node {}: public IP {ip} from annotation {}",
+                    node_name,
+                    keys.public_ip_overwrite
+                );
+                attrs.public_ip = ip;
+            }
+            Err(_) => tracing::warn!(
+                "node {}: ignoring annotation {} = {ip:?}: not an IPv4 address",
+                node_name,
+                keys.public_ip_overwrite
+            ),
+        }
+    }
+    // Keep the VtepMAC this node already announced (a restart must not change it).
+    let annotated_mac = annotation(node, &keys.backend_data)
+        .and_then(|d| serde_json::from_str::<VxlanData>(d).ok())
+        .map(|d| d.vtep_mac);
+    let mut data: serde_json::Value = attrs.backend_data.clone();
+    if let (Some(mac), Some(obj)) = (annotated_mac, data.as_object_mut()) {
+        obj.insert("VtepMAC".into(), json!(mac.to_string()));
+    }
+    attrs.backend_data = data;
+    Ok(Lease {
+        subnet,
+        attrs,
+        expiration: None,
+    })
+}
+
+impl Inner {
+    /// A node as a peer lease (see [`peer_from_node`]).
     fn peer(&self, node: &Node) -> Result<Option<Lease>, String> {
-        if self.annotation(node, &self.keys.managed) != Some("true") {
-            return Ok(None);
-        }
-        let Some((text, cidr)) = pod_cidr(node) else {
-            return Ok(None);
-        };
-        let subnet = cidr.ok_or_else(|| format!("pod CIDR {text:?} is not an IPv4 network"))?;
-        if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
-            return Err(format!("pod CIDR {subnet}: {why}"));
-        }
-        let backend_type = self
-            .annotation(node, &self.keys.backend_type)
-            .ok_or_else(|| format!("annotation {} is missing", self.keys.backend_type))?;
-        let data = self
-            .annotation(node, &self.keys.backend_data)
-            .ok_or_else(|| format!("annotation {} is missing", self.keys.backend_data))?;
-        let backend_data: serde_json::Value = serde_json::from_str(data).map_err(|e| {
-            format!(
-                "annotation {} is not JSON ({data:?}): {e}",
-                self.keys.backend_data
-            )
-        })?;
-        let ip = self
-            .annotation(node, &self.keys.public_ip)
-            .ok_or_else(|| format!("annotation {} is missing", self.keys.public_ip))?;
-        let public_ip: Ipv4Addr = ip.parse().map_err(|_| {
-            format!(
-                "annotation {} = {ip:?} is not an IPv4 address",
-                self.keys.public_ip
-            )
-        })?;
-        let attrs = LeaseAttrs {
-            public_ip,
-            backend_type: backend_type.to_string(),
-            backend_data,
-        };
-        attrs.vxlan_data().map_err(|e| {
-            format!(
-                "annotations {} / {}: {e}",
-                self.keys.backend_type, self.keys.backend_data
-            )
-        })?;
-        Ok(Some(Lease {
-            subnet,
-            attrs,
-            expiration: None,
-        }))
+        peer_of(&self.keys, node)
     }
 
     /// `peer`, logging malformed nodes (by name) and dropping them.
@@ -638,59 +735,14 @@ impl LeaseStore for KubeStore {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
         let me = &self.inner;
         let node = me.get_node().await?;
-        let network = req.config.network;
-        let Some((text, cidr)) = pod_cidr(&node) else {
-            return Err(StoreError::KubeNoPodCidr {
-                node: me.node_name.clone(),
-                network,
-            });
-        };
-        let subnet = match cidr {
-            Some(c) if network.contains(&c) => c,
-            _ => {
-                return Err(StoreError::KubePodCidrOutside {
-                    node: me.node_name.clone(),
-                    cidr: text,
-                    network,
-                });
-            }
-        };
-        if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
-            return Err(StoreError::KubePodCidrUnusable {
-                node: me.node_name.clone(),
-                cidr: subnet,
-                why,
-            });
-        }
-        let mut attrs = req.attrs.clone();
-        if let Some(ip) = me.annotation(&node, &me.keys.public_ip_overwrite) {
-            match ip.parse::<Ipv4Addr>() {
-                Ok(ip) => {
-                    tracing::info!(
-                        "node {}: public IP {ip} from annotation {}",
-                        me.node_name,
-                        me.keys.public_ip_overwrite
-                    );
-                    attrs.public_ip = ip;
-                }
-                Err(_) => tracing::warn!(
-                    "node {}: ignoring annotation {} = {ip:?}: not an IPv4 address",
-                    me.node_name,
-                    me.keys.public_ip_overwrite
-                ),
-            }
-        }
-        // Keep the VtepMAC this node already announced (a restart must not change it).
-        let annotated_mac = me
-            .annotation(&node, &me.keys.backend_data)
-            .and_then(|d| serde_json::from_str::<VxlanData>(d).ok())
-            .map(|d| d.vtep_mac);
-        let mut data: serde_json::Value = attrs.backend_data.clone();
-        if let (Some(mac), Some(obj)) = (annotated_mac, data.as_object_mut()) {
-            obj.insert("VtepMAC".into(), json!(mac.to_string()));
-        }
-        attrs.backend_data = data;
-        let want = own_annotations(&me.keys, &attrs);
+        let lease = own_lease(
+            &me.keys,
+            &me.node_name,
+            &node,
+            req.config.network,
+            &req.attrs,
+        )?;
+        let want = own_annotations(&me.keys, &lease.attrs);
         let have = node.metadata.annotations.clone().unwrap_or_default();
         if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
             me.patch_status(json!({"metadata": {"annotations": want}}))
@@ -701,11 +753,7 @@ impl LeaseStore for KubeStore {
                 me.keys.backend_type.rsplit_once('/').map_or("", |p| p.0)
             );
         }
-        Ok(Lease {
-            subnet,
-            attrs,
-            expiration: None,
-        })
+        Ok(lease)
     }
 
     /// Pod CIDRs do not expire: nothing to renew.

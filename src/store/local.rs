@@ -121,15 +121,7 @@ impl LocalStore {
     }
 
     fn store_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let rec = Record {
-            subnet: lease.subnet,
-            attrs: lease.attrs.clone(),
-            expiration: humantime::format_rfc3339_nanos(
-                lease.expiration.unwrap_or(SystemTime::now()),
-            )
-            .to_string(),
-        };
-        let body = serde_json::to_vec(&rec).expect("a lease record always serializes");
+        let body = render_record(lease);
         self.write_file(&self.subnets_dir().join(subnet_key(&lease.subnet)), &body)
     }
 
@@ -226,7 +218,24 @@ impl LocalStore {
     }
 }
 
-fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
+/// The file a lease is stored as (flannel's `Lease` shape); a lease without
+/// an expiration is written as expiring now.
+pub fn render_record(lease: &Lease) -> Vec<u8> {
+    let rec = Record {
+        subnet: lease.subnet,
+        attrs: lease.attrs.clone(),
+        expiration: humantime::format_rfc3339_nanos(lease.expiration.unwrap_or(SystemTime::now()))
+            .to_string(),
+    };
+    serde_json::to_vec(&rec).expect("a lease record always serializes")
+}
+
+/// Reads the lease file `name` (its key, `10.244.3.0-24`) holding `bytes`:
+/// the lease, or why the file is skipped. Pure; the fuzzer's entry point.
+///
+/// # Errors
+/// The reason, naming what is wrong (key, JSON, subnet, expiration).
+pub fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
     let key_subnet = parse_subnet_key(name).map_err(|e| e.to_string())?;
     let rec: Record =
         serde_json::from_slice(bytes).map_err(|e| format!("not a lease record: {e}"))?;

@@ -260,34 +260,13 @@ impl EtcdStore {
     }
 
     fn entry(&self, kv: &KeyValue) -> Entry {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let subnet = key
-            .strip_prefix(&self.subnets_prefix())
-            .and_then(|k| parse_subnet_key(k).ok());
-        let attrs: Result<LeaseAttrs, String> = serde_json::from_slice(kv.value())
-            .map_err(|e| format!("value is not flannel's lease JSON: {e}"));
-        let parsed = match (subnet, &attrs) {
-            (None, _) => {
-                Err("the key is not of the form <prefix>/subnets/10.244.3.0-24".to_string())
-            }
-            (Some(_), Err(e)) => Err(e.clone()),
-            (Some(s), Ok(a)) => a
-                .vxlan_data()
-                .map(|_| Lease {
-                    subnet: s,
-                    attrs: a.clone(),
-                    expiration: None,
-                })
-                .map_err(|e| e.to_string()),
-        };
-        Entry {
-            key,
-            mod_revision: kv.mod_revision(),
-            lease_id: kv.lease(),
-            subnet,
-            parsed,
-            attrs: attrs.ok(),
-        }
+        entry_of(
+            &self.subnets_prefix(),
+            kv.key(),
+            kv.value(),
+            kv.mod_revision(),
+            kv.lease(),
+        )
     }
 
     /// Every valid vxlan lease in etcd now (peers carry no expiration: etcd expires them).
@@ -440,6 +419,55 @@ impl EtcdStore {
             .await?;
         Ok(resp.kvs().first().map(|kv| self.entry(kv)))
     }
+}
+
+/// One key/value under `subnets_prefix` (`<prefix>/subnets/`), read as the
+/// store reads every listing and watch event: no I/O, any bytes.
+fn entry_of(
+    subnets_prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    mod_revision: i64,
+    lease_id: i64,
+) -> Entry {
+    let key = String::from_utf8_lossy(key).into_owned();
+    let subnet = key
+        .strip_prefix(subnets_prefix)
+        .and_then(|k| parse_subnet_key(k).ok());
+    let attrs: Result<LeaseAttrs, String> = serde_json::from_slice(value)
+        .map_err(|e| format!("value is not flannel's lease JSON: {e}"));
+    let parsed = match (subnet, &attrs) {
+        (None, _) => Err("the key is not of the form <prefix>/subnets/10.244.3.0-24".to_string()),
+        (Some(_), Err(e)) => Err(e.clone()),
+        (Some(s), Ok(a)) => a
+            .vxlan_data()
+            .map(|_| Lease {
+                subnet: s,
+                attrs: a.clone(),
+                expiration: None,
+            })
+            .map_err(|e| e.to_string()),
+    };
+    Entry {
+        key,
+        mod_revision,
+        lease_id,
+        subnet,
+        parsed,
+        attrs: attrs.ok(),
+    }
+}
+
+/// What the store makes of the etcd key `key` holding `value` under
+/// `subnets_prefix`: the key's subnet (when the key has flannel's form) and
+/// the peer lease, or why it is skipped. Pure; the fuzzer's entry point.
+pub fn parse_lease_kv(
+    subnets_prefix: &str,
+    key: &[u8],
+    value: &[u8],
+) -> (Option<Ipv4Net>, Result<Lease, String>) {
+    let e = entry_of(subnets_prefix, key, value, 0, 0);
+    (e.subnet, e.parsed)
 }
 
 #[async_trait]
