@@ -807,3 +807,79 @@ fn host_port_through_the_real_portmap_plugin() {
         );
     }
 }
+
+fn pod_ip(out: &cni_support::Out) -> String {
+    out.json["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// podman found two weft networks on one node handing out one address
+/// twice. Built-in mode keeps one store per subnet: two networks (two
+/// bridges) on the node's subnet get distinct addresses, and one
+/// network's GC leaves the other's alone.
+#[test]
+fn two_builtin_networks_on_one_subnet_never_share_an_address() {
+    if !root_or_skip("two_builtin_networks_on_one_subnet_never_share_an_address") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let mut a = node.conf("1.0.0");
+    a["name"] = json!("net-a");
+    a["delegate"]["bridge"] = json!("cni0");
+    let mut b = node.conf("1.0.0");
+    b["name"] = json!("net-b");
+    b["delegate"]["bridge"] = json!("cni1");
+    let (pa, pb) = (Netns::new("pod"), Netns::new("pod"));
+    let ra = node.call("ADD", "ca", Some(&pa.path()), "eth0", &a);
+    assert_eq!(ra.code, 0, "{}{}", ra.stdout, ra.stderr);
+    let rb = node.call("ADD", "cb", Some(&pb.path()), "eth0", &b);
+    assert_eq!(rb.code, 0, "{}{}", rb.stdout, rb.stderr);
+    assert_ne!(pod_ip(&ra), pod_ip(&rb));
+    // net-a's GC with no valid attachment keeps net-b's.
+    let mut gc = a.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = node.call("GC", "", None, "eth0", &gc);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        node.builtin_allocations().len(),
+        1,
+        "net-b's allocation stays"
+    );
+}
+
+/// `podman run --ip`: runtimeConfig.ips is the pod's address in built-in
+/// mode; one outside the node's subnet (code 7) or already held (108) is
+/// refused, never ignored.
+#[test]
+fn builtin_runtime_config_ips_is_honoured_or_refused() {
+    if !root_or_skip("builtin_runtime_config_ips_is_honoured_or_refused") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let mut conf = node.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"ips": ["10.77.5.77/24"]});
+    let pod = Netns::new("pod");
+    let out = node.call("ADD", "fixed", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(pod_ip(&out), "10.77.5.77/24");
+    assert_eq!(pod_addr(&pod, "eth0"), vec!["10.77.5.77/24".to_string()]);
+    let again = Netns::new("pod");
+    let out = node.call("ADD", "second", Some(&again.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(108), "{}", out.stdout);
+    assert!(
+        out.msg().contains("10.77.5.77") && out.msg().contains("fixed/eth0"),
+        "{}",
+        out.msg()
+    );
+    assert!(!again.has_link("eth0"), "nothing left of the refused ADD");
+    conf["runtimeConfig"] = json!({"ips": ["10.99.0.5"]});
+    let out = node.call("ADD", "outside", Some(&again.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+    assert!(out.msg().contains("10.77.5.0/24"), "{}", out.msg());
+    conf["runtimeConfig"] = json!({"ips": ["fd00::5"]});
+    let out = node.call("ADD", "v6", Some(&again.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+}

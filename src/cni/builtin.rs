@@ -25,9 +25,66 @@ use super::result::{CniResult, Interface, IpConfig, Route};
 use crate::netlink::{Link, Netlink, has_route, is_exists};
 use crate::subnet_env::SubnetEnv;
 
-/// The IPAM store of the network.
-pub fn ipam(conf: &NetConf) -> Ipam {
-    Ipam::new(conf.data_dir.join("ipam").join(&conf.name))
+/// The IPAM store of node subnet `subnet`, shared by every network that
+/// allocates from it (`<dataDir>/ipam/10.244.3.0-24`).
+pub fn ipam(conf: &NetConf, subnet: Ipv4Net) -> Ipam {
+    Ipam::new(
+        conf.data_dir
+            .join("ipam")
+            .join(crate::lease::subnet_key(&subnet)),
+        &conf.name,
+    )
+}
+
+/// Every IPAM store under `<dataDir>/ipam` (each subnet's, and the
+/// per-network ones of older releases), for DEL, CHECK and GC, which may
+/// run without subnet.env.
+fn ipam_stores(conf: &NetConf) -> Vec<Ipam> {
+    let Ok(rd) = std::fs::read_dir(conf.data_dir.join("ipam")) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| Ipam::new(e.path(), &conf.name))
+        .collect()
+}
+
+/// The address `runtimeConfig.ips` asks for (`podman run --ip`), if any.
+///
+/// # Errors
+/// Code 7 when it is not one IPv4 address (with or without a prefix).
+pub fn requested_ip(conf: &NetConf) -> Result<Option<Ipv4Addr>, CniError> {
+    let Some(v) = conf.runtime_config.as_ref().and_then(|r| r.get("ips")) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("runtimeConfig.ips {v}: {why}"),
+        )
+    };
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("must be a list of addresses"))?;
+    let mut v4 = vec![];
+    for item in list {
+        let text = item
+            .as_str()
+            .ok_or_else(|| bad("each entry must be a string"))?;
+        let addr = text.split('/').next().unwrap_or_default();
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => v4.push(a),
+            Ok(std::net::IpAddr::V6(_)) => {
+                return Err(bad("weft's network is IPv4 only; drop the IPv6 address"));
+            }
+            Err(_) => return Err(bad(&format!("{text:?} is not an IP address"))),
+        }
+    }
+    match v4[..] {
+        [] => Ok(None),
+        [a] => Ok(Some(a)),
+        _ => Err(bad("one IPv4 address per interface")),
+    }
 }
 
 /// The host end's name: stable for a `(containerID, ifname)` pair, so DEL and
@@ -55,6 +112,8 @@ fn nl_err(what: String) -> impl FnOnce(io::Error) -> CniError {
 fn ipam_err(e: IpamError) -> CniError {
     match e {
         IpamError::Exhausted { .. } => CniError::new(code::IPAM_EXHAUSTED, e.to_string()),
+        IpamError::NotInSubnet { .. } => CniError::new(code::INVALID_CONFIG, e.to_string()),
+        IpamError::Taken { .. } => CniError::new(code::IP_IN_USE, e.to_string()),
         IpamError::Io { .. } => CniError::new(code::STATE, e.to_string()),
     }
 }
@@ -180,6 +239,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let default_route = conf.default_route()?;
     let hairpin = conf.hairpin()?;
     let mac = requested_mac(conf)?;
+    let wanted = requested_ip(conf)?;
     let subnet = senv.subnet.trunc();
     let gw = gateway(subnet);
     let ns = open_ns(netns)?;
@@ -191,9 +251,9 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
     let gw_net = Ipv4Net::new(gw, subnet.prefix_len()).unwrap_or(subnet);
     let bridge = ensure_bridge(&mut host, &bridge_name, gw_net)?;
-    let ipam = ipam(conf);
+    let ipam = ipam(conf, subnet);
     let ip = ipam
-        .allocate(subnet, gw, &env.container_id, ifname)
+        .allocate(subnet, gw, &env.container_id, ifname, wanted)
         .map_err(ipam_err)?;
     let host_name = host_veth_name(&env.container_id, ifname);
     let mut created = false;
@@ -354,9 +414,9 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
     host.delete_link(&host_name)
         .map_err(nl_err(format!("cannot delete {host_name}")))?;
-    ipam(conf)
-        .release(&env.container_id, ifname)
-        .map_err(ipam_err)?;
+    for store in ipam_stores(conf) {
+        store.release(&env.container_id, ifname).map_err(ipam_err)?;
+    }
     Ok(())
 }
 
@@ -415,7 +475,11 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
         i.and_then(|i| prev.interfaces.get(i))
             .is_none_or(|itf| itf.name == ifname && itf.sandbox.is_some())
     };
-    let allocated = ipam(conf).allocations().map_err(ipam_err)?;
+    let stores = ipam_stores(conf);
+    let mut allocated = vec![];
+    for store in &stores {
+        allocated.extend(store.allocations().map_err(ipam_err)?);
+    }
     for ip in prev.ips.iter().filter(|ip| ours(&ip.interface)) {
         let IpNet::V4(a) = ip.address else { continue };
         if !have.contains(&a) {
@@ -428,10 +492,10 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
             .any(|x| x.ip == a.addr() && x.container_id == env.container_id && x.ifname == ifname)
         {
             return Err(check_failed(format!(
-                "address {} is not allocated to {}/{ifname} in {}",
+                "address {} is not allocated to {}/{ifname} under {}",
                 a.addr(),
                 env.container_id,
-                ipam(conf).dir().display()
+                conf.data_dir.join("ipam").display()
             )));
         }
     }
@@ -455,7 +519,10 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
 /// # Errors
 /// 105 for IPAM state.
 pub fn gc(conf: &NetConf, valid: &[(String, String)]) -> Result<(), CniError> {
-    let stale = ipam(conf).gc(valid).map_err(ipam_err)?;
+    let mut stale = vec![];
+    for store in ipam_stores(conf) {
+        stale.extend(store.gc(valid).map_err(ipam_err)?);
+    }
     if stale.is_empty() {
         return Ok(());
     }
