@@ -9,6 +9,7 @@ mod etcd_support;
 
 mod cni;
 mod dataplane;
+mod doctor;
 mod dropin;
 mod etcd;
 mod hostile;

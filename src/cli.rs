@@ -38,6 +38,19 @@ pub enum Command {
     /// keeps pods' connections: its nftables table or iptables chains, and
     /// the TUN device with its route. Run it in the node's network namespace.
     Uninstall(UninstallArgs),
+    /// Check this node end to end with weftd's own flags and environment,
+    /// changing nothing: each line ✓ / ✗ / – with the cause and the fix.
+    /// Exit status 0 only when nothing failed.
+    Doctor(Box<DoctorArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// `text` for people, `json` for machines.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]

@@ -90,6 +90,11 @@ fn hello(port: u16) -> Result<(UnixStream, String), HandoverError> {
     Ok((s, tun))
 }
 
+/// The TUN device of the weftd that serves `port` here, if one runs.
+pub fn running(port: u16) -> Option<String> {
+    hello(port).ok().map(|(_, tun)| tun)
+}
+
 /// Checks that the running weftd on `port` serves `tun` (so this one may
 /// take over from it).
 ///

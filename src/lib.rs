@@ -20,6 +20,7 @@ pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod doctor;
 pub(crate) mod fsutil;
 pub mod gather;
 pub mod goflags;

@@ -159,6 +159,18 @@ pub fn bind_udp(addr: SocketAddrV4, reuseport: bool) -> Result<UdpSocket, SysErr
     Ok(s.into())
 }
 
+/// A raw ICMP socket (`weftd doctor` pings through it and reads the echo
+/// replies the host receives, the overlay's included), handed out as std's
+/// datagram socket for its safe `send_to` / `recv_from`. Needs CAP_NET_RAW.
+///
+/// # Errors
+/// The socket error.
+pub fn icmp_raw_socket(read_timeout: Duration) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+    s.set_read_timeout(Some(read_timeout))?;
+    Ok(s.into())
+}
+
 /// The receive and send buffer sizes the kernel gave `sock` (it reports
 /// twice what counts against the limit, as `socket(7)` says).
 pub fn buffer_sizes(sock: &UdpSocket) -> (usize, usize) {

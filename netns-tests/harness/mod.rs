@@ -307,9 +307,29 @@ impl Cluster {
 
     /// weftd's command line for node `i`.
     pub fn command(&self, i: usize) -> Command {
+        self.command_of(i, &[])
+    }
+
+    /// `weftd doctor` with node `i`'s own flags (and `extra`): whether it
+    /// passed, and its report.
+    pub fn doctor(&self, i: usize, extra: &[&str]) -> (bool, String) {
+        let out = self
+            .command_of(i, &["doctor"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("weftd doctor runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// weftd's command line for node `i`, with `sub` (a subcommand) first.
+    fn command_of(&self, i: usize, sub: &[&str]) -> Command {
         let n = &self.nodes[i];
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &n.ns, &weftd_bin()]);
+        c.args(["netns", "exec", &n.ns, &weftd_bin()]).args(sub);
         match &self.etcd {
             Some(ep) => c.args(["--etcd-endpoints", ep]),
             None => c.arg("--state-dir").arg(&self.store_dir),

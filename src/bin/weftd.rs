@@ -56,6 +56,19 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Some(Command::Doctor(args)) => {
+                let report = weft::doctor::run(&args.run.options()?).await;
+                if args.output == "json" {
+                    println!("{}", report.json());
+                } else {
+                    print!("{}", report.text());
+                }
+                if report.healthy() {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("doctor: the node is not healthy"))
+                }
+            }
             None => {
                 let opts = cli.run.options()?;
                 weft::daemon::run(opts, shutdown_signal())

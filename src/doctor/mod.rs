@@ -1,0 +1,467 @@
+//! `weftd doctor`: checks a node end to end with weftd's own flags and
+//! environment, changing nothing, and says line by line what is fine, what
+//! is not, and what to do. The verdicts are in [`report`]; the overlay probe
+//! in [`probe`]; this module gathers the facts.
+
+pub mod probe;
+pub mod report;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{DEFAULT_NET_CONF, NetConfig};
+use crate::daemon::{KUBE_NET_CONF, Options};
+use crate::iface::{self, ExtIface};
+use crate::lease::Lease;
+use crate::netlink;
+use crate::store::etcd::EtcdStore;
+use crate::store::kube::KubeStore;
+use crate::store::local::LocalStore;
+use crate::store::{LeaseStore, WatchEvent};
+use crate::subnet_env::SubnetEnv;
+use probe::Outcome;
+use report::{Check, Report};
+
+/// How long a store gets to answer one question.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+/// How long a probe waits for its answer.
+const PROBE_WAIT: Duration = Duration::from_millis(1500);
+
+/// Runs every check that applies to this node, in order.
+pub async fn run(opts: &Options) -> Report {
+    let mut r = Report::default();
+    let ext = interface(opts, &mut r);
+    privileges(&mut r);
+    forwarding(&mut r);
+    let Some((store, etcd)) = connect(opts, &mut r).await else {
+        return r;
+    };
+    let Some(config) = network_config(opts, store.as_ref(), etcd.as_ref(), &mut r).await else {
+        return r;
+    };
+    let running = vxlan_port(config.backend.port, ext.as_ref(), opts, &mut r);
+    let Some(leases) = leases(store.as_ref(), &mut r).await else {
+        return r;
+    };
+    let Some(ext) = ext else { return r };
+    let own = own_lease(&leases, &ext, &config, &mut r);
+    if let Some(own) = &own {
+        subnet_env(opts, own, &config, &mut r);
+    }
+    match (own, running) {
+        (Some(own), true) => peers(&config, &ext, &own, &leases, &mut r),
+        (Some(_), false) => r.push(Check::note(
+            "peers",
+            "not probed: the probe's answers come back through this node's weftd, which does not run",
+        )),
+        (None, _) => r.push(Check::note("peers", "not probed: this node holds no lease")),
+    }
+    r
+}
+
+fn interface(opts: &Options, r: &mut Report) -> Option<ExtIface> {
+    match iface::select(&opts.iface) {
+        Ok(e) => {
+            r.push(Check::pass(
+                "interface",
+                format!("{} ({}), public IP {}", e.name, e.addr, e.public_ip),
+            ));
+            if e.public_ip != e.addr && !is_local(e.public_ip) {
+                r.push(Check::note(
+                    "public IP",
+                    format!(
+                        "{} is not an address of this host: right behind 1:1 NAT, where the peers see this node's datagrams from {}; if they do not go through that NAT, they refuse them as from an unknown peer unless they run with --accept-unknown-peers",
+                        e.public_ip, e.addr
+                    ),
+                ));
+            }
+            Some(e)
+        }
+        Err(e) => {
+            r.push(Check::fail("interface", e.to_string(), ""));
+            None
+        }
+    }
+}
+
+fn is_local(ip: Ipv4Addr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// Bit `cap` of the effective capabilities in /proc/self/status.
+fn has_cap(cap: u32) -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let bits = u64::from_str_radix(hex, 16).ok()?;
+    Some(bits & (1 << cap) != 0)
+}
+
+fn privileges(r: &mut Report) {
+    match has_cap(12) {
+        Some(true) => r.push(Check::pass("CAP_NET_ADMIN", "held")),
+        Some(false) => r.push(Check::fail(
+            "CAP_NET_ADMIN",
+            "not held: weftd cannot make its TUN device, routes or rules",
+            "run weftd (and doctor) as root, with the NET_ADMIN capability, or in a user namespace that owns its network namespace",
+        )),
+        None => r.push(Check::note("CAP_NET_ADMIN", "cannot read /proc/self/status")),
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        Ok(_) => r.push(Check::pass("/dev/net/tun", "opens for reading and writing")),
+        Err(e) => r.push(Check::fail(
+            "/dev/net/tun",
+            format!("cannot be opened: {e}"),
+            match e.kind() {
+                std::io::ErrorKind::NotFound => "modprobe tun, or mknod /dev/net/tun c 10 200 (in a container: mount the host's)",
+                _ => "chmod 0666 /dev/net/tun, as udev does, or run weftd as root",
+            },
+        )),
+    }
+}
+
+fn forwarding(r: &mut Report) {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").map(|s| s.trim().to_string()) {
+        Ok(v) if v == "1" => r.push(Check::pass("IPv4 forwarding", "on")),
+        Ok(_) => r.push(Check::note(
+            "IPv4 forwarding",
+            "off: weftd turns it on when it starts (pods' traffic crosses the node)",
+        )),
+        Err(e) => r.push(Check::note(
+            "IPv4 forwarding",
+            format!("cannot read net.ipv4.ip_forward: {e}"),
+        )),
+    }
+}
+
+/// The store to check, and the same store as etcd when it is (for its `etcdctl` hints).
+type Stores = (Arc<dyn LeaseStore>, Option<Arc<EtcdStore>>);
+
+/// The store weftd would use, reached once (no waiting at boot here).
+async fn connect(opts: &Options, r: &mut Report) -> Option<Stores> {
+    let what = "store";
+    let got: Result<Stores, String> = if let Some(k) = opts.kube.clone() {
+        match tokio::time::timeout(STORE_WAIT, KubeStore::connect(k)).await {
+            Ok(Ok(s)) => Ok((Arc::new(s), None)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the API server did not answer in 10 s".into()),
+        }
+    } else if let Some(e) = opts.etcd.clone() {
+        let endpoints = e.endpoints.join(",");
+        match tokio::time::timeout(STORE_WAIT, EtcdStore::connect(e)).await {
+            Ok(Ok(s)) => {
+                let s = Arc::new(s);
+                Ok((s.clone() as Arc<dyn LeaseStore>, Some(s)))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("etcd {endpoints} did not answer in 10 s")),
+        }
+    } else {
+        Ok((
+            Arc::new(LocalStore::new(&opts.state_dir, opts.store_poll)),
+            None,
+        ))
+    };
+    match got {
+        Ok((s, etcd)) => {
+            r.push(Check::pass(what, format!("{} answers", s.describe())));
+            Some((s, etcd))
+        }
+        Err(e) => {
+            r.push(Check::fail(what, e, ""));
+            None
+        }
+    }
+}
+
+async fn network_config(
+    opts: &Options,
+    store: &dyn LeaseStore,
+    etcd: Option<&Arc<EtcdStore>>,
+    r: &mut Report,
+) -> Option<NetConfig> {
+    let what = "network config";
+    let path = opts
+        .net_config_path
+        .clone()
+        .or_else(|| opts.kube.is_some().then(|| KUBE_NET_CONF.into()));
+    let parsed = match &path {
+        Some(p) => NetConfig::from_file(p).map_err(|e| (e.to_string(), String::new())),
+        None => match tokio::time::timeout(STORE_WAIT, store.network_config()).await {
+            Ok(Ok(Some(text))) => NetConfig::parse(&text, &store.describe())
+                .map_err(|e| (e.to_string(), String::new())),
+            Ok(Ok(None)) if etcd.is_none() => {
+                // The embedded store: weftd stores its default on first start.
+                NetConfig::parse(DEFAULT_NET_CONF, "the embedded default")
+                    .map_err(|e| (e.to_string(), String::new()))
+            }
+            Ok(Ok(None)) => Err((
+                format!("{}: no network config key", store.describe()),
+                format!(
+                    "write it: {}",
+                    etcd.map(|e| e.etcdctl_put_config()).unwrap_or_default()
+                ),
+            )),
+            Ok(Err(e)) => Err((e.to_string(), String::new())),
+            Err(_) => Err(("the store did not answer in 10 s".into(), String::new())),
+        },
+    };
+    match parsed {
+        Ok(c) => {
+            r.push(Check::pass(
+                what,
+                format!(
+                    "Network {}, /{} subnets, VNI {}, UDP port {}",
+                    c.network, c.subnet_len, c.backend.vni, c.backend.port
+                ),
+            ));
+            Some(c)
+        }
+        Err((e, fix)) => {
+            r.push(Check::fail(what, e, fix));
+            None
+        }
+    }
+}
+
+/// Who holds the VXLAN port; whether a weftd runs here.
+fn vxlan_port(port: u16, ext: Option<&ExtIface>, opts: &Options, r: &mut Report) -> bool {
+    let what = format!("UDP port {port}");
+    if let Some(tun) = crate::handover::running(port) {
+        r.push(Check::pass(
+            what,
+            format!("a weftd runs here, on TUN {tun}"),
+        ));
+        return true;
+    }
+    if let Ok(mut nl) = netlink::connect() {
+        if let Ok(devs) = nl.vxlan_devices() {
+            if let Some(d) = devs.iter().find(|d| d.port == Some(port)) {
+                r.push(Check::fail(
+                    what,
+                    format!(
+                        "held by the kernel VXLAN device {} (flanneld's, or left by it)",
+                        d.name
+                    ),
+                    format!(
+                        "stop flanneld, then ip link del {} or start weftd with --replace-kernel-vxlan",
+                        d.name
+                    ),
+                ));
+                return false;
+            }
+        }
+    }
+    let addr = ext.map_or(Ipv4Addr::UNSPECIFIED, |e| e.addr);
+    match std::net::UdpSocket::bind(SocketAddrV4::new(addr, port)) {
+        Ok(_) => r.push(Check::note(
+            what,
+            format!("free: weftd ({}) does not run here", opts.tun_name),
+        )),
+        Err(e) => r.push(Check::fail(
+            what,
+            format!("taken by another program: {e}"),
+            format!("find it with `ss -ulpn 'sport = :{port}'` and stop it, or set Backend.Port"),
+        )),
+    }
+    false
+}
+
+/// The store's leases, as one snapshot.
+async fn leases(store: &dyn LeaseStore, r: &mut Report) -> Option<Vec<Lease>> {
+    let first = async {
+        let mut rx = store.watch().await?;
+        Ok::<_, crate::store::StoreError>(rx.recv().await)
+    };
+    match tokio::time::timeout(STORE_WAIT, first).await {
+        Ok(Ok(Some(WatchEvent::Snapshot(all)))) => Some(all),
+        Ok(Ok(_)) => {
+            r.push(Check::fail(
+                "leases",
+                "the store's watch gave no snapshot",
+                "",
+            ));
+            None
+        }
+        Ok(Err(e)) => {
+            r.push(Check::fail("leases", e.to_string(), ""));
+            None
+        }
+        Err(_) => {
+            r.push(Check::fail("leases", "no lease list within 10 s", ""));
+            None
+        }
+    }
+}
+
+fn own_lease(
+    leases: &[Lease],
+    ext: &ExtIface,
+    config: &NetConfig,
+    r: &mut Report,
+) -> Option<Lease> {
+    let own = leases
+        .iter()
+        .find(|l| l.attrs.public_ip == ext.public_ip && config.network.contains(&l.subnet))
+        .cloned();
+    match &own {
+        Some(l) => r.push(Check::pass(
+            "lease",
+            format!("{} for public IP {}", l.subnet, ext.public_ip),
+        )),
+        None => r.push(Check::fail(
+            "lease",
+            format!("no lease in the store has public IP {}", ext.public_ip),
+            "start weftd on this node; if it runs, check that --iface/--public-ip name the address the others see",
+        )),
+    }
+    own
+}
+
+fn subnet_env(opts: &Options, own: &Lease, config: &NetConfig, r: &mut Report) {
+    let what = format!("{}", opts.subnet_file.display());
+    match SubnetEnv::read(&opts.subnet_file) {
+        Ok(e) if e.subnet == own.subnet && e.network == config.network => {
+            r.push(Check::pass(what, format!("agrees with the lease ({}, MTU {})", e.subnet, e.mtu)));
+        }
+        Ok(e) => r.push(Check::fail(
+            what,
+            format!(
+                "says subnet {} in {}, but the lease is {} in {}: pods get addresses of another subnet",
+                e.subnet, e.network, own.subnet, config.network
+            ),
+            "restart weftd so that it rewrites subnet.env, then recreate the pods made since",
+        )),
+        Err(e) => r.push(Check::fail(what, e.to_string(), "start weftd: it writes subnet.env")),
+    }
+}
+
+/// Probes every peer through the overlay: reachable, and with full-size
+/// packets; when not, whether the VXLAN port or the whole node is silent.
+fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &mut Report) {
+    let icmp = match crate::sys::icmp_raw_socket(Duration::from_millis(1)) {
+        Ok(s) => s,
+        Err(e) => {
+            r.push(Check::note(
+                "peers",
+                format!("not probed: a raw ICMP socket needs CAP_NET_RAW ({e})"),
+            ));
+            return;
+        }
+    };
+    let Ok(own_mac) = own.attrs.vxlan_data().map(|d| d.vtep_mac) else {
+        return;
+    };
+    let mtu = netlink::connect()
+        .ok()
+        .and_then(|mut nl| netlink::link(&mut nl, &ext.name).ok())
+        .map_or(1450, |(_, m)| config.overlay_mtu(m));
+    let id = (std::process::id() & 0xffff) as u16;
+    let from_ip = own.subnet.network();
+    let peers: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| l.subnet != own.subnet && config.network.contains(&l.subnet))
+        .collect();
+    if peers.is_empty() {
+        r.push(Check::note("peers", "none in the store yet"));
+    }
+    for (i, p) in peers.into_iter().enumerate() {
+        let what = format!("peer {} ({})", p.subnet, p.attrs.public_ip);
+        let Ok(d) = p.attrs.vxlan_data() else {
+            r.push(Check::note(what, "not a vxlan lease: not probed"));
+            continue;
+        };
+        let to = SocketAddrV4::new(p.attrs.public_ip, config.backend.port);
+        let seq = (i as u16).wrapping_mul(4);
+        let probe_of = |total: u16, seq: u16| {
+            let dgram = probe::vxlan_echo(
+                config.backend.vni,
+                d.vtep_mac,
+                own_mac,
+                from_ip,
+                p.subnet.network(),
+                id,
+                seq,
+                total,
+            );
+            probe::vxlan_probe(
+                &icmp,
+                ext.addr,
+                to,
+                &dgram,
+                (p.subnet.network(), id, seq),
+                PROBE_WAIT,
+            )
+        };
+        let small = probe_of(84, seq);
+        let check = match small {
+            Ok(Outcome::Answered(rtt)) => {
+                let full = u16::try_from(mtu).unwrap_or(1450);
+                match probe_of(full, seq.wrapping_add(1)) {
+                    Ok(Outcome::Answered(_)) => Check::pass(
+                        what,
+                        format!(
+                            "reached through VXLAN ({to}), RTT {:.2} ms; {full}-byte packets (the overlay MTU) too",
+                            rtt.as_secs_f64() * 1e3
+                        ),
+                    ),
+                    _ => Check::fail(
+                        what,
+                        format!(
+                            "small packets reach it through VXLAN ({to}) but {full}-byte ones (the overlay MTU) do not: the path between the nodes carries fewer than {} bytes",
+                            u32::from(full) + 50
+                        ),
+                        "lower the overlay MTU (Backend.MTU in net-conf.json) or raise the underlay's, so that the overlay MTU + 50 fits every hop; then restart weftd and recreate the pods",
+                    ),
+                }
+            }
+            Ok(Outcome::PortClosed) => Check::fail(
+                what,
+                format!(
+                    "nothing listens on {to}: the node answers, but its weftd (or flanneld) does not run"
+                ),
+                format!("start weftd on {}", p.attrs.public_ip),
+            ),
+            Ok(Outcome::Silent) => {
+                let ping = probe::underlay_ping(
+                    &icmp,
+                    p.attrs.public_ip,
+                    id,
+                    seq.wrapping_add(2),
+                    PROBE_WAIT,
+                );
+                if matches!(ping, Ok(Outcome::Answered(_))) {
+                    Check::fail(
+                        what,
+                        format!(
+                            "{} answers ping, but VXLAN to it on UDP {} gets no answer: a firewall or security group drops UDP {} on the way",
+                            p.attrs.public_ip, config.backend.port, config.backend.port
+                        ),
+                        format!(
+                            "allow UDP {} between the nodes (on {}: iptables -I INPUT -p udp --dport {} -j ACCEPT, or the cloud's security group)",
+                            config.backend.port, p.attrs.public_ip, config.backend.port
+                        ),
+                    )
+                } else {
+                    Check::fail(
+                        what,
+                        format!(
+                            "{} answers neither VXLAN on UDP {} nor ping: the node is down or unreachable on the underlay",
+                            p.attrs.public_ip, config.backend.port
+                        ),
+                        "bring the node back, or delete its lease if it is gone for good",
+                    )
+                }
+            }
+            Err(e) => Check::note(what, format!("not probed: {e}")),
+        };
+        r.push(check);
+    }
+}
