@@ -152,6 +152,7 @@ fn conf_run(input: &[u8]) -> Outcome {
     let _ = install::validate_conflist(
         &String::from_utf8_lossy(input),
         Path::new("/etc/cni/net.d/10-weft.conflist"),
+        "weft",
     );
     // VERSION reads nothing but stdin.
     let version_env = |k: &str| (k == "CNI_COMMAND").then(|| "VERSION".to_string());

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use rand::Rng as _;
 
-use weft::dataplane::core::{Core, Route, RxAction, TxAction, flow_hash};
+use weft::dataplane::core::{Core, Route, RxAction, Sender, TxAction, flow_hash};
 use weft::dataplane::offload::{self, Arena, Coalescer, SegmentError};
 use weft::dataplane::table::Table;
 use weft::dataplane::{ENCAP_LEN, HEADROOM, Part, SLOT};
@@ -234,9 +234,33 @@ thread_local! {
     static SLOT_BUF2: RefCell<Vec<u8>> = RefCell::new(vec![0; SLOT]);
 }
 
-/// The one call of [`Core::decap`]; the receive path's other arguments go here.
-fn decap(core: &Core, slot: &[u8], start: usize, len: usize) -> RxAction {
-    core.decap(slot, start, len)
+/// Who sent a fuzzed datagram, as the receive path finds it: node 1 (a
+/// lease of the table), a stranger (unknown peers accepted), or anyone
+/// (source checks off), by `who`.
+fn sender(core: &Core, who: u8) -> Sender<'static> {
+    static RECEIVER: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+    // Node 2's table: the receiver of the decap entry point.
+    let table = RECEIVER.get_or_init(|| {
+        let ls = [
+            lease("10.244.1.0/24", 1),
+            lease("10.244.2.0/24", 2),
+            lease("10.244.4.128/25", 4),
+        ];
+        let own = Some("10.244.2.0/24".parse().expect("a CIDR"));
+        Table::build(&ls, own, Vni::new(VNI).expect("fits"), 8472).0
+    });
+    match who % 3 {
+        0 => core
+            .sender(table, [192, 0, 2, 1].into())
+            .unwrap_or(Sender::Anyone),
+        1 => Sender::Unknown(table),
+        _ => Sender::Anyone,
+    }
+}
+
+/// The one call of [`Core::decap`].
+fn decap(core: &Core, from: Sender<'_>, slot: &[u8], start: usize, len: usize) -> RxAction {
+    core.decap(from, slot, start, len)
 }
 
 fn decap_seeds() -> Vec<Vec<u8>> {
@@ -282,8 +306,9 @@ fn decap_run(input: &[u8]) -> Outcome {
             .map_or(normal, |_| start);
         let n = d.len().min(SLOT - at);
         slot[at..at + n].copy_from_slice(&d[..n]);
-        let r = decap(&core, &slot, start, len);
-        let out = check_decap(&core, &slot, start, len, &r);
+        let from = sender(&core, p >> 3);
+        let r = decap(&core, from, &slot, start, len);
+        let out = check_decap(&core, from, &slot, start, len, &r);
         slot[at..at + n].fill(0);
         out?;
         match r {
@@ -295,6 +320,7 @@ fn decap_run(input: &[u8]) -> Outcome {
 
 fn check_decap(
     core: &Core,
+    from: Sender<'_>,
     slot: &[u8],
     start: usize,
     len: usize,
@@ -331,6 +357,19 @@ fn check_decap(
         ip.dst(),
         core.subnet
     );
+    match from {
+        Sender::Leased(nets) => ensure!(
+            nets.iter().any(|n| n.contains(&ip.src())),
+            "Deliver of a packet from {} outside the sender's {nets:?}",
+            ip.src()
+        ),
+        Sender::Unknown(t) => ensure!(
+            t.lookup(ip.src()).is_some(),
+            "Deliver from an unknown sender of a packet from {}, in no peer's subnet",
+            ip.src()
+        ),
+        Sender::Anyone => {}
+    }
     Ok(())
 }
 
@@ -460,7 +499,7 @@ fn check_encap(
                 let mut rx = s.borrow_mut();
                 let start = HEADROOM - ENCAP_LEN;
                 rx[start..start + dgram.len()].copy_from_slice(dgram);
-                let got = decap(&them, &rx, start, dgram.len());
+                let got = decap(&them, Sender::Anyone, &rx, start, dgram.len());
                 let out = match (ipv4::Packet::new_checked(pkt), &got) {
                     (Ok(ip), RxAction::Deliver(d)) => {
                         let want = &pkt[..usize::from(ip.total_len())];

@@ -700,11 +700,24 @@ fn etcd_down_at_boot_is_waited_for() {
         etcd.resume();
         etcd
     });
+    // While weftd waits, /healthz says it lives and /readyz that it is
+    // not ready, as flanneld's do (a liveness probe must not restart it).
+    let ns = c.nodes[0].ns.clone();
+    let probes = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let get = |p| netns::http_get(&ns, crate::harness::METRICS_PORT, p).unwrap_or_default();
+        (get("/healthz"), get("/readyz"))
+    });
     let t = Instant::now();
     c.start(0);
     let up = t.elapsed();
     let etcd = back.join().unwrap();
     assert!(up >= Duration::from_secs(3), "ready before etcd was back?");
+    assert_eq!(
+        probes.join().unwrap(),
+        ("ok (starting)\n".to_string(), "not ready\n".to_string()),
+        "the probes while etcd was down"
+    );
     let log = c.nodes[0].log();
     assert!(
         log.contains("retrying in 1s") && log.contains("retrying in 2s"),

@@ -285,10 +285,10 @@ fn a_failed_start_releases_its_lease() {
             ..Opts::default()
         },
     );
-    // /healthz's port is taken (by a socket without SO_REUSEPORT): that
-    // shows only after the lease is taken.
+    // /healthz's port is taken (by a socket without SO_REUSEPORT): refused
+    // before anything else, the lease never taken.
     let ns = c.nodes[0].ns.clone();
-    let _squatter = netns::in_netns(&ns, || {
+    let squatter = netns::in_netns(&ns, || {
         std::net::TcpListener::bind(("0.0.0.0", crate::harness::METRICS_PORT))
     })
     .unwrap()
@@ -296,11 +296,22 @@ fn a_failed_start_releases_its_lease() {
     let out = c.command(0).output().expect("weftd");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot serve /healthz"), "{err}");
+    assert!(!err.contains("lease acquired"), "{err}");
+    assert!(c.store().leases().unwrap().is_empty());
+    drop(squatter);
+    // subnet.env cannot be written (its path is a directory): that shows
+    // only after the lease is taken.
+    let blocked = c.nodes[0].dir.join("subnet.env");
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+    let out = c.command(0).output().expect("weftd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
     assert!(
         err.contains("lease acquired"),
         "it got as far as the lease: {err}"
     );
-    assert!(err.contains("cannot serve /healthz"), "{err}");
+    assert!(err.contains("subnet.env"), "{err}");
     assert!(err.contains("released it"), "{err}");
     assert!(
         c.store().leases().unwrap().is_empty(),

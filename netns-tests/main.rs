@@ -9,10 +9,13 @@ mod etcd_support;
 
 mod cni;
 mod dataplane;
+mod dropin;
 mod etcd;
+mod hostile;
 mod kube;
 #[path = "../tests/kube_support/mod.rs"]
 mod kube_support;
 mod lifecycle;
 mod podnet;
 mod rootless;
+mod secrets;

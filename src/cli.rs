@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::Options;
+use crate::dataplane::core::SourceChecks;
 use crate::iface::IfaceSpec;
 use crate::store::StoreError;
 use crate::store::etcd::EtcdOptions;
@@ -17,6 +18,8 @@ use crate::store::kube::KubeSettings;
 #[command(
     name = "weftd",
     version,
+    // As Go's flag package (flanneld): a flag given twice takes the last value.
+    args_override_self = true,
     about = "weft: a userspace VXLAN overlay network that speaks flannel's formats"
 )]
 pub struct Cli {
@@ -112,7 +115,7 @@ pub struct RunArgs {
     pub etcd: EtcdOptions,
     /// Kubernetes mode: this node's subnet is its spec.podCIDR, peers come from node
     /// annotations (flannel's); needs NODE_NAME (or POD_NAME and POD_NAMESPACE).
-    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR")]
+    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub kube_subnet_mgr: bool,
     /// kubeconfig for the API server (the deadlock-free way: it names the real
     /// server address, not the Service ClusterIP that needs kube-proxy).
@@ -124,6 +127,10 @@ pub struct RunArgs {
     /// Prefix of the node annotations (flannel's by default, so flannel nodes are peers).
     #[arg(long, env = "WEFT_KUBE_ANNOTATION_PREFIX", default_value = crate::store::kube::DEFAULT_ANNOTATION_PREFIX)]
     pub kube_annotation_prefix: String,
+    /// Kubernetes mode: set the node's NetworkUnavailable condition to False
+    /// once the dataplane is up (flannel's flag).
+    #[arg(long, env = "WEFT_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    pub set_node_network_unavailable: bool,
     /// Masquerade pods' traffic to destinations outside the Network, and
     /// write FLANNEL_IPMASQ=true so the CNI bridge does not NAT (flannel's flag).
     #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
@@ -139,6 +146,19 @@ pub struct RunArgs {
     /// FORWARD policy is DROP: Docker, ufw, firewalld).
     #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub iptables_forward_rules: bool,
+    /// Accept VXLAN from addresses that are no lease's PublicIP (for
+    /// underlays that rewrite source addresses: nodes behind NAT). Inner
+    /// sources must then still lie in some peer's subnet.
+    #[arg(long, env = "WEFT_ACCEPT_UNKNOWN_PEERS", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accept_unknown_peers: bool,
+    /// Accept inner packets whose source is outside the sending node's
+    /// subnet (for peers that route other networks' traffic unmasqueraded).
+    #[arg(long, env = "WEFT_ACCEPT_FOREIGN_SOURCES", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accept_foreign_sources: bool,
+    /// Delete a kernel VXLAN device (flanneld's flannel.1) that holds this
+    /// network's UDP port, so weftd can take the node over from flanneld.
+    #[arg(long, env = "WEFT_REPLACE_KERNEL_VXLAN", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub replace_kernel_vxlan: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log_level: String,
@@ -184,6 +204,11 @@ impl RunArgs {
                 forward: self.iptables_forward_rules,
                 resync: Duration::from_secs(self.iptables_resync),
             },
+            replace_kernel_vxlan: self.replace_kernel_vxlan,
+            source_checks: SourceChecks {
+                known_peers: !self.accept_unknown_peers,
+                own_sources: !self.accept_foreign_sources,
+            },
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             etcd: if self.etcd_mode() {
@@ -191,8 +216,9 @@ impl RunArgs {
             } else {
                 None
             },
-            kube: self.kube_subnet_mgr.then(|| {
-                KubeSettings::from_env(
+            kube: self.kube_subnet_mgr.then(|| KubeSettings {
+                set_node_network_unavailable: self.set_node_network_unavailable,
+                ..KubeSettings::from_env(
                     self.kubeconfig_file.clone(),
                     self.kube_api_url.clone(),
                     self.kube_annotation_prefix.clone(),

@@ -11,9 +11,8 @@ use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
-use crate::dataplane::core::Core;
-use crate::dataplane::counters::Counters;
-use crate::dataplane::table::{self, SharedTable};
+use crate::dataplane::core::{Core, SourceChecks};
+use crate::dataplane::table::SharedTable;
 use crate::dataplane::worker::{Dataplane, Queue};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
@@ -55,6 +54,10 @@ pub struct Options {
     pub kube: Option<KubeSettings>,
     /// Masquerade and forward rules.
     pub netfilter: netfilter::Settings,
+    /// Whom the receive path believes (`--accept-unknown-peers`, `--accept-foreign-sources`).
+    pub source_checks: SourceChecks,
+    /// Delete a kernel VXLAN device that holds the VXLAN port (`--replace-kernel-vxlan`).
+    pub replace_kernel_vxlan: bool,
 }
 
 /// net-conf.json's place in Kubernetes mode when `--net-config-path` is not given (flannel's).
@@ -109,6 +112,14 @@ pub enum DaemonError {
     SubnetChanged { old: Ipv4Net, new: Ipv4Net },
     #[error("lease store {0}: the lease watch ended; the store is gone")]
     WatchEnded(String),
+    #[error(
+        "the kernel VXLAN device {device} (VNI {vni}) holds UDP port {port}, which weftd needs: flanneld made it, and may still run. Stop flanneld, then delete the device (ip link del {device}) or start weftd with --replace-kernel-vxlan, which deletes it. The node keeps its lease, so pods keep their addresses"
+    )]
+    KernelVxlanHoldsPort {
+        device: String,
+        vni: String,
+        port: u16,
+    },
 }
 
 /// Runs the node on its store (etcd when configured, else the embedded local
@@ -118,6 +129,17 @@ pub enum DaemonError {
 /// [`DaemonError`]: each variant names what failed and how to fix it.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
+    // /healthz first, as flanneld's: it answers while weftd waits for its
+    // store at boot (a liveness probe must not restart it meanwhile);
+    // /readyz says 503 until the dataplane forwards.
+    let status = Arc::new(Status::default());
+    let _healthz = match opts.healthz {
+        Some(addr) => {
+            let l = metrics::bind(addr).map_err(|source| DaemonError::Healthz { addr, source })?;
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(l, status.clone()))))
+        }
+        None => None,
+    };
     if let Some(settings) = opts.kube.clone() {
         let Some(store) =
             retry_at_boot(&mut shutdown, || KubeStore::connect(settings.clone())).await?
@@ -129,7 +151,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         if opts.net_config_path.is_none() {
             opts.net_config_path = Some(KUBE_NET_CONF.into());
         }
-        return run_with_store(opts, Arc::new(store), None, shutdown).await;
+        return run_with_store(opts, Arc::new(store), None, status, shutdown).await;
     }
     if let Some(settings) = opts.etcd.clone() {
         let Some(store) =
@@ -137,7 +159,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         else {
             return Ok(());
         };
-        return run_with_store(opts, Arc::new(store), None, shutdown).await;
+        return run_with_store(opts, Arc::new(store), None, status, shutdown).await;
     }
     check_writable_dir(&opts.state_dir, "--state-dir")?;
     let store = LocalStore::new(&opts.state_dir, opts.store_poll);
@@ -145,7 +167,16 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         Some(_) => None,
         None => Some(store.clone()),
     };
-    run_with_store(opts, Arc::new(store), default_conf, shutdown).await
+    run_with_store(opts, Arc::new(store), default_conf, status, shutdown).await
+}
+
+/// A task aborted when its owner goes (tokio's handles detach on drop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A store that does not answer at boot is tried again, with backoff (1 s
@@ -236,9 +267,18 @@ fn open_devices(
     // SEND_SOCKETS sockets on ephemeral ports, picked by inner flow hash, so
     // the receiver's SO_REUSEPORT (or a NIC's RSS) spreads flows over its
     // workers, as the kernel's VXLAN source-port hashing does.
-    let rx = (0..queues)
-        .map(|_| sys::bind_udp(listen, true))
-        .collect::<Result<Vec<_>, _>>()?;
+    let bind = || {
+        (0..queues)
+            .map(|_| sys::bind_udp(listen, true))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let rx = match bind() {
+        Err(SysError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            free_port_of_kernel_vxlan(nl, listen.port(), opts.replace_kernel_vxlan)?;
+            bind()?
+        }
+        r => r?,
+    };
     let send: Arc<[std::net::UdpSocket]> = if queues > 1 {
         (0..SEND_SOCKETS)
             .map(|_| sys::bind_udp(SocketAddrV4::new(*listen.ip(), 0), false))
@@ -263,6 +303,37 @@ fn open_devices(
     Ok(Devices { tuns, rx, send })
 }
 
+/// When the VXLAN port is taken: names the kernel VXLAN device holding it
+/// (flanneld's `flannel.1` on a node moving to weft) with the fix, or, with
+/// `--replace-kernel-vxlan`, deletes it (its routes go with it). Without
+/// such a device the bind is retried and its own error stands.
+fn free_port_of_kernel_vxlan(
+    nl: &mut netlink::Netlink,
+    port: u16,
+    replace: bool,
+) -> Result<(), DaemonError> {
+    let devices = nl.vxlan_devices().map_err(|e| NetlinkError::Query {
+        what: "the VXLAN devices".into(),
+        detail: e.to_string(),
+    })?;
+    for d in devices.into_iter().filter(|d| d.port == Some(port)) {
+        let vni = d.vni.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+        if !replace {
+            return Err(DaemonError::KernelVxlanHoldsPort {
+                device: d.name,
+                vni,
+                port,
+            });
+        }
+        netlink::delete_link(nl, &d.name)?;
+        tracing::warn!(
+            "deleted the kernel VXLAN device {} (VNI {vni}), which held UDP port {port} (--replace-kernel-vxlan); its routes went with it, and weft's TUN device carries the overlay from now on",
+            d.name
+        );
+    }
+    Ok(())
+}
+
 /// Runs the node on `store`. When `seed_default` is given and neither a config
 /// file nor a stored config exists, the embedded default config is stored first.
 ///
@@ -277,6 +348,7 @@ pub async fn run_with_store(
     opts: Options,
     store: Arc<dyn LeaseStore>,
     seed_default: Option<LocalStore>,
+    status: Arc<Status>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let ext = iface::select(&opts.iface)?;
@@ -375,6 +447,7 @@ pub async fn run_with_store(
         lease.clone(),
         mtu,
         previous_env.as_ref(),
+        &status,
     )
     .await;
     let node = match started {
@@ -426,21 +499,21 @@ pub async fn run_with_store(
         let n = handed_over.clone();
         h.serve(opts.tun_name.clone(), move || n.notify_one());
     }
-    node.run(&opts, store, req, shutdown, handed_over).await
+    node.run(&opts, store, req, &status, shutdown, handed_over)
+        .await
 }
 
 /// A node whose dataplane forwards: what the main loop needs.
 struct Running {
     lease: Lease,
     dataplane: Dataplane,
-    healthz: Option<tokio::task::JoinHandle<()>>,
     rules: Option<Netfilter>,
     watcher: tokio::task::JoinHandle<()>,
     own_gone: Arc<tokio::sync::Notify>,
 }
 
-/// The steps after the lease: TUN address and route, packet threads, rules,
-/// subnet.env, /healthz, the watch; ready once the first snapshot is applied.
+/// The steps after the lease: TUN address and route, the watch, packet
+/// threads, rules, subnet.env; ready once the first snapshot is applied.
 #[allow(clippy::too_many_arguments)]
 async fn start(
     opts: &Options,
@@ -451,6 +524,7 @@ async fn start(
     lease: Lease,
     mtu: u32,
     previous_env: Option<&SubnetEnv>,
+    status: &Status,
 ) -> Result<Running, DaemonError> {
     // The store may hand back the VtepMAC this node announced before (kube mode
     // reads it from the node's annotation): the dataplane must answer to that one.
@@ -477,9 +551,27 @@ async fn start(
 
     ensure_forwarding();
 
-    let table = table::shared();
-    let counters = Arc::new(Counters::default());
-    let core = Core::new(config.backend.vni, vtep_mac, lease.subnet);
+    let (table, counters) = (status.table.clone(), status.counters.clone());
+    let _ = status.subnet.set(lease.subnet);
+    let core = Core {
+        checks: opts.source_checks,
+        ..Core::new(config.backend.vni, vtep_mac, lease.subnet)
+    };
+    if !opts.source_checks.known_peers || !opts.source_checks.own_sources {
+        tracing::warn!(
+            "source checks relaxed: VXLAN accepted from {} with inner sources {}",
+            if opts.source_checks.known_peers {
+                "leased nodes only"
+            } else {
+                "any address"
+            },
+            if opts.source_checks.own_sources {
+                "inside a peer's subnet"
+            } else {
+                "from anywhere"
+            }
+        );
+    }
     let queues: Vec<Queue> = devices
         .tuns
         .into_iter()
@@ -490,11 +582,11 @@ async fn start(
             send: devices.send.clone(),
         })
         .collect();
-    let dataplane = Dataplane::start(queues, core, table.clone(), counters.clone())
-        .map_err(DaemonError::Threads)?;
-
-    // Peers first: after a restart the table is what pods wait for, while
-    // the rules and subnet.env of the previous run are still in place.
+    // Peers first, then the packet threads: a worker with an empty table
+    // would refuse every datagram as from an unknown peer and answer every
+    // packet with ICMP unreachable. Until then the kernel queues what
+    // arrives (TUN queue, socket buffer); after a restart the previous
+    // weftd forwards meanwhile, and its rules and subnet.env stay in place.
     let watched = async {
         let events = store.watch().await?;
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
@@ -512,13 +604,12 @@ async fn start(
         Ok::<_, DaemonError>((watcher, own_gone, first))
     }
     .await;
-    let (watcher, own_gone, first) = match watched {
-        Ok(x) => x,
+    let (watcher, own_gone, first) = watched?;
+    let dataplane = match Dataplane::start(queues, core, table.clone(), counters.clone()) {
+        Ok(d) => d,
         Err(e) => {
-            tokio::task::spawn_blocking(move || dataplane.stop())
-                .await
-                .ok();
-            return Err(e);
+            watcher.abort();
+            return Err(DaemonError::Threads(e));
         }
     };
 
@@ -532,24 +623,10 @@ async fn start(
         };
         env.write(&opts.subnet_file)?;
         tracing::info!("wrote {}", opts.subnet_file.display());
-        let status = Arc::new(Status {
-            counters: counters.clone(),
-            table: table.clone(),
-            subnet: lease.subnet,
-            ready: first.into(),
-        });
-        let healthz = match opts.healthz {
-            Some(addr) => {
-                let l =
-                    metrics::bind(addr).map_err(|source| DaemonError::Healthz { addr, source })?;
-                Some(tokio::spawn(metrics::serve(l, status.clone())))
-            }
-            None => None,
-        };
-        Ok::<_, DaemonError>((rules, healthz))
+        Ok::<_, DaemonError>(rules)
     }
     .await;
-    let (rules, healthz) = match started {
+    let rules = match started {
         Ok(x) => x,
         Err(e) => {
             watcher.abort();
@@ -559,6 +636,9 @@ async fn start(
             return Err(e);
         }
     };
+    status
+        .ready
+        .store(first, std::sync::atomic::Ordering::Relaxed);
     if first {
         tracing::info!("watching for subnet leases");
         if let Err(e) = store.network_ready(&lease).await {
@@ -568,7 +648,6 @@ async fn start(
     Ok(Running {
         lease,
         dataplane,
-        healthz,
         rules,
         watcher,
         own_gone,
@@ -584,18 +663,22 @@ impl Running {
         opts: &Options,
         store: Arc<dyn LeaseStore>,
         req: AcquireRequest,
+        status: &Status,
         shutdown: impl Future<Output = ()>,
         handed_over: Arc<tokio::sync::Notify>,
     ) -> Result<(), DaemonError> {
         let Running {
             mut lease,
             dataplane,
-            healthz,
             mut rules,
             watcher,
             own_gone,
         } = self;
         let renewal = Renewal::new(opts.lease_ttl, opts.renew_margin);
+        notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("forwarding for {}", lease.subnet)),
+        ]);
         let outcome = {
             tokio::pin!(shutdown);
             let mut watcher = watcher;
@@ -655,9 +738,10 @@ impl Running {
                 }
             }
         };
-        if let Some(h) = healthz {
-            h.abort();
-        }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        status
+            .ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "stopping: the lease for {} is kept for the next start; {} and its route stay{}",
             lease.subnet,
@@ -672,6 +756,17 @@ impl Running {
             .await
             .ok();
         outcome
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) how the
+/// node stands; nothing without a notify socket.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(
+            "cannot notify systemd through NOTIFY_SOCKET={:?}: {e}",
+            std::env::var("NOTIFY_SOCKET").unwrap_or_default()
+        );
     }
 }
 

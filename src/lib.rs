@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod dataplane;
 pub(crate) mod fsutil;
 pub mod gather;
+pub mod goflags;
 pub mod handover;
 pub mod iface;
 pub mod lab;

@@ -1,5 +1,6 @@
 //! The health and metrics endpoint (flannel's `--healthz-ip`/`--healthz-port`):
-//! `GET /healthz` (200 once the dataplane is up) and `GET /metrics`
+//! `GET /healthz` (liveness), `GET /readyz` (200 once the dataplane forwards
+//! to the peers of the first lease snapshot, else 503), and `GET /metrics`
 //! (Prometheus text: peers, packets, bytes and drops by reason).
 
 use std::fmt::Write as _;
@@ -13,11 +14,14 @@ use tokio::net::TcpListener;
 use crate::dataplane::counters::{Counters, DropReason};
 use crate::dataplane::table::SharedTable;
 
-/// What the endpoint reports.
+/// What the endpoint reports. It serves from the start of weftd (so
+/// `/healthz` answers while weftd waits for its store); the subnet is set
+/// once leased, and `ready` once the dataplane forwards.
+#[derive(Default)]
 pub struct Status {
     pub counters: Arc<Counters>,
     pub table: SharedTable,
-    pub subnet: Ipv4Net,
+    pub subnet: std::sync::OnceLock<Ipv4Net>,
     pub ready: AtomicBool,
 }
 
@@ -31,11 +35,12 @@ impl Status {
             "# HELP weft_peers Peers in the forwarding table.\n# TYPE weft_peers gauge"
         );
         let _ = writeln!(o, "weft_peers {}", self.table.load().len());
-        let _ = writeln!(
-            o,
-            "# TYPE weft_lease_info gauge\nweft_lease_info{{subnet=\"{}\"}} 1",
-            self.subnet
-        );
+        if let Some(subnet) = self.subnet.get() {
+            let _ = writeln!(
+                o,
+                "# TYPE weft_lease_info gauge\nweft_lease_info{{subnet=\"{subnet}\"}} 1"
+            );
+        }
         for (name, v) in [
             ("weft_tx_packets_total", s.tx_packets),
             ("weft_tx_bytes_total", s.tx_bytes),
@@ -98,14 +103,20 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>) {
                 }
             }
             let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let target = req.split_whitespace().nth(1).unwrap_or("");
+            let path = target.split('?').next().unwrap_or("");
+            let ready = status.ready.load(Ordering::Relaxed);
+            // As flanneld's: /healthz is liveness (the process serves),
+            // /readyz readiness (the dataplane forwards to the peers it knows).
             let (code, body) = match path {
-                "/healthz" if status.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "ok\n".to_string())
-                }
-                "/healthz" => ("503 Service Unavailable", "starting\n".to_string()),
+                "/healthz" | "/readyz" if ready => ("200 OK", "ok\n".to_string()),
+                "/healthz" => ("200 OK", "ok (starting)\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
                 "/metrics" => ("200 OK", status.render()),
-                _ => ("404 Not Found", "try /healthz or /metrics\n".to_string()),
+                _ => (
+                    "404 Not Found",
+                    "try /healthz, /readyz or /metrics\n".to_string(),
+                ),
             };
             let resp = format!(
                 "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -23,8 +23,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -44,6 +44,16 @@ pub struct Link {
     pub up: bool,
     /// The index of the bridge this link is attached to.
     pub master: Option<u32>,
+}
+
+/// A kernel VXLAN device (flanneld's `flannel.1`, say): what holds a UDP port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanDevice {
+    pub name: String,
+    pub vni: Option<u32>,
+    /// The UDP port it listens on (the kernel's default is 8472 for
+    /// devices made without `dstport`, as flannel's are not).
+    pub port: Option<u16>,
 }
 
 /// An IPv4 route of the main table.
@@ -224,13 +234,64 @@ impl Netlink {
         }
     }
 
+    /// The kernel VXLAN devices of this namespace.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn vxlan_devices(&mut self) -> io::Result<Vec<VxlanDevice>> {
+        let all = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = vec![];
+        for r in all {
+            let RouteNetlinkMessage::NewLink(m) = r else {
+                continue;
+            };
+            let infos = m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => Some(i),
+                _ => None,
+            });
+            let Some(infos) = infos else { continue };
+            if !infos
+                .iter()
+                .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)))
+            {
+                continue;
+            }
+            let mut d = VxlanDevice {
+                name: Self::to_link(&m).name,
+                vni: None,
+                port: None,
+            };
+            for i in infos {
+                if let LinkInfo::Data(InfoData::Vxlan(attrs)) = i {
+                    for a in attrs {
+                        match a {
+                            InfoVxlan::Id(v) => d.vni = Some(*v),
+                            InfoVxlan::Port(p) => d.port = Some(*p),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
     /// Creates a bridge; `Ok(false)` when it already existed.
     ///
     /// # Errors
     /// Netlink errors other than EEXIST.
-    pub fn create_bridge(&mut self, name: &str) -> io::Result<bool> {
+    pub fn create_bridge(&mut self, name: &str, mac: Option<[u8; 6]>) -> io::Result<bool> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        // A MAC set at creation stays; without one the bridge takes its
+        // lowest port's, and changes as ports come and go.
+        if let Some(mac) = mac {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
@@ -268,6 +329,17 @@ impl Netlink {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
         self.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Sets the MAC address of a link (down, or one the kernel lets change).
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.ack(RouteNetlinkMessage::SetLink(m), 0)
     }
 
     /// Sets a link up, and attaches it to `master` when given.
@@ -507,6 +579,8 @@ pub enum NetlinkError {
     },
     #[error("cannot delete interface {name}: {detail}")]
     Delete { name: String, detail: String },
+    #[error("cannot list {what}: {detail}")]
+    Query { what: String, detail: String },
     #[error(
         "cannot add route {net} dev {dev} src {src}: {detail} (is another route for {net} in the way? `ip route show {net}`)"
     )]

@@ -564,3 +564,322 @@ fn failed_delegate_add_undoes_its_work() {
     );
     assert!(node.host_local_allocations().is_empty());
 }
+
+/// A pod flannel's plugin added before the node moved to weft: its delegate
+/// configuration is in flannel's data dir (`<dir>/<containerID>`, as flannel
+/// saves it). weft-cni's DEL finds it there and runs the real bridge and
+/// host-local DEL: the address is released and the interface is gone.
+#[test]
+fn pods_added_by_flannel_are_deleted_through_its_saved_config() {
+    if !root_or_skip("pods_added_by_flannel_are_deleted_through_its_saved_config") {
+        return;
+    }
+    let node = Node::new(Mode::Delegate);
+    let flannel_dir = node.dir.path().join("flannel-data");
+    std::fs::create_dir_all(&flannel_dir).unwrap();
+    // What flannel's plugin hands the bridge plugin (and saves).
+    let delegate = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": true,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "isDefaultGateway": true,
+        "mtu": MTU,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": node.host_local_dir(),
+            "ranges": [[{"subnet": SUBNET}]],
+            "routes": [{"dst": NETWORK}],
+        },
+    });
+    let pod = Netns::new("pod");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &node.ns.name,
+        &format!("{REFERENCE_PLUGINS}/bridge"),
+    ])
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("CNI_COMMAND", "ADD")
+    .env("CNI_CONTAINERID", "underflannel")
+    .env("CNI_NETNS", pod.path())
+    .env("CNI_IFNAME", "eth0")
+    .env("CNI_PATH", REFERENCE_PLUGINS);
+    let added = cni_support::run(cmd, delegate.to_string().as_bytes());
+    assert_eq!(added.code, 0, "{}{}", added.stdout, added.stderr);
+    std::fs::write(flannel_dir.join("underflannel"), delegate.to_string()).unwrap();
+    assert_eq!(node.host_local_allocations(), vec!["10.77.5.2".to_string()]);
+
+    let mut conf = node.conf("1.0.0");
+    conf["flannelDataDir"] = serde_json::json!(flannel_dir);
+    let del = node.call("DEL", "underflannel", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(del.code, 0, "{}{}", del.stdout, del.stderr);
+    assert!(
+        node.host_local_allocations().is_empty(),
+        "flannel's address released"
+    );
+    assert!(!pod.has_link("eth0"), "the pod's interface is gone");
+    assert!(
+        !flannel_dir.join("underflannel").exists(),
+        "flannel's copy removed"
+    );
+}
+
+fn link_mac(ns: &Netns, dev: &str) -> String {
+    ns.ip_json(&["link", "show", "dev", dev])[0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// podman found the bridge's MAC following its lowest port, so a pod that
+/// stayed lost its gateway for ~20 s when another went. Built-in mode sets
+/// the bridge's MAC once (`0a:58` + the gateway address); it never moves,
+/// and the pod that stays keeps reaching the gateway.
+#[test]
+fn builtin_bridge_mac_is_fixed_as_pods_come_and_go() {
+    if !root_or_skip("builtin_bridge_mac_is_fixed_as_pods_come_and_go") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let conf = node.conf("1.0.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pod")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        let out = node.call("ADD", &format!("c{i}"), Some(&p.path()), "eth0", &conf);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let want = "0a:58:0a:4d:05:01"; // 10.77.5.1
+        assert_eq!(link_mac(&node.ns, "cni0"), want, "after ADD {i}");
+        assert_eq!(out.json["interfaces"][0]["mac"], want, "the result says so");
+    }
+    for i in [0, 1] {
+        let out = node.call(
+            "DEL",
+            &format!("c{i}"),
+            Some(&pods[i].path()),
+            "eth0",
+            &conf,
+        );
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        assert_eq!(
+            link_mac(&node.ns, "cni0"),
+            "0a:58:0a:4d:05:01",
+            "after DEL {i}"
+        );
+    }
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pods[2].name,
+            "ping",
+            "-c1",
+            "-W1",
+            GATEWAY,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "the pod that stayed reaches its gateway"
+    );
+}
+
+/// `podman run --mac-address`: runtimeConfig.mac is the pod's MAC in
+/// built-in mode; a MAC that is not unicast is refused, never ignored.
+#[test]
+fn builtin_runtime_config_mac_is_honoured() {
+    if !root_or_skip("builtin_runtime_config_mac_is_honoured") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let mut conf = node.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"mac": "02:42:ac:11:00:07"});
+    let pod = Netns::new("pod");
+    let out = node.call("ADD", "withmac", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(link_mac(&pod, "eth0"), "02:42:ac:11:00:07");
+    let pod_if = out.json["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "eth0")
+        .cloned()
+        .unwrap();
+    assert_eq!(pod_if["mac"], "02:42:ac:11:00:07");
+    conf["runtimeConfig"] = json!({"mac": "01:00:5e:00:00:01"});
+    let pod2 = Netns::new("pod");
+    let out = node.call("ADD", "badmac", Some(&pod2.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+    assert!(out.msg().contains("runtimeConfig.mac"), "{}", out.msg());
+    assert!(!pod2.has_link("eth0"));
+}
+
+/// hostPort as kubelet asks for it: the default conflist's chain (weft,
+/// then the real portmap plugin with `runtimeConfig.portMappings` and weft's
+/// result as `prevResult`), in both modes. A connection to the node's
+/// address on the host port reaches the pod's server; DEL removes it.
+#[test]
+fn host_port_through_the_real_portmap_plugin() {
+    if !root_or_skip("host_port_through_the_real_portmap_plugin") {
+        return;
+    }
+    for mode in [Mode::Delegate, Mode::Builtin] {
+        let node = Node::new(mode);
+        let pod = Netns::new("pod");
+        let conf = node.conf("1.0.0");
+        let add = node.call("ADD", "hostport", Some(&pod.path()), "eth0", &conf);
+        assert_eq!(add.code, 0, "{mode:?}: {}{}", add.stdout, add.stderr);
+        let pod_ip: std::net::Ipv4Addr = add.json["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let portmap = json!({
+            "cniVersion": "1.0.0",
+            "name": "cbr0",
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}
+            ]},
+            "prevResult": add.json,
+        });
+        let run_portmap = |command: &str| {
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                &node.ns.name,
+                &format!("{REFERENCE_PLUGINS}/portmap"),
+            ])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "hostport")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", REFERENCE_PLUGINS);
+            cni_support::run(cmd, portmap.to_string().as_bytes())
+        };
+        let pm = run_portmap("ADD");
+        assert_eq!(
+            pm.code, 0,
+            "{mode:?} portmap ADD: {}{}",
+            pm.stdout, pm.stderr
+        );
+        let server = weft::netns::in_netns(&pod.name, || {
+            std::net::TcpListener::bind((pod_ip, 80)).unwrap()
+        })
+        .unwrap();
+        let accept = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut s, _) = server.accept().unwrap();
+            s.write_all(b"from the pod").unwrap();
+        });
+        let got = weft::netns::in_netns(&node.ns.name, || {
+            use std::io::Read;
+            let gw: std::net::Ipv4Addr = GATEWAY.parse().unwrap();
+            let mut s = std::net::TcpStream::connect_timeout(
+                &(gw, 18080).into(),
+                std::time::Duration::from_secs(3),
+            )
+            .expect("connect to the host port");
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            buf
+        })
+        .unwrap();
+        accept.join().unwrap();
+        assert_eq!(got, "from the pod", "{mode:?}");
+        assert_eq!(run_portmap("DEL").code, 0);
+        assert_eq!(
+            node.call("DEL", "hostport", Some(&pod.path()), "eth0", &conf)
+                .code,
+            0
+        );
+    }
+}
+
+fn pod_ip(out: &cni_support::Out) -> String {
+    out.json["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// podman found two weft networks on one node handing out one address
+/// twice. Built-in mode keeps one store per subnet: two networks (two
+/// bridges) on the node's subnet get distinct addresses, and one
+/// network's GC leaves the other's alone.
+#[test]
+fn two_builtin_networks_on_one_subnet_never_share_an_address() {
+    if !root_or_skip("two_builtin_networks_on_one_subnet_never_share_an_address") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let mut a = node.conf("1.0.0");
+    a["name"] = json!("net-a");
+    a["delegate"]["bridge"] = json!("cni0");
+    let mut b = node.conf("1.0.0");
+    b["name"] = json!("net-b");
+    b["delegate"]["bridge"] = json!("cni1");
+    let (pa, pb) = (Netns::new("pod"), Netns::new("pod"));
+    let ra = node.call("ADD", "ca", Some(&pa.path()), "eth0", &a);
+    assert_eq!(ra.code, 0, "{}{}", ra.stdout, ra.stderr);
+    let rb = node.call("ADD", "cb", Some(&pb.path()), "eth0", &b);
+    assert_eq!(rb.code, 0, "{}{}", rb.stdout, rb.stderr);
+    assert_ne!(pod_ip(&ra), pod_ip(&rb));
+    // net-a's GC with no valid attachment keeps net-b's.
+    let mut gc = a.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = node.call("GC", "", None, "eth0", &gc);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        node.builtin_allocations().len(),
+        1,
+        "net-b's allocation stays"
+    );
+}
+
+/// `podman run --ip`: runtimeConfig.ips is the pod's address in built-in
+/// mode; one outside the node's subnet (code 7) or already held (108) is
+/// refused, never ignored.
+#[test]
+fn builtin_runtime_config_ips_is_honoured_or_refused() {
+    if !root_or_skip("builtin_runtime_config_ips_is_honoured_or_refused") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let mut conf = node.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"ips": ["10.77.5.77/24"]});
+    let pod = Netns::new("pod");
+    let out = node.call("ADD", "fixed", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(pod_ip(&out), "10.77.5.77/24");
+    assert_eq!(pod_addr(&pod, "eth0"), vec!["10.77.5.77/24".to_string()]);
+    let again = Netns::new("pod");
+    let out = node.call("ADD", "second", Some(&again.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(108), "{}", out.stdout);
+    assert!(
+        out.msg().contains("10.77.5.77") && out.msg().contains("fixed/eth0"),
+        "{}",
+        out.msg()
+    );
+    assert!(!again.has_link("eth0"), "nothing left of the refused ADD");
+    conf["runtimeConfig"] = json!({"ips": ["10.99.0.5"]});
+    let out = node.call("ADD", "outside", Some(&again.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+    assert!(out.msg().contains("10.77.5.0/24"), "{}", out.msg());
+    conf["runtimeConfig"] = json!({"ips": ["fd00::5"]});
+    let out = node.call("ADD", "v6", Some(&again.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+}

@@ -59,6 +59,7 @@ fn settings(url: &str, node: &str) -> KubeSettings {
         service_account_dir: PathBuf::from("/nonexistent"),
         resync: Duration::from_secs(300),
         connect_timeout: Duration::from_secs(2),
+        set_node_network_unavailable: true,
     }
 }
 
@@ -139,6 +140,30 @@ fn snapshot_table(ev: WatchEvent) -> BTreeMap<Ipv4Net, Ipv4Addr> {
         WatchEvent::Snapshot(all) => all.iter().map(|l| (l.subnet, l.attrs.public_ip)).collect(),
         other => panic!("want a snapshot, got {other:?}"),
     }
+}
+
+/// flannel's `--set-node-network-unavailable=false`: the condition is left alone.
+#[tokio::test]
+async fn network_unavailable_is_left_alone_when_asked() {
+    logs();
+    let srv = ApiServer::loopback(two_nodes());
+    let store = KubeStore::connect(KubeSettings {
+        set_node_network_unavailable: false,
+        ..settings(&srv.url, "n1")
+    })
+    .await
+    .unwrap();
+    let lease = store.acquire(&request([192, 0, 2, 1])).await.unwrap();
+    store.network_ready(&lease).await.unwrap();
+    let n1 = srv.with(|s| s.node("n1"));
+    let conditions = n1["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        conditions.iter().all(|c| c["type"] != "NetworkUnavailable"),
+        "{conditions:?}"
+    );
 }
 
 #[tokio::test]

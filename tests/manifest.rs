@@ -126,7 +126,12 @@ fn daemonset_runs_weftd_and_the_installer_with_arguments_they_accept() {
     let d = docs();
     let data = d.config_map.data.unwrap();
     NetConfig::parse(&data["net-conf.json"], "weft.yaml net-conf.json").unwrap();
-    validate_conflist(&data["cni-conf.json"], "weft.yaml cni-conf.json".as_ref()).unwrap();
+    validate_conflist(
+        &data["cni-conf.json"],
+        "weft.yaml cni-conf.json".as_ref(),
+        "weft",
+    )
+    .unwrap();
 
     let spec = d.ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(spec.host_network, Some(true));
@@ -177,7 +182,10 @@ fn daemonset_runs_weftd_and_the_installer_with_arguments_they_accept() {
             .contains(&"NET_ADMIN".to_string())
     );
     let probe = c.readiness_probe.clone().unwrap().http_get.unwrap();
-    assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    assert_eq!(probe.path.as_deref(), Some("/readyz"));
+    let live = c.liveness_probe.clone().unwrap().http_get.unwrap();
+    assert_eq!(live.path.as_deref(), Some("/healthz"));
+    assert_eq!(live.port, probe.port);
     assert_eq!(
         probe.port,
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(

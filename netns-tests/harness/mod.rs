@@ -28,8 +28,10 @@ pub fn weftd_bin() -> String {
 }
 
 /// Drop reasons that never occur in a healthy overlay.
-pub const WRONG_DROPS: [&str; 9] = [
+pub const WRONG_DROPS: [&str; 11] = [
     "wrong_vni",
+    "unknown_peer",
+    "spoofed_source",
     "wrong_mac",
     "vxlan_truncated",
     "inner_malformed",
@@ -339,13 +341,17 @@ impl Cluster {
 
     /// Spawns weftd on node `i`, logging to its weftd.log.
     fn spawn(&self, i: usize) -> Child {
+        self.spawn_command(i, self.command(i))
+    }
+
+    /// Spawns `cmd` as node `i`'s weftd, logging to its weftd.log.
+    fn spawn_command(&self, i: usize, mut cmd: Command) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.nodes[i].dir.join("weftd.log"))
             .unwrap();
-        self.command(i)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -354,7 +360,13 @@ impl Cluster {
 
     /// Starts weftd on node `i` (logging to its weftd.log) and waits for its lease.
     pub fn start(&mut self, i: usize) {
-        let child = self.spawn(i);
+        self.start_command(i, self.command(i));
+    }
+
+    /// Starts `cmd` (a whole command line of the test's own, run in node
+    /// `i`'s namespace) as node `i`'s weftd and waits until /readyz answers.
+    pub fn start_command(&mut self, i: usize, cmd: Command) {
+        let child = self.spawn_command(i, cmd);
         self.nodes[i].child = Some(child);
         let node = &mut self.nodes[i];
         let ok = wait_until(20, || {
@@ -364,7 +376,7 @@ impl Cluster {
                 node.ns,
                 node.log()
             );
-            netns::http_get(&node.ns, METRICS_PORT, "/healthz").is_ok_and(|b| b.starts_with("ok"))
+            netns::http_get(&node.ns, METRICS_PORT, "/readyz").is_ok_and(|b| b.starts_with("ok"))
         });
         assert!(
             ok,

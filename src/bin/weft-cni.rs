@@ -12,12 +12,15 @@ fn main() -> ExitCode {
     if args.next().is_some_and(|a| a == "install") {
         let parsed = install::InstallArgs::parse_from(std::env::args_os().skip(1));
         return match install::install(&parsed) {
-            Ok((bin, conf)) => {
+            Ok(done) => {
                 eprintln!(
                     "weft-cni: installed {} and {}",
-                    bin.display(),
-                    conf.display()
+                    done.bin.display(),
+                    done.conflist.display()
                 );
+                for note in done.notes {
+                    eprintln!("weft-cni install: {note}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

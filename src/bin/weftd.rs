@@ -8,7 +8,15 @@ use tracing_subscriber::EnvFilter;
 use weft::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // flanneld's command lines (Go flag syntax, FLANNELD_* variables, -v=N) as weftd's.
+    let flannel = match weft::goflags::translate(std::env::args_os(), &|k| std::env::var(k).ok()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("weftd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(flannel.args);
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.run.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -18,6 +26,9 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+    for note in &flannel.notes {
+        tracing::warn!("{note}");
+    }
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

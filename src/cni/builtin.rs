@@ -25,9 +25,66 @@ use super::result::{CniResult, Interface, IpConfig, Route};
 use crate::netlink::{Link, Netlink, has_route, is_exists};
 use crate::subnet_env::SubnetEnv;
 
-/// The IPAM store of the network.
-pub fn ipam(conf: &NetConf) -> Ipam {
-    Ipam::new(conf.data_dir.join("ipam").join(&conf.name))
+/// The IPAM store of node subnet `subnet`, shared by every network that
+/// allocates from it (`<dataDir>/ipam/10.244.3.0-24`).
+pub fn ipam(conf: &NetConf, subnet: Ipv4Net) -> Ipam {
+    Ipam::new(
+        conf.data_dir
+            .join("ipam")
+            .join(crate::lease::subnet_key(&subnet)),
+        &conf.name,
+    )
+}
+
+/// Every IPAM store under `<dataDir>/ipam` (each subnet's, and the
+/// per-network ones of older releases), for DEL, CHECK and GC, which may
+/// run without subnet.env.
+fn ipam_stores(conf: &NetConf) -> Vec<Ipam> {
+    let Ok(rd) = std::fs::read_dir(conf.data_dir.join("ipam")) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| Ipam::new(e.path(), &conf.name))
+        .collect()
+}
+
+/// The address `runtimeConfig.ips` asks for (`podman run --ip`), if any.
+///
+/// # Errors
+/// Code 7 when it is not one IPv4 address (with or without a prefix).
+pub fn requested_ip(conf: &NetConf) -> Result<Option<Ipv4Addr>, CniError> {
+    let Some(v) = conf.runtime_config.as_ref().and_then(|r| r.get("ips")) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("runtimeConfig.ips {v}: {why}"),
+        )
+    };
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("must be a list of addresses"))?;
+    let mut v4 = vec![];
+    for item in list {
+        let text = item
+            .as_str()
+            .ok_or_else(|| bad("each entry must be a string"))?;
+        let addr = text.split('/').next().unwrap_or_default();
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => v4.push(a),
+            Ok(std::net::IpAddr::V6(_)) => {
+                return Err(bad("weft's network is IPv4 only; drop the IPv6 address"));
+            }
+            Err(_) => return Err(bad(&format!("{text:?} is not an IP address"))),
+        }
+    }
+    match v4[..] {
+        [] => Ok(None),
+        [a] => Ok(Some(a)),
+        _ => Err(bad("one IPv4 address per interface")),
+    }
 }
 
 /// The host end's name: stable for a `(containerID, ifname)` pair, so DEL and
@@ -55,6 +112,8 @@ fn nl_err(what: String) -> impl FnOnce(io::Error) -> CniError {
 fn ipam_err(e: IpamError) -> CniError {
     match e {
         IpamError::Exhausted { .. } => CniError::new(code::IPAM_EXHAUSTED, e.to_string()),
+        IpamError::NotInSubnet { .. } => CniError::new(code::INVALID_CONFIG, e.to_string()),
+        IpamError::Taken { .. } => CniError::new(code::IP_IN_USE, e.to_string()),
         IpamError::Io { .. } => CniError::new(code::STATE, e.to_string()),
     }
 }
@@ -71,8 +130,49 @@ fn open_ns(path: &Path) -> Result<std::fs::File, CniError> {
     })
 }
 
+/// The bridge's MAC: `0a:58` and the gateway's IPv4 address (the CNI
+/// plugins' convention), set when the bridge is created, so pods' ARP
+/// entries for the gateway stay right as other pods come and go.
+pub fn bridge_mac(gw: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gw.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
+/// The pod's MAC from `runtimeConfig.mac` (`podman run --mac-address`), if
+/// asked for.
+///
+/// # Errors
+/// Code 7 when it is not a unicast MAC address.
+pub fn requested_mac(conf: &NetConf) -> Result<Option<[u8; 6]>, CniError> {
+    let Some(v) = conf.runtime_config.as_ref().and_then(|r| r.get("mac")) else {
+        return Ok(None);
+    };
+    let bad = || {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("runtimeConfig.mac {v} is not a unicast MAC address (aa:bb:cc:dd:ee:ff)"),
+        )
+    };
+    let text = v.as_str().ok_or_else(bad)?;
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(Some(mac))
+}
+
 fn ensure_bridge(host: &mut Netlink, name: &str, gw: Ipv4Net) -> Result<Link, CniError> {
-    host.create_bridge(name)
+    host.create_bridge(name, Some(bridge_mac(gw.addr())))
         .map_err(nl_err(format!("cannot create bridge {name}")))?;
     let br = host
         .link(name)
@@ -138,6 +238,8 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let mtu = conf.mtu(senv)?;
     let default_route = conf.default_route()?;
     let hairpin = conf.hairpin()?;
+    let mac = requested_mac(conf)?;
+    let wanted = requested_ip(conf)?;
     let subnet = senv.subnet.trunc();
     let gw = gateway(subnet);
     let ns = open_ns(netns)?;
@@ -149,9 +251,9 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
     let gw_net = Ipv4Net::new(gw, subnet.prefix_len()).unwrap_or(subnet);
     let bridge = ensure_bridge(&mut host, &bridge_name, gw_net)?;
-    let ipam = ipam(conf);
+    let ipam = ipam(conf, subnet);
     let ip = ipam
-        .allocate(subnet, gw, &env.container_id, ifname)
+        .allocate(subnet, gw, &env.container_id, ifname, wanted)
         .map_err(ipam_err)?;
     let host_name = host_veth_name(&env.container_id, ifname);
     let mut created = false;
@@ -210,6 +312,17 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             })?;
         let addr = Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or(subnet);
         let in_pod = |what: &str| format!("{what} on {ifname} in netns {}", netns.display());
+        let pl = match mac {
+            Some(m) => {
+                pod.set_mac(pl.index, m)
+                    .map_err(nl_err(in_pod("cannot set runtimeConfig.mac")))?;
+                Link {
+                    mac: Some(crate::types::VtepMac(m).to_string()),
+                    ..pl
+                }
+            }
+            None => pl,
+        };
         pod.add_address(pl.index, addr)
             .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
         pod.set_up(pl.index, None)
@@ -301,9 +414,9 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
     host.delete_link(&host_name)
         .map_err(nl_err(format!("cannot delete {host_name}")))?;
-    ipam(conf)
-        .release(&env.container_id, ifname)
-        .map_err(ipam_err)?;
+    for store in ipam_stores(conf) {
+        store.release(&env.container_id, ifname).map_err(ipam_err)?;
+    }
     Ok(())
 }
 
@@ -362,7 +475,11 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
         i.and_then(|i| prev.interfaces.get(i))
             .is_none_or(|itf| itf.name == ifname && itf.sandbox.is_some())
     };
-    let allocated = ipam(conf).allocations().map_err(ipam_err)?;
+    let stores = ipam_stores(conf);
+    let mut allocated = vec![];
+    for store in &stores {
+        allocated.extend(store.allocations().map_err(ipam_err)?);
+    }
     for ip in prev.ips.iter().filter(|ip| ours(&ip.interface)) {
         let IpNet::V4(a) = ip.address else { continue };
         if !have.contains(&a) {
@@ -375,10 +492,10 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
             .any(|x| x.ip == a.addr() && x.container_id == env.container_id && x.ifname == ifname)
         {
             return Err(check_failed(format!(
-                "address {} is not allocated to {}/{ifname} in {}",
+                "address {} is not allocated to {}/{ifname} under {}",
                 a.addr(),
                 env.container_id,
-                ipam(conf).dir().display()
+                conf.data_dir.join("ipam").display()
             )));
         }
     }
@@ -402,7 +519,10 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
 /// # Errors
 /// 105 for IPAM state.
 pub fn gc(conf: &NetConf, valid: &[(String, String)]) -> Result<(), CniError> {
-    let stale = ipam(conf).gc(valid).map_err(ipam_err)?;
+    let mut stale = vec![];
+    for store in ipam_stores(conf) {
+        stale.extend(store.gc(valid).map_err(ipam_err)?);
+    }
     if stale.is_empty() {
         return Ok(());
     }

@@ -3,7 +3,8 @@
 //!
 //! The keys are flannel's (`subnetFile`, `dataDir`, `delegate`, `ipam`,
 //! `runtimeConfig`), so a flannel conflist with `"type": "weft"` works
-//! unchanged; weft adds `mode` (`auto`, `delegate`, `builtin`).
+//! unchanged; weft adds `mode` (`auto`, `delegate`, `builtin`) and
+//! `flannelDataDir` (where flannel saved the pods it added).
 
 use std::path::PathBuf;
 
@@ -15,6 +16,9 @@ use crate::subnet_env::{self, SubnetEnv};
 
 /// Where delegate configurations and built-in IPAM state live by default.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/weft";
+/// Where flannel's plugin saved its delegate configurations by default
+/// (`<dir>/<containerID>`): pods added under flannel are deleted from there.
+pub const FLANNEL_DATA_DIR: &str = "/var/lib/cni/flannel";
 /// The bridge built-in mode creates (the bridge plugin's default, as flannel uses).
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
@@ -36,6 +40,9 @@ pub struct NetConf {
     pub plugin_type: String,
     pub subnet_file: PathBuf,
     pub data_dir: PathBuf,
+    /// flannel's data directory (`flannelDataDir`, default
+    /// [`FLANNEL_DATA_DIR`]): read, never written, for pods flannel added.
+    pub flannel_data_dir: PathBuf,
     pub mode: Mode,
     /// The user's overrides of the delegate configuration.
     pub delegate: Map<String, Value>,
@@ -146,6 +153,10 @@ impl NetConf {
             data_dir: opt_str(m, "dataDir")?
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.to_string())
+                .into(),
+            flannel_data_dir: opt_str(m, "flannelDataDir")?
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| FLANNEL_DATA_DIR.to_string())
                 .into(),
             mode,
             delegate,

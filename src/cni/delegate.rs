@@ -204,11 +204,14 @@ fn forget(path: &Path) {
 }
 
 /// The saved configuration of an attachment: weft's path, else flannel's
-/// (`<dataDir>/<containerID>`, for pods added before a switch from flannel).
-fn load_saved(data_dir: &Path, env: &CniEnv) -> Option<(PathBuf, Vec<u8>)> {
-    let ours = saved_path(data_dir, &env.container_id, &env.ifname);
-    let legacy = data_dir.join(&env.container_id);
-    [ours, legacy].into_iter().find_map(|p| {
+/// (`<dataDir>/<containerID>` when a flannel conflist with its `dataDir` was
+/// switched to weft, else `<flannelDataDir>/<containerID>`), for pods added
+/// before a switch from flannel.
+fn load_saved(conf: &NetConf, env: &CniEnv) -> Option<(PathBuf, Vec<u8>)> {
+    let ours = saved_path(&conf.data_dir, &env.container_id, &env.ifname);
+    let legacy = conf.data_dir.join(&env.container_id);
+    let flannel = conf.flannel_data_dir.join(&env.container_id);
+    [ours, legacy, flannel].into_iter().find_map(|p| {
         if !p.is_file() {
             return None;
         }
@@ -216,9 +219,9 @@ fn load_saved(data_dir: &Path, env: &CniEnv) -> Option<(PathBuf, Vec<u8>)> {
     })
 }
 
-/// Whether an attachment was added in delegate mode.
-pub fn has_saved(data_dir: &Path, env: &CniEnv) -> bool {
-    load_saved(data_dir, env).is_some()
+/// Whether an attachment was added in delegate mode (by weft or flannel).
+pub fn has_saved(conf: &NetConf, env: &CniEnv) -> bool {
+    load_saved(conf, env).is_some()
 }
 
 /// ADD: build, save, delegate; on failure the delegate's DEL undoes it.
@@ -272,7 +275,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
 /// # Errors
 /// The delegate's error; the saved copy is kept so a retry can succeed.
 pub fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
-    let Some((path, bytes)) = load_saved(&conf.data_dir, env) else {
+    let Some((path, bytes)) = load_saved(conf, env) else {
         return Ok(());
     };
     let Some(dtype) = serde_json::from_slice::<Value>(&bytes)
@@ -304,7 +307,7 @@ pub fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
 /// # Errors
 /// Code 7 without `prevResult`; the delegate's error when its check fails.
 pub fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
-    let Some((path, bytes)) = load_saved(&conf.data_dir, env) else {
+    let Some((path, bytes)) = load_saved(conf, env) else {
         return Err(CniError::new(
             code::CHECK_FAILED,
             format!(

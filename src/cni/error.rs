@@ -34,6 +34,8 @@ pub mod code {
     pub const NETNS: u32 = 106;
     /// weft: CHECK found the pod's network differing from the ADD result.
     pub const CHECK_FAILED: u32 = 107;
+    /// weft: the address `runtimeConfig.ips` asks for is held by another attachment.
+    pub const IP_IN_USE: u32 = 108;
 }
 
 /// A failure to report to the runtime: one CNI error object.

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 /// The conflist written when none is given: delegate mode, as flannel's
-/// `kube-flannel.yml` configures it (with `type` weft), built-in when the
-/// reference plugins are not installed.
+/// `kube-flannel.yml` configures it (with `type` weft, and `portmap` for
+/// hostPort), built-in when the reference plugins are not installed.
+/// cniVersion 1.0.0: what podman 4.x, containerd 1.6 and portmap 1.1 accept.
 pub const DEFAULT_CONFLIST: &str = r#"{
   "name": "cbr0",
   "cniVersion": "1.0.0",
@@ -21,6 +22,12 @@ pub const DEFAULT_CONFLIST: &str = r#"{
       "delegate": {
         "hairpinMode": true,
         "isDefaultGateway": true
+      }
+    },
+    {
+      "type": "portmap",
+      "capabilities": {
+        "portMappings": true
       }
     }
   ]
@@ -76,11 +83,13 @@ fn install_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError
     crate::fsutil::write_atomic_mode(path, bytes, mode).map_err(werr)
 }
 
-/// Checks that `text` is a conflist naming a network and listing plugins.
+/// Checks that `text` is a conflist naming a network and listing plugins,
+/// one of them `plugin` (weft), whose configuration weft-cni accepts as it
+/// will when the runtime calls it.
 ///
 /// # Errors
 /// [`InstallError::Conflist`] naming the problem.
-pub fn validate_conflist(text: &str, path: &Path) -> Result<(), InstallError> {
+pub fn validate_conflist(text: &str, path: &Path, plugin: &str) -> Result<(), InstallError> {
     let bad = |what: String| InstallError::Conflist {
         path: path.to_owned(),
         what,
@@ -103,14 +112,148 @@ pub fn validate_conflist(text: &str, path: &Path) -> Result<(), InstallError> {
     {
         return Err(bad("every plugin needs a \"type\"".into()));
     }
+    let ours: Vec<&serde_json::Map<String, Value>> = plugins
+        .iter()
+        .filter_map(Value::as_object)
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some(plugin))
+        .collect();
+    if ours.is_empty() {
+        return Err(bad(format!(
+            "no plugin has \"type\": \"{plugin}\", so the runtime would never call weft-cni"
+        )));
+    }
+    // As the runtime hands it over: the conflist's name and version in each plugin.
+    let version = super::conf::version_of(v.as_object().unwrap_or(&serde_json::Map::new()))
+        .map_err(|e| bad(e.msg))?;
+    for p in ours {
+        let mut conf = p.clone();
+        conf.insert("name".into(), v["name"].clone());
+        super::conf::NetConf::from_map(&conf, version).map_err(|e| bad(e.msg))?;
+    }
     Ok(())
 }
 
-/// Installs the binary and the conflist; returns the two paths written.
+/// The other plugins a conflist chains must be in the bin dir, or the
+/// runtime fails every ADD. The default conflist's `portmap` is left out
+/// where there is none; a given conflist's missing plugins are named.
+fn chained_plugins_present(text: String, args: &InstallArgs) -> (String, Vec<String>) {
+    let Ok(mut v) = serde_json::from_str::<Value>(&text) else {
+        return (text, vec![]);
+    };
+    let missing = |t: &str| t != args.plugin_name && !args.bin_dir.join(t).exists();
+    let mut notes = vec![];
+    if args.conflist.is_none() {
+        if let Some(ps) = v.get_mut("plugins").and_then(Value::as_array_mut) {
+            let before = ps.len();
+            ps.retain(|p| !p.get("type").and_then(Value::as_str).is_some_and(missing));
+            if ps.len() < before {
+                notes.push(format!(
+                    "no portmap in {}: the conflist leaves it out, so hostPort does not work until containernetworking-plugins is installed and weft-cni install runs again",
+                    args.bin_dir.display()
+                ));
+                let text = serde_json::to_string_pretty(&v).unwrap_or(text) + "\n";
+                return (text, notes);
+            }
+        }
+        return (text, notes);
+    }
+    for t in v["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("type").and_then(Value::as_str))
+        .filter(|t| missing(t))
+    {
+        notes.push(format!(
+            "the conflist chains {t}, which is not in {}: the runtime fails every ADD until it is",
+            args.bin_dir.display()
+        ));
+    }
+    (text, notes)
+}
+
+/// What a conf file in the runtime's conf dir is to the installer.
+fn is_flannels(path: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    let flannel = |p: &Value| p.get("type").and_then(Value::as_str) == Some("flannel");
+    flannel(&v)
+        || v.get("plugins")
+            .and_then(Value::as_array)
+            .is_some_and(|ps| ps.iter().any(flannel))
+}
+
+/// Makes `ours` the configuration the runtime uses: runtimes take the
+/// first file of the conf dir in name order, so flannel's files sorting
+/// before it are renamed to `<name>.weft-disabled` (the runtime skips
+/// them; rename them back to return to flannel). Returns one line for each
+/// file renamed, and for each other file that still comes first.
+fn take_precedence(ours: &Path) -> Result<Vec<String>, InstallError> {
+    let dir = ours.parent().unwrap_or(Path::new("."));
+    let Some(our_name) = ours.file_name().and_then(|n| n.to_str()) else {
+        return Ok(vec![]);
+    };
+    let rd = fs::read_dir(dir).map_err(|source| InstallError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            [".conf", ".conflist", ".json"]
+                .iter()
+                .any(|x| n.ends_with(x))
+        })
+        .filter(|n| n.as_str() < our_name)
+        .collect();
+    names.sort();
+    let mut notes = vec![];
+    for n in names {
+        let path = dir.join(&n);
+        if is_flannels(&path) {
+            let to = dir.join(format!("{n}.weft-disabled"));
+            fs::rename(&path, &to).map_err(|source| InstallError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            notes.push(format!(
+                "renamed flannel's {} to {} so the runtime uses {} (rename it back to return to flannel)",
+                path.display(),
+                to.display(),
+                ours.display()
+            ));
+        } else {
+            notes.push(format!(
+                "{} sorts before {} and the runtime uses the first: remove it, or install weft's under an earlier name (--conf-name)",
+                path.display(),
+                ours.display()
+            ));
+        }
+    }
+    Ok(notes)
+}
+
+/// What `weft-cni install` did.
+#[derive(Debug)]
+pub struct Installed {
+    pub bin: PathBuf,
+    pub conflist: PathBuf,
+    /// Other conf files dealt with (flannel's renamed), or still in the way.
+    pub notes: Vec<String>,
+}
+
+/// Installs the binary and the conflist, and makes the conflist the one the
+/// runtime uses. A conflist weft-cni would refuse is refused here, before
+/// anything is written.
 ///
 /// # Errors
 /// [`InstallError`] naming the file.
-pub fn install(args: &InstallArgs) -> Result<(PathBuf, PathBuf), InstallError> {
+pub fn install(args: &InstallArgs) -> Result<Installed, InstallError> {
     let src = match &args.source {
         Some(s) => s.clone(),
         None => std::env::current_exe().map_err(|source| InstallError::Read {
@@ -131,7 +274,8 @@ pub fn install(args: &InstallArgs) -> Result<(PathBuf, PathBuf), InstallError> {
             DEFAULT_CONFLIST.to_string(),
         ),
     };
-    validate_conflist(&conf_text, &conf_path_in)?;
+    validate_conflist(&conf_text, &conf_path_in, &args.plugin_name)?;
+    let (conf_text, mut notes) = chained_plugins_present(conf_text, args);
     let bin = fs::read(&src).map_err(|source| InstallError::Read {
         path: src.clone(),
         source,
@@ -140,7 +284,12 @@ pub fn install(args: &InstallArgs) -> Result<(PathBuf, PathBuf), InstallError> {
     install_file(&bin_path, &bin, 0o755)?;
     let conf_path = args.conf_dir.join(&args.conf_name);
     install_file(&conf_path, conf_text.as_bytes(), 0o644)?;
-    Ok((bin_path, conf_path))
+    notes.extend(take_precedence(&conf_path)?);
+    Ok(Installed {
+        bin: bin_path,
+        conflist: conf_path,
+        notes,
+    })
 }
 
 #[cfg(test)]
@@ -162,13 +311,30 @@ mod tests {
             plugin_name: "weft".into(),
             source: Some(src),
         };
-        let (b, c) = install(&args).unwrap();
+        let Installed {
+            bin: b,
+            conflist: c,
+            notes,
+        } = install(&args).unwrap();
         assert_eq!(
             fs::metadata(&b).unwrap().permissions().mode() & 0o777,
             0o755
         );
         let text = fs::read_to_string(&c).unwrap();
         assert!(text.contains("\"weft\""));
+        assert!(
+            !text.contains("portmap"),
+            "no portmap in the bin dir: left out"
+        );
+        assert!(
+            notes.is_empty() || notes[0].contains("no portmap"),
+            "{notes:?}"
+        );
+        // With portmap installed, the default conflist chains it.
+        fs::write(d.path().join("bin/portmap"), b"bin").unwrap();
+        let again = install(&args).unwrap();
+        assert!(again.notes.is_empty(), "{:?}", again.notes);
+        assert!(fs::read_to_string(&c).unwrap().contains("\"portmap\""));
         assert_eq!(
             fs::read_dir(d.path().join("net.d")).unwrap().count(),
             1,
@@ -182,5 +348,104 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("type"), "{e}");
+    }
+
+    /// What weft-cni would refuse at ADD is refused at install, and the
+    /// conflist already installed stays as it was.
+    #[test]
+    fn conflists_the_plugin_would_refuse_are_refused_and_nothing_is_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src-bin");
+        fs::write(&src, b"bin").unwrap();
+        let args = InstallArgs {
+            bin_dir: d.path().join("bin"),
+            conf_dir: d.path().join("net.d"),
+            conflist: None,
+            conf_name: "10-weft.conflist".into(),
+            plugin_name: "weft".into(),
+            source: Some(src),
+        };
+        let good = install(&args).unwrap().conflist;
+        let before = fs::read_to_string(&good).unwrap();
+        for (text, why) in [
+            (
+                r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"weft","delegate":{"ipam":{}}}]}"#,
+                "delegate.ipam must not be set",
+            ),
+            (
+                r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"weft","mode":"fast"}]}"#,
+                "mode \"fast\" is not known",
+            ),
+            (
+                r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#,
+                "no plugin has \"type\": \"weft\"",
+            ),
+            (
+                r#"{"name":"cbr0","cniVersion":"0.1.0","plugins":[{"type":"weft"}]}"#,
+                "0.1.0",
+            ),
+        ] {
+            let p = d.path().join("candidate.conflist");
+            fs::write(&p, text).unwrap();
+            let e = install(&InstallArgs {
+                conflist: Some(p),
+                ..args.clone()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(why), "{text}: {e}");
+            assert_eq!(fs::read_to_string(&good).unwrap(), before, "{text}");
+        }
+    }
+
+    /// flannel's conflist sorts first (10-flannel < 10-weft): renamed so the
+    /// runtime takes weft's; anything else first is named.
+    #[test]
+    fn weft_s_conflist_becomes_the_one_the_runtime_uses() {
+        let d = tempfile::tempdir().unwrap();
+        let net_d = d.path().join("net.d");
+        fs::create_dir_all(&net_d).unwrap();
+        fs::write(
+            net_d.join("10-flannel.conflist"),
+            r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"isDefaultGateway":true}},{"type":"portmap"}]}"#,
+        )
+        .unwrap();
+        fs::write(
+            net_d.join("05-other.conf"),
+            r#"{"name":"x","type":"bridge"}"#,
+        )
+        .unwrap();
+        fs::write(
+            net_d.join("99-later.conflist"),
+            r#"{"name":"y","plugins":[{"type":"flannel"}]}"#,
+        )
+        .unwrap();
+        let src = d.path().join("src-bin");
+        fs::write(&src, b"bin").unwrap();
+        fs::create_dir_all(d.path().join("bin")).unwrap();
+        fs::write(d.path().join("bin/portmap"), b"bin").unwrap();
+        let done = install(&InstallArgs {
+            bin_dir: d.path().join("bin"),
+            conf_dir: net_d.clone(),
+            conflist: None,
+            conf_name: "10-weft.conflist".into(),
+            plugin_name: "weft".into(),
+            source: Some(src),
+        })
+        .unwrap();
+        assert!(!net_d.join("10-flannel.conflist").exists());
+        assert!(net_d.join("10-flannel.conflist.weft-disabled").exists());
+        assert!(net_d.join("99-later.conflist").exists(), "after ours: left");
+        assert_eq!(done.notes.len(), 2, "{:?}", done.notes);
+        assert!(
+            done.notes[0].contains("05-other.conf sorts before"),
+            "{:?}",
+            done.notes
+        );
+        assert!(
+            done.notes[1].contains("renamed flannel's"),
+            "{:?}",
+            done.notes
+        );
     }
 }

@@ -145,7 +145,7 @@ fn add(call: &Call, version: Version) -> Result<String, CniError> {
 /// DEL: whichever mode set the attachment up undoes it.
 fn del(call: &Call, _: Version) -> Result<String, CniError> {
     let (conf, env) = (&call.conf, &call.env);
-    if delegate::has_saved(&conf.data_dir, env) {
+    if delegate::has_saved(conf, env) {
         delegate::del(conf, env)?;
     } else {
         builtin::del(conf, env)?;
@@ -156,7 +156,7 @@ fn del(call: &Call, _: Version) -> Result<String, CniError> {
 /// CHECK: whichever mode set the attachment up checks it.
 fn check(call: &Call, _: Version) -> Result<String, CniError> {
     let (conf, env) = (&call.conf, &call.env);
-    if delegate::has_saved(&conf.data_dir, env) {
+    if delegate::has_saved(conf, env) {
         delegate::check(conf, env)?;
     } else {
         let senv = read_subnet_env(conf, code::TRY_AGAIN_LATER).ok();

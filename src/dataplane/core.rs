@@ -58,6 +58,37 @@ pub enum RxAction {
     Drop(DropReason),
 }
 
+/// Whom the receive path believes. Both checks are on unless an operator
+/// relaxes one (`--accept-unknown-peers`, `--accept-foreign-sources`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceChecks {
+    /// Accept VXLAN only from the public IP of a lease in this network.
+    pub known_peers: bool,
+    /// Accept inner packets only with a source inside the sender's subnets.
+    pub own_sources: bool,
+}
+
+impl Default for SourceChecks {
+    fn default() -> SourceChecks {
+        SourceChecks {
+            known_peers: true,
+            own_sources: true,
+        }
+    }
+}
+
+/// Who sent a datagram, found once per datagram by [`Core::sender`].
+#[derive(Debug, Clone, Copy)]
+pub enum Sender<'a> {
+    /// The node holding these subnets (one, in a flannel network).
+    Leased(&'a [Ipv4Net]),
+    /// No lease has the datagram's source address, and unknown peers are
+    /// accepted: an inner source must then lie in some peer's subnet.
+    Unknown(&'a Table),
+    /// Inner sources are not checked.
+    Anyone,
+}
+
 /// This node's identity on the overlay, as the core needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Core {
@@ -67,15 +98,32 @@ pub struct Core {
     pub subnet: Ipv4Net,
     /// The node's `.0` address (on TUN): the source of ICMP errors.
     pub router: Ipv4Addr,
+    pub checks: SourceChecks,
 }
 
 impl Core {
+    /// A node's core with both source checks on.
     pub fn new(vni: Vni, mac: VtepMac, subnet: Ipv4Net) -> Core {
         Core {
             vni,
             mac,
             subnet,
             router: subnet.network(),
+            checks: SourceChecks::default(),
+        }
+    }
+
+    /// Who sent a datagram from the outer source `src`, by `table`; refused
+    /// ([`DropReason::UnknownPeer`]) when no lease has that public IP and
+    /// unknown peers are not accepted.
+    #[inline]
+    pub fn sender<'t>(&self, table: &'t Table, src: Ipv4Addr) -> Result<Sender<'t>, DropReason> {
+        match table.sender(src) {
+            Some(_) if !self.checks.own_sources => Ok(Sender::Anyone),
+            Some(nets) => Ok(Sender::Leased(nets)),
+            None if self.checks.known_peers => Err(DropReason::UnknownPeer),
+            None if self.checks.own_sources => Ok(Sender::Unknown(table)),
+            None => Ok(Sender::Anyone),
         }
     }
 
@@ -151,9 +199,10 @@ impl Core {
         icmp::emit_unreachable(scratch, pkt, self.router, icmp::CODE_NET_UNREACHABLE)
     }
 
-    /// Checks and decapsulates the datagram at `slot[start..start + len]`.
+    /// Checks and decapsulates the datagram at `slot[start..start + len]`
+    /// from `from` (what [`Core::sender`] found for its outer source).
     #[inline]
-    pub fn decap(&self, slot: &[u8], start: usize, len: usize) -> RxAction {
+    pub fn decap(&self, from: Sender<'_>, slot: &[u8], start: usize, len: usize) -> RxAction {
         let Some(d) = start.checked_add(len).and_then(|end| slot.get(start..end)) else {
             return RxAction::Drop(DropReason::VxlanTruncated);
         };
@@ -183,6 +232,15 @@ impl Core {
         };
         if !self.subnet.contains(&ip.dst()) {
             return RxAction::Drop(DropReason::NotOurSubnet);
+        }
+        let src = ip.src();
+        let sourced = match from {
+            Sender::Leased(nets) => nets.iter().any(|n| n.contains(&src)),
+            Sender::Unknown(table) => table.lookup(src).is_some(),
+            Sender::Anyone => true,
+        };
+        if !sourced {
+            return RxAction::Drop(DropReason::SpoofedSource);
         }
         let off = start + ENCAP_LEN;
         // Trim Ethernet padding: the IP total length is what the kernel gets.
@@ -296,6 +354,8 @@ mod tests {
     fn encap_then_decap_is_identity() {
         let (a, b) = (node(1), node(2));
         let ta = table_of(&[1, 2, 3], 1);
+        let tb = table_of(&[1, 2, 3], 2);
+        let from = b.sender(&tb, [192, 0, 2, 1].into()).unwrap();
         let mut slot = vec![0u8; SLOT];
         let mut scratch = [0u8; 128];
         for size in [1usize, 64, 1372, 1422] {
@@ -317,7 +377,7 @@ mod tests {
             let mut rx = vec![0u8; SLOT];
             let start = HEADROOM - ENCAP_LEN;
             rx[start..start + wire.len()].copy_from_slice(&wire);
-            let RxAction::Deliver(r) = b.decap(&rx, start, wire.len()) else {
+            let RxAction::Deliver(r) = b.decap(from, &rx, start, wire.len()) else {
                 panic!("expected delivery")
             };
             assert_eq!(&rx[r], &pkt[..]);
@@ -370,6 +430,8 @@ mod tests {
     fn bad_datagrams_are_dropped_by_reason() {
         let (a, b) = (node(1), node(2));
         let ta = table_of(&[2], 1);
+        let tb = table_of(&[1], 2);
+        let from = b.sender(&tb, [192, 0, 2, 1].into()).unwrap();
         let mut slot = vec![0u8; SLOT];
         let mut scratch = [0u8; 128];
         let pkt = udp_packet([10, 244, 1, 5], [10, 244, 2, 7], b"payload!");
@@ -384,7 +446,7 @@ mod tests {
             mutate(&mut d);
             let mut rx = vec![0u8; SLOT];
             rx[start..start + d.len()].copy_from_slice(&d);
-            assert_eq!(b.decap(&rx, start, d.len()), RxAction::Drop(want));
+            assert_eq!(b.decap(from, &rx, start, d.len()), RxAction::Drop(want));
         };
         check(&|d| d[6] = 2, DropReason::WrongVni);
         check(&|d| d[0] = 0, DropReason::VxlanFlags);
@@ -406,10 +468,80 @@ mod tests {
         d.extend_from_slice(&[0; 10]);
         let mut rx = vec![0u8; SLOT];
         rx[start..start + d.len()].copy_from_slice(&d);
-        let RxAction::Deliver(r) = b.decap(&rx, start, d.len()) else {
+        let RxAction::Deliver(r) = b.decap(from, &rx, start, d.len()) else {
             panic!()
         };
         assert_eq!(&rx[r], &pkt[..]);
+    }
+
+    /// A datagram from an address no lease has, or with an inner source the
+    /// sender does not hold, is refused by reason; each check relaxes alone.
+    #[test]
+    fn source_checks_refuse_strangers_and_foreign_inner_sources() {
+        let (a, mut b) = (node(1), node(2));
+        let ta = table_of(&[2], 1);
+        let tb = table_of(&[1, 3], 2);
+        let mut slot = vec![0u8; SLOT];
+        let mut scratch = [0u8; 128];
+        let mut datagram = |src: [u8; 4]| {
+            let pkt = udp_packet(src, [10, 244, 2, 7], b"payload!");
+            slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+            let TxAction::Send { range, .. } = a.encap(&ta, &mut slot, pkt.len(), &mut scratch)
+            else {
+                panic!()
+            };
+            (slot.clone(), range)
+        };
+        let own = datagram([10, 244, 1, 5]);
+        let node3s = datagram([10, 244, 3, 5]);
+        let outside = datagram([192, 168, 9, 9]);
+        let stranger: Ipv4Addr = [192, 0, 2, 99].into();
+        let node1: Ipv4Addr = [192, 0, 2, 1].into();
+        let decap =
+            |b: &Core, src: Ipv4Addr, (rx, r): &(Vec<u8>, Range<usize>)| match b.sender(&tb, src) {
+                Ok(from) => b.decap(from, rx, r.start, r.len()),
+                Err(why) => RxAction::Drop(why),
+            };
+        let delivered = |a: RxAction| matches!(a, RxAction::Deliver(_));
+        // Both checks on (the default).
+        assert!(delivered(decap(&b, node1, &own)));
+        assert_eq!(
+            decap(&b, stranger, &own),
+            RxAction::Drop(DropReason::UnknownPeer)
+        );
+        assert_eq!(
+            decap(&b, node1, &node3s),
+            RxAction::Drop(DropReason::SpoofedSource)
+        );
+        assert_eq!(
+            decap(&b, node1, &outside),
+            RxAction::Drop(DropReason::SpoofedSource)
+        );
+        // --accept-unknown-peers: a stranger's inner source must still be a peer's.
+        b.checks.known_peers = false;
+        assert!(delivered(decap(&b, stranger, &own)));
+        assert!(delivered(decap(&b, stranger, &node3s)));
+        assert_eq!(
+            decap(&b, stranger, &outside),
+            RxAction::Drop(DropReason::SpoofedSource)
+        );
+        assert_eq!(
+            decap(&b, node1, &node3s),
+            RxAction::Drop(DropReason::SpoofedSource)
+        );
+        // --accept-foreign-sources alone: strangers still refused.
+        b.checks = SourceChecks {
+            known_peers: true,
+            own_sources: false,
+        };
+        assert!(delivered(decap(&b, node1, &outside)));
+        assert_eq!(
+            decap(&b, stranger, &own),
+            RxAction::Drop(DropReason::UnknownPeer)
+        );
+        // Both relaxed: anything well-formed for this node.
+        b.checks.known_peers = false;
+        assert!(delivered(decap(&b, stranger, &outside)));
     }
 
     /// Lengths and starts near `usize::MAX` (found by the fuzzer:
@@ -433,7 +565,7 @@ mod tests {
             (1, usize::MAX),
         ] {
             assert_eq!(
-                b.decap(&slot, start, len),
+                b.decap(Sender::Anyone, &slot, start, len),
                 RxAction::Drop(DropReason::VxlanTruncated),
                 "{start} + {len}"
             );
@@ -456,9 +588,10 @@ mod tests {
                 x ^= x << 17;
                 *byte = x as u8;
             }
-            let _ = b.decap(&slot, HEADROOM - ENCAP_LEN, len);
+            let _ = b.decap(Sender::Anyone, &slot, HEADROOM - ENCAP_LEN, len);
             let _ = a.encap(&ta, &mut slot, len, &mut scratch);
-            let _ = b.decap(&slot, SLOT - 5, len);
+            let _ = b.decap(Sender::Unknown(&ta), &slot, SLOT - 5, len);
+            let _ = b.decap(Sender::Anyone, &slot, usize::MAX, len);
         }
     }
 }

@@ -34,6 +34,10 @@ pub enum DropReason {
     InnerMalformed,
     /// From UDP: the inner destination is not in this node's subnet.
     NotOurSubnet,
+    /// From UDP: the outer source is no lease's public IP in this network.
+    UnknownPeer,
+    /// From UDP: the inner source is outside the subnets the sender holds.
+    SpoofedSource,
     /// Sending a datagram failed (peer unreachable, buffer full).
     UdpSendError,
     /// Writing to the TUN device failed.
@@ -44,7 +48,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::TunTruncated,
         DropReason::TunNotIpv4,
         DropReason::NoRoute,
@@ -57,6 +61,8 @@ impl DropReason {
         DropReason::InnerIpv6,
         DropReason::InnerMalformed,
         DropReason::NotOurSubnet,
+        DropReason::UnknownPeer,
+        DropReason::SpoofedSource,
         DropReason::UdpSendError,
         DropReason::TunWriteError,
         DropReason::TunBadOffload,
@@ -78,6 +84,8 @@ impl DropReason {
             DropReason::InnerIpv6 => "inner_ipv6",
             DropReason::InnerMalformed => "inner_malformed",
             DropReason::NotOurSubnet => "not_our_subnet",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::SpoofedSource => "spoofed_source",
             DropReason::UdpSendError => "udp_send_error",
             DropReason::TunWriteError => "tun_write_error",
             DropReason::TunBadOffload => "tun_bad_offload",

@@ -4,6 +4,8 @@
 //! `ArcSwap`); workers load it once per batch without locks, so readers never
 //! wait on the writer. Lookup is longest-prefix match over the few distinct
 //! prefix lengths present (one, in a flannel network), each a hash probe.
+//! The receive path asks the other way round: which subnets the node at a
+//! public IP holds ([`Table::sender`]), once per datagram.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -32,6 +34,8 @@ pub struct Table {
     lens: Vec<u8>,
     map: FxHashMap<u64, Peer>,
     dense: Option<Dense>,
+    /// Public IP → the subnets leased to it (one per node, in a flannel network).
+    senders: FxHashMap<Ipv4Addr, Vec<Ipv4Net>>,
 }
 
 /// Every subnet of one Network at one prefix length, indexed by subnet number.
@@ -153,7 +157,22 @@ impl Table {
             self.lens.push(len);
             self.lens.sort_unstable_by(|a, b| b.cmp(a));
         }
-        self.map.insert(key(u32::from(p.subnet.network()), len), p);
+        if let Some(old) = self.map.insert(key(u32::from(p.subnet.network()), len), p) {
+            if let Some(nets) = self.senders.get_mut(&old.public_ip) {
+                nets.retain(|n| *n != old.subnet);
+                if nets.is_empty() {
+                    self.senders.remove(&old.public_ip);
+                }
+            }
+        }
+        self.senders.entry(p.public_ip).or_default().push(p.subnet);
+    }
+
+    /// The subnets leased to the node whose public IP is `ip`: where the
+    /// inner sources of its datagrams may lie. None: no lease has that IP.
+    #[inline]
+    pub fn sender(&self, ip: Ipv4Addr) -> Option<&[Ipv4Net]> {
+        self.senders.get(&ip).map(Vec::as_slice)
     }
 
     /// The peer whose subnet holds `dst` (longest prefix first).
@@ -306,6 +325,40 @@ mod tests {
             !t.index_dense("10.0.0.0/7".parse().unwrap()),
             "2^17 subnets: too many"
         );
+    }
+
+    #[test]
+    fn senders_are_indexed_by_public_ip() {
+        let ls = [
+            lease("10.244.1.0/24", [192, 0, 2, 1], 1),
+            lease("10.244.2.0/24", [192, 0, 2, 2], 1),
+            // Two leases behind one address (nodes behind one NAT).
+            lease("10.244.3.0/24", [192, 0, 2, 2], 1),
+        ];
+        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472);
+        assert_eq!(
+            t.sender([192, 0, 2, 1].into()),
+            Some(&["10.244.1.0/24".parse().unwrap()][..])
+        );
+        let mut two = t.sender([192, 0, 2, 2].into()).unwrap().to_vec();
+        two.sort();
+        assert_eq!(
+            two,
+            [
+                "10.244.2.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.244.3.0/24".parse().unwrap()
+            ]
+        );
+        assert_eq!(t.sender([192, 0, 2, 9].into()), None);
+        // A subnet that moves to another node leaves its old sender.
+        t.insert(Peer {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            public_ip: [192, 0, 2, 7].into(),
+            vtep_mac: VtepMac::derive(&[192, 0, 2, 7]),
+            endpoint: "192.0.2.7:8472".parse().unwrap(),
+        });
+        assert_eq!(t.sender([192, 0, 2, 1].into()), None);
+        assert_eq!(t.sender([192, 0, 2, 7].into()).map(<[_]>::len), Some(1));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! starts and reused; nothing is allocated per packet.
 
 use std::io;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,7 +139,7 @@ fn run(
     let mut idle_log = ErrLog::new("waiting for packets");
     while !stop.load(Ordering::Relaxed) {
         let t = tx.batch(&q.tun, send, &core, table, &mut local);
-        let r = rx.batch(&q.rx, &q.tun, &core, &mut local);
+        let r = rx.batch(&q.rx, &q.tun, &core, table, &mut local);
         counters.flush(&mut local);
         if t || r {
             continue;
@@ -182,6 +182,46 @@ impl ErrLog {
             self.suppressed = 0;
         } else {
             self.suppressed += 1;
+        }
+    }
+}
+
+/// Logs datagrams refused by one source check at most once per 10 s, naming
+/// the sender and what to do if the refusal is wrong.
+struct SourceLog {
+    reason: DropReason,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl SourceLog {
+    fn new(reason: DropReason) -> SourceLog {
+        SourceLog {
+            reason,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn log(&mut self, from: Ipv4Addr) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) <= Duration::from_secs(10))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let n = std::mem::take(&mut self.suppressed);
+        self.last = Some(now);
+        if self.reason == DropReason::UnknownPeer {
+            tracing::warn!(
+                "dropped VXLAN from {from}: no lease in this network has that public IP (unknown_peer; {n} more refused since the last report). If nodes reach each other through NAT, so the source is not the lease's PublicIP, start weftd with --accept-unknown-peers"
+            );
+        } else {
+            tracing::warn!(
+                "dropped a packet from {from} whose inner source is outside the subnets that node holds (spoofed_source; {n} more refused since the last report). If that node forwards other networks' traffic without masquerading it, start weftd with --accept-foreign-sources"
+            );
         }
     }
 }
@@ -447,6 +487,8 @@ struct Rx {
     mmsg: Mmsg,
     errlog: ErrLog,
     tunlog: ErrLog,
+    unknownlog: SourceLog,
+    spoofedlog: SourceLog,
 }
 
 impl Rx {
@@ -461,6 +503,8 @@ impl Rx {
             mmsg: Mmsg::new(),
             errlog: ErrLog::new("receiving VXLAN datagrams"),
             tunlog: ErrLog::new("writing to TUN"),
+            unknownlog: SourceLog::new(DropReason::UnknownPeer),
+            spoofedlog: SourceLog::new(DropReason::SpoofedSource),
         }
     }
 
@@ -471,6 +515,7 @@ impl Rx {
         sock: &UdpSocket,
         tun: &tun_rs::SyncDevice,
         core: &Core,
+        table: &SharedTable,
         local: &mut LocalCounts,
     ) -> bool {
         let off = HEADROOM - ENCAP_LEN;
@@ -489,16 +534,28 @@ impl Rx {
                 0
             }
         };
+        let table = table.load();
         for i in 0..n {
             let seg = if self.segs[i] > 0 {
                 self.segs[i]
             } else {
                 self.lens[i]
             };
+            let src = *self.srcs[i].ip();
+            // One GRO datagram is one sender's: looked up once for all its segments.
+            let from = match core.sender(&table, src) {
+                Ok(from) => from,
+                Err(r) => {
+                    let segments = self.lens[i].div_ceil(seg.max(1)) as u64;
+                    local.drops[r as usize] += segments;
+                    self.unknownlog.log(src);
+                    continue;
+                }
+            };
             let mut pos = 0;
             while pos < self.lens[i] {
                 let len = seg.min(self.lens[i] - pos);
-                match core.decap(self.inbox[i].as_ref(), off + pos, len) {
+                match core.decap(from, self.inbox[i].as_ref(), off + pos, len) {
                     RxAction::Deliver(r) => {
                         local.rx_bytes += r.len() as u64;
                         if self.offload {
@@ -519,7 +576,12 @@ impl Rx {
                             }
                         }
                     }
-                    RxAction::Drop(r) => local.drop(r),
+                    RxAction::Drop(r) => {
+                        local.drop(r);
+                        if r == DropReason::SpoofedSource {
+                            self.spoofedlog.log(src);
+                        }
+                    }
                 }
                 pos += seg;
             }

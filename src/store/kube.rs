@@ -74,6 +74,9 @@ pub struct KubeSettings {
     pub resync: Duration,
     /// How long to wait for a TCP connection to the API server.
     pub connect_timeout: Duration,
+    /// Set `NetworkUnavailable=False` once the dataplane is up
+    /// (flannel's `--set-node-network-unavailable`, default true).
+    pub set_node_network_unavailable: bool,
 }
 
 impl KubeSettings {
@@ -95,6 +98,7 @@ impl KubeSettings {
             service_account_dir: PathBuf::from(SERVICE_ACCOUNT_DIR),
             resync: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
+            set_node_network_unavailable: true,
         }
     }
 }
@@ -145,6 +149,7 @@ struct Inner {
     root_certs: Option<Vec<Vec<u8>>>,
     resync: Duration,
     connect_timeout: Duration,
+    set_node_network_unavailable: bool,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -271,6 +276,7 @@ impl KubeStore {
             root_certs,
             resync: s.resync,
             connect_timeout: s.connect_timeout,
+            set_node_network_unavailable: s.set_node_network_unavailable,
         };
         inner.node_name = match (&s.node_name, &s.pod) {
             (Some(n), _) => n.clone(),
@@ -770,6 +776,13 @@ impl LeaseStore for KubeStore {
 
     /// `NetworkUnavailable=False` on the node, through `nodes/status` (as flannel does).
     async fn network_ready(&self, _lease: &Lease) -> Result<(), StoreError> {
+        if !self.inner.set_node_network_unavailable {
+            tracing::info!(
+                "node {}: NetworkUnavailable left as it is (--set-node-network-unavailable=false)",
+                self.inner.node_name
+            );
+            return Ok(());
+        }
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         self.inner
             .patch_status(json!({"status": {"conditions": [{

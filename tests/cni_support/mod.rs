@@ -214,7 +214,7 @@ impl Node {
 
     /// The addresses weft's built-in IPAM holds.
     pub fn builtin_allocations(&self) -> Vec<String> {
-        ip_files(&self.data_dir().join("ipam/cbr0"))
+        ip_files(&self.data_dir().join("ipam/10.77.5.0-24"))
     }
 
     /// The addresses host-local holds.

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Identity, TlsOptions};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::store::StoreError;
 
@@ -221,6 +223,41 @@ fn read_file(what: &str, flag: &str, p: &Path) -> Result<Vec<u8>, StoreError> {
     })
 }
 
+/// Refuses a PEM file without a parsable X.509 certificate, naming the file
+/// (the TLS stack would only say "transport error" on connecting).
+fn check_certs(what: &str, flag: &str, p: &Path, pem: &[u8]) -> Result<(), StoreError> {
+    let problem = |why: String| StoreError::EtcdOptions {
+        problem: format!("the {what} {} ({flag}) {why}", p.display()),
+    };
+    let mut found = 0;
+    for der in CertificateDer::pem_slice_iter(pem) {
+        let der = der.map_err(|_| problem("is not valid PEM".into()))?;
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| problem(format!("holds a certificate that does not parse: {e}")))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(problem("holds no PEM certificate".into()));
+    }
+    Ok(())
+}
+
+/// Refuses a client key file that holds no usable private key, naming the
+/// file and never showing its contents.
+fn check_key(p: &Path, pem: &[u8]) -> Result<(), StoreError> {
+    let problem = |why: &str| StoreError::EtcdOptions {
+        problem: format!(
+            "the client key {} (--etcd-keyfile) {why}; give the PEM key (PKCS#8, PKCS#1 or SEC1) that belongs to --etcd-certfile",
+            p.display()
+        ),
+    };
+    let key =
+        PrivateKeyDer::from_pem_slice(pem).map_err(|_| problem("holds no PEM private key"))?;
+    rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|_| problem("holds a private key that is corrupt or of an unsupported type"))?;
+    Ok(())
+}
+
 /// The client's TLS options from the settings; `None` without any TLS file.
 pub(super) fn tls_options(s: &EtcdSettings) -> Result<Option<TlsOptions>, StoreError> {
     let https = s.endpoints.iter().any(|e| e.starts_with("https://"));
@@ -244,16 +281,16 @@ pub(super) fn tls_options(s: &EtcdSettings) -> Result<Option<TlsOptions>, StoreE
     }
     let mut tls = TlsOptions::new();
     if let Some(ca) = &s.cafile {
-        tls = tls.ca_certificate(Certificate::from_pem(read_file(
-            "CA file",
-            "--etcd-cafile",
-            ca,
-        )?));
+        let pem = read_file("CA file", "--etcd-cafile", ca)?;
+        check_certs("CA file", "--etcd-cafile", ca, &pem)?;
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
     }
     match (&s.certfile, &s.keyfile) {
         (Some(c), Some(k)) => {
             let cert = read_file("client certificate", "--etcd-certfile", c)?;
+            check_certs("client certificate", "--etcd-certfile", c, &cert)?;
             let key = read_file("client key", "--etcd-keyfile", k)?;
+            check_key(k, &key)?;
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         (None, None) => {}
@@ -470,5 +507,42 @@ mod tests {
             cmd,
             r#"ETCDCTL_API=3 etcdctl --endpoints=https://10.0.0.5:2379 --cacert=/etc/etcd/ca.pem put /kubernetes/network/config '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'"#
         );
+    }
+
+    /// A TLS file that is not what it claims is refused at start, naming the
+    /// file; key material never appears in the message.
+    #[test]
+    fn unusable_tls_files_are_named_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client.key");
+        let material = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7secret";
+        std::fs::write(
+            &key,
+            format!("-----BEGIN PRIVATE KEY-----\n{material}\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let e = check_key(&key, &std::fs::read(&key).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&key.display().to_string()) && e.contains("corrupt"),
+            "{e}"
+        );
+        assert!(!e.contains(material), "{e}");
+        let e = check_key(&key, b"not pem at all").unwrap_err().to_string();
+        assert!(e.contains("holds no PEM private key"), "{e}");
+        let crt = dir.path().join("ca.crt");
+        let e = check_certs("CA file", "--etcd-cafile", &crt, b"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ca.crt (--etcd-cafile) holds no PEM certificate"),
+            "{e}"
+        );
+        let bad = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let e = check_certs("CA file", "--etcd-cafile", &crt, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not parse"), "{e}");
     }
 }
