@@ -351,7 +351,8 @@ fn replay(e: &Entry, files: &[PathBuf], sh: &Shared) -> Stats {
                 continue;
             }
         };
-        if let Some(f) = count(&mut st, run_one(e, &input)) {
+        st.regressions += 1;
+        if let Some(f) = count_failure(&mut st, run_one(e, &input)) {
             sh.failures
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -363,9 +364,18 @@ fn replay(e: &Entry, files: &[PathBuf], sh: &Shared) -> Stats {
                 });
         }
     }
-    st.regressions = st.inputs;
     st.busy = t.elapsed();
     st
+}
+
+/// Counts a saved input's failure; regressions are not counted as inputs.
+fn count_failure(st: &mut Stats, r: Result<Verdict, Fail>) -> Option<Fail> {
+    let f = r.err()?;
+    match f {
+        Fail::Panic { .. } => st.panics += 1,
+        Fail::Broken(_) => st.violations += 1,
+    }
+    Some(f)
 }
 
 /// One job: `n` mutated inputs of `e`, from seeds or from the last accepted
