@@ -147,11 +147,7 @@ fn flanneld_flags_weft_does_not_use_are_accepted_with_a_warning() {
     .to_vec();
     c.start(0);
     let log = c.nodes[0].log();
-    for f in [
-        "-ip-blackhole-route",
-        "-set-node-network-unavailable",
-        "-public-ipv6",
-    ] {
+    for f in ["-ip-blackhole-route", "-vmodule", "-public-ipv6"] {
         assert!(
             log.contains(&format!("flanneld's {f} has no effect in weft")),
             "{f}:\n{log}"
