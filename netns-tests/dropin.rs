@@ -17,12 +17,7 @@ const PREFIX: &str = "/kubernetes/network";
 /// Every message the notify socket got within `wait`.
 fn notifications(sock: &UnixDatagram, wait: Duration) -> Vec<String> {
     sock.set_read_timeout(Some(wait)).unwrap();
-    let mut got = vec![];
-    let mut buf = [0u8; 512];
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    got
+    crate::harness::drain(|b| sock.recv(b))
 }
 
 #[test]

@@ -428,16 +428,19 @@ fn etcd_compaction_while_a_watch_is_behind() {
     let pid = nix::unistd::Pid::from_raw(c.nodes[2].pid().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     etcd.del(&lease_key(gone));
-    // Enough bytes of events to fill the stopped node's HTTP/2 window (2 MiB)
-    // and etcd's send buffer (128 responses): etcd then parks the watcher as a
-    // slow one, to catch up later from a revision that the compaction removes.
+    // Enough bytes of events to fill the stopped node's HTTP/2 windows (2 MiB
+    // per stream, 5 MiB per connection), both ends' TCP buffers (several MiB
+    // each, autotuned) and etcd's send buffer (128 responses): etcd then parks
+    // the watcher as a slow one, to catch up later from a revision that the
+    // compaction removes. 16 MiB was at the edge of that (the test missed its
+    // precondition one run in three); 48 MiB is well past it.
     // The value is a valid lease (unknown fields are ignored, as flannel does)
     // and the same each time, so running nodes see no change.
     let padded = format!(
         r#"{{"PublicIP":"192.0.2.52","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:00:52","Padding":"{}"}}}}"#,
         "x".repeat(16 << 10)
     );
-    rewrite_many(&etcd, &lease_key(new), &padded, 1000);
+    rewrite_many(&etcd, &lease_key(new), &padded, 3000);
     let compacted = etcd.compact();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let t = Instant::now();

@@ -74,12 +74,7 @@ fn inject(ns: &str, to: SocketAddrV4, d: &[u8]) {
 /// Every payload the pod's socket has received within `wait`.
 fn received(sock: &UdpSocket, wait: Duration) -> Vec<String> {
     sock.set_read_timeout(Some(wait)).unwrap();
-    let mut got = vec![];
-    let mut buf = [0u8; 256];
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    got
+    crate::harness::drain(|b| sock.recv(b))
 }
 
 fn vtep_mac_of(c: &Cluster, node: &Node) -> VtepMac {

@@ -100,6 +100,17 @@ pub fn unprivileged_in_userns(script: &str) -> Command {
     c
 }
 
+/// Every datagram `recv` yields as text, until it fails (its socket's read
+/// timeout, set by the caller, ends the wait).
+pub fn drain(mut recv: impl FnMut(&mut [u8]) -> std::io::Result<usize>) -> Vec<String> {
+    let mut got = vec![];
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got
+}
+
 /// Polls `f` every 100 ms until it returns true or `secs` pass.
 pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);

@@ -298,19 +298,25 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn installs_atomically_and_rejects_bad_conflists() {
-        let d = tempfile::tempdir().unwrap();
-        let src = d.path().join("src-bin");
+    /// The installer's arguments for a bin dir and conf dir under `dir`,
+    /// installing a fake binary written there.
+    fn args_in(dir: &Path) -> InstallArgs {
+        let src = dir.join("src-bin");
         fs::write(&src, b"\x7fELF fake").unwrap();
-        let args = InstallArgs {
-            bin_dir: d.path().join("bin"),
-            conf_dir: d.path().join("net.d"),
+        InstallArgs {
+            bin_dir: dir.join("bin"),
+            conf_dir: dir.join("net.d"),
             conflist: None,
             conf_name: "10-weft.conflist".into(),
             plugin_name: "weft".into(),
             source: Some(src),
-        };
+        }
+    }
+
+    #[test]
+    fn installs_atomically_and_rejects_bad_conflists() {
+        let d = tempfile::tempdir().unwrap();
+        let args = args_in(d.path());
         let Installed {
             bin: b,
             conflist: c,
@@ -355,16 +361,7 @@ mod tests {
     #[test]
     fn conflists_the_plugin_would_refuse_are_refused_and_nothing_is_touched() {
         let d = tempfile::tempdir().unwrap();
-        let src = d.path().join("src-bin");
-        fs::write(&src, b"bin").unwrap();
-        let args = InstallArgs {
-            bin_dir: d.path().join("bin"),
-            conf_dir: d.path().join("net.d"),
-            conflist: None,
-            conf_name: "10-weft.conflist".into(),
-            plugin_name: "weft".into(),
-            source: Some(src),
-        };
+        let args = args_in(d.path());
         let good = install(&args).unwrap().conflist;
         let before = fs::read_to_string(&good).unwrap();
         for (text, why) in [
@@ -420,19 +417,10 @@ mod tests {
             r#"{"name":"y","plugins":[{"type":"flannel"}]}"#,
         )
         .unwrap();
-        let src = d.path().join("src-bin");
-        fs::write(&src, b"bin").unwrap();
+        let args = args_in(d.path());
         fs::create_dir_all(d.path().join("bin")).unwrap();
         fs::write(d.path().join("bin/portmap"), b"bin").unwrap();
-        let done = install(&InstallArgs {
-            bin_dir: d.path().join("bin"),
-            conf_dir: net_d.clone(),
-            conflist: None,
-            conf_name: "10-weft.conflist".into(),
-            plugin_name: "weft".into(),
-            source: Some(src),
-        })
-        .unwrap();
+        let done = install(&args).unwrap();
         assert!(!net_d.join("10-flannel.conflist").exists());
         assert!(net_d.join("10-flannel.conflist.weft-disabled").exists());
         assert!(net_d.join("99-later.conflist").exists(), "after ours: left");
