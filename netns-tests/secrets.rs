@@ -3,8 +3,6 @@
 //! Kubernetes tokens stay out of every log line and error, whether weftd
 //! runs, is refused, or fails on a bad file.
 
-use std::process::Stdio;
-
 use serde_json::json;
 use weft::netns::{self, UNDERLAY_GW};
 
@@ -23,18 +21,6 @@ fn assert_no_secret(what: &str, text: &str) {
     for s in [PASSWORD, WRONG_PASSWORD, KEY_MATERIAL, TOKEN] {
         assert!(!text.contains(s), "{what} shows the secret {s:?}:\n{text}");
     }
-}
-
-/// weftd on node `i` of `c` run to its end (a refusal); its stderr.
-fn refused(c: &Cluster, i: usize, env: &[(&str, &str)]) -> String {
-    let out = c
-        .command(i)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("weftd runs");
-    assert!(!out.status.success(), "weftd was not refused");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -80,7 +66,7 @@ fn etcd_passwords_and_keys_never_reach_the_log() {
 
     // A wrong password from flanneld's variable: refused, naming the user.
     c.nodes[0].extra = [&trace[..], &["--etcd-username".into(), "weft".into()]].concat();
-    let err = refused(&c, 0, &[("FLANNELD_ETCD_PASSWORD", WRONG_PASSWORD)]);
+    let err = c.refused(0, &[("FLANNELD_ETCD_PASSWORD", WRONG_PASSWORD)]);
     assert!(
         err.contains("weft") && err.to_lowercase().contains("auth"),
         "the refusal must say the credentials of user weft failed:\n{err}"
@@ -116,7 +102,7 @@ fn etcd_passwords_and_keys_never_reach_the_log() {
     ]
     .concat();
     c.etcd = Some(etcd.endpoint().replace("http://", "https://"));
-    let err = refused(&c, 0, &[]);
+    let err = c.refused(0, &[]);
     assert!(
         err.contains(&cert.display().to_string()) || err.contains(&key.display().to_string()),
         "the refusal must name the file:\n{err}"
@@ -184,6 +170,6 @@ fn kube_tokens_never_reach_the_log() {
 
     // Refused (no such node): the token stays out of the error too.
     c.set_node_args(0, &args, &[("NODE_NAME", "nosuchnode")]);
-    let err = refused(&c, 0, &[]);
+    let err = c.refused(0, &[]);
     assert_no_secret("a refused weftd's output (Kubernetes mode)", &err);
 }

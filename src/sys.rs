@@ -60,6 +60,27 @@ pub fn offload_refused(e: &SysError) -> bool {
         || matches!(e, SysError::TunMismatch { .. })
 }
 
+/// What a failure to open or make TUN device `name` means, by its errno
+/// (`existed`: the device was there before), each with its fix.
+pub fn tun_error(name: &str, existed: bool, source: io::Error) -> SysError {
+    match source.raw_os_error() {
+        Some(libc::EACCES) => SysError::TunAccess { name: name.into() },
+        Some(libc::ENOENT) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
+            SysError::TunMissing { name: name.into() }
+        }
+        Some(libc::EPERM) => SysError::TunPermission { name: name.into() },
+        Some(libc::EBUSY) => SysError::TunBusy { name: name.into() },
+        Some(libc::EINVAL) if existed => SysError::TunMismatch {
+            name: name.into(),
+            fix: "delete it (weftd uninstall, or ip link del) and start again",
+        },
+        _ => SysError::Tun {
+            name: name.into(),
+            source,
+        },
+    }
+}
+
 /// Opens (creating, or attaching to when it exists) the persistent,
 /// multi-queue TUN device `name` with `mtu`, brings it up, and returns one
 /// handle per queue. The kernel spreads flows over the attached queues by
@@ -84,22 +105,7 @@ pub fn open_tun(
     queues: usize,
 ) -> Result<Vec<tun_rs::SyncDevice>, SysError> {
     let existed = nix::net::if_::if_nametoindex(name).is_ok();
-    let tun_err = |source: io::Error| match source.raw_os_error() {
-        Some(libc::EACCES) => SysError::TunAccess { name: name.into() },
-        Some(libc::ENOENT) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
-            SysError::TunMissing { name: name.into() }
-        }
-        Some(libc::EPERM) => SysError::TunPermission { name: name.into() },
-        Some(libc::EBUSY) => SysError::TunBusy { name: name.into() },
-        Some(libc::EINVAL) if existed => SysError::TunMismatch {
-            name: name.into(),
-            fix: "delete it (weftd uninstall, or ip link del) and start again",
-        },
-        _ => SysError::Tun {
-            name: name.into(),
-            source,
-        },
-    };
+    let tun_err = |source: io::Error| tun_error(name, existed, source);
     let open = || {
         tun_rs::DeviceBuilder::new()
             .name(name)

@@ -336,6 +336,24 @@ impl Cluster {
         )
     }
 
+    /// weftd on node `i` (with `env` added) run to its end, which must be a
+    /// refusal; its stderr, where the error is.
+    pub fn refused(&self, i: usize, env: &[(&str, &str)]) -> String {
+        let out = self
+            .command(i)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("weftd runs");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "weftd on {} was not refused:\n{err}",
+            self.nodes[i].ns
+        );
+        err
+    }
+
     /// weftd's command line for node `i`, with `sub` (a subcommand) first.
     fn command_of(&self, i: usize, sub: &[&str]) -> Command {
         let n = &self.nodes[i];

@@ -32,7 +32,7 @@ const PROBE_WAIT: Duration = Duration::from_millis(1500);
 pub async fn run(opts: &Options) -> Report {
     let mut r = Report::default();
     let ext = interface(opts, &mut r);
-    privileges(&mut r);
+    privileges(opts, &mut r);
     forwarding(&mut r);
     let Some((store, etcd)) = connect(opts, &mut r).await else {
         return r;
@@ -86,7 +86,7 @@ fn interface(opts: &Options, r: &mut Report) -> Option<ExtIface> {
 }
 
 fn is_local(ip: Ipv4Addr) -> bool {
-    std::net::UdpSocket::bind((ip, 0)).is_ok()
+    iface::ipv4_interfaces().is_ok_and(|all| all.iter().any(|(_, a)| *a == ip))
 }
 
 /// Bit `cap` of the effective capabilities in /proc/self/status.
@@ -100,7 +100,7 @@ fn has_cap(cap: u32) -> Option<bool> {
     Some(bits & (1 << cap) != 0)
 }
 
-fn privileges(r: &mut Report) {
+fn privileges(opts: &Options, r: &mut Report) {
     match has_cap(12) {
         Some(true) => r.push(Check::pass("CAP_NET_ADMIN", "held")),
         Some(false) => r.push(Check::fail(
@@ -116,13 +116,11 @@ fn privileges(r: &mut Report) {
         .open("/dev/net/tun")
     {
         Ok(_) => r.push(Check::pass("/dev/net/tun", "opens for reading and writing")),
+        // weftd's own error for it, which names the fix.
         Err(e) => r.push(Check::fail(
             "/dev/net/tun",
-            format!("cannot be opened: {e}"),
-            match e.kind() {
-                std::io::ErrorKind::NotFound => "modprobe tun, or mknod /dev/net/tun c 10 200 (in a container: mount the host's)",
-                _ => "chmod 0666 /dev/net/tun, as udev does, or run weftd as root",
-            },
+            crate::sys::tun_error(&opts.tun_name, false, e).to_string(),
+            "",
         )),
     }
 }
