@@ -478,7 +478,7 @@ fn check_encap(
         _ => ensure!(false, "encap answered {r:?}, route {routed:?}"),
     }
     match r {
-        TxAction::Send { to, range } => {
+        TxAction::Send { to, range, .. } => {
             ensure!(
                 *range == (HEADROOM - ENCAP_LEN..HEADROOM + len),
                 "Send range {range:?} for a packet of {len} bytes"

@@ -28,6 +28,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use crate::config::NetConfig;
+use crate::dataplane::counters::PeerSlots;
 use crate::dataplane::table::Table;
 use crate::lease::Lease;
 use crate::store::{AcquireRequest, StoreError, WatchEvent, renew_interval};
@@ -77,6 +78,8 @@ pub struct Update {
     pub own_lost: bool,
     /// The first view of the store: the node is ready once it is published.
     pub first: bool,
+    /// Counter slots given to a peer anew: zero them before publishing.
+    pub fresh_slots: Vec<u32>,
 }
 
 /// The node's view of the store.
@@ -91,6 +94,7 @@ pub struct Reconciler {
     warned: HashSet<(Ipv4Net, String)>,
     had_own: bool,
     first: bool,
+    slots: PeerSlots,
 }
 
 impl Reconciler {
@@ -105,6 +109,7 @@ impl Reconciler {
             warned: HashSet::new(),
             had_own: false,
             first: true,
+            slots: PeerSlots::default(),
         }
     }
 
@@ -152,6 +157,8 @@ impl Reconciler {
             ignore(&mut self.warned, s.subnet, s.why);
         }
         table.index_dense(self.network);
+        let (slots, fresh_slots) = self.slots.assign(table.peers().map(|p| p.public_ip));
+        table.set_slots(&slots);
 
         let after: BTreeMap<Ipv4Net, Ipv4Addr> =
             table.peers().map(|p| (p.subnet, p.public_ip)).collect();
@@ -186,6 +193,7 @@ impl Reconciler {
             ignored,
             own_lost,
             first,
+            fresh_slots,
         }
     }
 }
@@ -301,6 +309,28 @@ mod tests {
 
     fn peers(u: &Update) -> Vec<String> {
         u.table.peers().map(|p| p.subnet.to_string()).collect()
+    }
+
+    #[test]
+    fn each_peer_keeps_its_counter_slot_and_new_slots_are_reported_for_zeroing() {
+        let mut r = Reconciler::new(own().subnet, &config());
+        let b = lease("10.244.2.0/24", [192, 0, 2, 2], None);
+        let c = lease("10.244.3.0/24", [192, 0, 2, 3], None);
+        let u = r.apply(WatchEvent::Snapshot(vec![own(), b.clone()]));
+        let slot_b = u.table.lookup([10, 244, 2, 1].into()).unwrap().slot;
+        assert_ne!(slot_b, 0);
+        assert_eq!(u.fresh_slots, [slot_b]);
+        assert_eq!(u.table.sender([192, 0, 2, 2].into()).unwrap().slot, slot_b);
+        let u = r.apply(WatchEvent::Upsert(c));
+        let slot_c = u.table.lookup([10, 244, 3, 1].into()).unwrap().slot;
+        assert_eq!(u.table.lookup([10, 244, 2, 1].into()).unwrap().slot, slot_b);
+        assert_eq!(u.fresh_slots, [slot_c]);
+        assert_ne!(slot_b, slot_c);
+        let u = r.apply(WatchEvent::Remove(b.subnet));
+        assert!(u.fresh_slots.is_empty());
+        // It comes back: a slot again, zeroed before use.
+        let u = r.apply(WatchEvent::Upsert(b));
+        assert_eq!(u.fresh_slots.len(), 1);
     }
 
     #[test]

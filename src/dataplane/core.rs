@@ -27,6 +27,8 @@ pub enum TxAction {
     Send {
         to: SocketAddrV4,
         range: Range<usize>,
+        /// The peer's counter slot.
+        slot: u32,
     },
     /// No route: write the ICMP unreachable in `scratch[..len]` back into TUN.
     Unreachable {
@@ -42,6 +44,8 @@ pub enum Route {
     Peer {
         to: SocketAddrV4,
         prefix: [u8; ENCAP_LEN],
+        /// The peer's counter slot.
+        slot: u32,
     },
     /// No route: write the ICMP unreachable in `scratch[..len]` back into TUN.
     Unreachable {
@@ -118,12 +122,23 @@ impl Core {
     /// unknown peers are not accepted.
     #[inline]
     pub fn sender<'t>(&self, table: &'t Table, src: Ipv4Addr) -> Result<Sender<'t>, DropReason> {
+        self.identify(table, src).map(|(s, _)| s)
+    }
+
+    /// As [`Core::sender`], with the sender's counter slot (0, `other`, for
+    /// a sender accepted without a lease).
+    #[inline]
+    pub fn identify<'t>(
+        &self,
+        table: &'t Table,
+        src: Ipv4Addr,
+    ) -> Result<(Sender<'t>, u32), DropReason> {
         match table.sender(src) {
-            Some(_) if !self.checks.own_sources => Ok(Sender::Anyone),
-            Some(nets) => Ok(Sender::Leased(nets)),
+            Some(e) if !self.checks.own_sources => Ok((Sender::Anyone, e.slot)),
+            Some(e) => Ok((Sender::Leased(&e.nets), e.slot)),
             None if self.checks.known_peers => Err(DropReason::UnknownPeer),
-            None if self.checks.own_sources => Ok(Sender::Unknown(table)),
-            None => Ok(Sender::Anyone),
+            None if self.checks.own_sources => Ok((Sender::Unknown(table), 0)),
+            None => Ok((Sender::Anyone, 0)),
         }
     }
 
@@ -144,12 +159,17 @@ impl Core {
             return TxAction::Drop(DropReason::TunTruncated);
         };
         match self.route(table, pkt, scratch) {
-            Route::Peer { to, prefix } => {
+            Route::Peer {
+                to,
+                prefix,
+                slot: peer,
+            } => {
                 let start = HEADROOM - ENCAP_LEN;
                 slot[start..HEADROOM].copy_from_slice(&prefix);
                 TxAction::Send {
                     to,
                     range: start..HEADROOM + len,
+                    slot: peer,
                 }
             }
             Route::Unreachable { len } => TxAction::Unreachable { len },
@@ -188,6 +208,7 @@ impl Core {
         Route::Peer {
             to: peer.endpoint,
             prefix,
+            slot: peer.slot,
         }
     }
 
@@ -361,7 +382,7 @@ mod tests {
         for size in [1usize, 64, 1372, 1422] {
             let pkt = udp_packet([10, 244, 1, 5], [10, 244, 2, 7], &vec![0xab; size]);
             slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
-            let TxAction::Send { to, range } = a.encap(&ta, &mut slot, pkt.len(), &mut scratch)
+            let TxAction::Send { to, range, .. } = a.encap(&ta, &mut slot, pkt.len(), &mut scratch)
             else {
                 panic!("expected a send")
             };

@@ -25,6 +25,18 @@ pub struct Peer {
     pub vtep_mac: VtepMac,
     /// The peer's VXLAN endpoint: public IP and the network's UDP port.
     pub endpoint: SocketAddrV4,
+    /// Its per-peer counter slot ([`crate::dataplane::counters::PeerSlots`]);
+    /// 0, `other`, until one is given.
+    pub slot: u32,
+}
+
+/// The node behind one public IP, as the receive path sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderEntry {
+    /// The subnets leased to it: where its inner sources may lie.
+    pub nets: Vec<Ipv4Net>,
+    /// Its per-peer counter slot.
+    pub slot: u32,
 }
 
 /// An immutable forwarding table.
@@ -35,7 +47,7 @@ pub struct Table {
     map: FxHashMap<u64, Peer>,
     dense: Option<Dense>,
     /// Public IP → the subnets leased to it (one per node, in a flannel network).
-    senders: FxHashMap<Ipv4Addr, Vec<Ipv4Net>>,
+    senders: FxHashMap<Ipv4Addr, SenderEntry>,
 }
 
 /// Every subnet of one Network at one prefix length, indexed by subnet number.
@@ -104,6 +116,7 @@ impl Table {
                         public_ip: l.attrs.public_ip,
                         vtep_mac: d.vtep_mac,
                         endpoint: SocketAddrV4::new(l.attrs.public_ip, port),
+                        slot: 0,
                     });
                 }
                 Err(e) => skipped.push(Skipped {
@@ -158,21 +171,43 @@ impl Table {
             self.lens.sort_unstable_by(|a, b| b.cmp(a));
         }
         if let Some(old) = self.map.insert(key(u32::from(p.subnet.network()), len), p) {
-            if let Some(nets) = self.senders.get_mut(&old.public_ip) {
-                nets.retain(|n| *n != old.subnet);
-                if nets.is_empty() {
+            if let Some(e) = self.senders.get_mut(&old.public_ip) {
+                e.nets.retain(|n| *n != old.subnet);
+                if e.nets.is_empty() {
                     self.senders.remove(&old.public_ip);
                 }
             }
         }
-        self.senders.entry(p.public_ip).or_default().push(p.subnet);
+        let e = self.senders.entry(p.public_ip).or_insert(SenderEntry {
+            nets: vec![],
+            slot: p.slot,
+        });
+        e.nets.push(p.subnet);
     }
 
-    /// The subnets leased to the node whose public IP is `ip`: where the
-    /// inner sources of its datagrams may lie. None: no lease has that IP.
+    /// Gives every peer the counter slot `slots` holds for its public IP
+    /// (0, `other`, when it holds none). Lookups answer as before.
+    pub fn set_slots(&mut self, slots: &FxHashMap<Ipv4Addr, u32>) {
+        let of = |ip: &Ipv4Addr| slots.get(ip).copied().unwrap_or(0);
+        for p in self.map.values_mut() {
+            p.slot = of(&p.public_ip);
+        }
+        if let Some(d) = &mut self.dense {
+            for p in &mut d.peers {
+                p.slot = of(&p.public_ip);
+            }
+        }
+        for (ip, e) in &mut self.senders {
+            e.slot = of(ip);
+        }
+    }
+
+    /// The node whose public IP is `ip`: the subnets leased to it (where the
+    /// inner sources of its datagrams may lie) and its counter slot. None:
+    /// no lease has that IP.
     #[inline]
-    pub fn sender(&self, ip: Ipv4Addr) -> Option<&[Ipv4Net]> {
-        self.senders.get(&ip).map(Vec::as_slice)
+    pub fn sender(&self, ip: Ipv4Addr) -> Option<&SenderEntry> {
+        self.senders.get(&ip)
     }
 
     /// The peer whose subnet holds `dst` (longest prefix first).
@@ -275,6 +310,7 @@ mod tests {
             public_ip: [192, 0, 2, 2].into(),
             vtep_mac: VtepMac::derive(&[192, 0, 2, 2]),
             endpoint: "192.0.2.2:8472".parse().unwrap(),
+            slot: 0,
         });
         assert!(!t.index_dense("0.0.0.0/0".parse().unwrap()));
         assert!(t.lookup([10, 0, 2, 5].into()).is_some());
@@ -337,10 +373,10 @@ mod tests {
         ];
         let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472);
         assert_eq!(
-            t.sender([192, 0, 2, 1].into()),
+            t.sender([192, 0, 2, 1].into()).map(|e| &e.nets[..]),
             Some(&["10.244.1.0/24".parse().unwrap()][..])
         );
-        let mut two = t.sender([192, 0, 2, 2].into()).unwrap().to_vec();
+        let mut two = t.sender([192, 0, 2, 2].into()).unwrap().nets.clone();
         two.sort();
         assert_eq!(
             two,
@@ -356,9 +392,22 @@ mod tests {
             public_ip: [192, 0, 2, 7].into(),
             vtep_mac: VtepMac::derive(&[192, 0, 2, 7]),
             endpoint: "192.0.2.7:8472".parse().unwrap(),
+            slot: 0,
         });
         assert_eq!(t.sender([192, 0, 2, 1].into()), None);
-        assert_eq!(t.sender([192, 0, 2, 7].into()).map(<[_]>::len), Some(1));
+        assert_eq!(
+            t.sender([192, 0, 2, 7].into()).map(|e| e.nets.len()),
+            Some(1)
+        );
+        // Slots follow the public IP, in the hash, the dense index and the senders.
+        assert!(t.index_dense("10.244.0.0/16".parse().unwrap()));
+        let slots = FxHashMap::from_iter([(Ipv4Addr::new(192, 0, 2, 2), 7)]);
+        t.set_slots(&slots);
+        assert_eq!(t.lookup([10, 244, 2, 9].into()).map(|p| p.slot), Some(7));
+        assert_eq!(t.lookup([10, 244, 3, 9].into()).map(|p| p.slot), Some(7));
+        assert_eq!(t.lookup([10, 244, 1, 9].into()).map(|p| p.slot), Some(0));
+        assert_eq!(t.sender([192, 0, 2, 2].into()).map(|e| e.slot), Some(7));
+        assert_eq!(t.sender([192, 0, 2, 7].into()).map(|e| e.slot), Some(0));
     }
 
     #[test]

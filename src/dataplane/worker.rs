@@ -349,9 +349,10 @@ impl Tx {
                     continue;
                 }
                 match core.encap(&t, slot, len, scratch) {
-                    TxAction::Send { to, range } => {
+                    TxAction::Send { to, range, slot } => {
                         local.tx_packets += 1;
                         local.tx_bytes += range.len() as u64;
+                        local.peers.tx(slot, 1, range.len() as u64);
                         let p = self.parts.len();
                         self.dgrams.push(Datagram {
                             to,
@@ -366,7 +367,7 @@ impl Tx {
             } else {
                 let pkt = &self.slots[j].as_ref()[HEADROOM..HEADROOM + len];
                 match core.route(&t, pkt, scratch) {
-                    Route::Peer { to, prefix } => {
+                    Route::Peer { to, prefix, slot } => {
                         let before = self.dgrams.len();
                         match offload::segment(
                             &h,
@@ -380,11 +381,13 @@ impl Tx {
                             &mut self.dgrams,
                         ) {
                             Ok(k) => {
-                                local.tx_packets += k as u64;
-                                local.tx_bytes += self.dgrams[before..]
+                                let bytes = self.dgrams[before..]
                                     .iter()
                                     .map(|d| d.len as u64)
                                     .sum::<u64>();
+                                local.tx_packets += k as u64;
+                                local.tx_bytes += bytes;
+                                local.peers.tx(slot, k as u64, bytes);
                             }
                             Err(SegmentError::NoRoom) => {
                                 self.send_pending(sock, local);
@@ -543,8 +546,8 @@ impl Rx {
             };
             let src = *self.srcs[i].ip();
             // One GRO datagram is one sender's: looked up once for all its segments.
-            let from = match core.sender(&table, src) {
-                Ok(from) => from,
+            let (from, peer) = match core.identify(&table, src) {
+                Ok(found) => found,
                 Err(r) => {
                     let segments = self.lens[i].div_ceil(seg.max(1)) as u64;
                     local.drops[r as usize] += segments;
@@ -558,6 +561,7 @@ impl Rx {
                 match core.decap(from, self.inbox[i].as_ref(), off + pos, len) {
                     RxAction::Deliver(r) => {
                         local.rx_bytes += r.len() as u64;
+                        local.peers.rx(peer, r.len() as u64);
                         if self.offload {
                             if !self.co.has_room() {
                                 self.write_coalesced(tun, local);
@@ -578,6 +582,7 @@ impl Rx {
                     }
                     RxAction::Drop(r) => {
                         local.drop(r);
+                        local.peers.drop(peer, r);
                         if r == DropReason::SpoofedSource {
                             self.spoofedlog.log(src);
                         }
