@@ -20,3 +20,4 @@ mod lifecycle;
 mod podnet;
 mod rootless;
 mod secrets;
+mod status;

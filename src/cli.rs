@@ -42,6 +42,21 @@ pub enum Command {
     /// changing nothing: each line ✓ / ✗ / – with the cause and the fix.
     /// Exit status 0 only when nothing failed.
     Doctor(Box<DoctorArgs>),
+    /// Show the running weftd of this network namespace: its lease and when
+    /// it renews, its store, its peers with packets, bytes, drops and when
+    /// each last sent and received, and the dataplane's counters.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// `text` for people, `json` for machines.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+    /// The VXLAN port of the weftd to ask (Backend.Port); default: every
+    /// weftd running here.
+    #[arg(long)]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Args)]

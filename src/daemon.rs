@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use crate::dataplane::core::{Core, SourceChecks};
-use crate::dataplane::table::SharedTable;
 use crate::dataplane::worker::{Dataplane, Queue};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
@@ -448,6 +447,7 @@ pub async fn run_with_store(
         mtu,
         previous_env.as_ref(),
         &status,
+        &ext.name,
     )
     .await;
     let node = match started {
@@ -497,7 +497,15 @@ pub async fn run_with_store(
     let handed_over = Arc::new(tokio::sync::Notify::new());
     if let Some(h) = holder {
         let n = handed_over.clone();
-        h.serve(opts.tun_name.clone(), move || n.notify_one());
+        let st = status.clone();
+        h.serve(
+            opts.tun_name.clone(),
+            move || n.notify_one(),
+            move || {
+                serde_json::to_string(&crate::status::view(&st, metrics::now_ms()))
+                    .unwrap_or_default()
+            },
+        );
     }
     node.run(&opts, store, req, &status, shutdown, handed_over)
         .await
@@ -524,7 +532,8 @@ async fn start(
     lease: Lease,
     mtu: u32,
     previous_env: Option<&SubnetEnv>,
-    status: &Status,
+    status: &Arc<Status>,
+    interface: &str,
 ) -> Result<Running, DaemonError> {
     // The store may hand back the VtepMAC this node announced before (kube mode
     // reads it from the node's annotation): the dataplane must answer to that one.
@@ -553,6 +562,20 @@ async fn start(
 
     let (table, counters) = (status.table.clone(), status.counters.clone());
     let _ = status.subnet.set(lease.subnet);
+    let _ = status.node.set(metrics::NodeInfo {
+        tun: opts.tun_name.clone(),
+        mtu,
+        interface: interface.to_string(),
+        public_ip: lease.attrs.public_ip,
+        vtep_mac,
+        network: config.network,
+        vni: config.backend.vni.get(),
+        port: config.backend.port,
+        store: store.describe(),
+    });
+    if let Some(h) = store.health() {
+        let _ = status.store_health.set(h);
+    }
     let core = Core {
         checks: opts.source_checks,
         ..Core::new(config.backend.vni, vtep_mac, lease.subnet)
@@ -594,7 +617,7 @@ async fn start(
         let own_gone = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch_leases(
             events,
-            table.clone(),
+            status.clone(),
             lease.subnet,
             config.clone(),
             ready_tx,
@@ -685,6 +708,20 @@ impl Running {
             // A deadline, not a sleep re-armed each turn: other branches
             // (the rules' resync, say) must not push the renewal back.
             let mut renew_at = tokio::time::Instant::now() + renewal.every;
+            let shown =
+                |lease: &Lease, at: tokio::time::Instant, outcome: Option<Option<String>>| {
+                    let in_ms = at
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_millis() as u64;
+                    status.update(|c| {
+                        c.lease_expires_ms = lease.expiration.map(system_ms);
+                        c.renew_at_ms = Some(metrics::now_ms() + in_ms);
+                        if let Some(o) = outcome {
+                            c.last_renewal = Some((metrics::now_ms(), o));
+                        }
+                    });
+                };
+            shown(&lease, renew_at, None);
             let mut resync = tokio::time::interval(opts.netfilter.resync);
             resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             resync.reset();
@@ -721,10 +758,12 @@ impl Running {
                                 tracing::debug!("lease renewed: {} until {:?}", l.subnet, l.expiration);
                                 lease = l;
                                 renew_at = now + next;
+                                shown(&lease, renew_at, Some(None));
                             }
                             Step::Retry { next, why } => {
                                 tracing::warn!("renewing the lease for {} failed, retrying in {next:?}: {why}", lease.subnet);
                                 renew_at = now + next;
+                                shown(&lease, renew_at, Some(Some(why.to_string())));
                             }
                             Step::SubnetChanged { old, new } => break Err(DaemonError::SubnetChanged { old, new }),
                             Step::Lost(e) => break Err(e.into()),
@@ -732,6 +771,7 @@ impl Running {
                                 // Deleted again at once: try again soon.
                                 tracing::warn!("{why}; acquiring again in {:?}", renewal.retry);
                                 renew_at = now + renewal.retry;
+                                shown(&lease, renew_at, Some(Some(why.to_string())));
                             }
                         }
                     }
@@ -757,6 +797,12 @@ impl Running {
             .ok();
         outcome
     }
+}
+
+/// A wall-clock time in unix ms.
+fn system_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) how the
@@ -929,7 +975,7 @@ fn ensure_forwarding() {
 /// `own_gone`, and signals `ready` after the first view.
 async fn watch_leases(
     mut events: mpsc::Receiver<WatchEvent>,
-    table: SharedTable,
+    status: Arc<Status>,
     own: Ipv4Net,
     config: NetConfig,
     ready: mpsc::Sender<()>,
@@ -944,7 +990,11 @@ async fn watch_leases(
         for c in &u.changes {
             tracing::info!("{c}");
         }
-        table.store(Arc::new(u.table));
+        for slot in &u.fresh_slots {
+            status.counters.peers.reset(*slot);
+        }
+        status.table.store(Arc::new(u.table));
+        status.update(|c| c.last_event_ms = Some(metrics::now_ms()));
         if u.own_lost {
             own_gone.notify_one();
         }

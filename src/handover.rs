@@ -9,6 +9,11 @@
 //! beside the old one (`SO_REUSEPORT`); once its dataplane forwards, it asks
 //! the old one to stop and waits until that process has exited (its end of
 //! the connection closes), then takes the name.
+//!
+//! The same socket answers `weftd status` (and the doctor) with the node's
+//! live view. Abstract names have no file permissions: the holder asks the
+//! kernel who connected (`SO_PEERCRED`) and takes `stop` and `status` only
+//! from root or its own user.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::linux::net::SocketAddrExt;
@@ -20,6 +25,10 @@ use std::time::{Duration, Instant};
 pub enum HandoverError {
     #[error("cannot use the hand-over socket @weft/{port}: {source}")]
     Socket { port: u16, source: io::Error },
+    #[error(
+        "the weftd serving VXLAN port {port} refused this request ({answer}): run as root or as the user weftd runs as"
+    )]
+    Refused { port: u16, answer: String },
     #[error(
         "another weftd, on TUN device {theirs}, serves VXLAN port {port} in this network namespace; this one was asked to use {ours}. Two weftds cannot share a port: stop the other one, or give this one the same --tun-name to take over from it"
     )]
@@ -130,12 +139,80 @@ pub fn ask_to_stop(port: u16, timeout: Duration) -> Result<Duration, HandoverErr
     Ok(t.elapsed())
 }
 
+/// Asks the weftd serving `port` for its live view (the JSON of
+/// [`crate::status::View`]).
+///
+/// # Errors
+/// [`HandoverError::Socket`] when it cannot be reached, [`HandoverError::Refused`]
+/// when it does not take the request from this user.
+pub fn ask_status(port: u16) -> Result<String, HandoverError> {
+    let err = |source| HandoverError::Socket { port, source };
+    let (mut s, _) = hello(port)?;
+    s.write_all(b"status\n").map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(err)?;
+    let mut body = String::new();
+    io::Read::read_to_string(&mut s, &mut body).map_err(err)?;
+    match body.strip_prefix("refused: ") {
+        Some(why) => Err(HandoverError::Refused {
+            port,
+            answer: why.trim().to_string(),
+        }),
+        None => Ok(body),
+    }
+}
+
+/// The VXLAN ports of the weftds running in this network namespace: the
+/// `@weft/<port>` names in `/proc/net/unix`.
+pub fn running_ports() -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let mut ports = ports_in(&table);
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The ports of the listening `@weft/<port>` sockets in a `/proc/net/unix` text.
+fn ports_in(table: &str) -> Vec<u16> {
+    table
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .last()?
+                .strip_prefix("@weft/")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Whether the peer of `conn` may stop this weftd or read its state: root,
+/// or the user this weftd runs as.
+fn trusted(conn: &UnixStream) -> Result<(), String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let me = nix::unistd::geteuid().as_raw();
+    match getsockopt(conn, PeerCredentials) {
+        Ok(c) if c.uid() == 0 || c.uid() == me => Ok(()),
+        Ok(c) => Err(format!(
+            "uid {} is neither root nor weftd's uid {me}",
+            c.uid()
+        )),
+        Err(e) => Err(format!("cannot tell who connected: {e}")),
+    }
+}
+
 impl Holder {
-    /// Serves successors on a thread of its own: answers each with `tun`,
-    /// and calls `on_stop` once when one asks this weftd to stop. The
-    /// connection that asked is kept open until this process exits, so the
-    /// successor learns the exact moment.
-    pub fn serve(self, tun: String, on_stop: impl Fn() + Send + 'static) {
+    /// Serves successors and `weftd status` on a thread of its own: answers
+    /// each with `tun`; calls `on_stop` once when one asks this weftd to
+    /// stop (the connection that asked is kept open until this process
+    /// exits, so the successor learns the exact moment), and answers
+    /// `status` with what `status` returns.
+    pub fn serve(
+        self,
+        tun: String,
+        on_stop: impl Fn() + Send + 'static,
+        status: impl Fn() -> String + Send + 'static,
+    ) {
         let spawned = std::thread::Builder::new()
             .name("weft-handover".into())
             .spawn(move || {
@@ -146,14 +223,25 @@ impl Holder {
                     }
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                     let mut line = String::new();
-                    let asked = BufReader::new(&conn)
-                        .read_line(&mut line)
-                        .is_ok_and(|_| line.trim() == "stop");
-                    if asked {
-                        on_stop();
-                        // Closed by the kernel when this process exits.
-                        std::mem::forget(conn);
+                    if BufReader::new(&conn).read_line(&mut line).is_err() {
+                        continue;
                     }
+                    let verb = line.trim();
+                    if !matches!(verb, "stop" | "status") {
+                        continue;
+                    }
+                    if let Err(why) = trusted(&conn) {
+                        tracing::warn!("refused `{verb}` on the control socket: {why}");
+                        let _ = writeln!(conn, "refused: {why}");
+                        continue;
+                    }
+                    if verb == "status" {
+                        let _ = conn.write_all(status().as_bytes());
+                        continue;
+                    }
+                    on_stop();
+                    // Closed by the kernel when this process exits.
+                    std::mem::forget(conn);
                 }
             });
         if let Err(e) = spawned {
@@ -176,8 +264,10 @@ mod tests {
         let h = claim(port).unwrap().expect("free");
         assert!(claim(port).unwrap().is_none(), "held");
         let (tx, rx) = std::sync::mpsc::channel();
-        h.serve("weft0".into(), move || tx.send(()).unwrap());
+        h.serve("weft0".into(), move || tx.send(()).unwrap(), || "{}".into());
         assert!(check_successor(port, "weft0").is_ok());
+        assert_eq!(ask_status(port).unwrap(), "{}");
+        assert!(running_ports().contains(&port));
         let e = check_successor(port, "weft1").unwrap_err().to_string();
         assert!(
             e.contains("TUN device weft0") && e.contains("--tun-name"),
@@ -187,5 +277,17 @@ mod tests {
         let r = ask_to_stop(port, Duration::from_millis(200));
         assert!(rx.recv_timeout(Duration::from_secs(2)).is_ok(), "asked");
         assert!(r.is_err(), "the holder's process is still alive");
+    }
+
+    #[test]
+    fn ports_come_from_the_abstract_names() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 36342 @weft/8472
+0000000000000000: 00000003 00000000 00000000 0001 03 36343 @weft/8472
+0000000000000000: 00000002 00000000 00010000 0001 01 1234 /run/systemd/notify
+0000000000000000: 00000002 00000000 00010000 0001 01 1235 @weft/x
+0000000000000000: 00000002 00000000 00010000 0001 01 1236
+";
+        assert_eq!(ports_in(table), vec![8472, 8472]);
     }
 }

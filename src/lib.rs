@@ -9,6 +9,8 @@
 //!   formats and the lease stores;
 //! - [`netfilter`]: the masquerade and forward rules (nftables or iptables);
 //! - [`node`]: the control plane's core (no I/O): the store's view and the renewal policy;
+//! - [`metrics`] and [`status`]: the node's live state, as Prometheus text and as
+//!   `weftd status` (over the [`handover`] socket);
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
 //! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes);
@@ -33,6 +35,7 @@ pub mod netfilter;
 pub mod netlink;
 pub mod netns;
 pub mod node;
+pub mod status;
 pub mod store;
 pub mod subnet_env;
 pub mod sys;

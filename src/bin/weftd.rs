@@ -69,6 +69,21 @@ fn main() -> ExitCode {
                     Err(anyhow::anyhow!("doctor: the node is not healthy"))
                 }
             }
+            Some(Command::Status(args)) => {
+                let views = weft::status::query(args.port)?;
+                if args.output == "json" {
+                    // One object per weftd (one, nearly always).
+                    let one = match views.as_slice() {
+                        [v] => serde_json::to_string_pretty(v)?,
+                        all => serde_json::to_string_pretty(all)?,
+                    };
+                    println!("{one}");
+                } else {
+                    let text: Vec<String> = views.iter().map(weft::status::render).collect();
+                    print!("{}", text.join("\n"));
+                }
+                Ok(())
+            }
             None => {
                 let opts = cli.run.options()?;
                 weft::daemon::run(opts, shutdown_signal())

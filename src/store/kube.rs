@@ -150,6 +150,8 @@ struct Inner {
     resync: Duration,
     connect_timeout: Duration,
     set_node_network_unavailable: bool,
+    /// The watch's outages, for `weftd status`.
+    health: Arc<crate::store::WatchHealth>,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -277,6 +279,7 @@ impl KubeStore {
             resync: s.resync,
             connect_timeout: s.connect_timeout,
             set_node_network_unavailable: s.set_node_network_unavailable,
+            health: Arc::default(),
         };
         inner.node_name = match (&s.node_name, &s.pod) {
             (Some(n), _) => n.clone(),
@@ -797,6 +800,10 @@ impl LeaseStore for KubeStore {
         tracing::info!("node {}: NetworkUnavailable=False", self.inner.node_name);
         Ok(())
     }
+
+    fn health(&self) -> Option<Arc<crate::store::WatchHealth>> {
+        Some(self.inner.health.clone())
+    }
 }
 
 /// Whether a watch error means the API server's resourceVersions went back
@@ -842,10 +849,12 @@ async fn watch_nodes(me: Arc<Inner>, tx: mpsc::Sender<WatchEvent>) {
             let sent = match ev {
                 Ok(ev) => {
                     errors = 0;
+                    me.health.set_outage(false);
                     apply(&me, ev, &mut buffer, &mut current)
                 }
                 Err(e) => {
                     errors += 1;
+                    me.health.set_outage(true);
                     if too_large(&e) {
                         tracing::warn!(
                             "Kubernetes API {}: {e}: the API server's resourceVersions went back (an etcd restore?); listing the nodes afresh",

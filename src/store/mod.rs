@@ -13,6 +13,7 @@ pub mod kube;
 pub mod local;
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -170,6 +171,49 @@ pub enum StoreError {
     KubeNoNodeName,
 }
 
+/// How a store's watch stands, kept by its watcher for `weftd status` and
+/// the doctor: the highest revision it has seen (etcd), and since when (unix
+/// ms; 0: it is not) the store has failed to answer.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    revision: std::sync::atomic::AtomicI64,
+    outage_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl WatchHealth {
+    pub fn saw_revision(&self, rev: i64) {
+        self.revision
+            .store(rev, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The revision last seen; None before the first listing (or a store without revisions).
+    pub fn revision(&self) -> Option<i64> {
+        Some(self.revision.load(std::sync::atomic::Ordering::Relaxed)).filter(|r| *r > 0)
+    }
+
+    /// The store stopped answering (the first failure counts) or answers again.
+    pub fn set_outage(&self, out: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !out {
+            self.outage_since_ms.store(0, Relaxed);
+        } else if self.outage_since_ms.load(Relaxed) == 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64);
+            self.outage_since_ms.store(now.max(1), Relaxed);
+        }
+    }
+
+    /// Since when (unix ms) the store has not answered, if it does not.
+    pub fn outage_since_ms(&self) -> Option<u64> {
+        Some(
+            self.outage_since_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .filter(|t| *t > 0)
+    }
+}
+
 /// A place where leases are kept. Implementations: [`local::LocalStore`],
 /// [`etcd::EtcdStore`], [`kube::KubeStore`].
 #[async_trait]
@@ -199,6 +243,11 @@ pub trait LeaseStore: Send + Sync {
     async fn network_ready(&self, lease: &Lease) -> Result<(), StoreError> {
         let _ = lease;
         Ok(())
+    }
+
+    /// How the watch stands (None: the store keeps no such account).
+    fn health(&self) -> Option<Arc<WatchHealth>> {
+        None
     }
 }
 

@@ -60,6 +60,8 @@ pub struct EtcdStore {
     settings: Arc<EtcdSettings>,
     /// Test hook: a pause between the initial listing and the watch creation.
     watch_start_delay: Arc<Mutex<Duration>>,
+    /// The watch's revision and outages, for `weftd status` and the doctor.
+    health: Arc<crate::store::WatchHealth>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -159,6 +161,7 @@ impl EtcdStore {
             client,
             settings: Arc::new(settings),
             watch_start_delay: Arc::new(Mutex::new(Duration::ZERO)),
+            health: Arc::default(),
         })
     }
 
@@ -635,5 +638,9 @@ impl LeaseStore for EtcdStore {
 
     async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
         watch::start(self).await
+    }
+
+    fn health(&self) -> Option<Arc<crate::store::WatchHealth>> {
+        Some(self.health.clone())
     }
 }

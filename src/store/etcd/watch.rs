@@ -81,6 +81,8 @@ impl Watcher {
             );
         }
         self.last_rev = rev;
+        self.store.health.saw_revision(rev);
+        self.store.health.set_outage(false);
         let mut known = BTreeMap::new();
         for e in entries {
             match e.parsed {
@@ -122,6 +124,7 @@ impl Watcher {
                         }
                     }
                     Err(e) => {
+                        self.store.health.set_outage(true);
                         if !outage {
                             tracing::warn!("{e}; retrying with backoff, routes are kept meanwhile");
                             outage = true;
@@ -195,6 +198,7 @@ impl Watcher {
                     Ok(r) if r < self.last_rev => return Resync::Now,
                     Ok(_) => {}
                     Err(e) => {
+                        self.store.health.set_outage(true);
                         tracing::warn!("{e}; the watch of {prefix} will re-list when etcd answers");
                         return Resync::AfterBackoff;
                     }
@@ -253,6 +257,7 @@ impl Watcher {
                             }
                         }
                         self.last_rev = self.last_rev.max(hrev);
+                        self.store.health.saw_revision(self.last_rev);
                         *backoff = BACKOFF_MIN;
                         for ev in events {
                             if self.tx.send(ev).await.is_err() {
