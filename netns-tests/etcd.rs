@@ -526,6 +526,30 @@ fn etcd_restored_from_an_earlier_snapshot() {
             n.ns
         );
     }
+    // `weftd doctor` and `weftd status` say so afterwards.
+    let (_, report) = c.doctor(0, &[]);
+    let l = report
+        .lines()
+        .find(|l| l.starts_with("– etcd revision"))
+        .unwrap_or_else(|| panic!("no etcd revision line in:\n{report}"));
+    assert!(
+        l.contains("went back from")
+            && l.contains("older backup")
+            && l.contains("etcdctl get --prefix"),
+        "{l}"
+    );
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.nodes[0].ns,
+            &crate::harness::weftd_bin(),
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("the revision went BACK from"), "{text}");
     for a in &c.nodes {
         for b in &c.nodes {
             if a.ns != b.ns {

@@ -63,6 +63,8 @@ pub struct StoreView {
     pub outage_since_ms: Option<u64>,
     /// When a watch event last reached the table.
     pub last_event_ms: Option<u64>,
+    /// The last time the store's revision went back (a restore).
+    pub rewound: Option<crate::store::Rewind>,
 }
 
 /// One lease in the forwarding table, with its peer's counters.
@@ -164,6 +166,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
                 revision: h.and_then(|h| h.revision()),
                 outage_since_ms: h.and_then(|h| h.outage_since_ms()),
                 last_event_ms: c.last_event_ms,
+                rewound: h.and_then(|h| h.rewound()),
             }
         }),
         peers,
@@ -237,7 +240,7 @@ fn span(ms: u64) -> String {
 }
 
 /// `t` against `now`: `3.2s ago`, `in 5m0s`, or `never`.
-fn when(now: u64, t: Option<u64>) -> String {
+pub fn when(now: u64, t: Option<u64>) -> String {
     match t {
         None => "never".into(),
         Some(t) if t <= now => format!("{} ago", span(now - t)),
@@ -336,6 +339,15 @@ pub fn render(v: &View) -> String {
             s.describe,
             when(now, s.last_event_ms)
         );
+        if let Some(r) = s.rewound {
+            let _ = writeln!(
+                o,
+                "           the revision went BACK from {} to {} {} (etcd restored from a backup?): the table was replaced with what etcd holds",
+                r.from,
+                r.to,
+                when(now, Some(r.at_ms))
+            );
+        }
     }
     let d = &v.dataplane;
     let _ = writeln!(

@@ -41,6 +41,9 @@ pub async fn run(opts: &Options) -> Report {
         return r;
     };
     let running = vxlan_port(config.backend.port, ext.as_ref(), opts, &mut r);
+    if let Some(etcd) = &etcd {
+        etcd_revision(etcd, config.backend.port, running, &mut r).await;
+    }
     let Some(leases) = leases(store.as_ref(), &mut r).await else {
         return r;
     };
@@ -270,6 +273,29 @@ fn vxlan_port(port: u16, ext: Option<&ExtIface>, opts: &Options, r: &mut Report)
         )),
     }
     false
+}
+
+/// etcd's revision against the one the running weftd last saw.
+async fn etcd_revision(etcd: &EtcdStore, port: u16, running: bool, r: &mut Report) {
+    let store = if running {
+        crate::status::query(Some(port))
+            .ok()
+            .and_then(|v| v.into_iter().next()?.store)
+    } else {
+        None
+    };
+    let seen = store.as_ref().and_then(|s| s.revision);
+    let rewound = store.and_then(|s| s.rewound);
+    let ago = |t: u64| crate::status::when(crate::metrics::now_ms(), Some(t));
+    match tokio::time::timeout(STORE_WAIT, etcd.revision()).await {
+        Ok(Ok(now)) => r.push(report::revision_check(now, seen, rewound, ago)),
+        Ok(Err(e)) => r.push(Check::fail("etcd revision", e.to_string(), "")),
+        Err(_) => r.push(Check::fail(
+            "etcd revision",
+            "etcd did not answer in 10 s",
+            "",
+        )),
+    }
 }
 
 /// The store's leases, as one snapshot.

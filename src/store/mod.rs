@@ -178,9 +178,32 @@ pub enum StoreError {
 pub struct WatchHealth {
     revision: std::sync::atomic::AtomicI64,
     outage_since_ms: std::sync::atomic::AtomicU64,
+    rewound: std::sync::Mutex<Option<Rewind>>,
+}
+
+/// The store's revision went back (etcd restored from an older backup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rewind {
+    pub from: i64,
+    pub to: i64,
+    /// When the watch found it (unix ms).
+    pub at_ms: u64,
 }
 
 impl WatchHealth {
+    /// The watch found the revision gone back from `from` to `to`.
+    pub fn saw_rewind(&self, from: i64, to: i64) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *self.rewound.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rewind { from, to, at_ms });
+    }
+
+    /// The last time the revision went back, if it did.
+    pub fn rewound(&self) -> Option<Rewind> {
+        *self.rewound.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn saw_revision(&self, rev: i64) {
         self.revision
             .store(rev, std::sync::atomic::Ordering::Relaxed);

@@ -282,7 +282,7 @@ impl EtcdStore {
     }
 
     /// The current revision of etcd (a cheap count-only read).
-    async fn revision(&self) -> Result<i64, StoreError> {
+    pub async fn revision(&self) -> Result<i64, StoreError> {
         let mut c = self.client.clone();
         let key = self.config_key();
         let resp = self

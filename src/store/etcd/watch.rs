@@ -79,6 +79,7 @@ impl Watcher {
                 self.store.settings.endpoints.join(","),
                 self.last_rev
             );
+            self.store.health.saw_rewind(self.last_rev, rev);
         }
         self.last_rev = rev;
         self.store.health.saw_revision(rev);
