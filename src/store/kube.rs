@@ -180,9 +180,10 @@ fn api_url(url: &str) -> Result<http::Uri, StoreError> {
 }
 
 /// The client config: kubeconfig file, else in-cluster, else `--kube-api-url`
-/// alone; `--kube-api-url` overrides the server address in every case.
+/// alone; `--kube-api-url` overrides the server address in every case (and
+/// is then where the address came from).
 async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError> {
-    let (mut config, source) = if let Some(path) = &s.kubeconfig {
+    let (mut config, mut source) = if let Some(path) = &s.kubeconfig {
         let bad = |problem: String| StoreError::KubeConfig {
             from: format!("--kubeconfig-file {}", path.display()),
             problem,
@@ -242,6 +243,9 @@ async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError>
     };
     if let Some(url) = &s.api_url {
         config.cluster_url = api_url(url)?;
+        // The address dialled is this one: an unreachable server is not the
+        // in-cluster ClusterIP's deadlock, nor the kubeconfig's server.
+        source = Source::ApiUrl;
     }
     config.connect_timeout = Some(s.connect_timeout);
     Ok((config, source))
