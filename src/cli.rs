@@ -64,8 +64,24 @@ pub struct DoctorArgs {
     /// `text` for people, `json` for machines.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
+    /// The CNI conf dir the container runtime reads (its first file by name is the one it uses).
+    #[arg(long, default_value = crate::doctor::cni::DEFAULT_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+    /// The CNI bin dir the container runtime runs plugins from (its CNI_PATH).
+    #[arg(long, default_value = crate::doctor::cni::DEFAULT_BIN_DIR)]
+    pub cni_bin_dir: PathBuf,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+impl DoctorArgs {
+    /// Where the doctor looks for the runtime's CNI files.
+    pub fn cni_dirs(&self) -> crate::doctor::cni::CniDirs {
+        crate::doctor::cni::CniDirs {
+            conf_dir: self.cni_conf_dir.clone(),
+            bin_dir: self.cni_bin_dir.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

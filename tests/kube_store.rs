@@ -617,6 +617,44 @@ async fn unanswering_cluster_ip_is_called_the_cni_before_kube_proxy_deadlock() {
     );
 }
 
+/// flannel's advice for clusters without kube-proxy, `--kube-api-url` beside
+/// the in-cluster environment: the address dialled is the URL's, so a
+/// silent server there is named as such, not as the ClusterIP's deadlock.
+#[tokio::test]
+async fn kube_api_url_overrides_the_in_cluster_address_and_its_diagnosis() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = kube_support::tls_files(dir.path(), "IP:127.0.0.1");
+    let sa = dir.path().join("sa");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::copy(&ca, sa.join("ca.crt")).unwrap();
+    let closed = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (cluster_ip_port, url_port) = (closed(), closed());
+    let mut s = settings(&format!("https://127.0.0.1:{url_port}"), "n1");
+    s.service_host = Some("127.0.0.1".into());
+    s.service_port = Some(cluster_ip_port.to_string());
+    s.service_account_dir = sa;
+    let e = KubeStore::connect(s)
+        .await
+        .unwrap()
+        .acquire(&request([192, 0, 2, 1]))
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("{e}");
+    assert!(
+        e.contains(&format!("https://127.0.0.1:{url_port}: unreachable"))
+            && !e.contains("deadlock")
+            && !e.contains(&cluster_ip_port.to_string()),
+        "{e}"
+    );
+}
+
 /// A lease in the shape the daemon would get: usable by the core.
 #[test]
 fn leases_are_vxlan_leases() {

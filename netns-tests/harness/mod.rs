@@ -322,10 +322,16 @@ impl Cluster {
     }
 
     /// `weftd doctor` with node `i`'s own flags (and `extra`): whether it
-    /// passed, and its report.
+    /// passed, and its report. Its CNI dirs are the node's own (absent),
+    /// so that the host's /etc/cni/net.d cannot change the report.
     pub fn doctor(&self, i: usize, extra: &[&str]) -> (bool, String) {
+        let dir = &self.nodes[i].dir;
         let out = self
             .command_of(i, &["doctor"])
+            .arg("--cni-conf-dir")
+            .arg(dir.join("cni-net.d"))
+            .arg("--cni-bin-dir")
+            .arg(dir.join("cni-bin"))
             .args(extra)
             .stdin(Stdio::null())
             .output()

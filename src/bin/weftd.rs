@@ -57,7 +57,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Some(Command::Doctor(args)) => {
-                let report = weft::doctor::run(&args.run.options()?).await;
+                let report = weft::doctor::run(&args.run.options()?, &args.cni_dirs()).await;
                 if args.output == "json" {
                     println!("{}", report.json());
                 } else {

@@ -1,8 +1,12 @@
 //! `weftd doctor`: checks a node end to end with weftd's own flags and
 //! environment, changing nothing, and says line by line what is fine, what
 //! is not, and what to do. The verdicts are in [`report`]; the overlay probe
-//! in [`probe`]; this module gathers the facts.
+//! in [`probe`]; the CNI, Kubernetes and etcd TLS checks in [`cni`],
+//! [`kube`] and [`etcd`]; this module gathers the facts.
 
+pub mod cni;
+pub mod etcd;
+pub mod kube;
 pub mod probe;
 pub mod report;
 
@@ -24,22 +28,38 @@ use probe::Outcome;
 use report::{Check, Report};
 
 /// How long a store gets to answer one question.
-const STORE_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const STORE_WAIT: Duration = Duration::from_secs(10);
 /// How long a probe waits for its answer.
 const PROBE_WAIT: Duration = Duration::from_millis(1500);
 
 /// Runs every check that applies to this node, in order.
-pub async fn run(opts: &Options) -> Report {
+pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     let mut r = Report::default();
     let ext = interface(opts, &mut r);
     privileges(opts, &mut r);
     forwarding(&mut r);
+    cni::check(opts, cni_dirs, &mut r);
+    let kube_store = match &opts.kube {
+        Some(k) => match kube::server(k, &mut r).await {
+            Some(s) => Some(s),
+            None => return r,
+        },
+        None => None,
+    };
+    if let Some(e) = &opts.etcd {
+        if !etcd::tls(e, &mut r).await {
+            return r;
+        }
+    }
     let Some((store, etcd)) = connect(opts, &mut r).await else {
         return r;
     };
     let Some(config) = network_config(opts, store.as_ref(), etcd.as_ref(), &mut r).await else {
         return r;
     };
+    if let Some(k) = &kube_store {
+        kube::node(k, &config, ext.as_ref(), &mut r).await;
+    }
     let running = vxlan_port(config.backend.port, ext.as_ref(), opts, &mut r);
     if let Some(etcd) = &etcd {
         etcd_revision(etcd, config.backend.port, running, &mut r).await;

@@ -247,6 +247,38 @@ impl ServerCertVerifier for Recorder {
     }
 }
 
+/// The server's certificate as a recorded [`handshake`] saw it: what both
+/// stores' errors and `weftd doctor`'s TLS lines name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SeenCert {
+    pub(crate) subject: String,
+    /// Its DNS and IP SANs.
+    pub(crate) names: Vec<String>,
+    pub(crate) issuer: String,
+    /// Why the verifier refused it, and its words; `None`: trusted, valid
+    /// now and for the name dialled.
+    pub(crate) refused: Option<(CertProblem, String)>,
+}
+
+impl SeenCert {
+    /// The certificate the handshake recorded, if the server presented one.
+    pub(crate) fn of(hs: &Handshake) -> Option<SeenCert> {
+        let (der, verdict) = hs.presented.as_ref()?;
+        let (subject, names, issuer) = describe_cert(der);
+        Some(SeenCert {
+            subject,
+            names,
+            issuer,
+            refused: verdict.as_ref().map(|e| (cert_problem(e), e.to_string())),
+        })
+    }
+
+    /// Whether `host` (a DNS name or an IP address) is among its names.
+    pub(crate) fn names_host(&self, host: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(host))
+    }
+}
+
 /// The subject, the names (DNS and IP SANs) and the issuer of a DER certificate.
 pub(crate) fn describe_cert(der: &[u8]) -> (String, Vec<String>, String) {
     match x509_parser::parse_x509_certificate(der) {

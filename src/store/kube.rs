@@ -30,7 +30,7 @@ use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::dial::{self, CertProblem, error_chain};
+use super::dial::{self, CertProblem, SeenCert, error_chain};
 use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
 use crate::lease::{Lease, LeaseAttrs, VxlanData};
 
@@ -39,6 +39,9 @@ pub const DEFAULT_ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com";
 
 /// Where a pod finds its ServiceAccount token, CA and namespace.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The environment variable that moves [`SERVICE_ACCOUNT_DIR`] (a token
+/// projected elsewhere, or a test's files).
+pub const SERVICE_ACCOUNT_DIR_ENV: &str = "WEFT_KUBE_SERVICE_ACCOUNT_DIR";
 
 /// Every API call the kube store makes, as (verb, resource) the way RBAC names
 /// them. The ClusterRole in `docker/weft.yaml` must grant exactly these (a test
@@ -80,7 +83,8 @@ pub struct KubeSettings {
 }
 
 impl KubeSettings {
-    /// Settings from the flags, with node name and in-cluster address from the environment.
+    /// Settings from the flags, with node name and in-cluster address (and
+    /// the ServiceAccount directory, `WEFT_KUBE_SERVICE_ACCOUNT_DIR`) from the environment.
     pub fn from_env(
         kubeconfig: Option<PathBuf>,
         api_url: Option<String>,
@@ -95,7 +99,9 @@ impl KubeSettings {
             annotation_prefix,
             service_host: var("KUBERNETES_SERVICE_HOST"),
             service_port: var("KUBERNETES_SERVICE_PORT"),
-            service_account_dir: PathBuf::from(SERVICE_ACCOUNT_DIR),
+            service_account_dir: PathBuf::from(
+                var(SERVICE_ACCOUNT_DIR_ENV).unwrap_or_else(|| SERVICE_ACCOUNT_DIR.into()),
+            ),
             resync: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             set_node_network_unavailable: true,
@@ -103,26 +109,44 @@ impl KubeSettings {
     }
 }
 
-/// How the client config was made: decides which diagnosis an unreachable server gets.
+/// Where the server address came from: decides which diagnosis an
+/// unreachable server gets.
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
+    /// The server of `--kubeconfig-file`.
     Kubeconfig(PathBuf),
+    /// `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT`: in a pod, the
+    /// `kubernetes` Service's ClusterIP unless the DaemonSet sets them.
     InCluster { host: String, port: String },
+    /// `--kube-api-url`, which overrides the address of either config.
     ApiUrl,
+}
+
+impl Source {
+    /// Where the address came from, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Source::Kubeconfig(p) => format!("the server of --kubeconfig-file {}", p.display()),
+            Source::InCluster { host, port } => format!(
+                "in-cluster config: KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port}"
+            ),
+            Source::ApiUrl => "--kube-api-url".into(),
+        }
+    }
 }
 
 /// The annotation keys under one prefix.
 #[derive(Debug, Clone)]
-struct Keys {
-    backend_type: String,
-    backend_data: String,
-    managed: String,
-    public_ip: String,
-    public_ip_overwrite: String,
+pub(crate) struct Keys {
+    pub(crate) backend_type: String,
+    pub(crate) backend_data: String,
+    pub(crate) managed: String,
+    pub(crate) public_ip: String,
+    pub(crate) public_ip_overwrite: String,
 }
 
 impl Keys {
-    fn new(prefix: &str) -> Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
         let k = |s: &str| format!("{}/{s}", prefix.trim_end_matches('/'));
         Keys {
             backend_type: k("backend-type"),
@@ -142,6 +166,12 @@ pub struct KubeStore {
 
 struct Inner {
     nodes: Api<Node>,
+    client: Client,
+    /// `POD_NAMESPACE`, where weft's own pod is read.
+    pod_namespace: Option<String>,
+    /// Where the CA weft trusts comes from, for messages; `None`: the
+    /// system's CAs (no kubeconfig CA, no ServiceAccount).
+    ca_from: Option<String>,
     node_name: String,
     keys: Keys,
     api: String,
@@ -182,9 +212,11 @@ fn api_url(url: &str) -> Result<http::Uri, StoreError> {
 }
 
 /// The client config: kubeconfig file, else in-cluster, else `--kube-api-url`
-/// alone; `--kube-api-url` overrides the server address in every case.
-async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError> {
-    let (mut config, source) = if let Some(path) = &s.kubeconfig {
+/// alone; `--kube-api-url` overrides the server address in every case (and
+/// is then where the address came from). Also says where the CA weft
+/// trusts comes from, for messages (`None`: none given, the system's CAs).
+async fn client_config(s: &KubeSettings) -> Result<(Config, Source, Option<String>), StoreError> {
+    let (mut config, mut source) = if let Some(path) = &s.kubeconfig {
         let bad = |problem: String| StoreError::KubeConfig {
             from: format!("--kubeconfig-file {}", path.display()),
             problem,
@@ -242,11 +274,22 @@ async fn client_config(s: &KubeSettings) -> Result<(Config, Source), StoreError>
             problem: "weft does not know where the API server is: pass --kubeconfig-file (recommended: it works before the pod network exists) or --kube-api-url, or run weft in a pod".into(),
         });
     };
+    let ca_from = match (&source, &config.root_cert) {
+        (_, None) => None,
+        (Source::Kubeconfig(p), Some(_)) => Some(format!(
+            "the certificate-authority of --kubeconfig-file {}",
+            p.display()
+        )),
+        (_, Some(_)) => Some(s.service_account_dir.join("ca.crt").display().to_string()),
+    };
     if let Some(url) = &s.api_url {
         config.cluster_url = api_url(url)?;
+        // The address dialled is this one: an unreachable server is not the
+        // in-cluster ClusterIP's deadlock, nor the kubeconfig's server.
+        source = Source::ApiUrl;
     }
     config.connect_timeout = Some(s.connect_timeout);
-    Ok((config, source))
+    Ok((config, source, ca_from))
 }
 
 impl KubeStore {
@@ -258,7 +301,7 @@ impl KubeStore {
     /// [`KubeStore::acquire`] when the pod lookup fails;
     /// [`StoreError::KubeNoNodeName`] when neither is set.
     pub async fn connect(s: KubeSettings) -> Result<KubeStore, StoreError> {
-        let (config, source) = client_config(&s).await?;
+        let (config, source, ca_from) = client_config(&s).await?;
         let api = config
             .cluster_url
             .to_string()
@@ -271,6 +314,9 @@ impl KubeStore {
         })?;
         let mut inner = Inner {
             nodes: Api::all(client.clone()),
+            client: client.clone(),
+            pod_namespace: s.pod.as_ref().map(|(ns, _)| ns.clone()),
+            ca_from,
             node_name: String::new(),
             keys: Keys::new(&s.annotation_prefix),
             api,
@@ -315,6 +361,105 @@ impl KubeStore {
     pub fn node_name(&self) -> &str {
         &self.inner.node_name
     }
+
+    /// The API server's URL.
+    pub fn api(&self) -> &str {
+        &self.inner.api
+    }
+
+    /// The annotation keys of this store's prefix.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// Where the server address came from.
+    pub(crate) fn source(&self) -> &Source {
+        &self.inner.source
+    }
+
+    /// Where the CA weft trusts comes from, for messages; `None`: the
+    /// system's CAs, which the diagnosis does not load.
+    pub(crate) fn ca_from(&self) -> Option<&str> {
+        self.inner.ca_from.as_deref()
+    }
+
+    /// Dials the API server as weftd's diagnosis of a failed request does
+    /// (TCP, then TLS), on a blocking thread.
+    pub(crate) async fn dial(&self) -> Dial {
+        let d = self.inner.diagnose_input();
+        match tokio::task::spawn_blocking(move || dial(&d)).await {
+            Ok(r) => r,
+            Err(e) => Dial::Unreachable(StoreError::KubeUnreachable {
+                api: self.inner.api.clone(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// This node's object.
+    ///
+    /// # Errors
+    /// As [`LeaseStore::acquire`]'s reading of it: no such node, refused, unreachable.
+    pub async fn node(&self) -> Result<Node, StoreError> {
+        self.inner.get_node().await
+    }
+
+    /// Whether the API server lets weft's credentials `verb` `resource`
+    /// (as [`API_CALLS`] names them), asked with a SelfSubjectAccessReview;
+    /// `pods` in `POD_NAMESPACE` when it is set.
+    pub(crate) async fn review(&self, verb: &str, resource: &str) -> Review {
+        use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+        let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let mut attrs = json!({"verb": verb, "resource": res, "group": ""});
+        if !sub.is_empty() {
+            attrs["subresource"] = json!(sub);
+        }
+        if res == "pods" {
+            if let Some(ns) = &self.inner.pod_namespace {
+                attrs["namespace"] = json!(ns);
+            }
+        }
+        let review: SelfSubjectAccessReview = match serde_json::from_value(json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs},
+        })) {
+            Ok(r) => r,
+            Err(e) => return Review::Unavailable(e.to_string()),
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.inner.client.clone());
+        match api.create(&kube::api::PostParams::default(), &review).await {
+            Ok(r) => match r.status {
+                Some(st) => {
+                    let reason = st.reason.or(st.evaluation_error).unwrap_or_default();
+                    if st.allowed {
+                        Review::Allowed { reason }
+                    } else {
+                        Review::Denied { reason }
+                    }
+                }
+                None => Review::Unavailable("the review came back without a status".into()),
+            },
+            Err(kube::Error::Api(r)) => {
+                Review::Unavailable(format!("{} ({} {})", r.message, r.code, r.reason))
+            }
+            Err(e) => Review::Unavailable(error_chain(&e)),
+        }
+    }
+}
+
+/// How a SelfSubjectAccessReview came out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Review {
+    /// Allowed, and the authorizer's reason (which binding), if it gave one.
+    Allowed {
+        reason: String,
+    },
+    Denied {
+        reason: String,
+    },
+    /// The review itself was refused or failed: why.
+    Unavailable(String),
 }
 
 /// The first IPv4 pod CIDR of a node (`spec.podCIDRs`, else `spec.podCIDR`),
@@ -342,7 +487,7 @@ fn name_of(node: &Node) -> String {
         .unwrap_or_else(|| "(unnamed)".into())
 }
 
-fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+pub(crate) fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     node.metadata
         .annotations
         .as_ref()?
@@ -430,7 +575,7 @@ fn peer_of(keys: &Keys, node: &Node) -> Result<Option<Lease>, String> {
 }
 
 /// What `acquire` makes of this node's object (see [`own_lease_from_node`]).
-fn own_lease(
+pub(crate) fn own_lease(
     keys: &Keys,
     node_name: &str,
     node: &Node,
@@ -495,6 +640,15 @@ fn own_lease(
 }
 
 impl Inner {
+    fn diagnose_input(&self) -> DiagnoseInput {
+        DiagnoseInput {
+            api: self.api.clone(),
+            source: self.source.clone(),
+            root_certs: self.root_certs.clone(),
+            timeout: self.connect_timeout,
+        }
+    }
+
     /// A node as a peer lease (see [`peer_from_node`]).
     fn peer(&self, node: &Node) -> Result<Option<Lease>, String> {
         peer_of(&self.keys, node)
@@ -547,12 +701,7 @@ impl Inner {
             },
             other => {
                 let detail = error_chain(&other);
-                let this = DiagnoseInput {
-                    api: self.api.clone(),
-                    source: self.source.clone(),
-                    root_certs: self.root_certs.clone(),
-                    timeout: self.connect_timeout,
-                };
+                let this = self.diagnose_input();
                 match tokio::task::spawn_blocking(move || diagnose(&this, &detail)).await {
                     Ok(e) => e,
                     Err(j) => StoreError::KubeRequest {
@@ -605,18 +754,25 @@ struct DiagnoseInput {
     timeout: Duration,
 }
 
-/// Why the API server did not answer: TCP (with the deadlock explained for the
-/// in-cluster ClusterIP), then TLS (naming the certificate's SANs).
-fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
-    let uri: http::Uri = match d.api.parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return StoreError::KubeUnreachable {
-                api: d.api.clone(),
-                detail: detail.to_string(),
-            };
-        }
-    };
+/// What dialling the API server found, short of an HTTP request: what
+/// [`diagnose`] words as weftd's errors and `weftd doctor` as its lines.
+#[derive(Debug)]
+pub(crate) enum Dial {
+    /// No TCP connection: [`StoreError::KubeDeadlock`] for the in-cluster
+    /// address, [`StoreError::KubeUnreachable`] otherwise.
+    Unreachable(StoreError),
+    /// Connected to `addr`, dialled as `host`.
+    Connected {
+        addr: SocketAddr,
+        host: String,
+        /// `None` for `http://`; the certificate the handshake presented, or
+        /// why it ended before one.
+        tls: Option<Result<SeenCert, String>>,
+    },
+}
+
+/// The server address as a URI's host (brackets off) and port.
+fn host_port(uri: &http::Uri) -> (bool, String, u16) {
     let https = uri.scheme_str() != Some("http");
     let host = uri
         .host()
@@ -625,6 +781,22 @@ fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
         .trim_end_matches(']')
         .to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    (https, host, port)
+}
+
+/// TCP to the API server (the in-cluster ClusterIP's silence is the
+/// deadlock), then for https a TLS handshake that records the certificate.
+fn dial(d: &DiagnoseInput) -> Dial {
+    let uri: http::Uri = match d.api.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return Dial::Unreachable(StoreError::KubeUnreachable {
+                api: d.api.clone(),
+                detail: format!("not a URL: {e}"),
+            });
+        }
+    };
+    let (https, host, port) = host_port(&uri);
     let unreachable = |why: String| match &d.source {
         Source::InCluster { host: h, port: p } => StoreError::KubeDeadlock {
             api: d.api.clone(),
@@ -646,70 +818,91 @@ fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
     };
     let addrs: Vec<SocketAddr> = match (host.as_str(), port).to_socket_addrs() {
         Ok(a) => a.collect(),
-        Err(e) => return unreachable(format!("cannot resolve {host}: {e}")),
+        Err(e) => return Dial::Unreachable(unreachable(format!("cannot resolve {host}: {e}"))),
     };
     let (tcp, addr) = match dial::connect_first(&host, &addrs, d.timeout) {
         Ok(c) => c,
-        Err(why) => return unreachable(why),
+        Err(why) => return Dial::Unreachable(unreachable(why)),
     };
-    if https {
-        if let Some(e) = tls_probe(d, &host, addr, tcp) {
-            return e;
-        }
-    }
-    StoreError::KubeUnreachable {
-        api: d.api.clone(),
-        detail: detail.to_string(),
+    let tls = https.then(|| tls_probe(d, &host, tcp));
+    Dial::Connected { addr, host, tls }
+}
+
+/// Why the API server did not answer: TCP (with the deadlock explained for the
+/// in-cluster ClusterIP), then TLS (naming the certificate's SANs).
+fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
+    match dial(d) {
+        Dial::Unreachable(e) => e,
+        Dial::Connected {
+            addr,
+            host,
+            tls: Some(Ok(cert)),
+        } if cert.refused.is_some() => tls_error(&d.api, &host, addr, &cert),
+        Dial::Connected { .. } => StoreError::KubeUnreachable {
+            api: d.api.clone(),
+            detail: detail.to_string(),
+        },
     }
 }
 
-/// A TLS handshake to `addr` that records the certificate the server presents;
-/// `Some` error when verification fails, naming the certificate's names.
-fn tls_probe(
-    d: &DiagnoseInput,
-    host: &str,
-    addr: SocketAddr,
-    tcp: TcpStream,
-) -> Option<StoreError> {
+/// A TLS handshake over `tcp` that records the certificate the server
+/// presents and the verdict on it, with the CA weft trusts.
+fn tls_probe(d: &DiagnoseInput, host: &str, tcp: TcpStream) -> Result<SeenCert, String> {
     let mut roots = RootCertStore::empty();
     for c in d.root_certs.iter().flatten() {
         let _ = roots.add(CertificateDer::from(c.clone()));
     }
-    let verifier = dial::verifier(roots).ok()?;
-    let hs = dial::handshake(tcp, d.timeout, host, verifier, None, false).ok()?;
-    let (der, err) = hs.presented?;
-    let err = err?;
-    let (subject, names, issuer) = dial::describe_cert(&der);
-    let valid_for_host = names.iter().any(|n| n.eq_ignore_ascii_case(host));
-    let problem = match dial::cert_problem(&err) {
-        CertProblem::Untrusted => format!(
+    let verifier = dial::verifier(roots).map_err(|e| format!("no usable CA: {e}"))?;
+    let hs = dial::handshake(tcp, d.timeout, host, verifier, None, false)
+        .map_err(|e| format!("the handshake could not start: {e:?}"))?;
+    match SeenCert::of(&hs) {
+        Some(c) => Ok(c),
+        None => Err(match hs.result {
+            Err(e) => format!("the handshake ended before the server presented a certificate: {e}"),
+            Ok(()) => "the server presented no certificate".into(),
+        }),
+    }
+}
+
+/// weftd's error for a certificate the verifier refused: what failed, the
+/// certificate's names and, when the host is not among them, the fix.
+fn tls_error(api: &str, host: &str, addr: SocketAddr, cert: &SeenCert) -> StoreError {
+    let SeenCert {
+        subject,
+        names,
+        issuer,
+        refused,
+    } = cert;
+    let problem = match refused {
+        Some((CertProblem::Untrusted, _)) => format!(
             "the server certificate (issuer {issuer}) is not signed by the CA weft trusts (the kubeconfig's certificate-authority-data, or the ServiceAccount's ca.crt)"
         ),
-        CertProblem::WrongName => format!("x509: certificate is not valid for {host}"),
-        CertProblem::Expired => {
+        Some((CertProblem::WrongName, _)) => format!("x509: certificate is not valid for {host}"),
+        Some((CertProblem::Expired, _)) => {
             "the server certificate has expired (kubeadm certs renew all renews a kubeadm cluster's)".to_string()
         }
-        CertProblem::Other => err.to_string(),
+        Some((CertProblem::Other, e)) => e.clone(),
+        None => "the server certificate was accepted".to_string(),
     };
-    let hint = if valid_for_host {
+    let hint = if cert.names_host(host) {
         String::new()
     } else {
         format!(
             ", not {host}: dial the API server by one of those names (in --kube-api-url, the kubeconfig's server, or KUBERNETES_SERVICE_HOST), or reissue its certificate with {host} in its SANs (kubeadm: apiServer.certSANs)"
         )
     };
-    Some(StoreError::KubeTls {
-        api: d.api.clone(),
+    StoreError::KubeTls {
+        api: api.to_string(),
         addr: addr.to_string(),
         detail: format!(
             "{problem}. The server's certificate (subject {subject}) carries the names [{}]{hint}",
             names.join(", ")
         ),
-    })
+    }
 }
 
 /// The annotations this node should carry for `attrs`.
-fn own_annotations(keys: &Keys, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
+pub(crate) fn own_annotations(keys: &Keys, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
     BTreeMap::from([
         (keys.backend_type.clone(), attrs.backend_type.clone()),
         (keys.backend_data.clone(), attrs.backend_data.to_string()),

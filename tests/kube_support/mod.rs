@@ -3,7 +3,8 @@
 //! shapes (NodeList with a resourceVersion, watch event lines ADDED / MODIFIED /
 //! DELETED / BOOKMARK / ERROR with a `Status`, `Status` bodies for errors),
 //! strategic-merge patches of annotations and of the status subresource, RBAC
-//! refusals on demand, compaction (410 Gone), restarts and etcd restores.
+//! refusals on demand (and SelfSubjectAccessReviews that agree with them),
+//! compaction (410 Gone), restarts and etcd restores.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -33,8 +34,12 @@ pub struct State {
     history: Vec<(u64, Value)>,
     /// Watches from before this resourceVersion get 410 Gone.
     oldest: u64,
-    /// (verb, resource) pairs answered with 403.
+    /// (verb, resource) pairs answered with 403, and denied by a
+    /// SelfSubjectAccessReview (which allows everything else).
     pub forbid: Vec<(String, String)>,
+    /// When set, SelfSubjectAccessReviews themselves get this status code
+    /// (403: refused, 404: an API server without the authorization API).
+    pub review_refused: Option<u16>,
     /// (verb, resource) of every request, in order.
     pub requests: Vec<(String, String)>,
     live: broadcast::Sender<Value>,
@@ -51,6 +56,7 @@ pub fn new_state() -> Shared {
         history: vec![],
         oldest: 0,
         forbid: vec![],
+        review_refused: None,
         requests: vec![],
         live: broadcast::channel(1024).0,
         uid: 0,
@@ -357,8 +363,65 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews: allowed
+/// unless the (verb, resource[/subresource]) is in `forbid`, as RBAC's
+/// authorizer answers.
+async fn review(st: Shared, req: Request<Incoming>) -> Response<Body> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return full(StatusCode::BAD_REQUEST, &status(400, "BadRequest", "body")),
+    };
+    let Ok(mut r) = serde_json::from_slice::<Value>(&body) else {
+        return full(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "not JSON"),
+        );
+    };
+    let mut s = st.lock().unwrap();
+    s.requests
+        .push(("create".into(), "selfsubjectaccessreviews".into()));
+    if let Some(code) = s.review_refused {
+        let (reason, msg) = match code {
+            403 => (
+                "Forbidden",
+                "selfsubjectaccessreviews.authorization.k8s.io is forbidden: User \"system:anonymous\" cannot create resource \"selfsubjectaccessreviews\" in API group \"authorization.k8s.io\" at the cluster scope",
+            ),
+            _ => (
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        };
+        return full(
+            StatusCode::from_u16(code).unwrap(),
+            &status(code, reason, msg),
+        );
+    }
+    let a = &r["spec"]["resourceAttributes"];
+    let verb = a["verb"].as_str().unwrap_or_default().to_string();
+    let mut resource = a["resource"].as_str().unwrap_or_default().to_string();
+    if let Some(sub) = a["subresource"].as_str().filter(|s| !s.is_empty()) {
+        resource = format!("{resource}/{sub}");
+    }
+    let denied = s
+        .forbid
+        .iter()
+        .any(|(v, res)| *v == verb && *res == resource);
+    r["status"] = if denied {
+        json!({"allowed": false})
+    } else {
+        json!({"allowed": true, "reason": "RBAC: allowed by ClusterRoleBinding \"weft\" of ClusterRole \"weft\" to ServiceAccount \"weft/kube-weft\""})
+    };
+    r["metadata"] = json!({"creationTimestamp": null});
+    full(StatusCode::CREATED, &r)
+}
+
 async fn handle(st: Shared, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if req.method() == Method::POST
+        && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    {
+        return review(st, req).await;
+    }
     let q = query(&req);
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let watch = q.get("watch").is_some_and(|v| v == "true" || v == "1");

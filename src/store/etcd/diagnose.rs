@@ -1,6 +1,7 @@
 //! Why etcd does not answer: a TCP connect to each endpoint, then a TLS
-//! handshake with the configured files that names the certificate at fault;
-//! and what to do about etcd's authentication refusals.
+//! handshake with the configured files that names the certificate at fault
+//! (weftd's errors, and `weftd doctor`'s TLS lines through
+//! [`tls_endpoints`]); and what to do about etcd's authentication refusals.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 
 use super::EtcdSettings;
 use crate::store::StoreError;
-use crate::store::dial::{self, CertProblem, Handshake, HandshakeError, describe_cert};
+use crate::store::dial::{self, CertProblem, HandshakeError, SeenCert};
 
 /// Turns a failed first request into an error that says which endpoint and
 /// which certificate: a TCP connect to each endpoint, then a TLS handshake
@@ -54,9 +55,8 @@ pub(super) fn with_hint(s: &EtcdSettings, detail: String) -> String {
     }
 }
 
-/// Checks one endpoint: TCP, then (https) a TLS handshake with the configured
-/// files. `Ok` when nothing is wrong at these levels.
-fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), StoreError> {
+/// An endpoint's scheme (https?), `host:port` and host.
+fn split_endpoint<'a>(ep: &'a str, s: &EtcdSettings) -> (bool, &'a str, &'a str) {
     let (https, rest) = if let Some(r) = ep.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = ep.strip_prefix("http://") {
@@ -69,83 +69,180 @@ fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), Stor
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
         None => hostport,
     };
-    let unreachable = |detail: String| StoreError::EtcdUnreachable {
-        endpoints: ep.to_string(),
-        detail,
-    };
+    (https, hostport, host)
+}
+
+/// A TCP connection to `hostport` (etcd's port 2379 when it names none).
+fn connect(hostport: &str, t: Duration) -> Result<TcpStream, String> {
     let addrs: Vec<SocketAddr> = match hostport.to_socket_addrs() {
         Ok(a) => a.collect(),
         Err(_) => match format!("{hostport}:2379").to_socket_addrs() {
             Ok(a) => a.collect(),
-            Err(e) => return Err(unreachable(format!("cannot resolve {hostport}: {e}"))),
+            Err(e) => return Err(format!("cannot resolve {hostport}: {e}")),
         },
     };
-    let (tcp, _) = dial::connect_first(hostport, &addrs, t).map_err(unreachable)?;
+    dial::connect_first(hostport, &addrs, t).map(|(tcp, _)| tcp)
+}
+
+/// Checks one endpoint: TCP, then (https) a TLS handshake with the configured
+/// files. `Ok` when nothing is wrong at these levels.
+fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), StoreError> {
+    let (https, hostport, host) = split_endpoint(ep, s);
+    let tcp = connect(hostport, t).map_err(|detail| StoreError::EtcdUnreachable {
+        endpoints: ep.to_string(),
+        detail,
+    })?;
     if !https {
         return Ok(());
     }
-    handshake(ep, host, tcp, t, s)
+    tls_result(ep, host, s, handshake(host, tcp, t, s))
+}
+
+/// What a TLS handshake with one etcd endpoint showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TlsOutcome {
+    /// The configured files cannot be used (CA, client certificate or key): why.
+    Files(String),
+    /// The server presented this certificate; its `refused` says whether
+    /// the verifier took it.
+    Server(SeenCert),
+    /// The server's certificate was fine, but etcd refused this client's.
+    ClientRefused { cert: SeenCert, error: String },
+    /// The handshake ended before the server presented a certificate: why.
+    NoCertificate(String),
+}
+
+/// One https endpoint that answers TCP, and how TLS with it went: for `weftd doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointTls {
+    pub(crate) endpoint: String,
+    /// The name dialled (what the certificate must carry).
+    pub(crate) host: String,
+    pub(crate) outcome: TlsOutcome,
+}
+
+/// A TLS handshake with every https endpoint that answers TCP (the others
+/// are the store's reachability to report). Blocking.
+pub(crate) fn tls_endpoints(s: &EtcdSettings) -> Vec<EndpointTls> {
+    let t = s.request_timeout;
+    s.endpoints
+        .iter()
+        .filter_map(|ep| {
+            let (https, hostport, host) = split_endpoint(ep, s);
+            let tcp = connect(hostport, t).ok().filter(|_| https)?;
+            Some(EndpointTls {
+                endpoint: ep.clone(),
+                host: host.to_string(),
+                outcome: handshake(host, tcp, t, s),
+            })
+        })
+        .collect()
+}
+
+/// `--etcd-cafile`, or that there is none, for messages.
+pub(crate) fn ca_name(s: &EtcdSettings) -> String {
+    s.cafile
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(no --etcd-cafile)".into())
+}
+
+/// `--etcd-certfile`, or that there is none, for messages.
+pub(crate) fn client_name(s: &EtcdSettings) -> String {
+    s.certfile
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "none (no --etcd-certfile)".into())
 }
 
 /// A TLS handshake with the configured files that records what the server
 /// presented, to name it in errors.
-fn handshake(
-    ep: &str,
-    host: &str,
-    tcp: TcpStream,
-    t: Duration,
-    s: &EtcdSettings,
-) -> Result<(), StoreError> {
-    let ca_name = s
-        .cafile
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "(no --etcd-cafile)".into());
-    let tls_err = |problem: String| StoreError::EtcdTls {
-        endpoint: ep.to_string(),
-        ca_file: ca_name.clone(),
-        problem,
-    };
+fn handshake(host: &str, tcp: TcpStream, t: Duration, s: &EtcdSettings) -> TlsOutcome {
     let mut roots = RootCertStore::empty();
     if let Some(ca) = &s.cafile {
         let certs = match dial::pem_certs(ca) {
             Ok(certs) => certs,
-            Err(e) => return Err(tls_err(format!("cannot read the CA file: {e}"))),
+            Err(e) => return TlsOutcome::Files(format!("cannot read the CA file: {e}")),
         };
         if certs.is_empty() {
-            return Err(tls_err("the CA file holds no PEM certificate".into()));
+            return TlsOutcome::Files("the CA file holds no PEM certificate".into());
         }
         for c in certs {
             if let Err(e) = roots.add(c) {
-                return Err(tls_err(format!(
+                return TlsOutcome::Files(format!(
                     "the CA file holds an unusable certificate: {e}"
-                )));
+                ));
             }
         }
     }
-    let verifier =
-        dial::verifier(roots).map_err(|e| tls_err(format!("cannot use the CA file: {e}")))?;
+    let verifier = match dial::verifier(roots) {
+        Ok(v) => v,
+        Err(e) => return TlsOutcome::Files(format!("cannot use the CA file: {e}")),
+    };
     let identity = match (&s.certfile, &s.keyfile) {
         (Some(c), Some(k)) => {
-            let chain = dial::pem_certs(c).map_err(|e| {
-                tls_err(format!("cannot read --etcd-certfile {}: {e}", c.display()))
-            })?;
-            let key = PrivateKeyDer::from_pem_file(k)
-                .map_err(|e| tls_err(format!("cannot read --etcd-keyfile {}: {e}", k.display())))?;
+            let chain = match dial::pem_certs(c) {
+                Ok(chain) => chain,
+                Err(e) => {
+                    return TlsOutcome::Files(format!(
+                        "cannot read --etcd-certfile {}: {e}",
+                        c.display()
+                    ));
+                }
+            };
+            let key = match PrivateKeyDer::from_pem_file(k) {
+                Ok(key) => key,
+                Err(e) => {
+                    return TlsOutcome::Files(format!(
+                        "cannot read --etcd-keyfile {}: {e}",
+                        k.display()
+                    ));
+                }
+            };
             Some((chain, key))
         }
         _ => None,
     };
-    let Handshake { presented, result } = dial::handshake(tcp, t, host, verifier, identity, true)
-        .map_err(|e| match e {
-        HandshakeError::Versions(e) | HandshakeError::Connection(e) => tls_err(e.to_string()),
-        HandshakeError::ClientCert(e) => tls_err(format!("client certificate/key unusable: {e}")),
-        HandshakeError::Name(e) => tls_err(format!("{host:?} is not a valid TLS server name: {e}")),
-    })?;
-    match (presented, result) {
-        (Some((der, Some(err))), _) => {
-            let (subject, names, issuer) = describe_cert(&der);
-            let why = match dial::cert_problem(&err) {
+    let hs = match dial::handshake(tcp, t, host, verifier, identity, true) {
+        Ok(hs) => hs,
+        Err(e) => {
+            return TlsOutcome::Files(match e {
+                HandshakeError::Versions(e) | HandshakeError::Connection(e) => e.to_string(),
+                HandshakeError::ClientCert(e) => format!("client certificate/key unusable: {e}"),
+                HandshakeError::Name(e) => {
+                    format!("{host:?} is not a valid TLS server name: {e}")
+                }
+            });
+        }
+    };
+    match (SeenCert::of(&hs), hs.result) {
+        (Some(cert), Err(e)) if cert.refused.is_none() => TlsOutcome::ClientRefused {
+            cert,
+            error: e.to_string(),
+        },
+        (Some(cert), _) => TlsOutcome::Server(cert),
+        (None, Err(e)) => TlsOutcome::NoCertificate(e.to_string()),
+        (None, Ok(())) => TlsOutcome::NoCertificate("the server presented no certificate".into()),
+    }
+}
+
+/// weftd's error for a handshake's outcome; `Ok` when TLS is fine.
+fn tls_result(ep: &str, host: &str, s: &EtcdSettings, o: TlsOutcome) -> Result<(), StoreError> {
+    let tls_err = |problem: String| StoreError::EtcdTls {
+        endpoint: ep.to_string(),
+        ca_file: ca_name(s),
+        problem,
+    };
+    match o {
+        TlsOutcome::Files(why) => Err(tls_err(why)),
+        TlsOutcome::Server(SeenCert { refused: None, .. }) => Ok(()),
+        TlsOutcome::Server(SeenCert {
+            subject,
+            names,
+            issuer,
+            refused: Some((problem, err)),
+        }) => {
+            let why = match problem {
                 CertProblem::Untrusted => format!(
                     "the server certificate (issuer {issuer}) is not signed by the CA in the CA file; give the CA that signed etcd's --cert-file"
                 ),
@@ -153,28 +250,21 @@ fn handshake(
                     "the server certificate is not valid for {host:?}: connect with one of its names, or reissue it with {host} in its SANs"
                 ),
                 CertProblem::Expired => "the server certificate has expired; renew it".to_string(),
-                CertProblem::Other => err.to_string(),
+                CertProblem::Other => err,
             };
             Err(tls_err(format!(
                 "{why} (expected name {host}; presented subject {subject}, names [{}])",
                 names.join(", ")
             )))
         }
-        (Some((der, None)), Err(e)) => {
-            let (subject, names, _) = describe_cert(&der);
-            let client = s
-                .certfile
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "none (no --etcd-certfile)".into());
-            Err(tls_err(format!(
-                "the server certificate (subject {subject}, names [{}]) is fine, but etcd refused this client's certificate {client}: {e}; give a client certificate signed by etcd's --trusted-ca-file",
-                names.join(", ")
-            )))
-        }
-        (None, Err(e)) => Err(tls_err(format!(
+        TlsOutcome::ClientRefused { cert, error } => Err(tls_err(format!(
+            "the server certificate (subject {}, names [{}]) is fine, but etcd refused this client's certificate {}: {error}; give a client certificate signed by etcd's --trusted-ca-file",
+            cert.subject,
+            cert.names.join(", "),
+            client_name(s)
+        ))),
+        TlsOutcome::NoCertificate(e) => Err(tls_err(format!(
             "TLS handshake failed before the server presented a certificate: {e} (is the endpoint really https?)"
         ))),
-        (_, Ok(())) => Ok(()),
     }
 }

@@ -31,6 +31,7 @@ mod diagnose;
 mod options;
 mod watch;
 
+pub(crate) use diagnose::{EndpointTls, TlsOutcome, ca_name, client_name, tls_endpoints};
 pub use options::{DEFAULT_ENDPOINT, DEFAULT_PREFIX, EtcdOptions, EtcdSettings};
 
 use std::net::Ipv4Addr;
