@@ -532,6 +532,7 @@ fn etcd_restored_from_an_earlier_snapshot() {
         .lines()
         .find(|l| l.starts_with("– etcd revision"))
         .unwrap_or_else(|| panic!("no etcd revision line in:\n{report}"));
+    eprintln!("{l}");
     assert!(
         l.contains("went back from")
             && l.contains("older backup")

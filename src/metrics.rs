@@ -346,7 +346,7 @@ mod tests {
         let mut l = LocalCounts::default();
         l.peers.tx(1, 4, 400);
         l.peers.drop(1, DropReason::WrongVni);
-        l.peers.rx(0, 10);
+        l.peers.rx(0, 1, 10);
         status.counters.flush(&mut l);
         let m = parse(&status.render());
         assert_eq!(m["weft_peer_tx_packets_total{peer=\"192.0.2.2\"}"], 4.0);

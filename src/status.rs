@@ -476,7 +476,7 @@ mod tests {
         });
         let mut l = LocalCounts::default();
         l.peers.tx(1, 3, 3000);
-        l.peers.rx(1, 900);
+        l.peers.rx(1, 1, 900);
         l.peers.drop(2, DropReason::SpoofedSource);
         l.drop(DropReason::SpoofedSource);
         l.tx_packets = 3;

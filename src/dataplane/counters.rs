@@ -416,11 +416,11 @@ impl PeerLocal {
         c.tx_bytes += bytes;
     }
 
-    /// One inner packet of `bytes` accepted from the peer in `slot`.
+    /// `packets` inner packets of `bytes` accepted from the peer in `slot`.
     #[inline]
-    pub fn rx(&mut self, slot: u32, bytes: u64) {
+    pub fn rx(&mut self, slot: u32, packets: u64, bytes: u64) {
         let c = self.cell(slot);
-        c.rx_packets += 1;
+        c.rx_packets += packets;
         c.rx_bytes += bytes;
     }
 
@@ -527,8 +527,8 @@ mod tests {
         let c = Counters::default();
         let mut l = LocalCounts::default();
         l.peers.tx(3, 2, 200);
-        l.peers.rx(3, 100);
-        l.peers.rx(5, 60);
+        l.peers.rx(3, 1, 100);
+        l.peers.rx(5, 1, 60);
         l.peers.drop(5, DropReason::SpoofedSource);
         l.peers.drop(5, DropReason::NoRoute); // the node's, not the peer's
         l.peers.tx(PEER_SLOTS as u32 + 7, 1, 10); // out of range: other

@@ -41,6 +41,14 @@ struct Features {
 const RX_BUFFERS: usize = 32;
 /// How long an idle loop sleeps in `poll` at most (a stop wakes it sooner).
 const IDLE_WAKE: Duration = Duration::from_millis(200);
+/// Busy turns of the worker loop between two flushes of its counts into
+/// the shared counters (and always before it sleeps): a turn under load can
+/// carry a datagram or two, and a flush costs a dozen atomic adds and a
+/// clock read; with per-peer counts, flushing every turn put one TCP stream
+/// below the baseline in three runs of three
+/// (docs/peers-2026-12-02-per-peer-counters.md). 32 turns are well under a
+/// millisecond.
+const FLUSH_EVERY: u32 = 32;
 /// At most this many ICMP unreachables per second per node.
 const ICMP_PER_SEC: u32 = 100;
 
@@ -137,18 +145,26 @@ fn run(
     let mut rx = Rx::new(features.offload);
     let mut local = LocalCounts::default();
     let mut idle_log = ErrLog::new("waiting for packets");
+    let mut turns = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let t = tx.batch(&q.tun, send, &core, table, &mut local);
         let r = rx.batch(&q.rx, &q.tun, &core, table, &mut local);
-        counters.flush(&mut local);
+        turns += 1;
         if t || r {
+            if turns >= FLUSH_EVERY {
+                counters.flush(&mut local);
+                turns = 0;
+            }
             continue;
         }
+        counters.flush(&mut local);
+        turns = 0;
         if let Err(e) = sys::wait_readable_any(&q.tun, &q.rx, wake, IDLE_WAKE) {
             idle_log.log(&e);
             std::thread::sleep(IDLE_WAKE);
         }
     }
+    counters.flush(&mut local);
 }
 
 /// Logs an I/O error at most once per 10 s per loop, with how many were suppressed.
@@ -556,12 +572,15 @@ impl Rx {
                 }
             };
             let mut pos = 0;
+            // The peer's share, counted once per datagram (a GRO run is one sender's).
+            let (mut accepted, mut accepted_bytes) = (0u64, 0u64);
             while pos < self.lens[i] {
                 let len = seg.min(self.lens[i] - pos);
                 match core.decap(from, self.inbox[i].as_ref(), off + pos, len) {
                     RxAction::Deliver(r) => {
                         local.rx_bytes += r.len() as u64;
-                        local.peers.rx(peer, r.len() as u64);
+                        accepted += 1;
+                        accepted_bytes += r.len() as u64;
                         if self.offload {
                             if !self.co.has_room() {
                                 self.write_coalesced(tun, local);
@@ -589,6 +608,9 @@ impl Rx {
                     }
                 }
                 pos += seg;
+            }
+            if accepted > 0 {
+                local.peers.rx(peer, accepted, accepted_bytes);
             }
         }
         self.write_coalesced(tun, local);
