@@ -132,6 +132,13 @@ fn check(report: &str, start: &str) -> (String, Option<String>) {
     panic!("no line starting {start:?} in:\n{report}");
 }
 
+/// The line starting `start` is `line`, and the fix under it is `fix`.
+fn expect(report: &str, start: &str, line: &str, fix: &str) {
+    let (got, got_fix) = check(report, start);
+    assert_eq!(got, line);
+    assert_eq!(got_fix.as_deref(), Some(fix), "{got}");
+}
+
 fn no_line(report: &str, start: &str) {
     assert!(
         !report.lines().any(|l| l.starts_with(start)),
@@ -364,16 +371,11 @@ fn rbac_verbs_allowed_denied_and_unreviewable() {
     srv.with(|s| s.forbid = vec![("patch".into(), "nodes/status".into())]);
     let (ok, report) = n.doctor(&args(&a), &env);
     assert!(!ok);
-    let (line, fix) = check(&report, "✗ RBAC patch nodes/status:");
-    assert_eq!(
-        line,
-        "✗ RBAC patch nodes/status: denied: weft's credentials may not patch nodes/status, so weftd cannot announce this node (its annotations) or clear NetworkUnavailable"
-    );
-    assert_eq!(
-        fix.as_deref(),
-        Some(
-            "add the rule {apiGroups: [\"\"], resources: [\"nodes/status\"], verbs: [\"patch\"]} to weft's ClusterRole (docker/weft.yaml's, the shape of flannel's) and bind it to weft's ServiceAccount"
-        )
+    expect(
+        &report,
+        "✗ RBAC patch nodes/status:",
+        "✗ RBAC patch nodes/status: denied: weft's credentials may not patch nodes/status, so weftd cannot announce this node (its annotations) or clear NetworkUnavailable",
+        "add the rule {apiGroups: [\"\"], resources: [\"nodes/status\"], verbs: [\"patch\"]} to weft's ClusterRole (docker/weft.yaml's, the shape of flannel's) and bind it to weft's ServiceAccount",
     );
     let want = format!("✓ RBAC get nodes: {allowed}");
     assert_eq!(check(&report, &want).0, want);
@@ -419,44 +421,29 @@ fn pod_cidr_missing_outside_the_network_and_annotations_of_another_address() {
 
     let (ok, report) = n.doctor(&args(&a), &[("NODE_NAME", "bare")]);
     assert!(!ok);
-    let (line, fix) = check(&report, "✗ node bare:");
-    assert_eq!(
-        line,
-        "✗ node bare: has no podCIDR (spec.podCIDR and spec.podCIDRs are empty): nobody assigns node subnets in this cluster, so weftd has no subnet for this node"
-    );
-    assert_eq!(
-        fix.as_deref(),
-        Some(
-            "run kube-controller-manager with --allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 (kubeadm: kubeadm init --pod-network-cidr=10.244.0.0/16), or set spec.podCIDR on the node"
-        )
+    expect(
+        &report,
+        "✗ node bare:",
+        "✗ node bare: has no podCIDR (spec.podCIDR and spec.podCIDRs are empty): nobody assigns node subnets in this cluster, so weftd has no subnet for this node",
+        "run kube-controller-manager with --allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16 (kubeadm: kubeadm init --pod-network-cidr=10.244.0.0/16), or set spec.podCIDR on the node",
     );
 
     let (ok, report) = n.doctor(&args(&a), &[("NODE_NAME", "outside")]);
     assert!(!ok);
-    let (line, fix) = check(&report, "✗ node outside:");
-    assert_eq!(
-        line,
-        "✗ node outside: its podCIDR 10.99.1.0/24 lies outside the Network 10.244.0.0/16 of net-conf.json: weftd refuses it as this node's subnet"
-    );
-    assert_eq!(
-        fix.as_deref(),
-        Some(
-            "make Network in net-conf.json equal kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr), which assigned 10.99.1.0/24"
-        )
+    expect(
+        &report,
+        "✗ node outside:",
+        "✗ node outside: its podCIDR 10.99.1.0/24 lies outside the Network 10.244.0.0/16 of net-conf.json: weftd refuses it as this node's subnet",
+        "make Network in net-conf.json equal kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr), which assigned 10.99.1.0/24",
     );
 
     let (ok, report) = n.doctor(&args(&a), &[("NODE_NAME", "moved")]);
     assert!(!ok);
-    let (line, fix) = check(&report, "✗ node moved annotations:");
-    assert_eq!(
-        line,
-        "✗ node moved annotations: flannel.alpha.coreos.com/public-ip is 127.0.0.9, but this node would announce 127.0.0.1: peers send its pods' traffic to 127.0.0.9"
-    );
-    assert_eq!(
-        fix.as_deref(),
-        Some(
-            "start (or restart) weftd with these flags: it rewrites the annotations when it starts; if 127.0.0.1 is not the address peers should use, give weftd and the doctor the --iface/--public-ip that is (or set the annotation flannel.alpha.coreos.com/public-ip-overwrite)"
-        )
+    expect(
+        &report,
+        "✗ node moved annotations:",
+        "✗ node moved annotations: flannel.alpha.coreos.com/public-ip is 127.0.0.9, but this node would announce 127.0.0.1: peers send its pods' traffic to 127.0.0.9",
+        "start (or restart) weftd with these flags: it rewrites the annotations when it starts; if 127.0.0.1 is not the address peers should use, give weftd and the doctor the --iface/--public-ip that is (or set the annotation flannel.alpha.coreos.com/public-ip-overwrite)",
     );
     let want =
         "✓ node moved: podCIDR 10.244.5.0/24, inside the Network 10.244.0.0/16 of net-conf.json";
