@@ -65,6 +65,7 @@ fn doctor_passes_a_healthy_node_and_changes_nothing() {
         assert!(l.contains("RTT") && l.contains("1450-byte packets"), "{l}");
     }
     assert!(line(&report, "✓ UDP port 8472").contains("a weftd runs here"));
+    assert!(line(&report, "✓ UDP offloads").contains("GSO and GRO"));
     let mut after_leases = c.store().leases().unwrap();
     let mut before_leases = before.1.clone();
     after_leases.sort_by_key(|l| l.subnet);
