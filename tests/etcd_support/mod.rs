@@ -42,11 +42,28 @@ pub fn etcd_available(test: &str) -> bool {
     ok
 }
 
+/// A free loopback port below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so that no outgoing connection takes it
+/// as its source port while etcd is stopped between a test's stop and
+/// resume (a port from `bind(:0)` is in that range, and one was taken so).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Each call starts past the last one's port: a port is free again as
+    // soon as the probe closes, and a server needs two distinct ones.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(low.saturating_sub(10_000).max(1));
+    let first = std::process::id() % span;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < span, "no free loopback port below the ephemeral range");
+        let port = 10_000 + ((first + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Certificates for a TLS etcd, made with the openssl CLI.
