@@ -61,6 +61,7 @@ fn etcd_subnets(etcd: &EtcdServer) -> BTreeSet<Ipv4Net> {
         .lines()
         .filter_map(|k| k.strip_prefix(&sub))
         .filter_map(|k| parse_subnet_key(k).ok())
+        .map(|(s, _)| s)
         .collect()
 }
 
@@ -76,7 +77,8 @@ fn etcd_leases(etcd: &EtcdServer) -> Vec<Lease> {
             let attrs: LeaseAttrs = serde_json::from_str(kv[1])
                 .unwrap_or_else(|e| panic!("{}: not flannel's lease JSON: {e}", kv[1]));
             Lease {
-                subnet: parse_subnet_key(key).unwrap(),
+                subnet: parse_subnet_key(key).unwrap().0,
+                ipv6_subnet: parse_subnet_key(key).unwrap().1,
                 attrs,
                 expiration: None,
             }

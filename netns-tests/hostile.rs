@@ -226,6 +226,7 @@ fn unusable_leases_are_ignored_and_a_slash_zero_network_refused() {
         store
             .put_lease(&weft::lease::Lease {
                 subnet: s.parse().unwrap(),
+                ipv6_subnet: None,
                 attrs: weft::lease::LeaseAttrs::vxlan(
                     ip,
                     weft::types::Vni::new(1).unwrap(),

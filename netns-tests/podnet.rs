@@ -319,6 +319,7 @@ fn pod_network(backend: &str, conf: &'static str) {
     c.store()
         .put_lease(&Lease {
             subnet: old,
+            ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(
                 Ipv4Addr::new(192, 0, 2, 99),
                 Vni::new(1).unwrap(),

@@ -3,12 +3,14 @@
 //! Keys match case-insensitively, as Go's `encoding/json` does for flannel.
 //! Defaults follow flannel's `CheckNetworkConfig`: SubnetLen 24 for networks up
 //! to /22, else prefix + 2; SubnetMin = the second subnet; SubnetMax = the last;
-//! VXLAN VNI 1 on UDP port 8472.
+//! VXLAN VNI 1 on UDP port 8472. With `EnableIPv6`, the IPv6 keys alike:
+//! IPv6SubnetLen 64 for networks up to /62, else prefix + 2, and the same
+//! SubnetMin/SubnetMax rule.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 use crate::types::Vni;
@@ -17,6 +19,8 @@ use crate::types::Vni;
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// Bytes of outer IPv4 + UDP + VXLAN + inner Ethernet headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay: its header is 20 bytes longer.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// The configuration weft starts with when it is given none (the embedded default).
 pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -32,6 +36,18 @@ pub struct NetConfig {
     /// `EnableNFTables`: weft's rules in nftables (true) or iptables (false);
     /// unset, weft takes nftables where `nft` works.
     pub enable_nftables: Option<bool>,
+    /// `EnableIPv6` with its `IPv6*` keys: the network's IPv6 half.
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// The IPv6 half of a dual-stack network (`EnableIPv6`, `IPv6Network`,
+/// `IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax`), defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
 }
 
 /// The `Backend` object of a `vxlan` configuration.
@@ -95,22 +111,18 @@ impl NetConfig {
             .as_object()
             .ok_or_else(|| bad("(top level)", "must be a JSON object".into()))?;
 
-        if let Some(x) = get(top, "EnableIPv6") {
-            if x.as_bool() == Some(true) {
-                return Err(bad(
-                    "EnableIPv6",
-                    "IPv6 overlays are not supported by weft yet; remove EnableIPv6 or set it to false".into(),
-                ));
-            }
+        let enable_ipv6 = flag(top, "EnableIPv6", false, &bad)?;
+        if !flag(top, "EnableIPv4", true, &bad)? {
+            return Err(bad(
+                "EnableIPv4",
+                "false (an IPv6-only network) is not supported by weft yet; weft runs IPv4 and dual-stack networks, so set EnableIPv4 to true with a Network beside IPv6Network".into(),
+            ));
         }
-        if let Some(x) = get(top, "EnableIPv4") {
-            if x.as_bool() == Some(false) {
-                return Err(bad(
-                    "EnableIPv4",
-                    "weft carries IPv4 only; it must not be false".into(),
-                ));
-            }
-        }
+        let ipv6 = if enable_ipv6 {
+            Some(parse_ipv6(top, &bad)?)
+        } else {
+            None
+        };
 
         let network: Ipv4Net = match get(top, "Network") {
             None => {
@@ -234,6 +246,7 @@ impl NetConfig {
             subnet_max,
             backend,
             enable_nftables,
+            ipv6,
         })
     }
 
@@ -263,13 +276,195 @@ impl NetConfig {
     }
 
     /// The MTU of the TUN device given the underlay interface's MTU:
-    /// Backend.MTU (when set) or `underlay_mtu`, minus the VXLAN overhead.
+    /// Backend.MTU (when set) or `underlay_mtu`, minus the VXLAN overhead —
+    /// that of an IPv6 underlay in a dual-stack network, since one device
+    /// carries both families and IPv6 pod traffic goes over IPv6.
     pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        let overhead = if self.ipv6.is_some() {
+            VXLAN6_OVERHEAD
+        } else {
+            VXLAN_OVERHEAD
+        };
         self.backend
             .mtu
             .unwrap_or(underlay_mtu)
-            .saturating_sub(VXLAN_OVERHEAD)
+            .saturating_sub(overhead)
     }
+}
+
+impl Ipv6Config {
+    fn shift(&self) -> u32 {
+        128 - u32::from(self.subnet_len)
+    }
+
+    /// The number of subnets between IPv6SubnetMin and IPv6SubnetMax, inclusive.
+    pub fn subnet_count(&self) -> u128 {
+        let span = u128::from(self.subnet_max) - u128::from(self.subnet_min);
+        (span >> self.shift()).saturating_add(1)
+    }
+
+    /// The `i`-th IPv6 subnet from IPv6SubnetMin, if within IPv6SubnetMax.
+    pub fn nth_subnet(&self, i: u128) -> Option<Ipv6Net> {
+        if i >= self.subnet_count() {
+            return None;
+        }
+        let a = u128::from(self.subnet_min).checked_add(i.checked_shl(self.shift())?)?;
+        Ipv6Net::new(Ipv6Addr::from(a), self.subnet_len).ok()
+    }
+
+    /// Whether `s` is an IPv6 subnet this configuration can lease.
+    pub fn is_leasable(&self, s: &Ipv6Net) -> bool {
+        s.prefix_len() == self.subnet_len
+            && s.addr() == s.network()
+            && u128::from(s.addr()) >= u128::from(self.subnet_min)
+            && u128::from(s.addr()) <= u128::from(self.subnet_max)
+    }
+}
+
+/// A boolean key with its default; anything but a boolean (or null) is refused.
+fn flag(
+    top: &Map<String, Value>,
+    field: &'static str,
+    default: bool,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<bool, ConfigError> {
+    match get(top, field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(bad(field, format!("{other} must be true or false"))),
+    }
+}
+
+/// The IPv6 keys, checked as flannel's `CheckNetworkConfig` checks them.
+fn parse_ipv6(
+    top: &Map<String, Value>,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Ipv6Config, ConfigError> {
+    let network: Ipv6Net = match get(top, "IPv6Network").filter(|x| !x.is_null()) {
+        None => {
+            return Err(bad(
+                "IPv6Network",
+                "is required with EnableIPv6, e.g. \"IPv6Network\": \"fc00::/48\"".into(),
+            ));
+        }
+        Some(n) => n
+            .as_str()
+            .and_then(|s| s.parse::<Ipv6Net>().ok())
+            .ok_or_else(|| {
+                bad(
+                    "IPv6Network",
+                    format!("{n} is not an IPv6 CIDR such as \"fc00::/48\""),
+                )
+            })?,
+    };
+    if network.prefix_len() == 0 {
+        return Err(bad(
+            "IPv6Network",
+            format!(
+                "{network} would take every address, the underlay's included; use a unique local range such as \"fc00::/48\""
+            ),
+        ));
+    }
+    if network.network() != network.addr() {
+        return Err(bad(
+            "IPv6Network",
+            format!(
+                "{network} has host bits set; did you mean {}?",
+                network.trunc()
+            ),
+        ));
+    }
+    let plen = network.prefix_len();
+    let subnet_len = match get(top, "IPv6SubnetLen") {
+        Some(x) if !x.is_null() && x.as_u64() != Some(0) => {
+            let l = x.as_u64().filter(|l| *l <= 128).ok_or_else(|| {
+                bad(
+                    "IPv6SubnetLen",
+                    format!("{x} is not a prefix length 0..=128"),
+                )
+            })? as u8;
+            if l > 126 {
+                return Err(bad(
+                    "IPv6SubnetLen",
+                    format!("/{l} must be /126 or shorter (a node needs room for its addresses)"),
+                ));
+            }
+            if l < plen + 2 {
+                return Err(bad(
+                    "IPv6SubnetLen",
+                    format!(
+                        "/{l} does not fit: IPv6Network {network} must hold at least four subnets, so IPv6SubnetLen must be at least /{}",
+                        plen + 2
+                    ),
+                ));
+            }
+            l
+        }
+        _ => {
+            if plen > 124 {
+                return Err(bad(
+                    "IPv6Network",
+                    format!("{network} is too small; the smallest useful IPv6 network is a /124"),
+                ));
+            } else if plen <= 62 {
+                64
+            } else {
+                plen + 2
+            }
+        }
+    };
+    let shift = 128 - u32::from(subnet_len);
+    let size: u128 = 1u128 << shift;
+    let mask: u128 = u128::MAX << shift;
+    let base = u128::from(network.network());
+    let last = u128::from(network.broadcast()) & mask;
+    let subnet_min = bound6(top, "IPv6SubnetMin", base + size, &network, mask, bad)?;
+    let subnet_max = bound6(top, "IPv6SubnetMax", last, &network, mask, bad)?;
+    if u128::from(subnet_min) > u128::from(subnet_max) {
+        return Err(bad(
+            "IPv6SubnetMin",
+            format!("{subnet_min} is above IPv6SubnetMax {subnet_max}"),
+        ));
+    }
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+fn bound6(
+    top: &Map<String, Value>,
+    field: &'static str,
+    default: u128,
+    network: &Ipv6Net,
+    mask: u128,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Ipv6Addr, ConfigError> {
+    let Some(x) = get(top, field).filter(|x| !x.is_null()) else {
+        return Ok(Ipv6Addr::from(default));
+    };
+    let a: Ipv6Addr = x
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(field, format!("{x} is not an IPv6 address")))?;
+    if !network.contains(&a) {
+        return Err(bad(
+            field,
+            format!("{a} is not inside IPv6Network {network}"),
+        ));
+    }
+    if u128::from(a) & mask != u128::from(a) {
+        return Err(bad(
+            field,
+            format!(
+                "{a} is not on an IPv6SubnetLen boundary; use {}",
+                Ipv6Addr::from(u128::from(a) & mask)
+            ),
+        ));
+    }
+    Ok(a)
 }
 
 fn bound(
@@ -484,6 +679,111 @@ mod tests {
         assert!(e.contains("/28"), "{e}");
         let e = parse(r#"[1,2]"#).unwrap_err().to_string();
         assert!(e.contains("object"), "{e}");
+    }
+
+    #[test]
+    fn dual_stack_as_flannel_reads_it() {
+        let c = parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.network, "fc00::/48".parse().unwrap());
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, "fc00:0:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            v6.subnet_max,
+            "fc00:0:0:ffff::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.subnet_count(), 65535);
+        assert_eq!(
+            v6.nth_subnet(2).unwrap(),
+            "fc00:0:0:3::/64".parse().unwrap()
+        );
+        assert!(v6.nth_subnet(65535).is_none());
+        assert!(v6.is_leasable(&"fc00:0:0:7::/64".parse().unwrap()));
+        assert!(!v6.is_leasable(&"fc00:0:0:7::/80".parse().unwrap()));
+        assert!(!v6.is_leasable(&"fc00:1::/64".parse().unwrap()));
+        // One TUN carries both families, so its MTU leaves room for an IPv6 outer header.
+        assert_eq!(c.overlay_mtu(1500), 1430);
+        // Small networks: prefix + 2; explicit keys case-insensitively.
+        let c = parse(r#"{"Network":"10.244.0.0/16","enableipv6":true,"ipv6network":"fd00:10::/120","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.ipv6.unwrap().subnet_len, 122);
+        let c = parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":56,"IPv6SubnetMin":"fc00:0:0:100::","IPv6SubnetMax":"fc00:0:0:300::","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_count(), 3);
+        // EnableIPv6 false, or absent: IPv4 only, whatever IPv6 keys remain.
+        let c = parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":false,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.ipv6, None);
+        assert_eq!(c.overlay_mtu(1500), 1450);
+    }
+
+    #[test]
+    fn ipv6_refusals_name_the_field_and_rule() {
+        let cases = [
+            (r#""EnableIPv6":true"#, "IPv6Network", "is required"),
+            (
+                r#""EnableIPv6":"yes","IPv6Network":"fc00::/48""#,
+                "EnableIPv6",
+                "true or false",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"10.0.0.0/8""#,
+                "IPv6Network",
+                "not an IPv6 CIDR",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"::/0""#,
+                "IPv6Network",
+                "every address",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::1/48""#,
+                "IPv6Network",
+                "host bits",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::/125""#,
+                "IPv6Network",
+                "/124",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":127"#,
+                "IPv6SubnetLen",
+                "/126",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":49"#,
+                "IPv6SubnetLen",
+                "at least /50",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::""#,
+                "IPv6SubnetMin",
+                "not inside",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::5""#,
+                "IPv6SubnetMin",
+                "fc00:0:0:1::",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:9::","IPv6SubnetMax":"fc00:0:0:2::""#,
+                "IPv6SubnetMin",
+                "above",
+            ),
+            (
+                r#""EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48""#,
+                "EnableIPv4",
+                "IPv6-only",
+            ),
+        ];
+        for (keys, field, rule) in cases {
+            let text =
+                format!(r#"{{"Network":"10.244.0.0/16",{keys},"Backend":{{"Type":"vxlan"}}}}"#);
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("field {field}")) && e.contains(rule),
+                "{keys}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -384,6 +384,16 @@ pub async fn run_with_store(
             }
         }
     };
+    // Until the IPv6 dataplane lands, a dual-stack config is refused rather
+    // than carried as IPv4 only.
+    if config.ipv6.is_some() {
+        return Err(ConfigError::Field {
+            origin: "network config".into(),
+            field: "EnableIPv6",
+            rule: "dual-stack is parsed but not yet carried by this build; set EnableIPv6 to false".into(),
+        }
+        .into());
+    }
     tracing::info!(
         "network {} (subnets /{} from {} to {}), VNI {}, UDP port {}",
         config.network,

@@ -1,24 +1,40 @@
 //! Leases in flannel's shapes: the attribute JSON stored per subnet, the VXLAN
-//! backend data, and the `10.244.3.0-24` key form of a subnet.
+//! backend data of each family, and the `10.244.3.0-24` (dual-stack:
+//! `10.244.3.0-24&fc00:0:0:3::-64`) key form of a lease's subnets.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Vni, VtepMac};
 
 /// flannel's `LeaseAttrs`, as stored under `<prefix>/subnets/<key>`:
-/// `{"PublicIP":"…","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}`.
+/// `{"PublicIP":"…","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}`,
+/// and on a dual-stack node also `"PublicIPv6":"…"` and
+/// `"BackendV6Data":{"VNI":1,"VtepMAC":"…"}` (the VTEP of its IPv6 underlay).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
+    /// flannel writes `null` on a node without IPv6; weft leaves it out.
+    #[serde(
+        rename = "PublicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<Ipv6Addr>,
     #[serde(rename = "BackendType")]
     pub backend_type: String,
     #[serde(rename = "BackendData", default)]
     pub backend_data: serde_json::Value,
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<serde_json::Value>,
 }
 
 /// The `BackendData` of a vxlan lease.
@@ -38,6 +54,8 @@ fn one() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub subnet: Ipv4Net,
+    /// The node's IPv6 pod subnet, in a dual-stack network.
+    pub ipv6_subnet: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
     /// `None` for leases that do not expire (a kube node's podCIDR).
     pub expiration: Option<SystemTime>,
@@ -46,7 +64,7 @@ pub struct Lease {
 /// Why a stored lease cannot be used as a VXLAN peer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LeaseError {
-    #[error("subnet key {0:?} is not of the form 10.244.3.0-24")]
+    #[error("subnet key {0:?} is not of the form 10.244.3.0-24 or 10.244.3.0-24&fc00:0:0:3::-64")]
     BadKey(String),
     #[error("backend type {0:?} is not vxlan")]
     NotVxlan(String),
@@ -54,6 +72,8 @@ pub enum LeaseError {
     BadBackendData(String),
     #[error("BackendData VNI {0} does not fit in 24 bits")]
     BadVni(u32),
+    #[error("BackendV6Data is not vxlan data ({{\"VNI\":1,\"VtepMAC\":\"…\"}}): {0}")]
+    BadBackendV6Data(String),
 }
 
 impl LeaseAttrs {
@@ -61,9 +81,38 @@ impl LeaseAttrs {
     pub fn vxlan(public_ip: Ipv4Addr, vni: Vni, vtep_mac: VtepMac) -> LeaseAttrs {
         LeaseAttrs {
             public_ip,
+            public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: serde_json::json!({"VNI": vni.get(), "VtepMAC": vtep_mac.to_string()}),
+            backend_data: vxlan_json(vni, vtep_mac),
+            backend_v6_data: None,
         }
+    }
+
+    /// These attributes with an IPv6 VTEP: the public IPv6 address and the
+    /// VtepMAC of the node's IPv6 underlay, as flannel's dual-stack vxlan
+    /// backend announces them.
+    pub fn with_ipv6(mut self, public_ipv6: Ipv6Addr, vni: Vni, vtep_mac: VtepMac) -> LeaseAttrs {
+        self.public_ipv6 = Some(public_ipv6);
+        self.backend_v6_data = Some(vxlan_json(vni, vtep_mac));
+        self
+    }
+
+    /// The VXLAN data of the node's IPv6 VTEP; `None` when it announces none
+    /// (flannel writes `null` for a node without IPv6).
+    ///
+    /// # Errors
+    /// [`LeaseError`] when the backend is not vxlan or the data is malformed.
+    pub fn vxlan_v6_data(&self) -> Result<Option<VxlanData>, LeaseError> {
+        let Some(v) = self.backend_v6_data.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        if !self.backend_type.eq_ignore_ascii_case("vxlan") {
+            return Err(LeaseError::NotVxlan(self.backend_type.clone()));
+        }
+        let d: VxlanData = serde_json::from_value(v.clone())
+            .map_err(|e| LeaseError::BadBackendV6Data(e.to_string()))?;
+        Vni::new(d.vni).ok_or(LeaseError::BadVni(d.vni))?;
+        Ok(Some(d))
     }
 
     /// The VXLAN data of these attributes.
@@ -81,7 +130,17 @@ impl LeaseAttrs {
     }
 }
 
+fn vxlan_json(vni: Vni, vtep_mac: VtepMac) -> serde_json::Value {
+    serde_json::json!({"VNI": vni.get(), "VtepMAC": vtep_mac.to_string()})
+}
+
 impl Lease {
+    /// The lease's key in flannel's form: `10.244.3.0-24`, or
+    /// `10.244.3.0-24&fc00:0:0:3::-64` with an IPv6 subnet.
+    pub fn key(&self) -> String {
+        lease_key(&self.subnet, self.ipv6_subnet.as_ref())
+    }
+
     /// Whether the lease has expired at `now`.
     pub fn expired_at(&self, now: SystemTime) -> bool {
         self.expiration.is_some_and(|e| e <= now)
@@ -103,24 +162,63 @@ pub fn node_subnet_problem(s: &Ipv4Net) -> Option<&'static str> {
     }
 }
 
+/// The same check for an IPv6 node subnet: a /0 takes every address, and a
+/// /127 or /128 leaves no room for a gateway and a pod.
+pub fn node_subnet6_problem(s: &Ipv6Net) -> Option<&'static str> {
+    match s.prefix_len() {
+        0 => Some("a /0 node subnet would take every address, the underlay's included"),
+        127 | 128 => Some(
+            "a /127 or /128 node subnet leaves no address for the gateway and a pod (it must be /126 or shorter)",
+        ),
+        _ => None,
+    }
+}
+
 pub fn subnet_key(s: &Ipv4Net) -> String {
     format!("{}-{}", s.addr(), s.prefix_len())
 }
 
-/// Parses flannel's key form of a subnet (`10.244.3.0-24`).
+/// flannel's key for a lease's subnets: the IPv4 one, then `&` and the IPv6
+/// one when there is one (`10.244.3.0-24&fc00:0:0:3::-64`).
+pub fn lease_key(s: &Ipv4Net, s6: Option<&Ipv6Net>) -> String {
+    match s6 {
+        None => subnet_key(s),
+        Some(s6) => format!("{}&{}-{}", subnet_key(s), s6.addr(), s6.prefix_len()),
+    }
+}
+
+/// Parses flannel's key form of a lease's subnets: `10.244.3.0-24`, or
+/// `10.244.3.0-24&fc00:0:0:3::-64` in a dual-stack network.
 ///
 /// # Errors
 /// [`LeaseError::BadKey`] for anything else, including host bits set.
-pub fn parse_subnet_key(k: &str) -> Result<Ipv4Net, LeaseError> {
+pub fn parse_subnet_key(k: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseError> {
     let bad = || LeaseError::BadKey(k.to_string());
-    let (a, l) = k.rsplit_once('-').ok_or_else(bad)?;
+    let (k4, k6) = match k.split_once('&') {
+        Some((a, b)) => (a, Some(b)),
+        None => (k, None),
+    };
+    let (a, l) = k4.rsplit_once('-').ok_or_else(bad)?;
     let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
     let l: u8 = l.parse().map_err(|_| bad())?;
     let n = Ipv4Net::new(a, l).map_err(|_| bad())?;
     if n.network() != a {
         return Err(bad());
     }
-    Ok(n)
+    let n6 = match k6 {
+        None => None,
+        Some(k6) => {
+            let (a, l) = k6.rsplit_once('-').ok_or_else(bad)?;
+            let a: Ipv6Addr = a.parse().map_err(|_| bad())?;
+            let l: u8 = l.parse().map_err(|_| bad())?;
+            let n6 = Ipv6Net::new(a, l).map_err(|_| bad())?;
+            if n6.network() != a {
+                return Err(bad());
+            }
+            Some(n6)
+        }
+    };
+    Ok((n, n6))
 }
 
 #[cfg(test)]
@@ -147,6 +245,48 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_attrs_in_flannels_shape() {
+        // flannel's v4-only value carries "PublicIPv6":null.
+        let v = r#"{"PublicIP":"192.168.1.137","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":null}"#;
+        let a: LeaseAttrs = serde_json::from_str(v).unwrap();
+        assert_eq!(a.public_ipv6, None);
+        assert_eq!(a.vxlan_v6_data(), Ok(None));
+        // A dual-stack value as flannel's vxlan backend writes it.
+        let v = r#"{"PublicIP":"192.168.1.137","PublicIPv6":"fd00::137","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}}"#;
+        let a: LeaseAttrs = serde_json::from_str(v).unwrap();
+        assert_eq!(a.public_ipv6, Some("fd00::137".parse().unwrap()));
+        let d6 = a.vxlan_v6_data().unwrap().unwrap();
+        assert_eq!(d6.vtep_mac.to_string(), "8a:2e:0c:11:3d:4f");
+        let ours = LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 168, 1, 137),
+            Vni::new(1).unwrap(),
+            a.vxlan_data().unwrap().vtep_mac,
+        )
+        .with_ipv6(
+            "fd00::137".parse().unwrap(),
+            Vni::new(1).unwrap(),
+            d6.vtep_mac,
+        );
+        assert_eq!(ours, a);
+        assert_eq!(
+            serde_json::to_string(&ours).unwrap(),
+            r#"{"PublicIP":"192.168.1.137","PublicIPv6":"fd00::137","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}}"#
+        );
+        let mut b = a.clone();
+        b.backend_v6_data = Some(serde_json::json!({"VtepMAC": "nope"}));
+        assert!(matches!(
+            b.vxlan_v6_data(),
+            Err(LeaseError::BadBackendV6Data(_))
+        ));
+        assert!(
+            serde_json::from_str::<LeaseAttrs>(
+                r#"{"PublicIP":"10.0.0.1","PublicIPv6":"10.0.0.1","BackendType":"vxlan"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn non_vxlan_and_malformed_data_are_errors() {
         let a: LeaseAttrs =
             serde_json::from_str(r#"{"PublicIP":"10.0.0.1","BackendType":"udp"}"#).unwrap();
@@ -164,8 +304,20 @@ mod tests {
     fn subnet_keys() {
         let n: Ipv4Net = "10.244.3.0/24".parse().unwrap();
         assert_eq!(subnet_key(&n), "10.244.3.0-24");
-        assert_eq!(parse_subnet_key("10.244.3.0-24").unwrap(), n);
+        assert_eq!(parse_subnet_key("10.244.3.0-24").unwrap(), (n, None));
+        // flannel's dual-stack key (pkg/subnet MakeSubnetKey).
+        let n6: Ipv6Net = "fc00:0:0:3::/64".parse().unwrap();
+        assert_eq!(lease_key(&n, Some(&n6)), "10.244.3.0-24&fc00:0:0:3::-64");
+        assert_eq!(
+            parse_subnet_key("10.244.3.0-24&fc00:0:0:3::-64").unwrap(),
+            (n, Some(n6))
+        );
         for bad in [
+            "10.244.3.0-24&",
+            "10.244.3.0-24&fc00:0:0:3::1-64",
+            "10.244.3.0-24&fc00:0:0:3::-129",
+            "10.244.3.0-24&10.0.0.0-8",
+            "10.244.3.0-24&fc00::-64&fc01::-64",
             "10.244.3.0/24",
             "10.244.3.1-24",
             "10.244.3.0-33",

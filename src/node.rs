@@ -298,6 +298,7 @@ mod tests {
     fn lease(subnet: &str, ip: [u8; 4], expiration: Option<SystemTime>) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
             expiration,
         }

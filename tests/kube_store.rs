@@ -660,6 +660,7 @@ async fn kube_api_url_overrides_the_in_cluster_address_and_its_diagnosis() {
 fn leases_are_vxlan_leases() {
     let l = Lease {
         subnet: "10.244.1.0/24".parse().unwrap(),
+        ipv6_subnet: None,
         attrs: LeaseAttrs::vxlan(
             Ipv4Addr::new(192, 0, 2, 1),
             Vni::new(1).unwrap(),

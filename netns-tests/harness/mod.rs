@@ -518,6 +518,7 @@ impl KernelNode {
         store
             .put_lease(&Lease {
                 subnet,
+                ipv6_subnet: None,
                 attrs: LeaseAttrs::vxlan(k.ip, Vni::new(1).unwrap(), k.mac),
                 expiration: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
             })

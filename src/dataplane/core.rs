@@ -339,6 +339,7 @@ mod tests {
             .iter()
             .map(|n| Lease {
                 subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+                ipv6_subnet: None,
                 attrs: LeaseAttrs::vxlan(
                     [192, 0, 2, *n].into(),
                     Vni::new(1).unwrap(),

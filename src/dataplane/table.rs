@@ -258,6 +258,7 @@ mod tests {
     fn lease(s: &str, ip: [u8; 4], vni: u32) -> Lease {
         Lease {
             subnet: s.parse().unwrap(),
+            ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(vni).unwrap(), VtepMac::derive(&ip)),
             expiration: None,
         }

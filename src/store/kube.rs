@@ -560,6 +560,8 @@ fn peer_of(keys: &Keys, node: &Node) -> Result<Option<Lease>, String> {
         public_ip,
         backend_type: backend_type.to_string(),
         backend_data,
+        public_ipv6: None,
+        backend_v6_data: None,
     };
     attrs.vxlan_data().map_err(|e| {
         format!(
@@ -569,6 +571,7 @@ fn peer_of(keys: &Keys, node: &Node) -> Result<Option<Lease>, String> {
     })?;
     Ok(Some(Lease {
         subnet,
+        ipv6_subnet: None,
         attrs,
         expiration: None,
     }))
@@ -634,6 +637,7 @@ pub(crate) fn own_lease(
     attrs.backend_data = data;
     Ok(Lease {
         subnet,
+        ipv6_subnet: None,
         attrs,
         expiration: None,
     })

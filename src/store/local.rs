@@ -177,6 +177,7 @@ impl LocalStore {
         };
         let lease = Lease {
             subnet,
+            ipv6_subnet: None,
             attrs: req.attrs.clone(),
             expiration: Some(now + req.ttl),
         };
@@ -236,7 +237,7 @@ pub fn render_record(lease: &Lease) -> Vec<u8> {
 /// # Errors
 /// The reason, naming what is wrong (key, JSON, subnet, expiration).
 pub fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
-    let key_subnet = parse_subnet_key(name).map_err(|e| e.to_string())?;
+    let (key_subnet, key_subnet6) = parse_subnet_key(name).map_err(|e| e.to_string())?;
     let rec: Record =
         serde_json::from_slice(bytes).map_err(|e| format!("not a lease record: {e}"))?;
     if rec.subnet != key_subnet {
@@ -249,6 +250,7 @@ pub fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
         .map_err(|e| format!("Expiration {:?}: {e}", rec.expiration))?;
     Ok(Lease {
         subnet: rec.subnet,
+        ipv6_subnet: key_subnet6,
         attrs: rec.attrs,
         expiration: Some(expiration),
     })

@@ -356,6 +356,7 @@ mod tests {
     fn lease(s: &str, ip: [u8; 4]) -> Lease {
         Lease {
             subnet: s.parse().unwrap(),
+            ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
             expiration: None,
         }

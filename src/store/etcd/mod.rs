@@ -435,9 +435,10 @@ fn entry_of(
     lease_id: i64,
 ) -> Entry {
     let key = String::from_utf8_lossy(key).into_owned();
-    let subnet = key
+    let subnets = key
         .strip_prefix(subnets_prefix)
         .and_then(|k| parse_subnet_key(k).ok());
+    let subnet = subnets.map(|(s, _)| s);
     let attrs: Result<LeaseAttrs, String> = serde_json::from_slice(value)
         .map_err(|e| format!("value is not flannel's lease JSON: {e}"));
     let parsed = match (subnet, &attrs) {
@@ -447,6 +448,7 @@ fn entry_of(
             .vxlan_data()
             .map(|_| Lease {
                 subnet: s,
+                ipv6_subnet: subnets.and_then(|(_, s6)| s6),
                 attrs: a.clone(),
                 expiration: None,
             })
@@ -510,6 +512,8 @@ impl LeaseStore for EtcdStore {
             public_ip: Ipv4Addr::UNSPECIFIED,
             backend_type: String::new(),
             backend_data: serde_json::Value::Null,
+            public_ipv6: None,
+            backend_v6_data: None,
         };
         for _ in 0..MAX_ACQUIRE_ATTEMPTS {
             let (entries, _) = self.list().await?;
@@ -521,6 +525,7 @@ impl LeaseStore for EtcdStore {
                 let attrs = e.attrs.clone().unwrap_or_else(nobody);
                 taken.push(Lease {
                     subnet,
+                    ipv6_subnet: None,
                     attrs,
                     expiration: None,
                 });
@@ -529,6 +534,7 @@ impl LeaseStore for EtcdStore {
                 if !taken.iter().any(|l| l.subnet == *s) {
                     taken.push(Lease {
                         subnet: *s,
+                        ipv6_subnet: None,
                         attrs: nobody(),
                         expiration: None,
                     });
@@ -541,6 +547,7 @@ impl LeaseStore for EtcdStore {
             let now = SystemTime::now();
             let lease = |subnet| Lease {
                 subnet,
+                ipv6_subnet: None,
                 attrs: req.attrs.clone(),
                 expiration: Some(now + req.ttl),
             };
