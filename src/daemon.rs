@@ -390,7 +390,8 @@ pub async fn run_with_store(
         return Err(ConfigError::Field {
             origin: "network config".into(),
             field: "EnableIPv6",
-            rule: "dual-stack is parsed but not yet carried by this build; set EnableIPv6 to false".into(),
+            rule: "dual-stack is parsed but not yet carried by this build; set EnableIPv6 to false"
+                .into(),
         }
         .into());
     }
@@ -651,6 +652,12 @@ async fn start(
         let env = SubnetEnv {
             network: config.network,
             subnet: lease.subnet,
+            ipv6: config.ipv6.zip(lease.ipv6_subnet).map(|(c, subnet)| {
+                crate::subnet_env::Ipv6Env {
+                    network: c.network,
+                    subnet,
+                }
+            }),
             mtu,
             ipmasq: opts.netfilter.masquerade,
         };

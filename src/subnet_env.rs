@@ -1,9 +1,10 @@
-//! flannel's `subnet.env`: the node's lease as CNI plugins and runtimes read it.
+//! flannel's `subnet.env`: the node's lease as CNI plugins and runtimes read it,
+//! with `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` in a dual-stack network.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// flannel's default path, which flannel's CNI plugin reads.
 pub const DEFAULT_PATH: &str = "/run/flannel/subnet.env";
@@ -14,8 +15,18 @@ pub struct SubnetEnv {
     pub network: Ipv4Net,
     /// The node subnet; written as its first host address (`10.244.3.1/24`).
     pub subnet: Ipv4Net,
+    /// The IPv6 half of a dual-stack network: `IPv6Network` and the node's
+    /// IPv6 subnet (written as its first host address, `fc00:0:0:3::1/64`).
+    pub ipv6: Option<Ipv6Env>,
     pub mtu: u32,
     pub ipmasq: bool,
+}
+
+/// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Env {
+    pub network: Ipv6Net,
+    pub subnet: Ipv6Net,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +58,27 @@ impl SubnetEnv {
         } else {
             net
         });
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+        let mut out = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
             self.network,
             first,
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ipmasq
-        )
+            self.subnet.prefix_len()
+        );
+        if let Some(v6) = &self.ipv6 {
+            let net = u128::from(v6.subnet.network());
+            let first = Ipv6Addr::from(if v6.subnet.prefix_len() < 127 {
+                net.saturating_add(1)
+            } else {
+                net
+            });
+            out += &format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
+                v6.network,
+                first,
+                v6.subnet.prefix_len()
+            );
+        }
+        out + &format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq)
     }
 
     /// Writes the file atomically (a temporary file renamed over it), creating
@@ -105,9 +129,41 @@ impl SubnetEnv {
             .parse::<u32>()
             .map_err(|e| perr(format!("FLANNEL_MTU: {e}")))?;
         let ipmasq = var("FLANNEL_IPMASQ").is_some_and(|v| v == "true");
+        let ipv6 = match (var("FLANNEL_IPV6_NETWORK"), var("FLANNEL_IPV6_SUBNET")) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(perr(
+                    "FLANNEL_IPV6_NETWORK is set but FLANNEL_IPV6_SUBNET is missing".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(perr(
+                    "FLANNEL_IPV6_SUBNET is set but FLANNEL_IPV6_NETWORK is missing".into(),
+                ));
+            }
+            (Some(n), Some(s)) => {
+                let network = n
+                    .parse::<Ipv6Net>()
+                    .map_err(|e| perr(format!("FLANNEL_IPV6_NETWORK={n}: {e}")))?;
+                let subnet = s
+                    .parse::<Ipv6Net>()
+                    .map_err(|e| perr(format!("FLANNEL_IPV6_SUBNET={s}: {e}")))?
+                    .trunc();
+                if let Some(why) = crate::lease::node_subnet6_problem(&subnet) {
+                    return Err(perr(format!("FLANNEL_IPV6_SUBNET={subnet}: {why}")));
+                }
+                if !network.contains(&subnet) {
+                    return Err(perr(format!(
+                        "FLANNEL_IPV6_SUBNET={subnet} is not inside FLANNEL_IPV6_NETWORK={network}"
+                    )));
+                }
+                Some(Ipv6Env { network, subnet })
+            }
+        };
         Ok(SubnetEnv {
             network,
             subnet,
+            ipv6,
             mtu,
             ipmasq,
         })
@@ -135,6 +191,7 @@ mod tests {
         let e = SubnetEnv {
             network: "10.1.0.0/16".parse().unwrap(),
             subnet: "10.1.17.0/24".parse().unwrap(),
+            ipv6: None,
             mtu: 1450,
             ipmasq: false,
         };
@@ -169,10 +226,58 @@ mod tests {
         let e = SubnetEnv {
             network: "0.0.0.0/1".parse().unwrap(),
             subnet: "255.255.255.255/32".parse().unwrap(),
+            ipv6: None,
             mtu: 1450,
             ipmasq: false,
         };
         assert!(e.render().contains("FLANNEL_SUBNET=255.255.255.255/32"));
+    }
+
+    #[test]
+    fn dual_stack_in_flannels_format() {
+        let e = SubnetEnv {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv6: Some(Ipv6Env {
+                network: "fc00::/48".parse().unwrap(),
+                subnet: "fc00:0:0:3::/64".parse().unwrap(),
+            }),
+            mtu: 1430,
+            ipmasq: true,
+        };
+        // flannel's WriteSubnetFile: IPv4 pair, IPv6 pair, then MTU and IPMASQ.
+        assert_eq!(
+            e.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
+        assert_eq!(SubnetEnv::parse(&e.render(), Path::new("/x")).unwrap(), e);
+        let base =
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1430\n";
+        for (extra, want) in [
+            (
+                "FLANNEL_IPV6_NETWORK=fc00::/48\n",
+                "FLANNEL_IPV6_SUBNET is missing",
+            ),
+            (
+                "FLANNEL_IPV6_SUBNET=fc00:0:0:3::1/64\n",
+                "FLANNEL_IPV6_NETWORK is missing",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc01::1/64\n",
+                "not inside",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/128\n",
+                "/127 or /128",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=10.0.0.0/8\nFLANNEL_IPV6_SUBNET=fc00::1/64\n",
+                "FLANNEL_IPV6_NETWORK=10.0.0.0/8",
+            ),
+        ] {
+            let err = SubnetEnv::parse(&format!("{base}{extra}"), Path::new("/x")).unwrap_err();
+            assert!(err.to_string().contains(want), "{extra}: {err}");
+        }
     }
 
     #[test]
