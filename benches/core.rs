@@ -46,7 +46,7 @@ fn packet(len: usize, dst: Ipv4Addr) -> Vec<u8> {
 }
 
 fn encap_decap(c: &mut Criterion) {
-    let table = Table::build(&leases(1000), None, Vni::new(1).unwrap(), 8472).0;
+    let table = Table::build(&leases(1000), None, Vni::new(1).unwrap(), 8472, None).0;
     // The sender holds lease 1 (10.0.1.0/24, public IP 192.0.0.1).
     let tx = core_of("10.0.1.0/24");
     let sender = Ipv4Addr::from(0xc000_0001u32);
@@ -73,7 +73,7 @@ fn encap_decap(c: &mut Criterion) {
         let (start, len) = (range.start, range.len());
         // Decap includes the source checks: the sender's lookup (once per
         // datagram in the worker) and its subnet holding the inner source.
-        let decap = |slot: &[u8]| match rx.sender(&table, black_box(sender)) {
+        let decap = |slot: &[u8]| match rx.sender(&table, black_box(sender).into()) {
             Ok(from) => rx.decap(from, slot, start, len),
             Err(r) => RxAction::Drop(r),
         };
@@ -96,7 +96,7 @@ fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     for n in [10u32, 1000, 10_000] {
         let ls = leases(n);
-        let mut table = Table::build(&ls, None, Vni::new(1).unwrap(), 8472).0;
+        let mut table = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None).0;
         // As weftd does: the dense index over the Network (10.0.0.0/8 holds these /24s).
         table.index_dense("10.0.0.0/8".parse().unwrap());
         // Destinations spread over every lease, visited in a scrambled order.

@@ -15,7 +15,8 @@ use rand::{Rng as _, SeedableRng};
 use weft::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use weft::dataplane::table::Table;
 use weft::lease::{
-    Lease, LeaseAttrs, LeaseError, VxlanData, node_subnet_problem, parse_subnet_key, subnet_key,
+    Lease, LeaseAttrs, LeaseError, VxlanData, lease_key, node_subnet_problem, node_subnet6_problem,
+    parse_subnet_key,
 };
 use weft::store::{AcquireRequest, StoreError, choose_subnet, etcd, kube, local};
 use weft::subnet_env::{SubnetEnv, SubnetEnvError};
@@ -239,6 +240,7 @@ fn netconf_run(input: &[u8]) -> Outcome {
     let taken = first.expect("checked");
     let leases = [Lease {
         subnet: taken,
+        ipv6_subnet: None,
         attrs: vxlan_attrs(1),
         expiration: None,
     }];
@@ -301,6 +303,7 @@ fn lease_error(e: &LeaseError) -> &'static str {
         LeaseError::NotVxlan(_) => "not vxlan",
         LeaseError::BadBackendData(_) => "bad backend data",
         LeaseError::BadVni(_) => "bad VNI",
+        LeaseError::BadBackendV6Data(_) => "bad v6 backend data",
     }
 }
 
@@ -308,12 +311,19 @@ fn lease_run(input: &[u8]) -> Outcome {
     let (key, body) = head_body(input);
     let key = String::from_utf8_lossy(key);
     let subnet = parse_subnet_key(&key);
-    if let Ok(n) = &subnet {
+    if let Ok((n, n6)) = &subnet {
         ensure!(n.network() == n.addr(), "key {key:?} with host bits: {n}");
-        let again = parse_subnet_key(&subnet_key(n));
+        if let Some(n6) = n6 {
+            ensure!(
+                n6.network() == n6.addr(),
+                "key {key:?} with IPv6 host bits: {n6}"
+            );
+            let _ = node_subnet6_problem(n6);
+        }
+        let again = parse_subnet_key(&lease_key(n, n6.as_ref()));
         ensure!(
-            again.as_ref() == Ok(n),
-            "subnet_key({n}) parses to {again:?}"
+            again.as_ref() == Ok(&(*n, *n6)),
+            "lease_key({n}, {n6:?}) parses to {again:?}"
         );
         let _ = node_subnet_problem(n);
     }
@@ -387,7 +397,7 @@ fn etcd_run(input: &[u8]) -> Outcome {
     if let Some(s) = subnet {
         let k = key.strip_prefix(&prefix).map(parse_subnet_key);
         ensure!(
-            matches!(k, Some(Ok(x)) if x == s),
+            matches!(k, Some(Ok((x, _))) if x == s),
             "key {key:?} read as subnet {s}"
         );
     }
@@ -570,7 +580,7 @@ fn local_run(input: &[u8]) -> Outcome {
     match local::parse_record(&name, bytes) {
         Ok(l) => {
             ensure!(
-                parse_subnet_key(&name).as_ref() == Ok(&l.subnet),
+                parse_subnet_key(&name) == Ok((l.subnet, l.ipv6_subnet)),
                 "file {name:?} read as {}",
                 l.subnet
             );
@@ -747,31 +757,55 @@ fn table_run(input: &[u8]) -> Outcome {
     let first = lines.next().unwrap_or("");
     let mut words = first.split_whitespace();
     let network: Option<Ipv4Net> = words.next().and_then(|w| w.parse().ok());
-    let own = words.next().and_then(|w| parse_subnet_key(w).ok());
+    let own = words
+        .next()
+        .and_then(|w| parse_subnet_key(w).ok())
+        .map(|(s, _)| s);
+    let network6: Option<ipnet::Ipv6Net> = words.next().and_then(|w| w.parse().ok());
     let mut leases = vec![];
     for l in lines {
         let Some((k, v)) = l.split_once(' ') else {
             continue;
         };
-        let (Ok(subnet), Ok(attrs)) = (parse_subnet_key(k), serde_json::from_str::<LeaseAttrs>(v))
+        let (Ok((subnet, ipv6_subnet)), Ok(attrs)) =
+            (parse_subnet_key(k), serde_json::from_str::<LeaseAttrs>(v))
         else {
             continue;
         };
         leases.push(Lease {
             subnet,
+            ipv6_subnet,
             attrs,
             expiration: None,
         });
     }
     let vni = Vni::new(1).expect("fits");
-    let (mut t, skipped) = Table::build(&leases, own, vni, 8472);
+    let (mut t, skipped) = Table::build(&leases, own, vni, 8472, network6);
     let kept = leases.iter().filter(|l| Some(l.subnet) != own).count();
+    // A lease gives at most an IPv4 route or a reason, and at most an IPv6
+    // route or a reason for its IPv6 half.
     ensure!(
-        t.len() + skipped.len() <= kept,
-        "{} peers + {} skipped from {kept} leases",
+        t.len() <= kept && t.peers6().count() <= kept && skipped.len() <= 2 * kept,
+        "{} peers, {} IPv6 peers, {} skipped from {kept} leases",
         t.len(),
+        t.peers6().count(),
         skipped.len()
     );
+    for p in t.peers6() {
+        ensure!(
+            network6.is_some_and(|n| n.contains(&p.subnet))
+                && weft::lease::node_subnet6_problem(&p.subnet).is_none()
+                && p.endpoint.ip() == &p.public_ip
+                && p.endpoint.port() == 8472,
+            "IPv6 peer {p:?} in the table of IPv6Network {network6:?}"
+        );
+        let got = t.lookup6(p.subnet.network()).map(|q| q.subnet);
+        ensure!(
+            got.is_some_and(|g| g.contains(&p.subnet.network())),
+            "lookup6({}) gave {got:?}",
+            p.subnet.network()
+        );
+    }
     for s in &skipped {
         ensure!(!s.why.is_empty(), "skipped {} for no reason", s.subnet);
     }

@@ -735,6 +735,9 @@ pub fn ip_fields(rng: &mut Rng, v: &mut [u8], at: usize, addrs: &[[u8; 4]]) {
 /// Recomputes the IPv4 header checksum and, for TCP and UDP, the L4
 /// checksum, as far as the header's lengths lie inside `p`.
 pub fn fix_checksums(p: &mut [u8]) {
+    if p.len() >= 40 && p[0] >> 4 == 6 {
+        return fix_checksums6(p);
+    }
     if p.len() < 20 || p[0] >> 4 != 4 {
         return;
     }
@@ -770,6 +773,35 @@ pub fn fix_checksums(p: &mut [u8]) {
     let sum = tcp::pseudo_header_sum(src, dst, proto, l4_len, 0);
     let mut c = checksum_finish(checksum_sum(l4, sum));
     if proto == tcp::PROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// [`fix_checksums`] for IPv6: the TCP, UDP or ICMPv6 checksum over the
+/// pseudo-header (no IP header checksum in IPv6).
+fn fix_checksums6(p: &mut [u8]) {
+    let end = (40 + usize::from(u16::from_be_bytes([p[4], p[5]]))).min(p.len());
+    let next = p[6];
+    let at = match next {
+        tcp::PROTO_TCP => tcp::CHECKSUM_OFFSET,
+        tcp::PROTO_UDP => 6,
+        weft::wire::ipv6::PROTO_ICMPV6 => 2,
+        _ => return,
+    };
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&p[8..24]);
+    let src = std::net::Ipv6Addr::from(a);
+    a.copy_from_slice(&p[24..40]);
+    let dst = std::net::Ipv6Addr::from(a);
+    let l4 = &mut p[40..end];
+    if l4.len() < at + 2 {
+        return;
+    }
+    l4[at..at + 2].copy_from_slice(&[0, 0]);
+    let sum = weft::wire::ipv6::pseudo_header_sum(src, dst, next, l4.len() as u32, 0);
+    let mut c = checksum_finish(checksum_sum(l4, sum));
+    if next == tcp::PROTO_UDP && c == 0 {
         c = 0xffff;
     }
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());

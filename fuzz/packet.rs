@@ -4,7 +4,7 @@
 //! real packets and datagrams built with the crate's own code.
 
 use std::cell::RefCell;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
 use rand::Rng as _;
 
@@ -15,7 +15,7 @@ use weft::dataplane::{ENCAP_LEN, HEADROOM, Part, SLOT};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::types::{Vni, VtepMac};
 use weft::wire::{
-    checksum_finish, checksum_fold, checksum_sum, ethernet, icmp, ipv4, tcp, virtio, vxlan,
+    checksum_finish, checksum_fold, checksum_sum, ethernet, icmp, ipv4, ipv6, tcp, virtio, vxlan,
 };
 
 use crate::{Entry, Outcome, Rng, accepted, mutate, refused};
@@ -83,6 +83,8 @@ const ADDRS: &[[u8; 4]] = &[
     [127, 0, 0, 1],
 ];
 
+/// Node `n`: dual-stack, `10.244.n.0/24` and `fc00:0:0:n::/64`, its IPv6
+/// VTEP at `2001:db8::n`.
 fn node(n: u8) -> Core {
     let ip = [192, 0, 2, n];
     Core::new(
@@ -90,16 +92,31 @@ fn node(n: u8) -> Core {
         VtepMac::derive(&ip),
         format!("10.244.{n}.0/24").parse().expect("a CIDR"),
     )
+    .with_ipv6(
+        format!("fc00:0:0:{n}::/64").parse().expect("a CIDR"),
+        VtepMac::derive(&public6(n).octets()),
+    )
+}
+
+fn public6(n: u8) -> std::net::Ipv6Addr {
+    format!("2001:db8::{n}").parse().expect("an address")
+}
+
+/// The IPv6Network of the fuzzed world.
+fn network6() -> Option<ipnet::Ipv6Net> {
+    "fc00::/48".parse().ok()
 }
 
 fn lease(subnet: &str, n: u8) -> Lease {
     let ip = [192, 0, 2, n];
+    let vni = Vni::new(VNI).expect("fits");
     Lease {
         subnet: subnet.parse().expect("a CIDR"),
-        attrs: LeaseAttrs::vxlan(
-            ip.into(),
-            Vni::new(VNI).expect("fits"),
-            VtepMac::derive(&ip),
+        ipv6_subnet: format!("fc00:0:0:{n}::/64").parse().ok(),
+        attrs: LeaseAttrs::vxlan(ip.into(), vni, VtepMac::derive(&ip)).with_ipv6(
+            public6(n),
+            vni,
+            VtepMac::derive(&public6(n).octets()),
         ),
         expiration: None,
     }
@@ -122,8 +139,8 @@ fn tables() -> &'static Tables {
             lease("10.244.3.0/24", 3),
             lease("10.244.4.128/25", 4),
         ];
-        let (hashed, _) = Table::build(&ls, own, vni, 8472);
-        let (mut dense, _) = Table::build(&ls[..3], own, vni, 8472);
+        let (hashed, _) = Table::build(&ls, own, vni, 8472, network6());
+        let (mut dense, _) = Table::build(&ls[..3], own, vni, 8472, network6());
         assert!(dense.index_dense("10.244.0.0/16".parse().expect("a CIDR")));
         Tables { hashed, dense }
     })
@@ -164,6 +181,34 @@ fn icmp_proto() -> u8 {
     ipv4::PROTO_ICMP
 }
 
+/// An IPv6 packet: `next` with an 8-byte (20 for TCP) L4 header and
+/// `payload` bytes, checksums filled in.
+fn ip6_packet(src: &str, dst: &str, next: u8, payload: usize) -> Vec<u8> {
+    let l4 = if next == tcp::PROTO_TCP { 20 } else { 8 };
+    let mut p = vec![0u8; 40 + l4 + payload];
+    ipv6::emit_header(
+        &mut p,
+        u16::try_from(l4 + payload).expect("small"),
+        next,
+        64,
+        src.parse().expect("an address"),
+        dst.parse().expect("an address"),
+    );
+    for (i, b) in p[40..].iter_mut().enumerate() {
+        *b = (i * 7) as u8;
+    }
+    p[40..44].copy_from_slice(&[0x30, 0x39, 0x1f, 0x90]);
+    if next == tcp::PROTO_TCP {
+        p[52] = 5 << 4;
+        p[53] = tcp::FLAG_ACK;
+    }
+    if next == ipv6::PROTO_ICMPV6 {
+        p[40] = 128;
+    }
+    mutate::fix_checksums(&mut p);
+    p
+}
+
 /// Inner packets from node 1 to node 2, of every kind the core sees.
 fn inner_packets() -> Vec<Vec<u8>> {
     let (a, b) = ([10, 244, 1, 5], [10, 244, 2, 7]);
@@ -179,6 +224,12 @@ fn inner_packets() -> Vec<Vec<u8>> {
     frag[6] = 0x20;
     mutate::fix_checksums(&mut frag);
     v.push(frag);
+    let (a6, b6) = ("fc00:0:0:1::5", "fc00:0:0:2::7");
+    for size in [0usize, 1, 100, 1352, 1402] {
+        v.push(ip6_packet(a6, b6, tcp::PROTO_UDP, size));
+    }
+    v.push(ip6_packet(a6, b6, tcp::PROTO_TCP, 1000));
+    v.push(ip6_packet(a6, b6, ipv6::PROTO_ICMPV6, 56));
     v
 }
 
@@ -247,7 +298,7 @@ fn sender(core: &Core, who: u8) -> Sender<'static> {
             lease("10.244.4.128/25", 4),
         ];
         let own = Some("10.244.2.0/24".parse().expect("a CIDR"));
-        Table::build(&ls, own, Vni::new(VNI).expect("fits"), 8472).0
+        Table::build(&ls, own, Vni::new(VNI).expect("fits"), 8472, network6()).0
     });
     match who % 3 {
         0 => core
@@ -343,6 +394,9 @@ fn check_decap(
         "Deliver({r:?}) reaches past the datagram {start}+{len} or the slot"
     );
     let inner = &slot[r.clone()];
+    if inner.first().is_some_and(|b| b >> 4 == 6) {
+        return check_delivered6(core, from, inner, r);
+    }
     let ip = ipv4::Packet::new_checked(inner);
     ensure!(ip.is_ok(), "Deliver({r:?}) is not an IPv4 packet");
     let ip = ip.expect("checked");
@@ -358,14 +412,53 @@ fn check_decap(
         core.subnet
     );
     match from {
-        Sender::Leased(nets) => ensure!(
-            nets.iter().any(|n| n.contains(&ip.src())),
-            "Deliver of a packet from {} outside the sender's {nets:?}",
-            ip.src()
+        Sender::Leased(e) => ensure!(
+            e.nets.iter().any(|n| n.contains(&ip.src())),
+            "Deliver of a packet from {} outside the sender's {:?}",
+            ip.src(),
+            e.nets
         ),
         Sender::Unknown(t) => ensure!(
             t.lookup(ip.src()).is_some(),
             "Deliver from an unknown sender of a packet from {}, in no peer's subnet",
+            ip.src()
+        ),
+        Sender::Anyone => {}
+    }
+    Ok(())
+}
+
+/// [`check_decap`]'s oracle for a delivered IPv6 packet.
+fn check_delivered6(
+    core: &Core,
+    from: Sender<'_>,
+    inner: &[u8],
+    r: &std::ops::Range<usize>,
+) -> Result<(), crate::Violation> {
+    let ip = ipv6::Packet::new_checked(inner);
+    ensure!(ip.is_ok(), "Deliver({r:?}) is not an IPv6 packet");
+    let ip = ip.expect("checked");
+    ensure!(
+        ip.total_len() == inner.len(),
+        "Deliver({r:?}) is not the IPv6 length {}",
+        ip.total_len()
+    );
+    ensure!(
+        core.subnet6.is_some_and(|s| s.contains(&ip.dst())),
+        "Deliver of a packet to {} outside {:?}",
+        ip.dst(),
+        core.subnet6
+    );
+    match from {
+        Sender::Leased(e) => ensure!(
+            e.nets6.iter().any(|n| n.contains(&ip.src())),
+            "Deliver of a packet from {} outside the sender's {:?}",
+            ip.src(),
+            e.nets6
+        ),
+        Sender::Unknown(t) => ensure!(
+            t.lookup6(ip.src()).is_some(),
+            "Deliver from an unknown sender of a packet from {}, in no peer's IPv6 subnet",
             ip.src()
         ),
         Sender::Anyone => {}
@@ -397,6 +490,15 @@ fn encap_seeds() -> Vec<Vec<u8>> {
         0,
         &ip_packet(a, c, tcp::PROTO_TCP, 200, 0),
     ));
+    for dst in ["fc00:0:0:3::9", "fc00:0:0:9::9", "fc00:0:0:1::9", "ff02::1"] {
+        for next in [tcp::PROTO_UDP, ipv6::PROTO_ICMPV6, tcp::PROTO_TCP] {
+            v.push(with_params(
+                0,
+                0,
+                &ip6_packet("fc00:0:0:1::5", dst, next, 30),
+            ));
+        }
+    }
     v.push(with_params(
         6,
         u64::MAX,
@@ -477,6 +579,9 @@ fn check_encap(
         (TxAction::Drop(a), Route::Drop(b)) => ensure!(a == b, "encap drops {a:?}, route {b:?}"),
         _ => ensure!(false, "encap answered {r:?}, route {routed:?}"),
     }
+    if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        return check_encap6(core, t, pkt, slot, len, r, scratch);
+    }
     match r {
         TxAction::Send { to, range, .. } => {
             ensure!(
@@ -488,7 +593,9 @@ fn check_encap(
             let dst = dst.expect("checked");
             let peer = t.lookup(dst);
             ensure!(
-                peer.is_some_and(|p| p.subnet.contains(&dst) && p.endpoint == *to),
+                peer.is_some_and(
+                    |p| p.subnet.contains(&dst) && std::net::SocketAddr::V4(p.endpoint) == *to
+                ),
                 "Send to {to} of a packet to {dst}: the table says {peer:?}"
             );
             let peer = peer.expect("checked");
@@ -552,6 +659,104 @@ fn check_encap(
         TxAction::Drop(_) => {}
     }
     Ok(())
+}
+
+/// The encap oracle for an IPv6 packet: sent to the IPv6 VTEP of the peer
+/// whose IPv6 subnet holds its destination, and decapsulated there back to
+/// it; or an ICMPv6 error for a destination no lease holds.
+fn check_encap6(
+    core: &Core,
+    t: &Table,
+    pkt: &[u8],
+    slot: &[u8],
+    len: usize,
+    r: &TxAction,
+    scratch: &[u8],
+) -> Result<(), crate::Violation> {
+    match r {
+        TxAction::Send { to, range, .. } => {
+            ensure!(
+                *range == (HEADROOM - ENCAP_LEN..HEADROOM + len),
+                "Send range {range:?} for a packet of {len} bytes"
+            );
+            let dst = ipv6::peek_dst(pkt);
+            ensure!(dst.is_some(), "Send of a packet that is not IPv6");
+            let dst = dst.expect("checked");
+            let peer = t.lookup6(dst);
+            ensure!(
+                peer.is_some_and(
+                    |p| p.subnet.contains(&dst) && std::net::SocketAddr::V6(p.endpoint) == *to
+                ),
+                "Send to {to} of a packet to {dst}: the table says {peer:?}"
+            );
+            let peer = peer.expect("checked");
+            let them = Core::new(core.vni, VtepMac::derive(&[0; 4]), peer.lease)
+                .with_ipv6(peer.subnet, peer.vtep_mac);
+            let dgram = &slot[range.clone()];
+            SLOT_BUF2.with(|s| -> Result<(), crate::Violation> {
+                let mut rx = s.borrow_mut();
+                let start = HEADROOM - ENCAP_LEN;
+                rx[start..start + dgram.len()].copy_from_slice(dgram);
+                let got = decap(&them, Sender::Anyone, &rx, start, dgram.len());
+                let out = match (ipv6::Packet::new_checked(pkt), &got) {
+                    (Ok(ip), RxAction::Deliver(d)) if rx[d.clone()] == pkt[..ip.total_len()] => {
+                        Ok(())
+                    }
+                    (Ok(_), RxAction::Deliver(_)) => Err(crate::Violation(
+                        "the peer decapsulated other bytes than were sent".into(),
+                    )),
+                    (Ok(_), RxAction::Drop(why)) => Err(crate::Violation(format!(
+                        "the peer drops what was sent to it: {why:?}"
+                    ))),
+                    (Err(_), RxAction::Deliver(_)) => Err(crate::Violation(
+                        "the peer delivers a packet that is not IPv6".into(),
+                    )),
+                    (Err(_), RxAction::Drop(_)) => Ok(()),
+                };
+                rx[start..start + dgram.len()].fill(0);
+                out
+            })
+        }
+        TxAction::Unreachable { len: n } => {
+            let answer = &scratch[..*n];
+            let ip = ipv6::Packet::new_checked(answer);
+            ensure!(ip.is_ok(), "the ICMPv6 error is not an IPv6 packet");
+            let ip = ip.expect("checked");
+            let orig = ipv6::Packet::new_checked(pkt);
+            ensure!(
+                orig.is_ok(),
+                "an ICMPv6 error for a packet that is not IPv6"
+            );
+            let orig = orig.expect("checked");
+            let own6 = core.subnet6.map(|s| s.network());
+            ensure!(
+                Some(ip.src()) == own6 && ip.dst() == orig.src() && answer.len() <= 1280,
+                "ICMPv6 error {} -> {} ({} bytes) for a packet from {}",
+                ip.src(),
+                ip.dst(),
+                answer.len(),
+                orig.src()
+            );
+            let sum = ipv6::pseudo_header_sum(
+                ip.src(),
+                ip.dst(),
+                ipv6::PROTO_ICMPV6,
+                (answer.len() - 40) as u32,
+                0,
+            );
+            ensure!(
+                checksum_finish(checksum_sum(&answer[40..], sum)) == 0,
+                "the ICMPv6 checksum does not verify"
+            );
+            ensure!(
+                t.lookup6(orig.dst()).is_none(),
+                "ICMPv6 unreachable for {}, which the table routes",
+                orig.dst()
+            );
+            Ok(())
+        }
+        TxAction::Drop(_) => Ok(()),
+    }
 }
 
 /// `[virtio header][placement][8 bytes: an offset `at`][super-packet]`.
@@ -644,7 +849,7 @@ fn segment_run(input: &[u8]) -> Outcome {
     let (p, x, pkt) = split_params(input.get(SEG_AT..).unwrap_or(&[]));
     let at = if p % 4 == 3 { x } else { HEADROOM };
     let prefix = route_prefix();
-    let to = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8472);
+    let to = std::net::SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 8472));
     SEG_STATE.with(|s| {
         let (arena, parts, dgrams) = &mut *s.borrow_mut();
         arena.clear();
@@ -861,7 +1066,7 @@ fn cut(seed: &[u8]) -> Vec<Vec<u8>> {
     let (_, _, pkt) = split_params(&seed[SEG_AT..]);
     let mut arena = Arena::default();
     let (mut parts, mut dgrams) = (vec![], vec![]);
-    let to = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8472);
+    let to = std::net::SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 8472));
     offload::segment(
         &h,
         pkt,

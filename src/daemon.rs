@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use crate::dataplane::core::{Core, SourceChecks};
-use crate::dataplane::worker::{Dataplane, Queue};
+use crate::dataplane::worker::{Dataplane, Queue, Underlay6};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
 use crate::lease::{Lease, LeaseAttrs};
@@ -90,6 +90,14 @@ pub enum DaemonError {
         underlay: u32,
         iface: String,
     },
+    #[error(
+        "the network is dual-stack (EnableIPv6) but interface {iface} has no global IPv6 address to carry VXLAN to other nodes' IPv6 VTEPs: add one, name an interface that has one with --iface, or set EnableIPv6 to false"
+    )]
+    NoIpv6 { iface: String },
+    #[error(
+        "the network is dual-stack (EnableIPv6) but the lease for {subnet} from {store} has no IPv6 subnet"
+    )]
+    NoLease6 { store: String, subnet: Ipv4Net },
     #[error("cannot serve /healthz on {addr}: {source}")]
     Healthz {
         addr: SocketAddr,
@@ -224,6 +232,8 @@ struct Devices {
     tuns: Vec<tun_rs::SyncDevice>,
     rx: Vec<std::net::UdpSocket>,
     send: Arc<[std::net::UdpSocket]>,
+    /// The same on the IPv6 underlay, on a dual-stack node.
+    v6: Option<(Vec<std::net::UdpSocket>, Arc<[std::net::UdpSocket]>)>,
 }
 
 /// Opens (or attaches to) the TUN device and binds the VXLAN sockets.
@@ -233,6 +243,7 @@ fn open_devices(
     opts: &Options,
     nl: &mut netlink::Netlink,
     listen: SocketAddrV4,
+    listen6: Option<std::net::SocketAddrV6>,
     mtu: u16,
     predecessor: bool,
 ) -> Result<Devices, DaemonError> {
@@ -266,25 +277,15 @@ fn open_devices(
     // SEND_SOCKETS sockets on ephemeral ports, picked by inner flow hash, so
     // the receiver's SO_REUSEPORT (or a NIC's RSS) spreads flows over its
     // workers, as the kernel's VXLAN source-port hashing does.
-    let bind = || {
-        (0..queues)
-            .map(|_| sys::bind_udp(listen, true))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let rx = match bind() {
-        Err(SysError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
-            free_port_of_kernel_vxlan(nl, listen.port(), opts.replace_kernel_vxlan)?;
-            bind()?
-        }
-        r => r?,
-    };
-    let send: Arc<[std::net::UdpSocket]> = if queues > 1 {
-        (0..SEND_SOCKETS)
-            .map(|_| sys::bind_udp(SocketAddrV4::new(*listen.ip(), 0), false))
-            .collect::<Result<Vec<_>, _>>()?
-            .into()
-    } else {
-        Arc::new([])
+    let (rx, send) = bind_underlay(nl, listen.into(), queues, opts.replace_kernel_vxlan)?;
+    let v6 = match listen6 {
+        Some(l6) => Some(bind_underlay(
+            nl,
+            l6.into(),
+            queues,
+            opts.replace_kernel_vxlan,
+        )?),
+        None => None,
     };
     // The kernel reports twice what it counts against the limit.
     let (r, w) = sys::buffer_sizes(&rx[0]);
@@ -299,7 +300,43 @@ fn open_devices(
             ""
         }
     );
-    Ok(Devices { tuns, rx, send })
+    if let Some(l6) = listen6 {
+        tracing::info!("VXLAN socket {l6}: the IPv6 underlay");
+    }
+    Ok(Devices { tuns, rx, send, v6 })
+}
+
+/// Binds one underlay's sockets: `queues` receivers on `listen` (shared by
+/// SO_REUSEPORT) and, with several queues, [`SEND_SOCKETS`] senders on
+/// ephemeral ports of the same address.
+#[allow(clippy::type_complexity)]
+fn bind_underlay(
+    nl: &mut netlink::Netlink,
+    listen: SocketAddr,
+    queues: usize,
+    replace_kernel_vxlan: bool,
+) -> Result<(Vec<std::net::UdpSocket>, Arc<[std::net::UdpSocket]>), DaemonError> {
+    let bind = || {
+        (0..queues)
+            .map(|_| sys::bind_udp(listen, true))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let rx = match bind() {
+        Err(SysError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            free_port_of_kernel_vxlan(nl, listen.port(), replace_kernel_vxlan)?;
+            bind()?
+        }
+        r => r?,
+    };
+    let send: Arc<[std::net::UdpSocket]> = if queues > 1 {
+        (0..SEND_SOCKETS)
+            .map(|_| sys::bind_udp(SocketAddr::new(listen.ip(), 0), false))
+            .collect::<Result<Vec<_>, _>>()?
+            .into()
+    } else {
+        Arc::new([])
+    };
+    Ok((rx, send))
 }
 
 /// When the VXLAN port is taken: names the kernel VXLAN device holding it
@@ -432,7 +469,18 @@ pub async fn run_with_store(
         );
     }
     let listen = SocketAddrV4::new(ext.addr, port);
-    let devices = open_devices(&opts, &mut nl, listen, tun_mtu, predecessor)?;
+    let listen6 = match config.ipv6 {
+        None => None,
+        Some(_) => Some(std::net::SocketAddrV6::new(
+            ext.addr6.ok_or_else(|| DaemonError::NoIpv6 {
+                iface: ext.name.clone(),
+            })?,
+            port,
+            0,
+            0,
+        )),
+    };
+    let devices = open_devices(&opts, &mut nl, listen, listen6, tun_mtu, predecessor)?;
 
     // A stable VtepMAC: derived from the public IP, so restarts keep it.
     let vtep_mac = VtepMac::derive(&ext.public_ip.octets());
@@ -568,6 +616,29 @@ async fn start(
         config.network,
         opts.tun_name
     );
+    // The IPv6 half, as flannel configures flannel-v6.1: the subnet's first
+    // address as a /128, and the IPv6Network routed into the device.
+    let subnet6 = match (config.ipv6, lease.ipv6_subnet) {
+        (Some(c6), Some(s6)) => {
+            let router6 = s6.network();
+            netlink::set_only_address6(nl, tun_index, &opts.tun_name, router6)?;
+            netlink::replace_route6(nl, c6.network, tun_index, &opts.tun_name, router6)?;
+            tracing::info!(
+                "{} IPv6: {router6}/128, route {} dev {}",
+                opts.tun_name,
+                c6.network,
+                opts.tun_name
+            );
+            Some(s6)
+        }
+        (Some(_), None) => {
+            return Err(DaemonError::NoLease6 {
+                store: store.describe(),
+                subnet: lease.subnet,
+            });
+        }
+        _ => None,
+    };
 
     ensure_forwarding();
 
@@ -587,10 +658,20 @@ async fn start(
     if let Some(h) = store.health() {
         let _ = status.store_health.set(h);
     }
-    let core = Core {
+    let mut core = Core {
         checks: opts.source_checks,
         ..Core::new(config.backend.vni, vtep_mac, lease.subnet)
     };
+    if let Some(s6) = subnet6 {
+        // The IPv6 VTEP's MAC as the lease announces it (or as derived for it).
+        let mac6 = match (lease.attrs.vxlan_v6_data(), lease.attrs.public_ipv6) {
+            (Ok(Some(d)), _) => d.vtep_mac,
+            (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
+            _ => vtep_mac,
+        };
+        tracing::info!("IPv6 VTEP: VtepMAC {mac6}");
+        core = core.with_ipv6(s6, mac6);
+    }
     if !opts.source_checks.known_peers || !opts.source_checks.own_sources {
         tracing::warn!(
             "source checks relaxed: VXLAN accepted from {} with inner sources {}",
@@ -606,14 +687,29 @@ async fn start(
             }
         );
     }
+    let queues_n = devices.tuns.len();
+    let rx6: Vec<Option<Underlay6>> = match devices.v6 {
+        Some((rx, send)) => rx
+            .into_iter()
+            .map(|rx| {
+                Some(Underlay6 {
+                    rx,
+                    send: send.clone(),
+                })
+            })
+            .collect(),
+        None => (0..queues_n).map(|_| None).collect(),
+    };
     let queues: Vec<Queue> = devices
         .tuns
         .into_iter()
         .zip(devices.rx)
-        .map(|(tun, rx)| Queue {
+        .zip(rx6)
+        .map(|((tun, rx), v6)| Queue {
             tun,
             rx,
             send: devices.send.clone(),
+            v6,
         })
         .collect();
     // Peers first, then the packet threads: a worker with an empty table

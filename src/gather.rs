@@ -4,7 +4,7 @@
 //! datagram to send, and the size of one gathered write. Plain data, importing nothing of the crate, so the
 //! syscall layer needs nothing from the layers above it.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::ops::Range;
 
 /// Most segments one coalesced TUN write carries (one iovec each): the
@@ -74,7 +74,7 @@ impl<'a, S: AsRef<[u8]>> Gather<'a, S> {
 /// One VXLAN datagram to send: `parts[parts]` gathered, `len` bytes in all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     pub parts: Range<usize>,
     pub len: usize,
 }

@@ -25,6 +25,11 @@ pub struct ExtIface {
     pub addr: Ipv4Addr,
     /// The address advertised in the lease.
     pub public_ip: Ipv4Addr,
+    /// The interface's global IPv6 address, in a dual-stack network: the
+    /// IPv6 VXLAN socket binds here.
+    pub addr6: Option<std::net::Ipv6Addr>,
+    /// The IPv6 address advertised in the lease (`PublicIPv6`).
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 const FLAGS_HINT: &str = "name it with --iface NAME|IP, --iface-regex REGEX or --iface-can-reach IP (and --public-ip if other nodes reach this one at another address)";
@@ -50,6 +55,15 @@ pub enum IfaceError {
     },
     #[error("cannot list interfaces: {0}")]
     List(std::io::Error),
+}
+
+/// The first global (not link-local, not loopback) IPv6 address of interface `name`.
+pub fn global_ipv6_of(name: &str) -> Option<std::net::Ipv6Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter(|a| a.interface_name == name)
+        .filter_map(|a| a.address?.as_sockaddr_in6().map(|s| s.ip()))
+        .find(|ip| !ip.is_unicast_link_local() && !ip.is_loopback() && !ip.is_unspecified())
 }
 
 /// Every interface that has an IPv4 address: `(name, address)`, in kernel order.
@@ -91,10 +105,15 @@ pub fn default_route_iface(proc_net_route: &str) -> Option<String> {
 /// [`IfaceError`] naming what was asked for, what exists, and the flags that fix it.
 pub fn select(spec: &IfaceSpec) -> Result<ExtIface, IfaceError> {
     let all = ipv4_interfaces()?;
-    let done = |name: &str, addr: Ipv4Addr| ExtIface {
-        name: name.to_string(),
-        addr,
-        public_ip: spec.public_ip.unwrap_or(addr),
+    let done = |name: &str, addr: Ipv4Addr| {
+        let addr6 = global_ipv6_of(name);
+        ExtIface {
+            name: name.to_string(),
+            addr,
+            public_ip: spec.public_ip.unwrap_or(addr),
+            addr6,
+            public_ipv6: addr6,
+        }
     };
     let available = || {
         let v: Vec<String> = all.iter().map(|(n, a)| format!("{n}={a}")).collect();

@@ -12,16 +12,16 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -92,6 +92,16 @@ fn format_mac(b: &[u8]) -> String {
 }
 
 /// An address message for `addr` on link `index` (local = address, as `ip` sends).
+fn address_message6(index: u32, addr: Ipv6Net) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet6;
+    m.header.prefix_len = addr.prefix_len();
+    m.header.index = index;
+    m.attributes
+        .push(AddressAttribute::Address(IpAddr::V6(addr.addr())));
+    m
+}
+
 fn address_message(index: u32, addr: Ipv4Net) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = AddressFamily::Inet;
@@ -500,6 +510,88 @@ impl Netlink {
         )
     }
 
+    /// Adds an IPv6 address without duplicate address detection (`nodad`);
+    /// `Ok(false)` when it was already there.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<bool> {
+        let mut m = address_message6(index, addr);
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match self.ack(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The IPv6 addresses of link `index` (link-local ones included).
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn addresses6(&mut self, index: u32) -> io::Result<Vec<Ipv6Net>> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet6;
+        let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for r in all {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            if a.header.index != index {
+                continue;
+            }
+            for at in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = at
+                    && let Ok(n) = Ipv6Net::new(*ip, a.header.prefix_len)
+                {
+                    out.push(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes IPv6 address `addr` from link `index`.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn del_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<()> {
+        self.ack(
+            RouteNetlinkMessage::DelAddress(address_message6(index, addr)),
+            0,
+        )
+    }
+
+    /// Adds or replaces the IPv6 route `dst dev <oif> src <src>` in the main table.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn replace_route6(&mut self, dst: Ipv6Net, oif: u32, src: Ipv6Addr) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::Unicast;
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                dst.network(),
+            )));
+        m.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::Inet6(src)));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.ack(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
     /// Removes IPv4 address `addr` from link `index`.
     ///
     /// # Errors
@@ -571,9 +663,9 @@ pub enum NetlinkError {
     Connect(io::Error),
     #[error("interface {name} not found: {detail}")]
     NoLink { name: String, detail: String },
-    #[error("cannot set address {addr}/32 on {dev}: {detail}")]
+    #[error("cannot set address {addr} on {dev}: {detail}")]
     Address {
-        addr: Ipv4Addr,
+        addr: IpNet,
         dev: String,
         detail: String,
     },
@@ -585,9 +677,9 @@ pub enum NetlinkError {
         "cannot add route {net} dev {dev} src {src}: {detail} (is another route for {net} in the way? `ip route show {net}`)"
     )]
     Route {
-        net: Ipv4Net,
+        net: IpNet,
         dev: String,
-        src: Ipv4Addr,
+        src: IpAddr,
         detail: String,
     },
 }
@@ -629,11 +721,62 @@ pub fn replace_route(
 ) -> Result<(), NetlinkError> {
     nl.replace_route(net, index, src)
         .map_err(|e| NetlinkError::Route {
-            net,
+            net: net.into(),
             dev: dev.to_string(),
-            src,
+            src: src.into(),
             detail: e.to_string(),
         })
+}
+
+/// Adds (or replaces) `net dev <index> src <src>` for the IPv6 overlay.
+///
+/// # Errors
+/// [`NetlinkError::Route`] naming the route.
+pub fn replace_route6(
+    nl: &mut Netlink,
+    net: Ipv6Net,
+    index: u32,
+    dev: &str,
+    src: Ipv6Addr,
+) -> Result<(), NetlinkError> {
+    nl.replace_route6(net, index, src)
+        .map_err(|e| NetlinkError::Route {
+            net: net.into(),
+            dev: dev.to_string(),
+            src: src.into(),
+            detail: e.to_string(),
+        })
+}
+
+/// Leaves `addr/128` as the only global IPv6 address of interface `index`
+/// (link-local ones stay), added without duplicate address detection so it
+/// is usable at once.
+///
+/// # Errors
+/// [`NetlinkError::Address`] naming the device and address.
+pub fn set_only_address6(
+    nl: &mut Netlink,
+    index: u32,
+    dev: &str,
+    addr: Ipv6Addr,
+) -> Result<(), NetlinkError> {
+    let want = Ipv6Net::new(addr, 128).unwrap_or_default();
+    let fail = |e: io::Error| NetlinkError::Address {
+        addr: want.into(),
+        dev: dev.to_string(),
+        detail: e.to_string(),
+    };
+    let have = nl.addresses6(index).map_err(fail)?;
+    for a in have
+        .iter()
+        .filter(|a| **a != want && !a.addr().is_unicast_link_local())
+    {
+        nl.del_address6(index, *a).map_err(fail)?;
+    }
+    if !have.contains(&want) {
+        nl.add_address6(index, want).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Leaves `addr/32` as the only IPv4 address of interface `index`: a device
@@ -647,12 +790,12 @@ pub fn set_only_address(
     dev: &str,
     addr: Ipv4Addr,
 ) -> Result<(), NetlinkError> {
+    let want = Ipv4Net::new(addr, 32).unwrap_or_default();
     let fail = |e: io::Error| NetlinkError::Address {
-        addr,
+        addr: want.into(),
         dev: dev.to_string(),
         detail: e.to_string(),
     };
-    let want = Ipv4Net::new(addr, 32).map_err(|e| fail(io::Error::other(e)))?;
     let have = nl.addresses(index).map_err(fail)?;
     for a in have.iter().filter(|a| **a != want) {
         nl.del_address(index, *a).map_err(fail)?;

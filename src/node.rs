@@ -87,6 +87,8 @@ pub struct Update {
 pub struct Reconciler {
     own: Ipv4Net,
     network: Ipv4Net,
+    /// The IPv6Network of a dual-stack network.
+    network6: Option<ipnet::Ipv6Net>,
     vni: crate::types::Vni,
     port: u16,
     leases: BTreeMap<Ipv4Net, Lease>,
@@ -102,6 +104,7 @@ impl Reconciler {
         Reconciler {
             own,
             network: config.network,
+            network6: config.ipv6.map(|c| c.network),
             vni: config.backend.vni,
             port: config.backend.port,
             leases: BTreeMap::new(),
@@ -152,7 +155,8 @@ impl Reconciler {
                 ok
             })
             .collect();
-        let (mut table, skipped) = Table::build(inside, Some(self.own), self.vni, self.port);
+        let (mut table, skipped) =
+            Table::build(inside, Some(self.own), self.vni, self.port, self.network6);
         for s in skipped {
             ignore(&mut self.warned, s.subnet, s.why);
         }

@@ -5,8 +5,8 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -46,7 +46,7 @@ pub enum SysError {
         "cannot bind the VXLAN UDP socket to {addr}: {source}. Is another VXLAN endpoint (a kernel flannel.1 device, a weftd of another version) using port {port}? Stop it or set Backend.Port"
     )]
     Bind {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         port: u16,
         source: io::Error,
     },
@@ -141,13 +141,18 @@ pub fn open_tun(
 ///
 /// # Errors
 /// [`SysError::Bind`] naming the address.
-pub fn bind_udp(addr: SocketAddrV4, reuseport: bool) -> Result<UdpSocket, SysError> {
+pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<UdpSocket, SysError> {
     let err = |source| SysError::Bind {
         addr,
         port: addr.port(),
         source,
     };
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let s =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        // IPv6 only: the IPv4 underlay has sockets of its own.
+        s.set_only_v6(true).map_err(err)?;
+    }
     if reuseport {
         s.set_reuse_port(true).map_err(err)?;
     }
@@ -187,23 +192,21 @@ pub fn buffer_sizes(sock: &UdpSocket) -> (usize, usize) {
     )
 }
 
-/// Waits until `a`, `b` or `wake` is readable or `timeout` passes.
+/// Waits until one of `fds` (at most four) is readable or `timeout` passes.
 ///
 /// # Errors
 /// Whatever `poll(2)` reports, except EINTR (reported as a timeout).
-pub fn wait_readable_any(
-    a: &impl AsFd,
-    b: &impl AsFd,
-    wake: &impl AsFd,
-    timeout: Duration,
-) -> io::Result<bool> {
-    let mut fds = [
-        PollFd::new(a.as_fd(), PollFlags::POLLIN),
-        PollFd::new(b.as_fd(), PollFlags::POLLIN),
-        PollFd::new(wake.as_fd(), PollFlags::POLLIN),
-    ];
+pub fn wait_readable_any(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
+    let Some(first) = fds.first() else {
+        std::thread::sleep(timeout);
+        return Ok(false);
+    };
+    let mut polled: [PollFd<'_>; 4] = std::array::from_fn(|i| {
+        PollFd::new(fds.get(i).copied().unwrap_or(*first), PollFlags::POLLIN)
+    });
+    let n = fds.len().min(polled.len());
     let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-    match poll(&mut fds, t) {
+    match poll(&mut polled[..n], t) {
         Ok(n) => Ok(n > 0),
         Err(nix::errno::Errno::EINTR) => Ok(false),
         Err(e) => Err(e.into()),
@@ -282,7 +285,9 @@ pub struct SendReport {
 pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
+    /// One address per message, room for either family (an IPv4 address
+    /// fills the front of it as a `sockaddr_in`).
+    addrs: Vec<libc::sockaddr_in6>,
     /// One control buffer per message, u64 words for cmsg alignment.
     ctrl: Vec<[u64; CTRL_WORDS]>,
     /// Per message: how many items it carries (sending).
@@ -301,7 +306,7 @@ impl Default for Mmsg {
 
 impl Mmsg {
     pub fn new() -> Mmsg {
-        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for which
+        // SAFETY: mmsghdr, iovec and sockaddr_in6 are plain C structs for which
         // all-zero bytes are a valid value.
         let z = || unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
         Mmsg {
@@ -328,7 +333,7 @@ impl Mmsg {
         h.msg_iov = &raw mut self.iovs[iov];
         h.msg_iovlen = iovlen;
         h.msg_name = (&raw mut self.addrs[m]).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         h.msg_control = if ctrl_len > 0 {
             self.ctrl[m].as_mut_ptr().cast()
         } else {
@@ -356,7 +361,7 @@ impl Mmsg {
         slots: &mut [S],
         offset: usize,
         lens: &mut [usize],
-        srcs: &mut [SocketAddrV4],
+        srcs: &mut [SocketAddr],
         segs: &mut [usize],
     ) -> io::Result<usize> {
         let n = BATCH
@@ -393,11 +398,7 @@ impl Mmsg {
         let r = r as usize;
         for i in 0..r {
             lens[i] = self.hdrs[i].msg_len as usize;
-            let a = &self.addrs[i];
-            srcs[i] = SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            );
+            srcs[i] = self.source(i);
             segs[i] = 0;
             let h = &self.hdrs[i].msg_hdr;
             // SAFETY: the kernel filled msg_control/msg_controllen for this
@@ -478,21 +479,14 @@ impl Mmsg {
                         iov += 1;
                     }
                 }
-                let to = d.to;
-                self.addrs[msgs] = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: to.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*to.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
+                let namelen = self.put_addr(msgs, d.to);
                 let ctrl_len = if count > 1 {
                     self.put_segment_cmsg(msgs, seg as u16)
                 } else {
                     0
                 };
                 self.link(msgs, first_iov, iov - first_iov, ctrl_len);
+                self.hdrs[msgs].msg_hdr.msg_namelen = namelen;
                 self.counts[msgs] = count;
                 msgs += 1;
                 i += count;
@@ -500,6 +494,62 @@ impl Mmsg {
             self.flush(sock, msgs, &mut report, errors);
         }
         report
+    }
+
+    /// Writes `to` into address slot `m`; returns its length for `msg_namelen`.
+    fn put_addr(&mut self, m: usize, to: SocketAddr) -> libc::socklen_t {
+        let slot = &mut self.addrs[m];
+        match to {
+            SocketAddr::V4(a) => {
+                let v4 = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: a sockaddr_in (16 bytes) fits in the sockaddr_in6
+                // (28 bytes) slot, which is at least as aligned; it is written
+                // unaligned-safe through a raw pointer to its start.
+                unsafe { std::ptr::write_unaligned((slot as *mut libc::sockaddr_in6).cast(), v4) };
+                size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(a) => {
+                *slot = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        }
+    }
+
+    /// The source address the kernel wrote into slot `m` on receive.
+    fn source(&self, m: usize) -> SocketAddr {
+        let a = &self.addrs[m];
+        if i32::from(a.sin6_family) == libc::AF_INET6 {
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                0,
+                a.sin6_scope_id,
+            ))
+        } else {
+            // SAFETY: the kernel wrote a sockaddr_in (16 bytes) at the start
+            // of the 28-byte slot; it is read unaligned-safe.
+            let v4: libc::sockaddr_in =
+                unsafe { std::ptr::read_unaligned((a as *const libc::sockaddr_in6).cast()) };
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                u16::from_be(v4.sin_port),
+            ))
+        }
     }
 
     /// Hands messages `0..msgs` to `sendmmsg`, retrying briefly while the

@@ -1,5 +1,7 @@
 //! The packet core: turns one packet into one action, with no I/O and no
 //! allocation, so it can be tested back to back in memory and benchmarked alone.
+//! IPv4 and, on a dual-stack node, IPv6: an inner IPv6 packet goes to the
+//! peer's IPv6 VTEP, over the IPv6 underlay, as flannel's `flannel-v6.1` sends it.
 //!
 //! Buffers are slots of [`super::SLOT`] bytes with [`HEADROOM`] bytes free in
 //! front: an inner IP packet read from TUN at `slot[HEADROOM..]` is encapsulated
@@ -9,23 +11,23 @@
 //!
 //! Contract: no input panics; every refused packet maps to a [`DropReason`].
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::counters::DropReason;
-use super::table::Table;
+use super::table::{SenderEntry, Table};
 use super::{ENCAP_LEN, HEADROOM};
 use crate::types::{Vni, VtepMac};
-use crate::wire::{ethernet, icmp, ipv4, tcp, vxlan};
+use crate::wire::{ethernet, icmp, icmpv6, ipv4, ipv6, tcp, vxlan};
 
 /// What to do with a packet read from TUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxAction {
     /// Send `slot[range]` (VXLAN + inner frame) as one UDP datagram to `to`.
     Send {
-        to: SocketAddrV4,
+        to: SocketAddr,
         range: Range<usize>,
         /// The peer's counter slot.
         slot: u32,
@@ -42,7 +44,7 @@ pub enum TxAction {
 pub enum Route {
     /// To `to`, behind `prefix` (VXLAN + inner Ethernet header).
     Peer {
-        to: SocketAddrV4,
+        to: SocketAddr,
         prefix: [u8; ENCAP_LEN],
         /// The peer's counter slot.
         slot: u32,
@@ -84,8 +86,8 @@ impl Default for SourceChecks {
 /// Who sent a datagram, found once per datagram by [`Core::sender`].
 #[derive(Debug, Clone, Copy)]
 pub enum Sender<'a> {
-    /// The node holding these subnets (one, in a flannel network).
-    Leased(&'a [Ipv4Net]),
+    /// The node holding these subnets (one per family, in a flannel network).
+    Leased(&'a SenderEntry),
     /// No lease has the datagram's source address, and unknown peers are
     /// accepted: an inner source must then lie in some peer's subnet.
     Unknown(&'a Table),
@@ -102,6 +104,12 @@ pub struct Core {
     pub subnet: Ipv4Net,
     /// The node's `.0` address (on TUN): the source of ICMP errors.
     pub router: Ipv4Addr,
+    /// The node's IPv6 subnet, on a dual-stack node; its `::` address (on
+    /// TUN, as flannel puts it on `flannel-v6.1`) is the source of ICMPv6 errors.
+    pub subnet6: Option<Ipv6Net>,
+    /// The VtepMAC of the node's IPv6 VTEP (`BackendV6Data`): IPv6 frames
+    /// are sent from it and accepted to it, as `flannel-v6.1` has its own.
+    pub mac6: VtepMac,
     pub checks: SourceChecks,
 }
 
@@ -113,15 +121,25 @@ impl Core {
             mac,
             subnet,
             router: subnet.network(),
+            subnet6: None,
+            mac6: mac,
             checks: SourceChecks::default(),
         }
+    }
+
+    /// This core with the node's IPv6 subnet and IPv6 VtepMAC: it then
+    /// carries IPv6 too.
+    pub fn with_ipv6(mut self, subnet6: Ipv6Net, mac6: VtepMac) -> Core {
+        self.subnet6 = Some(subnet6);
+        self.mac6 = mac6;
+        self
     }
 
     /// Who sent a datagram from the outer source `src`, by `table`; refused
     /// ([`DropReason::UnknownPeer`]) when no lease has that public IP and
     /// unknown peers are not accepted.
     #[inline]
-    pub fn sender<'t>(&self, table: &'t Table, src: Ipv4Addr) -> Result<Sender<'t>, DropReason> {
+    pub fn sender<'t>(&self, table: &'t Table, src: IpAddr) -> Result<Sender<'t>, DropReason> {
         self.identify(table, src).map(|(s, _)| s)
     }
 
@@ -131,11 +149,11 @@ impl Core {
     pub fn identify<'t>(
         &self,
         table: &'t Table,
-        src: Ipv4Addr,
+        src: IpAddr,
     ) -> Result<(Sender<'t>, u32), DropReason> {
         match table.sender(src) {
             Some(e) if !self.checks.own_sources => Ok((Sender::Anyone, e.slot)),
-            Some(e) => Ok((Sender::Leased(&e.nets), e.slot)),
+            Some(e) => Ok((Sender::Leased(e), e.slot)),
             None if self.checks.known_peers => Err(DropReason::UnknownPeer),
             None if self.checks.own_sources => Ok((Sender::Unknown(table), 0)),
             None => Ok((Sender::Anyone, 0)),
@@ -182,6 +200,11 @@ impl Core {
     /// the ICMP answer is built in `scratch`.
     #[inline]
     pub fn route(&self, table: &Table, pkt: &[u8], scratch: &mut [u8]) -> Route {
+        if pkt.first().is_some_and(|b| b >> 4 == 6) {
+            if let Some(own6) = self.subnet6 {
+                return self.route6(table, own6, pkt, scratch);
+            }
+        }
         let Some(dst) = ipv4::peek_dst(pkt) else {
             return Route::Drop(if pkt.first().is_some_and(|b| b >> 4 == 4) {
                 DropReason::TunTruncated
@@ -206,7 +229,36 @@ impl Core {
             ethernet::ETHERTYPE_IPV4,
         );
         Route::Peer {
-            to: peer.endpoint,
+            to: SocketAddr::V4(peer.endpoint),
+            prefix,
+            slot: peer.slot,
+        }
+    }
+
+    /// [`Core::route`] for an IPv6 packet on a node whose IPv6 subnet is `own6`.
+    #[inline]
+    fn route6(&self, table: &Table, own6: Ipv6Net, pkt: &[u8], scratch: &mut [u8]) -> Route {
+        let Some(dst) = ipv6::peek_dst(pkt) else {
+            return Route::Drop(DropReason::TunTruncated);
+        };
+        let Some(peer) = table.lookup6(dst) else {
+            if own6.contains(&dst) {
+                return Route::Drop(DropReason::OwnSubnet);
+            }
+            return match self.unreachable6(own6.network(), pkt, scratch) {
+                Some(len) => Route::Unreachable { len },
+                None => Route::Drop(DropReason::NoRoute),
+            };
+        };
+        let mut prefix = [0u8; ENCAP_LEN];
+        vxlan::Packet::new_unchecked(&mut prefix[..vxlan::HEADER_LEN]).emit(self.vni);
+        ethernet::Frame::new_unchecked(&mut prefix[vxlan::HEADER_LEN..]).emit(
+            peer.vtep_mac.octets(),
+            self.mac6.octets(),
+            ethernet::ETHERTYPE_IPV6,
+        );
+        Route::Peer {
+            to: SocketAddr::V6(peer.endpoint),
             prefix,
             slot: peer.slot,
         }
@@ -218,6 +270,14 @@ impl Core {
             return None;
         }
         icmp::emit_unreachable(scratch, pkt, self.router, icmp::CODE_NET_UNREACHABLE)
+    }
+
+    fn unreachable6(&self, router: Ipv6Addr, pkt: &[u8], scratch: &mut [u8]) -> Option<usize> {
+        let ip = ipv6::Packet::new_checked(pkt).ok()?;
+        if !icmpv6::may_answer(&ip) {
+            return None;
+        }
+        icmpv6::emit_unreachable(scratch, pkt, router, icmpv6::CODE_NO_ROUTE)
     }
 
     /// Checks and decapsulates the datagram at `slot[start..start + len]`
@@ -238,13 +298,21 @@ impl Core {
             return RxAction::Drop(DropReason::WrongVni);
         }
         let eth = ethernet::Frame::new_unchecked(vx.payload());
-        if eth.dst() != self.mac.octets() {
-            return RxAction::Drop(DropReason::WrongMac);
-        }
         match eth.ethertype() {
             ethernet::ETHERTYPE_IPV4 => {}
-            ethernet::ETHERTYPE_IPV6 => return RxAction::Drop(DropReason::InnerIpv6),
+            ethernet::ETHERTYPE_IPV6 => {
+                return match self.subnet6 {
+                    Some(_) if eth.dst() != self.mac6.octets() => {
+                        RxAction::Drop(DropReason::WrongMac)
+                    }
+                    Some(own6) => Self::decap6(own6, from, eth.payload(), start),
+                    None => RxAction::Drop(DropReason::InnerIpv6),
+                };
+            }
             _ => return RxAction::Drop(DropReason::BadEthertype),
+        }
+        if eth.dst() != self.mac.octets() {
+            return RxAction::Drop(DropReason::WrongMac);
         }
         let inner = eth.payload();
         let ip = match ipv4::Packet::new_checked(inner) {
@@ -256,7 +324,7 @@ impl Core {
         }
         let src = ip.src();
         let sourced = match from {
-            Sender::Leased(nets) => nets.iter().any(|n| n.contains(&src)),
+            Sender::Leased(e) => e.nets.iter().any(|n| n.contains(&src)),
             Sender::Unknown(table) => table.lookup(src).is_some(),
             Sender::Anyone => true,
         };
@@ -267,27 +335,62 @@ impl Core {
         // Trim Ethernet padding: the IP total length is what the kernel gets.
         RxAction::Deliver(off..off + usize::from(ip.total_len()))
     }
+
+    /// The IPv6 half of [`Core::decap`]: `inner` follows the inner Ethernet
+    /// header, at `start + ENCAP_LEN`.
+    #[inline]
+    fn decap6(own6: Ipv6Net, from: Sender<'_>, inner: &[u8], start: usize) -> RxAction {
+        let ip = match ipv6::Packet::new_checked(inner) {
+            Ok(ip) => ip,
+            Err(_) => return RxAction::Drop(DropReason::InnerMalformed),
+        };
+        if !own6.contains(&ip.dst()) {
+            return RxAction::Drop(DropReason::NotOurSubnet);
+        }
+        let src = ip.src();
+        let sourced = match from {
+            Sender::Leased(e) => e.nets6.iter().any(|n| n.contains(&src)),
+            Sender::Unknown(table) => table.lookup6(src).is_some(),
+            Sender::Anyone => true,
+        };
+        if !sourced {
+            return RxAction::Drop(DropReason::SpoofedSource);
+        }
+        let off = start + ENCAP_LEN;
+        RxAction::Deliver(off..off + ip.total_len())
+    }
 }
 
 /// A hash of an IPv4 packet's flow: addresses, protocol and, for TCP and UDP
 /// (not fragmented), ports — what the kernel's VXLAN hashes to pick a source
 /// port. Packets of one flow hash alike, so choosing a sending socket by it
 /// never reorders a flow. Anything unparsable hashes to 0.
+/// IPv6 alike: addresses folded to 64 bits, the next header, and the ports
+/// when the next header is TCP or UDP.
 #[inline]
 pub fn flow_hash(pkt: &[u8]) -> u32 {
-    let Ok(ip) = ipv4::Packet::new_checked(pkt) else {
-        return 0;
+    let (mut h, ports_at) = if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        let Ok(ip) = ipv6::Packet::new_checked(pkt) else {
+            return 0;
+        };
+        let (s, d) = (u128::from(ip.src()), u128::from(ip.dst()));
+        let x = s ^ d.rotate_left(64);
+        let h = ((x >> 64) as u64) ^ (x as u64) ^ (u64::from(ip.next_header()) << 56);
+        let l4 = matches!(ip.next_header(), tcp::PROTO_TCP | tcp::PROTO_UDP);
+        (h, l4.then_some(ipv6::HEADER_LEN))
+    } else {
+        let Ok(ip) = ipv4::Packet::new_checked(pkt) else {
+            return 0;
+        };
+        let mut h = (u64::from(u32::from(ip.src())) << 32) | u64::from(u32::from(ip.dst()));
+        h ^= u64::from(ip.protocol()) << 56;
+        let l4 = matches!(ip.protocol(), tcp::PROTO_TCP | tcp::PROTO_UDP)
+            && ip.frag_offset() == 0
+            && !ip.more_frags();
+        (h, l4.then_some(ip.header_len()))
     };
-    let mut h = (u64::from(u32::from(ip.src())) << 32) | u64::from(u32::from(ip.dst()));
-    h ^= u64::from(ip.protocol()) << 56;
-    let hl = ip.header_len();
-    if matches!(ip.protocol(), tcp::PROTO_TCP | tcp::PROTO_UDP)
-        && ip.frag_offset() == 0
-        && !ip.more_frags()
-    {
-        if let Some(p) = pkt.get(hl..hl + 4) {
-            h = h.rotate_left(17) ^ u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
-        }
+    if let Some(p) = ports_at.and_then(|hl| pkt.get(hl..hl + 4)) {
+        h = h.rotate_left(17) ^ u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
     }
     // splitmix64's finaliser: every input bit reaches every output bit.
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -353,6 +456,7 @@ mod tests {
             Some(format!("10.244.{own}.0/24").parse().unwrap()),
             Vni::new(1).unwrap(),
             8472,
+            None,
         )
         .0
     }
@@ -519,11 +623,12 @@ mod tests {
         let outside = datagram([192, 168, 9, 9]);
         let stranger: Ipv4Addr = [192, 0, 2, 99].into();
         let node1: Ipv4Addr = [192, 0, 2, 1].into();
-        let decap =
-            |b: &Core, src: Ipv4Addr, (rx, r): &(Vec<u8>, Range<usize>)| match b.sender(&tb, src) {
-                Ok(from) => b.decap(from, rx, r.start, r.len()),
-                Err(why) => RxAction::Drop(why),
-            };
+        let decap = |b: &Core, src: Ipv4Addr, (rx, r): &(Vec<u8>, Range<usize>)| match b
+            .sender(&tb, src.into())
+        {
+            Ok(from) => b.decap(from, rx, r.start, r.len()),
+            Err(why) => RxAction::Drop(why),
+        };
         let delivered = |a: RxAction| matches!(a, RxAction::Deliver(_));
         // Both checks on (the default).
         assert!(delivered(decap(&b, node1, &own)));

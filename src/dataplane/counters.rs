@@ -17,9 +17,9 @@ use rustc_hash::FxHashMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum DropReason {
-    /// From TUN: shorter than an IPv4 header.
+    /// From TUN: shorter than its IP header.
     TunTruncated,
-    /// From TUN: IPv6 or not IP (weft carries IPv4 only).
+    /// From TUN: not IP, or IPv6 on a node without an IPv6 subnet.
     TunNotIpv4,
     /// From TUN: no lease covers the destination (an ICMP unreachable may be sent).
     NoRoute,
@@ -35,9 +35,9 @@ pub enum DropReason {
     WrongMac,
     /// From UDP: the inner ethertype is neither IPv4 nor IPv6.
     BadEthertype,
-    /// From UDP: an inner IPv6 packet (weft carries IPv4 only).
+    /// From UDP: an inner IPv6 packet, on a node without an IPv6 subnet.
     InnerIpv6,
-    /// From UDP: the inner IPv4 header is malformed or longer than the datagram.
+    /// From UDP: the inner IP header is malformed or longer than the datagram.
     InnerMalformed,
     /// From UDP: the inner destination is not in this node's subnet.
     NotOurSubnet,

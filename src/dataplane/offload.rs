@@ -13,7 +13,7 @@
 //! Contract: no input panics. A super-packet that cannot be honoured is a
 //! [`DropReason`]; a segment that cannot be coalesced is written as it came.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::ops::Range;
 
 use super::counters::DropReason;
@@ -138,7 +138,7 @@ pub fn segment(
     buf: usize,
     at: usize,
     prefix: &[u8; ENCAP_LEN],
-    to: SocketAddrV4,
+    to: SocketAddr,
     arena: &mut Arena,
     parts: &mut Vec<Part>,
     dgrams: &mut Vec<Datagram>,

@@ -389,8 +389,8 @@ fn prefix() -> [u8; ENCAP_LEN] {
     std::array::from_fn(|i| 0xa0 ^ i as u8)
 }
 
-fn peer() -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 7), 8472)
+fn peer() -> std::net::SocketAddr {
+    std::net::SocketAddr::from((Ipv4Addr::new(192, 0, 2, 7), 8472))
 }
 
 /// What [`segment`] made of one super-packet: its result, each datagram's

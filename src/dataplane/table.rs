@@ -1,4 +1,6 @@
-//! The forwarding table: subnet → peer (public IP, VtepMAC), immutable once built.
+//! The forwarding table: subnet → peer (public IP, VtepMAC), immutable once
+//! built, for IPv4 subnets and, in a dual-stack network, IPv6 ones (reached
+//! over the peer's IPv6 underlay, as flannel's `flannel-v6.1` reaches them).
 //!
 //! The lease watcher builds a new table and swaps it in ([`SharedTable`], an
 //! `ArcSwap`); workers load it once per batch without locks, so readers never
@@ -7,11 +9,11 @@
 //! The receive path asks the other way round: which subnets the node at a
 //! public IP holds ([`Table::sender`]), once per datagram.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashMap;
 
 use crate::lease::Lease;
@@ -30,11 +32,27 @@ pub struct Peer {
     pub slot: u32,
 }
 
-/// The node behind one public IP, as the receive path sees it.
+/// Where packets for one IPv6 subnet go: the peer's IPv6 VTEP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer6 {
+    pub subnet: Ipv6Net,
+    /// The IPv4 subnet of the same lease: the peer's name in logs and counters.
+    pub lease: Ipv4Net,
+    pub public_ip: Ipv6Addr,
+    /// The VtepMAC of its IPv6 VTEP (`BackendV6Data`).
+    pub vtep_mac: VtepMac,
+    pub endpoint: SocketAddrV6,
+    /// The lease's counter slot (shared with its IPv4 half).
+    pub slot: u32,
+}
+
+/// The node behind one public IP (IPv4 or IPv6), as the receive path sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderEntry {
     /// The subnets leased to it: where its inner sources may lie.
     pub nets: Vec<Ipv4Net>,
+    /// Its IPv6 subnets, in a dual-stack network.
+    pub nets6: Vec<Ipv6Net>,
     /// Its per-peer counter slot.
     pub slot: u32,
 }
@@ -48,6 +66,11 @@ pub struct Table {
     dense: Option<Dense>,
     /// Public IP → the subnets leased to it (one per node, in a flannel network).
     senders: FxHashMap<Ipv4Addr, SenderEntry>,
+    /// IPv6 prefix lengths, longest first, and the IPv6 routes.
+    lens6: Vec<u8>,
+    map6: FxHashMap<(u128, u8), Peer6>,
+    /// Public IPv6 → the same entries as its node's public IPv4 has.
+    senders6: FxHashMap<Ipv6Addr, SenderEntry>,
 }
 
 /// Every subnet of one Network at one prefix length, indexed by subnet number.
@@ -71,6 +94,14 @@ pub struct Skipped {
     pub why: String,
 }
 
+fn mask6(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
+}
+
 fn key(addr: u32, len: u8) -> u64 {
     (u64::from(addr) << 8) | u64::from(len)
 }
@@ -85,18 +116,32 @@ fn mask(len: u8) -> u32 {
 
 impl Table {
     /// Builds a table from `leases`, leaving out this node's own subnet and
-    /// leases that are not usable VXLAN peers of network `vni`.
+    /// leases that are not usable VXLAN peers of network `vni`. With
+    /// `network6` (a dual-stack network), a lease's IPv6 subnet is routed
+    /// too when it lies inside it and the lease names an IPv6 VTEP; an
+    /// unusable IPv6 half is skipped alone, its IPv4 half still routed.
     pub fn build<'a>(
         leases: impl IntoIterator<Item = &'a Lease>,
         own: Option<Ipv4Net>,
         vni: Vni,
         port: u16,
+        network6: Option<Ipv6Net>,
     ) -> (Table, Vec<Skipped>) {
         let mut t = Table::default();
         let mut skipped = vec![];
         for l in leases {
             if Some(l.subnet) == own {
                 continue;
+            }
+            if let Some(n6) = network6 {
+                match peer6(l, n6, vni, port) {
+                    Ok(Some(p)) => t.insert6(p),
+                    Ok(None) => {}
+                    Err(why) => skipped.push(Skipped {
+                        subnet: l.subnet,
+                        why: format!("its IPv6 half is not routed: {why}"),
+                    }),
+                }
             }
             if let Some(why) = crate::lease::node_subnet_problem(&l.subnet) {
                 skipped.push(Skipped {
@@ -125,6 +170,7 @@ impl Table {
                 }),
             }
         }
+        t.join_senders();
         (t, skipped)
     }
 
@@ -180,13 +226,67 @@ impl Table {
         }
         let e = self.senders.entry(p.public_ip).or_insert(SenderEntry {
             nets: vec![],
+            nets6: vec![],
             slot: p.slot,
         });
         e.nets.push(p.subnet);
     }
 
+    /// Adds or replaces the IPv6 route for `p.subnet`; the peer's public
+    /// IPv6 address then names the same node as its lease's public IPv4.
+    pub fn insert6(&mut self, p: Peer6) {
+        let len = p.subnet.prefix_len();
+        if !self.lens6.contains(&len) {
+            self.lens6.push(len);
+            self.lens6.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let k = (u128::from(p.subnet.network()), len);
+        if let Some(old) = self.map6.insert(k, p) {
+            if let Some(e) = self.senders6.get_mut(&old.public_ip) {
+                e.nets6.retain(|n| *n != old.subnet);
+            }
+        }
+        let e = self.senders6.entry(p.public_ip).or_insert(SenderEntry {
+            nets: vec![],
+            nets6: vec![],
+            slot: p.slot,
+        });
+        e.nets6.push(p.subnet);
+    }
+
+    /// Makes each node's two public addresses name one sender: the subnets
+    /// of both families, wherever its datagrams come from.
+    fn join_senders(&mut self) {
+        let v4_of: FxHashMap<Ipv6Addr, Ipv4Addr> = self
+            .map6
+            .values()
+            .filter_map(|p6| {
+                self.lookup(p6.lease.network())
+                    .filter(|p| p.subnet == p6.lease)
+                    .map(|p| (p6.public_ip, p.public_ip))
+            })
+            .collect();
+        for (ip6, ip4) in v4_of {
+            let nets6 = self
+                .senders6
+                .get(&ip6)
+                .map(|e| e.nets6.clone())
+                .unwrap_or_default();
+            if let Some(e4) = self.senders.get_mut(&ip4) {
+                for n in nets6 {
+                    if !e4.nets6.contains(&n) {
+                        e4.nets6.push(n);
+                    }
+                }
+                let joined = e4.clone();
+                self.senders6.insert(ip6, joined);
+            }
+        }
+    }
+
     /// Gives every peer the counter slot `slots` holds for its public IP
-    /// (0, `other`, when it holds none). Lookups answer as before.
+    /// (0, `other`, when it holds none); an IPv6 route takes its lease's.
+    /// Lookups answer as before.
     pub fn set_slots(&mut self, slots: &FxHashMap<Ipv4Addr, u32>) {
         let of = |ip: &Ipv4Addr| slots.get(ip).copied().unwrap_or(0);
         for p in self.map.values_mut() {
@@ -200,14 +300,40 @@ impl Table {
         for (ip, e) in &mut self.senders {
             e.slot = of(ip);
         }
+        let slot_of_lease: FxHashMap<Ipv4Net, u32> =
+            self.map.values().map(|p| (p.subnet, p.slot)).collect();
+        for p in self.map6.values_mut() {
+            p.slot = slot_of_lease.get(&p.lease).copied().unwrap_or(0);
+        }
+        self.join_senders();
     }
 
-    /// The node whose public IP is `ip`: the subnets leased to it (where the
-    /// inner sources of its datagrams may lie) and its counter slot. None:
-    /// no lease has that IP.
+    /// The node whose public IP (either family) is `ip`: the subnets leased
+    /// to it (where the inner sources of its datagrams may lie) and its
+    /// counter slot. None: no lease has that IP.
     #[inline]
-    pub fn sender(&self, ip: Ipv4Addr) -> Option<&SenderEntry> {
-        self.senders.get(&ip)
+    pub fn sender(&self, ip: IpAddr) -> Option<&SenderEntry> {
+        match ip {
+            IpAddr::V4(a) => self.senders.get(&a),
+            IpAddr::V6(a) => self.senders6.get(&a),
+        }
+    }
+
+    /// The IPv6 route whose subnet holds `dst` (longest prefix first).
+    #[inline]
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<&Peer6> {
+        let a = u128::from(dst);
+        for &len in &self.lens6 {
+            if let Some(p) = self.map6.get(&(a & mask6(len), len)) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Every IPv6 route, in no particular order.
+    pub fn peers6(&self) -> impl Iterator<Item = &Peer6> {
+        self.map6.values()
     }
 
     /// The peer whose subnet holds `dst` (longest prefix first).
@@ -242,6 +368,40 @@ impl Table {
     }
 }
 
+/// The IPv6 route of lease `l` in IPv6 network `n6`: `None` when the lease
+/// has no IPv6 subnet (an IPv4-only node), an error when it has one weft
+/// cannot route.
+fn peer6(l: &Lease, n6: Ipv6Net, vni: Vni, port: u16) -> Result<Option<Peer6>, String> {
+    let Some(s6) = l.ipv6_subnet else {
+        return Ok(None);
+    };
+    if let Some(why) = crate::lease::node_subnet6_problem(&s6) {
+        return Err(why.into());
+    }
+    if !n6.contains(&s6) {
+        return Err(format!("{s6} is outside the IPv6Network {n6}"));
+    }
+    let Some(ip6) = l.attrs.public_ipv6 else {
+        return Err(format!("it leases {s6} but announces no PublicIPv6"));
+    };
+    match l.attrs.vxlan_v6_data() {
+        Ok(Some(d)) if d.vni != vni.get() => Err(format!(
+            "its IPv6 VNI {} is not this network's VNI {vni}",
+            d.vni
+        )),
+        Ok(Some(d)) => Ok(Some(Peer6 {
+            subnet: s6,
+            lease: l.subnet,
+            public_ip: ip6,
+            vtep_mac: d.vtep_mac,
+            endpoint: SocketAddrV6::new(ip6, port, 0, 0),
+            slot: 0,
+        })),
+        Ok(None) => Err(format!("it leases {s6} but announces no BackendV6Data")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The table as the workers see it: swapped whole by the watcher, read without locks.
 pub type SharedTable = Arc<ArcSwap<Table>>;
 
@@ -273,7 +433,7 @@ mod tests {
             lease("10.244.9.0/24", [192, 0, 2, 9], 7),
         ];
         let own = Some("10.244.1.0/24".parse().unwrap());
-        let (t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472);
+        let (t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472, None);
         assert_eq!(t.len(), 2);
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].why.contains("VNI 7"), "{:?}", skipped);
@@ -298,7 +458,7 @@ mod tests {
             lease("0.0.0.0/0", [192, 0, 2, 2], 1),
             lease("10.244.7.1/32", [192, 0, 2, 3], 1),
         ];
-        let (mut t, skipped) = Table::build(&leases, None, Vni::new(1).unwrap(), 8472);
+        let (mut t, skipped) = Table::build(&leases, None, Vni::new(1).unwrap(), 8472, None);
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped[0].why.contains("/0"), "{skipped:?}");
         assert!(skipped[1].why.contains("/31 or /32"), "{skipped:?}");
@@ -334,6 +494,7 @@ mod tests {
             Some("10.244.9.0/24".parse().unwrap()),
             Vni::new(1).unwrap(),
             8472,
+            None,
         );
         let probes: Vec<Ipv4Addr> = (0..70_000u32)
             .map(|i| Ipv4Addr::from(0x0af3_0000 + i * 61))
@@ -349,7 +510,7 @@ mod tests {
             ..*t.lookup(Ipv4Addr::new(10, 244, 1, 1)).unwrap()
         });
         assert!(!t.index_dense("10.244.0.0/16".parse().unwrap()));
-        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472);
+        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None);
         assert!(
             !t.index_dense("10.244.0.0/17".parse().unwrap()),
             "leases outside 10.244.0.0/17"
@@ -372,7 +533,7 @@ mod tests {
             // Two leases behind one address (nodes behind one NAT).
             lease("10.244.3.0/24", [192, 0, 2, 2], 1),
         ];
-        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472);
+        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None);
         assert_eq!(
             t.sender([192, 0, 2, 1].into()).map(|e| &e.nets[..]),
             Some(&["10.244.1.0/24".parse().unwrap()][..])
@@ -416,7 +577,7 @@ mod tests {
         let s = shared();
         assert!(s.load().is_empty());
         let ls = [lease("10.244.3.0/24", [192, 0, 2, 3], 1)];
-        let (t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472);
+        let (t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None);
         let before = s.load_full();
         s.store(Arc::new(t));
         assert!(

@@ -11,7 +11,8 @@
 //! starts and reused; nothing is allocated per packet.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,15 @@ pub struct Queue {
     /// from the one its flow hash picks, so each flow has a stable source
     /// port and receivers (SO_REUSEPORT, a NIC's RSS) spread flows.
     pub send: Arc<[UdpSocket]>,
+    /// On a dual-stack node, the same two on the IPv6 underlay: IPv6 pod
+    /// traffic goes to peers' IPv6 VTEPs, as flannel's `flannel-v6.1` sends it.
+    pub v6: Option<Underlay6>,
+}
+
+/// A queue's sockets on the IPv6 underlay.
+pub struct Underlay6 {
+    pub rx: UdpSocket,
+    pub send: Arc<[UdpSocket]>,
 }
 
 /// The running packet loops; dropping it does not stop them, [`Dataplane::stop`] does.
@@ -90,6 +100,9 @@ impl Dataplane {
             let offload = q.tun.tcp_gso();
             let gso = crate::sys::udp_gso_supported(q.send.first().unwrap_or(&q.rx));
             let gro = crate::sys::enable_udp_gro(&q.rx);
+            if let Some(v6) = &q.v6 {
+                crate::sys::enable_udp_gro(&v6.rx);
+            }
             if i == 0 {
                 tracing::info!(
                     "UDP GSO (one send per run of segments): {}; UDP GRO (coalesced receive): {}",
@@ -141,14 +154,22 @@ fn run(
     } else {
         &q.send
     };
+    let send6: &[UdpSocket] = match &q.v6 {
+        Some(v6) if v6.send.is_empty() => std::slice::from_ref(&v6.rx),
+        Some(v6) => &v6.send,
+        None => &[],
+    };
     let mut tx = Tx::new(features);
     let mut rx = Rx::new(features.offload);
     let mut local = LocalCounts::default();
     let mut idle_log = ErrLog::new("waiting for packets");
     let mut turns = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        let t = tx.batch(&q.tun, send, &core, table, &mut local);
-        let r = rx.batch(&q.rx, &q.tun, &core, table, &mut local);
+        let t = tx.batch(&q.tun, [send, send6], &core, table, &mut local);
+        let mut r = rx.batch(&q.rx, &q.tun, &core, table, &mut local);
+        if let Some(v6) = &q.v6 {
+            r |= rx.batch(&v6.rx, &q.tun, &core, table, &mut local);
+        }
         turns += 1;
         if t || r {
             if turns >= FLUSH_EVERY {
@@ -159,7 +180,13 @@ fn run(
         }
         counters.flush(&mut local);
         turns = 0;
-        if let Err(e) = sys::wait_readable_any(&q.tun, &q.rx, wake, IDLE_WAKE) {
+        let fds = [
+            q.tun.as_fd(),
+            q.rx.as_fd(),
+            wake.as_fd(),
+            q.v6.as_ref().map_or(wake.as_fd(), |v6| v6.rx.as_fd()),
+        ];
+        if let Err(e) = sys::wait_readable_any(&fds, IDLE_WAKE) {
             idle_log.log(&e);
             std::thread::sleep(IDLE_WAKE);
         }
@@ -219,7 +246,7 @@ impl SourceLog {
         }
     }
 
-    fn log(&mut self, from: Ipv4Addr) {
+    fn log(&mut self, from: IpAddr) {
         let now = Instant::now();
         if self
             .last
@@ -289,11 +316,13 @@ impl Tx {
     }
 
     /// Reads what TUN has queued (up to a batch), encapsulates or segments
-    /// it, and sends it. Returns whether anything was read.
+    /// it, and sends it from `socks[0]` (IPv4 underlay) or, for an IPv6
+    /// packet, `socks[1]` (IPv6 underlay, empty on an IPv4-only node).
+    /// Returns whether anything was read.
     fn batch(
         &mut self,
         tun: &tun_rs::SyncDevice,
-        socks: &[UdpSocket],
+        socks: [&[UdpSocket]; 2],
         core: &Core,
         table: &SharedTable,
         local: &mut LocalCounts,
@@ -332,20 +361,24 @@ impl Tx {
         self.arena.clear();
         self.parts.clear();
         self.dgrams.clear();
-        // The socket the pending datagrams leave from.
-        let mut cur = 0;
+        // The socket the pending datagrams leave from: (family, index).
+        let mut cur = (0, 0);
         let mut j = 0;
         while j < n {
             let len = self.lens[j];
-            if socks.len() > 1 {
-                let pkt = &self.slots[j].as_ref()[HEADROOM..HEADROOM + len];
-                let k = flow_hash(pkt) as usize % socks.len();
-                if k != cur {
-                    self.send_pending(&socks[cur], local);
-                    cur = k;
-                }
+            let pkt = &self.slots[j].as_ref()[HEADROOM..HEADROOM + len];
+            let fam = usize::from(pkt.first().is_some_and(|b| b >> 4 == 6) && !socks[1].is_empty());
+            let set = socks[fam];
+            let k = if set.len() > 1 {
+                flow_hash(pkt) as usize % set.len()
+            } else {
+                0
+            };
+            if (fam, k) != cur {
+                self.send_pending(&socks[cur.0][cur.1], local);
+                cur = (fam, k);
             }
-            let sock = &socks[cur];
+            let sock = &socks[cur.0][cur.1];
             let h = if vh > 0 {
                 virtio::Header::parse(&self.slots[j].as_ref()[HEADROOM - vh..HEADROOM])
                     .unwrap_or_default()
@@ -422,7 +455,7 @@ impl Tx {
             j += 1;
         }
         drop(t);
-        self.send_pending(&socks[cur], local);
+        self.send_pending(&socks[cur.0][cur.1], local);
         true
     }
 
@@ -501,7 +534,7 @@ struct Rx {
     inbox: Vec<Slot>,
     lens: [usize; RX_BUFFERS],
     segs: [usize; RX_BUFFERS],
-    srcs: [SocketAddrV4; RX_BUFFERS],
+    srcs: [SocketAddr; RX_BUFFERS],
     co: Coalescer,
     mmsg: Mmsg,
     errlog: ErrLog,
@@ -517,7 +550,7 @@ impl Rx {
             inbox: (0..RX_BUFFERS).map(|_| Slot::new(SLOT)).collect(),
             lens: [0; RX_BUFFERS],
             segs: [0; RX_BUFFERS],
-            srcs: [SocketAddrV4::new(0.into(), 0); RX_BUFFERS],
+            srcs: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); RX_BUFFERS],
             co: Coalescer::new(),
             mmsg: Mmsg::new(),
             errlog: ErrLog::new("receiving VXLAN datagrams"),
@@ -560,7 +593,7 @@ impl Rx {
             } else {
                 self.lens[i]
             };
-            let src = *self.srcs[i].ip();
+            let src = self.srcs[i].ip();
             // One GRO datagram is one sender's: looked up once for all its segments.
             let (from, peer) = match core.identify(&table, src) {
                 Ok(found) => found,

@@ -175,8 +175,12 @@ mod tests {
         let mut slot = vec![0u8; SLOT];
         let start = HEADROOM - ENCAP_LEN;
         slot[start..start + d.len()].copy_from_slice(&d);
-        let nets = ["10.244.1.0/24".parse().unwrap()];
-        let RxAction::Deliver(r) = core.decap(Sender::Leased(&nets), &slot, start, d.len()) else {
+        let from = crate::dataplane::table::SenderEntry {
+            nets: vec!["10.244.1.0/24".parse().unwrap()],
+            nets6: vec![],
+            slot: 0,
+        };
+        let RxAction::Deliver(r) = core.decap(Sender::Leased(&from), &slot, start, d.len()) else {
             panic!("not delivered")
         };
         let inner = &slot[r];
