@@ -600,6 +600,218 @@ mod tests {
         assert_eq!(&rx[r], &pkt[..]);
     }
 
+    fn public6(n: u8) -> std::net::Ipv6Addr {
+        format!("2001:db8::{n}").parse().unwrap()
+    }
+
+    /// Node `n` of a dual-stack network: `fc00:0:0:n::/64`, IPv6 VTEP at
+    /// `2001:db8::n` with a VtepMAC of its own.
+    fn node6(n: u8) -> Core {
+        node(n).with_ipv6(
+            format!("fc00:0:0:{n}::/64").parse().unwrap(),
+            VtepMac::derive(&public6(n).octets()),
+        )
+    }
+
+    fn table6_of(nodes: &[u8], own: u8) -> Table {
+        let vni = Vni::new(1).unwrap();
+        let leases: Vec<Lease> = nodes
+            .iter()
+            .map(|n| Lease {
+                subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+                ipv6_subnet: format!("fc00:0:0:{n}::/64").parse().ok(),
+                attrs: LeaseAttrs::vxlan(
+                    [192, 0, 2, *n].into(),
+                    vni,
+                    VtepMac::derive(&[192, 0, 2, *n]),
+                )
+                .with_ipv6(
+                    public6(*n),
+                    vni,
+                    VtepMac::derive(&public6(*n).octets()),
+                ),
+                expiration: None,
+            })
+            .collect();
+        let own = Some(format!("10.244.{own}.0/24").parse().unwrap());
+        Table::build(&leases, own, vni, 8472, "fc00::/48".parse().ok()).0
+    }
+
+    fn udp6_packet(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 48 + payload.len()];
+        ipv6::emit_header(
+            &mut p,
+            (8 + payload.len()) as u16,
+            tcp::PROTO_UDP,
+            64,
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+        );
+        p[40..44].copy_from_slice(&[0x30, 0x39, 0x1f, 0x90]);
+        p[44..46].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p[48..].copy_from_slice(payload);
+        p
+    }
+
+    /// IPv6 pod traffic goes to the peer's IPv6 VTEP — its PublicIPv6 and
+    /// the VtepMAC of BackendV6Data, ethertype 0x86dd, from this node's IPv6
+    /// VtepMAC — and comes out of the peer byte for byte, from either of
+    /// the sender's addresses; IPv4 beside it is unchanged.
+    #[test]
+    fn ipv6_encap_then_decap_is_identity() {
+        let (a, b) = (node6(1), node6(2));
+        let ta = table6_of(&[1, 2, 3], 1);
+        let tb = table6_of(&[1, 2, 3], 2);
+        let mut slot = vec![0u8; SLOT];
+        let mut scratch = [0u8; 128];
+        for size in [0usize, 1, 64, 1352, 1382] {
+            let pkt = udp6_packet("fc00:0:0:1::5", "fc00:0:0:2::7", &vec![0xab; size]);
+            slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+            let TxAction::Send {
+                to,
+                range,
+                slot: peer,
+            } = a.encap(&ta, &mut slot, pkt.len(), &mut scratch)
+            else {
+                panic!("expected a send")
+            };
+            assert_eq!(to, "[2001:db8::2]:8472".parse().unwrap());
+            assert_eq!(peer, ta.lookup([10, 244, 2, 1].into()).unwrap().slot);
+            let wire = slot[range.clone()].to_vec();
+            assert_eq!(&wire[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+            assert_eq!(&wire[8..14], &b.mac6.octets());
+            assert_eq!(&wire[14..20], &a.mac6.octets());
+            assert_ne!(a.mac6, a.mac, "the IPv6 VTEP has a MAC of its own");
+            assert_eq!(&wire[20..22], &[0x86, 0xdd]);
+            for src in [IpAddr::from(public6(1)), IpAddr::from([192, 0, 2, 1])] {
+                let from = b.sender(&tb, src).unwrap();
+                let mut rx = vec![0u8; SLOT];
+                let start = HEADROOM - ENCAP_LEN;
+                rx[start..start + wire.len()].copy_from_slice(&wire);
+                let RxAction::Deliver(r) = b.decap(from, &rx, start, wire.len()) else {
+                    panic!("expected delivery from {src}")
+                };
+                assert_eq!(&rx[r], &pkt[..]);
+            }
+        }
+        // IPv4 on the same dual-stack node still goes over IPv4.
+        let pkt = udp_packet([10, 244, 1, 5], [10, 244, 3, 7], b"v4");
+        slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let TxAction::Send { to, .. } = a.encap(&ta, &mut slot, pkt.len(), &mut scratch) else {
+            panic!()
+        };
+        assert_eq!(to, "192.0.2.3:8472".parse().unwrap());
+    }
+
+    #[test]
+    fn ipv6_unroutable_own_and_foreign() {
+        let a = node6(1);
+        let ta = table6_of(&[1, 2], 1);
+        let mut slot = vec![0u8; SLOT];
+        let mut scratch = [0u8; 1400];
+        // No lease: ICMPv6 no-route from the node's fc00:0:0:1:: back to the sender.
+        let pkt = udp6_packet("fc00:0:0:1::5", "fc00:0:0:9::9", b"hi");
+        slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let TxAction::Unreachable { len } = a.encap(&ta, &mut slot, pkt.len(), &mut scratch) else {
+            panic!()
+        };
+        let ip = ipv6::Packet::new_checked(&scratch[..len]).unwrap();
+        assert_eq!(
+            ip.src(),
+            "fc00:0:0:1::".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            ip.dst(),
+            "fc00:0:0:1::5".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(scratch[40], icmpv6::TYPE_DEST_UNREACHABLE);
+        // Own IPv6 subnet: dropped without an answer; multicast: no answer.
+        for (dst, want) in [
+            ("fc00:0:0:1::9", DropReason::OwnSubnet),
+            ("ff02::1", DropReason::NoRoute),
+        ] {
+            let pkt = udp6_packet("fc00:0:0:1::5", dst, b"hi");
+            slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+            assert_eq!(
+                a.encap(&ta, &mut slot, pkt.len(), &mut scratch),
+                TxAction::Drop(want)
+            );
+        }
+        // On a node without IPv6, IPv6 is still refused as before.
+        let pkt = udp6_packet("fc00:0:0:1::5", "fc00:0:0:2::9", b"hi");
+        slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        assert_eq!(
+            node(1).encap(&ta, &mut slot, pkt.len(), &mut scratch),
+            TxAction::Drop(DropReason::TunNotIpv4)
+        );
+    }
+
+    /// The receive path's IPv6 refusals: the IPv4 VtepMAC on an IPv6 frame,
+    /// another node's destination, an inner source the sender does not hold,
+    /// a truncated header, and IPv6 on a node without it.
+    #[test]
+    fn ipv6_datagrams_are_checked_like_ipv4() {
+        let (a, b) = (node6(1), node6(2));
+        let ta = table6_of(&[2], 1);
+        let tb = table6_of(&[1, 3], 2);
+        let from = b.sender(&tb, public6(1).into()).unwrap();
+        let mut slot = vec![0u8; SLOT];
+        let mut scratch = [0u8; 128];
+        let pkt = udp6_packet("fc00:0:0:1::5", "fc00:0:0:2::7", b"payload!");
+        slot[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let TxAction::Send { range, .. } = a.encap(&ta, &mut slot, pkt.len(), &mut scratch) else {
+            panic!()
+        };
+        let good = slot[range].to_vec();
+        let start = HEADROOM - ENCAP_LEN;
+        let run = |core: &Core, d: &[u8]| {
+            let mut rx = vec![0u8; SLOT];
+            rx[start..start + d.len()].copy_from_slice(d);
+            core.decap(from, &rx, start, d.len())
+        };
+        let check = |mutate: &dyn Fn(&mut Vec<u8>), want: DropReason| {
+            let mut d = good.clone();
+            mutate(&mut d);
+            assert_eq!(run(&b, &d), RxAction::Drop(want));
+        };
+        let mac4 = b.mac.octets();
+        check(&|d| d[8..14].copy_from_slice(&mac4), DropReason::WrongMac);
+        // Destination in node 3's subnet (byte 7 of the address: fc00:0:0:3::7).
+        check(&|d| d[22 + 24 + 7] = 3, DropReason::NotOurSubnet);
+        // Source in node 3's subnet, sent by node 1.
+        check(&|d| d[22 + 8 + 7] = 3, DropReason::SpoofedSource);
+        check(&|d| d.truncate(22 + 10), DropReason::VxlanTruncated);
+        check(&|d| d.truncate(22 + 39), DropReason::InnerMalformed);
+        check(&|d| d.truncate(good.len() - 1), DropReason::InnerMalformed);
+        assert_eq!(run(&node(2), &good), RxAction::Drop(DropReason::InnerIpv6));
+        assert!(matches!(run(&b, &good), RxAction::Deliver(_)));
+        // A stranger's IPv6 address is refused unless unknown peers are accepted.
+        assert_eq!(
+            b.sender(
+                &tb,
+                "2001:db8::99".parse::<std::net::Ipv6Addr>().unwrap().into()
+            )
+            .err(),
+            Some(DropReason::UnknownPeer)
+        );
+    }
+
+    #[test]
+    fn ipv6_flow_hash_is_per_flow() {
+        let a = udp6_packet("fc00:0:0:1::5", "fc00:0:0:2::7", b"x");
+        let b = udp6_packet("fc00:0:0:1::5", "fc00:0:0:2::7", b"a longer payload");
+        assert_eq!(flow_hash(&a), flow_hash(&b));
+        assert_ne!(flow_hash(&a), 0);
+        let mut c = a.clone();
+        c[40] ^= 1;
+        assert_ne!(flow_hash(&a), flow_hash(&c));
+        let d = udp6_packet("fc00:0:0:1::6", "fc00:0:0:2::7", b"x");
+        assert_ne!(flow_hash(&a), flow_hash(&d));
+        for n in 0..a.len() {
+            let _ = flow_hash(&a[..n]);
+        }
+    }
+
     /// A datagram from an address no lease has, or with an inner source the
     /// sender does not hold, is refused by reason; each check relaxes alone.
     #[test]

@@ -424,6 +424,101 @@ mod tests {
         }
     }
 
+    fn lease6(s: &str, s6: &str, ip: [u8; 4], ip6: &str) -> Lease {
+        let vni = Vni::new(1).unwrap();
+        let ip6: Ipv6Addr = ip6.parse().unwrap();
+        Lease {
+            subnet: s.parse().unwrap(),
+            ipv6_subnet: s6.parse().ok(),
+            attrs: LeaseAttrs::vxlan(ip.into(), vni, VtepMac::derive(&ip)).with_ipv6(
+                ip6,
+                vni,
+                VtepMac::derive(&ip6.octets()),
+            ),
+            expiration: None,
+        }
+    }
+
+    /// A dual-stack lease gives an IPv6 route to its IPv6 VTEP; an unusable
+    /// IPv6 half is skipped with its reason while its IPv4 half is routed;
+    /// both public addresses of a node name one sender with both families'
+    /// subnets and one counter slot.
+    #[test]
+    fn ipv6_routes_skipped_halves_and_joined_senders() {
+        let mut bad_vni = lease6(
+            "10.244.4.0/24",
+            "fc00:0:0:4::/64",
+            [192, 0, 2, 4],
+            "2001:db8::4",
+        );
+        bad_vni.attrs.backend_v6_data =
+            Some(serde_json::json!({"VNI": 9, "VtepMAC": "02:00:00:00:00:04"}));
+        let mut no_ip6 = lease6(
+            "10.244.5.0/24",
+            "fc00:0:0:5::/64",
+            [192, 0, 2, 5],
+            "2001:db8::5",
+        );
+        no_ip6.attrs.public_ipv6 = None;
+        let ls = vec![
+            lease6(
+                "10.244.1.0/24",
+                "fc00:0:0:1::/64",
+                [192, 0, 2, 1],
+                "2001:db8::1",
+            ),
+            lease6(
+                "10.244.2.0/24",
+                "fc00:0:0:2::/64",
+                [192, 0, 2, 2],
+                "2001:db8::2",
+            ),
+            lease6("10.244.3.0/24", "fd99::/64", [192, 0, 2, 3], "2001:db8::3"),
+            bad_vni,
+            no_ip6,
+            lease("10.244.6.0/24", [192, 0, 2, 6], 1),
+        ];
+        let own = Some("10.244.1.0/24".parse().unwrap());
+        let n6 = "fc00::/48".parse().ok();
+        let (mut t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472, n6);
+        assert_eq!(t.len(), 5, "every IPv4 half routed");
+        assert_eq!(t.peers6().count(), 1);
+        let why: Vec<&str> = skipped.iter().map(|s| s.why.as_str()).collect();
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(
+            why[0].contains("outside the IPv6Network fc00::/48"),
+            "{why:?}"
+        );
+        assert!(why[1].contains("IPv6 VNI 9"), "{why:?}");
+        assert!(why[2].contains("no PublicIPv6"), "{why:?}");
+        let p = t.lookup6("fc00:0:0:2::7".parse().unwrap()).unwrap();
+        assert_eq!(p.endpoint, "[2001:db8::2]:8472".parse().unwrap());
+        assert_eq!(p.lease, "10.244.2.0/24".parse().unwrap());
+        assert!(
+            t.lookup6("fc00:0:0:1::7".parse().unwrap()).is_none(),
+            "own subnet"
+        );
+        assert!(t.lookup6("fc00:0:0:6::7".parse().unwrap()).is_none());
+        let mut slots = FxHashMap::default();
+        slots.insert(Ipv4Addr::new(192, 0, 2, 2), 7);
+        t.set_slots(&slots);
+        let by6 = t
+            .sender("2001:db8::2".parse::<Ipv6Addr>().unwrap().into())
+            .unwrap();
+        let by4 = t.sender(Ipv4Addr::new(192, 0, 2, 2).into()).unwrap();
+        assert_eq!(by6, by4);
+        assert_eq!(by6.slot, 7);
+        assert_eq!(by6.nets, vec!["10.244.2.0/24".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            by6.nets6,
+            vec!["fc00:0:0:2::/64".parse::<Ipv6Net>().unwrap()]
+        );
+        assert_eq!(t.lookup6("fc00:0:0:2::7".parse().unwrap()).unwrap().slot, 7);
+        // Without an IPv6Network (an IPv4-only node) no IPv6 half is looked at.
+        let (t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472, None);
+        assert_eq!((t.peers6().count(), skipped.len()), (0, 0));
+    }
+
     #[test]
     fn longest_prefix_match_and_own_subnet_left_out() {
         let ls = vec![
