@@ -19,7 +19,7 @@ use std::ops::Range;
 use super::counters::DropReason;
 use super::{ENCAP_LEN, Part};
 use crate::wire::tcp::{self, PROTO_TCP, PROTO_UDP};
-use crate::wire::{checksum_finish, checksum_fold, checksum_sum, ipv4, virtio};
+use crate::wire::{checksum_finish, checksum_fold, checksum_sum, ipv4, ipv6, virtio};
 
 /// Bytes of per-batch header arena.
 pub const ARENA_LEN: usize = 256 * 1024;
@@ -112,12 +112,67 @@ pub fn complete_checksum(h: &virtio::Header, pkt: &mut [u8]) -> Result<(), DropR
 }
 
 fn is_udp(pkt: &[u8], l4: usize) -> bool {
-    pkt.first().is_some_and(|b| b >> 4 == 4)
-        && l4 == usize::from(pkt[0] & 0x0f) * 4
-        && pkt.get(9) == Some(&PROTO_UDP)
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) => l4 == usize::from(pkt[0] & 0x0f) * 4 && pkt.get(9) == Some(&PROTO_UDP),
+        Some(6) => l4 == ipv6::HEADER_LEN && pkt.get(6) == Some(&PROTO_UDP),
+        _ => false,
+    }
 }
 
-/// Cuts the TCP/IPv4 (TSO) or UDP/IPv4 (USO) super-packet `pkt`, which lies at
+/// The inner IP header of a super-packet or segment, as offloads need it:
+/// its length, the L4 protocol, the packet's length by the header, and the
+/// pseudo-header sum of an L4 packet of a given length.
+#[derive(Debug, Clone, Copy)]
+enum Ip {
+    V4 {
+        src: std::net::Ipv4Addr,
+        dst: std::net::Ipv4Addr,
+        hl: usize,
+    },
+    V6 {
+        src: std::net::Ipv6Addr,
+        dst: std::net::Ipv6Addr,
+    },
+}
+
+impl Ip {
+    /// `(header, protocol, total length)` of an IPv4 packet, or of an IPv6
+    /// one whose next header is the L4 header (no extension headers).
+    fn parse(pkt: &[u8]) -> Option<(Ip, u8, usize)> {
+        if pkt.first().is_some_and(|b| b >> 4 == 6) {
+            let ip = ipv6::Packet::new_checked(pkt).ok()?;
+            let v = Ip::V6 {
+                src: ip.src(),
+                dst: ip.dst(),
+            };
+            return Some((v, ip.next_header(), ip.total_len()));
+        }
+        let ip = ipv4::Packet::new_checked(pkt).ok()?;
+        let v = Ip::V4 {
+            src: ip.src(),
+            dst: ip.dst(),
+            hl: ip.header_len(),
+        };
+        Some((v, ip.protocol(), usize::from(ip.total_len())))
+    }
+
+    fn header_len(self) -> usize {
+        match self {
+            Ip::V4 { hl, .. } => hl,
+            Ip::V6 { .. } => ipv6::HEADER_LEN,
+        }
+    }
+
+    fn pseudo_sum(self, proto: u8, l4_len: usize) -> u32 {
+        match self {
+            Ip::V4 { src, dst, .. } => tcp::pseudo_header_sum(src, dst, proto, l4_len as u16, 0),
+            Ip::V6 { src, dst } => ipv6::pseudo_header_sum(src, dst, proto, l4_len as u32, 0),
+        }
+    }
+}
+
+/// Cuts the TCP (TSO) or UDP (USO) super-packet `pkt`, over IPv4 or IPv6
+/// (without extension headers), which lies at
 /// `bufs[buf][at..]`, into `gso_size` segments for `to`. Each segment's
 /// header — `prefix` (VXLAN + inner Ethernet), then the inner IPv4 and TCP/UDP
 /// headers with their lengths, IP ID, sequence number, flags and checksums
@@ -144,11 +199,15 @@ pub fn segment(
     dgrams: &mut Vec<Datagram>,
 ) -> Result<usize, SegmentError> {
     let bad = SegmentError::Bad(DropReason::TunBadOffload);
-    let ip = ipv4::Packet::new_checked(pkt).map_err(|_| bad)?;
+    let (ip, proto, total) = Ip::parse(pkt).ok_or(bad)?;
     let iphl = ip.header_len();
-    let proto = ip.protocol();
+    let v6 = matches!(ip, Ip::V6 { .. });
     let (l4hl, is_tcp) = match (h.gso_kind(), proto) {
-        (virtio::GSO_TCPV4, PROTO_TCP) => {
+        (virtio::GSO_TCPV4, PROTO_TCP) if !v6 => {
+            let t = tcp::Packet::new_checked(&pkt[iphl..]).map_err(|_| bad)?;
+            (t.header_len(), true)
+        }
+        (virtio::GSO_TCPV6, PROTO_TCP) if v6 => {
             let t = tcp::Packet::new_checked(&pkt[iphl..]).map_err(|_| bad)?;
             (t.header_len(), true)
         }
@@ -157,9 +216,9 @@ pub fn segment(
     };
     let hl = iphl + l4hl;
     let mss = usize::from(h.gso_size);
-    // The IPv4 total length bounds the packet: bytes read past it are not
-    // ours to send, and every segment's 16-bit lengths fit.
-    let pkt = &pkt[..usize::from(ip.total_len())];
+    // The IP length bounds the packet: bytes read past it are not ours to
+    // send, and every segment's 16-bit lengths fit.
+    let pkt = &pkt[..total];
     // Every payload part lies in `at..at + pkt.len()`: that must not overflow.
     if at.checked_add(pkt.len()).is_none() {
         return Err(bad);
@@ -177,8 +236,11 @@ pub fn segment(
             SegmentError::NoRoom
         });
     }
-    let (src, dst) = (ip.src(), ip.dst());
-    let id0 = ip.ident();
+    let id0 = if v6 {
+        0
+    } else {
+        ipv4::Packet::new_unchecked(pkt).ident()
+    };
     let (seq0, flags0) = if is_tcp {
         let t = tcp::Packet::new_unchecked(&pkt[iphl..]);
         (t.seq(), t.flags())
@@ -195,10 +257,14 @@ pub fn segment(
         let (_, hdr) = out.split_at_mut(ENCAP_LEN);
         hdr.copy_from_slice(&pkt[..hl]);
         let (iph, l4) = hdr.split_at_mut(iphl);
-        let mut ip = ipv4::Packet::new_unchecked(&mut *iph);
-        ip.set_total_len(seg_len as u16);
-        ip.set_ident(id0.wrapping_add(k as u16));
-        ip.fill_checksum();
+        if v6 {
+            ipv6::Packet::new_unchecked(&mut *iph).set_payload_len((seg_len - iphl) as u16);
+        } else {
+            let mut ip4 = ipv4::Packet::new_unchecked(&mut *iph);
+            ip4.set_total_len(seg_len as u16);
+            ip4.set_ident(id0.wrapping_add(k as u16));
+            ip4.fill_checksum();
+        }
         let l4_len = (l4hl + chunk.len()) as u16;
         if is_tcp {
             let mut t = tcp::Packet::new_unchecked(&mut *l4);
@@ -216,7 +282,7 @@ pub fn segment(
             l4[4..6].copy_from_slice(&l4_len.to_be_bytes());
             l4[6..8].copy_from_slice(&[0, 0]);
         }
-        let sum = tcp::pseudo_header_sum(src, dst, proto, l4_len, 0);
+        let sum = ip.pseudo_sum(proto, usize::from(l4_len));
         let sum = checksum_sum(l4, sum);
         let mut c = checksum_finish(checksum_sum(chunk, sum));
         if !is_tcp && c == 0 {
@@ -246,6 +312,8 @@ pub struct TunWrite {
 
 /// A TCP segment that may join a coalesced write.
 struct Seg {
+    /// Its IP header (the family, addresses and length).
+    ip: Ip,
     iphl: usize,
     tcphl: usize,
     payload: usize,
@@ -257,8 +325,9 @@ struct Seg {
 /// The write being built: the first segment's headers in the arena.
 #[derive(Debug)]
 struct Group {
-    /// virtio-net header + IPv4 + TCP header, in the arena.
+    /// virtio-net header + IP + TCP header, in the arena.
     hdr: Range<usize>,
+    ip: Ip,
     iphl: usize,
     tcphl: usize,
     mss: usize,
@@ -303,7 +372,7 @@ impl Default for Coalescer {
 const MAX_PARTS: usize = 8192;
 /// Arena bytes a coalesced write's header takes at most: virtio-net header,
 /// IPv4 without options (the only kind joined), TCP with 40 bytes of options.
-const GROUP_HEADER_MAX: usize = virtio::HEADER_LEN + ipv4::MIN_HEADER_LEN + 60;
+const GROUP_HEADER_MAX: usize = virtio::HEADER_LEN + ipv6::HEADER_LEN + 60;
 
 impl Coalescer {
     pub fn new() -> Coalescer {
@@ -386,9 +455,16 @@ impl Coalescer {
         let first = &self.arena.buf[g.hdr.start + virtio::HEADER_LEN..g.hdr.end];
         let (fi, ft) = first.split_at(g.iphl);
         let (pi, pt) = pkt[..g.iphl + g.tcphl].split_at(g.iphl);
-        // IPv4: version/IHL, TOS, flags/fragment, TTL, protocol, addresses.
-        // (Length, ID and checksum differ by design; the ID was checked above.)
-        let ip_same = fi[0..2] == pi[0..2] && fi[6..10] == pi[6..10] && fi[12..20] == pi[12..20];
+        let ip_same = match g.ip {
+            // IPv4: version/IHL, TOS, flags/fragment, TTL, protocol, addresses.
+            // (Length, ID and checksum differ by design; the ID was checked above.)
+            Ip::V4 { .. } => {
+                fi[0..2] == pi[0..2] && fi[6..10] == pi[6..10] && fi[12..20] == pi[12..20]
+            }
+            // IPv6: version, traffic class, flow label, next header, hop
+            // limit, addresses (the payload length differs by design).
+            Ip::V6 { .. } => fi[0..4] == pi[0..4] && fi[6..40] == pi[6..40],
+        };
         // TCP: ports, ack, data offset, flags but PSH, window, urgent, options.
         let tcp_same = ft[0..4] == pt[0..4]
             && ft[8..13] == pt[8..13]
@@ -407,9 +483,14 @@ impl Coalescer {
         let first_part = self.parts.len();
         self.parts.push(Part::Arena(r.clone()));
         self.parts.push(Part::Buf(buf, range.start + hl..range.end));
-        let ip = ipv4::Packet::new_unchecked(pkt);
+        let dont_frag = match seg.ip {
+            Ip::V4 { .. } => ipv4::Packet::new_unchecked(pkt).dont_frag(),
+            // IPv6 routers never fragment: no IDs to keep in step.
+            Ip::V6 { .. } => true,
+        };
         self.open = Some(Group {
             hdr: r,
+            ip: seg.ip,
             iphl: seg.iphl,
             tcphl: seg.tcphl,
             mss: seg.payload,
@@ -417,7 +498,7 @@ impl Coalescer {
             segments: 1,
             next_seq: seg.seq.wrapping_add(seg.payload as u32),
             next_id: seg.id.wrapping_add(1),
-            dont_frag: ip.dont_frag(),
+            dont_frag,
             last_flags: seg.flags,
             first_part,
         });
@@ -452,18 +533,26 @@ impl Coalescer {
         } else {
             let total = hl + g.payload;
             let (iph, th) = pkt.split_at_mut(g.iphl);
-            let mut ip = ipv4::Packet::new_unchecked(&mut *iph);
-            ip.set_total_len(total as u16);
-            ip.fill_checksum();
-            let (src, dst) = (ip.src(), ip.dst());
+            let gso_type = match g.ip {
+                Ip::V4 { .. } => {
+                    let mut ip = ipv4::Packet::new_unchecked(&mut *iph);
+                    ip.set_total_len(total as u16);
+                    ip.fill_checksum();
+                    virtio::GSO_TCPV4
+                }
+                Ip::V6 { .. } => {
+                    ipv6::Packet::new_unchecked(&mut *iph).set_payload_len((total - g.iphl) as u16);
+                    virtio::GSO_TCPV6
+                }
+            };
             let mut t = tcp::Packet::new_unchecked(&mut *th);
             t.set_flags(t.flags() | (g.last_flags & tcp::FLAG_PSH));
             // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum.
-            let pseudo = tcp::pseudo_header_sum(src, dst, PROTO_TCP, (total - g.iphl) as u16, 0);
+            let pseudo = g.ip.pseudo_sum(PROTO_TCP, total - g.iphl);
             t.set_checksum(checksum_fold(pseudo));
             virtio::Header {
                 flags: virtio::FLAG_NEEDS_CSUM,
-                gso_type: virtio::GSO_TCPV4,
+                gso_type,
                 hdr_len: hl as u16,
                 gso_size: g.mss as u16,
                 csum_start: g.iphl as u16,
@@ -484,10 +573,14 @@ impl Coalescer {
     }
 }
 
-/// The segment's header facts when `pkt` is a TCP/IPv4 segment with payload
-/// that may be coalesced: no IP options or fragmentation, only ACK (and PSH)
-/// set, and valid IPv4 and TCP checksums.
+/// The segment's header facts when `pkt` is a TCP segment with payload that
+/// may be coalesced: over IPv4 without options or fragmentation, or over
+/// IPv6 without extension headers; only ACK (and PSH) set, and valid IP and
+/// TCP checksums.
 fn tcp_segment(pkt: &[u8]) -> Option<Seg> {
+    if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        return tcp_segment6(pkt);
+    }
     let ip = ipv4::Packet::new_checked(pkt).ok()?;
     let iphl = ip.header_len();
     if iphl != ipv4::MIN_HEADER_LEN
@@ -514,12 +607,49 @@ fn tcp_segment(pkt: &[u8]) -> Option<Seg> {
         return None;
     }
     Some(Seg {
+        ip: Ip::V4 {
+            src: ip.src(),
+            dst: ip.dst(),
+            hl: iphl,
+        },
         iphl,
         tcphl,
         payload,
         seq: t.seq(),
         flags,
         id: ip.ident(),
+    })
+}
+
+fn tcp_segment6(pkt: &[u8]) -> Option<Seg> {
+    let ip = ipv6::Packet::new_checked(pkt).ok()?;
+    let iphl = ipv6::HEADER_LEN;
+    if ip.next_header() != PROTO_TCP || ip.total_len() != pkt.len() {
+        return None;
+    }
+    let t = tcp::Packet::new_checked(&pkt[iphl..]).ok()?;
+    let tcphl = t.header_len();
+    let payload = pkt.len() - iphl - tcphl;
+    let flags = t.flags();
+    if payload == 0 || flags & !tcp::FLAG_PSH != tcp::FLAG_ACK {
+        return None;
+    }
+    let v = Ip::V6 {
+        src: ip.src(),
+        dst: ip.dst(),
+    };
+    let l4 = &pkt[iphl..];
+    if checksum_finish(checksum_sum(l4, v.pseudo_sum(PROTO_TCP, l4.len()))) != 0 {
+        return None;
+    }
+    Some(Seg {
+        ip: v,
+        iphl,
+        tcphl,
+        payload,
+        seq: t.seq(),
+        flags,
+        id: 0,
     })
 }
 
