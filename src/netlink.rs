@@ -157,7 +157,8 @@ impl Netlink {
         Ok(f)
     }
 
-    fn request(
+    /// Sends `msg` and collects the answers (a dump's, or a request's ACK).
+    pub(crate) fn request(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
@@ -202,7 +203,8 @@ impl Netlink {
         }
     }
 
-    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    /// Sends `msg` and waits for its ACK.
+    pub(crate) fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.request(msg, NLM_F_ACK | flags).map(|_| ())
     }
 

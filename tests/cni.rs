@@ -883,3 +883,268 @@ fn builtin_runtime_config_ips_is_honoured_or_refused() {
     let out = node.call("ADD", "v6", Some(&again.path()), "eth0", &conf);
     assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
 }
+
+/// The pod's global IPv6 addresses (`addr/prefix`), link-local ones left out.
+fn pod_addr6(pod: &Netns, ifname: &str) -> Vec<String> {
+    let v = pod.ip_json(&["-6", "addr", "show", "dev", ifname, "scope", "global"]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a["local"].as_str()?,
+                a["prefixlen"].as_u64()?
+            ))
+        })
+        .collect()
+}
+
+fn pod_routes6(pod: &Netns) -> Vec<(String, String)> {
+    pod.ip_json(&["-6", "route", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["dst"].as_str().unwrap_or("").to_string(),
+                r["gateway"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `ping -6` from `pod` to `dst`, a few tries (the reference bridge
+/// plugin's gateway address may still be finishing DAD).
+fn ping6(pod: &Netns, dst: &str) -> bool {
+    (0..5).any(|_| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &pod.name, "ping", "-6", "-c1", "-W1", dst])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn host_veths(node: &Node) -> usize {
+    node.ns
+        .ip_json(&["link", "show", "type", "veth"])
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// The pod's (IPv4, IPv6) entries of an ADD result, checked: one per
+/// family, in the node's subnets, with their gateways, on the pod's `eth0`.
+fn dual_ips(mode: Mode, pod: &Netns, r: &Value) -> (String, String) {
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 2, "{mode:?}: one address per family: {r}");
+    let ifaces = r["interfaces"].as_array().expect("interfaces");
+    for ip in ips {
+        let idx = ip["interface"].as_u64().expect("interface") as usize;
+        assert_eq!(ifaces[idx]["name"], "eth0", "{mode:?}: {r}");
+        assert_eq!(ifaces[idx]["sandbox"], pod.path(), "{mode:?}: {r}");
+    }
+    let (v4, v6) = (&ips[0], &ips[1]);
+    let a4 = v4["address"].as_str().unwrap().to_string();
+    let a6 = v6["address"].as_str().unwrap().to_string();
+    assert!(
+        a4.starts_with("10.77.5.") && a4.ends_with("/24"),
+        "{mode:?}: {a4}"
+    );
+    assert_eq!(v4["gateway"], GATEWAY, "{mode:?}: {r}");
+    let (addr6, len6) = a6.split_once('/').expect("prefix");
+    let addr6: std::net::Ipv6Addr = addr6.parse().expect("IPv6 address");
+    let subnet6: ipnet::Ipv6Net = SUBNET6.parse().unwrap();
+    assert!(subnet6.contains(&addr6) && len6 == "64", "{mode:?}: {a6}");
+    assert_ne!(addr6.to_string(), GATEWAY6, "{mode:?}");
+    assert_eq!(v6["gateway"], GATEWAY6, "{mode:?}: {r}");
+    let routes = r["routes"].as_array().expect("routes");
+    for dst in [NETWORK, NETWORK6] {
+        assert!(
+            routes.iter().any(|rt| rt["dst"] == dst),
+            "{mode:?}: a route to {dst}: {r}"
+        );
+    }
+    (a4, a6)
+}
+
+/// Dual-stack subnet.env, in both modes: each pod gets an IPv4 and an IPv6
+/// address of the node's subnets (the result lists both, with their
+/// gateways), its routes for both families, reaches the other pod and the
+/// gateway over IPv6; CHECK passes, and fails once the IPv6 address is
+/// removed; DEL releases both addresses (a new ADD asking for them gets
+/// them) and removes the pod's links; GC releases both.
+fn dual_stack_pods(mode: Mode) {
+    let node = Node::dual(mode);
+    let conf = node.conf("1.0.0");
+    let (p1, p2) = (Netns::new("ds6"), Netns::new("ds6"));
+    let r1 = node.call("ADD", "ds6-one", Some(&p1.path()), "eth0", &conf);
+    assert_eq!(r1.code, 0, "{mode:?}: {}{}", r1.stdout, r1.stderr);
+    let r2 = node.call("ADD", "ds6-two", Some(&p2.path()), "eth0", &conf);
+    assert_eq!(r2.code, 0, "{mode:?}: {}{}", r2.stdout, r2.stderr);
+    let (a4, a6) = dual_ips(mode, &p1, &r1.json);
+    let (b4, b6) = dual_ips(mode, &p2, &r2.json);
+    assert!(a4 != b4 && a6 != b6, "{mode:?}: distinct addresses");
+    assert_eq!(
+        node.allocations().len(),
+        4,
+        "{mode:?}: {:?}",
+        node.allocations()
+    );
+
+    // The pods really have them, and their routes.
+    assert_eq!(pod_addr(&p1, "eth0"), vec![a4.clone()], "{mode:?}");
+    assert_eq!(pod_addr6(&p1, "eth0"), vec![a6.clone()], "{mode:?}");
+    let rs = pod_routes6(&p1);
+    for want in [NETWORK6, "default"] {
+        assert!(
+            rs.contains(&(want.to_string(), GATEWAY6.to_string())),
+            "{mode:?}: {want} via {GATEWAY6} in {rs:?}"
+        );
+    }
+    let b6_addr = b6.split('/').next().unwrap();
+    assert!(ping6(&p1, b6_addr), "{mode:?}: pod to pod over IPv6");
+    assert!(ping6(&p2, GATEWAY6), "{mode:?}: the IPv6 gateway answers");
+
+    // CHECK: passes, then fails once the IPv6 address is gone.
+    let mut check = conf.clone();
+    check["prevResult"] = r2.json.clone();
+    let ok = node.call("CHECK", "ds6-two", Some(&p2.path()), "eth0", &check);
+    assert_eq!(ok.code, 0, "{mode:?} CHECK: {}{}", ok.stdout, ok.stderr);
+    assert!(p2.ip(&["-6", "addr", "del", &b6, "dev", "eth0"]));
+    let bad = node.call("CHECK", "ds6-two", Some(&p2.path()), "eth0", &check);
+    assert_ne!(bad.code, 0, "{mode:?}: CHECK without the IPv6 address");
+    assert!(bad.cni_code().is_some(), "{mode:?}: {}", bad.stdout);
+    if mode == Mode::Builtin {
+        assert_eq!(bad.cni_code(), Some(107), "{}", bad.stdout);
+        assert!(bad.msg().contains(&b6), "{}", bad.msg());
+    }
+
+    // While pod one holds its addresses, asking for them is refused.
+    let mut want = conf.clone();
+    want["runtimeConfig"] = json!({"ips": [a4, a6]});
+    let p3 = Netns::new("ds6");
+    let taken = node.call("ADD", "ds6-three", Some(&p3.path()), "eth0", &want);
+    assert_ne!(taken.code, 0, "{mode:?}: {a4} and {a6} are held");
+    assert!(!p3.has_link("eth0"), "{mode:?}");
+    assert_eq!(
+        node.allocations().len(),
+        4,
+        "{mode:?}: {:?}",
+        node.allocations()
+    );
+
+    // DEL releases both and removes pod one's links.
+    let veths = host_veths(&node);
+    let del = node.call("DEL", "ds6-one", Some(&p1.path()), "eth0", &conf);
+    assert_eq!(del.code, 0, "{mode:?} DEL: {}{}", del.stdout, del.stderr);
+    assert!(
+        !p1.has_link("eth0"),
+        "{mode:?}: the pod's interface is gone"
+    );
+    assert_eq!(host_veths(&node), veths - 1, "{mode:?}: its host end too");
+    let left = node.allocations();
+    assert_eq!(left.len(), 2, "{mode:?}: {left:?}");
+    for a in [&a4, &a6] {
+        let ip = a.split('/').next().unwrap();
+        assert!(
+            !left.iter().any(|l| l == ip),
+            "{mode:?}: {ip} released: {left:?}"
+        );
+    }
+    // ... and a new ADD gets them.
+    let reuse = node.call("ADD", "ds6-three", Some(&p3.path()), "eth0", &want);
+    assert_eq!(reuse.code, 0, "{mode:?}: {}{}", reuse.stdout, reuse.stderr);
+    assert_eq!(dual_ips(mode, &p3, &reuse.json), (a4.clone(), a6.clone()));
+    assert_eq!(pod_addr6(&p3, "eth0"), vec![a6.clone()], "{mode:?}");
+
+    // GC with only pod three valid releases pod two's two addresses.
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ds6-three", "ifname": "eth0"}]);
+    let o = node.call("GC", "", None, "eth0", &gc);
+    assert_eq!(o.code, 0, "{mode:?} GC: {}{}", o.stdout, o.stderr);
+    let left = node.allocations();
+    assert_eq!(left.len(), 2, "{mode:?}: {left:?}");
+    for cid in ["ds6-two", "ds6-three"] {
+        let p = if cid == "ds6-two" { &p2 } else { &p3 };
+        let del = node.call("DEL", cid, Some(&p.path()), "eth0", &conf);
+        assert_eq!(
+            del.code, 0,
+            "{mode:?} DEL {cid}: {}{}",
+            del.stdout, del.stderr
+        );
+    }
+    assert!(
+        node.allocations().is_empty(),
+        "{mode:?}: {:?}",
+        node.allocations()
+    );
+    assert_eq!(host_veths(&node), 0, "{mode:?}");
+}
+
+#[test]
+fn dual_stack_pods_builtin() {
+    if !root_or_skip("dual_stack_pods_builtin") {
+        return;
+    }
+    dual_stack_pods(Mode::Builtin);
+}
+
+#[test]
+fn dual_stack_pods_delegate_bridge_host_local() {
+    if !root_or_skip("dual_stack_pods_delegate_bridge_host_local") {
+        return;
+    }
+    dual_stack_pods(Mode::Delegate);
+}
+
+/// Dual-stack input weft-cni refuses, naming what to fix: an IPv6 address
+/// asked of an IPv4-only node, and a full IPv6 subnet (the IPv4 address
+/// allocated before it is given back).
+#[test]
+fn dual_stack_refusals_name_the_fix() {
+    if !root_or_skip("dual_stack_refusals_name_the_fix") {
+        return;
+    }
+    let node = Node::new(Mode::Builtin);
+    let mut conf = node.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"ips": ["10.77.5.9", "fd77:0:0:5::9"]});
+    let pod = Netns::new("ds6");
+    let out = node.call("ADD", "v4only", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+    assert!(
+        out.msg().contains("FLANNEL_IPV6_SUBNET") && out.msg().contains("subnet.env"),
+        "{}",
+        out.msg()
+    );
+    assert!(!pod.has_link("eth0") && node.builtin_allocations().is_empty());
+
+    // An IPv6 /126: ::1 is the gateway, ::2 and ::3 the pods'.
+    let node = Node::new(Mode::Builtin);
+    std::fs::write(
+        node.subnet_env(),
+        format!("FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={GATEWAY}/24\nFLANNEL_IPV6_NETWORK={NETWORK6}\nFLANNEL_IPV6_SUBNET=fd77:0:0:5::1/126\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"),
+    )
+    .unwrap();
+    let conf = node.conf("1.0.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("ds6")).collect();
+    for (i, p) in pods[..2].iter().enumerate() {
+        let out = node.call("ADD", &format!("full{i}"), Some(&p.path()), "eth0", &conf);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    }
+    let out = node.call("ADD", "full2", Some(&pods[2].path()), "eth0", &conf);
+    assert_eq!(out.cni_code(), Some(104), "{}", out.stdout);
+    assert!(
+        out.msg().contains("fd77:0:0:5::/126") && out.msg().contains("FLANNEL_IPV6_SUBNET"),
+        "{}",
+        out.msg()
+    );
+    assert!(!pods[2].has_link("eth0"));
+    assert_eq!(
+        node.builtin_allocations().len(),
+        4,
+        "{:?}",
+        node.builtin_allocations()
+    );
+}

@@ -6,14 +6,19 @@
 //! bridge port is in hairpin mode, so a pod reaches itself through a Service.
 //! It never masquerades: weftd's `--ip-masq` rules do that for every mode.
 //!
+//! With `FLANNEL_IPV6_SUBNET` in subnet.env (dual-stack), the pod also gets
+//! an IPv6 address of the node's IPv6 subnet (its own store, `nodad` so it is
+//! usable at once), the bridge the IPv6 gateway (`::1`), and routes to
+//! `FLANNEL_IPV6_NETWORK` (and `::/0`) via it; the result lists both.
+//!
 //! Every step of ADD after the address is allocated is undone when a later
 //! one fails. DEL removes what exists and ignores what does not.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::json;
 
 use super::conf::NetConf;
@@ -21,19 +26,20 @@ use super::env::CniEnv;
 use super::error::{CniError, code};
 use super::ipam::{Ipam, IpamError};
 use super::log;
+use super::nl6;
 use super::result::{CniResult, Interface, IpConfig, Route};
 use crate::netlink::{Link, Netlink, has_route, is_exists};
 use crate::subnet_env::SubnetEnv;
 
 /// The IPAM store of node subnet `subnet`, shared by every network that
-/// allocates from it (`<dataDir>/ipam/10.244.3.0-24`).
-pub fn ipam(conf: &NetConf, subnet: Ipv4Net) -> Ipam {
-    Ipam::new(
-        conf.data_dir
-            .join("ipam")
-            .join(crate::lease::subnet_key(&subnet)),
-        &conf.name,
-    )
+/// allocates from it (`<dataDir>/ipam/10.244.3.0-24`, and for the IPv6
+/// subnet of a dual-stack node `<dataDir>/ipam/fc00:0:0:3::-64`).
+pub fn ipam(conf: &NetConf, subnet: IpNet) -> Ipam {
+    let key = match subnet.trunc() {
+        IpNet::V4(s) => crate::lease::subnet_key(&s),
+        IpNet::V6(s) => format!("{}-{}", s.addr(), s.prefix_len()),
+    };
+    Ipam::new(conf.data_dir.join("ipam").join(key), &conf.name)
 }
 
 /// Every IPAM store under `<dataDir>/ipam` (each subnet's, and the
@@ -49,13 +55,28 @@ fn ipam_stores(conf: &NetConf) -> Vec<Ipam> {
         .collect()
 }
 
-/// The address `runtimeConfig.ips` asks for (`podman run --ip`), if any.
+/// The addresses `runtimeConfig.ips` asks for (`podman run --ip`), at
+/// most one per family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// The addresses `runtimeConfig.ips` asks for, if any: one IPv4 address,
+/// and one IPv6 address when the node has an IPv6 subnet (`has_ipv6`).
+/// `subnet_file` names where that would be set. Pure.
 ///
 /// # Errors
-/// Code 7 when it is not one IPv4 address (with or without a prefix).
-pub fn requested_ip(conf: &NetConf) -> Result<Option<Ipv4Addr>, CniError> {
+/// Code 7 when an entry is not an address (with or without a prefix), a
+/// family has two, or an IPv6 address is asked of an IPv4-only node.
+pub fn requested_ips(
+    conf: &NetConf,
+    has_ipv6: bool,
+    subnet_file: &Path,
+) -> Result<Requested, CniError> {
     let Some(v) = conf.runtime_config.as_ref().and_then(|r| r.get("ips")) else {
-        return Ok(None);
+        return Ok(Requested::default());
     };
     let bad = |why: &str| {
         CniError::new(
@@ -66,25 +87,39 @@ pub fn requested_ip(conf: &NetConf) -> Result<Option<Ipv4Addr>, CniError> {
     let list = v
         .as_array()
         .ok_or_else(|| bad("must be a list of addresses"))?;
-    let mut v4 = vec![];
+    let (mut v4, mut v6) = (vec![], vec![]);
     for item in list {
         let text = item
             .as_str()
             .ok_or_else(|| bad("each entry must be a string"))?;
         let addr = text.split('/').next().unwrap_or_default();
-        match addr.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => v4.push(a),
-            Ok(std::net::IpAddr::V6(_)) => {
-                return Err(bad("weft's network is IPv4 only; drop the IPv6 address"));
+        match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => v4.push(a),
+            Ok(IpAddr::V6(a)) if has_ipv6 => v6.push(a),
+            Ok(IpAddr::V6(_)) => {
+                return Err(bad(&format!(
+                    "{text:?} is an IPv6 address but this node has no IPv6 subnet \
+                     (FLANNEL_IPV6_SUBNET is not in {}); drop it, or enable IPv6 in \
+                     weftd's net-conf.json (EnableIPv6, IPv6Network)",
+                    subnet_file.display()
+                )));
             }
             Err(_) => return Err(bad(&format!("{text:?} is not an IP address"))),
         }
     }
-    match v4[..] {
-        [] => Ok(None),
-        [a] => Ok(Some(a)),
-        _ => Err(bad("one IPv4 address per interface")),
-    }
+    let one = |n: usize, family: &str| {
+        if n > 1 {
+            Err(bad(&format!("one {family} address per interface")))
+        } else {
+            Ok(())
+        }
+    };
+    one(v4.len(), "IPv4")?;
+    one(v6.len(), "IPv6")?;
+    Ok(Requested {
+        v4: v4.first().copied(),
+        v6: v6.first().copied(),
+    })
 }
 
 /// The host end's name: stable for a `(containerID, ifname)` pair, so DEL and
@@ -103,6 +138,13 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
     // subnet.env with no room for one is refused before this is reached.
     Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
+}
+
+/// The gateway of the node's IPv6 subnet: its first host address (`::1`,
+/// as subnet.env writes the subnet).
+pub fn gateway6(subnet: Ipv6Net) -> Ipv6Addr {
+    // subnet.env with no room for one is refused before this is reached.
+    Ipv6Addr::from(u128::from(subnet.network()).saturating_add(1))
 }
 
 fn nl_err(what: String) -> impl FnOnce(io::Error) -> CniError {
@@ -171,7 +213,12 @@ pub fn requested_mac(conf: &NetConf) -> Result<Option<[u8; 6]>, CniError> {
     Ok(Some(mac))
 }
 
-fn ensure_bridge(host: &mut Netlink, name: &str, gw: Ipv4Net) -> Result<Link, CniError> {
+fn ensure_bridge(
+    host: &mut Netlink,
+    name: &str,
+    gw: Ipv4Net,
+    gw6: Option<Ipv6Net>,
+) -> Result<Link, CniError> {
     host.create_bridge(name, Some(bridge_mac(gw.addr())))
         .map_err(nl_err(format!("cannot create bridge {name}")))?;
     let br = host
@@ -186,6 +233,11 @@ fn ensure_bridge(host: &mut Netlink, name: &str, gw: Ipv4Net) -> Result<Link, Cn
     host.add_address(br.index, gw).map_err(nl_err(format!(
         "cannot add gateway address {gw} to bridge {name}"
     )))?;
+    if let Some(gw6) = gw6 {
+        nl6::add_address(host, br.index, gw6).map_err(nl_err(format!(
+            "cannot add IPv6 gateway address {gw6} to bridge {name} (is IPv6 disabled on the node? net.ipv6.conf.{name}.disable_ipv6)"
+        )))?;
+    }
     host.set_up(br.index, None)
         .map_err(nl_err(format!("cannot set bridge {name} up")))?;
     Ok(br)
@@ -239,9 +291,16 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let default_route = conf.default_route()?;
     let hairpin = conf.hairpin()?;
     let mac = requested_mac(conf)?;
-    let wanted = requested_ip(conf)?;
+    let wanted = requested_ips(conf, senv.ipv6.is_some(), &conf.subnet_file)?;
     let subnet = senv.subnet.trunc();
     let gw = gateway(subnet);
+    let v6 = senv.ipv6.map(|v6| {
+        let s = v6.subnet.trunc();
+        (s, gateway6(s))
+    });
+    if v6.is_some() {
+        refuse_mtu_below_ipv6_minimum(conf, mtu)?;
+    }
     let ns = open_ns(netns)?;
     let mut pod = Netlink::in_netns(&ns).map_err(nl_err(format!(
         "cannot open netlink in netns {}",
@@ -250,11 +309,47 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     refuse_in(&mut pod, ifname, netns)?;
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
     let gw_net = Ipv4Net::new(gw, subnet.prefix_len()).unwrap_or(subnet);
-    let bridge = ensure_bridge(&mut host, &bridge_name, gw_net)?;
-    let ipam = ipam(conf, subnet);
+    let gw6_net = v6.map(|(s, g)| Ipv6Net::new(g, s.prefix_len()).unwrap_or(s));
+    let bridge = ensure_bridge(&mut host, &bridge_name, gw_net, gw6_net)?;
+    let ipam = ipam(conf, IpNet::V4(subnet));
     let ip = ipam
-        .allocate(subnet, gw, &env.container_id, ifname, wanted)
+        .allocate(
+            IpNet::V4(subnet),
+            IpAddr::V4(gw),
+            &env.container_id,
+            ifname,
+            wanted.v4.map(IpAddr::V4),
+        )
         .map_err(ipam_err)?;
+    // The store of an IPv4 subnet hands out IPv4 addresses only (and an
+    // IPv6 subnet's IPv6 ones, below).
+    let ip = match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => subnet.addr(),
+    };
+    let ipam6 = v6.map(|(s6, _)| self::ipam(conf, IpNet::V6(s6)));
+    let ip6 = match (v6, &ipam6) {
+        (Some((s6, g6)), Some(store)) => {
+            let got = store.allocate(
+                IpNet::V6(s6),
+                IpAddr::V6(g6),
+                &env.container_id,
+                ifname,
+                wanted.v6.map(IpAddr::V6),
+            );
+            match got {
+                Ok(IpAddr::V6(a)) => Some(Ipv6Net::new(a, s6.prefix_len()).unwrap_or(s6)),
+                Ok(IpAddr::V4(_)) => None,
+                Err(e) => {
+                    if let Err(r) = ipam.release(&env.container_id, ifname) {
+                        log(&format!("undo: cannot release {ip}: {r}"));
+                    }
+                    return Err(ipam_err(e));
+                }
+            }
+        }
+        _ => None,
+    };
     let host_name = host_veth_name(&env.container_id, ifname);
     let mut created = false;
     let wired = (|| -> Result<CniResult, CniError> {
@@ -325,15 +420,37 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         };
         pod.add_address(pl.index, addr)
             .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
+        if let Some(a6) = ip6 {
+            nl6::add_address(&mut pod, pl.index, a6).map_err(nl_err(in_pod(&format!(
+                "cannot add IPv6 address {a6} (is IPv6 disabled in the pod? net.ipv6.conf.{ifname}.disable_ipv6)"
+            ))))?;
+        }
         pod.set_up(pl.index, None)
             .map_err(nl_err(in_pod("cannot set link up")))?;
-        let mut routes = vec![(senv.network, gw)];
-        if default_route {
-            routes.push((Ipv4Net::default(), gw));
-        }
+        let routes = pod_routes(
+            (senv.network, gw),
+            senv.ipv6.zip(v6).map(|(e, (_, g6))| (e.network, g6)),
+            default_route,
+        );
         for (dst, via) in &routes {
-            pod.add_route(*dst, Some(*via), pl.index)
-                .map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
+            let added = match (dst, via) {
+                (IpNet::V4(d), IpAddr::V4(g)) => pod.add_route(*d, Some(*g), pl.index),
+                (IpNet::V6(d), IpAddr::V6(g)) => nl6::add_route(&mut pod, *d, Some(*g), pl.index),
+                _ => Ok(false),
+            };
+            added.map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
+        }
+        let mut ips = vec![IpConfig {
+            address: IpNet::V4(addr),
+            gateway: Some(IpAddr::V4(gw)),
+            interface: Some(2),
+        }];
+        if let (Some(a6), Some((_, g6))) = (ip6, v6) {
+            ips.push(IpConfig {
+                address: IpNet::V6(a6),
+                gateway: Some(IpAddr::V6(g6)),
+                interface: Some(2),
+            });
         }
         Ok(CniResult {
             interfaces: vec![
@@ -356,16 +473,12 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
                     sandbox: Some(netns.display().to_string()),
                 },
             ],
-            ips: vec![IpConfig {
-                address: IpNet::V4(addr),
-                gateway: Some(IpAddr::V4(gw)),
-                interface: Some(2),
-            }],
+            ips,
             routes: routes
                 .iter()
                 .map(|(dst, via)| Route {
-                    dst: IpNet::V4(*dst),
-                    gw: Some(IpAddr::V4(*via)),
+                    dst: *dst,
+                    gw: Some(*via),
                 })
                 .collect(),
             dns: json!({}),
@@ -382,7 +495,56 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         if let Err(e) = ipam.release(&env.container_id, ifname) {
             log(&format!("undo: cannot release {ip}: {e}"));
         }
+        if let (Some(store), Some(a6)) = (&ipam6, ip6)
+            && let Err(e) = store.release(&env.container_id, ifname)
+        {
+            log(&format!("undo: cannot release {}: {e}", a6.addr()));
+        }
     })
+}
+
+/// IPv6 needs an MTU of at least 1280: below it the kernel turns IPv6 off
+/// on the link, and the pod's IPv6 address could not be added.
+///
+/// # Errors
+/// Code 7 naming where the MTU comes from.
+fn refuse_mtu_below_ipv6_minimum(conf: &NetConf, mtu: u32) -> Result<(), CniError> {
+    if mtu >= 1280 {
+        return Ok(());
+    }
+    let from = if conf.delegate.get("mtu").is_some_and(|v| !v.is_null()) {
+        "delegate.mtu in the network configuration".to_string()
+    } else {
+        format!("FLANNEL_MTU in {}", conf.subnet_file.display())
+    };
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        format!(
+            "MTU {mtu} ({from}) is below IPv6's minimum of 1280 and this node is dual-stack \
+             (FLANNEL_IPV6_SUBNET); raise it to 1280 or more"
+        ),
+    ))
+}
+
+/// The pod's routes, in the result's order: the IPv4 network via the
+/// gateway (and `0.0.0.0/0` with `default_route`), then, on a dual-stack
+/// node, the IPv6 network via the IPv6 gateway (and `::/0`). Pure.
+pub fn pod_routes(
+    v4: (Ipv4Net, Ipv4Addr),
+    v6: Option<(Ipv6Net, Ipv6Addr)>,
+    default_route: bool,
+) -> Vec<(IpNet, IpAddr)> {
+    let mut out = vec![(IpNet::V4(v4.0), IpAddr::V4(v4.1))];
+    if default_route {
+        out.push((IpNet::V4(Ipv4Net::default()), IpAddr::V4(v4.1)));
+    }
+    if let Some((net, gw)) = v6 {
+        out.push((IpNet::V6(net), IpAddr::V6(gw)));
+        if default_route {
+            out.push((IpNet::V6(Ipv6Net::default()), IpAddr::V6(gw)));
+        }
+    }
+    out
 }
 
 /// DEL in built-in mode: removes the interface (when the netns still
@@ -480,11 +642,28 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
     for store in &stores {
         allocated.extend(store.allocations().map_err(ipam_err)?);
     }
+    let mut have6 = None;
     for ip in prev.ips.iter().filter(|ip| ours(&ip.interface)) {
-        let IpNet::V4(a) = ip.address else { continue };
-        if !have.contains(&a) {
+        let present = match ip.address {
+            IpNet::V4(a) => have.contains(&a),
+            IpNet::V6(a) => {
+                if have6.is_none() {
+                    have6 = Some(
+                        nl6::addresses(&mut pod, link.index)
+                            .map_err(nl_err(format!("cannot list IPv6 addresses of {ifname}")))?,
+                    );
+                }
+                have6.as_ref().is_some_and(|h| h.contains(&a))
+            }
+        };
+        let a = ip.address;
+        if !present {
+            let has = match a {
+                IpNet::V4(_) => format!("{have:?}"),
+                IpNet::V6(_) => format!("{:?}", have6.as_deref().unwrap_or_default()),
+            };
             return Err(check_failed(format!(
-                "address {a} of prevResult is not on {ifname} (it has {have:?})"
+                "address {a} of prevResult is not on {ifname} (it has {has})"
             )));
         }
         if !allocated
@@ -500,8 +679,17 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
         }
     }
     let routes = pod.routes().map_err(nl_err("cannot list routes".into()))?;
+    let routes6 = if prev.routes.iter().any(|r| r.dst.addr().is_ipv6()) {
+        nl6::routes(&mut pod).map_err(nl_err("cannot list IPv6 routes".into()))?
+    } else {
+        vec![]
+    };
     for r in &prev.routes {
-        if !has_route(&routes, r.dst, r.gw) {
+        let found = match r.dst {
+            IpNet::V4(_) => has_route(&routes, r.dst, r.gw),
+            IpNet::V6(_) => nl6::has_route(&routes6, r.dst, r.gw),
+        };
+        if !found {
             return Err(check_failed(format!(
                 "route {} via {:?} of prevResult is missing in netns {}",
                 r.dst,
@@ -537,4 +725,130 @@ pub fn gc(conf: &NetConf, valid: &[(String, String)]) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf_with_ips(ips: serde_json::Value) -> NetConf {
+        let m = super::super::conf::parse_json(
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+                   "runtimeConfig": {"ips": ips}})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        NetConf::from_map(&m, super::super::version::Version::V1_0_0).unwrap()
+    }
+
+    #[test]
+    fn requested_ips_one_per_family_and_only_families_the_node_has() {
+        let f = Path::new("/run/flannel/subnet.env");
+        let r = requested_ips(
+            &conf_with_ips(json!(["10.1.2.3/24", "fc00::7/64"])),
+            true,
+            f,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Requested {
+                v4: Some(Ipv4Addr::new(10, 1, 2, 3)),
+                v6: Some("fc00::7".parse().unwrap())
+            }
+        );
+        let r = requested_ips(&conf_with_ips(json!(["fc00::7"])), true, f).unwrap();
+        assert_eq!((r.v4, r.v6.is_some()), (None, true));
+        let e = requested_ips(&conf_with_ips(json!(["fc00::7"])), false, f).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(
+            e.msg.contains("FLANNEL_IPV6_SUBNET")
+                && e.msg.contains("/run/flannel/subnet.env")
+                && e.msg.contains("EnableIPv6"),
+            "{}",
+            e.msg
+        );
+        for (bad, why) in [
+            (json!(["fc00::7", "fc00::8"]), "one IPv6"),
+            (json!(["10.1.2.3", "10.1.2.4"]), "one IPv4"),
+            (json!(["fc00::zz"]), "not an IP"),
+            (json!([7]), "string"),
+            (json!("fc00::7"), "list"),
+        ] {
+            let e = requested_ips(&conf_with_ips(bad.clone()), true, f).unwrap_err();
+            assert!(
+                e.code == code::INVALID_CONFIG && e.msg.contains(why),
+                "{bad}: {}",
+                e.msg
+            );
+        }
+    }
+
+    #[test]
+    fn dual_stack_mtu_below_1280_is_refused_naming_its_source() {
+        let c = conf_with_ips(json!([]));
+        assert!(refuse_mtu_below_ipv6_minimum(&c, 1280).is_ok());
+        let e = refuse_mtu_below_ipv6_minimum(&c, 1200).unwrap_err();
+        assert!(
+            e.code == code::INVALID_CONFIG && e.msg.contains("FLANNEL_MTU"),
+            "{}",
+            e.msg
+        );
+        let mut c = c;
+        c.delegate.insert("mtu".into(), json!(1000));
+        let e = refuse_mtu_below_ipv6_minimum(&c, 1000).unwrap_err();
+        assert!(
+            e.msg.contains("delegate.mtu") && e.msg.contains("1280"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn routes_and_gateways_per_family() {
+        let v4 = ("10.1.0.0/16".parse().unwrap(), Ipv4Addr::new(10, 1, 17, 1));
+        let s6: Ipv6Net = "fc00:0:0:3::/64".parse().unwrap();
+        let g6 = gateway6(s6);
+        assert_eq!(g6, "fc00:0:0:3::1".parse::<Ipv6Addr>().unwrap());
+        let v6 = ("fc00::/48".parse().unwrap(), g6);
+        let text = |r: Vec<(IpNet, IpAddr)>| -> Vec<String> {
+            r.iter().map(|(d, g)| format!("{d} via {g}")).collect()
+        };
+        assert_eq!(
+            text(pod_routes(v4, None, false)),
+            ["10.1.0.0/16 via 10.1.17.1"]
+        );
+        assert_eq!(
+            text(pod_routes(v4, None, true)),
+            ["10.1.0.0/16 via 10.1.17.1", "0.0.0.0/0 via 10.1.17.1"]
+        );
+        assert_eq!(
+            text(pod_routes(v4, Some(v6), true)),
+            [
+                "10.1.0.0/16 via 10.1.17.1",
+                "0.0.0.0/0 via 10.1.17.1",
+                "fc00::/48 via fc00:0:0:3::1",
+                "::/0 via fc00:0:0:3::1"
+            ]
+        );
+        assert_eq!(
+            text(pod_routes(v4, Some(v6), false)),
+            ["10.1.0.0/16 via 10.1.17.1", "fc00::/48 via fc00:0:0:3::1"]
+        );
+        // The top of the address space: no overflow.
+        let top: Ipv6Net = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            gateway6(top),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+                .parse::<Ipv6Addr>()
+                .unwrap()
+        );
+        let all: Ipv6Net = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"
+            .parse()
+            .unwrap();
+        assert_eq!(gateway6(all), Ipv6Addr::from(u128::MAX));
+    }
 }

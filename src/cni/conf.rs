@@ -188,6 +188,9 @@ impl NetConf {
     /// The delegate configuration, built as flannel's CNI plugin builds it:
     /// the user's `delegate` keys win; `name`, `cniVersion` and `ipam` are
     /// weft's; IPAM's range is the node subnet and it routes the network.
+    /// On a dual-stack node (`FLANNEL_IPV6_SUBNET`), as flannel's: a second
+    /// range set with the IPv6 subnet after the IPv4 one, and a route to
+    /// the IPv6 network after the IPv4 network's (the user's routes first).
     ///
     /// # Errors
     /// Code 7 when `ipam.routes` is not an array.
@@ -209,10 +212,11 @@ impl NetConf {
         }
         let mut ipam = self.ipam.clone().unwrap_or_default();
         ipam.entry("type").or_insert_with(|| json!("host-local"));
-        ipam.insert(
-            "ranges".into(),
-            json!([[{ "subnet": env.subnet.trunc().to_string() }]]),
-        );
+        let mut ranges = vec![json!([{ "subnet": env.subnet.trunc().to_string() }])];
+        if let Some(v6) = &env.ipv6 {
+            ranges.push(json!([{ "subnet": v6.subnet.trunc().to_string() }]));
+        }
+        ipam.insert("ranges".into(), Value::Array(ranges));
         let mut routes = match ipam.get("routes") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a.clone(),
@@ -223,6 +227,9 @@ impl NetConf {
             }
         };
         routes.push(json!({ "dst": env.network.to_string() }));
+        if let Some(v6) = &env.ipv6 {
+            routes.push(json!({ "dst": v6.network.to_string() }));
+        }
         ipam.insert("routes".into(), Value::Array(routes));
         d.insert("ipam".into(), Value::Object(ipam));
         Ok(Value::Object(d))
@@ -354,6 +361,87 @@ mod tests {
         assert_eq!(
             d["ipam"]["routes"],
             json!([{"dst":"192.168.0.0/24"},{"dst":"10.1.0.0/16"}])
+        );
+    }
+
+    /// flannel's dual-stack subnet.env (its plugin's own test data).
+    fn dual_env() -> SubnetEnv {
+        SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+            std::path::Path::new("/x"),
+        )
+        .unwrap()
+    }
+
+    /// What flannel's plugin hands the bridge plugin for the dual-stack
+    /// subnet.env and a bare configuration (its test's expected JSON), plus
+    /// the two keys weft adds on purpose: `cniVersion` (flannel copies it
+    /// when the configuration has one) and `hairpinMode` (docs/cni.md).
+    #[test]
+    fn dual_stack_delegate_config_as_flannel_builds_it() {
+        let c = conf(r#"{"cniVersion":"1.0.0","name":"cni-flannel","type":"flannel"}"#);
+        let d = c.delegate_config(&dual_env(), Version::V1_0_0).unwrap();
+        let flannel = json!({
+            "ipMasq": false,
+            "ipam": {
+                "routes": [{"dst": "10.1.0.0/16"}, {"dst": "fc00::/48"}],
+                "ranges": [[{"subnet": "10.1.17.0/24"}], [{"subnet": "fc00::/64"}]],
+                "type": "host-local"
+            },
+            "isGateway": true,
+            "mtu": 1472,
+            "name": "cni-flannel",
+            "type": "bridge",
+            "cniVersion": "1.0.0",
+            "hairpinMode": true
+        });
+        assert_eq!(d, flannel);
+        // flannel's getDelegateIPAM with the user's IPAM section: its keys
+        // and routes kept, the user's routes first, then each network's.
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"cni-flannel","type":"flannel",
+                "ipam":{"type":"my-ipam","unknown-param":"unknown-value",
+                        "routes":[{"dst":"10.96.0.0/12"},{"dst":"192.168.244.0/24","gw":"10.1.17.20"}]}}"#,
+        );
+        let d = c.delegate_config(&dual_env(), Version::V1_0_0).unwrap();
+        assert_eq!(
+            d["ipam"],
+            json!({
+                "type": "my-ipam",
+                "unknown-param": "unknown-value",
+                "routes": [
+                    {"dst": "10.96.0.0/12"},
+                    {"dst": "192.168.244.0/24", "gw": "10.1.17.20"},
+                    {"dst": "10.1.0.0/16"},
+                    {"dst": "fc00::/48"}
+                ],
+                "ranges": [[{"subnet": "10.1.17.0/24"}], [{"subnet": "fc00::/64"}]]
+            })
+        );
+        // The IPv6 subnet as written (its first host address) is a range
+        // of the subnet itself.
+        let mut e = dual_env();
+        e.ipv6.as_mut().unwrap().subnet = "fc00:0:0:3::1/64".parse().unwrap();
+        let d = c.delegate_config(&e, Version::V1_0_0).unwrap();
+        assert_eq!(
+            d["ipam"]["ranges"][1],
+            json!([{"subnet": "fc00:0:0:3::/64"}])
+        );
+    }
+
+    /// IPv4-only: the delegate configuration is byte for byte what it was
+    /// before dual-stack support (one range set, one network route).
+    #[test]
+    fn ipv4_only_delegate_config_bytes_unchanged() {
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"cbr0","type":"weft",
+                "delegate":{"hairpinMode":true,"isDefaultGateway":true},
+                "ipam":{"dataDir":"/d"}}"#,
+        );
+        let d = c.delegate_config(&env(), Version::V1_0_0).unwrap();
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"cniVersion":"1.0.0","hairpinMode":true,"ipMasq":false,"ipam":{"dataDir":"/d","ranges":[[{"subnet":"10.1.17.0/24"}]],"routes":[{"dst":"10.1.0.0/16"}],"type":"host-local"},"isDefaultGateway":true,"isGateway":true,"mtu":1472,"name":"cbr0","type":"bridge"}"#
         );
     }
 

@@ -8,7 +8,7 @@
 //!
 //! - [`env`], [`conf`], [`version`], [`result`], [`error`]: the protocol;
 //! - [`delegate`]: flannel-compatible bridge + host-local delegation;
-//! - [`builtin`], [`ipam`]: the plugin's own veth, bridge and IPAM (over [`crate::netlink`]);
+//! - [`builtin`], [`ipam`], [`nl6`]: the plugin's own veth, bridge and IPAM, both families (over [`crate::netlink`]);
 //! - [`install`]: what a DaemonSet init container runs.
 
 pub mod builtin;
@@ -18,6 +18,7 @@ pub mod env;
 pub mod error;
 pub mod install;
 pub mod ipam;
+pub mod nl6;
 pub mod result;
 pub mod version;
 
@@ -299,6 +300,46 @@ mod tests {
                 .contains("FLANNEL_SUBNET=255.255.255.255/32"),
             "{j}"
         );
+    }
+
+    /// Inconsistent dual-stack subnet.env (an IPv6 subnet outside the IPv6
+    /// network, one variable without the other): code 100 naming the
+    /// variable, before anything is set up.
+    #[test]
+    fn inconsistent_ipv6_subnet_env_is_refused_naming_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("subnet.env");
+        let base = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.3.1/24\nFLANNEL_MTU=1450\n";
+        for (extra, needle) in [
+            (
+                "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc01:0:0:3::1/64\n",
+                "FLANNEL_IPV6_NETWORK=fc00::/48",
+            ),
+            (
+                "FLANNEL_IPV6_NETWORK=fc00::/48\n",
+                "FLANNEL_IPV6_SUBNET is missing",
+            ),
+        ] {
+            std::fs::write(&env, format!("{base}{extra}")).unwrap();
+            let conf = serde_json::json!({
+                "cniVersion": "1.0.0", "name": "n", "type": "weft", "mode": "builtin",
+                "subnetFile": env, "dataDir": dir.path().join("data"),
+            });
+            let (j, exit) = call(
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_NETNS", "/run/netns/none"),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_PATH", "/nonexistent"),
+                ],
+                &conf.to_string(),
+            );
+            assert_eq!((exit, j["code"].as_u64()), (1, Some(100)), "{j}");
+            let msg = j["msg"].as_str().unwrap();
+            assert!(msg.contains(needle) && msg.contains("subnet.env"), "{msg}");
+            assert!(!dir.path().join("data").exists());
+        }
     }
 
     #[test]

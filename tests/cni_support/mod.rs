@@ -18,6 +18,10 @@ pub const NETWORK: &str = "10.77.0.0/16";
 pub const SUBNET: &str = "10.77.5.0/24";
 pub const GATEWAY: &str = "10.77.5.1";
 pub const MTU: u32 = 1410;
+/// The IPv6 half of a dual-stack node ([`Node::dual`]).
+pub const NETWORK6: &str = "fd77::/48";
+pub const SUBNET6: &str = "fd77:0:0:5::/64";
+pub const GATEWAY6: &str = "fd77:0:0:5::1";
 
 /// Whether the test may run: root, or a loud skip (a failure when CI=true).
 pub fn root_or_skip(test: &str) -> bool {
@@ -157,6 +161,20 @@ impl Node {
         node
     }
 
+    /// A dual-stack node: subnet.env also holds `FLANNEL_IPV6_NETWORK` and
+    /// `FLANNEL_IPV6_SUBNET`, as weftd writes them.
+    pub fn dual(mode: Mode) -> Node {
+        let node = Node::new(mode);
+        std::fs::write(
+            node.subnet_env(),
+            format!(
+                "FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={GATEWAY}/24\nFLANNEL_IPV6_NETWORK={NETWORK6}\nFLANNEL_IPV6_SUBNET={GATEWAY6}/64\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"
+            ),
+        )
+        .expect("write subnet.env");
+        node
+    }
+
     pub fn subnet_env(&self) -> PathBuf {
         self.dir.path().join("subnet.env")
     }
@@ -212,9 +230,15 @@ impl Node {
         run(cmd, stdin.to_string().as_bytes())
     }
 
-    /// The addresses weft's built-in IPAM holds.
+    /// The addresses weft's built-in IPAM holds (every subnet's store: a
+    /// dual-stack node has one per family).
     pub fn builtin_allocations(&self) -> Vec<String> {
-        ip_files(&self.data_dir().join("ipam/10.77.5.0-24"))
+        let Ok(rd) = std::fs::read_dir(self.data_dir().join("ipam")) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = rd.flatten().flat_map(|e| ip_files(&e.path())).collect();
+        v.sort();
+        v
     }
 
     /// The addresses host-local holds.
