@@ -350,14 +350,6 @@ pub async fn run_with_store(
     status: Arc<Status>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let ext = iface::select(&opts.iface)?;
-    tracing::info!(
-        "using interface {} ({}), public IP {}",
-        ext.name,
-        ext.addr,
-        ext.public_ip
-    );
-
     let config = match &opts.net_config_path {
         Some(p) => NetConfig::from_file(p)?,
         None => {
@@ -384,6 +376,21 @@ pub async fn run_with_store(
             }
         }
     };
+    // The config first: the interface needs an IPv6 address in a dual-stack network.
+    let ext = iface::select(&opts.iface, config.ipv6.is_some())?;
+    tracing::info!(
+        "using interface {} ({}), public IP {}",
+        ext.name,
+        ext.addr,
+        ext.public_ip
+    );
+    if let Some(ip6) = ext.public_ipv6 {
+        tracing::info!(
+            "IPv6: interface address {}, public IPv6 {ip6}",
+            ext.addr6
+                .map_or_else(|| "none".to_string(), |a| a.to_string())
+        );
+    }
     // Until the IPv6 dataplane lands, a dual-stack config is refused rather
     // than carried as IPv4 only.
     if config.ipv6.is_some() {
@@ -441,10 +448,21 @@ pub async fn run_with_store(
         .as_ref()
         .filter(|e| e.network == config.network)
         .map(|e| e.subnet);
+    let previous6 = previous_env
+        .as_ref()
+        .and_then(|e| e.ipv6.as_ref())
+        .filter(|e6| config.ipv6.is_some_and(|c| c.network == e6.network))
+        .map(|e6| e6.subnet);
+    let mut attrs = LeaseAttrs::vxlan(ext.public_ip, config.backend.vni, vtep_mac);
+    if let (Some(_), Some(ip6)) = (config.ipv6, ext.public_ipv6) {
+        // The IPv6 VTEP's VtepMAC, derived alike from the public IPv6 address.
+        attrs = attrs.with_ipv6(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()));
+    }
     let req = AcquireRequest {
         config: config.clone(),
-        attrs: LeaseAttrs::vxlan(ext.public_ip, config.backend.vni, vtep_mac),
+        attrs,
         previous,
+        previous6,
         ttl: opts.lease_ttl,
     };
     let lease = store.acquire(&req).await?;
