@@ -205,7 +205,12 @@ impl LocalStore {
         // its IPv6 subnet changed): the new file replaces it.
         if let Some(old) = own.filter(|o| o.key() != lease.key()) {
             let p = self.subnets_dir().join(old.key());
-            std::fs::remove_file(&p).map_err(self.io(format!("removing {}", p.display())))?;
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(self.io(format!("removing {}", p.display()))(e));
+                }
+                _ => {}
+            }
             tracing::info!(
                 "{}: this node's lease {} is now {}",
                 self.describe(),
