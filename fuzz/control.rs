@@ -248,6 +248,7 @@ fn netconf_run(input: &[u8]) -> Outcome {
         config: c.clone(),
         attrs: vxlan_attrs(2),
         previous: c.nth_subnet(count / 2),
+        previous6: None,
         ttl: Duration::from_secs(60),
     };
     let mut rng = Rng::seed_from_u64(crate::fnv(input));
@@ -502,7 +503,7 @@ fn kube_run(input: &[u8]) -> Outcome {
     // The prefix as --kube-annotation-prefix gives it, with or without a slash.
     let mut own_ok = false;
     for prefix in [KUBE_PREFIX, "flannel.alpha.coreos.com/"] {
-        if let Ok(l) = kube::own_lease_from_node(prefix, "node-a", &node, network, &attrs) {
+        if let Ok(l) = kube::own_lease_from_node(prefix, "node-a", &node, network, None, &attrs) {
             ensure!(
                 network.contains(&l.subnet) && node_subnet_problem(&l.subnet).is_none(),
                 "this node's lease {} (Network {network})",

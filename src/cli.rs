@@ -1,7 +1,7 @@
 //! `weftd`'s command line: flannel's flag names where flannel has one, with
 //! `WEFT_*` environment variables (and flannel's `FLANNELD_*` where it has them).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -106,18 +106,22 @@ pub struct LabArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Interface (name or IPv4 address) for traffic between nodes; repeat to try several in order.
+    /// Interface (name, IPv4 or IPv6 address) for traffic between nodes; repeat to try several in order.
     #[arg(long, env = "WEFT_IFACE", value_delimiter = ',')]
     pub iface: Vec<String>,
     /// Regular expression matched against interface names and addresses; repeatable.
     #[arg(long, env = "WEFT_IFACE_REGEX", value_delimiter = ',')]
     pub iface_regex: Vec<String>,
-    /// Use the interface that routes to this address.
+    /// Use the interface that routes to this address (IPv4 or IPv6).
     #[arg(long, env = "WEFT_IFACE_CAN_REACH")]
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<IpAddr>,
     /// The IP other nodes use to reach this one (default: the interface's address).
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// Dual-stack: the IPv6 address other nodes use to reach this one
+    /// (default: the interface's global IPv6 address).
+    #[arg(long, env = "WEFT_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// flannel's net-conf.json; without it the store's config (or the embedded default) is used.
     #[arg(long, env = "WEFT_NET_CONFIG_PATH")]
     pub net_config_path: Option<PathBuf>,
@@ -232,6 +236,7 @@ impl RunArgs {
                 iface_regex: self.iface_regex.clone(),
                 iface_can_reach: self.iface_can_reach,
                 public_ip: self.public_ip,
+                public_ipv6: self.public_ipv6,
             },
             net_config_path: self.net_config_path.clone(),
             subnet_file: self.subnet_file.clone(),
@@ -277,6 +282,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ipv6_interface_flags_parse() {
+        let c = Cli::try_parse_from([
+            "weftd",
+            "--iface",
+            "2001:db8::5",
+            "--iface-can-reach",
+            "2001:db8::1",
+            "--public-ipv6",
+            "2001:db8:ff::7",
+        ])
+        .unwrap();
+        let o = c.run.options().unwrap();
+        assert_eq!(o.iface.iface, vec!["2001:db8::5"]);
+        assert_eq!(
+            o.iface.iface_can_reach,
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(o.iface.public_ipv6, Some("2001:db8:ff::7".parse().unwrap()));
+        assert!(Cli::try_parse_from(["weftd", "--public-ipv6", "192.0.2.1"]).is_err());
+    }
+
+    #[test]
     fn flannel_style_flags_parse() {
         let c = Cli::try_parse_from([
             "weftd",
@@ -295,6 +322,7 @@ mod tests {
         let o = c.run.options().unwrap();
         assert!(o.etcd.is_none(), "the embedded store is the default");
         assert_eq!(o.iface.iface, vec!["eth1", "10.0.0.5"]);
+        assert_eq!(o.iface.public_ipv6, None);
         assert_eq!(o.lease_ttl, Duration::from_secs(30));
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.healthz, Some("0.0.0.0:9100".parse().unwrap()));

@@ -91,10 +91,6 @@ pub enum DaemonError {
         iface: String,
     },
     #[error(
-        "the network is dual-stack (EnableIPv6) but interface {iface} has no global IPv6 address to carry VXLAN to other nodes' IPv6 VTEPs: add one, name an interface that has one with --iface, or set EnableIPv6 to false"
-    )]
-    NoIpv6 { iface: String },
-    #[error(
         "the network is dual-stack (EnableIPv6) but the lease for {subnet} from {store} has no IPv6 subnet"
     )]
     NoLease6 { store: String, subnet: Ipv4Net },
@@ -387,14 +383,6 @@ pub async fn run_with_store(
     status: Arc<Status>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let ext = iface::select(&opts.iface)?;
-    tracing::info!(
-        "using interface {} ({}), public IP {}",
-        ext.name,
-        ext.addr,
-        ext.public_ip
-    );
-
     let config = match &opts.net_config_path {
         Some(p) => NetConfig::from_file(p)?,
         None => {
@@ -421,6 +409,21 @@ pub async fn run_with_store(
             }
         }
     };
+    // The config first: the interface needs an IPv6 address in a dual-stack network.
+    let ext = iface::select(&opts.iface, config.ipv6.is_some())?;
+    tracing::info!(
+        "using interface {} ({}), public IP {}",
+        ext.name,
+        ext.addr,
+        ext.public_ip
+    );
+    if let Some(ip6) = ext.public_ipv6 {
+        tracing::info!(
+            "IPv6: interface address {}, public IPv6 {ip6}",
+            ext.addr6
+                .map_or_else(|| "none".to_string(), |a| a.to_string())
+        );
+    }
     // Until the IPv6 dataplane lands, a dual-stack config is refused rather
     // than carried as IPv4 only.
     if config.ipv6.is_some() {
@@ -471,10 +474,10 @@ pub async fn run_with_store(
     let listen = SocketAddrV4::new(ext.addr, port);
     let listen6 = match config.ipv6 {
         None => None,
+        // The interface's address; with only --public-ipv6 (the node is
+        // reached through NAT), any address of this node.
         Some(_) => Some(std::net::SocketAddrV6::new(
-            ext.addr6.ok_or_else(|| DaemonError::NoIpv6 {
-                iface: ext.name.clone(),
-            })?,
+            ext.addr6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
             port,
             0,
             0,
@@ -489,10 +492,21 @@ pub async fn run_with_store(
         .as_ref()
         .filter(|e| e.network == config.network)
         .map(|e| e.subnet);
+    let previous6 = previous_env
+        .as_ref()
+        .and_then(|e| e.ipv6.as_ref())
+        .filter(|e6| config.ipv6.is_some_and(|c| c.network == e6.network))
+        .map(|e6| e6.subnet);
+    let mut attrs = LeaseAttrs::vxlan(ext.public_ip, config.backend.vni, vtep_mac);
+    if let (Some(_), Some(ip6)) = (config.ipv6, ext.public_ipv6) {
+        // The IPv6 VTEP's VtepMAC, derived alike from the public IPv6 address.
+        attrs = attrs.with_ipv6(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()));
+    }
     let req = AcquireRequest {
         config: config.clone(),
-        attrs: LeaseAttrs::vxlan(ext.public_ip, config.backend.vni, vtep_mac),
+        attrs,
         previous,
+        previous6,
         ttl: opts.lease_ttl,
     };
     let lease = store.acquire(&req).await?;

@@ -7,8 +7,7 @@
 use std::ffi::OsString;
 
 /// flanneld's flags that weft accepts but does not act on, and why.
-const IGNORED: [(&str, bool, &str); 4] = [
-    ("public-ipv6", false, "weft carries IPv4 only"),
+const IGNORED: [(&str, bool, &str); 3] = [
     (
         "ip-blackhole-route",
         true,
@@ -318,9 +317,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(args(&t), ["--ip-masq"]);
-        assert_eq!(t.notes.len(), 3, "{:?}", t.notes);
-        assert!(t.notes[0].starts_with("flanneld's -public-ipv6 has no effect in weft"));
+        // -public-ipv6 is weftd's --public-ipv6 (dual-stack).
+        assert_eq!(args(&t), ["--public-ipv6", "2001:db8::1", "--ip-masq"]);
+        assert_eq!(t.notes.len(), 2, "{:?}", t.notes);
+        assert!(t.notes[0].starts_with("flanneld's -ip-blackhole-route has no effect in weft"));
     }
 
     #[test]
@@ -345,13 +345,13 @@ mod tests {
             [
                 "--public-ip=192.0.2.7",
                 "--ip-masq=true",
+                "--public-ipv6=2001:db8::1",
                 "--log-level=debug",
                 "--iface",
                 "eth0"
             ]
         );
-        assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
-        assert!(t.notes[0].contains("FLANNELD_PUBLIC_IPV6"));
+        assert!(t.notes.is_empty(), "{:?}", t.notes);
         assert_eq!(
             run(&[], &[("FLANNELD_KUBE_SUBNET_MGR", "yes")])
                 .unwrap_err()

@@ -147,7 +147,6 @@ impl Lease {
     }
 }
 
-/// flannel's key form of a subnet: `10.244.3.0/24` → `10.244.3.0-24`.
 /// Why `s` cannot be a node's subnet, if it cannot: a /0 would route every
 /// address (the underlay's too) into the overlay, and a /31 or /32 leaves no
 /// address for a gateway and a pod. Every store's data and subnet.env are
@@ -174,6 +173,52 @@ pub fn node_subnet6_problem(s: &Ipv6Net) -> Option<&'static str> {
     }
 }
 
+/// Why the IPv6 half of a peer's lease cannot be routed to, if it cannot:
+/// its IPv6 subnet is no node subnet ([`node_subnet6_problem`]) or lies
+/// outside `network6` (the IPv6Network, when known), it announces no
+/// PublicIPv6, or its BackendV6Data is missing or not vxlan data. The IPv4
+/// half is judged apart; a lease without an IPv6 subnet has no IPv6 half.
+pub fn ipv6_half_problem(l: &Lease, network6: Option<&Ipv6Net>) -> Option<String> {
+    let s6 = l.ipv6_subnet?;
+    if let Some(why) = node_subnet6_problem(&s6) {
+        return Some(format!("IPv6 subnet {s6}: {why}"));
+    }
+    if let Some(n6) = network6 {
+        if !n6.contains(&s6) {
+            return Some(format!("IPv6 subnet {s6} is outside the IPv6Network {n6}"));
+        }
+    }
+    if l.attrs.public_ipv6.is_none() {
+        return Some(format!("it has the IPv6 subnet {s6} but no PublicIPv6"));
+    }
+    match l.attrs.vxlan_v6_data() {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("it has the IPv6 subnet {s6} but no BackendV6Data")),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+impl Lease {
+    /// The lease without its IPv6 half (subnet, PublicIPv6, BackendV6Data):
+    /// what is left to route to when only that half is unusable.
+    pub fn without_ipv6(mut self) -> Lease {
+        self.ipv6_subnet = None;
+        self.attrs.public_ipv6 = None;
+        self.attrs.backend_v6_data = None;
+        self
+    }
+
+    /// The lease as a peer: whole, or without its IPv6 half and why
+    /// ([`ipv6_half_problem`]) when only that half is unusable.
+    pub fn checked_ipv6(self, network6: Option<&Ipv6Net>) -> (Lease, Option<String>) {
+        match ipv6_half_problem(&self, network6) {
+            None => (self, None),
+            Some(why) => (self.without_ipv6(), Some(why)),
+        }
+    }
+}
+
+/// flannel's key form of a subnet: `10.244.3.0/24` → `10.244.3.0-24`.
 pub fn subnet_key(s: &Ipv4Net) -> String {
     format!("{}-{}", s.addr(), s.prefix_len())
 }
@@ -284,6 +329,84 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_unusable_ipv6_half_is_dropped_and_the_ipv4_half_kept() {
+        let n6: Ipv6Net = "fc00::/48".parse().unwrap();
+        let mac = VtepMac::derive(&[192, 0, 2, 1]);
+        let vni = Vni::new(1).unwrap();
+        let good = Lease {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv6_subnet: Some("fc00:0:0:3::/64".parse().unwrap()),
+            attrs: LeaseAttrs::vxlan(Ipv4Addr::new(192, 0, 2, 1), vni, mac).with_ipv6(
+                "fd00::1".parse().unwrap(),
+                vni,
+                mac,
+            ),
+            expiration: None,
+        };
+        assert_eq!(ipv6_half_problem(&good, Some(&n6)), None);
+        assert_eq!(good.clone().checked_ipv6(Some(&n6)), (good.clone(), None));
+        let v4only = good.clone().without_ipv6();
+        assert_eq!(v4only.key(), "10.244.3.0-24");
+        assert_eq!(ipv6_half_problem(&v4only, Some(&n6)), None);
+        let cases: Vec<(Lease, &str)> = vec![
+            (
+                Lease {
+                    ipv6_subnet: Some("fc01:0:0:3::/64".parse().unwrap()),
+                    ..good.clone()
+                },
+                "outside the IPv6Network fc00::/48",
+            ),
+            (
+                Lease {
+                    ipv6_subnet: Some("fc00::/127".parse().unwrap()),
+                    ..good.clone()
+                },
+                "/127 or /128",
+            ),
+            (
+                {
+                    let mut l = good.clone();
+                    l.attrs.public_ipv6 = None;
+                    l
+                },
+                "no PublicIPv6",
+            ),
+            (
+                {
+                    let mut l = good.clone();
+                    l.attrs.backend_v6_data = Some(serde_json::json!("garbage"));
+                    l
+                },
+                "BackendV6Data is not vxlan data",
+            ),
+            (
+                {
+                    let mut l = good.clone();
+                    l.attrs.backend_v6_data = None;
+                    l
+                },
+                "no BackendV6Data",
+            ),
+        ];
+        for (l, want) in cases {
+            let (kept, why) = l.clone().checked_ipv6(Some(&n6));
+            let why = why.unwrap_or_default();
+            assert!(why.contains(want), "{why} / {want}");
+            assert_eq!(kept.subnet, l.subnet);
+            assert_eq!(kept.attrs.public_ip, l.attrs.public_ip);
+            assert_eq!(kept.attrs.backend_data, l.attrs.backend_data);
+            assert_eq!(kept.ipv6_subnet, None);
+            assert_eq!(kept.attrs.public_ipv6, None);
+        }
+        // Without a known IPv6Network only the lease's own data is judged.
+        let outside = Lease {
+            ipv6_subnet: Some("fc01:0:0:3::/64".parse().unwrap()),
+            ..good
+        };
+        assert_eq!(ipv6_half_problem(&outside, None), None);
     }
 
     #[test]

@@ -252,6 +252,7 @@ impl Renewal {
             Err(why @ StoreError::LeaseDeleted { .. }) => Step::Reacquire {
                 request: AcquireRequest {
                     previous: Some(held.subnet),
+                    previous6: held.ipv6_subnet.or(req.previous6),
                     ..req.clone()
                 },
                 why,
@@ -445,6 +446,7 @@ mod tests {
             config: config(),
             attrs: own().attrs,
             previous: None,
+            previous6: None,
             ttl: Duration::from_secs(24 * 3600),
         }
     }

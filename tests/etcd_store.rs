@@ -65,6 +65,7 @@ fn req(net: &str, ip: [u8; 4], ttl: Duration) -> AcquireRequest {
         config: NetConfig::parse(net, "etcd").unwrap(),
         attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
         previous: None,
+        previous6: None,
         ttl,
     }
 }
@@ -866,4 +867,248 @@ async fn periodic_relist_sends_snapshots() {
     })
     .await;
     assert_eq!(t.subnets(), vec!["10.244.1.0/24"]);
+}
+
+const NET6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
+
+/// A dual-stack request, as weftd makes it.
+fn req6(net: &str, ip: [u8; 4], ttl: Duration) -> AcquireRequest {
+    let ip6 = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip[3]));
+    let mut r = req(net, ip, ttl);
+    r.attrs = r
+        .attrs
+        .with_ipv6(ip6, Vni::new(1).unwrap(), VtepMac::derive(&ip6.octets()));
+    r
+}
+
+fn value_of(srv: &EtcdServer, key: &str) -> String {
+    srv.etcdctl(&["get", key, "--print-value-only"])
+        .trim()
+        .to_string()
+}
+
+fn keys_of(srv: &EtcdServer) -> Vec<String> {
+    let out = srv.etcdctl(&[
+        "get",
+        "/coreos.com/network/subnets/",
+        "--prefix",
+        "--keys-only",
+    ]);
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn dual_stack_lease_key_json_renew_and_flannel_peers() {
+    if !etcd_available("dual_stack_lease_key_json_renew_and_flannel_peers") {
+        return;
+    }
+    capture_logs();
+    let srv = EtcdServer::start();
+    let s = store(&srv).await;
+    let ttl = Duration::from_secs(60);
+    let a = s.acquire(&req6(NET6, [192, 0, 2, 1], ttl)).await.unwrap();
+    let s6 = a.ipv6_subnet.expect("an IPv6 subnet");
+    assert!("fc00::/48".parse::<ipnet::Ipv6Net>().unwrap().contains(&s6));
+    assert_eq!(s6.prefix_len(), 64);
+    // flannel's dual-stack key and value.
+    let key = format!(
+        "/coreos.com/network/subnets/{}-24&{}-64",
+        a.subnet.addr(),
+        s6.addr()
+    );
+    assert_eq!(keys_of(&srv), vec![key.clone()]);
+    let v = value_of(&srv, &key);
+    let mac6 = VtepMac::derive(&"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    assert!(
+        v.contains(r#""PublicIP":"192.0.2.1","PublicIPv6":"fd00::1","BackendType":"vxlan""#)
+            && v.contains(&format!(
+                r#""BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}"#
+            )),
+        "{v}"
+    );
+    let attrs: LeaseAttrs = serde_json::from_str(&v).unwrap();
+    assert_eq!(attrs, a.attrs);
+    // Renew keeps the key.
+    let r = s.renew(&a, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(r.key(), a.key());
+    assert_eq!(keys_of(&srv), vec![key.clone()]);
+    // A restart gets the same lease back, IPv6 subnet included.
+    let again = store(&srv)
+        .await
+        .acquire(&req6(NET6, [192, 0, 2, 1], ttl))
+        .await
+        .unwrap();
+    assert_eq!(again.key(), a.key());
+
+    // A dual-stack lease written by flannel is seen with its IPv6 half.
+    let mut w = s.watch().await.unwrap();
+    let mut t = Table::default();
+    t.until(
+        &mut w,
+        Duration::from_secs(5),
+        "the first snapshot",
+        |t, _| t.snapshots == 1,
+    )
+    .await;
+    srv.put(
+        "/coreos.com/network/subnets/10.244.77.0-24&fc00:0:0:77::-64",
+        r#"{"PublicIP":"192.0.2.77","PublicIPv6":"fd00::77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}}"#,
+    );
+    let s77: Ipv4Net = "10.244.77.0/24".parse().unwrap();
+    t.until(
+        &mut w,
+        Duration::from_secs(5),
+        "flannel's dual-stack peer",
+        |t, _| t.leases.contains_key(&s77),
+    )
+    .await;
+    let p = &t.leases[&s77];
+    assert_eq!(p.ipv6_subnet, Some("fc00:0:0:77::/64".parse().unwrap()));
+    assert_eq!(p.attrs.public_ipv6, Some("fd00::77".parse().unwrap()));
+    assert_eq!(
+        p.attrs
+            .vxlan_v6_data()
+            .unwrap()
+            .unwrap()
+            .vtep_mac
+            .to_string(),
+        "8a:2e:0c:11:3d:4f"
+    );
+    // Its IPv6 half outside the IPv6Network, or without PublicIPv6: the IPv4 half stays.
+    srv.put(
+        "/coreos.com/network/subnets/10.244.78.0-24&fd99:0:0:78::-64",
+        r#"{"PublicIP":"192.0.2.78","PublicIPv6":"fd00::78","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2c"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:50"}}"#,
+    );
+    srv.put(
+        "/coreos.com/network/subnets/10.244.79.0-24&fc00:0:0:79::-64",
+        r#"{"PublicIP":"192.0.2.79","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2d"},"BackendV6Data":null}"#,
+    );
+    let (s78, s79): (Ipv4Net, Ipv4Net) = (
+        "10.244.78.0/24".parse().unwrap(),
+        "10.244.79.0/24".parse().unwrap(),
+    );
+    t.until(&mut w, Duration::from_secs(5), "the IPv4 halves", |t, _| {
+        t.leases.contains_key(&s78) && t.leases.contains_key(&s79)
+    })
+    .await;
+    for s in [s78, s79] {
+        let l = &t.leases[&s];
+        assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None), "{s}");
+        assert!(l.attrs.vxlan_data().is_ok());
+    }
+    let logs = logs();
+    assert!(
+        logs.contains("10.244.78.0-24&fd99:0:0:78::-64: routing only its IPv4 subnet")
+            && logs.contains("outside the IPv6Network fc00::/48")
+            && logs.contains("no PublicIPv6"),
+        "{logs}"
+    );
+    s.release(&a).await.unwrap();
+    assert!(!keys_of(&srv).contains(&key));
+}
+
+#[tokio::test]
+async fn an_ipv4_only_own_lease_gets_an_ipv6_subnet_when_the_network_turns_dual_stack() {
+    if !etcd_available(
+        "an_ipv4_only_own_lease_gets_an_ipv6_subnet_when_the_network_turns_dual_stack",
+    ) {
+        return;
+    }
+    let srv = EtcdServer::start();
+    let ttl = Duration::from_secs(60);
+    let a = store(&srv)
+        .await
+        .acquire(&req(NET, [192, 0, 2, 1], ttl))
+        .await
+        .unwrap();
+    let old = format!("/coreos.com/network/subnets/{}-24", a.subnet.addr());
+    assert_eq!(keys_of(&srv), vec![old.clone()]);
+    assert!(!value_of(&srv, &old).contains("IPv6"));
+    // A peer's lease, to see that the watch shows a move, not a loss.
+    let s = store(&srv).await;
+    let mut w = s.watch().await.unwrap();
+    let mut t = Table::default();
+    t.until(
+        &mut w,
+        Duration::from_secs(5),
+        "the first snapshot",
+        |t, _| t.snapshots == 1,
+    )
+    .await;
+    let mut r6 = req6(NET6, [192, 0, 2, 1], ttl);
+    r6.previous6 = Some("fc00:0:0:42::/64".parse().unwrap());
+    let b = s.acquire(&r6).await.unwrap();
+    assert_eq!(b.subnet, a.subnet, "the IPv4 subnet is kept");
+    assert_eq!(b.ipv6_subnet, Some("fc00:0:0:42::/64".parse().unwrap()));
+    let new = format!(
+        "/coreos.com/network/subnets/{}-24&fc00:0:0:42::-64",
+        a.subnet.addr()
+    );
+    assert_eq!(keys_of(&srv), vec![new.clone()]);
+    let sub = a.subnet;
+    t.until(&mut w, Duration::from_secs(5), "the moved lease", |_, e| {
+        matches!(e, Some(WatchEvent::Upsert(l)) if l.subnet == sub && l.ipv6_subnet.is_some())
+    })
+    .await;
+    assert!(t.leases.contains_key(&sub));
+    // The lease key carries the etcd lease of the TTL.
+    let v: serde_json::Value =
+        serde_json::from_str(&srv.etcdctl(&["get", &new, "-w", "json"])).unwrap();
+    assert_ne!(v["kvs"][0]["lease"].as_i64().unwrap_or(0), 0);
+    // Renewing the new lease works; back to IPv4 only moves it back.
+    s.renew(&b, ttl).await.unwrap();
+    let c = s.acquire(&req(NET, [192, 0, 2, 1], ttl)).await.unwrap();
+    assert_eq!((c.subnet, c.ipv6_subnet), (a.subnet, None));
+    assert_eq!(keys_of(&srv), vec![old]);
+}
+
+#[tokio::test]
+async fn two_nodes_never_get_the_same_ipv6_subnet() {
+    if !etcd_available("two_nodes_never_get_the_same_ipv6_subnet") {
+        return;
+    }
+    capture_logs();
+    let srv = EtcdServer::start();
+    // Three IPv6 subnets, one held by a flannel node: two left for three racers.
+    let net = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::","IPv6SubnetMax":"fc00:0:0:3::","Backend":{"Type":"vxlan"}}"#;
+    srv.put(
+        "/coreos.com/network/subnets/10.244.9.0-24&fc00:0:0:2::-64",
+        r#"{"PublicIP":"192.0.2.9","PublicIPv6":"fd00::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}}"#,
+    );
+    let mut tasks = vec![];
+    for i in 0..3u8 {
+        let st = store(&srv).await;
+        let mut r = req6(net, [192, 0, 2, 10 + i], Duration::from_secs(60));
+        // Every racer asks for the same IPv6 subnet first.
+        r.previous6 = Some("fc00:0:0:1::/64".parse().unwrap());
+        tasks.push(tokio::spawn(async move { st.acquire(&r).await }));
+    }
+    let mut got = vec![];
+    let mut refused = vec![];
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(l) => got.push(l.ipv6_subnet.unwrap().to_string()),
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["fc00:0:0:1::/64", "fc00:0:0:3::/64"],
+        "{refused:?}"
+    );
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].contains("no free IPv6 subnet"), "{refused:?}");
+    // What etcd holds agrees: every IPv6 subnet once.
+    let mut v6: Vec<String> = keys_of(&srv)
+        .iter()
+        .filter_map(|k| k.split_once('&').map(|(_, s)| s.to_string()))
+        .collect();
+    v6.sort();
+    let n = v6.len();
+    v6.dedup();
+    assert_eq!((n, v6.len()), (3, 3), "{v6:?}");
 }

@@ -72,6 +72,7 @@ fn request(ip: [u8; 4]) -> AcquireRequest {
         .unwrap(),
         attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
         previous: None,
+        previous6: None,
         ttl: Duration::from_secs(86400),
     }
 }
@@ -669,4 +670,176 @@ fn leases_are_vxlan_leases() {
         expiration: None,
     };
     assert!(l.attrs.vxlan_data().is_ok());
+}
+
+const NET6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
+
+/// A dual-stack request, as weftd makes it: the IPv6 VTEP's VtepMAC derived
+/// from the public IPv6 address.
+fn request6(ip: [u8; 4], ip6: &str) -> AcquireRequest {
+    let ip6: std::net::Ipv6Addr = ip6.parse().unwrap();
+    let mut r = request(ip);
+    r.config = NetConfig::parse(NET6, "test").unwrap();
+    r.attrs = r
+        .attrs
+        .with_ipv6(ip6, Vni::new(1).unwrap(), VtepMac::derive(&ip6.octets()));
+    r
+}
+
+fn dual_node(
+    name: &str,
+    cidrs: [&str; 2],
+    ip: &str,
+    annotations: serde_json::Value,
+) -> serde_json::Value {
+    let mut n = node_json(name, Some(cidrs[0]), ip, annotations);
+    n["spec"]["podCIDRs"] = json!(cidrs);
+    n
+}
+
+#[tokio::test]
+async fn dual_stack_pod_cidrs_annotations_overwrite_and_peers() {
+    logs();
+    let st = new_state();
+    {
+        let mut s = st.lock().unwrap();
+        s.put_node(dual_node(
+            "d1",
+            ["10.244.1.0/24", "fc00:0:0:1::/64"],
+            "192.0.2.1",
+            json!({"flannel.alpha.coreos.com/public-ipv6-overwrite": "2001:db8::99"}),
+        ));
+        // A dual-stack flannel peer.
+        let mut a = flannel_annotations("192.0.2.2", "62:fc:03:83:1b:2b");
+        a["flannel.alpha.coreos.com/backend-v6-data"] =
+            json!(r#"{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}"#);
+        a["flannel.alpha.coreos.com/public-ipv6"] = json!("fd00::2");
+        s.put_node(dual_node(
+            "d2",
+            ["10.244.2.0/24", "fc00:0:0:2::/64"],
+            "192.0.2.2",
+            a,
+        ));
+        // An IPv4-only peer (no v6 annotations) and one with a hostile IPv6 half.
+        s.put_node(dual_node(
+            "d3",
+            ["10.244.3.0/24", "fc00:0:0:3::/64"],
+            "192.0.2.3",
+            flannel_annotations("192.0.2.3", "62:fc:03:83:1b:2c"),
+        ));
+        let mut a = flannel_annotations("192.0.2.4", "62:fc:03:83:1b:2d");
+        a["flannel.alpha.coreos.com/backend-v6-data"] = json!("{garbage");
+        a["flannel.alpha.coreos.com/public-ipv6"] = json!("fd00::4");
+        s.put_node(dual_node(
+            "d4",
+            ["10.244.4.0/24", "fc00:0:0:4::/64"],
+            "192.0.2.4",
+            a,
+        ));
+    }
+    let srv = ApiServer::loopback(st);
+    let store = KubeStore::connect(settings(&srv.url, "d1")).await.unwrap();
+    let lease = store
+        .acquire(&request6([192, 0, 2, 1], "2001:db8::1"))
+        .await
+        .unwrap();
+    assert_eq!(lease.subnet.to_string(), "10.244.1.0/24");
+    assert_eq!(lease.ipv6_subnet, Some("fc00:0:0:1::/64".parse().unwrap()));
+    // public-ipv6-overwrite wins over the interface's address.
+    assert_eq!(
+        lease.attrs.public_ipv6,
+        Some("2001:db8::99".parse().unwrap())
+    );
+    let d1 = srv.with(|s| s.node("d1"));
+    let a = &d1["metadata"]["annotations"];
+    let mac6 = VtepMac::derive(
+        &"2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    assert_eq!(
+        a["flannel.alpha.coreos.com/backend-v6-data"],
+        json!(format!("{{\"VNI\":1,\"VtepMAC\":\"{mac6}\"}}"))
+    );
+    assert_eq!(a["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::99");
+    assert_eq!(a["flannel.alpha.coreos.com/public-ip"], "192.0.2.1");
+
+    let mut rx = store.watch().await.unwrap();
+    let peers: BTreeMap<String, Lease> = match next(&mut rx).await {
+        WatchEvent::Snapshot(all) => all.into_iter().map(|l| (l.subnet.to_string(), l)).collect(),
+        other => panic!("want a snapshot, got {other:?}"),
+    };
+    assert_eq!(peers.len(), 4, "{peers:?}");
+    let d2 = &peers["10.244.2.0/24"];
+    assert_eq!(d2.ipv6_subnet, Some("fc00:0:0:2::/64".parse().unwrap()));
+    assert_eq!(d2.attrs.public_ipv6, Some("fd00::2".parse().unwrap()));
+    assert_eq!(
+        d2.attrs
+            .vxlan_v6_data()
+            .unwrap()
+            .unwrap()
+            .vtep_mac
+            .to_string(),
+        "8a:2e:0c:11:3d:4f"
+    );
+    let d3 = &peers["10.244.3.0/24"];
+    assert_eq!((d3.ipv6_subnet, d3.attrs.public_ipv6), (None, None));
+    // The hostile IPv6 half is dropped, its IPv4 half kept, and said once.
+    let d4 = &peers["10.244.4.0/24"];
+    assert_eq!((d4.ipv6_subnet, d4.attrs.public_ipv6), (None, None));
+    assert_eq!(d4.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 4));
+    let l = logs();
+    assert!(
+        l.contains("node d4: routing only its IPv4 pod CIDR 10.244.4.0/24")
+            && l.contains("backend-v6-data is not JSON"),
+        "{l}"
+    );
+}
+
+#[tokio::test]
+async fn an_ipv6_pod_cidr_outside_the_ipv6_network_is_refused_naming_the_node() {
+    let st = new_state();
+    st.lock().unwrap().put_node(dual_node(
+        "x1",
+        ["10.244.1.0/24", "fd99:0:0:1::/64"],
+        "192.0.2.1",
+        json!({}),
+    ));
+    st.lock().unwrap().put_node(node_json(
+        "x2",
+        Some("10.244.2.0/24"),
+        "192.0.2.2",
+        json!({}),
+    ));
+    let srv = ApiServer::loopback(st);
+    let store = KubeStore::connect(settings(&srv.url, "x1")).await.unwrap();
+    let e = store
+        .acquire(&request6([192, 0, 2, 1], "2001:db8::1"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "node x1's IPv6 pod CIDR fd99:0:0:1::/64 lies outside the IPv6Network fc00::/48"
+        ) && e.contains("make IPv6Network equal"),
+        "{e}"
+    );
+    // A node with no IPv6 pod CIDR in a dual-stack network: refused with the fix.
+    let store = KubeStore::connect(settings(&srv.url, "x2")).await.unwrap();
+    let e = store
+        .acquire(&request6([192, 0, 2, 2], "2001:db8::2"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node x2 has no IPv6 pod CIDR") && e.contains("--cluster-cidr"),
+        "{e}"
+    );
+    // IPv4 only, the same node is fine and no IPv6 annotation is written.
+    let l = store.acquire(&request([192, 0, 2, 2])).await.unwrap();
+    assert_eq!(l.ipv6_subnet, None);
+    let x2 = srv.with(|s| s.node("x2"));
+    let a = x2["metadata"]["annotations"].as_object().unwrap();
+    assert!(a.keys().all(|k| !k.contains("v6")), "{a:?}");
 }

@@ -87,11 +87,17 @@ pub async fn node(store: &KubeStore, config: &NetConfig, ext: Option<&ExtIface>,
     };
     // What weftd would put in its request: the daemon's own derivation.
     let announce = ext.map(|e| {
-        LeaseAttrs::vxlan(
+        let a = LeaseAttrs::vxlan(
             e.public_ip,
             config.backend.vni,
             VtepMac::derive(&e.public_ip.octets()),
-        )
+        );
+        match (config.ipv6, e.public_ipv6) {
+            (Some(_), Some(ip6)) => {
+                a.with_ipv6(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()))
+            }
+            _ => a,
+        }
     });
     for c in node_checks(store.keys(), name, &node, config, announce.as_ref()) {
         r.push(c);
@@ -316,7 +322,14 @@ pub(crate) fn node_checks(
             &placeholder
         }
     };
-    let lease = match own_lease(keys, name, node, network, attrs) {
+    let lease = match own_lease(
+        keys,
+        name,
+        node,
+        network,
+        config.ipv6.map(|c| c.network),
+        attrs,
+    ) {
         Ok(l) => l,
         Err(StoreError::KubeNoPodCidr { network, .. }) => {
             return vec![Check::fail(
@@ -421,6 +434,29 @@ fn annotations_check(
             keys.backend_data, d.vni
         )),
         Some(Ok(_)) => {}
+    }
+    if let Some(ip6) = want.public_ipv6 {
+        let ip6 = ip6.to_string();
+        match annotation(node, &keys.public_ipv6) {
+            None => problems.push(format!("{} is missing", keys.public_ipv6)),
+            Some(v) if v != ip6 => problems.push(format!(
+                "{} is {v}, but this node would announce {ip6}: peers send its pods' IPv6 traffic to {v}",
+                keys.public_ipv6
+            )),
+            Some(_) => {}
+        }
+        match annotation(node, &keys.backend_v6_data).map(serde_json::from_str::<VxlanData>) {
+            None => problems.push(format!("{} is missing", keys.backend_v6_data)),
+            Some(Err(_)) => problems.push(format!(
+                "{} is not flannel's vxlan data: peers reach this node over IPv4 only",
+                keys.backend_v6_data
+            )),
+            Some(Ok(d)) if d.vni != vni => problems.push(format!(
+                "{} has VNI {}, but net-conf.json's is {vni}",
+                keys.backend_v6_data, d.vni
+            )),
+            Some(Ok(_)) => {}
+        }
     }
     if problems.is_empty() {
         return Check::pass(

@@ -58,6 +58,11 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     let Some(config) = network_config(opts, store.as_ref(), etcd.as_ref(), &mut r).await else {
         return r;
     };
+    // A dual-stack network needs the interface's IPv6 address too.
+    let ext = match ext {
+        Some(_) if config.ipv6.is_some() => interface6(opts, &mut r),
+        e => e,
+    };
     if let Some(k) = &kube_store {
         kube::node(k, &config, ext.as_ref(), &mut r).await;
     }
@@ -85,7 +90,7 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
 }
 
 fn interface(opts: &Options, r: &mut Report) -> Option<ExtIface> {
-    match iface::select(&opts.iface) {
+    match iface::select(&opts.iface, false) {
         Ok(e) => {
             r.push(Check::pass(
                 "interface",
@@ -104,6 +109,27 @@ fn interface(opts: &Options, r: &mut Report) -> Option<ExtIface> {
         }
         Err(e) => {
             r.push(Check::fail("interface", e.to_string(), ""));
+            None
+        }
+    }
+}
+
+/// The interface again, with its IPv6 address (EnableIPv6).
+fn interface6(opts: &Options, r: &mut Report) -> Option<ExtIface> {
+    match iface::select(&opts.iface, true) {
+        Ok(e) => {
+            let addr6 = e
+                .addr6
+                .map_or_else(|| "none".to_string(), |a| a.to_string());
+            let public6 = e.public_ipv6.map_or_else(String::new, |a| a.to_string());
+            r.push(Check::pass(
+                "interface IPv6",
+                format!("{}: {addr6}, public IPv6 {public6}", e.name),
+            ));
+            Some(e)
+        }
+        Err(e) => {
+            r.push(Check::fail("interface IPv6", e.to_string(), ""));
             None
         }
     }

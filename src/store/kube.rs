@@ -2,7 +2,10 @@
 //! its `spec.podCIDR(s)`, assigned by kube-controller-manager; weft keeps no
 //! store of its own. The VXLAN details travel in node annotations under a
 //! prefix (`flannel.alpha.coreos.com` by default), the same ones flannel
-//! writes, so weft and flannel nodes can share a cluster.
+//! writes, so weft and flannel nodes can share a cluster. In a dual-stack
+//! network the node's IPv6 pod CIDR (the IPv6 entry of `spec.podCIDRs`) is
+//! its IPv6 subnet, and the IPv6 VTEP travels in `<prefix>/backend-v6-data`
+//! and `<prefix>/public-ipv6`; a node without them is an IPv4-only peer.
 //!
 //! Promises: every node object is read defensively (a malformed annotation is
 //! skipped with a log naming the node, never a panic); every re-list of the
@@ -12,15 +15,15 @@
 //! server, the address dialled, the certificate's names, the node, or the verb
 //! and resource refused, with the fix.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
@@ -31,7 +34,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::dial::{self, CertProblem, SeenCert, error_chain};
-use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
+use super::{AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent};
 use crate::lease::{Lease, LeaseAttrs, VxlanData};
 
 /// The default annotation prefix, flannel's.
@@ -143,6 +146,9 @@ pub(crate) struct Keys {
     pub(crate) managed: String,
     pub(crate) public_ip: String,
     pub(crate) public_ip_overwrite: String,
+    pub(crate) backend_v6_data: String,
+    pub(crate) public_ipv6: String,
+    pub(crate) public_ipv6_overwrite: String,
 }
 
 impl Keys {
@@ -154,6 +160,9 @@ impl Keys {
             managed: k("kube-subnet-manager"),
             public_ip: k("public-ip"),
             public_ip_overwrite: k("public-ip-overwrite"),
+            backend_v6_data: k("backend-v6-data"),
+            public_ipv6: k("public-ipv6"),
+            public_ipv6_overwrite: k("public-ipv6-overwrite"),
         }
     }
 }
@@ -182,6 +191,10 @@ struct Inner {
     set_node_network_unavailable: bool,
     /// The watch's outages, for `weftd status`.
     health: Arc<crate::store::WatchHealth>,
+    /// The IPv6Network of the last acquire, for the watch.
+    network6: Network6,
+    /// `(node, why)` of IPv6 halves already reported unusable.
+    warned6: Mutex<HashSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -326,6 +339,8 @@ impl KubeStore {
             connect_timeout: s.connect_timeout,
             set_node_network_unavailable: s.set_node_network_unavailable,
             health: Arc::default(),
+            network6: Network6::default(),
+            warned6: Mutex::new(HashSet::new()),
         };
         inner.node_name = match (&s.node_name, &s.pod) {
             (Some(n), _) => n.clone(),
@@ -480,6 +495,19 @@ fn pod_cidr(node: &Node) -> Option<(String, Option<Ipv4Net>)> {
     Some((first, parsed))
 }
 
+/// The IPv6 pod CIDR of a node (the IPv6 entry of `spec.podCIDRs`, else an
+/// IPv6 `spec.podCIDR`), as text, and parsed when it parses.
+fn pod_cidr6(node: &Node) -> Option<(String, Option<Ipv6Net>)> {
+    let spec = node.spec.as_ref()?;
+    let mut all: Vec<String> = spec.pod_cidrs.clone().unwrap_or_default();
+    if all.is_empty() {
+        all.extend(spec.pod_cidr.clone());
+    }
+    let text = all.into_iter().find(|c| c.contains(':'))?;
+    let parsed = text.parse::<Ipv6Net>().ok().map(|n| n.trunc());
+    Some((text, parsed))
+}
+
 fn name_of(node: &Node) -> String {
     node.metadata
         .name
@@ -497,24 +525,29 @@ pub(crate) fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 
 /// A node object as a peer lease, as the watch reads every node:
 /// `Ok(None)` when the node is not (yet) managed by weft or flannel, `Err`
-/// with the reason when its data is malformed. Pure; the fuzzer's entry point.
+/// with the reason when its data is malformed. An unusable IPv6 half is
+/// left out (the IPv4 half kept). Pure; the fuzzer's entry point.
 pub fn peer_from_node(annotation_prefix: &str, node: &Node) -> Result<Option<Lease>, String> {
-    peer_of(&Keys::new(annotation_prefix), node)
+    Ok(peer_of(&Keys::new(annotation_prefix), node, None)?.map(|(l, _)| l))
 }
 
 /// This node's lease from its own node object and `network`, as
 /// [`KubeStore`]'s `acquire` makes it before writing the annotations: the
 /// pod CIDR, the public IP from `public-ip-overwrite` if set, and the
-/// VtepMAC already annotated. Pure; the fuzzer's entry point.
+/// VtepMAC already annotated; with `network6` (a dual-stack network) also
+/// the IPv6 pod CIDR, `public-ipv6-overwrite` and the IPv6 VtepMAC already
+/// annotated. Pure; the fuzzer's entry point.
 ///
 /// # Errors
-/// [`StoreError::KubeNoPodCidr`], [`StoreError::KubePodCidrOutside`] or
-/// [`StoreError::KubePodCidrUnusable`], naming `node_name`.
+/// [`StoreError::KubeNoPodCidr`], [`StoreError::KubePodCidrOutside`],
+/// [`StoreError::KubePodCidrUnusable`] or their IPv6 kin
+/// ([`StoreError::KubeNoPodCidr6`], …), naming `node_name`.
 pub fn own_lease_from_node(
     annotation_prefix: &str,
     node_name: &str,
     node: &Node,
     network: Ipv4Net,
+    network6: Option<Ipv6Net>,
     attrs: &LeaseAttrs,
 ) -> Result<Lease, StoreError> {
     own_lease(
@@ -522,12 +555,18 @@ pub fn own_lease_from_node(
         node_name,
         node,
         network,
+        network6,
         attrs,
     )
 }
 
-/// A node as a peer lease (see [`peer_from_node`]).
-fn peer_of(keys: &Keys, node: &Node) -> Result<Option<Lease>, String> {
+/// A node as a peer lease (see [`peer_from_node`]), with why its IPv6 half
+/// was left out, if it was; `network6` is the IPv6Network, when known.
+fn peer_of(
+    keys: &Keys,
+    node: &Node,
+    network6: Option<&Ipv6Net>,
+) -> Result<Option<(Lease, Option<String>)>, String> {
     if annotation(node, &keys.managed) != Some("true") {
         return Ok(None);
     }
@@ -569,12 +608,79 @@ fn peer_of(keys: &Keys, node: &Node) -> Result<Option<Lease>, String> {
             keys.backend_type, keys.backend_data
         )
     })?;
-    Ok(Some(Lease {
+    let lease = Lease {
         subnet,
         ipv6_subnet: None,
         attrs,
         expiration: None,
-    }))
+    };
+    Ok(Some(peer_ipv6(keys, node, lease, network6)))
+}
+
+/// The IPv6 half of a peer from its node object: none when it announces no
+/// IPv6 VTEP (an IPv4-only peer), else its IPv6 pod CIDR, `public-ipv6` and
+/// `backend-v6-data`, or why they are unusable (the IPv4 half then kept).
+fn peer_ipv6(
+    keys: &Keys,
+    node: &Node,
+    lease: Lease,
+    network6: Option<&Ipv6Net>,
+) -> (Lease, Option<String>) {
+    let present = |k: &str| {
+        annotation(node, k)
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && *v != "null")
+    };
+    let data6 = present(&keys.backend_v6_data);
+    let ip6 = present(&keys.public_ipv6);
+    if data6.is_none() && ip6.is_none() {
+        return (lease, None);
+    }
+    let Some((text, cidr6)) = pod_cidr6(node) else {
+        return (
+            lease,
+            Some("it announces an IPv6 VTEP but has no IPv6 pod CIDR".into()),
+        );
+    };
+    let Some(subnet6) = cidr6 else {
+        return (
+            lease,
+            Some(format!("IPv6 pod CIDR {text:?} is not an IPv6 network")),
+        );
+    };
+    let public_ipv6 = match ip6.map(str::parse::<Ipv6Addr>) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            return (
+                lease,
+                Some(format!(
+                    "annotation {} = {:?} is not an IPv6 address",
+                    keys.public_ipv6,
+                    ip6.unwrap_or_default()
+                )),
+            );
+        }
+    };
+    let backend_v6_data = match data6.map(serde_json::from_str::<serde_json::Value>) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            return (
+                lease,
+                Some(format!(
+                    "annotation {} is not JSON ({:?}): {e}",
+                    keys.backend_v6_data,
+                    data6.unwrap_or_default()
+                )),
+            );
+        }
+    };
+    let mut l = lease;
+    l.ipv6_subnet = Some(subnet6);
+    l.attrs.public_ipv6 = public_ipv6;
+    l.attrs.backend_v6_data = backend_v6_data;
+    l.checked_ipv6(network6)
 }
 
 /// What `acquire` makes of this node's object (see [`own_lease_from_node`]).
@@ -583,6 +689,7 @@ pub(crate) fn own_lease(
     node_name: &str,
     node: &Node,
     network: Ipv4Net,
+    network6: Option<Ipv6Net>,
     attrs: &LeaseAttrs,
 ) -> Result<Lease, StoreError> {
     let Some((text, cidr)) = pod_cidr(node) else {
@@ -635,12 +742,87 @@ pub(crate) fn own_lease(
         obj.insert("VtepMAC".into(), json!(mac.to_string()));
     }
     attrs.backend_data = data;
+    let ipv6_subnet = match network6 {
+        None => {
+            // IPv4 only: no IPv6 VTEP announced, whatever the request held.
+            attrs.public_ipv6 = None;
+            attrs.backend_v6_data = None;
+            None
+        }
+        Some(n6) => {
+            let s6 = own_subnet6(keys, node_name, node, n6, &mut attrs)?;
+            Some(s6)
+        }
+    };
     Ok(Lease {
         subnet,
-        ipv6_subnet: None,
+        ipv6_subnet,
         attrs,
         expiration: None,
     })
+}
+
+/// The IPv6 half of this node's lease: its IPv6 pod CIDR inside `network6`,
+/// and `attrs` with the public IPv6 address from `public-ipv6-overwrite` if
+/// set and the IPv6 VtepMAC already annotated.
+fn own_subnet6(
+    keys: &Keys,
+    node_name: &str,
+    node: &Node,
+    network6: Ipv6Net,
+    attrs: &mut LeaseAttrs,
+) -> Result<Ipv6Net, StoreError> {
+    let Some((text, cidr6)) = pod_cidr6(node) else {
+        return Err(StoreError::KubeNoPodCidr6 {
+            node: node_name.to_string(),
+            network: network6,
+        });
+    };
+    let subnet6 = match cidr6 {
+        Some(c) if network6.contains(&c) => c,
+        _ => {
+            return Err(StoreError::KubePodCidr6Outside {
+                node: node_name.to_string(),
+                cidr: text,
+                network: network6,
+            });
+        }
+    };
+    if let Some(why) = crate::lease::node_subnet6_problem(&subnet6) {
+        return Err(StoreError::KubePodCidr6Unusable {
+            node: node_name.to_string(),
+            cidr: subnet6,
+            why,
+        });
+    }
+    if let Some(ip) = annotation(node, &keys.public_ipv6_overwrite).filter(|v| !v.is_empty()) {
+        match ip.parse::<Ipv6Addr>() {
+            Ok(ip) => {
+                tracing::info!(
+                    "node {node_name}: public IPv6 {ip} from annotation {}",
+                    keys.public_ipv6_overwrite
+                );
+                attrs.public_ipv6 = Some(ip);
+            }
+            Err(_) => tracing::warn!(
+                "node {node_name}: ignoring annotation {} = {ip:?}: not an IPv6 address",
+                keys.public_ipv6_overwrite
+            ),
+        }
+    }
+    let annotated_mac = annotation(node, &keys.backend_v6_data)
+        .and_then(|d| serde_json::from_str::<VxlanData>(d).ok())
+        .map(|d| d.vtep_mac);
+    if let (Some(mac), Some(obj)) = (
+        annotated_mac,
+        attrs
+            .backend_v6_data
+            .as_mut()
+            .and_then(|d| d.as_object_mut()),
+    ) {
+        obj.insert("VtepMAC".into(), json!(mac.to_string()));
+    }
+    Ok(subnet6)
 }
 
 impl Inner {
@@ -654,14 +836,31 @@ impl Inner {
     }
 
     /// A node as a peer lease (see [`peer_from_node`]).
-    fn peer(&self, node: &Node) -> Result<Option<Lease>, String> {
-        peer_of(&self.keys, node)
+    fn peer(&self, node: &Node) -> Result<Option<(Lease, Option<String>)>, String> {
+        peer_of(&self.keys, node, self.network6.get().as_ref())
     }
 
-    /// `peer`, logging malformed nodes (by name) and dropping them.
+    /// `peer`, logging malformed nodes (by name) and dropping them, and
+    /// logging once per node and reason an IPv6 half left out.
     fn peer_logged(&self, node: &Node) -> Option<Lease> {
         match self.peer(node) {
-            Ok(l) => l,
+            Ok(None) => None,
+            Ok(Some((l, None))) => Some(l),
+            Ok(Some((l, Some(why)))) => {
+                let name = name_of(node);
+                let first = self
+                    .warned6
+                    .lock()
+                    .map(|mut w| w.insert((name.clone(), why.clone())))
+                    .unwrap_or(true);
+                if first {
+                    tracing::warn!(
+                        "node {name}: routing only its IPv4 pod CIDR {}: its IPv6 half is unusable: {why}",
+                        l.subnet
+                    );
+                }
+                Some(l)
+            }
             Err(why) => {
                 tracing::warn!("skipping node {}: {why}", name_of(node));
                 None
@@ -905,14 +1104,20 @@ fn tls_error(api: &str, host: &str, addr: SocketAddr, cert: &SeenCert) -> StoreE
     }
 }
 
-/// The annotations this node should carry for `attrs`.
+/// The annotations this node should carry for `attrs`: with an IPv6 VTEP
+/// (PublicIPv6 and BackendV6Data) also `backend-v6-data` and `public-ipv6`.
 pub(crate) fn own_annotations(keys: &Keys, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut a = BTreeMap::from([
         (keys.backend_type.clone(), attrs.backend_type.clone()),
         (keys.backend_data.clone(), attrs.backend_data.to_string()),
         (keys.managed.clone(), "true".to_string()),
         (keys.public_ip.clone(), attrs.public_ip.to_string()),
-    ])
+    ]);
+    if let (Some(ip6), Some(d6)) = (attrs.public_ipv6, &attrs.backend_v6_data) {
+        a.insert(keys.backend_v6_data.clone(), d6.to_string());
+        a.insert(keys.public_ipv6.clone(), ip6.to_string());
+    }
+    a
 }
 
 #[async_trait]
@@ -929,17 +1134,20 @@ impl LeaseStore for KubeStore {
         Ok(None)
     }
 
-    /// The node's pod CIDR as the lease. Writes this node's annotations (only
-    /// when they differ), keeping the VtepMAC already annotated so that it
-    /// survives restarts, and the public IP from `public-ip-overwrite` if set.
+    /// The node's pod CIDR as the lease (dual-stack: both of its pod CIDRs).
+    /// Writes this node's annotations (only when they differ), keeping the
+    /// VtepMACs already annotated so that they survive restarts, and the
+    /// public IP from `public-ip-overwrite` (`public-ipv6-overwrite`) if set.
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
         let me = &self.inner;
+        me.network6.set(&req.config);
         let node = me.get_node().await?;
         let lease = own_lease(
             &me.keys,
             &me.node_name,
             &node,
             req.config.network,
+            req.config.ipv6.map(|c| c.network),
             &req.attrs,
         )?;
         let want = own_annotations(&me.keys, &lease.attrs);
@@ -1183,6 +1391,182 @@ mod tests {
         );
         assert_eq!(a["example.com/kube-subnet-manager"], "true");
         assert_eq!(a["example.com/public-ip"], "192.0.2.1");
+    }
+
+    fn dual_attrs() -> LeaseAttrs {
+        let vni = crate::types::Vni::new(1).unwrap();
+        LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 0, 2, 1),
+            vni,
+            "62:fc:03:83:1b:2b".parse().unwrap(),
+        )
+        .with_ipv6(
+            "fd00::1".parse().unwrap(),
+            vni,
+            "8a:2e:0c:11:3d:4f".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn own_lease_takes_both_pod_cidrs_and_the_ipv6_overwrite() {
+        let keys = Keys::new(DEFAULT_ANNOTATION_PREFIX);
+        let net: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let net6: Ipv6Net = "fc00::/48".parse().unwrap();
+        let n = node(json!({"metadata": {"name": "a", "annotations": {
+            "flannel.alpha.coreos.com/public-ipv6-overwrite": "2001:db8::7",
+            "flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:66"}"#,
+        }}, "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fc00:0:0:1::/64"]}}));
+        let l = own_lease(&keys, "a", &n, net, Some(net6), &dual_attrs()).unwrap();
+        assert_eq!(l.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(l.ipv6_subnet, Some("fc00:0:0:1::/64".parse().unwrap()));
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(
+            l.attrs
+                .vxlan_v6_data()
+                .unwrap()
+                .unwrap()
+                .vtep_mac
+                .to_string(),
+            "02:00:00:00:00:66"
+        );
+        let a = own_annotations(&keys, &l.attrs);
+        assert_eq!(
+            a["flannel.alpha.coreos.com/backend-v6-data"],
+            r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:66"}"#
+        );
+        assert_eq!(a["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::7");
+        // IPv4 only: no IPv6 subnet and no IPv6 annotations, whatever the request held.
+        let l4 = own_lease(&keys, "a", &n, net, None, &dual_attrs()).unwrap();
+        assert_eq!((l4.ipv6_subnet, l4.attrs.public_ipv6), (None, None));
+        let a = own_annotations(&keys, &l4.attrs);
+        assert!(a.keys().all(|k| !k.contains("v6")), "{a:?}");
+        // The refusals name the node, the CIDR and the fix.
+        let only4 =
+            node(json!({"metadata": {"name": "a"}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}));
+        let m = own_lease(&keys, "a", &only4, net, Some(net6), &dual_attrs())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("node a has no IPv6 pod CIDR") && m.contains("EnableIPv6"),
+            "{m}"
+        );
+        for (cidr, want) in [
+            ("fd99::/64", "lies outside the IPv6Network fc00::/48"),
+            ("fc00:0:0:1::zz/64", "lies outside"),
+            ("fc00::/128", "--node-cidr-mask-size-ipv6"),
+        ] {
+            let n = node(
+                json!({"metadata": {"name": "b"}, "spec": {"podCIDRs": ["10.244.1.0/24", cidr]}}),
+            );
+            let m = own_lease(&keys, "b", &n, net, Some(net6), &dual_attrs())
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains("node b") && m.contains(want), "{cidr}: {m}");
+        }
+    }
+
+    #[test]
+    fn peers_with_ipv6_annotations_and_hostile_ones() {
+        let keys = Keys::new(DEFAULT_ANNOTATION_PREFIX);
+        let net6: Ipv6Net = "fc00::/48".parse().unwrap();
+        let peer = |cidrs: serde_json::Value, extra: serde_json::Value| {
+            let mut ann = json!({
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/backend-data": r#"{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"}"#,
+                "flannel.alpha.coreos.com/public-ip": "192.0.2.2",
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                ann[k] = v.clone();
+            }
+            node(
+                json!({"metadata": {"name": "p", "annotations": ann}, "spec": {"podCIDRs": cidrs}}),
+            )
+        };
+        let v6 = json!({
+            "flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}"#,
+            "flannel.alpha.coreos.com/public-ipv6": "fd00::2",
+        });
+        let (l, why) = peer_of(
+            &keys,
+            &peer(json!(["10.244.2.0/24", "fc00:0:0:2::/64"]), v6.clone()),
+            Some(&net6),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(why, None);
+        assert_eq!(l.ipv6_subnet, Some("fc00:0:0:2::/64".parse().unwrap()));
+        assert_eq!(l.attrs.public_ipv6, Some("fd00::2".parse().unwrap()));
+        assert_eq!(
+            l.attrs
+                .vxlan_v6_data()
+                .unwrap()
+                .unwrap()
+                .vtep_mac
+                .to_string(),
+            "8a:2e:0c:11:3d:4f"
+        );
+        // No IPv6 annotations: an IPv4-only peer, nothing to report.
+        let (l, why) = peer_of(
+            &keys,
+            &peer(json!(["10.244.2.0/24", "fc00:0:0:2::/64"]), json!({})),
+            Some(&net6),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((l.ipv6_subnet, why), (None, None));
+        // Hostile IPv6 data: the IPv4 half stays, the reason names the problem.
+        let hostile = [
+            (
+                json!(["10.244.2.0/24", "fd99::/64"]),
+                v6.clone(),
+                "outside the IPv6Network",
+            ),
+            (json!(["10.244.2.0/24"]), v6.clone(), "no IPv6 pod CIDR"),
+            (
+                json!(["10.244.2.0/24", "fc00::zz/64"]),
+                v6.clone(),
+                "not an IPv6 network",
+            ),
+            (
+                json!(["10.244.2.0/24", "fc00::/128"]),
+                v6.clone(),
+                "/127 or /128",
+            ),
+            (
+                json!(["10.244.2.0/24", "fc00:0:0:2::/64"]),
+                json!({"flannel.alpha.coreos.com/public-ipv6": "192.0.2.9",
+                       "flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}"#}),
+                "not an IPv6 address",
+            ),
+            (
+                json!(["10.244.2.0/24", "fc00:0:0:2::/64"]),
+                json!({"flannel.alpha.coreos.com/public-ipv6": "fd00::2",
+                       "flannel.alpha.coreos.com/backend-v6-data": "{not json"}),
+                "is not JSON",
+            ),
+            (
+                json!(["10.244.2.0/24", "fc00:0:0:2::/64"]),
+                json!({"flannel.alpha.coreos.com/public-ipv6": "fd00::2",
+                       "flannel.alpha.coreos.com/backend-v6-data": r#"{"VtepMAC":"nope"}"#}),
+                "BackendV6Data",
+            ),
+            (
+                json!(["10.244.2.0/24", "fc00:0:0:2::/64"]),
+                json!({"flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}"#}),
+                "no PublicIPv6",
+            ),
+        ];
+        for (cidrs, extra, want) in hostile {
+            let (l, why) = peer_of(&keys, &peer(cidrs.clone(), extra), Some(&net6))
+                .unwrap()
+                .unwrap();
+            let why = why.unwrap_or_default();
+            assert!(why.contains(want), "{cidrs}: {why}");
+            assert_eq!(l.subnet.to_string(), "10.244.2.0/24");
+            assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None));
+            assert!(l.attrs.vxlan_data().is_ok());
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - `net-conf.json` — the network config, written once by the first node;
 //! - `subnets/10.244.3.0-24` — one file per lease, flannel's `Lease` shape:
 //!   `{"Subnet":"10.244.3.0/24","Attrs":{flannel's LeaseAttrs},"Expiration":"RFC 3339"}`;
+//!   in a dual-stack network `subnets/10.244.3.0-24&fc00:0:0:3::-64`, with
+//!   `"IPv6Subnet":"fc00:0:0:3::/64"` beside `"Subnet"`;
 //! - `.lock` — a `flock`ed file that serializes acquire, renew and release.
 //!
 //! Files are replaced atomically (write + rename), so readers never see half a
@@ -16,20 +18,28 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet};
+use super::{
+    AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent, choose_subnet, choose_subnet6,
+};
 use crate::fsutil::{LockError, lock_exclusive};
-use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+use crate::lease::{Lease, LeaseAttrs, parse_subnet_key};
 
 /// The on-disk form of one lease.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     #[serde(rename = "Subnet")]
     subnet: Ipv4Net,
+    #[serde(
+        rename = "IPv6Subnet",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    ipv6_subnet: Option<Ipv6Net>,
     #[serde(rename = "Attrs")]
     attrs: LeaseAttrs,
     #[serde(rename = "Expiration")]
@@ -44,6 +54,8 @@ type Scanned = Vec<(String, Result<Lease, String>)>;
 pub struct LocalStore {
     dir: PathBuf,
     poll: Duration,
+    /// The IPv6Network of the last acquire, for the watch.
+    network6: Network6,
 }
 
 impl LocalStore {
@@ -52,6 +64,7 @@ impl LocalStore {
         LocalStore {
             dir: dir.into(),
             poll,
+            network6: Network6::default(),
         }
     }
 
@@ -110,19 +123,22 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// The leases that have not expired at `now`.
+    /// The leases that have not expired at `now`, as peers (an unusable
+    /// IPv6 half left out).
     fn valid_leases(&self, now: SystemTime) -> Result<Vec<Lease>, StoreError> {
+        let n6 = self.network6.get();
         Ok(self
             .scan()?
             .into_iter()
             .filter_map(|(_, r)| r.ok())
             .filter(|l| !l.expired_at(now))
+            .map(|l| l.checked_ipv6(n6.as_ref()).0)
             .collect())
     }
 
     fn store_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let body = render_record(lease);
-        self.write_file(&self.subnets_dir().join(subnet_key(&lease.subnet)), &body)
+        self.write_file(&self.subnets_dir().join(lease.key()), &body)
     }
 
     /// Writes `text` as the network config unless one is stored already (create-if-absent).
@@ -170,25 +186,45 @@ impl LocalStore {
                 Err(_) => {}
             }
         }
+        self.network6.set(&req.config);
         let mut rng = rand::rng();
-        let subnet = match choose_subnet(&self.describe(), req, &leases, &mut rng)? {
-            Ok(own) => own.subnet,
-            Err(free) => free,
+        let own = choose_subnet(&self.describe(), req, &leases, &mut rng)?;
+        let (subnet, own) = match own {
+            Ok(own) => (own.subnet, Some(own)),
+            Err(free) => (free, None),
         };
+        let ipv6_subnet = choose_subnet6(&self.describe(), req, own, &leases, &mut rng)?;
         let lease = Lease {
             subnet,
-            ipv6_subnet: None,
+            ipv6_subnet,
             attrs: req.attrs.clone(),
             expiration: Some(now + req.ttl),
         };
         self.store_lease(&lease)?;
+        // The own lease under another key (the network turned dual-stack, or
+        // its IPv6 subnet changed): the new file replaces it.
+        if let Some(old) = own.filter(|o| o.key() != lease.key()) {
+            let p = self.subnets_dir().join(old.key());
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(self.io(format!("removing {}", p.display()))(e));
+                }
+                _ => {}
+            }
+            tracing::info!(
+                "{}: this node's lease {} is now {}",
+                self.describe(),
+                old.key(),
+                lease.key()
+            );
+        }
         Ok(lease)
     }
 
     fn renew_blocking(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
         let _l = self.lock()?;
         let now = SystemTime::now();
-        let key = subnet_key(&lease.subnet);
+        let key = lease.key();
         if let Some((_, Ok(cur))) = self.scan()?.into_iter().find(|(k, _)| *k == key) {
             if cur.attrs.public_ip != lease.attrs.public_ip && !cur.expired_at(now) {
                 return Err(StoreError::LeaseLost {
@@ -208,7 +244,7 @@ impl LocalStore {
 
     fn release_blocking(&self, lease: &Lease) -> Result<(), StoreError> {
         let _l = self.lock()?;
-        let key = subnet_key(&lease.subnet);
+        let key = lease.key();
         if let Some((_, Ok(cur))) = self.scan()?.into_iter().find(|(k, _)| *k == key) {
             if cur.attrs.public_ip == lease.attrs.public_ip {
                 let p = self.subnets_dir().join(&key);
@@ -224,6 +260,7 @@ impl LocalStore {
 pub fn render_record(lease: &Lease) -> Vec<u8> {
     let rec = Record {
         subnet: lease.subnet,
+        ipv6_subnet: lease.ipv6_subnet,
         attrs: lease.attrs.clone(),
         expiration: humantime::format_rfc3339_nanos(lease.expiration.unwrap_or(SystemTime::now()))
             .to_string(),
@@ -231,7 +268,8 @@ pub fn render_record(lease: &Lease) -> Vec<u8> {
     serde_json::to_vec(&rec).expect("a lease record always serializes")
 }
 
-/// Reads the lease file `name` (its key, `10.244.3.0-24`) holding `bytes`:
+/// Reads the lease file `name` (its key, `10.244.3.0-24` or
+/// `10.244.3.0-24&fc00:0:0:3::-64`) holding `bytes`:
 /// the lease, or why the file is skipped. Pure; the fuzzer's entry point.
 ///
 /// # Errors
@@ -244,6 +282,14 @@ pub fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
         return Err(format!(
             "holds subnet {} but is named for {key_subnet}",
             rec.subnet
+        ));
+    }
+    if rec.ipv6_subnet.is_some() && rec.ipv6_subnet != key_subnet6 {
+        return Err(format!(
+            "holds IPv6 subnet {} but is named for {}",
+            rec.ipv6_subnet
+                .map_or("none".to_string(), |s| s.to_string()),
+            key_subnet6.map_or("none".to_string(), |s| s.to_string())
         ));
     }
     let expiration = humantime::parse_rfc3339(&rec.expiration)
@@ -301,6 +347,7 @@ impl LeaseStore for LocalStore {
         };
         let mut known: BTreeMap<Ipv4Net, Lease> =
             first.iter().map(|l| (l.subnet, l.clone())).collect();
+        let n6 = self.network6.clone();
         if tx.send(WatchEvent::Snapshot(first)).await.is_err() {
             return Ok(rx);
         }
@@ -323,9 +370,20 @@ impl LeaseStore for LocalStore {
                 };
                 let now = SystemTime::now();
                 let mut cur = BTreeMap::new();
+                let net6 = n6.get();
                 for (key, r) in scanned {
                     match r {
                         Ok(l) if !l.expired_at(now) => {
+                            let (l, dropped) = l.checked_ipv6(net6.as_ref());
+                            if let Some(why) = dropped {
+                                if warned.insert((key.clone(), why.clone())) {
+                                    tracing::warn!(
+                                        "lease file {}: routing only its IPv4 subnet {}: its IPv6 half is unusable: {why}",
+                                        s.subnets_dir().join(&key).display(),
+                                        l.subnet
+                                    );
+                                }
+                            }
                             cur.insert(l.subnet, l);
                         }
                         Ok(_) => {}
@@ -341,7 +399,10 @@ impl LeaseStore for LocalStore {
                 }
                 let mut events = vec![];
                 for (k, l) in &cur {
-                    if known.get(k).is_none_or(|o| o.attrs != l.attrs) {
+                    if known
+                        .get(k)
+                        .is_none_or(|o| o.attrs != l.attrs || o.ipv6_subnet != l.ipv6_subnet)
+                    {
                         events.push(WatchEvent::Upsert(l.clone()));
                     }
                 }
@@ -377,6 +438,7 @@ mod tests {
             .unwrap(),
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
             previous: None,
+            previous6: None,
             ttl,
         }
     }
@@ -447,6 +509,105 @@ mod tests {
             "{e}"
         );
         assert_eq!(store.leases().unwrap(), vec![b]);
+    }
+
+    const NET6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
+
+    fn req6(ip: [u8; 4]) -> AcquireRequest {
+        let mut r = req(ip, Duration::from_secs(60));
+        r.config = NetConfig::parse(NET6, "t").unwrap();
+        let ip6 = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip[3]));
+        r.attrs = r
+            .attrs
+            .with_ipv6(ip6, Vni::new(1).unwrap(), VtepMac::derive(&ip6.octets()));
+        r
+    }
+
+    #[tokio::test]
+    async fn dual_stack_leases_upgrade_and_peers_with_a_bad_ipv6_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), Duration::from_millis(20));
+        // IPv4 only: the key and the file as before.
+        let a = store
+            .acquire(&req([192, 0, 2, 1], Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(a.ipv6_subnet, None);
+        let body = std::fs::read_to_string(dir.path().join("subnets").join(a.key())).unwrap();
+        assert!(!body.contains("IPv6") && !a.key().contains('&'), "{body}");
+        // The network turns dual-stack: the same IPv4 subnet, an IPv6 one added,
+        // the file renamed to the dual key.
+        let a6 = store.acquire(&req6([192, 0, 2, 1])).await.unwrap();
+        assert_eq!(a6.subnet, a.subnet);
+        let s6 = a6.ipv6_subnet.expect("an IPv6 subnet");
+        assert_eq!(s6.prefix_len(), 64);
+        assert!("fc00::/48".parse::<Ipv6Net>().unwrap().contains(&s6));
+        assert!(!dir.path().join("subnets").join(a.key()).exists());
+        let body = std::fs::read_to_string(dir.path().join("subnets").join(a6.key())).unwrap();
+        assert!(
+            a6.key().contains('&')
+                && body.contains(&format!(r#""IPv6Subnet":"{s6}""#))
+                && body.contains(r#""PublicIPv6":"fd00::1""#)
+                && body.contains(r#""BackendV6Data":{"VNI":1,"VtepMAC":"#),
+            "{body}"
+        );
+        // Renew and reuse keep the key; another node gets another IPv6 subnet.
+        let r = store.renew(&a6, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(r.key(), a6.key());
+        let again = store.acquire(&req6([192, 0, 2, 1])).await.unwrap();
+        assert_eq!(again.key(), a6.key());
+        let b = store.acquire(&req6([192, 0, 2, 2])).await.unwrap();
+        assert_ne!(b.ipv6_subnet, a6.ipv6_subnet);
+        assert_eq!(store.leases().unwrap().len(), 2);
+
+        // A peer whose IPv6 half is outside the IPv6Network: kept for IPv4 only.
+        let bad = Lease {
+            subnet: "10.244.99.0/24".parse().unwrap(),
+            ipv6_subnet: Some("fd99:0:0:1::/64".parse().unwrap()),
+            ..b.clone()
+        };
+        let mut w = store.watch().await.unwrap();
+        let _ = w.recv().await.unwrap();
+        store.put_lease(&bad).unwrap();
+        match w.recv().await.unwrap() {
+            WatchEvent::Upsert(l) => {
+                assert_eq!(l.subnet, bad.subnet);
+                assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None));
+                assert_eq!(l.attrs.public_ip, bad.attrs.public_ip);
+            }
+            e => panic!("expected the peer's IPv4 half, got {e:?}"),
+        }
+        store.release(&b).await.unwrap();
+        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(b.subnet));
+    }
+
+    #[test]
+    fn records_with_hostile_ipv6_data_never_panic_nor_lose_the_ipv4_half() {
+        let ok = r#"{"Subnet":"10.244.3.0/24","IPv6Subnet":"fc00:0:0:3::/64","Attrs":{"PublicIP":"192.0.2.1","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}},"Expiration":"2030-01-01T00:00:00Z"}"#;
+        let l = parse_record("10.244.3.0-24&fc00:0:0:3::-64", ok.as_bytes()).unwrap();
+        assert_eq!(l.ipv6_subnet, Some("fc00:0:0:3::/64".parse().unwrap()));
+        let back = parse_record(&l.key(), &render_record(&l)).unwrap();
+        assert_eq!(back, l);
+        // The record and its name disagree on the IPv6 subnet.
+        let e = parse_record("10.244.3.0-24&fc00:0:0:4::-64", ok.as_bytes()).unwrap_err();
+        assert!(e.contains("IPv6 subnet"), "{e}");
+        for name in [
+            "10.244.3.0-24&",
+            "10.244.3.0-24&zz-64",
+            "10.244.3.0-24&fc00::-200",
+        ] {
+            assert!(parse_record(name, ok.as_bytes()).is_err(), "{name}");
+        }
+        // Garbage in the IPv6 attributes: the IPv4 half is kept by the watch.
+        let bad = ok.replace(
+            r#""BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#,
+            r#""BackendV6Data":[1,2,3]"#,
+        );
+        let l = parse_record("10.244.3.0-24&fc00:0:0:3::-64", bad.as_bytes()).unwrap();
+        let (kept, why) = l.checked_ipv6(None);
+        assert!(why.unwrap().contains("BackendV6Data"));
+        assert_eq!(kept.subnet.to_string(), "10.244.3.0/24");
+        assert!(kept.attrs.vxlan_data().is_ok());
     }
 
     #[tokio::test]

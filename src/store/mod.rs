@@ -12,12 +12,12 @@ pub mod etcd;
 pub mod kube;
 pub mod local;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 use tokio::sync::mpsc;
 
@@ -31,6 +31,9 @@ pub struct AcquireRequest {
     pub attrs: LeaseAttrs,
     /// The subnet of the node's last run (from subnet.env), tried after its own lease.
     pub previous: Option<Ipv4Net>,
+    /// The IPv6 subnet of the node's last run (subnet.env's FLANNEL_IPV6_SUBNET),
+    /// tried like `previous` when the network is dual-stack.
+    pub previous6: Option<Ipv6Net>,
     pub ttl: Duration,
 }
 
@@ -63,6 +66,16 @@ pub enum StoreError {
         len: u8,
         min: Ipv4Addr,
         max: Ipv4Addr,
+    },
+    #[error(
+        "lease store {store}: no free IPv6 subnet: all {count} subnets of /{len} between IPv6SubnetMin {min} and IPv6SubnetMax {max} are leased; widen IPv6SubnetMin/IPv6SubnetMax or the IPv6Network, or remove stale leases"
+    )]
+    NoFreeSubnet6 {
+        store: String,
+        count: u128,
+        len: u8,
+        min: Ipv6Addr,
+        max: Ipv6Addr,
     },
     #[error(
         "lease store {store}: the lease for {subnet} is now held by {holder}; this node lost it (it expired while the node was away). Restart weftd to acquire a new subnet"
@@ -159,6 +172,26 @@ pub enum StoreError {
         cidr: Ipv4Net,
         why: &'static str,
     },
+    #[error(
+        "node {node} has no IPv6 pod CIDR (spec.podCIDRs holds none) but net-conf.json enables IPv6 with IPv6Network {network}. Run kube-controller-manager dual-stack (--cluster-cidr=<IPv4 Network>,{network}, and --node-cidr-mask-size-ipv6), so that every node gets an IPv6 pod CIDR, or set EnableIPv6 to false"
+    )]
+    KubeNoPodCidr6 { node: String, network: Ipv6Net },
+    #[error(
+        "node {node}'s IPv6 pod CIDR {cidr} lies outside the IPv6Network {network} of net-conf.json; make IPv6Network equal the IPv6 half of kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr)"
+    )]
+    KubePodCidr6Outside {
+        node: String,
+        cidr: String,
+        network: Ipv6Net,
+    },
+    #[error(
+        "node {node}'s IPv6 pod CIDR {cidr} cannot be a node subnet: {why}; give kube-controller-manager a --node-cidr-mask-size-ipv6 of 126 or less"
+    )]
+    KubePodCidr6Unusable {
+        node: String,
+        cidr: Ipv6Net,
+        why: &'static str,
+    },
     #[error("Kubernetes API server {api}: {op} failed: {detail}")]
     KubeRequest {
         api: String,
@@ -237,6 +270,22 @@ impl WatchHealth {
     }
 }
 
+/// The IPv6Network a store's watch holds peers' IPv6 halves to: that of
+/// the store's last acquire (none before one, or in an IPv4-only network).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Network6(Arc<std::sync::RwLock<Option<Ipv6Net>>>);
+
+impl Network6 {
+    /// Remembers the IPv6Network of `config` (none when IPv6 is off).
+    pub(crate) fn set(&self, config: &NetConfig) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config.ipv6.map(|c| c.network);
+    }
+
+    pub(crate) fn get(&self) -> Option<Ipv6Net> {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A place where leases are kept. Implementations: [`local::LocalStore`],
 /// [`etcd::EtcdStore`], [`kube::KubeStore`].
 #[async_trait]
@@ -248,7 +297,10 @@ pub trait LeaseStore: Send + Sync {
     async fn network_config(&self) -> Result<Option<String>, StoreError>;
 
     /// Acquires a lease: this node's own (same public IP) if it has one, else
-    /// `req.previous` if still free, else a random free subnet.
+    /// `req.previous` if still free, else a random free subnet. In a
+    /// dual-stack network (`req.config.ipv6`) the lease has an IPv6 subnet
+    /// too, chosen alike ([`choose_subnet6`]); the request's IPv6Network is
+    /// then also the one [`LeaseStore::watch`] holds peers' IPv6 halves to.
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError>;
 
     /// Extends `lease` by `ttl` and returns it as stored.
@@ -258,7 +310,9 @@ pub trait LeaseStore: Send + Sync {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// Streams lease changes, starting with a [`WatchEvent::Snapshot`]. The stream
-    /// ends when the receiver is dropped.
+    /// ends when the receiver is dropped. A peer whose IPv6 half is unusable
+    /// ([`crate::lease::ipv6_half_problem`], against the IPv6Network of the
+    /// last acquire) comes without it, its IPv4 half kept, logged once.
     async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
 
     /// Tells the store that this node's dataplane is up and carries `lease`
@@ -325,6 +379,66 @@ pub fn choose_subnet<'a>(
     Ok(Err(free[rng.random_range(0..free.len())]))
 }
 
+/// The IPv6 half of flannel's choice, for a dual-stack network (`None` when
+/// `req.config` has no IPv6): the IPv6 subnet of `own` (this node's lease,
+/// when [`choose_subnet`] found one) if it is still leasable and nobody
+/// else's, else `req.previous6` if free, else a random free one. An own
+/// lease without an IPv6 subnet (the network just turned dual-stack) gets one.
+///
+/// # Errors
+/// [`StoreError::NoFreeSubnet6`] when every IPv6 subnet in range is taken.
+pub fn choose_subnet6(
+    store: &str,
+    req: &AcquireRequest,
+    own: Option<&Lease>,
+    leases: &[Lease],
+    rng: &mut impl Rng,
+) -> Result<Option<Ipv6Net>, StoreError> {
+    let Some(cfg) = &req.config.ipv6 else {
+        return Ok(None);
+    };
+    // Taken by a lease other than `own` (the same key is the same lease).
+    let taken = |s: &Ipv6Net| {
+        leases
+            .iter()
+            .filter(|l| own.is_none_or(|o| o.key() != l.key()))
+            .any(|l| l.ipv6_subnet == Some(*s))
+    };
+    if let Some(s) = own.and_then(|o| o.ipv6_subnet) {
+        if cfg.is_leasable(&s) && !taken(&s) {
+            return Ok(Some(s));
+        }
+    }
+    if let Some(p) = req.previous6 {
+        if cfg.is_leasable(&p) && !taken(&p) {
+            return Ok(Some(p));
+        }
+    }
+    let count = cfg.subnet_count();
+    let free: Vec<Ipv6Net> = if count <= 4096 {
+        (0..count)
+            .filter_map(|i| cfg.nth_subnet(i))
+            .filter(|s| !taken(s))
+            .collect()
+    } else {
+        (0..1000)
+            .filter_map(|_| cfg.nth_subnet(rng.random_range(0..count)))
+            .filter(|s| !taken(s))
+            .take(1)
+            .collect()
+    };
+    if free.is_empty() {
+        return Err(StoreError::NoFreeSubnet6 {
+            store: store.to_string(),
+            count,
+            len: cfg.subnet_len,
+            min: cfg.subnet_min,
+            max: cfg.subnet_max,
+        });
+    }
+    Ok(Some(free[rng.random_range(0..free.len())]))
+}
+
 /// How long to wait between renewals: `ttl - margin` when the margin is shorter
 /// than the TTL (flannel's `--subnet-lease-renew-margin`), else a third of the TTL.
 pub fn renew_interval(ttl: Duration, margin: Duration) -> Duration {
@@ -349,6 +463,7 @@ mod tests {
             .unwrap(),
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
             previous: previous.map(|p| p.parse().unwrap()),
+            previous6: None,
             ttl: Duration::from_secs(60),
         }
     }
@@ -401,6 +516,92 @@ mod tests {
         let m = e.to_string();
         assert!(
             m.contains("no free subnet") && m.contains("all 3 subnets") && m.contains("widen"),
+            "{m}"
+        );
+    }
+
+    fn req6(previous6: Option<&str>, ip: [u8; 4]) -> AcquireRequest {
+        let mut r = req(None, ip);
+        r.config = NetConfig::parse(
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.3.0","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::","IPv6SubnetMax":"fc00:0:0:3::","Backend":{"Type":"vxlan"}}"#,
+            "t",
+        )
+        .unwrap();
+        r.previous6 = previous6.map(|p| p.parse().unwrap());
+        r
+    }
+
+    fn lease6(s: &str, s6: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            ipv6_subnet: Some(s6.parse().unwrap()),
+            ..lease(s, ip)
+        }
+    }
+
+    #[test]
+    fn ipv6_subnets_own_then_previous_then_random_within_bounds() {
+        let mut rng = rand::rng();
+        // IPv6 off: no IPv6 subnet, whatever the leases hold.
+        let leases = vec![lease6("10.244.1.0/24", "fc00:0:0:1::/64", [192, 0, 2, 1])];
+        assert_eq!(
+            choose_subnet6("t", &req(None, [192, 0, 2, 1]), None, &leases, &mut rng).unwrap(),
+            None
+        );
+        // Own lease keeps its IPv6 subnet.
+        let r = req6(Some("fc00:0:0:3::/64"), [192, 0, 2, 1]);
+        let got = choose_subnet6("t", &r, Some(&leases[0]), &leases, &mut rng).unwrap();
+        assert_eq!(got.unwrap().to_string(), "fc00:0:0:1::/64");
+        // Another node: the previous one when free, never a taken one.
+        let r = req6(Some("fc00:0:0:3::/64"), [192, 0, 2, 2]);
+        let got = choose_subnet6("t", &r, None, &leases, &mut rng).unwrap();
+        assert_eq!(got.unwrap().to_string(), "fc00:0:0:3::/64");
+        let r = req6(Some("fc00:0:0:1::/64"), [192, 0, 2, 2]);
+        for _ in 0..20 {
+            let s = choose_subnet6("t", &r, None, &leases, &mut rng)
+                .unwrap()
+                .unwrap()
+                .to_string();
+            assert!(s == "fc00:0:0:2::/64" || s == "fc00:0:0:3::/64", "{s}");
+        }
+        // A previous subnet outside IPv6SubnetMin..Max is not taken.
+        let r = req6(Some("fc00:0:0:9::/64"), [192, 0, 2, 2]);
+        let s = choose_subnet6("t", &r, None, &leases, &mut rng)
+            .unwrap()
+            .unwrap();
+        assert_ne!(s.to_string(), "fc00:0:0:9::/64");
+    }
+
+    #[test]
+    fn an_own_lease_without_ipv6_or_with_an_unleasable_one_gets_one() {
+        let mut rng = rand::rng();
+        let leases = vec![
+            lease("10.244.1.0/24", [192, 0, 2, 1]),
+            lease6("10.244.2.0/24", "fc00:0:0:1::/64", [192, 0, 2, 2]),
+            lease6("10.244.3.0/24", "fc00:0:0:2::/64", [192, 0, 2, 3]),
+        ];
+        let r = req6(None, [192, 0, 2, 1]);
+        let own = choose_subnet("t", &r, &leases, &mut rng).unwrap().unwrap();
+        assert_eq!(own.subnet.to_string(), "10.244.1.0/24");
+        let s6 = choose_subnet6("t", &r, Some(own), &leases, &mut rng).unwrap();
+        assert_eq!(s6.unwrap().to_string(), "fc00:0:0:3::/64");
+        // An IPv6 subnet no longer in range, or one another lease holds too.
+        for bad in ["fc00:0:0:9::/64", "fc00:0:0:2::/64", "fc00:0:0:1::/80"] {
+            let mine = lease6("10.244.1.0/24", bad, [192, 0, 2, 1]);
+            let mut all = leases.clone();
+            all[0] = mine.clone();
+            let s6 = choose_subnet6("t", &r, Some(&mine), &all, &mut rng).unwrap();
+            assert_eq!(s6.unwrap().to_string(), "fc00:0:0:3::/64", "{bad}");
+        }
+        // Every IPv6 subnet taken: an error that says what to do.
+        let mut all = leases.clone();
+        all.push(lease6("10.244.4.0/24", "fc00:0:0:3::/64", [192, 0, 2, 4]));
+        let m = choose_subnet6("/run/weft", &r, None, &all, &mut rng)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("no free IPv6 subnet")
+                && m.contains("all 3 subnets")
+                && m.contains("IPv6SubnetMax"),
             "{m}"
         );
     }

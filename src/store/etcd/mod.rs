@@ -5,11 +5,16 @@
 //! - `<prefix>/config` — net-conf.json, written by the operator (never by weft);
 //! - `<prefix>/subnets/10.244.3.0-24` — one key per lease, flannel's value JSON
 //!   `{"PublicIP":"…","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}`,
-//!   attached to an etcd lease whose TTL is the lease's (flannel: 24 h).
+//!   attached to an etcd lease whose TTL is the lease's (flannel: 24 h); in
+//!   a dual-stack network `<prefix>/subnets/10.244.3.0-24&fc00:0:0:3::-64`,
+//!   the value with `"PublicIPv6"` and `"BackendV6Data"` too.
 //!
 //! What this module promises:
 //! - a lease key is created only if absent (a transaction on `create_revision == 0`);
-//!   a lost race is retried with another subnet;
+//!   a lost race is retried with another subnet. Keys of both forms can
+//!   hold the same subnet (etcd cannot compare "no key holds this IPv6
+//!   subnet"), so a dual-stack creation lists again afterwards and gives way
+//!   when a key created before it holds one of its subnets;
 //! - [`EtcdStore::renew`] grants a fresh etcd lease and moves the key onto it
 //!   (the key must still hold this node's value); a key deleted by an operator
 //!   makes it fail with [`StoreError::LeaseDeleted`], and the watch reports a
@@ -21,7 +26,9 @@
 //!   a revision that went backwards (etcd restored from a backup), and
 //!   periodically as a safety net, retrying with backoff while etcd is down;
 //! - malformed lease values and non-vxlan leases are skipped with a warning
-//!   naming the key; nothing read from etcd can make this module panic.
+//!   naming the key; a lease whose IPv6 half alone is unusable is kept for
+//!   IPv4 ([`Lease::checked_ipv6`]); nothing read from etcd can make this
+//!   module panic.
 //!
 //! Files: `options.rs` (flags, env vars, settings and what is derived from
 //! them), this one (the client, its reads and transactions, the [`LeaseStore`]
@@ -42,11 +49,13 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 
 use super::dial::error_chain;
-use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet};
+use super::{
+    AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent, choose_subnet, choose_subnet6,
+};
 use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
 use diagnose::{diagnose, with_hint};
 use options::{render_put_config, tls_options};
@@ -63,6 +72,8 @@ pub struct EtcdStore {
     watch_start_delay: Arc<Mutex<Duration>>,
     /// The watch's revision and outages, for `weftd status` and the doctor.
     health: Arc<crate::store::WatchHealth>,
+    /// The IPv6Network of the last acquire, for the watch.
+    network6: Network6,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -77,11 +88,16 @@ impl std::fmt::Debug for EtcdStore {
 struct Entry {
     key: String,
     mod_revision: i64,
+    create_revision: i64,
     lease_id: i64,
     /// The subnet of the key, when the key has flannel's form.
     subnet: Option<Ipv4Net>,
+    /// The IPv6 subnet of the key, when it is a dual-stack key.
+    subnet6: Option<Ipv6Net>,
     /// The lease, or why it cannot be used as a VXLAN peer.
     parsed: Result<Lease, String>,
+    /// Why the lease's IPv6 half was left out of `parsed`, if it was.
+    dropped6: Option<String>,
     /// The attributes, when the value is flannel's JSON (whatever the backend).
     attrs: Option<LeaseAttrs>,
 }
@@ -163,6 +179,7 @@ impl EtcdStore {
             settings: Arc::new(settings),
             watch_start_delay: Arc::new(Mutex::new(Duration::ZERO)),
             health: Arc::default(),
+            network6: Network6::default(),
         })
     }
 
@@ -184,6 +201,12 @@ impl EtcdStore {
     /// `<prefix>/subnets/10.244.3.0-24`.
     pub fn lease_key(&self, subnet: &Ipv4Net) -> String {
         format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    }
+
+    /// The key of `lease`: `<prefix>/subnets/10.244.3.0-24`, or
+    /// `<prefix>/subnets/10.244.3.0-24&fc00:0:0:3::-64` with an IPv6 subnet.
+    pub fn key_of(&self, lease: &Lease) -> String {
+        format!("{}{}", self.subnets_prefix(), lease.key())
     }
 
     /// The `etcdctl put` that creates the config key, with this store's endpoints and TLS files.
@@ -264,13 +287,16 @@ impl EtcdStore {
     }
 
     fn entry(&self, kv: &KeyValue) -> Entry {
-        entry_of(
+        let mut e = entry_of(
             &self.subnets_prefix(),
             kv.key(),
             kv.value(),
-            kv.mod_revision(),
-            kv.lease(),
-        )
+            self.network6.get().as_ref(),
+        );
+        e.mod_revision = kv.mod_revision();
+        e.create_revision = kv.create_revision();
+        e.lease_id = kv.lease();
+        e
     }
 
     /// Every valid vxlan lease in etcd now (peers carry no expiration: etcd expires them).
@@ -331,14 +357,15 @@ impl EtcdStore {
         })
     }
 
-    /// Creates `subnet`'s key if absent; `Ok(false)` when someone else has it.
+    /// Creates `key` if absent: the revision of its creation, or `None` when
+    /// someone else has it.
     async fn create(
         &self,
-        subnet: Ipv4Net,
+        key: &str,
         attrs: &LeaseAttrs,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let key = self.lease_key(&subnet);
+    ) -> Result<Option<i64>, StoreError> {
+        let key = key.to_string();
         let value = self.encode(&key, attrs)?;
         let id = self.grant(ttl).await?;
         let txn = Txn::new()
@@ -353,10 +380,10 @@ impl EtcdStore {
             .call(&format!("creating {key}"), async move { c.txn(txn).await })
             .await;
         match r {
-            Ok(r) if r.succeeded() => Ok(true),
+            Ok(r) if r.succeeded() => Ok(Some(r.header().map_or(0, |h| h.revision()))),
             Ok(_) => {
                 self.revoke(id).await;
-                Ok(false)
+                Ok(None)
             }
             Err(e) => {
                 self.revoke(id).await;
@@ -365,17 +392,106 @@ impl EtcdStore {
         }
     }
 
+    /// Replaces this node's key `old` (unmodified since `mod_revision`) with
+    /// `new`, absent so far, on a fresh etcd lease of `ttl` with `attrs`, in
+    /// one transaction: the revision of the move, or `None` when either
+    /// changed meanwhile.
+    async fn move_key(
+        &self,
+        old: &Entry,
+        new: &str,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let value = self.encode(new, attrs)?;
+        let id = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(old.key.clone(), CompareOp::Equal, old.mod_revision),
+                Compare::create_revision(new.to_string(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(
+                    new.to_string(),
+                    value,
+                    Some(PutOptions::new().with_lease(id)),
+                ),
+                TxnOp::delete(old.key.clone(), None),
+            ]);
+        let mut c = self.client.clone();
+        let r = self
+            .call(&format!("moving {} to {new}", old.key), async move {
+                c.txn(txn).await
+            })
+            .await;
+        match r {
+            Ok(r) if r.succeeded() => {
+                self.revoke(old.lease_id).await;
+                Ok(Some(r.header().map_or(0, |h| h.revision())))
+            }
+            Ok(_) => {
+                self.revoke(id).await;
+                Ok(None)
+            }
+            Err(e) => {
+                self.revoke(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// After creating `key` at `rev` (dual-stack): a key created before it
+    /// that holds its IPv4 subnet (when `check4`) or its IPv6 subnet, if any.
+    async fn beaten_by(
+        &self,
+        key: &str,
+        rev: i64,
+        subnet: Ipv4Net,
+        subnet6: Ipv6Net,
+        check4: bool,
+    ) -> Result<Option<Entry>, StoreError> {
+        let (entries, _) = self.list().await?;
+        Ok(entries.into_iter().find(|e| {
+            e.key != key
+                && e.create_revision < rev
+                && ((check4 && e.subnet == Some(subnet)) || e.subnet6 == Some(subnet6))
+        }))
+    }
+
+    /// Deletes `key` if it is still as created at `rev` (a creation that
+    /// gave way), and its etcd lease.
+    async fn withdraw(&self, key: &str, rev: i64) -> Result<(), StoreError> {
+        let Some(e) = self.get_entry(key).await? else {
+            return Ok(());
+        };
+        if e.create_revision != rev {
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.to_string(),
+                CompareOp::Equal,
+                e.mod_revision,
+            )])
+            .and_then([TxnOp::delete(key.to_string(), None)]);
+        let mut c = self.client.clone();
+        self.call(&format!("deleting {key}"), async move { c.txn(txn).await })
+            .await?;
+        self.revoke(e.lease_id).await;
+        Ok(())
+    }
+
     /// Moves an existing key of this node onto a fresh etcd lease of `ttl` with
     /// `attrs`, if the key was not modified since `mod_revision`.
     async fn rewrite(
         &self,
-        subnet: Ipv4Net,
+        key: &str,
         mod_revision: i64,
         old_lease: i64,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.lease_key(&subnet);
+        let key = key.to_string();
         let value = self.encode(&key, attrs)?;
         let id = self.grant(ttl).await?;
         let txn = Txn::new()
@@ -411,9 +527,9 @@ impl EtcdStore {
         }
     }
 
-    /// The key of `subnet` as stored now, if any.
-    async fn get_entry(&self, subnet: &Ipv4Net) -> Result<Option<Entry>, StoreError> {
-        let key = self.lease_key(subnet);
+    /// `key` as stored now, if it is.
+    async fn get_entry(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let key = key.to_string();
         let mut c = self.client.clone();
         let resp = self
             .call(
@@ -426,40 +542,49 @@ impl EtcdStore {
 }
 
 /// One key/value under `subnets_prefix` (`<prefix>/subnets/`), read as the
-/// store reads every listing and watch event: no I/O, any bytes.
-fn entry_of(
-    subnets_prefix: &str,
-    key: &[u8],
-    value: &[u8],
-    mod_revision: i64,
-    lease_id: i64,
-) -> Entry {
+/// store reads every listing and watch event: no I/O, any bytes. A lease's
+/// IPv6 half is held to `network6` (the IPv6Network, when known).
+fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ipv6Net>) -> Entry {
     let key = String::from_utf8_lossy(key).into_owned();
     let subnets = key
         .strip_prefix(subnets_prefix)
         .and_then(|k| parse_subnet_key(k).ok());
     let subnet = subnets.map(|(s, _)| s);
+    let subnet6 = subnets.and_then(|(_, s6)| s6);
     let attrs: Result<LeaseAttrs, String> = serde_json::from_slice(value)
         .map_err(|e| format!("value is not flannel's lease JSON: {e}"));
     let parsed = match (subnet, &attrs) {
-        (None, _) => Err("the key is not of the form <prefix>/subnets/10.244.3.0-24".to_string()),
+        (None, _) => Err(
+            "the key is not of the form <prefix>/subnets/10.244.3.0-24 (or 10.244.3.0-24&fc00:0:0:3::-64)"
+                .to_string(),
+        ),
         (Some(_), Err(e)) => Err(e.clone()),
         (Some(s), Ok(a)) => a
             .vxlan_data()
             .map(|_| Lease {
                 subnet: s,
-                ipv6_subnet: subnets.and_then(|(_, s6)| s6),
+                ipv6_subnet: subnet6,
                 attrs: a.clone(),
                 expiration: None,
             })
             .map_err(|e| e.to_string()),
     };
+    let (parsed, dropped6) = match parsed {
+        Ok(l) => {
+            let (l, why) = l.checked_ipv6(network6);
+            (Ok(l), why)
+        }
+        Err(e) => (Err(e), None),
+    };
     Entry {
         key,
-        mod_revision,
-        lease_id,
+        mod_revision: 0,
+        create_revision: 0,
+        lease_id: 0,
         subnet,
+        subnet6,
         parsed,
+        dropped6,
         attrs: attrs.ok(),
     }
 }
@@ -472,7 +597,7 @@ pub fn parse_lease_kv(
     key: &[u8],
     value: &[u8],
 ) -> (Option<Ipv4Net>, Result<Lease, String>) {
-    let e = entry_of(subnets_prefix, key, value, 0, 0);
+    let e = entry_of(subnets_prefix, key, value, None);
     (e.subnet, e.parsed)
 }
 
@@ -506,7 +631,11 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
+        self.network6.set(&req.config);
         let mut lost: Vec<Ipv4Net> = vec![];
+        // The IPv4 subnet to keep when a dual-stack creation gave way over
+        // its IPv6 subnet (it was this node's, or it was free).
+        let mut keep4: Option<Ipv4Net> = None;
         // Whoever holds a subnet behind a malformed value or a lost race.
         let nobody = || LeaseAttrs {
             public_ip: Ipv4Addr::UNSPECIFIED,
@@ -517,7 +646,7 @@ impl LeaseStore for EtcdStore {
         };
         for _ in 0..MAX_ACQUIRE_ATTEMPTS {
             let (entries, _) = self.list().await?;
-            // Every key takes its subnet, valid or not: a malformed value still
+            // Every key takes its subnets, valid or not: a malformed value still
             // holds the key, and creating over it would fail.
             let mut taken: Vec<Lease> = vec![];
             for e in &entries {
@@ -525,7 +654,7 @@ impl LeaseStore for EtcdStore {
                 let attrs = e.attrs.clone().unwrap_or_else(nobody);
                 taken.push(Lease {
                     subnet,
-                    ipv6_subnet: None,
+                    ipv6_subnet: e.subnet6,
                     attrs,
                     expiration: None,
                 });
@@ -540,41 +669,90 @@ impl LeaseStore for EtcdStore {
                     });
                 }
             }
-            let choice = {
+            let mut r = req.clone();
+            if keep4.is_some() {
+                r.previous = keep4;
+            }
+            let (choice, subnet6) = {
                 let mut rng = rand::rng();
-                choose_subnet(&self.describe(), req, &taken, &mut rng)?.map(|own| own.subnet)
+                let choice = choose_subnet(&self.describe(), &r, &taken, &mut rng)?;
+                let own = choice.as_ref().ok().copied();
+                let subnet6 = choose_subnet6(&self.describe(), &r, own, &taken, &mut rng)?;
+                (choice.map(|own| (own.subnet, own.ipv6_subnet)), subnet6)
             };
             let now = SystemTime::now();
             let lease = |subnet| Lease {
                 subnet,
-                ipv6_subnet: None,
+                ipv6_subnet: subnet6,
                 attrs: req.attrs.clone(),
                 expiration: Some(now + req.ttl),
             };
             match choice {
-                Ok(own) => {
+                Ok((own, own6)) => {
                     // This node's lease from an earlier run: take it over with our attrs.
-                    let Some(e) = entries.iter().find(|e| e.subnet == Some(own)) else {
+                    let Some(e) = entries
+                        .iter()
+                        .find(|e| e.subnet == Some(own) && e.subnet6 == own6)
+                    else {
                         continue;
                     };
-                    if self
-                        .rewrite(own, e.mod_revision, e.lease_id, &req.attrs, req.ttl)
-                        .await?
-                    {
-                        tracing::info!("etcd: reusing this node's lease {}", e.key);
-                        return Ok(lease(own));
+                    let want = lease(own);
+                    let key = self.key_of(&want);
+                    if e.key == key {
+                        if self
+                            .rewrite(&key, e.mod_revision, e.lease_id, &req.attrs, req.ttl)
+                            .await?
+                        {
+                            tracing::info!("etcd: reusing this node's lease {key}");
+                            return Ok(want);
+                        }
+                        continue;
                     }
+                    // The key must change: an IPv6 subnet added (the network
+                    // turned dual-stack), replaced, or dropped (IPv6 off).
+                    let Some(rev) = self.move_key(e, &key, &req.attrs, req.ttl).await? else {
+                        continue;
+                    };
+                    if let Some(s6) = subnet6.filter(|s6| Some(*s6) != own6) {
+                        if let Some(w) = self.beaten_by(&key, rev, own, s6, false).await? {
+                            tracing::info!(
+                                "etcd: {} holds the IPv6 subnet {s6} too, and was first; trying another",
+                                w.key
+                            );
+                            self.withdraw(&key, rev).await?;
+                            keep4 = Some(own);
+                            continue;
+                        }
+                    }
+                    tracing::info!("etcd: this node's lease {} is now {key}", e.key);
+                    return Ok(want);
                 }
                 Err(free) => {
-                    if self.create(free, &req.attrs, req.ttl).await? {
-                        tracing::info!("etcd: created lease {}", self.lease_key(&free));
-                        return Ok(lease(free));
+                    let want = lease(free);
+                    let key = self.key_of(&want);
+                    let Some(rev) = self.create(&key, &req.attrs, req.ttl).await? else {
+                        tracing::info!("etcd: lost the race for {key}; trying another subnet");
+                        lost.push(free);
+                        continue;
+                    };
+                    if let Some(s6) = subnet6 {
+                        if let Some(w) = self.beaten_by(&key, rev, free, s6, true).await? {
+                            tracing::info!(
+                                "etcd: {} holds a subnet of {key} too, and was first; trying another",
+                                w.key
+                            );
+                            self.withdraw(&key, rev).await?;
+                            if w.subnet == Some(free) {
+                                lost.push(free);
+                                keep4 = None;
+                            } else {
+                                keep4 = Some(free);
+                            }
+                            continue;
+                        }
                     }
-                    tracing::info!(
-                        "etcd: lost the race for {}; trying another subnet",
-                        self.lease_key(&free)
-                    );
-                    lost.push(free);
+                    tracing::info!("etcd: created lease {key}");
+                    return Ok(want);
                 }
             }
         }
@@ -588,11 +766,12 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        let key = self.key_of(lease);
         for _ in 0..3 {
-            let Some(e) = self.get_entry(&lease.subnet).await? else {
+            let Some(e) = self.get_entry(&key).await? else {
                 return Err(StoreError::LeaseDeleted {
                     store: self.describe(),
-                    key: self.lease_key(&lease.subnet),
+                    key,
                 });
             };
             if let Some(a) = &e.attrs {
@@ -605,7 +784,7 @@ impl LeaseStore for EtcdStore {
                 }
             }
             if self
-                .rewrite(lease.subnet, e.mod_revision, e.lease_id, &lease.attrs, ttl)
+                .rewrite(&key, e.mod_revision, e.lease_id, &lease.attrs, ttl)
                 .await?
             {
                 return Ok(Lease {
@@ -616,14 +795,14 @@ impl LeaseStore for EtcdStore {
         }
         Err(StoreError::EtcdRequest {
             store: self.describe(),
-            op: format!("renewing {}", self.lease_key(&lease.subnet)),
+            op: format!("renewing {key}"),
             detail: "the key kept changing under the renewal; is another process writing it?"
                 .into(),
         })
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let Some(e) = self.get_entry(&lease.subnet).await? else {
+        let Some(e) = self.get_entry(&self.key_of(lease)).await? else {
             return Ok(());
         };
         if e.attrs.as_ref().map(|a| a.public_ip) != Some(lease.attrs.public_ip) {

@@ -70,6 +70,19 @@ impl Watcher {
         }
     }
 
+    /// Warns (once per value) that only the IPv4 half of `e` is used.
+    fn warn_dropped6(&mut self, e: &Entry) {
+        if let (Some(why), Ok(l)) = (&e.dropped6, &e.parsed) {
+            if self.warned.insert((e.key.clone(), e.mod_revision)) {
+                tracing::warn!(
+                    "etcd: lease {}: routing only its IPv4 subnet {}: its IPv6 half is unusable: {why}",
+                    e.key,
+                    l.subnet
+                );
+            }
+        }
+    }
+
     /// Replaces the table with `entries` (listed at `rev`) and sends a Snapshot.
     /// `false` when the receiver is gone.
     async fn snapshot(&mut self, entries: Vec<Entry>, rev: i64) -> bool {
@@ -86,6 +99,7 @@ impl Watcher {
         self.store.health.set_outage(false);
         let mut known = BTreeMap::new();
         for e in entries {
+            self.warn_dropped6(&e);
             match e.parsed {
                 Ok(l) => {
                     known.insert(l.subnet, l);
@@ -238,6 +252,7 @@ impl Watcher {
                                 }
                                 EventType::Put => {
                                     let e = store.entry(kv);
+                                    self.warn_dropped6(&e);
                                     match e.parsed {
                                         Ok(l) => {
                                             if self.known.get(&l.subnet) != Some(&l) {
@@ -257,6 +272,7 @@ impl Watcher {
                                 }
                             }
                         }
+                        coalesce(&mut events);
                         self.last_rev = self.last_rev.max(hrev);
                         self.store.health.saw_revision(self.last_rev);
                         *backoff = BACKOFF_MIN;
@@ -281,5 +297,58 @@ impl Watcher {
                 },
             }
         }
+    }
+}
+
+/// Drops a Remove that an Upsert of the same subnet follows in one batch: a
+/// lease moved to another key (an IPv6 subnet added or dropped) in one
+/// transaction is changed, never gone.
+fn coalesce(events: &mut Vec<WatchEvent>) {
+    let mut later: HashSet<Ipv4Net> = HashSet::new();
+    let mut keep = vec![true; events.len()];
+    for (i, e) in events.iter().enumerate().rev() {
+        match e {
+            WatchEvent::Upsert(l) => {
+                later.insert(l.subnet);
+            }
+            WatchEvent::Remove(s) => keep[i] = !later.contains(s),
+            WatchEvent::Snapshot(_) => {}
+        }
+    }
+    let mut k = keep.into_iter();
+    events.retain(|_| k.next().unwrap_or(true));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_lease_is_an_upsert_not_a_remove() {
+        let l = crate::lease::Lease {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv6_subnet: Some("fc00:0:0:3::/64".parse().unwrap()),
+            attrs: crate::lease::LeaseAttrs::vxlan(
+                [192, 0, 2, 1].into(),
+                crate::types::Vni::new(1).unwrap(),
+                crate::types::VtepMac::derive(&[192, 0, 2, 1]),
+            ),
+            expiration: None,
+        };
+        let other: Ipv4Net = "10.244.4.0/24".parse().unwrap();
+        let mut ev = vec![
+            WatchEvent::Remove(l.subnet),
+            WatchEvent::Upsert(l.clone()),
+            WatchEvent::Remove(other),
+        ];
+        coalesce(&mut ev);
+        assert_eq!(
+            ev,
+            vec![WatchEvent::Upsert(l.clone()), WatchEvent::Remove(other)]
+        );
+        // Put then delete: gone.
+        let mut ev = vec![WatchEvent::Upsert(l.clone()), WatchEvent::Remove(l.subnet)];
+        coalesce(&mut ev);
+        assert_eq!(ev.len(), 2);
     }
 }
