@@ -508,3 +508,42 @@ pub fn remove_all() -> Result<Vec<String>, NetfilterError> {
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_failure_names_the_tool_table_and_fix() {
+        let tool = || NetfilterError::Tool {
+            cmd: "ip6tables-restore -w 5 --noflush".into(),
+            why: "cannot run ip6tables-restore: No such file or directory (os error 2)".into(),
+        };
+        let e = tool().in_family(Family::V6, "ip6tables");
+        assert!(matches!(e, NetfilterError::Ipv6 { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "the IPv6 pod network's rules cannot be installed in ip6tables: `ip6tables-restore -w 5 --noflush` failed: cannot run ip6tables-restore"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("apt-get install iptables") && text.contains("EnableIPv6 to false"));
+        let e = NetfilterError::Tool {
+            cmd: "nft -f -".into(),
+            why: "Error: Could not process rule: No such file or directory".into(),
+        }
+        .in_family(Family::V6, "nftables table ip6 weft");
+        let text = e.to_string();
+        assert!(
+            text.contains("in nftables table ip6 weft: `nft -f -` failed"),
+            "{text}"
+        );
+        assert!(text.contains("modprobe nft_chain_nat"), "{text}");
+        // IPv4's failures stay as they were.
+        assert!(matches!(
+            tool().in_family(Family::V4, "iptables"),
+            NetfilterError::Tool { .. }
+        ));
+    }
+}

@@ -928,4 +928,306 @@ mod tests {
         assert!(rm.contains("-D FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\n:WEFT-FWD - [0:0]\n-X WEFT-FWD"), "{rm}");
         assert!(IptState::default().remove_script().is_empty());
     }
+
+    fn dual(masquerade: bool, forward: bool) -> Rules {
+        Rules {
+            ipv6: Some(Rules6 {
+                network: "fd00:10:244::/56".parse().unwrap(),
+                subnet: "fd00:10:244:3::/64".parse().unwrap(),
+            }),
+            ..rules(masquerade, forward)
+        }
+    }
+
+    // What main's nft_script() and iptables_script() wrote before IPv6 existed.
+    const IPV4_NFT: &str = "add table ip weft\ndelete table ip weft\nadd table ip weft\n\
+        add chain ip weft postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
+        add rule ip weft postrouting meta mark & 0x4000 == 0x4000 return comment \"weft masq d1bdf61b/0\"\n\
+        add rule ip weft postrouting ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return comment \"weft masq d1bdf61b/1\"\n\
+        add rule ip weft postrouting ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"weft masq d1bdf61b/2\"\n\
+        add rule ip weft postrouting ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"weft masq d1bdf61b/3\"\n\
+        add rule ip weft postrouting ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment \"weft masq d1bdf61b/4\"\n\
+        add rule ip weft postrouting ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment \"weft masq d1bdf61b/5\"\n\
+        add chain ip weft forward { type filter hook forward priority filter; policy accept; }\n\
+        add rule ip weft forward ip saddr 10.244.0.0/16 accept comment \"weft forward d1bdf61b/6\"\n\
+        add rule ip weft forward ip daddr 10.244.0.0/16 accept comment \"weft forward d1bdf61b/7\"\n";
+    const IPV4_IPT: &str = "*nat\n:WEFT-POSTRTG - [0:0]\n\
+        -A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq d1bdf61b/0\" -j RETURN\n\
+        -A WEFT-POSTRTG -s 10.244.3.0/24 -d 10.244.0.0/16 -m comment --comment \"weft masq d1bdf61b/1\" -j RETURN\n\
+        -A WEFT-POSTRTG -s 10.244.0.0/16 -d 10.244.3.0/24 -m comment --comment \"weft masq d1bdf61b/2\" -j RETURN\n\
+        -A WEFT-POSTRTG ! -s 10.244.0.0/16 -d 10.244.3.0/24 -m comment --comment \"weft masq d1bdf61b/3\" -j RETURN\n\
+        -A WEFT-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"weft masq d1bdf61b/4\" -j MASQUERADE --random-fully\n\
+        -A WEFT-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment \"weft masq d1bdf61b/5\" -j MASQUERADE --random-fully\n\
+        -I POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\nCOMMIT\n\
+        *filter\n:WEFT-FWD - [0:0]\n\
+        -A WEFT-FWD -s 10.244.0.0/16 -m comment --comment \"weft forward d1bdf61b/6\" -j ACCEPT\n\
+        -A WEFT-FWD -d 10.244.0.0/16 -m comment --comment \"weft forward d1bdf61b/7\" -j ACCEPT\n\
+        -I FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\nCOMMIT\n";
+
+    #[test]
+    fn ipv4_rules_are_the_same_with_or_without_ipv6() {
+        let both = [Chain::Masq, Chain::Forward];
+        let fresh = IptState::default();
+        for r in [rules(true, true), dual(true, true)] {
+            assert_eq!(r.nft_script(Family::V4), IPV4_NFT);
+            assert_eq!(r.iptables_script(Family::V4, &both, &fresh), IPV4_IPT);
+            assert_eq!(r.fingerprint(Family::V4), "d1bdf61b");
+        }
+        for (m, f) in [(true, false), (false, true), (false, false)] {
+            let (a, b) = (rules(m, f), dual(m, f));
+            assert_eq!(a.nft_script(Family::V4), b.nft_script(Family::V4));
+            assert_eq!(
+                a.iptables_script(Family::V4, &both, &fresh),
+                b.iptables_script(Family::V4, &both, &fresh)
+            );
+        }
+        // IPv4 only: no IPv6 rules, table or chains.
+        let v4 = rules(true, true);
+        assert_eq!(v4.families(), [Family::V4]);
+        assert!(v4.list(Family::V6).is_empty());
+        assert!(v4.comments(Family::V6, Chain::Masq).is_empty());
+        assert_eq!(dual(true, true).families(), [Family::V4, Family::V6]);
+    }
+
+    #[test]
+    fn ipv6_nft_script() {
+        let r = dual(true, true);
+        assert_eq!(r.fingerprint(Family::V6), "86702de7");
+        assert_eq!(
+            r.nft_script(Family::V6),
+            "add table ip6 weft\ndelete table ip6 weft\nadd table ip6 weft\n\
+             add chain ip6 weft postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
+             add rule ip6 weft postrouting meta mark & 0x4000 == 0x4000 return comment \"weft masq 86702de7/0\"\n\
+             add rule ip6 weft postrouting ip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return comment \"weft masq 86702de7/1\"\n\
+             add rule ip6 weft postrouting ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/2\"\n\
+             add rule ip6 weft postrouting ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/3\"\n\
+             add rule ip6 weft postrouting ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment \"weft masq 86702de7/4\"\n\
+             add rule ip6 weft postrouting ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random comment \"weft masq 86702de7/5\"\n\
+             add chain ip6 weft forward { type filter hook forward priority filter; policy accept; }\n\
+             add rule ip6 weft forward ip6 saddr fd00:10:244::/56 accept comment \"weft forward 86702de7/6\"\n\
+             add rule ip6 weft forward ip6 daddr fd00:10:244::/56 accept comment \"weft forward 86702de7/7\"\n"
+        );
+        // Without --random-fully, and forward rules only.
+        let r = Rules {
+            random_fully: false,
+            ..dual(true, false)
+        };
+        let s = r.nft_script(Family::V6);
+        assert!(
+            s.contains("ip6 daddr != ff00::/8 masquerade comment"),
+            "{s}"
+        );
+        assert!(!s.contains("fully-random") && !s.contains("chain ip6 weft forward"));
+        let s = dual(false, true).nft_script(Family::V6);
+        assert!(!s.contains("postrouting") && s.contains("ip6 daddr fd00:10:244::/56 accept"));
+        // Nothing wanted, or IPv6 off: the table goes.
+        let gone = "add table ip6 weft\ndelete table ip6 weft\n";
+        assert_eq!(dual(false, false).nft_script(Family::V6), gone);
+        assert_eq!(rules(true, true).nft_script(Family::V6), gone);
+        assert_eq!(Rules::nft_remove_script(Family::V6), gone);
+    }
+
+    #[test]
+    fn ipv6_iptables_script() {
+        let r = dual(true, true);
+        let both = [Chain::Masq, Chain::Forward];
+        assert_eq!(
+            r.iptables_script(Family::V6, &both, &IptState::default()),
+            "*nat\n:WEFT-POSTRTG - [0:0]\n\
+             -A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq 86702de7/0\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244:3::/64 -d fd00:10:244::/56 -m comment --comment \"weft masq 86702de7/1\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq 86702de7/2\" -j RETURN\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq 86702de7/3\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment \"weft masq 86702de7/4\" -j MASQUERADE --random-fully\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment \"weft masq 86702de7/5\" -j MASQUERADE --random-fully\n\
+             -I POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\nCOMMIT\n\
+             *filter\n:WEFT-FWD - [0:0]\n\
+             -A WEFT-FWD -s fd00:10:244::/56 -m comment --comment \"weft forward 86702de7/6\" -j ACCEPT\n\
+             -A WEFT-FWD -d fd00:10:244::/56 -m comment --comment \"weft forward 86702de7/7\" -j ACCEPT\n\
+             -I FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\nCOMMIT\n"
+        );
+        // IPv6 off: chains a dual-stack run left in ip6tables are removed.
+        let left = IptState::parse(&ip6tables_save(&r, 1, "ACCEPT"));
+        assert_eq!(
+            rules(true, true).iptables_script(Family::V6, &both, &left),
+            left.remove_script()
+        );
+        assert!(left.remove_script().contains("-X WEFT-POSTRTG"));
+    }
+
+    // What `nft list table ip6 weft` printed for dual(true, true)'s
+    // nft_script(Family::V6) on nftables 1.0.6.
+    const IPV6_LISTING: &str = "table ip6 weft {\n\tchain postrouting {\n\
+        \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+        \t\tmeta mark & 0x00004000 == 0x00004000 return comment \"weft masq 86702de7/0\"\n\
+        \t\tip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return comment \"weft masq 86702de7/1\"\n\
+        \t\tip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/2\"\n\
+        \t\tip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/3\"\n\
+        \t\tip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment \"weft masq 86702de7/4\"\n\
+        \t\tip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random comment \"weft masq 86702de7/5\"\n\
+        \t}\n\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\
+        \t\tip6 saddr fd00:10:244::/56 accept comment \"weft forward 86702de7/6\"\n\
+        \t\tip6 daddr fd00:10:244::/56 accept comment \"weft forward 86702de7/7\"\n\t}\n}\n";
+
+    #[test]
+    fn ipv6_nft_listing_in_step_missing_edited_or_foreign() {
+        let r = dual(true, true);
+        let st = NftState::parse(IPV6_LISTING);
+        assert!(st.table);
+        assert_eq!((st.masq.len(), st.forward.len()), (6, 2));
+        assert!(
+            st.diff(&r, Family::V6).is_empty(),
+            "{:?}",
+            st.diff(&r, Family::V6)
+        );
+        // The IPv6 listing is not what the IPv4 table should hold.
+        assert!(!st.diff(&r, Family::V4).is_empty());
+        // A rule deleted by hand.
+        let missing = NftState::parse(&IPV6_LISTING.replace(
+            "\t\tip6 daddr fd00:10:244::/56 accept comment \"weft forward 86702de7/7\"\n",
+            "",
+        ));
+        assert_eq!(
+            missing.diff(&r, Family::V6),
+            [
+                "chain ip6 weft forward: 1 rules where 2 are wanted (1 missing, 0 not weft's current ones)"
+            ]
+        );
+        // A rule replaced by one of another rule set (another subnet's).
+        let edited = NftState::parse(&IPV6_LISTING.replace("86702de7/1\"", "0badf00d/1\""));
+        assert_eq!(
+            edited.diff(&r, Family::V6),
+            [
+                "chain ip6 weft postrouting: 6 rules where 6 are wanted (1 missing, 1 not weft's current ones)"
+            ]
+        );
+        // Someone else's rule in weft's chain.
+        let foreign = NftState::parse(&IPV6_LISTING.replace(
+            "\t}\n\n\tchain forward",
+            "\t\tip6 saddr ::/0 masquerade comment \"someone else\"\n\t}\n\n\tchain forward",
+        ));
+        assert_eq!(
+            foreign.diff(&r, Family::V6),
+            [
+                "chain ip6 weft postrouting: 7 rules where 6 are wanted (0 missing, 1 not weft's current ones)"
+            ]
+        );
+        // Reordered.
+        let swapped = NftState::parse(
+            &IPV6_LISTING
+                .replace("86702de7/6\"", "SWAP\"")
+                .replace("86702de7/7\"", "86702de7/6\"")
+                .replace("SWAP\"", "86702de7/7\""),
+        );
+        assert!(swapped.diff(&r, Family::V6)[0].ends_with(", out of order)"));
+        // Gone; or left after IPv6 was turned off.
+        assert_eq!(
+            NftState::parse("").diff(&r, Family::V6),
+            ["table ip6 weft is missing"]
+        );
+        let d = st.diff(&rules(true, true), Family::V6);
+        assert_eq!(d[0], "table ip6 weft is not wanted");
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(
+            NftState::parse("")
+                .diff(&rules(true, true), Family::V6)
+                .is_empty()
+        );
+    }
+
+    // What `ip6tables-save` (v1.8.9, nf_tables) printed for dual(true, true)'s
+    // iptables_script(Family::V6, ..) with `masq_jumps` jumps to WEFT-POSTRTG.
+    fn ip6tables_save(r: &Rules, masq_jumps: usize, policy: &str) -> String {
+        let fp = r.fingerprint(Family::V6);
+        let mut s = format!(
+            "# Generated by ip6tables-save v1.8.9 (nf_tables)\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {policy} [0:0]\n\
+             :OUTPUT ACCEPT [0:0]\n:WEFT-FWD - [0:0]\n-A FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\n\
+             -A WEFT-FWD -s fd00:10:244::/56 -m comment --comment \"weft forward {fp}/6\" -j ACCEPT\n\
+             -A WEFT-FWD -d fd00:10:244::/56 -m comment --comment \"weft forward {fp}/7\" -j ACCEPT\nCOMMIT\n\
+             *nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+             :WEFT-POSTRTG - [0:0]\n"
+        );
+        for _ in 0..masq_jumps {
+            s += "-A POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n";
+        }
+        s += &format!(
+            "-A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq {fp}/0\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244:3::/64 -d fd00:10:244::/56 -m comment --comment \"weft masq {fp}/1\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq {fp}/2\" -j RETURN\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq {fp}/3\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment \"weft masq {fp}/4\" -j MASQUERADE --random-fully\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment \"weft masq {fp}/5\" -j MASQUERADE --random-fully\n\
+             COMMIT\n"
+        );
+        s
+    }
+
+    #[test]
+    fn ip6tables_save_in_step_missing_edited_or_foreign() {
+        let r = dual(true, true);
+        let both = [Chain::Masq, Chain::Forward];
+        let save = ip6tables_save(&r, 1, "ACCEPT");
+        let st = IptState::parse(&save);
+        assert_eq!((st.masq.len(), st.forward.len()), (6, 2));
+        assert!(!st.forward_drops);
+        assert!(
+            st.diff(&r, Family::V6, &both).is_empty(),
+            "{:?}",
+            st.diff(&r, Family::V6, &both)
+        );
+        assert!(IptState::parse(&ip6tables_save(&r, 1, "DROP")).forward_drops);
+        // A rule deleted by hand.
+        let missing = IptState::parse(&save.replace(
+            "-A WEFT-FWD -d fd00:10:244::/56 -m comment --comment \"weft forward 86702de7/7\" -j ACCEPT\n",
+            "",
+        ));
+        assert_eq!(
+            missing.diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-FWD: 1 rules where 2 are wanted (1 missing, 0 not weft's current ones)"
+            ]
+        );
+        // A rule of another rule set.
+        let edited = IptState::parse(&save.replace("86702de7/4\"", "0badf00d/4\""));
+        assert_eq!(
+            edited.diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-POSTRTG: 6 rules where 6 are wanted (1 missing, 1 not weft's current ones)"
+            ]
+        );
+        // Someone else's rule in weft's chain.
+        let foreign = IptState::parse(&save.replace(
+            "COMMIT\n*nat",
+            "-A WEFT-FWD -j ACCEPT -m comment --comment \"someone else\"\nCOMMIT\n*nat",
+        ));
+        assert_eq!(
+            foreign.diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-FWD: 3 rules where 2 are wanted (0 missing, 1 not weft's current ones)"
+            ]
+        );
+        // A second jump; a chain gone.
+        let dup = IptState::parse(&ip6tables_save(&r, 2, "ACCEPT"));
+        assert_eq!(
+            dup.diff(&r, Family::V6, &both),
+            ["ip6tables nat POSTROUTING has 2 jumps to WEFT-POSTRTG, not 1"]
+        );
+        let s = r.iptables_script(Family::V6, &both, &dup);
+        assert_eq!(s.matches("-D POSTROUTING").count(), 1, "{s}");
+        assert_eq!(
+            IptState::default().diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-POSTRTG is missing",
+                "ip6tables chain WEFT-FWD is missing"
+            ]
+        );
+        // IPv6 turned off: the chains a dual-stack run left are not wanted.
+        assert_eq!(
+            st.diff(&rules(true, true), Family::V6, &both),
+            [
+                "ip6tables chain WEFT-POSTRTG is not wanted",
+                "ip6tables chain WEFT-FWD is not wanted"
+            ]
+        );
+    }
 }
