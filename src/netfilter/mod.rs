@@ -343,26 +343,28 @@ impl Netfilter {
             ..Applied::default()
         };
         let had = (self.iptables_forward, self.ip6tables_forward);
-        // Each tool's change is atomic: a failed one left `state` as it was.
-        match self.install(state) {
-            Err(e) if self.rules.random_fully && self.rules.masquerade => {
-                self.rules.random_fully = false;
-                self.install(state).map_err(|_| e)?;
-                applied.random_fully_refused = true;
+        let mut families = vec![(Family::V4, &state.v4)];
+        families.extend(state.v6.as_ref().map(|v6| (Family::V6, v6)));
+        // IPv4 first, then IPv6, each on its own: a family's change is atomic,
+        // so a failed one left its `state` as it was for the retry.
+        for (family, st) in families {
+            match self.install_family(family, st) {
+                Err(e) if self.rules.random_fully && self.rules.masquerade => {
+                    self.rules.random_fully = false;
+                    if self.install_family(family, st).is_err() {
+                        // Not --random-fully's fault (an IPv6 table or tool
+                        // missing, say): keep asking for it.
+                        self.rules.random_fully = true;
+                        return Err(e);
+                    }
+                    applied.random_fully_refused = true;
+                }
+                r => r?,
             }
-            r => r?,
         }
         applied.iptables_forward = self.iptables_forward && !had.0;
         applied.ip6tables_forward = self.ip6tables_forward && !had.1;
         Ok(applied)
-    }
-
-    fn install(&mut self, state: &State) -> Result<(), NetfilterError> {
-        self.install_family(Family::V4, &state.v4)?;
-        if let Some(v6) = &state.v6 {
-            self.install_family(Family::V6, v6)?;
-        }
-        Ok(())
     }
 
     fn install_family(
@@ -446,7 +448,10 @@ impl FamilyState {
             ),
             ipt: run(family.iptables_save(), &[], None)
                 .map(|save| IptState::parse(&save))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| match e {
+                    NetfilterError::Tool { why, .. } => why,
+                    e => e.to_string(),
+                }),
         }
     }
 }
