@@ -343,9 +343,12 @@ fn pod_network(backend: &str, conf: &'static str) {
         masquerade: true,
         random_fully: true,
         forward: true,
+        ipv6: None,
     };
     assert!(
-        rules.iter().all(|r| r.contains(&want.fingerprint())),
+        rules
+            .iter()
+            .all(|r| r.contains(&want.fingerprint(weft::netfilter::Family::V4))),
         "{rules:?}"
     );
     assert!(
@@ -451,8 +454,10 @@ fn kernel_flannel_pods(backend: &str, conf: &'static str) {
         masquerade: true,
         random_fully: true,
         forward: true,
+        ipv6: None,
     };
     let script = flannel.iptables_script(
+        weft::netfilter::Family::V4,
         &[
             weft::netfilter::Chain::Masq,
             weft::netfilter::Chain::Forward,

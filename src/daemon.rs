@@ -758,7 +758,14 @@ async fn start(
     };
 
     let started = async {
-        let rules = setup_netfilter(opts.netfilter, config, lease.subnet, previous_env).await?;
+        let rules = setup_netfilter(
+            opts.netfilter,
+            config,
+            lease.subnet,
+            lease.ipv6_subnet,
+            previous_env,
+        )
+        .await?;
         let env = SubnetEnv {
             network: config.network,
             subnet: lease.subnet,
@@ -971,6 +978,7 @@ async fn setup_netfilter(
     settings: netfilter::Settings,
     config: &NetConfig,
     subnet: Ipv4Net,
+    subnet6: Option<ipnet::Ipv6Net>,
     previous: Option<&SubnetEnv>,
 ) -> Result<Option<Netfilter>, DaemonError> {
     let network = config.network;
@@ -1017,6 +1025,13 @@ async fn setup_netfilter(
         masquerade: settings.masquerade,
         random_fully: settings.random_fully,
         forward: settings.forward,
+        ipv6: config
+            .ipv6
+            .zip(subnet6)
+            .map(|(c, subnet)| netfilter::Rules6 {
+                network: c.network,
+                subnet,
+            }),
     };
     let mut nf = Netfilter::new(backend, rules);
     let (nf, applied) = tokio::task::spawn_blocking(move || {

@@ -14,6 +14,11 @@
 //! that Docker, ufw or firewalld set through iptables. So in nftables mode,
 //! when iptables' FORWARD drops, the forward accepts also go into an iptables
 //! chain `WEFT-FWD`, jumped to first from FORWARD.
+//!
+//! On a dual-stack node the IPv6 rules go the same way through table
+//! `ip6 weft` or `ip6tables-restore`, after the IPv4 ones and apart from them:
+//! an IPv4-only node runs exactly the IPv4 commands (and, once at start,
+//! removes IPv6 rules a dual-stack run left, as flannel does).
 
 pub mod plan;
 
@@ -21,7 +26,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-pub use plan::{Chain, IptState, NftState, Rules};
+pub use plan::{Chain, Family, IptState, NftState, Rules, Rules6};
 
 /// Which tool holds weft's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +87,40 @@ pub enum NetfilterError {
     Unusable { backend: Backend, why: String },
     #[error("`{cmd}` failed: {why}")]
     Tool { cmd: String, why: String },
+    /// The IPv4 rules are in place but the IPv6 ones cannot be: the tool or
+    /// the kernel's IPv6 netfilter support is missing.
+    #[error(
+        "the IPv6 pod network's rules cannot be installed in {place}: `{cmd}` failed: {why}. {}",
+        ipv6_fix(.place)
+    )]
+    Ipv6 {
+        /// `nftables table ip6 weft`, or `ip6tables`.
+        place: String,
+        cmd: String,
+        why: String,
+    },
+}
+
+fn ipv6_fix(place: &str) -> &'static str {
+    if place.starts_with("nftables") {
+        "This kernel's nf_tables needs IPv6 NAT (CONFIG_NF_TABLES_IPV6, modprobe nft_chain_nat nft_masq nf_nat); load it, or set EnableIPv6 to false"
+    } else {
+        "Install ip6tables (apt-get install iptables ships ip6tables-restore and ip6tables-save) and its kernel tables (modprobe ip6table_nat ip6table_filter), or set EnableIPv6 to false"
+    }
+}
+
+impl NetfilterError {
+    /// A failure of `family`'s tool, typed as IPv6's where it is one.
+    fn in_family(self, family: Family, place: &str) -> NetfilterError {
+        match (family, self) {
+            (Family::V6, NetfilterError::Tool { cmd, why }) => NetfilterError::Ipv6 {
+                place: place.to_string(),
+                cmd,
+                why,
+            },
+            (_, e) => e,
+        }
+    }
 }
 
 /// Runs `program args`, feeding `stdin`; returns stdout, or why it failed.
@@ -185,6 +224,8 @@ pub struct Netfilter {
     /// Whether the last apply put the forward accepts into iptables too
     /// (nftables mode on a host whose iptables FORWARD drops).
     iptables_forward: bool,
+    /// The same for ip6tables.
+    ip6tables_forward: bool,
 }
 
 /// What [`Netfilter::apply`] did, for the log.
@@ -195,6 +236,8 @@ pub struct Applied {
     /// nftables mode: iptables' FORWARD drops, so WEFT-FWD was added there
     /// (set when this apply added it, not when it was there already).
     pub iptables_forward: bool,
+    /// The same for ip6tables' FORWARD and the IPv6 Network.
+    pub ip6tables_forward: bool,
     /// `--random-fully` was refused by the kernel or tool and left out.
     pub random_fully_refused: bool,
 }
@@ -205,6 +248,7 @@ impl Netfilter {
             backend,
             rules,
             iptables_forward: false,
+            ip6tables_forward: false,
         }
     }
 
@@ -219,22 +263,35 @@ impl Netfilter {
 
     /// What `state` shows out of step with the wanted rules (empty: all in place).
     fn diff(&self, state: &State) -> Vec<String> {
+        let mut d = self.diff_family(Family::V4, &state.v4);
+        if let Some(v6) = &state.v6 {
+            d.extend(self.diff_family(Family::V6, v6));
+        }
+        d
+    }
+
+    fn diff_family(&self, family: Family, state: &FamilyState) -> Vec<String> {
         let mut d = vec![];
+        let wanted = !self.rules.list(family).is_empty();
         match self.backend {
             Backend::Nftables => {
-                d.extend(state.nft.diff(&self.rules));
-                if let Some(ipt) = &state.ipt {
-                    d.extend(ipt.diff(&self.rules, &self.ipt_chains(ipt)));
+                d.extend(state.nft.diff(&self.rules, family));
+                if let Ok(ipt) = &state.ipt {
+                    d.extend(ipt.diff(&self.rules, family, &self.ipt_chains(ipt)));
                 }
             }
             Backend::Iptables => {
                 match &state.ipt {
-                    Some(ipt) => d.extend(ipt.diff(&self.rules, &self.ipt_chains(ipt))),
-                    None => d.push("iptables-save failed".into()),
+                    Ok(ipt) => d.extend(ipt.diff(&self.rules, family, &self.ipt_chains(ipt))),
+                    Err(_) if family == Family::V4 => d.push("iptables-save failed".into()),
+                    Err(why) if wanted => d.push(format!("ip6tables-save failed: {why}")),
+                    // No ip6tables: nothing of weft's can be there.
+                    Err(_) => {}
                 }
                 if state.nft.table {
                     d.push(format!(
-                        "nftables table ip {} is left from nftables mode",
+                        "nftables table {} {} is left from nftables mode",
+                        family.nft(),
                         plan::NFT_TABLE
                     ));
                 }
@@ -245,27 +302,30 @@ impl Netfilter {
 
     /// What is out of step with the wanted rules now (empty: all in place).
     pub fn check(&self) -> Vec<String> {
-        self.diff(&State::read())
+        self.diff(&State::read(self.rules.ipv6.is_some()))
     }
 
     /// Installs the wanted rules, replacing weft's own (never duplicating
-    /// them), and removes what the other backend left.
+    /// them), and removes what the other backend left, and the IPv6 rules
+    /// a dual-stack run left on a node now IPv4-only.
     ///
     /// # Errors
-    /// [`NetfilterError::Tool`] with the command and its error output.
+    /// [`NetfilterError::Tool`] with the command and its error output;
+    /// [`NetfilterError::Ipv6`] when only the IPv6 rules failed.
     pub fn apply(&mut self) -> Result<Applied, NetfilterError> {
-        let state = State::read();
+        let state = State::read(true);
         let repaired = self.diff(&state);
         self.apply_on(&state, repaired)
     }
 
     /// Checks the rules and restores them when they are out of step; returns
-    /// what was wrong (None: all was in place). One listing of each tool.
+    /// what was wrong (None: all was in place). One listing of each tool
+    /// (of each family on a dual-stack node).
     ///
     /// # Errors
     /// As [`Netfilter::apply`].
     pub fn resync(&mut self) -> Result<Option<Applied>, NetfilterError> {
-        let state = State::read();
+        let state = State::read(self.rules.ipv6.is_some());
         let repaired = self.diff(&state);
         if repaired.is_empty() {
             return Ok(None);
@@ -282,94 +342,213 @@ impl Netfilter {
             repaired,
             ..Applied::default()
         };
-        let had = self.iptables_forward;
-        // Each tool's change is atomic: a failed one left `state` as it was.
-        match self.install(state) {
-            Err(e) if self.rules.random_fully && self.rules.masquerade => {
-                self.rules.random_fully = false;
-                self.install(state).map_err(|_| e)?;
-                applied.random_fully_refused = true;
+        let had = (self.iptables_forward, self.ip6tables_forward);
+        let mut families = vec![(Family::V4, &state.v4)];
+        families.extend(state.v6.as_ref().map(|v6| (Family::V6, v6)));
+        // IPv4 first, then IPv6, each on its own: a family's change is atomic,
+        // so a failed one left its `state` as it was for the retry.
+        for (family, st) in families {
+            match self.install_family(family, st) {
+                Err(e) if self.rules.random_fully && self.rules.masquerade => {
+                    self.rules.random_fully = false;
+                    if self.install_family(family, st).is_err() {
+                        // Not --random-fully's fault (an IPv6 table or tool
+                        // missing, say): keep asking for it.
+                        self.rules.random_fully = true;
+                        return Err(e);
+                    }
+                    applied.random_fully_refused = true;
+                }
+                r => r?,
             }
-            r => r?,
         }
-        applied.iptables_forward = self.iptables_forward && !had;
+        applied.iptables_forward = self.iptables_forward && !had.0;
+        applied.ip6tables_forward = self.ip6tables_forward && !had.1;
         Ok(applied)
     }
 
-    fn install(&mut self, state: &State) -> Result<(), NetfilterError> {
-        if self.backend == Backend::Nftables {
-            run("nft", &["-f", "-"], Some(&self.rules.nft_script()))?;
+    fn install_family(
+        &mut self,
+        family: Family,
+        state: &FamilyState,
+    ) -> Result<(), NetfilterError> {
+        let wanted = !self.rules.list(family).is_empty();
+        let table = format!("nftables table {} {}", family.nft(), plan::NFT_TABLE);
+        // IPv4's script also removes the table when nothing is wanted; IPv6's
+        // runs only when wanted, so an IPv4-only node needs no ip6 nftables.
+        if self.backend == Backend::Nftables && (family == Family::V4 || wanted) {
+            run("nft", &["-f", "-"], Some(&self.rules.nft_script(family)))
+                .map_err(|e| e.in_family(family, &table))?;
         } else if state.nft.table {
-            run("nft", &["-f", "-"], Some(&Rules::nft_remove_script()))?;
+            run("nft", &["-f", "-"], Some(&Rules::nft_remove_script(family)))
+                .map_err(|e| e.in_family(family, &table))?;
         }
-        let Some(ipt) = &state.ipt else {
+        let ipt = match &state.ipt {
+            Ok(ipt) => ipt,
             // No iptables: nothing of weft's can be there to replace or remove.
-            self.iptables_forward = false;
-            return if self.backend == Backend::Iptables {
-                Err(NetfilterError::Tool {
-                    cmd: "iptables-save".into(),
-                    why: "failed".into(),
-                })
-            } else {
-                Ok(())
-            };
+            Err(why) => {
+                self.set_iptables_forward(family, false);
+                return match (self.backend, family) {
+                    (Backend::Iptables, Family::V4) => Err(NetfilterError::Tool {
+                        cmd: "iptables-save".into(),
+                        why: "failed".into(),
+                    }),
+                    (Backend::Iptables, Family::V6) if wanted => Err(NetfilterError::Ipv6 {
+                        place: "ip6tables".into(),
+                        cmd: "ip6tables-save".into(),
+                        why: why.clone(),
+                    }),
+                    _ => Ok(()),
+                };
+            }
         };
         let chains = self.ipt_chains(ipt);
-        self.iptables_forward = self.backend == Backend::Nftables && !chains.is_empty();
-        let script = self.rules.iptables_script(&chains, ipt);
+        let script = self.rules.iptables_script(family, &chains, ipt);
+        let list = self.rules.list(family);
+        let added = self.backend == Backend::Nftables
+            && chains.iter().any(|c| list.iter().any(|r| r.chain == *c));
+        self.set_iptables_forward(family, added);
         if !script.is_empty() {
-            run("iptables-restore", &["-w", "5", "--noflush"], Some(&script))?;
+            run(
+                family.iptables_restore(),
+                &["-w", "5", "--noflush"],
+                Some(&script),
+            )
+            .map_err(|e| e.in_family(family, family.iptables()))?;
         }
         Ok(())
     }
-}
 
-/// What the tools show of weft's rules now: one `nft list table` and one
-/// `iptables-save` (None where iptables does not work).
-struct State {
-    nft: NftState,
-    ipt: Option<IptState>,
-}
-
-impl State {
-    fn read() -> State {
-        State {
-            // A missing table makes `nft list` fail: that is the empty state.
-            nft: NftState::parse(
-                &run("nft", &["list", "table", "ip", plan::NFT_TABLE], None).unwrap_or_default(),
-            ),
-            ipt: run("iptables-save", &[], None)
-                .ok()
-                .map(|save| IptState::parse(&save)),
+    fn set_iptables_forward(&mut self, family: Family, on: bool) {
+        match family {
+            Family::V4 => self.iptables_forward = on,
+            Family::V6 => self.ip6tables_forward = on,
         }
     }
 }
 
-/// Removes every rule weft installed, in both backends (`weftd uninstall`);
-/// returns what was removed, one line each.
+/// What one family's tools show of weft's rules now: one `nft list table`
+/// and one `iptables-save` (its error where that does not work).
+struct FamilyState {
+    nft: NftState,
+    ipt: Result<IptState, String>,
+}
+
+impl FamilyState {
+    fn read(family: Family) -> FamilyState {
+        FamilyState {
+            // A missing table makes `nft list` fail: that is the empty state.
+            nft: NftState::parse(
+                &run(
+                    "nft",
+                    &["list", "table", family.nft(), plan::NFT_TABLE],
+                    None,
+                )
+                .unwrap_or_default(),
+            ),
+            ipt: run(family.iptables_save(), &[], None)
+                .map(|save| IptState::parse(&save))
+                .map_err(|e| match e {
+                    NetfilterError::Tool { why, .. } => why,
+                    e => e.to_string(),
+                }),
+        }
+    }
+}
+
+/// Both families' state (IPv6's only when asked for).
+struct State {
+    v4: FamilyState,
+    v6: Option<FamilyState>,
+}
+
+impl State {
+    fn read(v6: bool) -> State {
+        State {
+            v4: FamilyState::read(Family::V4),
+            v6: v6.then(|| FamilyState::read(Family::V6)),
+        }
+    }
+}
+
+/// Removes every rule weft installed, in both backends and both families
+/// (`weftd uninstall`); returns what was removed, one line each.
 ///
 /// # Errors
 /// [`NetfilterError::Tool`] with the command and its error output.
 pub fn remove_all() -> Result<Vec<String>, NetfilterError> {
     let mut done = vec![];
-    let state = State::read();
-    if state.nft.table {
-        run("nft", &["-f", "-"], Some(&Rules::nft_remove_script()))?;
-        done.push(format!("nftables table ip {}", plan::NFT_TABLE));
-    }
-    if let Some(ipt) = &state.ipt {
-        let script = ipt.remove_script();
-        if !script.is_empty() {
-            run("iptables-restore", &["-w", "5", "--noflush"], Some(&script))?;
-            for (exists, name) in [
-                (ipt.masq_chain, plan::IPT_MASQ_CHAIN),
-                (ipt.forward_chain, plan::IPT_FORWARD_CHAIN),
-            ] {
-                if exists {
-                    done.push(format!("iptables chain {name} and its jump"));
+    let state = State::read(true);
+    for (family, st) in [
+        (Family::V4, Some(&state.v4)),
+        (Family::V6, state.v6.as_ref()),
+    ] {
+        let Some(st) = st else { continue };
+        if st.nft.table {
+            run("nft", &["-f", "-"], Some(&Rules::nft_remove_script(family)))?;
+            done.push(format!(
+                "nftables table {} {}",
+                family.nft(),
+                plan::NFT_TABLE
+            ));
+        }
+        if let Ok(ipt) = &st.ipt {
+            let script = ipt.remove_script();
+            if !script.is_empty() {
+                run(
+                    family.iptables_restore(),
+                    &["-w", "5", "--noflush"],
+                    Some(&script),
+                )?;
+                for (exists, name) in [
+                    (ipt.masq_chain, plan::IPT_MASQ_CHAIN),
+                    (ipt.forward_chain, plan::IPT_FORWARD_CHAIN),
+                ] {
+                    if exists {
+                        done.push(format!("{} chain {name} and its jump", family.iptables()));
+                    }
                 }
             }
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_failure_names_the_tool_table_and_fix() {
+        let tool = || NetfilterError::Tool {
+            cmd: "ip6tables-restore -w 5 --noflush".into(),
+            why: "cannot run ip6tables-restore: No such file or directory (os error 2)".into(),
+        };
+        let e = tool().in_family(Family::V6, "ip6tables");
+        assert!(matches!(e, NetfilterError::Ipv6 { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "the IPv6 pod network's rules cannot be installed in ip6tables: `ip6tables-restore -w 5 --noflush` failed: cannot run ip6tables-restore"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("apt-get install iptables") && text.contains("EnableIPv6 to false"));
+        let e = NetfilterError::Tool {
+            cmd: "nft -f -".into(),
+            why: "Error: Could not process rule: No such file or directory".into(),
+        }
+        .in_family(Family::V6, "nftables table ip6 weft");
+        let text = e.to_string();
+        assert!(
+            text.contains("in nftables table ip6 weft: `nft -f -` failed"),
+            "{text}"
+        );
+        assert!(text.contains("modprobe nft_chain_nat"), "{text}");
+        // IPv4's failures stay as they were.
+        assert!(matches!(
+            tool().in_family(Family::V4, "iptables"),
+            NetfilterError::Tool { .. }
+        ));
+    }
 }

@@ -1,17 +1,27 @@
 //! The rules weft wants, with no I/O: flannel's masquerade and forward-accept
-//! rules for one Network and node subnet, rendered as an `nft -f` transaction
-//! or an `iptables-restore --noflush` script, and the comparison of what a
-//! listing (`nft list table`, `iptables-save`) shows against what is wanted.
+//! rules for one Network and node subnet per address family, rendered as an
+//! `nft -f` transaction or an `iptables-restore --noflush` script, and the
+//! comparison of what a listing (`nft list table`, `iptables-save`) shows
+//! against what is wanted.
+//!
+//! The IPv4 rules live in nftables table `ip weft` or iptables; on a
+//! dual-stack node the IPv6 rules, the same list for the IPv6 Network and
+//! subnet (multicast `ff00::/8`), live in table `ip6 weft` or ip6tables, as
+//! flannel keeps them with `EnableIPv6`. Each family's rules are installed,
+//! checked and removed on their own: turning IPv6 on leaves the IPv4 ones as
+//! they were.
 //!
 //! Every rule carries a comment `weft <role> <fingerprint>/<n>`: the
-//! fingerprint hashes the whole wanted rule set, so a rule flushed, edited,
-//! reordered or left from another Network or subnet shows up as a difference.
+//! fingerprint hashes the whole wanted rule set of its family, so a rule
+//! flushed, edited, reordered or left from another Network or subnet shows up
+//! as a difference.
 
 use std::fmt::Write as _;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// weft's nftables table (family `ip`): nothing else of the host's is touched.
+/// weft's nftables table, in family `ip` (and `ip6` on a dual-stack node):
+/// nothing else of the host's is touched.
 pub const NFT_TABLE: &str = "weft";
 /// The nftables chains in [`NFT_TABLE`].
 pub const NFT_MASQ_CHAIN: &str = "postrouting";
@@ -29,6 +39,54 @@ pub const MULTICAST: Ipv4Net = match Ipv4Net::new(std::net::Ipv4Addr::new(224, 0
     Ok(n) => n,
     Err(_) => panic!("224.0.0.0/4 is a valid prefix"),
 };
+/// IPv6 multicast, never masqueraded.
+pub const MULTICAST6: Ipv6Net =
+    match Ipv6Net::new(std::net::Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8) {
+        Ok(n) => n,
+        Err(_) => panic!("ff00::/8 is a valid prefix"),
+    };
+
+/// An address family, each with its own table (`ip weft`, `ip6 weft`) and
+/// its own iptables tool (iptables, ip6tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// nft's name for the family: `ip`, `ip6`.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// The iptables tool of the family: `iptables`, `ip6tables`.
+    pub fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    /// `iptables-save`, `ip6tables-save`.
+    pub fn iptables_save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
+    }
+
+    /// `iptables-restore`, `ip6tables-restore`.
+    pub fn iptables_restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+}
 
 /// What weftd is asked to install for this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +95,24 @@ pub struct Rules {
     pub network: Ipv4Net,
     /// This node's subnet (its lease).
     pub subnet: Ipv4Net,
+    /// A dual-stack node's IPv6 half (net-conf.json's `EnableIPv6`): the same
+    /// rules for the IPv6 Network and subnet. None: IPv4 only.
+    pub ipv6: Option<Rules6>,
     /// `--ip-masq`: masquerade pods' traffic that leaves the Network.
     pub masquerade: bool,
     /// `--random-fully` on MASQUERADE (off with `--ip-masq-fully-random-disable`).
     pub random_fully: bool,
     /// `--iptables-forward-rules`: accept forwarded traffic from and to the Network.
     pub forward: bool,
+}
+
+/// The IPv6 Network and subnet of a dual-stack node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules6 {
+    /// net-conf.json's `IPv6Network`.
+    pub network: Ipv6Net,
+    /// This node's IPv6 subnet (its lease's `IPv6Subnet`).
+    pub subnet: Ipv6Net,
 }
 
 /// The chain a rule lives in.
@@ -58,10 +128,10 @@ pub enum Chain {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Match {
     KubeProxyMark,
-    Src(Ipv4Net),
-    NotSrc(Ipv4Net),
-    Dst(Ipv4Net),
-    NotDst(Ipv4Net),
+    Src(IpNet),
+    NotSrc(IpNet),
+    Dst(IpNet),
+    NotDst(IpNet),
 }
 
 /// What a matching rule does.
@@ -83,9 +153,31 @@ pub struct Rule {
 }
 
 impl Rules {
-    /// flannel's rule list (`--ip-masq`, `--iptables-forward-rules`), in order.
-    pub fn list(&self) -> Vec<Rule> {
-        let (net, sub) = (self.network, self.subnet);
+    /// The families with rules wanted: IPv4, and IPv6 on a dual-stack node.
+    pub fn families(&self) -> Vec<Family> {
+        let mut v = vec![Family::V4];
+        if self.ipv6.is_some() {
+            v.push(Family::V6);
+        }
+        v
+    }
+
+    /// The Network, subnet and multicast range of `family` (None: IPv6 is off).
+    fn nets(&self, family: Family) -> Option<(IpNet, IpNet, IpNet)> {
+        match family {
+            Family::V4 => Some((self.network.into(), self.subnet.into(), MULTICAST.into())),
+            Family::V6 => self
+                .ipv6
+                .map(|r| (r.network.into(), r.subnet.into(), MULTICAST6.into())),
+        }
+    }
+
+    /// flannel's rule list (`--ip-masq`, `--iptables-forward-rules`) for
+    /// `family`, in order (empty for IPv6 on an IPv4-only node).
+    pub fn list(&self, family: Family) -> Vec<Rule> {
+        let Some((net, sub, multicast)) = self.nets(family) else {
+            return vec![];
+        };
         let masq = Verdict::Masquerade {
             random_fully: self.random_fully,
         };
@@ -125,7 +217,7 @@ impl Rules {
                 ),
                 r(
                     Chain::Masq,
-                    &[Src(net), NotDst(MULTICAST)],
+                    &[Src(net), NotDst(multicast)],
                     masq,
                     "pods to outside the Network: masquerade (not multicast)",
                 ),
@@ -156,11 +248,11 @@ impl Rules {
         v
     }
 
-    /// A short hash of the wanted rule set: rules of another Network, subnet
-    /// or option set carry another one.
-    pub fn fingerprint(&self) -> String {
+    /// A short hash of `family`'s wanted rule set: rules of another Network,
+    /// subnet or option set carry another one.
+    pub fn fingerprint(&self, family: Family) -> String {
         let mut text = String::new();
-        for r in self.list() {
+        for r in self.list(family) {
             let _ = writeln!(text, "{:?} {}", r.chain, nft_body(&r));
         }
         // FNV-1a, 32 bits.
@@ -172,10 +264,10 @@ impl Rules {
         format!("{h:08x}")
     }
 
-    /// The comments the rules of `chain` carry, in order.
-    pub fn comments(&self, chain: Chain) -> Vec<String> {
-        let fp = self.fingerprint();
-        self.list()
+    /// The comments `family`'s rules of `chain` carry, in order.
+    pub fn comments(&self, family: Family, chain: Chain) -> Vec<String> {
+        let fp = self.fingerprint(family);
+        self.list(family)
             .iter()
             .enumerate()
             .filter(|(_, r)| r.chain == chain)
@@ -183,21 +275,24 @@ impl Rules {
             .collect()
     }
 
-    /// An `nft -f -` transaction that removes weft's table (and nothing else).
-    pub fn nft_remove_script() -> String {
-        format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+    /// An `nft -f -` transaction that removes weft's table of `family` (and
+    /// nothing else).
+    pub fn nft_remove_script(family: Family) -> String {
+        let f = family.nft();
+        format!("add table {f} {NFT_TABLE}\ndelete table {f} {NFT_TABLE}\n")
     }
 
-    /// An `nft -f -` transaction that replaces weft's table atomically with
-    /// the wanted rules (or removes it when nothing is wanted).
-    pub fn nft_script(&self) -> String {
-        let fp = self.fingerprint();
-        let rules = self.list();
-        let mut s = Rules::nft_remove_script();
+    /// An `nft -f -` transaction that replaces weft's table of `family`
+    /// atomically with the wanted rules (or removes it when nothing is wanted).
+    pub fn nft_script(&self, family: Family) -> String {
+        let fp = self.fingerprint(family);
+        let rules = self.list(family);
+        let f = family.nft();
+        let mut s = Rules::nft_remove_script(family);
         if rules.is_empty() {
             return s;
         }
-        let _ = writeln!(s, "add table ip {NFT_TABLE}");
+        let _ = writeln!(s, "add table {f} {NFT_TABLE}");
         for (chain, name, head) in [
             (
                 Chain::Masq,
@@ -213,11 +308,11 @@ impl Rules {
             if !rules.iter().any(|r| r.chain == chain) {
                 continue;
             }
-            let _ = writeln!(s, "add chain ip {NFT_TABLE} {name} {{ {head} }}");
+            let _ = writeln!(s, "add chain {f} {NFT_TABLE} {name} {{ {head} }}");
             for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.chain == chain) {
                 let _ = writeln!(
                     s,
-                    "add rule ip {NFT_TABLE} {name} {} comment \"{}\"",
+                    "add rule {f} {NFT_TABLE} {name} {} comment \"{}\"",
                     nft_body(r),
                     comment(chain, &fp, i)
                 );
@@ -226,12 +321,13 @@ impl Rules {
         s
     }
 
-    /// An `iptables-restore --noflush` script that rewrites weft's chains
-    /// with the wanted rules of `chains`, adding the jumps `state` lacks and
-    /// dropping the duplicates it has; the chains of the others are removed.
-    pub fn iptables_script(&self, chains: &[Chain], state: &IptState) -> String {
-        let fp = self.fingerprint();
-        let rules = self.list();
+    /// An `iptables-restore --noflush` script (`ip6tables-restore` for IPv6)
+    /// that rewrites weft's chains with `family`'s wanted rules of `chains`,
+    /// adding the jumps `state` lacks and dropping the duplicates it has; the
+    /// chains of the others are removed.
+    pub fn iptables_script(&self, family: Family, chains: &[Chain], state: &IptState) -> String {
+        let fp = self.fingerprint(family);
+        let rules = self.list(family);
         let mut s = String::new();
         for (chain, table, name, hook, jump_comment) in [
             (
@@ -298,6 +394,14 @@ fn comment(chain: Chain, fp: &str, i: usize) -> String {
     format!("weft {role} {fp}/{i}")
 }
 
+/// nft's address family keyword for a match on `n`.
+fn nft_addr(n: &IpNet) -> &'static str {
+    match n {
+        IpNet::V4(_) => "ip",
+        IpNet::V6(_) => "ip6",
+    }
+}
+
 /// A rule's body in nft syntax, without its comment.
 pub fn nft_body(r: &Rule) -> String {
     let mut s = String::new();
@@ -309,10 +413,10 @@ pub fn nft_body(r: &Rule) -> String {
                     "meta mark & {KUBE_PROXY_MARK:#x} == {KUBE_PROXY_MARK:#x} "
                 )
             }
-            Match::Src(n) => write!(s, "ip saddr {n} "),
-            Match::NotSrc(n) => write!(s, "ip saddr != {n} "),
-            Match::Dst(n) => write!(s, "ip daddr {n} "),
-            Match::NotDst(n) => write!(s, "ip daddr != {n} "),
+            Match::Src(n) => write!(s, "{} saddr {n} ", nft_addr(n)),
+            Match::NotSrc(n) => write!(s, "{} saddr != {n} ", nft_addr(n)),
+            Match::Dst(n) => write!(s, "{} daddr {n} ", nft_addr(n)),
+            Match::NotDst(n) => write!(s, "{} daddr != {n} ", nft_addr(n)),
         };
     }
     s.push_str(match r.verdict {
@@ -363,12 +467,13 @@ pub struct NftState {
 }
 
 impl NftState {
-    /// Parses `nft list table ip weft` output (empty text: no table).
+    /// Parses `nft list table ip weft` (or `ip6 weft`) output (empty text:
+    /// no table).
     pub fn parse(listing: &str) -> NftState {
         let mut st = NftState::default();
         let mut chain: Option<Chain> = None;
         for line in listing.lines().map(str::trim) {
-            if line.starts_with("table ip ") {
+            if line.starts_with("table ip ") || line.starts_with("table ip6 ") {
                 st.table = true;
             } else if let Some(rest) = line.strip_prefix("chain ") {
                 let name = rest.trim_end_matches('{').trim();
@@ -387,27 +492,28 @@ impl NftState {
         st
     }
 
-    /// What differs from `want`, one line each (empty: in step).
-    pub fn diff(&self, want: &Rules) -> Vec<String> {
+    /// What differs from `want`'s rules of `family` (this listing being of
+    /// `family`'s table), one line each (empty: in step).
+    pub fn diff(&self, want: &Rules, family: Family) -> Vec<String> {
         let mut d = vec![];
-        let any = !want.list().is_empty();
+        let f = family.nft();
+        let any = !want.list(family).is_empty();
         if any && !self.table {
-            d.push(format!("table ip {NFT_TABLE} is missing"));
+            d.push(format!("table {f} {NFT_TABLE} is missing"));
             return d;
         }
         if !any && self.table {
-            d.push(format!("table ip {NFT_TABLE} is not wanted"));
+            d.push(format!("table {f} {NFT_TABLE} is not wanted"));
         }
         for (chain, name, have) in [
             (Chain::Masq, NFT_MASQ_CHAIN, &self.masq),
             (Chain::Forward, NFT_FORWARD_CHAIN, &self.forward),
         ] {
-            diff_chain(
-                &mut d,
-                &format!("chain {name}"),
-                have,
-                &want.comments(chain),
-            );
+            let what = match family {
+                Family::V4 => format!("chain {name}"),
+                Family::V6 => format!("chain {f} {NFT_TABLE} {name}"),
+            };
+            diff_chain(&mut d, &what, have, &want.comments(family, chain));
         }
         d
     }
@@ -452,7 +558,8 @@ pub struct IptState {
 }
 
 impl IptState {
-    /// Parses `iptables-save` output (of the nat and filter tables).
+    /// Parses `iptables-save` (or `ip6tables-save`) output (of the nat and
+    /// filter tables).
     pub fn parse(save: &str) -> IptState {
         let mut st = IptState::default();
         let mut table = "";
@@ -509,8 +616,8 @@ impl IptState {
         }
     }
 
-    /// An `iptables-restore --noflush` script that removes weft's chains and
-    /// their jumps (empty when there are none).
+    /// An `iptables-restore --noflush` (or `ip6tables-restore`) script that
+    /// removes weft's chains and their jumps (empty when there are none).
     pub fn remove_script(&self) -> String {
         let nothing = Rules {
             network: Ipv4Net::default(),
@@ -518,14 +625,20 @@ impl IptState {
             masquerade: false,
             random_fully: false,
             forward: false,
+            ipv6: None,
         };
-        nothing.iptables_script(&[], self)
+        nothing.iptables_script(Family::V4, &[], self)
     }
 
-    /// What differs from `want`'s rules of `chains` (weft's other iptables
-    /// chains should be absent), one line each (empty: in step).
-    pub fn diff(&self, want: &Rules, chains: &[Chain]) -> Vec<String> {
+    /// What differs from `want`'s rules of `family` and `chains` (weft's other
+    /// chains should be absent), this being `family`'s tool's listing; one
+    /// line each (empty: in step). IPv6 lines start with `ip6tables `.
+    pub fn diff(&self, want: &Rules, family: Family, chains: &[Chain]) -> Vec<String> {
         let mut d = vec![];
+        let tool = match family {
+            Family::V4 => "",
+            Family::V6 => "ip6tables ",
+        };
         for (chain, name, hook, have) in [
             (Chain::Masq, IPT_MASQ_CHAIN, "nat POSTROUTING", &self.masq),
             (
@@ -535,7 +648,7 @@ impl IptState {
                 &self.forward,
             ),
         ] {
-            let wanted = want.comments(chain);
+            let wanted = want.comments(family, chain);
             let wanted = if chains.contains(&chain) {
                 wanted
             } else {
@@ -544,17 +657,17 @@ impl IptState {
             let jumps = self.jumps(chain);
             if wanted.is_empty() {
                 if self.chain_exists(chain) || jumps > 0 {
-                    d.push(format!("chain {name} is not wanted"));
+                    d.push(format!("{tool}chain {name} is not wanted"));
                 }
                 continue;
             }
             if !self.chain_exists(chain) {
-                d.push(format!("chain {name} is missing"));
+                d.push(format!("{tool}chain {name} is missing"));
                 continue;
             }
-            diff_chain(&mut d, &format!("chain {name}"), have, &wanted);
+            diff_chain(&mut d, &format!("{tool}chain {name}"), have, &wanted);
             if jumps != 1 {
-                d.push(format!("{hook} has {jumps} jumps to {name}, not 1"));
+                d.push(format!("{tool}{hook} has {jumps} jumps to {name}, not 1"));
             }
         }
         d
@@ -572,12 +685,17 @@ mod tests {
             masquerade,
             random_fully: true,
             forward,
+            ipv6: None,
         }
     }
 
     #[test]
     fn flannel_rules_in_order() {
-        let bodies: Vec<String> = rules(true, true).list().iter().map(nft_body).collect();
+        let bodies: Vec<String> = rules(true, true)
+            .list(Family::V4)
+            .iter()
+            .map(nft_body)
+            .collect();
         assert_eq!(
             bodies,
             [
@@ -595,17 +713,17 @@ mod tests {
             random_fully: false,
             ..rules(true, false)
         };
-        assert!(nft_body(&r.list()[4]).ends_with("masquerade"));
-        assert_eq!(r.list().len(), 6);
-        assert_eq!(rules(false, true).list().len(), 2);
-        assert!(rules(false, false).list().is_empty());
+        assert!(nft_body(&r.list(Family::V4)[4]).ends_with("masquerade"));
+        assert_eq!(r.list(Family::V4).len(), 6);
+        assert_eq!(rules(false, true).list(Family::V4).len(), 2);
+        assert!(rules(false, false).list(Family::V4).is_empty());
     }
 
     #[test]
     fn nft_script_replaces_the_table_atomically() {
         let r = rules(true, true);
-        let s = r.nft_script();
-        let fp = r.fingerprint();
+        let s = r.nft_script(Family::V4);
+        let fp = r.fingerprint(Family::V4);
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "add table ip weft");
         assert_eq!(lines[1], "delete table ip weft");
@@ -627,10 +745,14 @@ mod tests {
             "add rule ip weft forward ip daddr 10.244.0.0/16 accept comment \"weft forward {fp}/7\""
         )));
         assert_eq!(
-            rules(false, false).nft_script(),
+            rules(false, false).nft_script(Family::V4),
             "add table ip weft\ndelete table ip weft\n"
         );
-        assert!(!rules(false, true).nft_script().contains("postrouting"));
+        assert!(
+            !rules(false, true)
+                .nft_script(Family::V4)
+                .contains("postrouting")
+        );
     }
 
     #[test]
@@ -648,20 +770,23 @@ mod tests {
             random_fully: false,
             ..a
         };
-        let fps = [&a, &b, &c, &d].map(|r| r.fingerprint());
+        let fps = [&a, &b, &c, &d].map(|r| r.fingerprint(Family::V4));
         for i in 0..4 {
             for j in 0..i {
                 assert_ne!(fps[i], fps[j]);
             }
         }
-        assert_eq!(a.fingerprint(), rules(true, true).fingerprint());
+        assert_eq!(
+            a.fingerprint(Family::V4),
+            rules(true, true).fingerprint(Family::V4)
+        );
         // The value docs/pod-network.md shows for this Network and subnet.
-        assert_eq!(a.fingerprint(), "d1bdf61b");
+        assert_eq!(a.fingerprint(Family::V4), "d1bdf61b");
     }
 
     // What `nft list table ip weft` printed for nft_script() on nftables 1.0.6.
     fn nft_listing(r: &Rules) -> String {
-        let fp = r.fingerprint();
+        let fp = r.fingerprint(Family::V4);
         format!(
             "table ip weft {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tmeta mark & 0x00004000 == 0x00004000 return comment \"weft masq {fp}/0\"\n\
@@ -682,33 +807,44 @@ mod tests {
         let st = NftState::parse(&nft_listing(&r));
         assert!(st.table);
         assert_eq!(st.masq.len(), 6);
-        assert!(st.diff(&r).is_empty(), "{:?}", st.diff(&r));
+        assert!(
+            st.diff(&r, Family::V4).is_empty(),
+            "{:?}",
+            st.diff(&r, Family::V4)
+        );
         // Flushed by hand.
         let flushed = NftState::parse(
             "table ip weft {\n\tchain postrouting {\n\t}\n\tchain forward {\n\t}\n}\n",
         );
-        let d = flushed.diff(&r);
+        let d = flushed.diff(&r, Family::V4);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(
             d[0].contains("0 rules where 6 are wanted (6 missing"),
             "{d:?}"
         );
         // Gone.
-        assert_eq!(NftState::parse("").diff(&r), ["table ip weft is missing"]);
+        assert_eq!(
+            NftState::parse("").diff(&r, Family::V4),
+            ["table ip weft is missing"]
+        );
         // Left from another subnet.
         let other = Rules {
             subnet: "10.244.9.0/24".parse().unwrap(),
             ..r
         };
-        let d = st.diff(&other);
+        let d = st.diff(&other, Family::V4);
         assert!(d[0].contains("6 not weft's current ones"), "{d:?}");
         // Nothing wanted, a table left.
-        assert_eq!(st.diff(&rules(false, false)).len(), 3);
-        assert!(NftState::parse("").diff(&rules(false, false)).is_empty());
+        assert_eq!(st.diff(&rules(false, false), Family::V4).len(), 3);
+        assert!(
+            NftState::parse("")
+                .diff(&rules(false, false), Family::V4)
+                .is_empty()
+        );
     }
 
     fn save(r: &Rules, masq_jumps: usize, policy: &str) -> String {
-        let fp = r.fingerprint();
+        let fp = r.fingerprint(Family::V4);
         let mut s = String::from(
             "# Generated by iptables-save v1.8.9\n*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:WEFT-POSTRTG - [0:0]\n",
         );
@@ -738,15 +874,19 @@ mod tests {
         let st = IptState::parse(&save(&r, 1, "ACCEPT"));
         assert!(!st.forward_drops);
         assert_eq!((st.masq.len(), st.forward.len()), (6, 2));
-        assert!(st.diff(&r, &both).is_empty(), "{:?}", st.diff(&r, &both));
+        assert!(
+            st.diff(&r, Family::V4, &both).is_empty(),
+            "{:?}",
+            st.diff(&r, Family::V4, &both)
+        );
         assert!(IptState::parse(&save(&r, 1, "DROP")).forward_drops);
         let dup = IptState::parse(&save(&r, 2, "ACCEPT"));
         assert_eq!(
-            dup.diff(&r, &both),
+            dup.diff(&r, Family::V4, &both),
             ["nat POSTROUTING has 2 jumps to WEFT-POSTRTG, not 1"]
         );
         // The restore script deletes the duplicate and rewrites the chain.
-        let s = r.iptables_script(&both, &dup);
+        let s = r.iptables_script(Family::V4, &both, &dup);
         assert_eq!(
             s.matches("-D POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG")
                 .count(),
@@ -757,7 +897,7 @@ mod tests {
         assert!(s.contains("-A WEFT-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment"));
         assert!(s.contains("-j MASQUERADE --random-fully\n"));
         // Nothing there yet: chains and jumps first in their hooks.
-        let fresh = r.iptables_script(&both, &IptState::default());
+        let fresh = r.iptables_script(Family::V4, &both, &IptState::default());
         assert!(
             fresh.contains("-I POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n")
         );
@@ -766,23 +906,328 @@ mod tests {
             fresh
                 .contains("-I FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\nCOMMIT\n")
         );
-        let d = IptState::default().diff(&r, &both);
+        let d = IptState::default().diff(&r, Family::V4, &both);
         assert_eq!(
             d,
             ["chain WEFT-POSTRTG is missing", "chain WEFT-FWD is missing"]
         );
         // Only forward wanted: the masquerade chain and its jump are removed.
-        let s = r.iptables_script(&[Chain::Forward], &st);
+        let s = r.iptables_script(Family::V4, &[Chain::Forward], &st);
         assert!(s.contains("*nat\n-D POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n:WEFT-POSTRTG - [0:0]\n-X WEFT-POSTRTG\nCOMMIT\n"), "{s}");
         assert_eq!(
-            st.diff(&r, &[Chain::Forward]),
+            st.diff(&r, Family::V4, &[Chain::Forward]),
             ["chain WEFT-POSTRTG is not wanted"]
         );
-        assert!(r.iptables_script(&[], &IptState::default()).is_empty());
+        assert!(
+            r.iptables_script(Family::V4, &[], &IptState::default())
+                .is_empty()
+        );
         // Uninstall: every chain and jump of weft's, nothing else.
         let rm = st.remove_script();
         assert!(rm.contains("-D POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n:WEFT-POSTRTG - [0:0]\n-X WEFT-POSTRTG"), "{rm}");
         assert!(rm.contains("-D FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\n:WEFT-FWD - [0:0]\n-X WEFT-FWD"), "{rm}");
         assert!(IptState::default().remove_script().is_empty());
+    }
+
+    fn dual(masquerade: bool, forward: bool) -> Rules {
+        Rules {
+            ipv6: Some(Rules6 {
+                network: "fd00:10:244::/56".parse().unwrap(),
+                subnet: "fd00:10:244:3::/64".parse().unwrap(),
+            }),
+            ..rules(masquerade, forward)
+        }
+    }
+
+    // What main's nft_script() and iptables_script() wrote before IPv6 existed.
+    const IPV4_NFT: &str = "add table ip weft\ndelete table ip weft\nadd table ip weft\n\
+        add chain ip weft postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
+        add rule ip weft postrouting meta mark & 0x4000 == 0x4000 return comment \"weft masq d1bdf61b/0\"\n\
+        add rule ip weft postrouting ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return comment \"weft masq d1bdf61b/1\"\n\
+        add rule ip weft postrouting ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"weft masq d1bdf61b/2\"\n\
+        add rule ip weft postrouting ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"weft masq d1bdf61b/3\"\n\
+        add rule ip weft postrouting ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment \"weft masq d1bdf61b/4\"\n\
+        add rule ip weft postrouting ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment \"weft masq d1bdf61b/5\"\n\
+        add chain ip weft forward { type filter hook forward priority filter; policy accept; }\n\
+        add rule ip weft forward ip saddr 10.244.0.0/16 accept comment \"weft forward d1bdf61b/6\"\n\
+        add rule ip weft forward ip daddr 10.244.0.0/16 accept comment \"weft forward d1bdf61b/7\"\n";
+    const IPV4_IPT: &str = "*nat\n:WEFT-POSTRTG - [0:0]\n\
+        -A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq d1bdf61b/0\" -j RETURN\n\
+        -A WEFT-POSTRTG -s 10.244.3.0/24 -d 10.244.0.0/16 -m comment --comment \"weft masq d1bdf61b/1\" -j RETURN\n\
+        -A WEFT-POSTRTG -s 10.244.0.0/16 -d 10.244.3.0/24 -m comment --comment \"weft masq d1bdf61b/2\" -j RETURN\n\
+        -A WEFT-POSTRTG ! -s 10.244.0.0/16 -d 10.244.3.0/24 -m comment --comment \"weft masq d1bdf61b/3\" -j RETURN\n\
+        -A WEFT-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"weft masq d1bdf61b/4\" -j MASQUERADE --random-fully\n\
+        -A WEFT-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment \"weft masq d1bdf61b/5\" -j MASQUERADE --random-fully\n\
+        -I POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\nCOMMIT\n\
+        *filter\n:WEFT-FWD - [0:0]\n\
+        -A WEFT-FWD -s 10.244.0.0/16 -m comment --comment \"weft forward d1bdf61b/6\" -j ACCEPT\n\
+        -A WEFT-FWD -d 10.244.0.0/16 -m comment --comment \"weft forward d1bdf61b/7\" -j ACCEPT\n\
+        -I FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\nCOMMIT\n";
+
+    #[test]
+    fn ipv4_rules_are_the_same_with_or_without_ipv6() {
+        let both = [Chain::Masq, Chain::Forward];
+        let fresh = IptState::default();
+        for r in [rules(true, true), dual(true, true)] {
+            assert_eq!(r.nft_script(Family::V4), IPV4_NFT);
+            assert_eq!(r.iptables_script(Family::V4, &both, &fresh), IPV4_IPT);
+            assert_eq!(r.fingerprint(Family::V4), "d1bdf61b");
+        }
+        for (m, f) in [(true, false), (false, true), (false, false)] {
+            let (a, b) = (rules(m, f), dual(m, f));
+            assert_eq!(a.nft_script(Family::V4), b.nft_script(Family::V4));
+            assert_eq!(
+                a.iptables_script(Family::V4, &both, &fresh),
+                b.iptables_script(Family::V4, &both, &fresh)
+            );
+        }
+        // IPv4 only: no IPv6 rules, table or chains.
+        let v4 = rules(true, true);
+        assert_eq!(v4.families(), [Family::V4]);
+        assert!(v4.list(Family::V6).is_empty());
+        assert!(v4.comments(Family::V6, Chain::Masq).is_empty());
+        assert_eq!(dual(true, true).families(), [Family::V4, Family::V6]);
+    }
+
+    #[test]
+    fn ipv6_nft_script() {
+        let r = dual(true, true);
+        assert_eq!(r.fingerprint(Family::V6), "86702de7");
+        assert_eq!(
+            r.nft_script(Family::V6),
+            "add table ip6 weft\ndelete table ip6 weft\nadd table ip6 weft\n\
+             add chain ip6 weft postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
+             add rule ip6 weft postrouting meta mark & 0x4000 == 0x4000 return comment \"weft masq 86702de7/0\"\n\
+             add rule ip6 weft postrouting ip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return comment \"weft masq 86702de7/1\"\n\
+             add rule ip6 weft postrouting ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/2\"\n\
+             add rule ip6 weft postrouting ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/3\"\n\
+             add rule ip6 weft postrouting ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment \"weft masq 86702de7/4\"\n\
+             add rule ip6 weft postrouting ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random comment \"weft masq 86702de7/5\"\n\
+             add chain ip6 weft forward { type filter hook forward priority filter; policy accept; }\n\
+             add rule ip6 weft forward ip6 saddr fd00:10:244::/56 accept comment \"weft forward 86702de7/6\"\n\
+             add rule ip6 weft forward ip6 daddr fd00:10:244::/56 accept comment \"weft forward 86702de7/7\"\n"
+        );
+        // Without --random-fully, and forward rules only.
+        let r = Rules {
+            random_fully: false,
+            ..dual(true, false)
+        };
+        let s = r.nft_script(Family::V6);
+        assert!(
+            s.contains("ip6 daddr != ff00::/8 masquerade comment"),
+            "{s}"
+        );
+        assert!(!s.contains("fully-random") && !s.contains("chain ip6 weft forward"));
+        let s = dual(false, true).nft_script(Family::V6);
+        assert!(!s.contains("postrouting") && s.contains("ip6 daddr fd00:10:244::/56 accept"));
+        // Nothing wanted, or IPv6 off: the table goes.
+        let gone = "add table ip6 weft\ndelete table ip6 weft\n";
+        assert_eq!(dual(false, false).nft_script(Family::V6), gone);
+        assert_eq!(rules(true, true).nft_script(Family::V6), gone);
+        assert_eq!(Rules::nft_remove_script(Family::V6), gone);
+    }
+
+    #[test]
+    fn ipv6_iptables_script() {
+        let r = dual(true, true);
+        let both = [Chain::Masq, Chain::Forward];
+        assert_eq!(
+            r.iptables_script(Family::V6, &both, &IptState::default()),
+            "*nat\n:WEFT-POSTRTG - [0:0]\n\
+             -A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq 86702de7/0\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244:3::/64 -d fd00:10:244::/56 -m comment --comment \"weft masq 86702de7/1\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq 86702de7/2\" -j RETURN\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq 86702de7/3\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment \"weft masq 86702de7/4\" -j MASQUERADE --random-fully\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment \"weft masq 86702de7/5\" -j MASQUERADE --random-fully\n\
+             -I POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\nCOMMIT\n\
+             *filter\n:WEFT-FWD - [0:0]\n\
+             -A WEFT-FWD -s fd00:10:244::/56 -m comment --comment \"weft forward 86702de7/6\" -j ACCEPT\n\
+             -A WEFT-FWD -d fd00:10:244::/56 -m comment --comment \"weft forward 86702de7/7\" -j ACCEPT\n\
+             -I FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\nCOMMIT\n"
+        );
+        // IPv6 off: chains a dual-stack run left in ip6tables are removed.
+        let left = IptState::parse(&ip6tables_save(&r, 1, "ACCEPT"));
+        assert_eq!(
+            rules(true, true).iptables_script(Family::V6, &both, &left),
+            left.remove_script()
+        );
+        assert!(left.remove_script().contains("-X WEFT-POSTRTG"));
+    }
+
+    // What `nft list table ip6 weft` printed for dual(true, true)'s
+    // nft_script(Family::V6) on nftables 1.0.6.
+    const IPV6_LISTING: &str = "table ip6 weft {\n\tchain postrouting {\n\
+        \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+        \t\tmeta mark & 0x00004000 == 0x00004000 return comment \"weft masq 86702de7/0\"\n\
+        \t\tip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return comment \"weft masq 86702de7/1\"\n\
+        \t\tip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/2\"\n\
+        \t\tip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return comment \"weft masq 86702de7/3\"\n\
+        \t\tip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment \"weft masq 86702de7/4\"\n\
+        \t\tip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random comment \"weft masq 86702de7/5\"\n\
+        \t}\n\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\
+        \t\tip6 saddr fd00:10:244::/56 accept comment \"weft forward 86702de7/6\"\n\
+        \t\tip6 daddr fd00:10:244::/56 accept comment \"weft forward 86702de7/7\"\n\t}\n}\n";
+
+    #[test]
+    fn ipv6_nft_listing_in_step_missing_edited_or_foreign() {
+        let r = dual(true, true);
+        let st = NftState::parse(IPV6_LISTING);
+        assert!(st.table);
+        assert_eq!((st.masq.len(), st.forward.len()), (6, 2));
+        assert!(
+            st.diff(&r, Family::V6).is_empty(),
+            "{:?}",
+            st.diff(&r, Family::V6)
+        );
+        // The IPv6 listing is not what the IPv4 table should hold.
+        assert!(!st.diff(&r, Family::V4).is_empty());
+        // A rule deleted by hand.
+        let missing = NftState::parse(&IPV6_LISTING.replace(
+            "\t\tip6 daddr fd00:10:244::/56 accept comment \"weft forward 86702de7/7\"\n",
+            "",
+        ));
+        assert_eq!(
+            missing.diff(&r, Family::V6),
+            [
+                "chain ip6 weft forward: 1 rules where 2 are wanted (1 missing, 0 not weft's current ones)"
+            ]
+        );
+        // A rule replaced by one of another rule set (another subnet's).
+        let edited = NftState::parse(&IPV6_LISTING.replace("86702de7/1\"", "0badf00d/1\""));
+        assert_eq!(
+            edited.diff(&r, Family::V6),
+            [
+                "chain ip6 weft postrouting: 6 rules where 6 are wanted (1 missing, 1 not weft's current ones)"
+            ]
+        );
+        // Someone else's rule in weft's chain.
+        let foreign = NftState::parse(&IPV6_LISTING.replace(
+            "\t}\n\n\tchain forward",
+            "\t\tip6 saddr ::/0 masquerade comment \"someone else\"\n\t}\n\n\tchain forward",
+        ));
+        assert_eq!(
+            foreign.diff(&r, Family::V6),
+            [
+                "chain ip6 weft postrouting: 7 rules where 6 are wanted (0 missing, 1 not weft's current ones)"
+            ]
+        );
+        // Reordered.
+        let swapped = NftState::parse(
+            &IPV6_LISTING
+                .replace("86702de7/6\"", "SWAP\"")
+                .replace("86702de7/7\"", "86702de7/6\"")
+                .replace("SWAP\"", "86702de7/7\""),
+        );
+        assert!(swapped.diff(&r, Family::V6)[0].ends_with(", out of order)"));
+        // Gone; or left after IPv6 was turned off.
+        assert_eq!(
+            NftState::parse("").diff(&r, Family::V6),
+            ["table ip6 weft is missing"]
+        );
+        let d = st.diff(&rules(true, true), Family::V6);
+        assert_eq!(d[0], "table ip6 weft is not wanted");
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(
+            NftState::parse("")
+                .diff(&rules(true, true), Family::V6)
+                .is_empty()
+        );
+    }
+
+    // What `ip6tables-save` (v1.8.9, nf_tables) printed for dual(true, true)'s
+    // iptables_script(Family::V6, ..) with `masq_jumps` jumps to WEFT-POSTRTG.
+    fn ip6tables_save(r: &Rules, masq_jumps: usize, policy: &str) -> String {
+        let fp = r.fingerprint(Family::V6);
+        let mut s = format!(
+            "# Generated by ip6tables-save v1.8.9 (nf_tables)\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {policy} [0:0]\n\
+             :OUTPUT ACCEPT [0:0]\n:WEFT-FWD - [0:0]\n-A FORWARD -m comment --comment \"weft forward\" -j WEFT-FWD\n\
+             -A WEFT-FWD -s fd00:10:244::/56 -m comment --comment \"weft forward {fp}/6\" -j ACCEPT\n\
+             -A WEFT-FWD -d fd00:10:244::/56 -m comment --comment \"weft forward {fp}/7\" -j ACCEPT\nCOMMIT\n\
+             *nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+             :WEFT-POSTRTG - [0:0]\n"
+        );
+        for _ in 0..masq_jumps {
+            s += "-A POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG\n";
+        }
+        s += &format!(
+            "-A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"weft masq {fp}/0\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244:3::/64 -d fd00:10:244::/56 -m comment --comment \"weft masq {fp}/1\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq {fp}/2\" -j RETURN\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:3::/64 -m comment --comment \"weft masq {fp}/3\" -j RETURN\n\
+             -A WEFT-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment \"weft masq {fp}/4\" -j MASQUERADE --random-fully\n\
+             -A WEFT-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment \"weft masq {fp}/5\" -j MASQUERADE --random-fully\n\
+             COMMIT\n"
+        );
+        s
+    }
+
+    #[test]
+    fn ip6tables_save_in_step_missing_edited_or_foreign() {
+        let r = dual(true, true);
+        let both = [Chain::Masq, Chain::Forward];
+        let save = ip6tables_save(&r, 1, "ACCEPT");
+        let st = IptState::parse(&save);
+        assert_eq!((st.masq.len(), st.forward.len()), (6, 2));
+        assert!(!st.forward_drops);
+        assert!(
+            st.diff(&r, Family::V6, &both).is_empty(),
+            "{:?}",
+            st.diff(&r, Family::V6, &both)
+        );
+        assert!(IptState::parse(&ip6tables_save(&r, 1, "DROP")).forward_drops);
+        // A rule deleted by hand.
+        let missing = IptState::parse(&save.replace(
+            "-A WEFT-FWD -d fd00:10:244::/56 -m comment --comment \"weft forward 86702de7/7\" -j ACCEPT\n",
+            "",
+        ));
+        assert_eq!(
+            missing.diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-FWD: 1 rules where 2 are wanted (1 missing, 0 not weft's current ones)"
+            ]
+        );
+        // A rule of another rule set.
+        let edited = IptState::parse(&save.replace("86702de7/4\"", "0badf00d/4\""));
+        assert_eq!(
+            edited.diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-POSTRTG: 6 rules where 6 are wanted (1 missing, 1 not weft's current ones)"
+            ]
+        );
+        // Someone else's rule in weft's chain.
+        let foreign = IptState::parse(&save.replace(
+            "COMMIT\n*nat",
+            "-A WEFT-FWD -j ACCEPT -m comment --comment \"someone else\"\nCOMMIT\n*nat",
+        ));
+        assert_eq!(
+            foreign.diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-FWD: 3 rules where 2 are wanted (0 missing, 1 not weft's current ones)"
+            ]
+        );
+        // A second jump; a chain gone.
+        let dup = IptState::parse(&ip6tables_save(&r, 2, "ACCEPT"));
+        assert_eq!(
+            dup.diff(&r, Family::V6, &both),
+            ["ip6tables nat POSTROUTING has 2 jumps to WEFT-POSTRTG, not 1"]
+        );
+        let s = r.iptables_script(Family::V6, &both, &dup);
+        assert_eq!(s.matches("-D POSTROUTING").count(), 1, "{s}");
+        assert_eq!(
+            IptState::default().diff(&r, Family::V6, &both),
+            [
+                "ip6tables chain WEFT-POSTRTG is missing",
+                "ip6tables chain WEFT-FWD is missing"
+            ]
+        );
+        // IPv6 turned off: the chains a dual-stack run left are not wanted.
+        assert_eq!(
+            st.diff(&rules(true, true), Family::V6, &both),
+            [
+                "ip6tables chain WEFT-POSTRTG is not wanted",
+                "ip6tables chain WEFT-FWD is not wanted"
+            ]
+        );
     }
 }
