@@ -21,7 +21,9 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -158,7 +160,7 @@ impl Netlink {
     }
 
     /// Sends `msg` and collects the answers (a dump's, or a request's ACK).
-    pub(crate) fn request(
+    fn request(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
@@ -204,7 +206,7 @@ impl Netlink {
     }
 
     /// Sends `msg` and waits for its ACK.
-    pub(crate) fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.request(msg, NLM_F_ACK | flags).map(|_| ())
     }
 
@@ -519,6 +521,7 @@ impl Netlink {
     /// Netlink errors other than EEXIST.
     pub fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<bool> {
         let mut m = address_message6(index, addr);
+        m.header.flags = AddressHeaderFlags::Nodad;
         m.attributes
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
         match self.ack(
@@ -594,6 +597,73 @@ impl Netlink {
         )
     }
 
+    /// Adds an IPv6 route in the main table; `Ok(false)` when it existed.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn add_route6(&mut self, dst: Ipv6Net, gw: Option<Ipv6Addr>, oif: u32) -> io::Result<bool> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::Unicast;
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                    dst.network(),
+                )));
+        }
+        if let Some(g) = gw {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet6(g)));
+        }
+        m.attributes.push(RouteAttribute::Oif(oif));
+        match self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The IPv6 routes of the main table.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn routes6(&mut self) -> io::Result<Vec<Route6>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        let all = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for r in all {
+            let RouteNetlinkMessage::NewRoute(rt) = r else {
+                continue;
+            };
+            if rt.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let mut e = Route6 {
+                dst: Ipv6Net::default(),
+                gw: None,
+                oif: None,
+            };
+            for a in &rt.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                        e.dst = Ipv6Net::new(*d, rt.header.destination_prefix_length)
+                            .unwrap_or_default();
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => e.gw = Some(*g),
+                    RouteAttribute::Oif(o) => e.oif = Some(*o),
+                    _ => {}
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
     /// Removes IPv4 address `addr` from link `index`.
     ///
     /// # Errors
@@ -641,6 +711,30 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// An IPv6 route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route6 {
+    pub dst: Ipv6Net,
+    pub gw: Option<Ipv6Addr>,
+    pub oif: Option<u32>,
+}
+
+/// Whether `routes` holds a route to IPv6 `dst` (via `gw` when given);
+/// an IPv4 `dst` or `gw` is never found here.
+pub fn has_route6(routes: &[Route6], dst: IpNet, gw: Option<IpAddr>) -> bool {
+    let IpNet::V6(dst) = dst else {
+        return false;
+    };
+    routes.iter().any(|r| {
+        r.dst == dst.trunc()
+            && match gw {
+                Some(IpAddr::V6(g)) => r.gw == Some(g),
+                Some(IpAddr::V4(_)) => false,
+                None => true,
+            }
+    })
 }
 
 /// Whether `routes` holds a route to `dst` (via `gw` when given).
@@ -817,4 +911,38 @@ pub fn delete_link(nl: &mut Netlink, name: &str) -> Result<bool, NetlinkError> {
         name: name.to_string(),
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_route_matches_family_destination_and_gateway() {
+        let gw: Ipv6Addr = "fc00:0:0:3::1".parse().unwrap();
+        let routes = vec![
+            Route6 {
+                dst: "fc00::/48".parse().unwrap(),
+                gw: Some(gw),
+                oif: Some(2),
+            },
+            Route6 {
+                dst: Ipv6Net::default(),
+                gw: Some(gw),
+                oif: Some(2),
+            },
+        ];
+        let net: IpNet = "fc00::/48".parse().unwrap();
+        assert!(has_route6(&routes, net, Some(IpAddr::V6(gw))));
+        assert!(has_route6(&routes, net, None));
+        assert!(has_route6(
+            &routes,
+            "::/0".parse().unwrap(),
+            Some(IpAddr::V6(gw))
+        ));
+        assert!(!has_route6(&routes, net, Some("fc00::9".parse().unwrap())));
+        assert!(!has_route6(&routes, net, Some("10.0.0.1".parse().unwrap())));
+        assert!(!has_route6(&routes, "10.0.0.0/8".parse().unwrap(), None));
+        assert!(!has_route6(&routes, "fc01::/48".parse().unwrap(), None));
+    }
 }

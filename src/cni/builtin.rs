@@ -26,9 +26,8 @@ use super::env::CniEnv;
 use super::error::{CniError, code};
 use super::ipam::{Ipam, IpamError};
 use super::log;
-use super::nl6;
 use super::result::{CniResult, Interface, IpConfig, Route};
-use crate::netlink::{Link, Netlink, has_route, is_exists};
+use crate::netlink::{self, Link, Netlink, has_route, is_exists};
 use crate::subnet_env::SubnetEnv;
 
 /// The IPAM store of node subnet `subnet`, shared by every network that
@@ -234,7 +233,7 @@ fn ensure_bridge(
         "cannot add gateway address {gw} to bridge {name}"
     )))?;
     if let Some(gw6) = gw6 {
-        nl6::add_address(host, br.index, gw6).map_err(nl_err(format!(
+        host.add_address6(br.index, gw6).map_err(nl_err(format!(
             "cannot add IPv6 gateway address {gw6} to bridge {name} (is IPv6 disabled on the node? net.ipv6.conf.{name}.disable_ipv6)"
         )))?;
     }
@@ -421,7 +420,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         pod.add_address(pl.index, addr)
             .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
         if let Some(a6) = ip6 {
-            nl6::add_address(&mut pod, pl.index, a6).map_err(nl_err(in_pod(&format!(
+            pod.add_address6(pl.index, a6).map_err(nl_err(in_pod(&format!(
                 "cannot add IPv6 address {a6} (is IPv6 disabled in the pod? net.ipv6.conf.{ifname}.disable_ipv6)"
             ))))?;
         }
@@ -435,7 +434,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         for (dst, via) in &routes {
             let added = match (dst, via) {
                 (IpNet::V4(d), IpAddr::V4(g)) => pod.add_route(*d, Some(*g), pl.index),
-                (IpNet::V6(d), IpAddr::V6(g)) => nl6::add_route(&mut pod, *d, Some(*g), pl.index),
+                (IpNet::V6(d), IpAddr::V6(g)) => pod.add_route6(*d, Some(*g), pl.index),
                 _ => Ok(false),
             };
             added.map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
@@ -649,7 +648,7 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
             IpNet::V6(a) => {
                 if have6.is_none() {
                     have6 = Some(
-                        nl6::addresses(&mut pod, link.index)
+                        pod.addresses6(link.index)
                             .map_err(nl_err(format!("cannot list IPv6 addresses of {ifname}")))?,
                     );
                 }
@@ -680,14 +679,15 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
     }
     let routes = pod.routes().map_err(nl_err("cannot list routes".into()))?;
     let routes6 = if prev.routes.iter().any(|r| r.dst.addr().is_ipv6()) {
-        nl6::routes(&mut pod).map_err(nl_err("cannot list IPv6 routes".into()))?
+        pod.routes6()
+            .map_err(nl_err("cannot list IPv6 routes".into()))?
     } else {
         vec![]
     };
     for r in &prev.routes {
         let found = match r.dst {
             IpNet::V4(_) => has_route(&routes, r.dst, r.gw),
-            IpNet::V6(_) => nl6::has_route(&routes6, r.dst, r.gw),
+            IpNet::V6(_) => netlink::has_route6(&routes6, r.dst, r.gw),
         };
         if !found {
             return Err(check_failed(format!(

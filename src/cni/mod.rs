@@ -8,7 +8,7 @@
 //!
 //! - [`env`], [`conf`], [`version`], [`result`], [`error`]: the protocol;
 //! - [`delegate`]: flannel-compatible bridge + host-local delegation;
-//! - [`builtin`], [`ipam`], [`nl6`]: the plugin's own veth, bridge and IPAM, both families (over [`crate::netlink`]);
+//! - [`builtin`], [`ipam`]: the plugin's own veth, bridge and IPAM, both families (over [`crate::netlink`]);
 //! - [`install`]: what a DaemonSet init container runs.
 
 pub mod builtin;
@@ -18,7 +18,6 @@ pub mod env;
 pub mod error;
 pub mod install;
 pub mod ipam;
-pub mod nl6;
 pub mod result;
 pub mod version;
 
