@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Opts, require_root, tcp_transfer, wait_until};
+use crate::harness::{Cluster, Opts, require_root, tcp_transfer, udp_echo_failures, wait_until};
 use weft::netns;
 
 /// Every node reaches every other node's subnet address, both directions.
@@ -88,58 +88,7 @@ fn udp_every_size_arrives_intact() {
     let sizes: Vec<usize> = (1..=mtu_payload)
         .chain([mtu_payload + 1, 2000, 8000, 30000])
         .collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let echo = {
-        let (ns, stop) = (b.ns.clone(), stop.clone());
-        std::thread::spawn(move || {
-            netns::in_netns(&ns, || {
-                let s = UdpSocket::bind((b_addr, 6000)).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                ready_tx.send(()).unwrap();
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Ok((n, from)) = s.recv_from(&mut buf) {
-                        let _ = s.send_to(&buf[..n], from);
-                    }
-                }
-            })
-            .unwrap()
-        })
-    };
-    ready_rx.recv().unwrap();
-    let failures = netns::in_netns(&a.ns, || {
-        let s = UdpSocket::bind((a_addr, 0)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut bad = vec![];
-        let mut buf = vec![0u8; 65536];
-        for &size in &sizes {
-            let msg: Vec<u8> = (0..size).map(|i| (i as u8) ^ (size as u8)).collect();
-            let mut ok = false;
-            for _attempt in 0..5 {
-                s.send_to(&msg, SocketAddrV4::new(b_addr, 6000)).unwrap();
-                match s.recv_from(&mut buf) {
-                    Ok((n, _)) if buf[..n] == msg[..] => {
-                        ok = true;
-                        break;
-                    }
-                    Ok((n, _)) => {
-                        panic!("datagram of {size} bytes came back corrupted ({n} bytes)")
-                    }
-                    Err(_) => continue,
-                }
-            }
-            if !ok {
-                bad.push(size);
-            }
-        }
-        bad
-    })
-    .unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    echo.join().unwrap();
+    let failures = udp_echo_failures(&a.ns, a_addr, &b.ns, b_addr, &sizes);
     assert!(
         failures.is_empty(),
         "no echo for datagram sizes {failures:?}"

@@ -11,6 +11,7 @@ mod cni;
 mod dataplane;
 mod doctor;
 mod dropin;
+mod dualstack;
 mod etcd;
 mod hostile;
 mod kube;

@@ -245,7 +245,7 @@ fn open_devices(
 ) -> Result<Devices, DaemonError> {
     let queues = opts.queues.max(1);
     let name = opts.tun_name.as_str();
-    let open = || sys::open_tun(name, mtu, opts.offload, queues);
+    let open = || sys::open_tun(name, mtu, opts.offload, queues, listen6.is_some());
     let tuns = match open() {
         Err(SysError::TunMismatch { .. }) if !predecessor => {
             tracing::warn!(
@@ -259,7 +259,7 @@ fn open_devices(
     let tuns = match tuns {
         Err(e) if opts.offload && sys::offload_refused(&e) => {
             tracing::warn!("TUN offloads refused on {name} ({e}); running without them (slower)");
-            sys::open_tun(name, mtu, false, queues)?
+            sys::open_tun(name, mtu, false, queues, listen6.is_some())?
         }
         r => r?,
     };
@@ -423,17 +423,6 @@ pub async fn run_with_store(
             ext.addr6
                 .map_or_else(|| "none".to_string(), |a| a.to_string())
         );
-    }
-    // Until the IPv6 dataplane lands, a dual-stack config is refused rather
-    // than carried as IPv4 only.
-    if config.ipv6.is_some() {
-        return Err(ConfigError::Field {
-            origin: "network config".into(),
-            field: "EnableIPv6",
-            rule: "dual-stack is parsed but not yet carried by this build; set EnableIPv6 to false"
-                .into(),
-        }
-        .into());
     }
     tracing::info!(
         "network {} (subnets /{} from {} to {}), VNI {}, UDP port {}",
@@ -654,7 +643,7 @@ async fn start(
         _ => None,
     };
 
-    ensure_forwarding();
+    ensure_forwarding(subnet6.is_some());
 
     let (table, counters) = (status.table.clone(), status.counters.clone());
     let _ = status.subnet.set(lease.subnet);
@@ -1089,24 +1078,40 @@ async fn resync_netfilter(nf: Option<Netfilter>) -> Option<Netfilter> {
 
 /// Pods' traffic crosses the node: IPv4 forwarding must be on. Turn it on if
 /// it is off (as kubelet and Docker do), and say so.
-fn ensure_forwarding() {
-    const P: &str = "/proc/sys/net/ipv4/ip_forward";
-    match std::fs::read_to_string(P) {
+fn ensure_forwarding(ipv6: bool) {
+    ensure_sysctl(
+        "/proc/sys/net/ipv4/ip_forward",
+        "IPv4",
+        "net.ipv4.ip_forward",
+    );
+    if ipv6 {
+        ensure_sysctl(
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "IPv6",
+            "net.ipv6.conf.all.forwarding",
+        );
+    }
+}
+
+/// Turns the forwarding switch `p` on (the `family`'s, sysctl `name`), or
+/// says why it cannot and where to set it.
+fn ensure_sysctl(p: &str, family: &str, name: &str) {
+    match std::fs::read_to_string(p) {
         Ok(v) if v.trim() == "1" => {}
-        _ => match std::fs::write(P, "1") {
+        _ => match std::fs::write(p, "1") {
             Ok(()) => {
-                tracing::info!("enabled IPv4 forwarding ({P} = 1): pods on this node need it")
+                tracing::info!("enabled {family} forwarding ({p} = 1): pods on this node need it")
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
                 tracing::warn!(
-                    "IPv4 forwarding is off, and {P} is read-only here ({e}; a rootless or unprivileged container): \
+                    "{family} forwarding is off, and {p} is read-only here ({e}; a rootless or unprivileged container): \
                      pods will not reach other nodes until it is on. Set it where the namespace is made: \
-                     docker/podman run --sysctl net.ipv4.ip_forward=1, a pod's securityContext.sysctls, \
-                     or sysctl -w net.ipv4.ip_forward=1 in the namespace"
+                     docker/podman run --sysctl {name}=1, a pod's securityContext.sysctls, \
+                     or sysctl -w {name}=1 in the namespace"
                 )
             }
             Err(e) => tracing::warn!(
-                "IPv4 forwarding is off and cannot be enabled ({P}: {e}); pods will not reach other nodes until it is on"
+                "{family} forwarding is off and cannot be enabled ({p}: {e}); pods will not reach other nodes until it is on"
             ),
         },
     }

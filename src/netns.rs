@@ -16,6 +16,14 @@ use nix::sched::CloneFlags;
 /// The underlay subnet (TEST-NET-1, documentation space); the bridge is `.254`.
 pub const UNDERLAY_PREFIX: [u8; 3] = [192, 0, 2];
 pub const UNDERLAY_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// The underlay bridge's IPv6 address: the underlay is dual-stack, 2001:db8::/64.
+pub const UNDERLAY6_GW: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+
+/// Node `i`'s IPv6 underlay address, `2001:db8::<i+1>`.
+pub fn underlay6_addr(i: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -112,7 +120,8 @@ pub struct Underlay {
 }
 
 impl Underlay {
-    /// Creates the underlay namespace with bridge `br0` (192.0.2.254/24), after
+    /// Creates the underlay namespace with bridge `br0` (192.0.2.254/24 and
+    /// 2001:db8::fe/64), after
     /// removing leftovers of an earlier run with the same prefix.
     ///
     /// # Errors
@@ -137,11 +146,22 @@ impl Underlay {
             "dev",
             "br0",
         ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{UNDERLAY6_GW}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ])?;
         ip(&["-n", &ns, "link", "set", "br0", "up"])?;
         Ok(u)
     }
 
-    /// Adds node `<prefix>-n<i>` with `eth0` = 192.0.2.<i+1>/24 (MTU 1500) and,
+    /// Adds node `<prefix>-n<i>` with `eth0` = 192.0.2.<i+1>/24 and
+    /// 2001:db8::<i+1>/64 (MTU 1500) and,
     /// when `default_route`, a default route via the bridge.
     ///
     /// # Errors
@@ -176,6 +196,17 @@ impl Underlay {
             &format!("{addr}/24"),
             "dev",
             "eth0",
+        ])?;
+        // Dual-stack: 2001:db8::<i+1>/64 beside the IPv4 address, usable at once.
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/64", underlay6_addr(i)),
+            "dev",
+            "eth0",
+            "nodad",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "mtu", "1500", "up"])?;
         if default_route {

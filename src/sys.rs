@@ -103,6 +103,7 @@ pub fn open_tun(
     mtu: u16,
     offload: bool,
     queues: usize,
+    ipv6: bool,
 ) -> Result<Vec<tun_rs::SyncDevice>, SysError> {
     let existed = nix::net::if_::if_nametoindex(name).is_ok();
     let tun_err = |source: io::Error| tun_error(name, existed, source);
@@ -118,9 +119,21 @@ pub fn open_tun(
     };
     let dev = open()?;
     dev.persist().map_err(tun_err)?;
-    // The overlay carries IPv4 only: keep the kernel's IPv6 chatter (router
-    // solicitations, MLD) off the device before it comes up.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    // An IPv4-only overlay keeps the kernel's IPv6 chatter (router
+    // solicitations, MLD) off the device before it comes up; a dual-stack
+    // one keeps IPv6 but no link-local address, autoconfiguration or router
+    // advertisements: the device holds the subnet's address only.
+    let conf = |key: &str, v: &str| {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/{key}"), v);
+    };
+    if ipv6 {
+        conf("addr_gen_mode", "1");
+        conf("accept_ra", "0");
+        conf("autoconf", "0");
+        conf("disable_ipv6", "0");
+    } else {
+        conf("disable_ipv6", "1");
+    }
     dev.set_mtu(mtu).map_err(tun_err)?;
     dev.enabled(true).map_err(tun_err)?;
     dev.set_nonblocking(true).map_err(tun_err)?;

@@ -43,7 +43,8 @@ pub const WRONG_DROPS: [&str; 11] = [
 ];
 
 /// `ping -c1 -W1` from namespace `ns` to `to`.
-pub fn ping_from(ns: &str, to: Ipv4Addr) -> bool {
+pub fn ping_from(ns: &str, to: impl Into<std::net::IpAddr>) -> bool {
+    let to: std::net::IpAddr = to.into();
     Command::new("ip")
         .args([
             "netns",
@@ -145,6 +146,26 @@ impl Node {
     /// The node's `.0` address, on its TUN device.
     pub fn addr(&self) -> Ipv4Addr {
         self.subnet().network()
+    }
+
+    /// The node's IPv6 subnet (a dual-stack network), from its subnet.env.
+    pub fn subnet6(&self) -> ipnet::Ipv6Net {
+        SubnetEnv::read(&self.dir.join("subnet.env"))
+            .ok()
+            .and_then(|e| e.ipv6)
+            .unwrap_or_else(|| panic!("{}: no IPv6 subnet in subnet.env\n{}", self.ns, self.log()))
+            .subnet
+    }
+
+    /// The node's IPv6 subnet's first address, on its TUN device (as
+    /// flannel puts it on flannel-v6.1).
+    pub fn addr6(&self) -> std::net::Ipv6Addr {
+        self.subnet6().network()
+    }
+
+    /// `ping -6 -c1` from this node to `to`.
+    pub fn ping6(&self, to: std::net::Ipv6Addr) -> bool {
+        ping_from(&self.ns, to)
     }
 
     pub fn log(&self) -> String {
@@ -684,12 +705,13 @@ pub fn fill(buf: &mut [u8], seed: &mut u64) {
 pub fn tcp_transfer(
     from: &str,
     to_ns: &str,
-    to: Ipv4Addr,
+    to: impl Into<std::net::IpAddr>,
     port: u16,
     total: usize,
 ) -> ([u8; 32], [u8; 32], usize) {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
+    let to: std::net::IpAddr = to.into();
     let (tx, rx) = std::sync::mpsc::channel();
     let to_ns2 = to_ns.to_string();
     let server = std::thread::spawn(move || {
@@ -738,4 +760,73 @@ pub fn tcp_transfer(
     .unwrap();
     let (got, n) = server.join().expect("server thread");
     (sent, got, n)
+}
+
+/// Sends a datagram of each of `sizes` from `a_addr` (in `a_ns`) to an echo
+/// server on `b_addr:6000` (in `b_ns`), up to five tries each, and returns
+/// the sizes that never came back. A datagram that comes back altered fails
+/// the test at once.
+pub fn udp_echo_failures(
+    a_ns: &str,
+    a_addr: impl Into<std::net::IpAddr>,
+    b_ns: &str,
+    b_addr: impl Into<std::net::IpAddr>,
+    sizes: &[usize],
+) -> Vec<usize> {
+    use std::net::UdpSocket;
+    let (a_addr, b_addr): (std::net::IpAddr, std::net::IpAddr) = (a_addr.into(), b_addr.into());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let echo = {
+        let (ns, stop) = (b_ns.to_string(), stop.clone());
+        std::thread::spawn(move || {
+            netns::in_netns(&ns, || {
+                let s = UdpSocket::bind((b_addr, 6000)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+            })
+            .unwrap()
+        })
+    };
+    ready_rx.recv().unwrap();
+    let failures = netns::in_netns(a_ns, || {
+        let s = UdpSocket::bind((a_addr, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut bad = vec![];
+        let mut buf = vec![0u8; 65536];
+        for &size in sizes {
+            let msg: Vec<u8> = (0..size).map(|i| (i as u8) ^ (size as u8)).collect();
+            let mut ok = false;
+            for _attempt in 0..5 {
+                s.send_to(&msg, std::net::SocketAddr::new(b_addr, 6000))
+                    .unwrap();
+                match s.recv_from(&mut buf) {
+                    Ok((n, _)) if buf[..n] == msg[..] => {
+                        ok = true;
+                        break;
+                    }
+                    Ok((n, _)) => {
+                        panic!("datagram of {size} bytes came back corrupted ({n} bytes)")
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if !ok {
+                bad.push(size);
+            }
+        }
+        bad
+    })
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echo.join().unwrap();
+    failures
 }
