@@ -577,9 +577,13 @@ fn check_consistent(pkt: &[u8], c: &Cut) {
     assert_same(&stream, &pkt[hl..ip_len(pkt)], "payload stream");
 }
 
-/// The IPv4 total length, bounded by the bytes read: where a super-packet
+/// The IP packet's length by its header (IPv4 total length, or 40 + the
+/// IPv6 payload length), bounded by the bytes read: where a super-packet
 /// ends (bytes read past it are not sent).
 fn ip_len(pkt: &[u8]) -> usize {
+    if pkt.first().is_some_and(|b| b >> 4 == 6) && pkt.len() >= 40 {
+        return (40 + usize::from(be16(pkt, 4))).min(pkt.len());
+    }
     usize::from(be16(pkt, 2)).min(pkt.len())
 }
 
@@ -2349,4 +2353,283 @@ fn coalesce_random_streams() {
         merged > 300,
         "only {merged} merged writes: the test sees little"
     );
+}
+
+// ---------------------------------------------------------------------------
+// IPv6: the same contracts, checked against the same reference arithmetic
+// with the IPv6 pseudo-header (RFC 8200 §8.1).
+
+const SRC6: [u8; 16] = [0xfc, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5];
+const DST6: [u8; 16] = [0xfc, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7];
+
+/// The IPv6 pseudo-header sum for `len` bytes of next header `proto`.
+fn ref_pseudo6(p: &[u8], proto: u8, len: usize) -> u64 {
+    ref_sum(&p[8..24]) + ref_sum(&p[24..40]) + len as u64 + u64::from(proto)
+}
+
+fn l4_checksum6_ok(p: &[u8]) -> bool {
+    ref_fold(ref_pseudo6(p, p[6], p.len() - 40) + ref_sum(&p[40..])) == 0xffff
+}
+
+fn fill_l4_checksum6(p: &mut [u8]) {
+    let at = 40 + csum_offset(p[6]);
+    put16(p, at, 0);
+    let mut c = !ref_fold(ref_pseudo6(p, p[6], p.len() - 40) + ref_sum(&p[40..]));
+    if p[6] == PROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    put16(p, at, c);
+}
+
+/// A TCP/IPv6 packet of `payload` (flow label 0x12345, hop limit 64) with
+/// flags `flags` at sequence `seq`, its checksum filled in.
+fn tcp6(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40 + 20];
+    p[..4].copy_from_slice(&[0x60, 0x01, 0x23, 0x45]);
+    put16(&mut p, 4, (20 + payload.len()) as u16);
+    p[6] = PROTO_TCP;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&SRC6);
+    p[24..40].copy_from_slice(&DST6);
+    put16(&mut p, 40, 40000);
+    put16(&mut p, 42, 5201);
+    put32(&mut p, 44, seq);
+    put32(&mut p, 48, 0x0102_0304);
+    p[52] = 5 << 4;
+    p[53] = flags;
+    put16(&mut p, 54, 512);
+    p.extend_from_slice(payload);
+    fill_l4_checksum6(&mut p);
+    p
+}
+
+fn udp6(payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 48];
+    p[0] = 0x60;
+    put16(&mut p, 4, (8 + payload.len()) as u16);
+    p[6] = PROTO_UDP;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&SRC6);
+    p[24..40].copy_from_slice(&DST6);
+    put16(&mut p, 40, 40000);
+    put16(&mut p, 42, 6000);
+    put16(&mut p, 44, (8 + payload.len()) as u16);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// A super-packet as the kernel hands it over with CHECKSUM_PARTIAL: the
+/// folded pseudo-header sum in the L4 checksum field, and its virtio header.
+fn super6(mut p: Vec<u8>, gso_type: u8, mss: u16) -> (virtio::Header, Vec<u8>) {
+    let proto = p[6];
+    let at = 40 + csum_offset(proto);
+    let partial = ref_fold(ref_pseudo6(&p, proto, p.len() - 40));
+    put16(&mut p, at, partial);
+    let l4hl = if proto == PROTO_TCP { 20 } else { 8 };
+    let h = virtio::Header {
+        flags: virtio::FLAG_NEEDS_CSUM,
+        gso_type,
+        hdr_len: (40 + l4hl) as u16,
+        gso_size: mss,
+        csum_start: 40,
+        csum_offset: csum_offset(proto) as u16,
+    };
+    (h, p)
+}
+
+/// What the kernel's TSO6/USO6 makes of `sp` at `mss`, rebuilt from scratch.
+fn expected_segments6(sp: &[u8], mss: usize) -> Vec<Vec<u8>> {
+    let is_tcp = sp[6] == PROTO_TCP;
+    let hl = 40 + if is_tcp { 20 } else { 8 };
+    let n = (sp.len() - hl).div_ceil(mss);
+    sp[hl..]
+        .chunks(mss)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let mut s = sp[..hl].to_vec();
+            s.extend_from_slice(chunk);
+            let plen = (s.len() - 40) as u16;
+            put16(&mut s, 4, plen);
+            if is_tcp {
+                put32(&mut s, 44, be32(sp, 44).wrapping_add((k * mss) as u32));
+                let mut f = sp[53];
+                if k > 0 {
+                    f &= !CWR;
+                }
+                if k + 1 < n {
+                    f &= !(FIN | PSH);
+                }
+                s[53] = f;
+            } else {
+                put16(&mut s, 44, plen);
+            }
+            fill_l4_checksum6(&mut s);
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn tso6_segments_match_the_reference() {
+    let mut rng = Rng::new(0x7e57_0006);
+    for (len, mss, flags) in [
+        (64_000usize, 1370u16, ACK | PSH),
+        (1370, 1370, ACK),
+        (1371, 1370, ACK | FIN | PSH | CWR),
+        (9000, 1000, ACK | CWR),
+        (1, 1370, ACK | PSH),
+    ] {
+        let payload = rng.bytes(len);
+        let (h, sp) = super6(tcp6(0xffff_f000, flags, &payload), virtio::GSO_TCPV6, mss);
+        let c = cut(&h, &sp);
+        let want = expected_segments6(&sp, usize::from(mss));
+        assert_eq!(c.result, Ok(want.len()), "{len} at {mss}");
+        assert_eq!(c.dgrams.len(), want.len());
+        for (k, (d, w)) in c.dgrams.iter().zip(&want).enumerate() {
+            assert_eq!(&d[..ENCAP_LEN], &prefix()[..], "segment {k}: VXLAN prefix");
+            assert_same(&d[ENCAP_LEN..], w, &format!("TSO6 {len}@{mss} segment {k}"));
+            assert!(l4_checksum6_ok(&d[ENCAP_LEN..]), "segment {k} checksum");
+            assert_eq!(
+                &d[ENCAP_LEN..ENCAP_LEN + 4],
+                &[0x60, 0x01, 0x23, 0x45],
+                "flow label kept"
+            );
+        }
+    }
+}
+
+#[test]
+fn uso6_segments_match_the_reference() {
+    let mut rng = Rng::new(0x7e57_0016);
+    for (len, mss) in [(8000usize, 1382u16), (1382, 1382), (1383, 1382), (3, 1382)] {
+        let payload = rng.bytes(len);
+        let (h, sp) = super6(udp6(&payload), virtio::GSO_UDP_L4, mss);
+        let c = cut(&h, &sp);
+        let want = expected_segments6(&sp, usize::from(mss));
+        assert_eq!(c.result, Ok(want.len()));
+        for (k, (d, w)) in c.dgrams.iter().zip(&want).enumerate() {
+            assert_same(&d[ENCAP_LEN..], w, &format!("USO6 {len}@{mss} segment {k}"));
+        }
+    }
+}
+
+/// The family must match the segmentation type, and an IPv6 super-packet
+/// with an extension header (not TCP or UDP right after the header) or a
+/// payload length past the buffer is refused, never cut wrong.
+#[test]
+fn segment6_refuses_what_it_cannot_honour() {
+    let (h, sp) = super6(tcp6(1, ACK, &[7; 3000]), virtio::GSO_TCPV6, 1370);
+    let v4 = virtio::Header {
+        gso_type: virtio::GSO_TCPV4,
+        ..h
+    };
+    assert_eq!(cut(&v4, &sp).result, BAD, "TCPV4 type on an IPv6 packet");
+    let mut ext = sp.clone();
+    ext[6] = 0; // hop-by-hop options
+    assert_eq!(cut(&h, &ext).result, BAD);
+    let mut long = sp.clone();
+    put16(&mut long, 4, 4000);
+    assert_eq!(cut(&h, &long).result, BAD);
+    for n in 0..sp.len().min(200) {
+        let _ = cut(&h, &sp[..n]);
+    }
+    // A v4 super-packet declared TCPV6 is refused too.
+    let t = flow_a();
+    let v4sp = tso(&t, &[1; 3000]);
+    let h4 = gso_header(&v4sp, virtio::GSO_TCPV6, 1000);
+    assert_eq!(cut(&h4, &v4sp).result, BAD);
+}
+
+/// Consecutive TCP/IPv6 segments of one flow become one GSO_TCPV6 write:
+/// payload length of the whole, the folded IPv6 pseudo-header sum in the
+/// checksum field (which completed over the write verifies), and the
+/// payloads in order; a segment with a bad checksum, or of another flow
+/// label, is written on its own.
+#[test]
+fn tcp6_segments_coalesce_into_one_gso_write() {
+    let mut rng = Rng::new(0x7e57_0026);
+    let mss = 1370;
+    let mut seq = 1000u32;
+    let mut pkts = vec![];
+    for _ in 0..10 {
+        let payload = rng.bytes(mss);
+        pkts.push(tcp6(seq, ACK, &payload));
+        seq = seq.wrapping_add(mss as u32);
+    }
+    let ws = coalesce(&pkts);
+    assert_eq!(
+        ws.len(),
+        1,
+        "{:?}",
+        ws.iter().map(|w| w.vh).collect::<Vec<_>>()
+    );
+    let w = &ws[0];
+    assert_eq!(w.segments, 10);
+    assert_eq!(
+        w.vh,
+        virtio::Header {
+            flags: virtio::FLAG_NEEDS_CSUM,
+            gso_type: virtio::GSO_TCPV6,
+            hdr_len: 60,
+            gso_size: mss as u16,
+            csum_start: 40,
+            csum_offset: 16,
+        }
+    );
+    let p = &w.pkt;
+    assert_eq!(usize::from(be16(p, 4)), p.len() - 40);
+    assert_eq!(
+        be16(p, 56),
+        ref_fold(ref_pseudo6(p, PROTO_TCP, p.len() - 40))
+    );
+    let mut done = p.clone();
+    fill_l4_checksum6(&mut done);
+    assert!(l4_checksum6_ok(&done));
+    let joined: Vec<u8> = pkts.iter().flat_map(|s| s[60..].to_vec()).collect();
+    assert_same(&p[60..], &joined, "coalesced payload");
+    assert_eq!(&p[..4], &pkts[0][..4]);
+
+    // A corrupted checksum ends the run and goes alone, unmarked; another
+    // flow label does not join either.
+    let mut bad = pkts.clone();
+    bad[3][70] ^= 1;
+    bad[6][3] ^= 1;
+    fill_l4_checksum6(&mut bad[6]);
+    let ws = coalesce(&bad);
+    let kinds: Vec<(u8, u8, usize)> = ws
+        .iter()
+        .map(|w| (w.vh.gso_type, w.vh.flags, w.segments))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (virtio::GSO_TCPV6, virtio::FLAG_NEEDS_CSUM, 3),
+            (virtio::GSO_NONE, 0, 1),
+            (virtio::GSO_TCPV6, virtio::FLAG_NEEDS_CSUM, 2),
+            (virtio::GSO_NONE, virtio::FLAG_DATA_VALID, 1),
+            (virtio::GSO_TCPV6, virtio::FLAG_NEEDS_CSUM, 3),
+        ],
+        "{kinds:?}"
+    );
+    // UDP over IPv6 is written as it came.
+    let ws = coalesce(&[udp6(&[1; 100]), udp6(&[2; 100])]);
+    assert!(
+        ws.iter()
+            .all(|w| w.vh == virtio::Header::default() && w.segments == 1)
+    );
+}
+
+/// `complete_checksum` on IPv6: a partial TCP or UDP checksum completes to
+/// the reference, and a UDP checksum of zero goes out as all ones.
+#[test]
+fn complete_checksum6_matches_the_reference() {
+    for mut p in [tcp6(5, ACK | PSH, &[9; 333]), udp6(&[3; 77])] {
+        let (h, mut partial) = super6(p.clone(), virtio::GSO_NONE, 0);
+        complete_checksum(&h, &mut partial).unwrap();
+        if p[6] == PROTO_UDP {
+            fill_l4_checksum6(&mut p);
+        }
+        assert_same(&partial, &p, "completed checksum");
+        assert!(l4_checksum6_ok(&partial));
+    }
 }
