@@ -665,6 +665,9 @@ pub fn virtio(rng: &mut Rng, v: &mut [u8], at: usize, pkt_len: usize) {
 /// fixes the checksums three times in four so the packet gets past them.
 pub fn ip_fields(rng: &mut Rng, v: &mut [u8], at: usize, addrs: &[[u8; 4]]) {
     let Some(p) = v.get_mut(at..) else { return };
+    if p.len() >= 40 && p[0] >> 4 == 6 && rng.random_range(0..4) != 0 {
+        return ip6_fields(rng, p);
+    }
     if p.len() < 20 {
         return;
     }
@@ -805,4 +808,40 @@ fn fix_checksums6(p: &mut [u8]) {
         c = 0xffff;
     }
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// [`ip_fields`] for an IPv6 header: the version, the payload length around
+/// the real one, the next header (extension headers, fragments, ICMPv6), the
+/// hop limit, or an address among the fuzzed world's subnets.
+fn ip6_fields(rng: &mut Rng, p: &mut [u8]) {
+    let real = u16::try_from(p.len().saturating_sub(40)).unwrap_or(u16::MAX);
+    match rng.random_range(0..6) {
+        0 => {
+            p[0] = *[0x60u8, 0x40, 0x6f, 0x00, 0x70]
+                .choose(rng)
+                .unwrap_or(&0x60)
+        }
+        1 => {
+            let pl: u16 = match rng.random_range(0..5) {
+                0 => 0,
+                1 => real.saturating_add(1),
+                2 => real.saturating_sub(1),
+                3 => u16::MAX,
+                _ => rng.random(),
+            };
+            p[4..6].copy_from_slice(&pl.to_be_bytes());
+        }
+        2 => p[6] = *[0u8, 6, 17, 43, 44, 58, 59, 60].choose(rng).unwrap_or(&6),
+        3 => p[7] = rng.random(),
+        _ => {
+            let at = if rng.random() { 8 } else { 24 };
+            let host: u8 = rng.random();
+            let net = *[1u8, 2, 3, 4, 9, 0xff].choose(rng).unwrap_or(&1);
+            let a = [0xfc, 0, 0, 0, 0, 0, 0, net, 0, 0, 0, 0, 0, 0, 0, host];
+            p[at..at + 16].copy_from_slice(&a);
+        }
+    }
+    if rng.random() {
+        fix_checksums(p);
+    }
 }

@@ -799,6 +799,35 @@ fn super_packet(proto: u8, payload: usize, mss: u16, opts: usize, tcp_opts: usiz
     v
 }
 
+/// An IPv6 super-packet seed: `[virtio header][placement][packet]`, TCP
+/// (GSO_TCPV6, ACK|PSH|CWR from sequence 0xfffffff0) or UDP (GSO_UDP_L4).
+fn super_packet6(proto: u8, payload: usize, mss: u16) -> Vec<u8> {
+    let mut p = ip6_packet("fc00:0:0:1::5", "fc00:0:0:2::7", proto, payload);
+    let l4 = if proto == tcp::PROTO_TCP {
+        p[53] = tcp::FLAG_ACK | tcp::FLAG_PSH | tcp::FLAG_CWR;
+        p[44..48].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        20
+    } else {
+        8
+    };
+    let h = virtio::Header {
+        flags: virtio::FLAG_NEEDS_CSUM,
+        gso_type: if proto == tcp::PROTO_TCP {
+            virtio::GSO_TCPV6
+        } else {
+            virtio::GSO_UDP_L4
+        },
+        hdr_len: u16::try_from(40 + l4).expect("small"),
+        gso_size: mss,
+        csum_start: 40,
+        csum_offset: if proto == tcp::PROTO_TCP { 16 } else { 6 },
+    };
+    let mut v = vec![0u8; virtio::HEADER_LEN];
+    h.emit(&mut v);
+    v.extend_from_slice(&with_params(0, 0, &p));
+    v
+}
+
 fn segment_seeds() -> Vec<Vec<u8>> {
     let t = tcp::PROTO_TCP;
     let u = tcp::PROTO_UDP;
@@ -816,7 +845,64 @@ fn segment_seeds() -> Vec<Vec<u8>> {
         super_packet(u, 4000, 1400, 0, 0),
         super_packet(u, 65_535 - 28, 1472, 0, 0),
         super_packet(u, 1401, 1400, 4, 0),
+        super_packet6(t, 2800, 1370),
+        super_packet6(t, 65_535 - 60, 1370),
+        super_packet6(t, 100, 1370),
+        super_packet6(u, 4000, 1382),
+        super_packet6(u, 1383, 1382),
     ]
+}
+
+/// The facts the offload oracles check of an inner IP header `h` (header
+/// bytes only, the payload may lie elsewhere): IPv6 or not, its length,
+/// the packet length it declares, its L4 protocol, and whether an IPv4
+/// header checksum verifies (IPv6 has none).
+struct Facts {
+    v6: bool,
+    hl: usize,
+    total: usize,
+    proto: u8,
+    header_ok: bool,
+}
+
+fn facts(h: &[u8]) -> Option<Facts> {
+    match h.first()? >> 4 {
+        6 if h.len() >= 40 => Some(Facts {
+            v6: true,
+            hl: 40,
+            total: 40 + usize::from(u16::from_be_bytes([h[4], h[5]])),
+            proto: h[6],
+            header_ok: true,
+        }),
+        4 if h.len() >= 20 => {
+            let hl = usize::from(h[0] & 0x0f) * 4;
+            Some(Facts {
+                v6: false,
+                hl,
+                total: usize::from(u16::from_be_bytes([h[2], h[3]])),
+                proto: h[9],
+                header_ok: hl >= 20
+                    && h.len() >= hl
+                    && checksum_finish(checksum_sum(&h[..hl], 0)) == 0,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The pseudo-header sum of header `h`'s family for `len` L4 bytes of `proto`.
+fn pseudo_of(h: &[u8], proto: u8, len: usize) -> u32 {
+    if h.first().is_some_and(|b| b >> 4 == 6) {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&h[8..24]);
+        let src = std::net::Ipv6Addr::from(a);
+        a.copy_from_slice(&h[24..40]);
+        ipv6::pseudo_header_sum(src, std::net::Ipv6Addr::from(a), proto, len as u32, 0)
+    } else {
+        let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+        tcp::pseudo_header_sum(src, dst, proto, u16::try_from(len).unwrap_or(0), 0)
+    }
 }
 
 fn segment_mutate(rng: &mut Rng, v: &mut Vec<u8>, seeds: &[Vec<u8>]) {
@@ -905,10 +991,13 @@ fn check_segments(
         dgrams.len(),
         parts.len()
     );
-    let ip = ipv4::Packet::new_checked(pkt);
-    ensure!(ip.is_ok(), "segmented a packet that is not IPv4");
-    let ip = ip.expect("checked");
-    let total = usize::from(ip.total_len());
+    let ok = if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        ipv6::Packet::new_checked(pkt).is_ok()
+    } else {
+        ipv4::Packet::new_checked(pkt).is_ok()
+    };
+    ensure!(ok, "segmented a packet that is not IP");
+    let total = facts(pkt).map_or(0, |f| f.total);
     let mut payload = Vec::with_capacity(total);
     let mut hl = None;
     let end = at.checked_add(total);
@@ -953,18 +1042,17 @@ fn check_segments(
         );
         let chunk = &pkt[br.start - at..br.end - at];
         let inner = &hdr[ENCAP_LEN..];
-        let sip = ipv4::Packet::new_unchecked(inner);
+        let f = facts(inner);
         ensure!(
-            sip.checksum_ok() && usize::from(sip.total_len()) == inner.len() + chunk.len(),
-            "segment {k}: IPv4 checksum ok {}, total length {} for {} bytes",
-            sip.checksum_ok(),
-            sip.total_len(),
+            f.as_ref().is_some_and(|f| f.header_ok
+                && f.total == inner.len() + chunk.len()
+                && f.v6 == pkt.first().is_some_and(|b| b >> 4 == 6)),
+            "segment {k}: header checksum or length wrong for {} bytes",
             inner.len() + chunk.len()
         );
-        let iphl = sip.header_len();
-        let l4 = &inner[iphl..];
-        let l4_len = u16::try_from(l4.len() + chunk.len()).unwrap_or(0);
-        let sum = tcp::pseudo_header_sum(sip.src(), sip.dst(), sip.protocol(), l4_len, 0);
+        let f = f.expect("checked");
+        let l4 = &inner[f.hl..];
+        let sum = pseudo_of(inner, f.proto, l4.len() + chunk.len());
         let sum = checksum_sum(chunk, checksum_sum(l4, sum));
         ensure!(
             checksum_finish(sum) == 0,
@@ -1100,6 +1188,11 @@ fn coalesce_seeds() -> Vec<Vec<u8>> {
         v
     };
     let run = cut(&plain(super_packet(t, 14_000, 1400, 0, 0)));
+    let run6 = cut(&{
+        let mut v = super_packet6(t, 14_000, 1370);
+        v[SEG_AT + PARAMS + 53] = tcp::FLAG_ACK;
+        v
+    });
     let other = cut(&plain(super_packet(t, 4000, 1000, 0, 12)));
     let psh = cut(&super_packet(t, 4200, 1400, 0, 0));
     let udp = cut(&super_packet(tcp::PROTO_UDP, 3000, 1400, 0, 0));
@@ -1108,6 +1201,7 @@ fn coalesce_seeds() -> Vec<Vec<u8>> {
         |ps: &[Vec<u8>]| -> Vec<(u8, Vec<u8>)> { ps.iter().map(|p| (0, p.clone())).collect() };
     let mut seeds = vec![
         unrecords(&rec(&run)),
+        unrecords(&rec(&run6)),
         unrecords(&rec(&psh)),
         unrecords(&rec(&big)),
     ];
@@ -1275,8 +1369,14 @@ fn check_writes(
             continue;
         }
         joined += 1;
+        let f = facts(&pkt);
+        let want_type = if f.as_ref().is_some_and(|f| f.v6) {
+            virtio::GSO_TCPV6
+        } else {
+            virtio::GSO_TCPV4
+        };
         ensure!(
-            h.gso_type == virtio::GSO_TCPV4 && h.flags == virtio::FLAG_NEEDS_CSUM,
+            h.gso_type == want_type && h.flags == virtio::FLAG_NEEDS_CSUM,
             "a coalesced write's header {h:?}"
         );
         ensure!(
@@ -1284,12 +1384,14 @@ fn check_writes(
             "a coalesced write of {} bytes",
             pkt.len()
         );
-        let ip = ipv4::Packet::new_checked(&pkt[..]);
         ensure!(
-            ip.as_ref()
-                .is_ok_and(|ip| usize::from(ip.total_len()) == pkt.len() && ip.checksum_ok()),
-            "a coalesced write is not one valid IPv4 packet"
+            f.as_ref().is_some_and(|f| f.total == pkt.len()
+                && f.header_ok
+                && f.proto == tcp::PROTO_TCP
+                && usize::from(h.csum_start) == f.hl),
+            "a coalesced write is not one valid TCP/IP packet"
         );
+        let f = f.expect("checked");
         let payload = pkt.len() - usize::from(h.hdr_len);
         ensure!(
             payload <= w.segments * usize::from(h.gso_size)
@@ -1302,10 +1404,8 @@ fn check_writes(
             offload::complete_checksum(&h, &mut pkt).is_ok(),
             "the coalesced write's checksum offsets lie outside it"
         );
-        let ip = ipv4::Packet::new_unchecked(&pkt[..]);
-        let l4 = &pkt[ip.header_len()..];
-        let len16 = u16::try_from(l4.len()).unwrap_or(0);
-        let sum = tcp::pseudo_header_sum(ip.src(), ip.dst(), tcp::PROTO_TCP, len16, 0);
+        let l4 = &pkt[f.hl..];
+        let sum = pseudo_of(&pkt, tcp::PROTO_TCP, l4.len());
         ensure!(
             checksum_finish(checksum_sum(l4, sum)) == 0,
             "the coalesced write's TCP checksum does not verify"

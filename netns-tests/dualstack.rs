@@ -40,7 +40,7 @@ fn dual_stack_mesh_reaches_every_node_over_both_families() {
     if !require_root("dual_stack_mesh_reaches_every_node_over_both_families") {
         return;
     }
-    let c = Cluster::up("ds", &dual(3));
+    let c = Cluster::up("dsmesh", &dual(3));
     let network6: ipnet::Ipv6Net = "fc00::/48".parse().unwrap();
     for n in &c.nodes {
         let env = std::fs::read_to_string(n.dir.join("subnet.env")).unwrap();
@@ -128,7 +128,7 @@ fn dual_stack_tcp_and_udp_over_ipv6_arrive_intact() {
     if !require_root("dual_stack_tcp_and_udp_over_ipv6_arrive_intact") {
         return;
     }
-    let c = Cluster::up("ds-tcp", &dual(2));
+    let c = Cluster::up("dstcp", &dual(2));
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let total = 64 << 20;
     let t = std::time::Instant::now();
@@ -179,7 +179,7 @@ fn dual_stack_interop_with_kernel_vxlan_v6() {
     if !require_root("dual_stack_interop_with_kernel_vxlan_v6") {
         return;
     }
-    let mut c = Cluster::build("ds-k", &dual(2));
+    let mut c = Cluster::build("dskern", &dual(2));
     let kn = c.add_bare_node();
     let store = c.store();
     // The kernel node's lease, as flannel would write it: its own IPv6 VTEP MAC.

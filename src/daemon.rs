@@ -410,6 +410,11 @@ pub async fn run_with_store(
         }
     };
     // The config first: the interface needs an IPv6 address in a dual-stack network.
+    if let (None, Some(ip6)) = (config.ipv6, opts.iface.public_ipv6) {
+        tracing::warn!(
+            "--public-ipv6 {ip6} has no effect: the network config does not enable IPv6 (set \"EnableIPv6\": true and \"IPv6Network\" in net-conf.json for a dual-stack network)"
+        );
+    }
     let ext = iface::select(&opts.iface, config.ipv6.is_some())?;
     tracing::info!(
         "using interface {} ({}), public IP {}",
