@@ -13,6 +13,8 @@ use weft::netns;
 pub struct Pod {
     pub ns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack node.
+    pub ip6: Option<std::net::Ipv6Addr>,
 }
 
 /// Creates namespace `ns` and attaches it to `node` with weft-cni ADD in `mode`.
@@ -30,9 +32,16 @@ pub fn add_pod(node: &Node, ns: &str, mode: &str, cni_path: &str) -> Pod {
         node.ns,
         node.subnet()
     );
+    let ip6 = r["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+        .next();
     Pod {
         ns: ns.to_string(),
         ip,
+        ip6,
     }
 }
 

@@ -151,7 +151,9 @@ fn flanneld_flags_weft_does_not_use_are_accepted_with_a_warning() {
     // -public-ipv6 is taken (dual-stack), and said to do nothing on this
     // IPv4-only network.
     assert!(
-        log.contains("--public-ipv6 2001:db8::1 has no effect: the network config does not enable IPv6"),
+        log.contains(
+            "--public-ipv6 2001:db8::1 has no effect: the network config does not enable IPv6"
+        ),
         "{log}"
     );
 }

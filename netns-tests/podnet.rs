@@ -8,7 +8,7 @@
 //! see each other's real addresses; and the rules install inside a user
 //! namespace (the rootless path).
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,12 +33,7 @@ fn sh(ns: &str, program: &str, args: &[&str]) -> String {
 
 /// The source address a TCP server bound to `bind` in `server_ns` sees when
 /// `client_ns` connects to `to`; None when the connection does not work.
-fn tcp_seen(
-    server_ns: &str,
-    bind: SocketAddrV4,
-    client_ns: &str,
-    to: SocketAddrV4,
-) -> Option<Ipv4Addr> {
+fn tcp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str, to: SocketAddr) -> Option<IpAddr> {
     let listener = netns::in_netns(server_ns, || TcpListener::bind(bind))
         .unwrap()
         .unwrap_or_else(|e| panic!("bind {bind} in {server_ns}: {e}"));
@@ -55,10 +50,7 @@ fn tcp_seen(
     let end = Instant::now() + Duration::from_secs(4);
     let seen = loop {
         match listener.accept() {
-            Ok((_, peer)) => match peer.ip() {
-                std::net::IpAddr::V4(a) => break Some(a),
-                std::net::IpAddr::V6(_) => break None,
-            },
+            Ok((_, peer)) => break Some(peer.ip()),
             Err(_) if Instant::now() > end => break None,
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -69,27 +61,32 @@ fn tcp_seen(
 
 /// The source address a UDP server bound to `bind` in `server_ns` sees for a
 /// datagram `client_ns` sends to `bind`; None when none arrives.
-fn udp_seen(server_ns: &str, bind: SocketAddrV4, client_ns: &str) -> Option<Ipv4Addr> {
+fn udp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str) -> Option<IpAddr> {
     let sock = netns::in_netns(server_ns, || UdpSocket::bind(bind))
         .unwrap()
         .unwrap_or_else(|e| panic!("bind udp {bind} in {server_ns}: {e}"));
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let client = netns::in_netns(client_ns, || UdpSocket::bind("0.0.0.0:0"))
+    let any = if bind.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let client = netns::in_netns(client_ns, || UdpSocket::bind(any))
         .unwrap()
         .unwrap();
     let mut buf = [0u8; 64];
     for _ in 0..6 {
         let _ = client.send_to(b"hello", bind);
-        if let Ok((_, std::net::SocketAddr::V4(from))) = sock.recv_from(&mut buf) {
-            return Some(*from.ip());
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            return Some(from.ip());
         }
     }
     None
 }
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
 }
 
 /// The comments of weft's rules (`weft masq 1a2b3c4d/0` …) in the node's
@@ -215,14 +212,14 @@ fn pod_network(backend: &str, conf: &'static str) {
     for (from, to, port) in [(&a, &b, 7001), (&b, &a, 7002)] {
         assert_eq!(
             tcp_seen(&to.ns, sa(to.ip, port), &from.ns, sa(to.ip, port)),
-            Some(from.ip),
+            Some(from.ip.into()),
             "TCP {} → {}: the far pod must see the sender's own address",
             from.ip,
             to.ip
         );
         assert_eq!(
             udp_seen(&to.ns, sa(to.ip, port), &from.ns),
-            Some(from.ip),
+            Some(from.ip.into()),
             "UDP {} → {}: the far pod must see the sender's own address",
             from.ip,
             to.ip
@@ -239,7 +236,7 @@ fn pod_network(backend: &str, conf: &'static str) {
                     &pod.ns,
                     sa(outside.ip, port)
                 ),
-                Some(node.ip),
+                Some(node.ip.into()),
                 "TCP from pod {} to outside host {}: seen as its node {}",
                 pod.ip,
                 outside.ip,
@@ -247,7 +244,7 @@ fn pod_network(backend: &str, conf: &'static str) {
             );
             assert_eq!(
                 udp_seen(&outside.ns, sa(outside.ip, port), &pod.ns),
-                Some(node.ip),
+                Some(node.ip.into()),
                 "UDP from pod {} to outside host {}",
                 pod.ip,
                 outside.ip
@@ -390,6 +387,143 @@ fn kernel_flannel_pods_see_real_addresses_iptables() {
     kernel_flannel_pods("iptables", IPT_CONF);
 }
 
+const DUAL_NFT_CONF: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+const DUAL_IPT_CONF: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#;
+
+#[test]
+fn dual_stack_pod_network_nftables() {
+    if !require_root("dual_stack_pod_network_nftables") {
+        return;
+    }
+    dual_stack_pod_network("nftables", DUAL_NFT_CONF);
+}
+
+#[test]
+fn dual_stack_pod_network_iptables() {
+    if !require_root("dual_stack_pod_network_iptables") {
+        return;
+    }
+    dual_stack_pod_network("iptables", DUAL_IPT_CONF);
+}
+
+/// The pod network over IPv6 as over IPv4, with `--ip-masq` and FORWARD
+/// policy DROP in both families: pods on two dual-stack nodes (one pod per
+/// CNI mode) get an address of each family, see each other's own IPv6
+/// addresses (TCP and UDP, no NAT), and reach an IPv6 host outside the
+/// cluster network seen as their node's IPv6 address (masqueraded); weft's
+/// IPv6 rules are in place, and come back when flushed.
+fn dual_stack_pod_network(backend: &str, conf: &'static str) {
+    let mut c = Cluster::build(
+        &format!("pd{}", &backend[..3]),
+        &Opts {
+            nodes: 2,
+            net_conf: Some(conf),
+            ..Opts::default()
+        },
+    );
+    let outside = c.add_bare_node();
+    let outside6 = netns::underlay6_addr(c.nodes.len());
+    for i in 0..2 {
+        sh(&c.nodes[i].ns, "iptables", &["-w", "-P", "FORWARD", "DROP"]);
+        sh(
+            &c.nodes[i].ns,
+            "ip6tables",
+            &["-w", "-P", "FORWARD", "DROP"],
+        );
+        c.nodes[i].extra = vec!["--ip-masq".into(), "--iptables-resync".into(), "1".into()];
+        c.start(i);
+    }
+    c.wait_peers(1);
+    let empty = tempfile::tempdir().unwrap();
+    let a = add_pod(
+        &c.nodes[0],
+        &format!("{}-pa", c.nodes[0].ns),
+        "delegate",
+        "/usr/lib/cni",
+    );
+    let b = add_pod(
+        &c.nodes[1],
+        &format!("{}-pb", c.nodes[1].ns),
+        "builtin",
+        empty.path().to_str().unwrap(),
+    );
+    let (a6, b6) = (a.ip6.expect("pod a's IPv6"), b.ip6.expect("pod b's IPv6"));
+    assert!(c.nodes[0].subnet6().contains(&a6), "{a6}");
+    assert!(c.nodes[1].subnet6().contains(&b6), "{b6}");
+    for (from, to, port) in [(a6, b6, 7101), (b6, a6, 7102)] {
+        let (fns, tns) = if from == a6 {
+            (&a.ns, &b.ns)
+        } else {
+            (&b.ns, &a.ns)
+        };
+        assert_eq!(
+            tcp_seen(tns, sa(to, port), fns, sa(to, port)),
+            Some(from.into()),
+            "TCP/IPv6 {from} → {to}: the far pod must see the sender's own address"
+        );
+        assert_eq!(
+            udp_seen(tns, sa(to, port), fns),
+            Some(from.into()),
+            "UDP/IPv6 {from} → {to}: the far pod must see the sender's own address"
+        );
+    }
+    let egress6 = |port: u16| {
+        for (pod, i) in [(&a, 0usize), (&b, 1)] {
+            let node6 = netns::underlay6_addr(i);
+            assert_eq!(
+                tcp_seen(&outside.ns, sa(outside6, port), &pod.ns, sa(outside6, port)),
+                Some(node6.into()),
+                "TCP/IPv6 from pod {:?} to outside host {outside6}: seen as its node {node6}",
+                pod.ip6
+            );
+            assert_eq!(
+                udp_seen(&outside.ns, sa(outside6, port), &pod.ns),
+                Some(node6.into()),
+                "UDP/IPv6 from pod {:?} to outside host {outside6}",
+                pod.ip6
+            );
+        }
+    };
+    egress6(7103);
+    // The IPv6 rules, flushed by hand, come back within the resync period.
+    for n in &c.nodes {
+        let listing = || {
+            if backend == "nftables" {
+                netns::run(netns::exec_in(&n.ns, "nft").args(["list", "table", "ip6", "weft"]))
+                    .unwrap_or_default()
+            } else {
+                netns::run(&mut netns::exec_in(&n.ns, "ip6tables-save")).unwrap_or_default()
+            }
+        };
+        let before = listing();
+        let s6 = n.subnet6().to_string();
+        assert!(
+            before.contains("fc00::/48")
+                && before.contains(&s6)
+                && before.to_lowercase().contains("masquerade"),
+            "{}: IPv6 rules\n{before}",
+            n.ns
+        );
+        if backend == "nftables" {
+            sh(&n.ns, "nft", &["flush", "table", "ip6", "weft"]);
+        } else {
+            sh(
+                &n.ns,
+                "ip6tables",
+                &["-w", "-t", "nat", "-F", "WEFT-POSTRTG"],
+            );
+        }
+        assert!(
+            wait_until(3, || listing().matches("weft ").count()
+                == before.matches("weft ").count()),
+            "{}: IPv6 rules not restored:\n{}",
+            n.ns,
+            listing()
+        );
+    }
+    egress6(7104);
+}
+
 /// A flannel node on kernel VXLAN, with flannel's own `--ip-masq` rules, and
 /// a weft node with weft's: their pods see each other's real addresses.
 fn kernel_flannel_pods(backend: &str, conf: &'static str) {
@@ -415,6 +549,7 @@ fn kernel_flannel_pods(backend: &str, conf: &'static str) {
     let kpod = Pod {
         ns: format!("{}-kp", k.ns),
         ip: Ipv4Addr::new(10, 244, 250, 5),
+        ip6: None,
     };
     netns::ip(&["netns", "add", &kpod.ns]).unwrap();
     netns::ip(&[
@@ -482,14 +617,14 @@ fn kernel_flannel_pods(backend: &str, conf: &'static str) {
     for (from, to, port) in [(&kpod, &wpod, 7101), (&wpod, &kpod, 7102)] {
         assert_eq!(
             tcp_seen(&to.ns, sa(to.ip, port), &from.ns, sa(to.ip, port)),
-            Some(from.ip),
+            Some(from.ip.into()),
             "TCP {} → {} between a kernel-VXLAN node's pod and a weft node's",
             from.ip,
             to.ip
         );
         assert_eq!(
             udp_seen(&to.ns, sa(to.ip, port), &from.ns),
-            Some(from.ip),
+            Some(from.ip.into()),
             "UDP {} → {}",
             from.ip,
             to.ip
