@@ -92,6 +92,77 @@ fn encap_decap(c: &mut Criterion) {
     g.finish();
 }
 
+/// `n` dual-stack leases: lease i also holds fc00:0:0:i::/64, its IPv6
+/// VTEP at 2001:db8::i.
+fn leases6(n: u32) -> Vec<Lease> {
+    leases(n)
+        .into_iter()
+        .zip(1..)
+        .map(|(mut l, i): (Lease, u32)| {
+            let ip6: std::net::Ipv6Addr = format!("2001:db8::{i:x}").parse().unwrap();
+            l.ipv6_subnet = format!("fc00:0:0:{i:x}::/64").parse().ok();
+            l.attrs = l
+                .attrs
+                .with_ipv6(ip6, Vni::new(1).unwrap(), VtepMac::derive(&ip6.octets()));
+            l
+        })
+        .collect()
+}
+
+fn packet6(len: usize, dst: &str) -> Vec<u8> {
+    let mut p = vec![0xabu8; len];
+    weft::wire::ipv6::emit_header(
+        &mut p,
+        (len - 40) as u16,
+        17,
+        64,
+        "fc00:0:0:1::5".parse().unwrap(),
+        dst.parse().unwrap(),
+    );
+    p
+}
+
+/// IPv6 beside IPv4: the same three sizes, encapsulated for a peer's IPv6
+/// VTEP and decapsulated with the IPv6 source checks, 1 000 dual-stack leases.
+fn encap_decap6(c: &mut Criterion) {
+    let n6 = "fc00::/48".parse().ok();
+    let table = Table::build(&leases6(1000), None, Vni::new(1).unwrap(), 8472, n6).0;
+    let sender: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let tx = core_of("10.0.1.0/24").with_ipv6(
+        "fc00:0:0:1::/64".parse().unwrap(),
+        VtepMac::derive(&sender.octets()),
+    );
+    let rx6: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+    let rx = core_of("10.0.2.0/24").with_ipv6(
+        "fc00:0:0:2::/64".parse().unwrap(),
+        VtepMac::derive(&rx6.octets()),
+    );
+    let mut g = c.benchmark_group("packet6");
+    for size in [64usize, 512, 1400] {
+        g.throughput(Throughput::Bytes(size as u64));
+        let pkt = packet6(size, "fc00:0:0:2::9");
+        let mut slot = vec![0u8; SLOT];
+        let mut scratch = [0u8; 1400];
+        slot[HEADROOM..HEADROOM + size].copy_from_slice(&pkt);
+        g.bench_with_input(BenchmarkId::new("encap", size), &size, |b, &size| {
+            b.iter(|| black_box(tx.encap(&table, black_box(&mut slot), size, &mut scratch)))
+        });
+        let TxAction::Send { range, .. } = tx.encap(&table, &mut slot, size, &mut scratch) else {
+            panic!("no IPv6 route in the benchmark table")
+        };
+        let (start, len) = (range.start, range.len());
+        let decap = |slot: &[u8]| match rx.sender(&table, black_box(sender).into()) {
+            Ok(from) => rx.decap(from, slot, start, len),
+            Err(r) => RxAction::Drop(r),
+        };
+        assert!(matches!(decap(&slot), RxAction::Deliver(_)));
+        g.bench_with_input(BenchmarkId::new("decap", size), &size, |b, _| {
+            b.iter(|| black_box(decap(black_box(&slot))))
+        });
+    }
+    g.finish();
+}
+
 fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     for n in [10u32, 1000, 10_000] {
@@ -149,18 +220,47 @@ fn super_packet(payload: usize, mss: u16) -> (virtio::Header, Vec<u8>) {
     (h, p)
 }
 
+/// The same super-packet over IPv6 (GSO_TCPV6, fc00:0:0:1::5 → fc00:0:0:2::9).
+fn super_packet6(payload: usize, mss: u16) -> (virtio::Header, Vec<u8>) {
+    let (h4, p4) = super_packet(payload, mss);
+    let mut p = vec![0u8; 40];
+    weft::wire::ipv6::emit_header(
+        &mut p,
+        (p4.len() - 20) as u16,
+        6,
+        64,
+        "fc00:0:0:1::5".parse().unwrap(),
+        "fc00:0:0:2::9".parse().unwrap(),
+    );
+    p.extend_from_slice(&p4[20..]);
+    let h = virtio::Header {
+        gso_type: virtio::GSO_TCPV6,
+        hdr_len: h4.hdr_len + 20,
+        csum_start: 40,
+        ..h4
+    };
+    (h, p)
+}
+
 fn offload_paths(c: &mut Criterion) {
-    let (h, pkt) = super_packet(64_000, 1398);
-    let segs = 64_000usize.div_ceil(1398);
-    let to = "192.0.2.2:8472".parse().unwrap();
+    offload_paths_of(c, "offload", super_packet(64_000, 1398), "192.0.2.2:8472");
+    offload_paths_of(c, "offload6", super_packet6(64_000, 1378), "[2001:db8::2]:8472");
+}
+
+/// Cutting a 64 000-byte super-packet of `sp` and coalescing the segments again.
+fn offload_paths_of(c: &mut Criterion, group: &str, sp: (virtio::Header, Vec<u8>), to: &str) {
+    let (h, pkt) = sp;
+    let mss = usize::from(h.gso_size);
+    let segs = 64_000usize.div_ceil(mss);
+    let to = to.parse().unwrap();
     let prefix = [0u8; ENCAP_LEN];
     let mut arena = Arena::default();
     let mut parts: Vec<Part> = Vec::with_capacity(4 * segs);
     let mut dgrams: Vec<Datagram> = Vec::with_capacity(2 * segs);
-    let mut g = c.benchmark_group("offload");
-    // Per segment of 1398 payload bytes.
+    let mut g = c.benchmark_group(group);
+    // Per segment of `mss` payload bytes.
     g.throughput(Throughput::Elements(segs as u64));
-    g.bench_function("segment 64000 B into 46", |b| {
+    g.bench_function(format!("segment 64000 B into {segs}"), |b| {
         b.iter(|| {
             arena.clear();
             parts.clear();
@@ -212,7 +312,7 @@ fn offload_paths(c: &mut Criterion) {
         })
         .collect();
     let mut co = Coalescer::new();
-    g.bench_function("coalesce 46 into 1", |b| {
+    g.bench_function(format!("coalesce {segs} into 1"), |b| {
         b.iter(|| {
             co.clear();
             for (i, p) in inner.iter().enumerate() {
@@ -225,5 +325,5 @@ fn offload_paths(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encap_decap, lookup, offload_paths);
+criterion_group!(benches, encap_decap, encap_decap6, lookup, offload_paths);
 criterion_main!(benches);
