@@ -41,7 +41,7 @@ fn tcp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str, to: SocketAddr) 
     let client_ns = client_ns.to_string();
     let client = std::thread::spawn(move || {
         netns::in_netns(&client_ns, || {
-            TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+            TcpStream::connect_timeout(&to, Duration::from_secs(3))
                 .and_then(|mut s| std::io::Write::write_all(&mut s, b"x"))
                 .is_ok()
         })
