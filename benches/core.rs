@@ -244,7 +244,12 @@ fn super_packet6(payload: usize, mss: u16) -> (virtio::Header, Vec<u8>) {
 
 fn offload_paths(c: &mut Criterion) {
     offload_paths_of(c, "offload", super_packet(64_000, 1398), "192.0.2.2:8472");
-    offload_paths_of(c, "offload6", super_packet6(64_000, 1378), "[2001:db8::2]:8472");
+    offload_paths_of(
+        c,
+        "offload6",
+        super_packet6(64_000, 1378),
+        "[2001:db8::2]:8472",
+    );
 }
 
 /// Cutting a 64 000-byte super-packet of `sp` and coalescing the segments again.

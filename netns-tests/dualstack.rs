@@ -95,6 +95,22 @@ fn dual_stack_mesh_reaches_every_node_over_both_families() {
             }
         }
     }
+    // `weftd status` shows both halves of the lease and each peer's IPv6 route.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c.nodes[0].ns])
+        .arg(crate::harness::weftd_bin())
+        .args(["status", "--output", "json"])
+        .output()
+        .unwrap();
+    let v: weft::status::View = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v.lease.and_then(|l| l.subnet6), Some(c.nodes[0].subnet6()));
+    assert_eq!(v.peers.len(), 2);
+    for p in &v.peers {
+        let n = c.nodes.iter().find(|n| n.subnet() == p.subnet).unwrap();
+        assert_eq!(p.subnet6, Some(n.subnet6()), "{p:?}");
+        assert!(p.public_ipv6.is_some(), "{p:?}");
+    }
     let unleased: Ipv6Addr = "fc00:0:0:fff0::1".parse().unwrap();
     let out = ping6_output(&c.nodes[0].ns, unleased);
     assert!(

@@ -652,6 +652,9 @@ async fn start(
 
     let (table, counters) = (status.table.clone(), status.counters.clone());
     let _ = status.subnet.set(lease.subnet);
+    if let Some(s6) = subnet6 {
+        let _ = status.subnet6.set(s6);
+    }
     let _ = status.node.set(metrics::NodeInfo {
         tun: opts.tun_name.clone(),
         mtu,

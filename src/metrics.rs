@@ -27,6 +27,8 @@ pub struct Status {
     pub counters: Arc<Counters>,
     pub table: SharedTable,
     pub subnet: OnceLock<Ipv4Net>,
+    /// The node's IPv6 subnet, in a dual-stack network.
+    pub subnet6: OnceLock<ipnet::Ipv6Net>,
     pub ready: AtomicBool,
     /// Unix ms of weftd's start.
     pub started_ms: u64,
@@ -41,6 +43,7 @@ impl Default for Status {
             counters: Arc::default(),
             table: SharedTable::default(),
             subnet: OnceLock::new(),
+            subnet6: OnceLock::new(),
             ready: AtomicBool::new(false),
             started_ms: now_ms(),
             node: OnceLock::new(),

@@ -46,6 +46,9 @@ pub struct NodeView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseView {
     pub subnet: Ipv4Net,
+    /// The IPv6 subnet of a dual-stack lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// None: the lease does not expire (a Kubernetes podCIDR).
     pub expires_ms: Option<u64>,
     pub renew_at_ms: Option<u64>,
@@ -72,6 +75,11 @@ pub struct StoreView {
 pub struct PeerView {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
+    /// The peer's IPv6 route: its IPv6 subnet and VTEP (dual-stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<ipnet::Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     pub vtep_mac: String,
     /// The counters are per public IP: `shared` when another lease has the
     /// same one (nodes behind one NAT) or the peer is beyond the slot
@@ -115,9 +123,12 @@ pub fn view(status: &Status, now_ms: u64) -> View {
         .iter()
         .map(|p| {
             let s = status.counters.peers.snapshot(p.slot);
+            let v6 = table.peers6().find(|q| q.lease == p.subnet);
             PeerView {
                 subnet: p.subnet,
                 public_ip: p.public_ip,
+                subnet6: v6.map(|q| q.subnet),
+                public_ipv6: v6.map(|q| q.public_ip),
                 vtep_mac: p.vtep_mac.to_string(),
                 shared: p.slot == 0 || per_ip.get(&p.public_ip).is_some_and(|n| *n > 1),
                 packets_in: s.rx_packets,
@@ -154,6 +165,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
         }),
         lease: status.subnet.get().map(|s| LeaseView {
             subnet: *s,
+            subnet6: status.subnet6.get().copied(),
             expires_ms: c.lease_expires_ms,
             renew_at_ms: c.renew_at_ms,
             last_renewal_ms: c.last_renewal.as_ref().map(|r| r.0),
@@ -310,9 +322,10 @@ pub fn render(v: &View) -> String {
                     format!("; the renewal {} FAILED: {e}", when(now, Some(*t)))
                 }
             };
+            let six = l.subnet6.map(|s| format!(" + {s}")).unwrap_or_default();
             let _ = writeln!(
                 o,
-                "lease      {}: {expires}, renews {}{last}",
+                "lease      {}{six}: {expires}, renews {}{last}",
                 l.subnet,
                 when(now, l.renew_at_ms)
             );
@@ -384,8 +397,14 @@ pub fn render(v: &View) -> String {
         .map(|p| {
             let mark = if p.shared { "*" } else { "" };
             [
-                p.subnet.to_string(),
-                format!("{}{mark}", p.public_ip),
+                match p.subnet6 {
+                    Some(s6) => format!("{} + {s6}", p.subnet),
+                    None => p.subnet.to_string(),
+                },
+                match p.public_ipv6 {
+                    Some(ip6) => format!("{}{mark} + {ip6}", p.public_ip),
+                    None => format!("{}{mark}", p.public_ip),
+                },
                 p.vtep_mac.clone(),
                 when(now, p.last_in_ms),
                 when(now, p.last_out_ms),
