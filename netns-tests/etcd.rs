@@ -54,6 +54,62 @@ fn etcd_cluster(
     (c, etcd)
 }
 
+/// Dual-stack on a real etcd: each node's key is flannel's
+/// `10.244.X.0-24&fc00:0:0:Y::-64` with PublicIPv6 and BackendV6Data in the
+/// value, the nodes reach each other over IPv6, and a restarted node comes
+/// back on the same two subnets (its subnet.env's, then its own lease's).
+#[test]
+fn etcd_dual_stack_leases_and_a_restart() {
+    if !runnable("etcd_dual_stack_leases_and_a_restart") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "etcd6",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let etcd = EtcdServer::start_in_netns(c.underlay_ns(), UNDERLAY_GW);
+    etcd.put(&format!("{PREFIX}/config"), crate::dualstack::DUAL_STACK);
+    c.etcd = Some(etcd.endpoint());
+    c.start(0);
+    c.start(1);
+    c.wait_peers(1);
+    let leases = etcd_leases(&etcd);
+    assert_eq!(leases.len(), 2);
+    let keys = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("{PREFIX}/subnets/"),
+    ]);
+    for (l, n) in leases
+        .iter()
+        .map(|l| (l, c.nodes.iter().find(|n| n.subnet() == l.subnet).unwrap()))
+    {
+        assert_eq!(l.ipv6_subnet, Some(n.subnet6()), "{keys}");
+        assert!(
+            keys.contains(&format!(
+                "{}&{}-64",
+                weft::lease::subnet_key(&l.subnet),
+                n.subnet6().addr()
+            )),
+            "{keys}"
+        );
+        assert!(l.attrs.public_ipv6.is_some() && l.attrs.vxlan_v6_data().unwrap().is_some());
+    }
+    assert!(c.nodes[0].ping6(c.nodes[1].addr6()));
+    assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
+    let (s4, s6) = (c.nodes[0].subnet(), c.nodes[0].subnet6());
+    c.nodes[0].stop();
+    c.start(0);
+    c.wait_peers(1);
+    assert_eq!((c.nodes[0].subnet(), c.nodes[0].subnet6()), (s4, s6));
+    assert_eq!(etcd_leases(&etcd).len(), 2, "the restart reuses its key");
+    assert!(wait_until(5, || c.nodes[1].ping6(c.nodes[0].addr6())));
+}
+
 /// The subnets etcd holds leases for now (`etcdctl get --prefix --keys-only`).
 fn etcd_subnets(etcd: &EtcdServer) -> BTreeSet<Ipv4Net> {
     let sub = format!("{PREFIX}/subnets/");

@@ -175,3 +175,70 @@ fn kube_nodes_reach_each_other_and_a_flannel_kernel_node() {
     assert!(wait_until(10, || c.nodes[0].ping(c.nodes[1].addr())));
     drop(srv);
 }
+
+/// Kubernetes mode, dual-stack: nodes whose `spec.podCIDRs` hold an IPv4 and
+/// an IPv6 CIDR lease both, announce flannel's IPv6 annotations
+/// (`backend-v6-data`, `public-ipv6`), and reach each other over IPv6.
+#[test]
+fn kube_dual_stack_nodes_reach_each_other_over_ipv6() {
+    if !require_root("kube_dual_stack_nodes_reach_each_other_over_ipv6") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "kube6",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    let conf = c.store_dir.with_file_name("kube-net-conf.json");
+    std::fs::write(&conf, crate::dualstack::DUAL_STACK).unwrap();
+    let st = new_state();
+    {
+        let mut s = st.lock().unwrap();
+        for i in 0..2 {
+            let mut n = node_json(
+                &format!("node{i}"),
+                Some(&format!("10.244.{}.0/24", i + 1)),
+                &c.nodes[i].ip.to_string(),
+                json!({}),
+            );
+            n["spec"]["podCIDRs"] = json!([
+                format!("10.244.{}.0/24", i + 1),
+                format!("fc00:0:0:{}::/64", i + 1)
+            ]);
+            s.put_node(n);
+        }
+    }
+    let srv = api_server(&c, st.clone());
+    for i in 0..2 {
+        kube_args(&mut c, i, &srv.url, &conf, &format!("node{i}"));
+        c.start(i);
+    }
+    c.wait_peers(1);
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_eq!(n.subnet6().to_string(), format!("fc00:0:0:{}::/64", i + 1));
+        let node = st.lock().unwrap().node(&format!("node{i}"));
+        let a = &node["metadata"]["annotations"];
+        assert_eq!(
+            a["flannel.alpha.coreos.com/public-ipv6"],
+            netns::underlay6_addr(i).to_string(),
+            "{a}"
+        );
+        let v6: serde_json::Value = serde_json::from_str(
+            a["flannel.alpha.coreos.com/backend-v6-data"]
+                .as_str()
+                .expect("backend-v6-data written"),
+        )
+        .unwrap();
+        assert!(
+            v6["VtepMAC"]
+                .as_str()
+                .is_some_and(|m| m.parse::<VtepMac>().is_ok()),
+            "{v6}"
+        );
+    }
+    assert!(c.nodes[0].ping6(c.nodes[1].addr6()));
+    assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
+    drop(srv);
+}
