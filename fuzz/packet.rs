@@ -1437,6 +1437,46 @@ fn wire_mutate(rng: &mut Rng, v: &mut Vec<u8>, seeds: &[Vec<u8>]) {
 
 /// Every view over the input at once, every accessor called; the ICMP
 /// error for it built into a scratch buffer whose size the input picks.
+/// [`wire_run`] for what the IPv6 view accepts: `peek_dst` agrees, and an
+/// ICMPv6 error built into a small or large buffer fits it, goes back to the
+/// source, stays within 1 280 bytes and verifies.
+fn wire6(b: &[u8], ip: &ipv6::Packet<&[u8]>) -> Outcome {
+    let peek = ipv6::peek_dst(b);
+    ensure!(
+        peek == Some(ip.dst()),
+        "peek_dst {peek:?} != dst {}",
+        ip.dst()
+    );
+    let _ = (
+        ip.ver_tc_flow(),
+        ip.payload_len(),
+        ip.next_header(),
+        ip.hop_limit(),
+    );
+    let _ = weft::wire::icmpv6::may_answer(ip);
+    let size = usize::from(b[b.len() - 1] % 2) * 1500 + 48;
+    let mut scratch = vec![0u8; size];
+    let router: std::net::Ipv6Addr = "fc00:0:0:1::".parse().expect("an address");
+    if let Some(n) = weft::wire::icmpv6::emit_unreachable(&mut scratch, b, router, 0) {
+        ensure!(
+            n <= size && n <= 1280,
+            "emit_unreachable wrote {n} bytes into {size}"
+        );
+        let e = ipv6::Packet::new_checked(&scratch[..n]);
+        ensure!(
+            e.as_ref()
+                .is_ok_and(|e| e.dst() == ip.src() && e.total_len() == n),
+            "the ICMPv6 error is not a valid IPv6 packet"
+        );
+        let sum = ipv6::pseudo_header_sum(router, ip.src(), 58, (n - 40) as u32, 0);
+        ensure!(
+            checksum_finish(checksum_sum(&scratch[40..n], sum)) == 0,
+            "the ICMPv6 error's checksum does not verify"
+        );
+    }
+    accepted("ipv6")
+}
+
 fn wire_run(b: &[u8]) -> Outcome {
     if let Ok(f) = ethernet::Frame::new_checked(b) {
         let _ = (f.dst(), f.src(), f.ethertype(), f.payload().len());
@@ -1470,6 +1510,9 @@ fn wire_run(b: &[u8]) -> Outcome {
     }
     let _ = flow_hash(b);
     let _ = checksum_fold(checksum_sum(b, u32::from(u16::MAX)));
+    if let Ok(ip6) = ipv6::Packet::new_checked(b) {
+        return wire6(b, &ip6);
+    }
     let ip = ipv4::Packet::new_checked(b);
     let peek = ipv4::peek_dst(b);
     match ip {
