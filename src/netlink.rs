@@ -93,27 +93,70 @@ fn format_mac(b: &[u8]) -> String {
         .join(":")
 }
 
-/// An address message for `addr` on link `index` (local = address, as `ip` sends).
-fn address_message6(index: u32, addr: Ipv6Net) -> AddressMessage {
+/// An address message for `addr` on link `index` (for IPv4 also local =
+/// address, as `ip` sends).
+fn address_message(index: u32, addr: IpNet) -> AddressMessage {
     let mut m = AddressMessage::default();
-    m.header.family = AddressFamily::Inet6;
+    m.header.family = match addr {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    };
     m.header.prefix_len = addr.prefix_len();
     m.header.index = index;
-    m.attributes
-        .push(AddressAttribute::Address(IpAddr::V6(addr.addr())));
+    if addr.addr().is_ipv4() {
+        m.attributes.push(AddressAttribute::Local(addr.addr()));
+    }
+    m.attributes.push(AddressAttribute::Address(addr.addr()));
     m
 }
 
-fn address_message(index: u32, addr: Ipv4Net) -> AddressMessage {
-    let mut m = AddressMessage::default();
-    m.header.family = AddressFamily::Inet;
-    m.header.prefix_len = addr.prefix_len();
-    m.header.index = index;
-    m.attributes
-        .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-    m.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+/// A unicast route in the main table: `dst` (no attribute for a /0),
+/// through `gw`, preferring source `src`, out of `oif`.
+fn route_message(
+    dst: IpNet,
+    gw: Option<IpAddr>,
+    src: Option<IpAddr>,
+    oif: u32,
+    scope: RouteScope,
+) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = match dst {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    };
+    m.header.destination_prefix_length = dst.prefix_len();
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Boot;
+    m.header.scope = scope;
+    m.header.kind = RouteType::Unicast;
+    if dst.prefix_len() > 0 {
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(dst.network())));
+    }
+    if let Some(g) = gw {
+        m.attributes.push(RouteAttribute::Gateway(route_address(g)));
+    }
+    if let Some(s) = src {
+        m.attributes
+            .push(RouteAttribute::PrefSource(route_address(s)));
+    }
+    m.attributes.push(RouteAttribute::Oif(oif));
     m
+}
+
+fn route_address(a: IpAddr) -> RouteAddress {
+    match a {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
 }
 
 impl Netlink {
@@ -413,15 +456,30 @@ impl Netlink {
     /// # Errors
     /// Netlink errors other than EEXIST.
     pub fn add_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<bool> {
-        let mut m = address_message(index, addr);
+        let mut m = address_message(index, addr.into());
         if addr.prefix_len() < 31 {
             m.attributes
                 .push(AddressAttribute::Broadcast(addr.broadcast()));
         }
-        match self.ack(
-            RouteNetlinkMessage::NewAddress(m),
-            NLM_F_CREATE | NLM_F_EXCL,
-        ) {
+        self.create(RouteNetlinkMessage::NewAddress(m))
+    }
+
+    /// Adds an IPv6 address without duplicate address detection (`nodad`);
+    /// `Ok(false)` when it was already there.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<bool> {
+        let mut m = address_message(index, addr.into());
+        m.header.flags = AddressHeaderFlags::Nodad;
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.create(RouteNetlinkMessage::NewAddress(m))
+    }
+
+    /// Sends `msg` to create something; `Ok(false)` when it existed.
+    fn create(&mut self, msg: RouteNetlinkMessage) -> io::Result<bool> {
+        match self.ack(msg, NLM_F_CREATE | NLM_F_EXCL) {
             Ok(()) => Ok(true),
             Err(e) if is_exists(&e) => Ok(false),
             Err(e) => Err(e),
@@ -433,105 +491,14 @@ impl Netlink {
     /// # Errors
     /// The netlink error.
     pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Ipv4Net>> {
-        let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet;
-        let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
-        let mut out = Vec::new();
-        for r in all {
-            let RouteNetlinkMessage::NewAddress(a) = r else {
-                continue;
-            };
-            if a.header.index != index {
-                continue;
-            }
-            for at in &a.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip)) = at
-                    && let Ok(n) = Ipv4Net::new(*ip, a.header.prefix_len)
-                {
-                    out.push(n);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Adds an IPv4 route in the main table; `Ok(false)` when it existed.
-    ///
-    /// # Errors
-    /// Netlink errors other than EEXIST.
-    pub fn add_route(&mut self, dst: Ipv4Net, gw: Option<Ipv4Addr>, oif: u32) -> io::Result<bool> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
-        m.header.destination_prefix_length = dst.prefix_len();
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Boot;
-        m.header.scope = if gw.is_some() {
-            RouteScope::Universe
-        } else {
-            RouteScope::Link
-        };
-        m.header.kind = RouteType::Unicast;
-        if dst.prefix_len() > 0 {
-            m.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(
-                    dst.network(),
-                )));
-        }
-        if let Some(g) = gw {
-            m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
-        }
-        m.attributes.push(RouteAttribute::Oif(oif));
-        match self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
-            Ok(()) => Ok(true),
-            Err(e) if is_exists(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Adds or replaces `dst dev <oif> src <src>` (scope link) in the main table.
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn replace_route(&mut self, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> io::Result<()> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
-        m.header.destination_prefix_length = dst.prefix_len();
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Boot;
-        m.header.scope = RouteScope::Link;
-        m.header.kind = RouteType::Unicast;
-        m.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(
-                dst.network(),
-            )));
-        m.attributes
-            .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
-        m.attributes.push(RouteAttribute::Oif(oif));
-        self.ack(
-            RouteNetlinkMessage::NewRoute(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-    }
-
-    /// Adds an IPv6 address without duplicate address detection (`nodad`);
-    /// `Ok(false)` when it was already there.
-    ///
-    /// # Errors
-    /// Netlink errors other than EEXIST.
-    pub fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<bool> {
-        let mut m = address_message6(index, addr);
-        m.header.flags = AddressHeaderFlags::Nodad;
-        m.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        match self.ack(
-            RouteNetlinkMessage::NewAddress(m),
-            NLM_F_CREATE | NLM_F_EXCL,
-        ) {
-            Ok(()) => Ok(true),
-            Err(e) if is_exists(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .dump_addresses(index, AddressFamily::Inet)?
+            .into_iter()
+            .filter_map(|n| match n {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            })
+            .collect())
     }
 
     /// The IPv6 addresses of link `index` (link-local ones included).
@@ -539,8 +506,19 @@ impl Netlink {
     /// # Errors
     /// The netlink error.
     pub fn addresses6(&mut self, index: u32) -> io::Result<Vec<Ipv6Net>> {
+        Ok(self
+            .dump_addresses(index, AddressFamily::Inet6)?
+            .into_iter()
+            .filter_map(|n| match n {
+                IpNet::V6(n) => Some(n),
+                IpNet::V4(_) => None,
+            })
+            .collect())
+    }
+
+    fn dump_addresses(&mut self, index: u32, family: AddressFamily) -> io::Result<Vec<IpNet>> {
         let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet6;
+        m.header.family = family;
         let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for r in all {
@@ -551,115 +529,12 @@ impl Netlink {
                 continue;
             }
             for at in &a.attributes {
-                if let AddressAttribute::Address(IpAddr::V6(ip)) = at
-                    && let Ok(n) = Ipv6Net::new(*ip, a.header.prefix_len)
+                if let AddressAttribute::Address(ip) = at
+                    && let Ok(n) = IpNet::new(*ip, a.header.prefix_len)
                 {
                     out.push(n);
                 }
             }
-        }
-        Ok(out)
-    }
-
-    /// Removes IPv6 address `addr` from link `index`.
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn del_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<()> {
-        self.ack(
-            RouteNetlinkMessage::DelAddress(address_message6(index, addr)),
-            0,
-        )
-    }
-
-    /// Adds or replaces the IPv6 route `dst dev <oif> src <src>` in the main table.
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn replace_route6(&mut self, dst: Ipv6Net, oif: u32, src: Ipv6Addr) -> io::Result<()> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet6;
-        m.header.destination_prefix_length = dst.prefix_len();
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Boot;
-        m.header.scope = RouteScope::Universe;
-        m.header.kind = RouteType::Unicast;
-        m.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet6(
-                dst.network(),
-            )));
-        m.attributes
-            .push(RouteAttribute::PrefSource(RouteAddress::Inet6(src)));
-        m.attributes.push(RouteAttribute::Oif(oif));
-        self.ack(
-            RouteNetlinkMessage::NewRoute(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-    }
-
-    /// Adds an IPv6 route in the main table; `Ok(false)` when it existed.
-    ///
-    /// # Errors
-    /// Netlink errors other than EEXIST.
-    pub fn add_route6(&mut self, dst: Ipv6Net, gw: Option<Ipv6Addr>, oif: u32) -> io::Result<bool> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet6;
-        m.header.destination_prefix_length = dst.prefix_len();
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Boot;
-        m.header.scope = RouteScope::Universe;
-        m.header.kind = RouteType::Unicast;
-        if dst.prefix_len() > 0 {
-            m.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet6(
-                    dst.network(),
-                )));
-        }
-        if let Some(g) = gw {
-            m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet6(g)));
-        }
-        m.attributes.push(RouteAttribute::Oif(oif));
-        match self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
-            Ok(()) => Ok(true),
-            Err(e) if is_exists(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The IPv6 routes of the main table.
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn routes6(&mut self) -> io::Result<Vec<Route6>> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet6;
-        let all = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
-        let mut out = Vec::new();
-        for r in all {
-            let RouteNetlinkMessage::NewRoute(rt) = r else {
-                continue;
-            };
-            if rt.header.table != RouteHeader::RT_TABLE_MAIN {
-                continue;
-            }
-            let mut e = Route6 {
-                dst: Ipv6Net::default(),
-                gw: None,
-                oif: None,
-            };
-            for a in &rt.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
-                        e.dst = Ipv6Net::new(*d, rt.header.destination_prefix_length)
-                            .unwrap_or_default();
-                    }
-                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => e.gw = Some(*g),
-                    RouteAttribute::Oif(o) => e.oif = Some(*o),
-                    _ => {}
-                }
-            }
-            out.push(e);
         }
         Ok(out)
     }
@@ -670,8 +545,78 @@ impl Netlink {
     /// The netlink error.
     pub fn del_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<()> {
         self.ack(
-            RouteNetlinkMessage::DelAddress(address_message(index, addr)),
+            RouteNetlinkMessage::DelAddress(address_message(index, addr.into())),
             0,
+        )
+    }
+
+    /// Removes IPv6 address `addr` from link `index`.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn del_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<()> {
+        self.ack(
+            RouteNetlinkMessage::DelAddress(address_message(index, addr.into())),
+            0,
+        )
+    }
+
+    /// Adds an IPv4 route in the main table; `Ok(false)` when it existed.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn add_route(&mut self, dst: Ipv4Net, gw: Option<Ipv4Addr>, oif: u32) -> io::Result<bool> {
+        let scope = if gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        let m = route_message(dst.into(), gw.map(Into::into), None, oif, scope);
+        self.create(RouteNetlinkMessage::NewRoute(m))
+    }
+
+    /// Adds an IPv6 route in the main table; `Ok(false)` when it existed.
+    ///
+    /// # Errors
+    /// Netlink errors other than EEXIST.
+    pub fn add_route6(&mut self, dst: Ipv6Net, gw: Option<Ipv6Addr>, oif: u32) -> io::Result<bool> {
+        let m = route_message(
+            dst.into(),
+            gw.map(Into::into),
+            None,
+            oif,
+            RouteScope::Universe,
+        );
+        self.create(RouteNetlinkMessage::NewRoute(m))
+    }
+
+    /// Adds or replaces `dst dev <oif> src <src>` (scope link) in the main table.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn replace_route(&mut self, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> io::Result<()> {
+        let m = route_message(dst.into(), None, Some(src.into()), oif, RouteScope::Link);
+        self.ack(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Adds or replaces the IPv6 route `dst dev <oif> src <src>` in the main table.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn replace_route6(&mut self, dst: Ipv6Net, oif: u32, src: Ipv6Addr) -> io::Result<()> {
+        let m = route_message(
+            dst.into(),
+            None,
+            Some(src.into()),
+            oif,
+            RouteScope::Universe,
+        );
+        self.ack(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
         )
     }
 
@@ -680,8 +625,54 @@ impl Netlink {
     /// # Errors
     /// The netlink error.
     pub fn routes(&mut self) -> io::Result<Vec<RouteEntry>> {
+        Ok(self
+            .dump_routes(AddressFamily::Inet)?
+            .into_iter()
+            .map(|(dst, gw, oif)| RouteEntry {
+                dst: match dst {
+                    Some(IpNet::V4(d)) => d,
+                    _ => Ipv4Net::default(),
+                },
+                gw: match gw {
+                    Some(IpAddr::V4(g)) => Some(g),
+                    _ => None,
+                },
+                oif,
+            })
+            .collect())
+    }
+
+    /// The IPv6 routes of the main table.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn routes6(&mut self) -> io::Result<Vec<Route6>> {
+        Ok(self
+            .dump_routes(AddressFamily::Inet6)?
+            .into_iter()
+            .map(|(dst, gw, oif)| Route6 {
+                dst: match dst {
+                    Some(IpNet::V6(d)) => d,
+                    _ => Ipv6Net::default(),
+                },
+                gw: match gw {
+                    Some(IpAddr::V6(g)) => Some(g),
+                    _ => None,
+                },
+                oif,
+            })
+            .collect())
+    }
+
+    /// The main table's routes of `family`: destination (None: the default
+    /// route), gateway and output interface.
+    #[allow(clippy::type_complexity)]
+    fn dump_routes(
+        &mut self,
+        family: AddressFamily,
+    ) -> io::Result<Vec<(Option<IpNet>, Option<IpAddr>, Option<u32>)>> {
         let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
+        m.header.address_family = family;
         let all = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for r in all {
@@ -691,23 +682,19 @@ impl Netlink {
             if rt.header.table != RouteHeader::RT_TABLE_MAIN {
                 continue;
             }
-            let mut e = RouteEntry {
-                dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or_default(),
-                gw: None,
-                oif: None,
-            };
+            let len = rt.header.destination_prefix_length;
+            let (mut dst, mut gw, mut oif) = (None, None, None);
             for a in &rt.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => {
-                        e.dst = Ipv4Net::new(*d, rt.header.destination_prefix_length)
-                            .unwrap_or_default();
+                    RouteAttribute::Destination(d) => {
+                        dst = ip_of(d).and_then(|d| IpNet::new(d, len).ok());
                     }
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => e.gw = Some(*g),
-                    RouteAttribute::Oif(o) => e.oif = Some(*o),
+                    RouteAttribute::Gateway(g) => gw = ip_of(g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
                     _ => {}
                 }
             }
-            out.push(e);
+            out.push((dst, gw, oif));
         }
         Ok(out)
     }

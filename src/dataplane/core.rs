@@ -221,16 +221,9 @@ impl Core {
                 None => Route::Drop(DropReason::NoRoute),
             };
         };
-        let mut prefix = [0u8; ENCAP_LEN];
-        vxlan::Packet::new_unchecked(&mut prefix[..vxlan::HEADER_LEN]).emit(self.vni);
-        ethernet::Frame::new_unchecked(&mut prefix[vxlan::HEADER_LEN..]).emit(
-            peer.vtep_mac.octets(),
-            self.mac.octets(),
-            ethernet::ETHERTYPE_IPV4,
-        );
         Route::Peer {
             to: SocketAddr::V4(peer.endpoint),
-            prefix,
+            prefix: self.prefix(peer.vtep_mac, self.mac, ethernet::ETHERTYPE_IPV4),
             slot: peer.slot,
         }
     }
@@ -250,18 +243,25 @@ impl Core {
                 None => Route::Drop(DropReason::NoRoute),
             };
         };
+        Route::Peer {
+            to: SocketAddr::V6(peer.endpoint),
+            prefix: self.prefix(peer.vtep_mac, self.mac6, ethernet::ETHERTYPE_IPV6),
+            slot: peer.slot,
+        }
+    }
+
+    /// The VXLAN header and inner Ethernet header (from `from` to `to`,
+    /// `ethertype`) every datagram to one peer starts with.
+    #[inline]
+    fn prefix(&self, to: VtepMac, from: VtepMac, ethertype: u16) -> [u8; ENCAP_LEN] {
         let mut prefix = [0u8; ENCAP_LEN];
         vxlan::Packet::new_unchecked(&mut prefix[..vxlan::HEADER_LEN]).emit(self.vni);
         ethernet::Frame::new_unchecked(&mut prefix[vxlan::HEADER_LEN..]).emit(
-            peer.vtep_mac.octets(),
-            self.mac6.octets(),
-            ethernet::ETHERTYPE_IPV6,
+            to.octets(),
+            from.octets(),
+            ethertype,
         );
-        Route::Peer {
-            to: SocketAddr::V6(peer.endpoint),
-            prefix,
-            slot: peer.slot,
-        }
+        prefix
     }
 
     fn unreachable(&self, pkt: &[u8], scratch: &mut [u8]) -> Option<usize> {

@@ -578,55 +578,35 @@ impl Coalescer {
 /// IPv6 without extension headers; only ACK (and PSH) set, and valid IP and
 /// TCP checksums.
 fn tcp_segment(pkt: &[u8]) -> Option<Seg> {
-    if pkt.first().is_some_and(|b| b >> 4 == 6) {
-        return tcp_segment6(pkt);
-    }
-    let ip = ipv4::Packet::new_checked(pkt).ok()?;
-    let iphl = ip.header_len();
-    if iphl != ipv4::MIN_HEADER_LEN
-        || ip.protocol() != PROTO_TCP
-        || usize::from(ip.total_len()) != pkt.len()
-        || ip.more_frags()
-        || ip.frag_offset() != 0
-    {
-        return None;
-    }
-    let t = tcp::Packet::new_checked(&pkt[iphl..]).ok()?;
-    let tcphl = t.header_len();
-    let payload = pkt.len() - iphl - tcphl;
-    let flags = t.flags();
-    if payload == 0 || flags & !tcp::FLAG_PSH != tcp::FLAG_ACK {
-        return None;
-    }
-    if !ip.checksum_ok() {
-        return None;
-    }
-    let l4 = &pkt[iphl..];
-    let sum = tcp::pseudo_header_sum(ip.src(), ip.dst(), PROTO_TCP, l4.len() as u16, 0);
-    if checksum_finish(checksum_sum(l4, sum)) != 0 {
-        return None;
-    }
-    Some(Seg {
-        ip: Ip::V4 {
+    let (ip, id) = if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        let ip = ipv6::Packet::new_checked(pkt).ok()?;
+        if ip.next_header() != PROTO_TCP || ip.total_len() != pkt.len() {
+            return None;
+        }
+        let v = Ip::V6 {
             src: ip.src(),
             dst: ip.dst(),
-            hl: iphl,
-        },
-        iphl,
-        tcphl,
-        payload,
-        seq: t.seq(),
-        flags,
-        id: ip.ident(),
-    })
-}
-
-fn tcp_segment6(pkt: &[u8]) -> Option<Seg> {
-    let ip = ipv6::Packet::new_checked(pkt).ok()?;
-    let iphl = ipv6::HEADER_LEN;
-    if ip.next_header() != PROTO_TCP || ip.total_len() != pkt.len() {
-        return None;
-    }
+        };
+        (v, 0)
+    } else {
+        let ip = ipv4::Packet::new_checked(pkt).ok()?;
+        if ip.header_len() != ipv4::MIN_HEADER_LEN
+            || ip.protocol() != PROTO_TCP
+            || usize::from(ip.total_len()) != pkt.len()
+            || ip.more_frags()
+            || ip.frag_offset() != 0
+            || !ip.checksum_ok()
+        {
+            return None;
+        }
+        let v = Ip::V4 {
+            src: ip.src(),
+            dst: ip.dst(),
+            hl: ip.header_len(),
+        };
+        (v, ip.ident())
+    };
+    let iphl = ip.header_len();
     let t = tcp::Packet::new_checked(&pkt[iphl..]).ok()?;
     let tcphl = t.header_len();
     let payload = pkt.len() - iphl - tcphl;
@@ -634,22 +614,18 @@ fn tcp_segment6(pkt: &[u8]) -> Option<Seg> {
     if payload == 0 || flags & !tcp::FLAG_PSH != tcp::FLAG_ACK {
         return None;
     }
-    let v = Ip::V6 {
-        src: ip.src(),
-        dst: ip.dst(),
-    };
     let l4 = &pkt[iphl..];
-    if checksum_finish(checksum_sum(l4, v.pseudo_sum(PROTO_TCP, l4.len()))) != 0 {
+    if checksum_finish(checksum_sum(l4, ip.pseudo_sum(PROTO_TCP, l4.len()))) != 0 {
         return None;
     }
     Some(Seg {
-        ip: v,
+        ip,
         iphl,
         tcphl,
         payload,
         seq: t.seq(),
         flags,
-        id: 0,
+        id,
     })
 }
 

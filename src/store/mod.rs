@@ -354,29 +354,40 @@ pub fn choose_subnet<'a>(
         }
     }
     let count = cfg.subnet_count();
-    let free: Vec<Ipv4Net> = if count <= 4096 {
-        (0..count)
-            .filter_map(|i| cfg.nth_subnet(i))
-            .filter(|s| !taken(s))
-            .collect()
-    } else {
-        // Large ranges: sample, as flannel does, rather than enumerate.
-        (0..1000)
-            .filter_map(|_| cfg.nth_subnet(rng.random_range(0..count)))
-            .filter(|s| !taken(s))
-            .take(1)
-            .collect()
-    };
-    if free.is_empty() {
-        return Err(StoreError::NoFreeSubnet {
+    let nth = |i: u128| u32::try_from(i).ok().and_then(|i| cfg.nth_subnet(i));
+    pick_free(u128::from(count), nth, taken, rng)
+        .map(Err)
+        .ok_or_else(|| StoreError::NoFreeSubnet {
             store: store.to_string(),
             count,
             len: cfg.subnet_len,
             min: cfg.subnet_min,
             max: cfg.subnet_max,
-        });
+        })
+}
+
+/// A random subnet of the `count` that `nth` numbers, not `taken`: drawn
+/// from all free ones when there are few, else sampled (as flannel does)
+/// rather than enumerated. None: none free (or none found by sampling).
+fn pick_free<S: Copy>(
+    count: u128,
+    nth: impl Fn(u128) -> Option<S>,
+    taken: impl Fn(&S) -> bool,
+    rng: &mut impl Rng,
+) -> Option<S> {
+    if count == 0 {
+        return None;
     }
-    Ok(Err(free[rng.random_range(0..free.len())]))
+    let free: Vec<S> = if count <= 4096 {
+        (0..count).filter_map(&nth).filter(|s| !taken(s)).collect()
+    } else {
+        (0..1000)
+            .filter_map(|_| nth(rng.random_range(0..count)))
+            .filter(|s| !taken(s))
+            .take(1)
+            .collect()
+    };
+    (!free.is_empty()).then(|| free[rng.random_range(0..free.len())])
 }
 
 /// The IPv6 half of flannel's choice, for a dual-stack network (`None` when
@@ -415,28 +426,15 @@ pub fn choose_subnet6(
         }
     }
     let count = cfg.subnet_count();
-    let free: Vec<Ipv6Net> = if count <= 4096 {
-        (0..count)
-            .filter_map(|i| cfg.nth_subnet(i))
-            .filter(|s| !taken(s))
-            .collect()
-    } else {
-        (0..1000)
-            .filter_map(|_| cfg.nth_subnet(rng.random_range(0..count)))
-            .filter(|s| !taken(s))
-            .take(1)
-            .collect()
-    };
-    if free.is_empty() {
-        return Err(StoreError::NoFreeSubnet6 {
+    pick_free(count, |i| cfg.nth_subnet(i), taken, rng)
+        .map(Some)
+        .ok_or_else(|| StoreError::NoFreeSubnet6 {
             store: store.to_string(),
             count,
             len: cfg.subnet_len,
             min: cfg.subnet_min,
             max: cfg.subnet_max,
-        });
-    }
-    Ok(Some(free[rng.random_range(0..free.len())]))
+        })
 }
 
 /// How long to wait between renewals: `ttl - margin` when the margin is shorter
