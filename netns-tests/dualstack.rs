@@ -95,6 +95,9 @@ fn dual_stack_mesh_reaches_every_node_over_both_families() {
             }
         }
     }
+    // `weftd doctor` on a healthy dual-stack node passes, with the IPv6 lines.
+    let (ok, report) = c.doctor(0, &[]);
+    assert!(ok && report.contains("IPv6"), "{report}");
     // `weftd status` shows both halves of the lease and each peer's IPv6 route.
     let out = Command::new("ip")
         .args(["netns", "exec", &c.nodes[0].ns])

@@ -63,9 +63,10 @@ up_weft() {
 		mkdir -p "$state/$s"
 		printf 'FLANNEL_NETWORK=10.250.0.0/16\nFLANNEL_SUBNET=10.250.%d.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:%d::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n' \
 			"${N[$s]}" "${N[$s]}" >"$state/$s/subnet.env"
-		ip netns exec "p6-$s" timeout 300 "$weftd" --net-config-path "$state/net-conf.json" \
+		# In a subshell: the shell does not track (or report the end of) it.
+		(ip netns exec "p6-$s" timeout 300 "$weftd" --net-config-path "$state/net-conf.json" \
 			--state-dir "$state/store" --subnet-file "$state/$s/subnet.env" --iface "p6-v$s" \
-			--log-level warn ${WEFT_ARGS:-} >"$state/$s/log" 2>&1 &
+			--log-level warn ${WEFT_ARGS:-} >"$state/$s/log" 2>&1 &)
 		sleep 0.3
 	done
 	for s in a b; do
