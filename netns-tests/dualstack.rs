@@ -95,9 +95,22 @@ fn dual_stack_mesh_reaches_every_node_over_both_families() {
             }
         }
     }
-    // `weftd doctor` on a healthy dual-stack node passes, with the IPv6 lines.
+    // `weftd doctor` on a healthy dual-stack node passes, and probes each
+    // peer's IPv6 half through its IPv6 VTEP.
     let (ok, report) = c.doctor(0, &[]);
-    assert!(ok && report.contains("IPv6"), "{report}");
+    assert!(ok, "{report}");
+    assert!(report.contains("✓ IPv6 forwarding: on"), "{report}");
+    for n in &c.nodes[1..] {
+        let line = format!(
+            "✓ peer {} ({}): reached through VXLAN ([",
+            n.subnet6(),
+            netns::underlay6_addr(c.nodes.iter().position(|m| m.ns == n.ns).unwrap())
+        );
+        assert!(
+            report.contains(&line) && report.contains("1430-byte packets"),
+            "{line}\n{report}"
+        );
+    }
     // `weftd status` shows both halves of the lease and each peer's IPv6 route.
     let out = Command::new("ip")
         .args(["netns", "exec", &c.nodes[0].ns])
@@ -120,6 +133,32 @@ fn dual_stack_mesh_reaches_every_node_over_both_families() {
         out.contains("Destination unreachable") && out.contains("No route"),
         "an unleased IPv6 destination is answered with ICMPv6 no-route: {out}"
     );
+    // A firewall on node 1 that drops VXLAN over IPv6 only: the doctor on
+    // node 0 says so for that peer's IPv6 half, with the ip6tables fix, while
+    // its IPv4 half still passes.
+    netns::run(netns::exec_in(&c.nodes[1].ns, "ip6tables").args([
+        "-w", "-I", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP",
+    ]))
+    .unwrap();
+    let (ok, report) = c.doctor(0, &[]);
+    assert!(!ok, "{report}");
+    let p6 = format!(
+        "✗ peer {} (2001:db8::2): 2001:db8::2 answers ping, but VXLAN to it on UDP 8472 gets no answer",
+        c.nodes[1].subnet6()
+    );
+    assert!(report.contains(&p6), "{p6}\n{report}");
+    assert!(
+        report.contains("ip6tables -I INPUT -p udp --dport 8472 -j ACCEPT"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("✓ peer {} (192.0.2.2)", c.nodes[1].subnet())),
+        "{report}"
+    );
+    netns::run(netns::exec_in(&c.nodes[1].ns, "ip6tables").args([
+        "-w", "-D", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP",
+    ]))
+    .unwrap();
     for n in &c.nodes {
         n.assert_nothing_wrong();
         // The IPv6 packets went as datagrams to the peers' IPv6 VTEPs: the

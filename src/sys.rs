@@ -195,6 +195,18 @@ pub fn icmp_raw_socket(read_timeout: Duration) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// A raw ICMPv6 socket, as [`icmp_raw_socket`] for IPv6: it reads ICMPv6
+/// messages without their IPv6 header, and the kernel fills in the checksum
+/// of what it sends.
+///
+/// # Errors
+/// The socket error.
+pub fn icmpv6_raw_socket(read_timeout: Duration) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    s.set_read_timeout(Some(read_timeout))?;
+    Ok(s.into())
+}
+
 /// The receive and send buffer sizes the kernel gave `sock` (it reports
 /// twice what counts against the limit, as `socket(7)` says).
 pub fn buffer_sizes(sock: &UdpSocket) -> (usize, usize) {

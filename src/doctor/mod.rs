@@ -60,7 +60,10 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     };
     // A dual-stack network needs the interface's IPv6 address too.
     let ext = match ext {
-        Some(_) if config.ipv6.is_some() => interface6(opts, &mut r),
+        Some(_) if config.ipv6.is_some() => {
+            forwarding6(&mut r);
+            interface6(opts, &mut r)
+        }
         e => e,
     };
     if let Some(k) = &kube_store {
@@ -206,16 +209,32 @@ fn udp_offloads(r: &mut Report) {
 }
 
 fn forwarding(r: &mut Report) {
-    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").map(|s| s.trim().to_string()) {
-        Ok(v) if v == "1" => r.push(Check::pass("IPv4 forwarding", "on")),
+    forwarding_of(
+        r,
+        "IPv4 forwarding",
+        "/proc/sys/net/ipv4/ip_forward",
+        "net.ipv4.ip_forward",
+    );
+}
+
+/// The IPv6 forwarding line of a dual-stack node.
+fn forwarding6(r: &mut Report) {
+    forwarding_of(
+        r,
+        "IPv6 forwarding",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+        "net.ipv6.conf.all.forwarding",
+    );
+}
+
+fn forwarding_of(r: &mut Report, what: &'static str, path: &str, name: &str) {
+    match std::fs::read_to_string(path).map(|s| s.trim().to_string()) {
+        Ok(v) if v == "1" => r.push(Check::pass(what, "on")),
         Ok(_) => r.push(Check::note(
-            "IPv4 forwarding",
+            what,
             "off: weftd turns it on when it starts (pods' traffic crosses the node)",
         )),
-        Err(e) => r.push(Check::note(
-            "IPv4 forwarding",
-            format!("cannot read net.ipv4.ip_forward: {e}"),
-        )),
+        Err(e) => r.push(Check::note(what, format!("cannot read {name}: {e}"))),
     }
 }
 
@@ -296,8 +315,17 @@ async fn network_config(
             r.push(Check::pass(
                 what,
                 format!(
-                    "Network {}, /{} subnets, VNI {}, UDP port {}",
-                    c.network, c.subnet_len, c.backend.vni, c.backend.port
+                    "Network {}, /{} subnets{}, VNI {}, UDP port {}",
+                    c.network,
+                    c.subnet_len,
+                    c.ipv6
+                        .map(|v6| format!(
+                            "; IPv6Network {}, /{} subnets",
+                            v6.network, v6.subnet_len
+                        ))
+                        .unwrap_or_default(),
+                    c.backend.vni,
+                    c.backend.port
                 ),
             ));
             Some(c)
@@ -415,7 +443,13 @@ fn own_lease(
     match &own {
         Some(l) => r.push(Check::pass(
             "lease",
-            format!("{} for public IP {}", l.subnet, ext.public_ip),
+            match (l.ipv6_subnet, l.attrs.public_ipv6) {
+                (Some(s6), Some(ip6)) => format!(
+                    "{} for public IP {}, {s6} for public IPv6 {ip6}",
+                    l.subnet, ext.public_ip
+                ),
+                _ => format!("{} for public IP {}", l.subnet, ext.public_ip),
+            },
         )),
         None => r.push(Check::fail(
             "lease",
@@ -446,8 +480,10 @@ fn subnet_env(opts: &Options, own: &Lease, config: &NetConfig, r: &mut Report) {
 
 /// Probes every peer through the overlay: reachable, and with full-size
 /// packets; when not, whether the VXLAN port or the whole node is silent.
+/// In a dual-stack network each peer's IPv6 half is probed too, through its
+/// IPv6 VTEP.
 fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &mut Report) {
-    let icmp = match crate::sys::icmp_raw_socket(Duration::from_millis(1)) {
+    let echoes = match probe::Echoes::open(config.ipv6.is_some()) {
         Ok(s) => s,
         Err(e) => {
             r.push(Check::note(
@@ -465,7 +501,6 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
         .and_then(|mut nl| netlink::link(&mut nl, &ext.name).ok())
         .map_or(1450, |(_, m)| config.overlay_mtu(m));
     let id = (std::process::id() & 0xffff) as u16;
-    let from_ip = own.subnet.network();
     let peers: Vec<&Lease> = leases
         .iter()
         .filter(|l| l.subnet != own.subnet && config.network.contains(&l.subnet))
@@ -473,96 +508,169 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
     if peers.is_empty() {
         r.push(Check::note("peers", "none in the store yet"));
     }
+    // This node's IPv6 VTEP: its subnet address, MAC and socket address.
+    let own6 = own
+        .ipv6_subnet
+        .zip(own.attrs.vxlan_v6_data().ok().flatten());
     for (i, p) in peers.into_iter().enumerate() {
         let what = format!("peer {} ({})", p.subnet, p.attrs.public_ip);
         let Ok(d) = p.attrs.vxlan_data() else {
             r.push(Check::note(what, "not a vxlan lease: not probed"));
             continue;
         };
-        let to = SocketAddrV4::new(p.attrs.public_ip, config.backend.port);
-        let seq = (i as u16).wrapping_mul(4);
-        let probe_of = |total: u16, seq: u16| {
-            let dgram = probe::vxlan_echo(
-                config.backend.vni,
-                d.vtep_mac,
-                own_mac,
-                from_ip,
-                p.subnet.network(),
+        let seq = (i as u16).wrapping_mul(8);
+        let half = Half {
+            what,
+            to_mac: d.vtep_mac,
+            from_mac: own_mac,
+            from: own.subnet.network().into(),
+            from_underlay: ext.addr.into(),
+            dst: p.subnet.network().into(),
+            public: p.attrs.public_ip.into(),
+            overhead: crate::config::VXLAN_OVERHEAD,
+        };
+        r.push(probe_half(config, &echoes, &half, mtu, id, seq));
+        let peer6 = p
+            .ipv6_subnet
+            .zip(p.attrs.public_ipv6)
+            .zip(p.attrs.vxlan_v6_data().ok().flatten());
+        if let (Some((s6, d6)), Some(((ps6, pip6), pd6)), Some(_)) = (own6, peer6, config.ipv6) {
+            let half = Half {
+                what: format!("peer {ps6} ({pip6})"),
+                to_mac: pd6.vtep_mac,
+                from_mac: d6.vtep_mac,
+                from: s6.network().into(),
+                from_underlay: ext
+                    .addr6
+                    .map_or(std::net::Ipv6Addr::UNSPECIFIED, |a| a)
+                    .into(),
+                dst: ps6.network().into(),
+                public: pip6.into(),
+                overhead: crate::config::VXLAN6_OVERHEAD,
+            };
+            r.push(probe_half(
+                config,
+                &echoes,
+                &half,
+                mtu,
                 id,
-                seq,
-                total,
-            );
-            probe::vxlan_probe(
-                &icmp,
-                ext.addr,
-                to,
-                &dgram,
-                (p.subnet.network(), id, seq),
-                PROBE_WAIT,
-            )
-        };
-        let small = probe_of(84, seq);
-        let check = match small {
-            Ok(Outcome::Answered(rtt)) => {
-                let full = u16::try_from(mtu).unwrap_or(1450);
-                match probe_of(full, seq.wrapping_add(1)) {
-                    Ok(Outcome::Answered(_)) => Check::pass(
-                        what,
-                        format!(
-                            "reached through VXLAN ({to}), RTT {:.2} ms; {full}-byte packets (the overlay MTU) too",
-                            rtt.as_secs_f64() * 1e3
-                        ),
+                seq.wrapping_add(4),
+            ));
+        }
+    }
+}
+
+/// One family's half of a peer, as [`probe_half`] probes it.
+struct Half {
+    what: String,
+    to_mac: crate::types::VtepMac,
+    from_mac: crate::types::VtepMac,
+    /// This node's subnet address and underlay address of that family.
+    from: std::net::IpAddr,
+    from_underlay: std::net::IpAddr,
+    /// The peer's subnet address and public address.
+    dst: std::net::IpAddr,
+    public: std::net::IpAddr,
+    /// The VXLAN overhead over this family's underlay.
+    overhead: u32,
+}
+
+/// Probes one half of a peer: a small echo through VXLAN, then one of the
+/// overlay MTU; when the small one gets no answer, an underlay ping tells a
+/// dropped VXLAN port from a node that is down.
+fn probe_half(
+    config: &NetConfig,
+    echoes: &probe::Echoes,
+    h: &Half,
+    mtu: u32,
+    id: u16,
+    seq: u16,
+) -> Check {
+    let what = h.what.clone();
+    let port = config.backend.port;
+    let to = std::net::SocketAddr::new(h.public, port);
+    let probe_of = |total: u16, seq: u16| {
+        let dgram = probe::vxlan_echo(
+            config.backend.vni,
+            h.to_mac,
+            h.from_mac,
+            h.from,
+            h.dst,
+            id,
+            seq,
+            total,
+        );
+        probe::vxlan_probe(
+            echoes,
+            h.from_underlay,
+            to,
+            &dgram,
+            (h.dst, id, seq),
+            PROBE_WAIT,
+        )
+    };
+    let small = if h.dst.is_ipv6() { 104 } else { 84 };
+    match probe_of(small, seq) {
+        Ok(Outcome::Answered(rtt)) => {
+            let full = u16::try_from(mtu).unwrap_or(1450);
+            match probe_of(full, seq.wrapping_add(1)) {
+                Ok(Outcome::Answered(_)) => Check::pass(
+                    what,
+                    format!(
+                        "reached through VXLAN ({to}), RTT {:.2} ms; {full}-byte packets (the overlay MTU) too",
+                        rtt.as_secs_f64() * 1e3
                     ),
-                    _ => Check::fail(
-                        what,
-                        format!(
-                            "small packets reach it through VXLAN ({to}) but {full}-byte ones (the overlay MTU) do not: the path between the nodes carries fewer than {} bytes",
-                            u32::from(full) + 50
-                        ),
-                        "lower the overlay MTU (Backend.MTU in net-conf.json) or raise the underlay's, so that the overlay MTU + 50 fits every hop; then restart weftd and recreate the pods",
-                    ),
-                }
-            }
-            Ok(Outcome::PortClosed) => Check::fail(
-                what,
-                format!(
-                    "nothing listens on {to}: the node answers, but its weftd (or flanneld) does not run"
                 ),
-                format!("start weftd on {}", p.attrs.public_ip),
-            ),
-            Ok(Outcome::Silent) => {
-                let ping = probe::underlay_ping(
-                    &icmp,
-                    p.attrs.public_ip,
-                    id,
-                    seq.wrapping_add(2),
-                    PROBE_WAIT,
-                );
-                if matches!(ping, Ok(Outcome::Answered(_))) {
-                    Check::fail(
-                        what,
-                        format!(
-                            "{} answers ping, but VXLAN to it on UDP {} gets no answer: a firewall or security group drops UDP {} on the way",
-                            p.attrs.public_ip, config.backend.port, config.backend.port
-                        ),
-                        format!(
-                            "allow UDP {} between the nodes (on {}: iptables -I INPUT -p udp --dport {} -j ACCEPT, or the cloud's security group)",
-                            config.backend.port, p.attrs.public_ip, config.backend.port
-                        ),
-                    )
-                } else {
-                    Check::fail(
-                        what,
-                        format!(
-                            "{} answers neither VXLAN on UDP {} nor ping: the node is down or unreachable on the underlay",
-                            p.attrs.public_ip, config.backend.port
-                        ),
-                        "bring the node back, or delete its lease if it is gone for good",
-                    )
-                }
+                _ => Check::fail(
+                    what,
+                    format!(
+                        "small packets reach it through VXLAN ({to}) but {full}-byte ones (the overlay MTU) do not: the path between the nodes carries fewer than {} bytes",
+                        u32::from(full) + h.overhead
+                    ),
+                    format!(
+                        "lower the overlay MTU (Backend.MTU in net-conf.json) or raise the underlay's, so that the overlay MTU + {} fits every hop; then restart weftd and recreate the pods",
+                        h.overhead
+                    ),
+                ),
             }
-            Err(e) => Check::note(what, format!("not probed: {e}")),
-        };
-        r.push(check);
+        }
+        Ok(Outcome::PortClosed) => Check::fail(
+            what,
+            format!(
+                "nothing listens on {to}: the node answers, but its weftd (or flanneld) does not run"
+            ),
+            format!("start weftd on {}", h.public),
+        ),
+        Ok(Outcome::Silent) => {
+            let ping = probe::underlay_ping(echoes, h.public, id, seq.wrapping_add(2), PROBE_WAIT);
+            if matches!(ping, Ok(Outcome::Answered(_))) {
+                let rule = if h.public.is_ipv6() {
+                    "ip6tables"
+                } else {
+                    "iptables"
+                };
+                Check::fail(
+                    what,
+                    format!(
+                        "{} answers ping, but VXLAN to it on UDP {port} gets no answer: a firewall or security group drops UDP {port} on the way",
+                        h.public
+                    ),
+                    format!(
+                        "allow UDP {port} between the nodes (on {}: {rule} -I INPUT -p udp --dport {port} -j ACCEPT, or the cloud's security group)",
+                        h.public
+                    ),
+                )
+            } else {
+                Check::fail(
+                    what,
+                    format!(
+                        "{} answers neither VXLAN on UDP {port} nor ping: the node is down or unreachable on the underlay",
+                        h.public
+                    ),
+                    "bring the node back, or delete its lease if it is gone for good",
+                )
+            }
+        }
+        Err(e) => Check::note(what, format!("not probed: {e}")),
     }
 }
