@@ -165,6 +165,10 @@ fn netconf_seeds() -> Vec<Vec<u8>> {
         r#"{"Network":"10.0.0.0/8","SubnetLen":24,"EnableNFTables":true,"EnableIPv4":true,"EnableIPv6":false,"Backend":{"Type":"vxlan","DirectRouting":false,"GBP":false}}"#,
         r#"{"Network":"192.168.0.0/16","SubnetLen":20,"SubnetMin":"192.168.16.0","SubnetMax":"192.168.32.0","Backend":{"Type":"vxlan","MTU":null,"Port":0}}"#,
         r#"{"Network":"128.0.0.0/1","SubnetLen":30,"Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":56,"IPv6SubnetMin":"fc00:0:0:100::","IPv6SubnetMax":"fc00:0:0:ff00::","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.244.0.0/16","enableipv6":true,"ipv6network":"fd00::/120","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8::/32","IPv6SubnetLen":126,"Backend":{"Type":"vxlan"}}"#,
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -220,6 +224,9 @@ fn netconf_run(input: &[u8]) -> Outcome {
         c.backend.mtu
     );
     let _ = (c.overlay_mtu(0), c.overlay_mtu(u32::MAX));
+    if let Some(v6) = &c.ipv6 {
+        check_ipv6(v6, input)?;
+    }
     let count = c.subnet_count();
     ensure!(count >= 1, "no subnets");
     let first = c.nth_subnet(0);
@@ -264,6 +271,82 @@ fn netconf_run(input: &[u8]) -> Outcome {
         Err(e) => ensure!(false, "choose_subnet: {e}"),
     }
     accepted("ok")
+}
+
+/// The IPv6 half of an accepted config: what flannel's checks promise, and
+/// `choose_subnet6` picking a leasable, free subnet for a second node.
+fn check_ipv6(v6: &weft::config::Ipv6Config, input: &[u8]) -> Result<(), crate::Violation> {
+    let plen = v6.network.prefix_len();
+    ensure!(
+        plen != 0 && v6.network.network() == v6.network.addr(),
+        "accepted IPv6Network {}",
+        v6.network
+    );
+    ensure!(
+        v6.subnet_len <= 126 && v6.subnet_len >= plen + 2,
+        "IPv6SubnetLen /{} in {}",
+        v6.subnet_len,
+        v6.network
+    );
+    let mask = u128::MAX << (128 - u32::from(v6.subnet_len));
+    for (n, a) in [
+        ("IPv6SubnetMin", v6.subnet_min),
+        ("IPv6SubnetMax", v6.subnet_max),
+    ] {
+        ensure!(
+            v6.network.contains(&a) && u128::from(a) & mask == u128::from(a),
+            "{n} {a} outside {} or off /{}",
+            v6.network,
+            v6.subnet_len
+        );
+    }
+    ensure!(
+        v6.subnet_min <= v6.subnet_max,
+        "IPv6SubnetMin above IPv6SubnetMax"
+    );
+    let count = v6.subnet_count();
+    ensure!(count >= 1, "no IPv6 subnets");
+    let first = v6.nth_subnet(0);
+    let last = v6.nth_subnet(count - 1);
+    ensure!(
+        first.is_some_and(|s| s.addr() == v6.subnet_min && v6.is_leasable(&s))
+            && last.is_some_and(|s| s.addr() == v6.subnet_max && v6.is_leasable(&s))
+            && v6.nth_subnet(count).is_none(),
+        "nth_subnet over {count}: first {first:?}, last {last:?}"
+    );
+    let taken = first.expect("checked");
+    let mut c =
+        weft::config::NetConfig::parse(weft::config::DEFAULT_NET_CONF, "x").expect("default");
+    c.ipv6 = Some(*v6);
+    let leases = [Lease {
+        subnet: "10.244.1.0/24".parse().expect("a CIDR"),
+        ipv6_subnet: Some(taken),
+        attrs: vxlan_attrs(1),
+        expiration: None,
+    }];
+    let req = AcquireRequest {
+        config: c,
+        attrs: vxlan_attrs(2),
+        previous: None,
+        previous6: v6.nth_subnet(count / 2),
+        ttl: Duration::from_secs(60),
+    };
+    let mut rng = Rng::seed_from_u64(crate::fnv(input));
+    match weft::store::choose_subnet6("fuzz", &req, None, &leases, &mut rng) {
+        Ok(Some(s)) => ensure!(
+            v6.is_leasable(&s) && s != taken,
+            "choose_subnet6 chose {s} (taken {taken})"
+        ),
+        Ok(None) => ensure!(
+            false,
+            "choose_subnet6 chose nothing in a dual-stack network"
+        ),
+        Err(StoreError::NoFreeSubnet6 { .. }) => {
+            ensure!(count == 1, "no free IPv6 subnet among {count}");
+        }
+        Err(e) => ensure!(false, "choose_subnet6: {e}"),
+    }
+    Ok(())
 }
 
 // ---- leases ----

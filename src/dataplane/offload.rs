@@ -224,7 +224,10 @@ pub fn segment(
         return Err(bad);
     }
     let payload = pkt.len().saturating_sub(hl);
-    if mss == 0 || payload == 0 {
+    // A segment is one IP packet: no longer than 65 535 bytes (IPv4's total
+    // length bounds it already; an IPv6 super-packet of a 65 535-byte
+    // payload with a larger gso_size would not).
+    if mss == 0 || payload == 0 || hl + mss.min(payload) > IP_MAX {
         return Err(bad);
     }
     let count = payload.div_ceil(mss);

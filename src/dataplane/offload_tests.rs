@@ -2533,6 +2533,19 @@ fn segment6_refuses_what_it_cannot_honour() {
     for n in 0..sp.len().min(200) {
         let _ = cut(&h, &sp[..n]);
     }
+    // An IPv6 payload of 65 535 bytes with a gso_size past it would make one
+    // segment longer than any IP packet: refused (found by the fuzzer).
+    let (h, big) = super6(
+        tcp6(1, ACK, &vec![7; 65_535 - 20]),
+        virtio::GSO_TCPV6,
+        65_535,
+    );
+    assert_eq!(cut(&h, &big).result, BAD);
+    let h = virtio::Header {
+        gso_size: 1370,
+        ..h
+    };
+    assert_eq!(cut(&h, &big).result, Ok((65_535usize - 20).div_ceil(1370)));
     // A v4 super-packet declared TCPV6 is refused too.
     let t = flow_a();
     let v4sp = tso(&t, &[1; 3000]);
