@@ -369,6 +369,14 @@ fn lease_seeds() -> Vec<Vec<u8>> {
             "10.244.7.0-24",
             r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":null}"#,
         ),
+        (
+            "10.244.3.0-24&fc00:0:0:3::-64",
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"1e:00:e9:a1:2f:82"},"BackendV6Data":{"VNI":1,"VtepMAC":"22:6d:ba:65:aa:6c"}}"#,
+        ),
+        (
+            "10.244.4.0-24&fd00::-120",
+            r#"{"PublicIP":"192.0.2.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VtepMAC":"1e:00:e9:a1:2f:83"},"BackendV6Data":null}"#,
+        ),
     ]
     .iter()
     .map(|(k, v)| join(k.as_bytes(), v.as_bytes()))
@@ -377,8 +385,13 @@ fn lease_seeds() -> Vec<Vec<u8>> {
 
 fn same_attrs(a: &LeaseAttrs, b: &LeaseAttrs) -> bool {
     a.public_ip == b.public_ip
+        && a.public_ipv6 == b.public_ipv6
         && a.backend_type == b.backend_type
         && same_json(&a.backend_data, &b.backend_data)
+        && match (&a.backend_v6_data, &b.backend_v6_data) {
+            (Some(x), Some(y)) => same_json(x, y),
+            (x, y) => x.is_none() == y.is_none(),
+        }
 }
 
 fn lease_error(e: &LeaseError) -> &'static str {
@@ -427,6 +440,9 @@ fn lease_run(input: &[u8]) -> Outcome {
         Err(e) => return refused(lease_error(&e)),
     };
     ensure!(Vni::new(d.vni).is_some(), "VNI {} accepted", d.vni);
+    if let Ok(Some(d6)) = attrs.vxlan_v6_data() {
+        ensure!(Vni::new(d6.vni).is_some(), "IPv6 VNI {} accepted", d6.vni);
+    }
     let dv = serde_json::to_value(d).map(serde_json::from_value::<VxlanData>);
     ensure!(
         matches!(dv, Ok(Ok(x)) if x == d),
@@ -522,6 +538,11 @@ fn kube_seeds() -> Vec<Vec<u8>> {
             "flannel.alpha.coreos.com/public-ip": ip,
         })
     };
+    let mut dual = ann("192.0.2.6", "02:00:00:00:00:06");
+    dual["flannel.alpha.coreos.com/backend-v6-data"] =
+        r#"{"VNI":1,"VtepMAC":"02:00:00:00:06:06"}"#.into();
+    dual["flannel.alpha.coreos.com/public-ipv6"] = "2001:db8::6".into();
+    dual["flannel.alpha.coreos.com/public-ipv6-overwrite"] = "2001:db8:ff::6".into();
     let mut over = ann("192.0.2.4", "02:00:00:00:00:04");
     over["flannel.alpha.coreos.com/public-ip-overwrite"] = "198.51.100.4".into();
     vec![
@@ -550,6 +571,11 @@ fn kube_seeds() -> Vec<Vec<u8>> {
             serde_json::json!({"podCIDR": "10.244.5.0/24"}),
             serde_json::json!({"node.alpha.kubernetes.io/ttl": "0"}),
         ),
+        node(
+            "node-a",
+            serde_json::json!({"podCIDR": "10.244.6.0/24", "podCIDRs": ["10.244.6.0/24", "fc00:0:0:6::/64"]}),
+            dual,
+        ),
     ]
 }
 
@@ -565,6 +591,11 @@ const KUBE_DICT: &[&str] = &[
     "flannel.alpha.coreos.com/kube-subnet-manager",
     "flannel.alpha.coreos.com/public-ip",
     "flannel.alpha.coreos.com/public-ip-overwrite",
+    "flannel.alpha.coreos.com/backend-v6-data",
+    "flannel.alpha.coreos.com/public-ipv6",
+    "flannel.alpha.coreos.com/public-ipv6-overwrite",
+    "fc00:0:0:7::/64",
+    "2001:db8::7",
     r#"{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"}"#,
     r#"{"VNI":16777216,"VtepMAC":"62:fc:03:83:1b:2b"}"#,
     r#"{"VtepMAC":"62:fc:03:83:1b"}"#,
@@ -585,12 +616,25 @@ fn kube_run(input: &[u8]) -> Outcome {
     let attrs = vxlan_attrs(9);
     // The prefix as --kube-annotation-prefix gives it, with or without a slash.
     let mut own_ok = false;
-    for prefix in [KUBE_PREFIX, "flannel.alpha.coreos.com/"] {
-        if let Ok(l) = kube::own_lease_from_node(prefix, "node-a", &node, network, None, &attrs) {
+    let network6: ipnet::Ipv6Net = "fc00::/48".parse().expect("a CIDR");
+    let cases = [
+        (KUBE_PREFIX, None),
+        ("flannel.alpha.coreos.com/", None),
+        (KUBE_PREFIX, Some(network6)),
+    ];
+    for (prefix, n6) in cases {
+        if let Ok(l) = kube::own_lease_from_node(prefix, "node-a", &node, network, n6, &attrs) {
             ensure!(
                 network.contains(&l.subnet) && node_subnet_problem(&l.subnet).is_none(),
                 "this node's lease {} (Network {network})",
                 l.subnet
+            );
+            ensure!(
+                l.ipv6_subnet
+                    .is_none_or(|s| n6.is_some_and(|n| n.contains(&s))
+                        && weft::lease::node_subnet6_problem(&s).is_none()),
+                "this node's IPv6 subnet {:?} (IPv6Network {n6:?})",
+                l.ipv6_subnet
             );
             ensure!(
                 l.attrs.vxlan_data().is_ok(),
