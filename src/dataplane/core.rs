@@ -344,12 +344,12 @@ impl Core {
             Ok(ip) => ip,
             Err(_) => return RxAction::Drop(DropReason::InnerMalformed),
         };
-        if !own6.contains(&ip.dst()) {
+        if !in6(&own6, ip.dst()) {
             return RxAction::Drop(DropReason::NotOurSubnet);
         }
         let src = ip.src();
         let sourced = match from {
-            Sender::Leased(e) => e.nets6.iter().any(|n| n.contains(&src)),
+            Sender::Leased(e) => e.nets6.iter().any(|n| in6(n, src)),
             Sender::Unknown(table) => table.lookup6(src).is_some(),
             Sender::Anyone => true,
         };
@@ -359,6 +359,15 @@ impl Core {
         let off = start + ENCAP_LEN;
         RxAction::Deliver(off..off + ip.total_len())
     }
+}
+
+/// Whether `net` holds `a`: the prefix bits compared in one 128-bit XOR
+/// (`ipnet`'s `contains` builds the network and broadcast addresses, and
+/// took a quarter of an IPv6 decapsulation's time).
+#[inline]
+fn in6(net: &Ipv6Net, a: Ipv6Addr) -> bool {
+    let len = u32::from(net.prefix_len());
+    len == 0 || (u128::from(a) ^ u128::from(net.addr())) >> (128 - len) == 0
 }
 
 /// A hash of an IPv4 packet's flow: addresses, protocol and, for TCP and UDP
@@ -794,6 +803,26 @@ mod tests {
             .err(),
             Some(DropReason::UnknownPeer)
         );
+    }
+
+    #[test]
+    fn in6_agrees_with_ipnet() {
+        let addrs: Vec<Ipv6Addr> = ["fc00:0:0:2::7", "fc00:0:0:3::", "::", "ffff::1", "fc00::"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        for net in [
+            "fc00:0:0:2::/64",
+            "fc00::/48",
+            "::/0",
+            "fc00:0:0:2::7/128",
+            "fc00:0:0:2::5/64",
+        ] {
+            let n: Ipv6Net = net.parse().unwrap();
+            for a in &addrs {
+                assert_eq!(in6(&n, *a), n.contains(a), "{n} {a}");
+            }
+        }
     }
 
     #[test]

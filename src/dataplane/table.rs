@@ -70,7 +70,9 @@ pub struct Table {
     lens6: Vec<u8>,
     map6: FxHashMap<(u128, u8), Peer6>,
     /// Public IPv6 → the same entries as its node's public IPv4 has.
-    senders6: FxHashMap<Ipv6Addr, SenderEntry>,
+    /// Keyed by the address as a `u128`: hashing an `Ipv6Addr` hashes 16
+    /// bytes one by one, and peers' addresses differ in their last few.
+    senders6: FxHashMap<u128, SenderEntry>,
 }
 
 /// Every subnet of one Network at one prefix length, indexed by subnet number.
@@ -242,15 +244,18 @@ impl Table {
         }
         let k = (u128::from(p.subnet.network()), len);
         if let Some(old) = self.map6.insert(k, p) {
-            if let Some(e) = self.senders6.get_mut(&old.public_ip) {
+            if let Some(e) = self.senders6.get_mut(&u128::from(old.public_ip)) {
                 e.nets6.retain(|n| *n != old.subnet);
             }
         }
-        let e = self.senders6.entry(p.public_ip).or_insert(SenderEntry {
-            nets: vec![],
-            nets6: vec![],
-            slot: p.slot,
-        });
+        let e = self
+            .senders6
+            .entry(u128::from(p.public_ip))
+            .or_insert(SenderEntry {
+                nets: vec![],
+                nets6: vec![],
+                slot: p.slot,
+            });
         e.nets6.push(p.subnet);
     }
 
@@ -269,7 +274,7 @@ impl Table {
         for (ip6, ip4) in v4_of {
             let nets6 = self
                 .senders6
-                .get(&ip6)
+                .get(&u128::from(ip6))
                 .map(|e| e.nets6.clone())
                 .unwrap_or_default();
             if let Some(e4) = self.senders.get_mut(&ip4) {
@@ -279,7 +284,7 @@ impl Table {
                     }
                 }
                 let joined = e4.clone();
-                self.senders6.insert(ip6, joined);
+                self.senders6.insert(u128::from(ip6), joined);
             }
         }
     }
@@ -315,7 +320,7 @@ impl Table {
     pub fn sender(&self, ip: IpAddr) -> Option<&SenderEntry> {
         match ip {
             IpAddr::V4(a) => self.senders.get(&a),
-            IpAddr::V6(a) => self.senders6.get(&a),
+            IpAddr::V6(a) => self.senders6.get(&u128::from(a)),
         }
     }
 
