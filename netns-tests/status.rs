@@ -87,10 +87,18 @@ fn status_shows_the_running_nodes_lease_store_and_peers_with_their_counters() {
         "store      local:".to_string(),
         "peers      2".to_string(),
         "SUBNET".to_string(),
-        format!("{}  {}", n1.subnet(), n1.ip),
     ] {
         assert!(out.contains(&want), "{want:?} not in\n{out}");
     }
+    // n1's row: its subnet, then its public IP, in the next column (the
+    // columns are as wide as their widest cell, so count words, not spaces).
+    let row1: Vec<&str> = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&n1.subnet().to_string()))
+        .unwrap_or_else(|| panic!("no row for {} in\n{out}", n1.subnet()))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row1.get(1), Some(&n1.ip.to_string().as_str()), "{out}");
     let row2 = out
         .lines()
         .find(|l| l.contains(&n2.ip.to_string()))
