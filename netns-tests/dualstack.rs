@@ -379,3 +379,47 @@ fn dual_stack_interop_with_kernel_vxlan_v6() {
         n.assert_nothing_wrong();
     }
 }
+
+/// Start-up refusals of a dual-stack node say what to do: an underlay whose
+/// MTU leaves the device under IPv6's 1280 bytes, an interface without a
+/// global IPv6 address, and an IPv6-only network (not supported yet).
+#[test]
+fn dual_stack_startup_refusals_say_what_to_do() {
+    if !require_root("dual_stack_startup_refusals_say_what_to_do") {
+        return;
+    }
+    let c = Cluster::build("dsref", &dual(1));
+    let ns = c.nodes[0].ns.clone();
+    netns::ip(&["-n", &ns, "link", "set", "eth0", "mtu", "1340"]).unwrap();
+    let err = c.refused(0, &[]);
+    assert!(
+        err.contains("the TUN MTU would be 1270 (underlay 1340 − 70): too small to carry IPv6 (at least 1280)")
+            && err.contains("raise the MTU of eth0 or Backend.MTU"),
+        "{err}"
+    );
+    netns::ip(&["-n", &ns, "link", "set", "eth0", "mtu", "1500"]).unwrap();
+    let v6 = netns::underlay6_addr(0).to_string() + "/64";
+    netns::ip(&["-n", &ns, "addr", "del", &v6, "dev", "eth0"]).unwrap();
+    let err = c.refused(0, &[]);
+    assert!(
+        err.contains("interface eth0 has no global IPv6 address")
+            && err.contains("--public-ipv6")
+            && err.contains("EnableIPv6 to false"),
+        "{err}"
+    );
+    // IPv6-only: refused, saying so, before anything is set up.
+    std::fs::write(
+        c.store_dir.join("net-conf.json"),
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let err = c.refused(0, &[]);
+    assert!(
+        err.contains("EnableIPv4") && err.contains("IPv6-only") && err.contains("not supported"),
+        "{err}"
+    );
+    assert!(
+        netns::ip(&["-n", &ns, "link", "show", "weft0"]).is_err(),
+        "no device left behind"
+    );
+}

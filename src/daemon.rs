@@ -83,11 +83,16 @@ pub enum DaemonError {
         source: NetfilterError,
     },
     #[error(
-        "the TUN MTU would be {mtu} (underlay {underlay} − 50): too small to carry IPv4; raise the MTU of {iface} or Backend.MTU"
+        "the TUN MTU would be {mtu} (underlay {underlay} − {overhead}): too small to carry {family} (at least {min}); raise the MTU of {iface} or Backend.MTU"
     )]
     Mtu {
         mtu: u32,
         underlay: u32,
+        /// The VXLAN overhead: 50, or 70 in a dual-stack network.
+        overhead: u32,
+        /// "IPv4", or "IPv6" in a dual-stack network, which needs 1280.
+        family: &'static str,
+        min: u16,
         iface: String,
     },
     #[error(
@@ -442,12 +447,22 @@ pub async fn run_with_store(
     let mut nl = netlink::connect()?;
     let (_, underlay_mtu) = netlink::link(&mut nl, &ext.name)?;
     let mtu = config.overlay_mtu(underlay_mtu);
+    // IPv4 needs 576 bytes; IPv6, which the same device carries in a
+    // dual-stack network, 1280 (the kernel turns IPv6 off below it).
+    let (family, min, overhead) = if config.ipv6.is_some() {
+        ("IPv6", 1280, crate::config::VXLAN6_OVERHEAD)
+    } else {
+        ("IPv4", 576, crate::config::VXLAN_OVERHEAD)
+    };
     let tun_mtu = u16::try_from(mtu)
         .ok()
-        .filter(|m| *m >= 576)
+        .filter(|m| *m >= min)
         .ok_or(DaemonError::Mtu {
             mtu,
             underlay: config.backend.mtu.unwrap_or(underlay_mtu),
+            overhead,
+            family,
+            min,
             iface: ext.name.clone(),
         })?;
 
