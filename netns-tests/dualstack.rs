@@ -127,6 +127,20 @@ fn dual_stack_mesh_reaches_every_node_over_both_families() {
         assert_eq!(p.subnet6, Some(n.subnet6()), "{p:?}");
         assert!(p.public_ipv6.is_some(), "{p:?}");
     }
+    // The per-peer info series names each peer's IPv6 half too.
+    let m = c.nodes[0].metrics();
+    for (i, n) in c.nodes.iter().enumerate().skip(1) {
+        let want = format!(
+            "subnet6=\"{}\",public_ipv6=\"{}\"",
+            n.subnet6(),
+            netns::underlay6_addr(i)
+        );
+        assert!(
+            m.iter()
+                .any(|(k, v)| k.starts_with("weft_peer_info{") && k.contains(&want) && *v == 1.0),
+            "{want} in {m:?}"
+        );
+    }
     let unleased: Ipv6Addr = "fc00:0:0:fff0::1".parse().unwrap();
     let out = ping6_output(&c.nodes[0].ns, unleased);
     assert!(

@@ -160,12 +160,22 @@ impl Status {
         leases.sort_by_key(|p| (p.public_ip, p.subnet));
         let _ = writeln!(
             o,
-            "# HELP weft_peer_info A lease in the forwarding table: its subnet and VtepMAC, by the peer's public IP.\n# TYPE weft_peer_info gauge"
+            "# HELP weft_peer_info A lease in the forwarding table: its subnet and VtepMAC, by the peer's public IP; in a dual-stack network also its IPv6 subnet, public IPv6 and IPv6 VtepMAC (its IPv6 traffic counts under the same peer).\n# TYPE weft_peer_info gauge"
         );
         for p in &leases {
+            let six = table
+                .peers6()
+                .find(|q| q.lease == p.subnet)
+                .map(|q| {
+                    format!(
+                        ",subnet6=\"{}\",public_ipv6=\"{}\",vtep_mac6=\"{}\"",
+                        q.subnet, q.public_ip, q.vtep_mac
+                    )
+                })
+                .unwrap_or_default();
             let _ = writeln!(
                 o,
-                "weft_peer_info{{peer=\"{}\",subnet=\"{}\",vtep_mac=\"{}\"}} 1",
+                "weft_peer_info{{peer=\"{}\",subnet=\"{}\",vtep_mac=\"{}\"{six}}} 1",
                 p.public_ip, p.subnet, p.vtep_mac
             );
         }
