@@ -22,7 +22,7 @@ fn leases(n: u32) -> Vec<Lease> {
         .map(|i| {
             let ip = Ipv4Addr::from(0xc000_0000 + i);
             Lease {
-                subnet: format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap(),
+                subnet: format!("10.{}.{}.0/24", i / 256, i % 256).parse().ok(),
                 ipv6_subnet: None,
                 attrs: LeaseAttrs::vxlan(ip, Vni::new(1).unwrap(), VtepMac::derive(&ip.octets())),
                 expiration: None,

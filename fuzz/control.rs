@@ -186,12 +186,35 @@ fn vxlan_attrs(n: u8) -> LeaseAttrs {
 
 fn netconf_run(input: &[u8]) -> Outcome {
     let text = String::from_utf8_lossy(input);
-    let c = match NetConfig::parse(&text, "/etc/kube-flannel/net-conf.json") {
+    let c_full = match NetConfig::parse(&text, "/etc/kube-flannel/net-conf.json") {
         Ok(c) => c,
         Err(ConfigError::Field { field, .. }) => return refused(field),
         Err(ConfigError::Json { .. }) => return refused("json"),
         Err(ConfigError::Read { .. }) => return refused("read"),
     };
+    let v = c_full.backend.vni.get();
+    ensure!((1..=Vni::MAX).contains(&v), "VNI {v}");
+    ensure!(c_full.backend.port != 0, "port 0");
+    ensure!(
+        c_full
+            .backend
+            .mtu
+            .is_none_or(|m| (626..=65535).contains(&m)),
+        "MTU {:?}",
+        c_full.backend.mtu
+    );
+    let _ = (c_full.overlay_mtu(0), c_full.overlay_mtu(u32::MAX));
+    if let Some(v6) = &c_full.ipv6 {
+        check_ipv6(v6, input)?;
+    }
+    let Some(c) = c_full.ipv4 else {
+        ensure!(
+            c_full.ipv6.is_some(),
+            "accepted a network of neither family"
+        );
+        return accepted("ipv6-only");
+    };
+    let full = c_full.clone();
     let plen = c.network.prefix_len();
     ensure!(plen != 0, "accepted a /0 Network {}", c.network);
     ensure!(
@@ -215,18 +238,6 @@ fn netconf_run(input: &[u8]) -> Outcome {
         );
     }
     ensure!(c.subnet_min <= c.subnet_max, "SubnetMin above SubnetMax");
-    let v = c.backend.vni.get();
-    ensure!((1..=Vni::MAX).contains(&v), "VNI {v}");
-    ensure!(c.backend.port != 0, "port 0");
-    ensure!(
-        c.backend.mtu.is_none_or(|m| (626..=65535).contains(&m)),
-        "MTU {:?}",
-        c.backend.mtu
-    );
-    let _ = (c.overlay_mtu(0), c.overlay_mtu(u32::MAX));
-    if let Some(v6) = &c.ipv6 {
-        check_ipv6(v6, input)?;
-    }
     let count = c.subnet_count();
     ensure!(count >= 1, "no subnets");
     let first = c.nth_subnet(0);
@@ -246,13 +257,13 @@ fn netconf_run(input: &[u8]) -> Outcome {
     // A node joining, one subnet taken by another node.
     let taken = first.expect("checked");
     let leases = [Lease {
-        subnet: taken,
+        subnet: Some(taken),
         ipv6_subnet: None,
         attrs: vxlan_attrs(1),
         expiration: None,
     }];
     let req = AcquireRequest {
-        config: c.clone(),
+        config: full.clone(),
         attrs: vxlan_attrs(2),
         previous: c.nth_subnet(count / 2),
         previous6: None,
@@ -260,10 +271,10 @@ fn netconf_run(input: &[u8]) -> Outcome {
     };
     let mut rng = Rng::seed_from_u64(crate::fnv(input));
     match choose_subnet("fuzz", &req, &leases, &mut rng) {
-        Ok(Ok(own)) => ensure!(false, "node 2 given node 1's lease {}", own.subnet),
+        Ok(Ok(own)) => ensure!(false, "node 2 given node 1's lease {}", own.id()),
         Ok(Err(s)) => ensure!(
-            c.is_leasable(&s) && s != taken,
-            "choose_subnet chose {s} (taken {taken})"
+            s.is_some_and(|s| c.is_leasable(&s) && s != taken),
+            "choose_subnet chose {s:?} (taken {taken})"
         ),
         Err(StoreError::NoFreeSubnet { .. }) => {
             ensure!(count == 1, "no free subnet among {count}");
@@ -319,7 +330,7 @@ fn check_ipv6(v6: &weft::config::Ipv6Config, input: &[u8]) -> Result<(), crate::
         weft::config::NetConfig::parse(weft::config::DEFAULT_NET_CONF, "x").expect("default");
     c.ipv6 = Some(*v6);
     let leases = [Lease {
-        subnet: "10.244.1.0/24".parse().expect("a CIDR"),
+        subnet: "10.244.1.0/24".parse().ok(),
         ipv6_subnet: Some(taken),
         attrs: vxlan_attrs(1),
         expiration: None,
@@ -408,21 +419,27 @@ fn lease_run(input: &[u8]) -> Outcome {
     let (key, body) = head_body(input);
     let key = String::from_utf8_lossy(key);
     let subnet = parse_subnet_key(&key);
-    if let Ok((n, n6)) = &subnet {
-        ensure!(n.network() == n.addr(), "key {key:?} with host bits: {n}");
-        if let Some(n6) = n6 {
+    if let Ok(id) = &subnet {
+        ensure!(
+            id.v4.is_some() || id.v6.is_some(),
+            "key {key:?} read as no subnet"
+        );
+        if let Some(n) = &id.v4 {
+            ensure!(n.network() == n.addr(), "key {key:?} with host bits: {n}");
+            let _ = node_subnet_problem(n);
+        }
+        if let Some(n6) = &id.v6 {
             ensure!(
                 n6.network() == n6.addr(),
                 "key {key:?} with IPv6 host bits: {n6}"
             );
             let _ = node_subnet6_problem(n6);
         }
-        let again = parse_subnet_key(&lease_key(n, n6.as_ref()));
+        let again = parse_subnet_key(&lease_key(id.v4.as_ref(), id.v6.as_ref()));
         ensure!(
-            again.as_ref() == Ok(&(*n, *n6)),
-            "lease_key({n}, {n6:?}) parses to {again:?}"
+            again.as_ref() == Ok(id),
+            "lease_key({id:?}) parses to {again:?}"
         );
-        let _ = node_subnet_problem(n);
     }
     let attrs: LeaseAttrs = match serde_json::from_slice(body) {
         Ok(a) => a,
@@ -485,7 +502,10 @@ fn etcd_run(input: &[u8]) -> Outcome {
         let text = String::from_utf8_lossy(value);
         return match NetConfig::parse(&text, "etcd /coreos.com/network/config") {
             Ok(c) => {
-                ensure!(c.network.prefix_len() != 0, "a /0 Network from etcd");
+                ensure!(
+                    c.network().is_none_or(|n| n.prefix_len() != 0),
+                    "a /0 Network from etcd"
+                );
                 accepted("config")
             }
             Err(_) => refused("config"),
@@ -497,18 +517,24 @@ fn etcd_run(input: &[u8]) -> Outcome {
     if let Some(s) = subnet {
         let k = key.strip_prefix(&prefix).map(parse_subnet_key);
         ensure!(
-            matches!(k, Some(Ok((x, _))) if x == s),
-            "key {key:?} read as subnet {s}"
+            matches!(k, Some(Ok(x)) if x == s),
+            "key {key:?} read as subnets {s:?}"
         );
     }
     match parsed {
         Ok(l) => {
             ensure!(
-                subnet == Some(l.subnet),
+                // The IPv6 half may have been left out as unusable, never changed.
+                subnet.is_some_and(|k| k.v4 == l.subnet
+                    && (l.ipv6_subnet.is_none() || l.ipv6_subnet == k.v6)
+                    && (l.subnet.is_some() || l.ipv6_subnet.is_some())),
                 "lease {} from key {key:?}",
-                l.subnet
+                l.id()
             );
-            ensure!(l.attrs.vxlan_data().is_ok(), "a lease without vxlan data");
+            ensure!(
+                l.subnet.is_none() || l.attrs.vxlan_data().is_ok(),
+                "a lease without vxlan data"
+            );
             ensure!(l.expiration.is_none(), "an etcd peer with an expiration");
             accepted("lease")
         }
@@ -623,11 +649,13 @@ fn kube_run(input: &[u8]) -> Outcome {
         (KUBE_PREFIX, Some(network6)),
     ];
     for (prefix, n6) in cases {
-        if let Ok(l) = kube::own_lease_from_node(prefix, "node-a", &node, network, n6, &attrs) {
+        if let Ok(l) = kube::own_lease_from_node(prefix, "node-a", &node, Some(network), n6, &attrs)
+        {
             ensure!(
-                network.contains(&l.subnet) && node_subnet_problem(&l.subnet).is_none(),
-                "this node's lease {} (Network {network})",
                 l.subnet
+                    .is_some_and(|s| network.contains(&s) && node_subnet_problem(&s).is_none()),
+                "this node's lease {} (Network {network})",
+                l.id()
             );
             ensure!(
                 l.ipv6_subnet
@@ -646,11 +674,19 @@ fn kube_run(input: &[u8]) -> Outcome {
     match kube::peer_from_node(KUBE_PREFIX, &node) {
         Ok(Some(l)) => {
             ensure!(
-                node_subnet_problem(&l.subnet).is_none() && l.subnet == l.subnet.trunc(),
-                "a peer with subnet {}",
                 l.subnet
+                    .is_none_or(|s| node_subnet_problem(&s).is_none() && s == s.trunc()),
+                "a peer with subnet {}",
+                l.id()
             );
-            ensure!(l.attrs.vxlan_data().is_ok(), "a peer without vxlan data");
+            ensure!(
+                l.subnet.is_some() || l.ipv6_subnet.is_some(),
+                "a peer with no subnet"
+            );
+            ensure!(
+                l.subnet.is_none() || l.attrs.vxlan_data().is_ok(),
+                "a peer without vxlan data"
+            );
             accepted("peer")
         }
         Ok(None) if own_ok => accepted("own lease only"),
@@ -708,9 +744,9 @@ fn local_run(input: &[u8]) -> Outcome {
     match local::parse_record(&name, bytes) {
         Ok(l) => {
             ensure!(
-                parse_subnet_key(&name) == Ok((l.subnet, l.ipv6_subnet)),
+                parse_subnet_key(&name) == Ok(l.id()),
                 "file {name:?} read as {}",
-                l.subnet
+                l.id()
             );
             ensure!(
                 l.expiration.is_some(),
@@ -764,9 +800,15 @@ fn subnet_env_run(input: &[u8]) -> Outcome {
     match SubnetEnv::parse(&text, path) {
         Ok(e) => {
             ensure!(
-                node_subnet_problem(&e.subnet).is_none() && e.subnet == e.subnet.trunc(),
-                "accepted FLANNEL_SUBNET {}",
-                e.subnet
+                e.ipv4
+                    .is_none_or(|e4| node_subnet_problem(&e4.subnet).is_none()
+                        && e4.subnet == e4.subnet.trunc()),
+                "accepted FLANNEL_SUBNET {:?}",
+                e.ipv4
+            );
+            ensure!(
+                e.ipv4.is_some() || e.ipv6.is_some(),
+                "accepted a subnet.env of neither family"
             );
             let r = e.render();
             let back = SubnetEnv::parse(&r, path);
@@ -885,31 +927,34 @@ fn table_run(input: &[u8]) -> Outcome {
     let first = lines.next().unwrap_or("");
     let mut words = first.split_whitespace();
     let network: Option<Ipv4Net> = words.next().and_then(|w| w.parse().ok());
-    let own = words
-        .next()
-        .and_then(|w| parse_subnet_key(w).ok())
-        .map(|(s, _)| s);
+    let own = words.next().and_then(|w| parse_subnet_key(w).ok());
     let network6: Option<ipnet::Ipv6Net> = words.next().and_then(|w| w.parse().ok());
     let mut leases = vec![];
     for l in lines {
         let Some((k, v)) = l.split_once(' ') else {
             continue;
         };
-        let (Ok((subnet, ipv6_subnet)), Ok(attrs)) =
-            (parse_subnet_key(k), serde_json::from_str::<LeaseAttrs>(v))
+        let (Ok(id), Ok(attrs)) = (parse_subnet_key(k), serde_json::from_str::<LeaseAttrs>(v))
         else {
             continue;
         };
         leases.push(Lease {
-            subnet,
-            ipv6_subnet,
+            subnet: id.v4,
+            ipv6_subnet: id.v6,
             attrs,
             expiration: None,
         });
     }
     let vni = Vni::new(1).expect("fits");
     let (mut t, skipped) = Table::build(&leases, own, vni, 8472, network6);
-    let kept = leases.iter().filter(|l| Some(l.subnet) != own).count();
+    // The node's own lease: its IPv4 subnet, or an IPv6-only one's IPv6 subnet.
+    let is_own = |l: &Lease| {
+        own.is_some_and(|o| match o.v4 {
+            Some(_) => l.subnet == o.v4,
+            None => l.subnet.is_none() && l.ipv6_subnet == o.v6,
+        })
+    };
+    let kept = leases.iter().filter(|l| !is_own(l)).count();
     // A lease gives at most an IPv4 route or a reason, and at most an IPv6
     // route or a reason for its IPv6 half.
     ensure!(
@@ -939,7 +984,7 @@ fn table_run(input: &[u8]) -> Outcome {
     }
     for p in t.peers() {
         ensure!(
-            node_subnet_problem(&p.subnet).is_none() && Some(p.subnet) != own,
+            node_subnet_problem(&p.subnet).is_none() && own.is_none_or(|o| o.v4 != Some(p.subnet)),
             "peer subnet {} in the table",
             p.subnet
         );
@@ -951,9 +996,9 @@ fn table_run(input: &[u8]) -> Outcome {
     }
     // Probes: every subnet's edges and middle, and a few of the input's own.
     let mut probes: Vec<Ipv4Addr> = vec![Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST];
-    for l in &leases {
-        let n = u32::from(l.subnet.network());
-        let b = u32::from(l.subnet.broadcast());
+    for s in leases.iter().filter_map(|l| l.subnet) {
+        let n = u32::from(s.network());
+        let b = u32::from(s.broadcast());
         probes.extend(
             [
                 n,
@@ -976,7 +1021,7 @@ fn table_run(input: &[u8]) -> Outcome {
     let mut dense = false;
     for net in network
         .into_iter()
-        .chain(leases.first().and_then(|l| l.subnet.supernet()))
+        .chain(leases.first().and_then(|l| l.subnet?.supernet()))
     {
         if t.index_dense(net) {
             dense = true;

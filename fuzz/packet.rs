@@ -111,7 +111,7 @@ fn lease(subnet: &str, n: u8) -> Lease {
     let ip = [192, 0, 2, n];
     let vni = Vni::new(VNI).expect("fits");
     Lease {
-        subnet: subnet.parse().expect("a CIDR"),
+        subnet: Some(subnet.parse().expect("a CIDR")),
         ipv6_subnet: format!("fc00:0:0:{n}::/64").parse().ok(),
         attrs: LeaseAttrs::vxlan(ip.into(), vni, VtepMac::derive(&ip)).with_ipv6(
             public6(n),
@@ -406,8 +406,8 @@ fn check_decap(
         ip.total_len()
     );
     ensure!(
-        core.subnet.contains(&ip.dst()),
-        "Deliver of a packet to {} outside {}",
+        core.subnet.is_some_and(|s| s.contains(&ip.dst())),
+        "Deliver of a packet to {} outside {:?}",
         ip.dst(),
         core.subnet
     );
@@ -639,7 +639,7 @@ fn check_encap(
             ensure!(orig.is_ok(), "an ICMP error for a packet that is not IPv4");
             let orig = orig.expect("checked");
             ensure!(
-                ip.checksum_ok() && ip.src() == core.router && ip.dst() == orig.src(),
+                ip.checksum_ok() && Some(ip.src()) == core.router && ip.dst() == orig.src(),
                 "ICMP error {} -> {} (checksum ok: {}) for a packet from {}",
                 ip.src(),
                 ip.dst(),
@@ -690,8 +690,11 @@ fn check_encap6(
                 "Send to {to} of a packet to {dst}: the table says {peer:?}"
             );
             let peer = peer.expect("checked");
-            let them = Core::new(core.vni, VtepMac::derive(&[0; 4]), peer.lease)
-                .with_ipv6(peer.subnet, peer.vtep_mac);
+            let them = match peer.lease.v4 {
+                Some(s) => Core::new(core.vni, VtepMac::derive(&[0; 4]), s)
+                    .with_ipv6(peer.subnet, peer.vtep_mac),
+                None => Core::ipv6_only(core.vni, peer.vtep_mac, peer.subnet),
+            };
             let dgram = &slot[range.clone()];
             SLOT_BUF2.with(|s| -> Result<(), crate::Violation> {
                 let mut rx = s.borrow_mut();

@@ -114,7 +114,7 @@ fn restart_keeps_subnet_and_reconnects() {
         .leases()
         .unwrap()
         .into_iter()
-        .find(|l| l.subnet == before)
+        .find(|l| l.subnet == Some(before))
         .unwrap();
     c.nodes[1].stop();
     assert!(
@@ -129,7 +129,7 @@ fn restart_keeps_subnet_and_reconnects() {
         .leases()
         .unwrap()
         .into_iter()
-        .find(|l| l.subnet == before)
+        .find(|l| l.subnet == Some(before))
         .unwrap();
     assert_eq!(
         lease_after.attrs, lease_before.attrs,

@@ -263,7 +263,7 @@ fn dual_stack_interop_with_kernel_vxlan_v6() {
     let mac6 = weft::types::VtepMac::derive(&k_ip6.octets());
     store
         .put_lease(&weft::lease::Lease {
-            subnet: k4,
+            subnet: Some(k4),
             ipv6_subnet: Some(k6),
             attrs: weft::lease::LeaseAttrs::vxlan(kn.ip, vni, mac4).with_ipv6(k_ip6, vni, mac6),
             expiration: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)),
@@ -320,7 +320,12 @@ fn dual_stack_interop_with_kernel_vxlan_v6() {
         "off",
     ]))
     .expect("ethtool");
-    for l in store.leases().unwrap().iter().filter(|l| l.subnet != k4) {
+    for l in store
+        .leases()
+        .unwrap()
+        .iter()
+        .filter(|l| l.subnet != Some(k4))
+    {
         let s6 = l.ipv6_subnet.expect("a dual-stack weft lease");
         let gw = s6.network().to_string();
         let mac = l

@@ -84,15 +84,20 @@ fn etcd_dual_stack_leases_and_a_restart() {
         "--keys-only",
         &format!("{PREFIX}/subnets/"),
     ]);
-    for (l, n) in leases
-        .iter()
-        .map(|l| (l, c.nodes.iter().find(|n| n.subnet() == l.subnet).unwrap()))
-    {
+    for (l, n) in leases.iter().map(|l| {
+        (
+            l,
+            c.nodes
+                .iter()
+                .find(|n| Some(n.subnet()) == l.subnet)
+                .unwrap(),
+        )
+    }) {
         assert_eq!(l.ipv6_subnet, Some(n.subnet6()), "{keys}");
         assert!(
             keys.contains(&format!(
                 "{}&{}-64",
-                weft::lease::subnet_key(&l.subnet),
+                weft::lease::subnet_key(&n.subnet()),
                 n.subnet6().addr()
             )),
             "{keys}"
@@ -117,7 +122,7 @@ fn etcd_subnets(etcd: &EtcdServer) -> BTreeSet<Ipv4Net> {
         .lines()
         .filter_map(|k| k.strip_prefix(&sub))
         .filter_map(|k| parse_subnet_key(k).ok())
-        .map(|(s, _)| s)
+        .filter_map(|id| id.v4)
         .collect()
 }
 
@@ -133,8 +138,8 @@ fn etcd_leases(etcd: &EtcdServer) -> Vec<Lease> {
             let attrs: LeaseAttrs = serde_json::from_str(kv[1])
                 .unwrap_or_else(|e| panic!("{}: not flannel's lease JSON: {e}", kv[1]));
             Lease {
-                subnet: parse_subnet_key(key).unwrap().0,
-                ipv6_subnet: parse_subnet_key(key).unwrap().1,
+                subnet: parse_subnet_key(key).unwrap().v4,
+                ipv6_subnet: parse_subnet_key(key).unwrap().v6,
                 attrs,
                 expiration: None,
             }
@@ -314,8 +319,12 @@ fn etcd_three_nodes_reach_each_other() {
     let want: BTreeSet<Ipv4Net> = c.nodes.iter().map(|n| n.subnet()).collect();
     assert_eq!(etcd_subnets(&etcd), want, "one lease per node in etcd");
     for l in etcd_leases(&etcd) {
-        let n = c.nodes.iter().find(|n| n.subnet() == l.subnet).unwrap();
-        assert_eq!(l.attrs.public_ip, n.ip, "{}: PublicIP", l.subnet);
+        let n = c
+            .nodes
+            .iter()
+            .find(|n| Some(n.subnet()) == l.subnet)
+            .unwrap();
+        assert_eq!(l.attrs.public_ip, n.ip, "{}: PublicIP", l.id());
         assert_eq!(l.attrs.vxlan_data().unwrap().vni, 1);
     }
 }
@@ -345,7 +354,7 @@ fn etcd_kernel_vxlan_node_written_with_etcdctl() {
     c.wait_peers(2);
     let leases = etcd_leases(&etcd);
     assert_eq!(leases.len(), 3, "{leases:?}");
-    for l in leases.iter().filter(|l| l.subnet != k.subnet) {
+    for l in leases.iter().filter(|l| l.subnet != Some(k.subnet)) {
         k.add_peer(l);
     }
     for n in &c.nodes {
@@ -544,7 +553,10 @@ fn etcd_restored_from_an_earlier_snapshot() {
         &flannel_value(k.ip, &k.mac.to_string()),
     );
     converge(&mut c, 3, 10);
-    for l in etcd_leases(&etcd).iter().filter(|l| l.subnet != k.subnet) {
+    for l in etcd_leases(&etcd)
+        .iter()
+        .filter(|l| l.subnet != Some(k.subnet))
+    {
         k.add_peer(l);
     }
     for n in &c.nodes {

@@ -225,7 +225,7 @@ fn unusable_leases_are_ignored_and_a_slash_zero_network_refused() {
         let ip: Ipv4Addr = [192, 0, 2, 77].into();
         store
             .put_lease(&weft::lease::Lease {
-                subnet: s.parse().unwrap(),
+                subnet: s.parse().ok(),
                 ipv6_subnet: None,
                 attrs: weft::lease::LeaseAttrs::vxlan(
                     ip,

@@ -145,7 +145,7 @@ fn kube_nodes_reach_each_other_and_a_flannel_kernel_node() {
             .parse()
             .unwrap();
         k.add_peer(&Lease {
-            subnet: n.subnet(),
+            subnet: Some(n.subnet()),
             ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(n.ip, Vni::new(1).unwrap(), mac),
             expiration: None,

@@ -315,7 +315,7 @@ fn pod_network(backend: &str, conf: &'static str) {
     c.nodes[1].stop();
     c.store()
         .put_lease(&Lease {
-            subnet: old,
+            subnet: Some(old),
             ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(
                 Ipv4Addr::new(192, 0, 2, 99),
@@ -335,8 +335,10 @@ fn pod_network(backend: &str, conf: &'static str) {
         "rules for {new} only:\n{listing}"
     );
     let want = Rules {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet: new,
+        ipv4: Some(weft::netfilter::Rules4 {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: new,
+        }),
         masquerade: true,
         random_fully: true,
         forward: true,
@@ -584,8 +586,10 @@ fn kernel_flannel_pods(backend: &str, conf: &'static str) {
     sh(&k.ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     // flanneld --ip-masq's rules on the kernel node (the same list weft writes).
     let flannel = Rules {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet: ksub,
+        ipv4: Some(weft::netfilter::Rules4 {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: ksub,
+        }),
         masquerade: true,
         random_fully: true,
         forward: true,

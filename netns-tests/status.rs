@@ -54,7 +54,7 @@ fn status_shows_the_running_nodes_lease_store_and_peers_with_their_counters() {
         (n0.ip, 8472, "weft0")
     );
     let lease = v.lease.as_ref().unwrap();
-    assert_eq!(lease.subnet, n0.subnet());
+    assert_eq!(lease.subnet, Some(n0.subnet()));
     assert!(lease.expires_ms.unwrap() > v.now_ms && lease.renew_at_ms.unwrap() > v.now_ms);
     assert!(
         v.store.as_ref().unwrap().describe.starts_with("local:"),

@@ -28,10 +28,9 @@ pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Typ
 /// A checked network configuration with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    pub network: Ipv4Net,
-    pub subnet_len: u8,
-    pub subnet_min: Ipv4Addr,
-    pub subnet_max: Ipv4Addr,
+    /// `EnableIPv4` (the default) with `Network` and its `Subnet*` keys: the
+    /// network's IPv4 half; `None` in an IPv6-only network.
+    pub ipv4: Option<Ipv4Config>,
     pub backend: VxlanBackend,
     /// `EnableNFTables`: weft's rules in nftables (true) or iptables (false);
     /// unset, weft takes nftables where `nft` works.
@@ -40,7 +39,17 @@ pub struct NetConfig {
     pub ipv6: Option<Ipv6Config>,
 }
 
-/// The IPv6 half of a dual-stack network (`EnableIPv6`, `IPv6Network`,
+/// The IPv4 half of a network (`Network`, `SubnetLen`, `SubnetMin`,
+/// `SubnetMax`), defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Config {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+}
+
+/// The IPv6 half of a dual-stack or IPv6-only network (`EnableIPv6`, `IPv6Network`,
 /// `IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax`), defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv6Config {
@@ -112,7 +121,16 @@ impl NetConfig {
             .ok_or_else(|| bad("(top level)", "must be a JSON object".into()))?;
 
         let enable_ipv6 = flag(top, "EnableIPv6", false, &bad)?;
-        if !flag(top, "EnableIPv4", true, &bad)? {
+        let enable_ipv4 = flag(top, "EnableIPv4", true, &bad)?;
+        if !enable_ipv4 && !enable_ipv6 {
+            return Err(bad(
+                "EnableIPv4",
+                "false with EnableIPv6 false leaves no family to carry; set EnableIPv4 true (with Network) or EnableIPv6 true (with IPv6Network)".into(),
+            ));
+        }
+        if !enable_ipv4 {
+            // The layers below carry an IPv4-less lease (`ipv4: None`), but
+            // an IPv6-only node is not yet tested end to end.
             return Err(bad(
                 "EnableIPv4",
                 "false (an IPv6-only network) is not supported by weft yet; weft runs IPv4 and dual-stack networks, so set EnableIPv4 to true with a Network beside IPv6Network".into(),
@@ -123,94 +141,11 @@ impl NetConfig {
         } else {
             None
         };
-
-        let network: Ipv4Net = match get(top, "Network") {
-            None => {
-                return Err(bad(
-                    "Network",
-                    "is required, e.g. \"Network\": \"10.244.0.0/16\"".into(),
-                ));
-            }
-            Some(n) => n
-                .as_str()
-                .and_then(|s| s.parse::<Ipv4Net>().ok())
-                .ok_or_else(|| {
-                    bad(
-                        "Network",
-                        format!("{n} is not an IPv4 CIDR such as \"10.244.0.0/16\""),
-                    )
-                })?,
+        let ipv4 = if enable_ipv4 {
+            Some(parse_ipv4(top, &bad)?)
+        } else {
+            None
         };
-        if network.prefix_len() == 0 {
-            return Err(bad(
-                "Network",
-                format!(
-                    "{network} would take every address, the underlay's included; use a private range such as \"10.244.0.0/16\""
-                ),
-            ));
-        }
-        if network.network() != network.addr() {
-            return Err(bad(
-                "Network",
-                format!(
-                    "{network} has host bits set; did you mean {}?",
-                    network.trunc()
-                ),
-            ));
-        }
-        let plen = network.prefix_len();
-
-        let subnet_len = match get(top, "SubnetLen") {
-            Some(x) if !x.is_null() && x.as_u64() != Some(0) => {
-                let l =
-                    x.as_u64().filter(|l| *l <= 32).ok_or_else(|| {
-                        bad("SubnetLen", format!("{x} is not a prefix length 0..=32"))
-                    })? as u8;
-                if l > 30 {
-                    return Err(bad(
-                        "SubnetLen",
-                        format!(
-                            "/{l} must be /30 or shorter (a node needs room for its addresses)"
-                        ),
-                    ));
-                }
-                if l < plen + 2 {
-                    return Err(bad(
-                        "SubnetLen",
-                        format!(
-                            "/{l} does not fit: Network {network} must hold at least four subnets, so SubnetLen must be at least /{}",
-                            plen + 2
-                        ),
-                    ));
-                }
-                l
-            }
-            _ => {
-                if plen > 28 {
-                    return Err(bad(
-                        "Network",
-                        format!("{network} is too small; the smallest useful network is a /28"),
-                    ));
-                } else if plen <= 22 {
-                    24
-                } else {
-                    plen + 2
-                }
-            }
-        };
-        let size: u32 = 1 << (32 - u32::from(subnet_len));
-        let mask: u32 = u32::MAX << (32 - u32::from(subnet_len));
-        let base = u32::from(network.network());
-        let last = u32::from(network.broadcast()) & mask;
-
-        let subnet_min = bound(top, "SubnetMin", base + size, &network, mask, &bad)?;
-        let subnet_max = bound(top, "SubnetMax", last, &network, mask, &bad)?;
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(bad(
-                "SubnetMin",
-                format!("{subnet_min} is above SubnetMax {subnet_max}"),
-            ));
-        }
 
         let backend = match get(top, "Backend") {
             None | Some(Value::Null) => {
@@ -240,16 +175,41 @@ impl NetConfig {
         };
 
         Ok(NetConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            ipv4,
             backend,
             enable_nftables,
             ipv6,
         })
     }
 
+    /// The IPv4 Network, if the network carries IPv4.
+    pub fn network(&self) -> Option<Ipv4Net> {
+        self.ipv4.map(|c| c.network)
+    }
+
+    /// The IPv6Network, if the network carries IPv6.
+    pub fn network6(&self) -> Option<Ipv6Net> {
+        self.ipv6.map(|c| c.network)
+    }
+
+    /// The MTU of the TUN device given the underlay interface's MTU:
+    /// Backend.MTU (when set) or `underlay_mtu`, minus the VXLAN overhead —
+    /// that of an IPv6 underlay when the network carries IPv6, since one
+    /// device carries both families and IPv6 pod traffic goes over IPv6.
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        let overhead = if self.ipv6.is_some() {
+            VXLAN6_OVERHEAD
+        } else {
+            VXLAN_OVERHEAD
+        };
+        self.backend
+            .mtu
+            .unwrap_or(underlay_mtu)
+            .saturating_sub(overhead)
+    }
+}
+
+impl Ipv4Config {
     /// The number of subnets between SubnetMin and SubnetMax, inclusive.
     pub fn subnet_count(&self) -> u32 {
         let shift = 32 - u32::from(self.subnet_len);
@@ -273,22 +233,6 @@ impl NetConfig {
             && s.addr() == s.network()
             && u32::from(s.addr()) >= u32::from(self.subnet_min)
             && u32::from(s.addr()) <= u32::from(self.subnet_max)
-    }
-
-    /// The MTU of the TUN device given the underlay interface's MTU:
-    /// Backend.MTU (when set) or `underlay_mtu`, minus the VXLAN overhead —
-    /// that of an IPv6 underlay in a dual-stack network, since one device
-    /// carries both families and IPv6 pod traffic goes over IPv6.
-    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
-        let overhead = if self.ipv6.is_some() {
-            VXLAN6_OVERHEAD
-        } else {
-            VXLAN_OVERHEAD
-        };
-        self.backend
-            .mtu
-            .unwrap_or(underlay_mtu)
-            .saturating_sub(overhead)
     }
 }
 
@@ -333,6 +277,107 @@ fn flag(
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(bad(field, format!("{other} must be true or false"))),
     }
+}
+
+/// The IPv4 keys (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`), checked
+/// as flannel's `CheckNetworkConfig` checks them.
+fn parse_ipv4(
+    top: &Map<String, Value>,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Ipv4Config, ConfigError> {
+    let network: Ipv4Net = match get(top, "Network") {
+        None => {
+            return Err(bad(
+                "Network",
+                "is required, e.g. \"Network\": \"10.244.0.0/16\"".into(),
+            ));
+        }
+        Some(n) => n
+            .as_str()
+            .and_then(|s| s.parse::<Ipv4Net>().ok())
+            .ok_or_else(|| {
+                bad(
+                    "Network",
+                    format!("{n} is not an IPv4 CIDR such as \"10.244.0.0/16\""),
+                )
+            })?,
+    };
+    if network.prefix_len() == 0 {
+        return Err(bad(
+            "Network",
+            format!(
+                "{network} would take every address, the underlay's included; use a private range such as \"10.244.0.0/16\""
+            ),
+        ));
+    }
+    if network.network() != network.addr() {
+        return Err(bad(
+            "Network",
+            format!(
+                "{network} has host bits set; did you mean {}?",
+                network.trunc()
+            ),
+        ));
+    }
+    let plen = network.prefix_len();
+
+    let subnet_len = match get(top, "SubnetLen") {
+        Some(x) if !x.is_null() && x.as_u64() != Some(0) => {
+            let l = x
+                .as_u64()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| bad("SubnetLen", format!("{x} is not a prefix length 0..=32")))?
+                as u8;
+            if l > 30 {
+                return Err(bad(
+                    "SubnetLen",
+                    format!("/{l} must be /30 or shorter (a node needs room for its addresses)"),
+                ));
+            }
+            if l < plen + 2 {
+                return Err(bad(
+                    "SubnetLen",
+                    format!(
+                        "/{l} does not fit: Network {network} must hold at least four subnets, so SubnetLen must be at least /{}",
+                        plen + 2
+                    ),
+                ));
+            }
+            l
+        }
+        _ => {
+            if plen > 28 {
+                return Err(bad(
+                    "Network",
+                    format!("{network} is too small; the smallest useful network is a /28"),
+                ));
+            } else if plen <= 22 {
+                24
+            } else {
+                plen + 2
+            }
+        }
+    };
+    let size: u32 = 1 << (32 - u32::from(subnet_len));
+    let mask: u32 = u32::MAX << (32 - u32::from(subnet_len));
+    let base = u32::from(network.network());
+    let last = u32::from(network.broadcast()) & mask;
+
+    let subnet_min = bound(top, "SubnetMin", base + size, &network, mask, bad)?;
+    let subnet_max = bound(top, "SubnetMax", last, &network, mask, bad)?;
+    if u32::from(subnet_min) > u32::from(subnet_max) {
+        return Err(bad(
+            "SubnetMin",
+            format!("{subnet_min} is above SubnetMax {subnet_max}"),
+        ));
+    }
+
+    Ok(Ipv4Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
 }
 
 /// The IPv6 keys, checked as flannel's `CheckNetworkConfig` checks them.
@@ -571,23 +616,23 @@ mod tests {
     #[test]
     fn flannel_defaults() {
         let c = parse(DEFAULT_NET_CONF).unwrap();
-        assert_eq!(c.network, "10.244.0.0/16".parse().unwrap());
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(c.ipv4.unwrap().network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.ipv4.unwrap().subnet_len, 24);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 244, 255, 0));
         assert_eq!(c.backend.vni.get(), 1);
         assert_eq!(c.backend.port, 8472);
-        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(c.ipv4.unwrap().subnet_count(), 255);
         assert_eq!(c.overlay_mtu(1500), 1450);
         // /23 and smaller networks: prefix + 2.
         let c = parse(r#"{"Network":"10.1.0.0/23","Backend":{"Type":"vxlan"}}"#).unwrap();
-        assert_eq!(c.subnet_len, 25);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 25);
     }
 
     #[test]
     fn keys_match_case_insensitively() {
         let c = parse(r#"{"network":"172.30.0.0/16","subnetlen":26,"backend":{"type":"VXLAN","vni":4096,"port":4789,"mtu":9000}}"#).unwrap();
-        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 26);
         assert_eq!(c.backend.vni.get(), 4096);
         assert_eq!(c.backend.port, 4789);
         assert_eq!(c.overlay_mtu(1500), 8950);
@@ -770,6 +815,11 @@ mod tests {
                 "above",
             ),
             (
+                r#""EnableIPv4":false,"EnableIPv6":false"#,
+                "EnableIPv4",
+                "leaves no family",
+            ),
+            (
                 r#""EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48""#,
                 "EnableIPv4",
                 "IPv6-only",
@@ -789,12 +839,27 @@ mod tests {
     #[test]
     fn subnet_range() {
         let c = parse(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0","Backend":{"Type":"vxlan"}}"#).unwrap();
-        assert_eq!(c.subnet_count(), 3);
-        assert_eq!(c.nth_subnet(2).unwrap(), "10.244.12.0/24".parse().unwrap());
-        assert!(c.nth_subnet(3).is_none());
-        assert!(c.is_leasable(&"10.244.11.0/24".parse().unwrap()));
-        assert!(!c.is_leasable(&"10.244.13.0/24".parse().unwrap()));
-        assert!(!c.is_leasable(&"10.244.11.0/25".parse().unwrap()));
+        assert_eq!(c.ipv4.unwrap().subnet_count(), 3);
+        assert_eq!(
+            c.ipv4.unwrap().nth_subnet(2).unwrap(),
+            "10.244.12.0/24".parse().unwrap()
+        );
+        assert!(c.ipv4.unwrap().nth_subnet(3).is_none());
+        assert!(
+            c.ipv4
+                .unwrap()
+                .is_leasable(&"10.244.11.0/24".parse().unwrap())
+        );
+        assert!(
+            !c.ipv4
+                .unwrap()
+                .is_leasable(&"10.244.13.0/24".parse().unwrap())
+        );
+        assert!(
+            !c.ipv4
+                .unwrap()
+                .is_leasable(&"10.244.11.0/25".parse().unwrap())
+        );
     }
 
     #[test]

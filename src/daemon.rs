@@ -15,7 +15,7 @@ use crate::dataplane::core::{Core, SourceChecks};
 use crate::dataplane::worker::{Dataplane, Queue, Underlay6};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
-use crate::lease::{Lease, LeaseAttrs};
+use crate::lease::{Lease, LeaseAttrs, LeaseId};
 use crate::metrics::{self, Status};
 use crate::netfilter::{self, Netfilter, NetfilterError};
 use crate::netlink::{self, NetlinkError};
@@ -96,9 +96,15 @@ pub enum DaemonError {
         iface: String,
     },
     #[error(
-        "the network is dual-stack (EnableIPv6) but the lease for {subnet} from {store} has no IPv6 subnet"
+        "the network carries IPv6 (EnableIPv6) but the lease {lease} from {store} has no IPv6 subnet"
     )]
-    NoLease6 { store: String, subnet: Ipv4Net },
+    NoLease6 { store: String, lease: String },
+    #[error(
+        "the network carries IPv4 (EnableIPv4, the default) but the lease {lease} from {store} has no IPv4 subnet"
+    )]
+    NoLease4 { store: String, lease: String },
+    #[error("the network config enables neither IPv4 nor IPv6: no VXLAN socket to open")]
+    NoUnderlay,
     #[error("cannot serve /healthz on {addr}: {source}")]
     Healthz {
         addr: SocketAddr,
@@ -117,7 +123,7 @@ pub enum DaemonError {
     #[error(
         "this node's lease for {old} was deleted and {old} was taken by another node; it now holds {new}. Exiting so that weftd restarts on {new} (its pods need new addresses)"
     )]
-    SubnetChanged { old: Ipv4Net, new: Ipv4Net },
+    SubnetChanged { old: LeaseId, new: LeaseId },
     #[error("lease store {0}: the lease watch ended; the store is gone")]
     WatchEnded(String),
     #[error(
@@ -231,9 +237,10 @@ fn check_writable_dir(dir: &std::path::Path, flag: &'static str) -> Result<(), D
 /// The devices of the node, opened before the lease is taken.
 struct Devices {
     tuns: Vec<tun_rs::SyncDevice>,
-    rx: Vec<std::net::UdpSocket>,
+    /// The IPv4 underlay's sockets (none on an IPv6-only node).
+    rx: Vec<Option<std::net::UdpSocket>>,
     send: Arc<[std::net::UdpSocket]>,
-    /// The same on the IPv6 underlay, on a dual-stack node.
+    /// The same on the IPv6 underlay, on a dual-stack or IPv6-only node.
     v6: Option<(Vec<std::net::UdpSocket>, Arc<[std::net::UdpSocket]>)>,
 }
 
@@ -243,7 +250,7 @@ struct Devices {
 fn open_devices(
     opts: &Options,
     nl: &mut netlink::Netlink,
-    listen: SocketAddrV4,
+    listen: Option<SocketAddrV4>,
     listen6: Option<std::net::SocketAddrV6>,
     mtu: u16,
     predecessor: bool,
@@ -278,7 +285,15 @@ fn open_devices(
     // SEND_SOCKETS sockets on ephemeral ports, picked by inner flow hash, so
     // the receiver's SO_REUSEPORT (or a NIC's RSS) spreads flows over its
     // workers, as the kernel's VXLAN source-port hashing does.
-    let (rx, send) = bind_underlay(nl, listen.into(), queues, opts.replace_kernel_vxlan)?;
+    let v4 = match listen {
+        Some(l) => Some(bind_underlay(
+            nl,
+            l.into(),
+            queues,
+            opts.replace_kernel_vxlan,
+        )?),
+        None => None,
+    };
     let v6 = match listen6 {
         Some(l6) => Some(bind_underlay(
             nl,
@@ -289,10 +304,15 @@ fn open_devices(
         None => None,
     };
     // The kernel reports twice what it counts against the limit.
-    let (r, w) = sys::buffer_sizes(&rx[0]);
+    let (first, shown) = match (&v4, &v6, listen, listen6) {
+        (Some((rx, _)), _, Some(l), _) => (&rx[0], SocketAddr::from(l)),
+        (_, Some((rx, _)), _, Some(l6)) => (&rx[0], SocketAddr::from(l6)),
+        _ => return Err(DaemonError::NoUnderlay),
+    };
+    let (r, w) = sys::buffer_sizes(first);
     let (r, w) = (r / 2, w / 2);
     tracing::info!(
-        "VXLAN socket {listen}: receive buffer {} KiB, send buffer {} KiB{}",
+        "VXLAN socket {shown}: receive buffer {} KiB, send buffer {} KiB{}",
         r / 1024,
         w / 1024,
         if r < (4 << 20) {
@@ -301,9 +321,13 @@ fn open_devices(
             ""
         }
     );
-    if let Some(l6) = listen6 {
+    if let (Some(l6), Some(_)) = (listen6, listen) {
         tracing::info!("VXLAN socket {l6}: the IPv6 underlay");
     }
+    let (rx, send) = match v4 {
+        Some((rx, send)) => (rx.into_iter().map(Some).collect(), send),
+        None => ((0..queues).map(|_| None).collect(), Arc::from(vec![])),
+    };
     Ok(Devices { tuns, rx, send, v6 })
 }
 
@@ -420,13 +444,17 @@ pub async fn run_with_store(
             "--public-ipv6 {ip6} has no effect: the network config does not enable IPv6 (set \"EnableIPv6\": true and \"IPv6Network\" in net-conf.json for a dual-stack network)"
         );
     }
-    let ext = iface::select(&opts.iface, config.ipv6.is_some())?;
-    tracing::info!(
-        "using interface {} ({}), public IP {}",
-        ext.name,
-        ext.addr,
-        ext.public_ip
-    );
+    let ext = iface::select_for(&opts.iface, config.ipv4.is_some(), config.ipv6.is_some())?;
+    if config.ipv4.is_some() {
+        tracing::info!(
+            "using interface {} ({}), public IP {}",
+            ext.name,
+            ext.addr,
+            ext.public_ip
+        );
+    } else {
+        tracing::info!("using interface {} (an IPv6-only network)", ext.name);
+    }
     if let Some(ip6) = ext.public_ipv6 {
         tracing::info!(
             "IPv6: interface address {}, public IPv6 {ip6}",
@@ -434,12 +462,26 @@ pub async fn run_with_store(
                 .map_or_else(|| "none".to_string(), |a| a.to_string())
         );
     }
+    if let Some(c4) = config.ipv4 {
+        tracing::info!(
+            "network {} (subnets /{} from {} to {})",
+            c4.network,
+            c4.subnet_len,
+            c4.subnet_min,
+            c4.subnet_max,
+        );
+    }
+    if let Some(c6) = config.ipv6 {
+        tracing::info!(
+            "IPv6 network {} (subnets /{} from {} to {})",
+            c6.network,
+            c6.subnet_len,
+            c6.subnet_min,
+            c6.subnet_max,
+        );
+    }
     tracing::info!(
-        "network {} (subnets /{} from {} to {}), VNI {}, UDP port {}",
-        config.network,
-        config.subnet_len,
-        config.subnet_min,
-        config.subnet_max,
+        "VNI {}, UDP port {}",
         config.backend.vni,
         config.backend.port
     );
@@ -480,7 +522,7 @@ pub async fn run_with_store(
             opts.tun_name
         );
     }
-    let listen = SocketAddrV4::new(ext.addr, port);
+    let listen = config.ipv4.map(|_| SocketAddrV4::new(ext.addr, port));
     let listen6 = match config.ipv6 {
         None => None,
         // The interface's address; with only --public-ipv6 (the node is
@@ -499,8 +541,9 @@ pub async fn run_with_store(
     let previous_env = SubnetEnv::read(&opts.subnet_file).ok();
     let previous = previous_env
         .as_ref()
-        .filter(|e| e.network == config.network)
-        .map(|e| e.subnet);
+        .and_then(|e| e.ipv4.as_ref())
+        .filter(|e4| config.network() == Some(e4.network))
+        .map(|e4| e4.subnet);
     let previous6 = previous_env
         .as_ref()
         .and_then(|e| e.ipv6.as_ref())
@@ -509,7 +552,12 @@ pub async fn run_with_store(
     let mut attrs = LeaseAttrs::vxlan(ext.public_ip, config.backend.vni, vtep_mac);
     if let (Some(_), Some(ip6)) = (config.ipv6, ext.public_ipv6) {
         // The IPv6 VTEP's VtepMAC, derived alike from the public IPv6 address.
-        attrs = attrs.with_ipv6(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()));
+        let mac6 = VtepMac::derive(&ip6.octets());
+        attrs = if config.ipv4.is_some() {
+            attrs.with_ipv6(ip6, config.backend.vni, mac6)
+        } else {
+            LeaseAttrs::vxlan6_only(ip6, config.backend.vni, mac6)
+        };
     }
     let req = AcquireRequest {
         config: config.clone(),
@@ -539,11 +587,11 @@ pub async fn run_with_store(
                 match store.release(&lease).await {
                     Ok(()) => tracing::warn!(
                         "start failed after the lease for {} was taken: released it, so no node routes to a node without a dataplane",
-                        lease.subnet
+                        lease.id()
                     ),
                     Err(re) => tracing::warn!(
                         "start failed, and releasing the lease for {} failed too: {re}",
-                        lease.subnet
+                        lease.id()
                     ),
                 }
             }
@@ -625,20 +673,34 @@ async fn start(
         .map(|d| d.vtep_mac)
         .unwrap_or_else(|_| VtepMac::derive(&lease.attrs.public_ip.octets()));
     tracing::info!(
-        "lease acquired: {} (VtepMAC {vtep_mac}, store {})",
-        lease.subnet,
+        "lease acquired: {} (key {}, store {})",
+        lease.id(),
+        lease.key(),
         store.describe()
     );
-    let router = lease.subnet.network();
     let (tun_index, _) = netlink::link(nl, &opts.tun_name)?;
-    netlink::set_only_address(nl, tun_index, &opts.tun_name, router)?;
-    netlink::replace_route(nl, config.network, tun_index, &opts.tun_name, router)?;
-    tracing::info!(
-        "{} up: {router}/32, MTU {mtu}, route {} dev {}",
-        opts.tun_name,
-        config.network,
-        opts.tun_name
-    );
+    // The IPv4 half: the subnet's `.0` on the device, the Network routed into it.
+    let subnet4 = match (config.ipv4, lease.subnet) {
+        (Some(c4), Some(s)) => {
+            let router = s.network();
+            netlink::set_only_address(nl, tun_index, &opts.tun_name, router)?;
+            netlink::replace_route(nl, c4.network, tun_index, &opts.tun_name, router)?;
+            tracing::info!(
+                "{} up: {router}/32, MTU {mtu}, VtepMAC {vtep_mac}, route {} dev {}",
+                opts.tun_name,
+                c4.network,
+                opts.tun_name
+            );
+            Some(s)
+        }
+        (Some(_), None) => {
+            return Err(DaemonError::NoLease4 {
+                store: store.describe(),
+                lease: lease.key(),
+            });
+        }
+        _ => None,
+    };
     // The IPv6 half, as flannel configures flannel-v6.1: the subnet's first
     // address as a /128, and the IPv6Network routed into the device.
     let subnet6 = match (config.ipv6, lease.ipv6_subnet) {
@@ -657,16 +719,18 @@ async fn start(
         (Some(_), None) => {
             return Err(DaemonError::NoLease6 {
                 store: store.describe(),
-                subnet: lease.subnet,
+                lease: lease.key(),
             });
         }
         _ => None,
     };
 
-    ensure_forwarding(subnet6.is_some());
+    ensure_forwarding(subnet4.is_some(), subnet6.is_some());
 
     let (table, counters) = (status.table.clone(), status.counters.clone());
-    let _ = status.subnet.set(lease.subnet);
+    if let Some(s) = subnet4 {
+        let _ = status.subnet.set(s);
+    }
     if let Some(s6) = subnet6 {
         let _ = status.subnet6.set(s6);
     }
@@ -676,7 +740,7 @@ async fn start(
         interface: interface.to_string(),
         public_ip: lease.attrs.public_ip,
         vtep_mac,
-        network: config.network,
+        network: config.network(),
         vni: config.backend.vni.get(),
         port: config.backend.port,
         store: store.describe(),
@@ -684,19 +748,29 @@ async fn start(
     if let Some(h) = store.health() {
         let _ = status.store_health.set(h);
     }
-    let mut core = Core {
-        checks: opts.source_checks,
-        ..Core::new(config.backend.vni, vtep_mac, lease.subnet)
+    // The IPv6 VTEP's MAC as the lease announces it (or as derived for it).
+    let mac6 = match (lease.attrs.vxlan_v6_data(), lease.attrs.public_ipv6) {
+        (Ok(Some(d)), _) => d.vtep_mac,
+        (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
+        _ => vtep_mac,
     };
-    if let Some(s6) = subnet6 {
-        // The IPv6 VTEP's MAC as the lease announces it (or as derived for it).
-        let mac6 = match (lease.attrs.vxlan_v6_data(), lease.attrs.public_ipv6) {
-            (Ok(Some(d)), _) => d.vtep_mac,
-            (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
-            _ => vtep_mac,
-        };
-        tracing::info!("IPv6 VTEP: VtepMAC {mac6}");
+    let mut core = match (subnet4, subnet6) {
+        (Some(s), _) => Core::new(config.backend.vni, vtep_mac, s),
+        (None, Some(s6)) => Core::ipv6_only(config.backend.vni, mac6, s6),
+        // The config carries a family, and the lease was checked for it above.
+        (None, None) => {
+            return Err(DaemonError::NoLease4 {
+                store: store.describe(),
+                lease: lease.key(),
+            });
+        }
+    };
+    core.checks = opts.source_checks;
+    if let (Some(s6), Some(_)) = (subnet6, subnet4) {
         core = core.with_ipv6(s6, mac6);
+    }
+    if subnet6.is_some() {
+        tracing::info!("IPv6 VTEP: VtepMAC {mac6}");
     }
     if !opts.source_checks.known_peers || !opts.source_checks.own_sources {
         tracing::warn!(
@@ -751,7 +825,7 @@ async fn start(
         let watcher = tokio::spawn(watch_leases(
             events,
             status.clone(),
-            lease.subnet,
+            lease.id(),
             config.clone(),
             ready_tx,
             own_gone.clone(),
@@ -770,23 +844,22 @@ async fn start(
     };
 
     let started = async {
-        let rules = setup_netfilter(
-            opts.netfilter,
-            config,
-            lease.subnet,
-            lease.ipv6_subnet,
-            previous_env,
-        )
-        .await?;
+        let rules = setup_netfilter(opts.netfilter, config, subnet4, subnet6, previous_env).await?;
         let env = SubnetEnv {
-            network: config.network,
-            subnet: lease.subnet,
-            ipv6: config.ipv6.zip(lease.ipv6_subnet).map(|(c, subnet)| {
-                crate::subnet_env::Ipv6Env {
+            ipv4: config
+                .ipv4
+                .zip(subnet4)
+                .map(|(c, subnet)| crate::subnet_env::Ipv4Env {
                     network: c.network,
                     subnet,
-                }
-            }),
+                }),
+            ipv6: config
+                .ipv6
+                .zip(subnet6)
+                .map(|(c, subnet)| crate::subnet_env::Ipv6Env {
+                    network: c.network,
+                    subnet,
+                }),
             mtu,
             ipmasq: opts.netfilter.masquerade,
         };
@@ -846,7 +919,7 @@ impl Running {
         let renewal = Renewal::new(opts.lease_ttl, opts.renew_margin);
         notify_systemd(&[
             sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status(&format!("forwarding for {}", lease.subnet)),
+            sd_notify::NotifyState::Status(&format!("forwarding for {}", lease.id())),
         ]);
         let outcome = {
             tokio::pin!(shutdown);
@@ -886,7 +959,7 @@ impl Running {
                     // is acquired again now, or every other node drops this node's
                     // route until then.
                     _ = own_gone.notified() => {
-                        tracing::warn!("this node's lease for {} is gone from {}; renewing now", lease.subnet, store.describe());
+                        tracing::warn!("this node's lease for {} is gone from {}; renewing now", lease.id(), store.describe());
                         renew_at = tokio::time::Instant::now();
                     }
                     _ = tokio::time::sleep_until(renew_at) => {
@@ -896,18 +969,18 @@ impl Running {
                             tracing::warn!("{why}; acquiring again");
                             step = renewal.reacquired(&lease, store.acquire(&request).await);
                             if let Step::Keep { lease: l, .. } = &step {
-                                tracing::info!("lease for {} acquired again", l.subnet);
+                                tracing::info!("lease for {} acquired again", l.id());
                             }
                         }
                         match step {
                             Step::Keep { lease: l, next } => {
-                                tracing::debug!("lease renewed: {} until {:?}", l.subnet, l.expiration);
+                                tracing::debug!("lease renewed: {} until {:?}", l.id(), l.expiration);
                                 lease = l;
                                 renew_at = now + next;
                                 shown(&lease, renew_at, Some(None));
                             }
                             Step::Retry { next, why } => {
-                                tracing::warn!("renewing the lease for {} failed, retrying in {next:?}: {why}", lease.subnet);
+                                tracing::warn!("renewing the lease for {} failed, retrying in {next:?}: {why}", lease.id());
                                 renew_at = now + next;
                                 shown(&lease, renew_at, Some(Some(why.to_string())));
                             }
@@ -930,7 +1003,7 @@ impl Running {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "stopping: the lease for {} is kept for the next start; {} and its route stay{}",
-            lease.subnet,
+            lease.id(),
             opts.tun_name,
             if rules.is_some() {
                 ", and so do the masquerade and forward rules (weftd uninstall removes them)"
@@ -989,11 +1062,29 @@ pub async fn uninstall(tun_name: &str) -> Result<Vec<String>, DaemonError> {
 async fn setup_netfilter(
     settings: netfilter::Settings,
     config: &NetConfig,
-    subnet: Ipv4Net,
+    subnet: Option<Ipv4Net>,
     subnet6: Option<ipnet::Ipv6Net>,
     previous: Option<&SubnetEnv>,
 ) -> Result<Option<Netfilter>, DaemonError> {
-    let network = config.network;
+    let rules4 = config
+        .ipv4
+        .zip(subnet)
+        .map(|(c, subnet)| netfilter::Rules4 {
+            network: c.network,
+            subnet,
+        });
+    let rules6 = config
+        .ipv6
+        .zip(subnet6)
+        .map(|(c, subnet)| netfilter::Rules6 {
+            network: c.network,
+            subnet,
+        });
+    let network = match (rules4, rules6) {
+        (Some(r), _) => r.network.to_string(),
+        (None, Some(r6)) => r6.network.to_string(),
+        (None, None) => "the Network".to_string(),
+    };
     if !settings.masquerade {
         tracing::warn!(
             "IP masquerade is off (no --ip-masq): pods reach pods on every node with their own addresses, \
@@ -1024,26 +1115,23 @@ async fn setup_netfilter(
         }
         Err(source) => return Err(DaemonError::Netfilter { what, source }),
     };
-    if let Some(p) = previous.filter(|p| p.network != network || p.subnet != subnet) {
-        tracing::info!(
-            "the network or subnet ({network}, {subnet}) differs from the previous run's ({}, {}): replacing weft's rules",
-            p.network,
-            p.subnet
-        );
+    if let (Some(p), Some(r4)) = (previous.and_then(|p| p.ipv4), rules4) {
+        if p.network != r4.network || p.subnet != r4.subnet {
+            tracing::info!(
+                "the network or subnet ({}, {}) differs from the previous run's ({}, {}): replacing weft's rules",
+                r4.network,
+                r4.subnet,
+                p.network,
+                p.subnet
+            );
+        }
     }
     let rules = netfilter::Rules {
-        network,
-        subnet,
+        ipv4: rules4,
         masquerade: settings.masquerade,
         random_fully: settings.random_fully,
         forward: settings.forward,
-        ipv6: config
-            .ipv6
-            .zip(subnet6)
-            .map(|(c, subnet)| netfilter::Rules6 {
-                network: c.network,
-                subnet,
-            }),
+        ipv6: rules6,
     };
     let mut nf = Netfilter::new(backend, rules);
     let (nf, applied) = tokio::task::spawn_blocking(move || {
@@ -1069,7 +1157,9 @@ fn log_applied(nf: &Netfilter, applied: &netfilter::Applied) {
         tracing::info!(
             "iptables' FORWARD chain drops what it does not accept (policy DROP, as Docker, ufw and firewalld set it), \
              which an nftables accept cannot override: the forward accepts for {} are in iptables chain {} too",
-            nf.rules.network,
+            nf.rules
+                .ipv4
+                .map_or_else(|| "the Network".to_string(), |r| r.network.to_string()),
             netfilter::plan::IPT_FORWARD_CHAIN
         );
     }
@@ -1099,14 +1189,17 @@ async fn resync_netfilter(nf: Option<Netfilter>) -> Option<Netfilter> {
     Some(nf)
 }
 
-/// Pods' traffic crosses the node: IPv4 forwarding must be on. Turn it on if
-/// it is off (as kubelet and Docker do), and say so.
-fn ensure_forwarding(ipv6: bool) {
-    ensure_sysctl(
-        "/proc/sys/net/ipv4/ip_forward",
-        "IPv4",
-        "net.ipv4.ip_forward",
-    );
+/// Pods' traffic crosses the node: forwarding must be on for each family
+/// the node carries. Turn it on if it is off (as kubelet and Docker do), and
+/// say so.
+fn ensure_forwarding(ipv4: bool, ipv6: bool) {
+    if ipv4 {
+        ensure_sysctl(
+            "/proc/sys/net/ipv4/ip_forward",
+            "IPv4",
+            "net.ipv4.ip_forward",
+        );
+    }
     if ipv6 {
         ensure_sysctl(
             "/proc/sys/net/ipv6/conf/all/forwarding",
@@ -1146,7 +1239,7 @@ fn ensure_sysctl(p: &str, family: &str, name: &str) {
 async fn watch_leases(
     mut events: mpsc::Receiver<WatchEvent>,
     status: Arc<Status>,
-    own: Ipv4Net,
+    own: LeaseId,
     config: NetConfig,
     ready: mpsc::Sender<()>,
     own_gone: Arc<tokio::sync::Notify>,

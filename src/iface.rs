@@ -43,11 +43,14 @@ const FLAGS_HINT: &str = "name it with --iface NAME|IP, --iface-regex REGEX or -
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
     #[error(
-        "Unable to find default route: this network namespace has no IPv4 default route, so weftd cannot tell which interface carries traffic between nodes. Add a default route (ip route add default via GATEWAY), or {FLAGS_HINT}"
+        "Unable to find default route: this network namespace has no {family} default route, so weftd cannot tell which interface carries traffic between nodes. Add a default route (ip {flag}route add default via GATEWAY), or {FLAGS_HINT}"
     )]
-    NoDefaultRoute,
-    #[error("the default route's interface {name} has no IPv4 address; {FLAGS_HINT}")]
-    DefaultNoAddr { name: String },
+    NoDefaultRoute {
+        family: &'static str,
+        flag: &'static str,
+    },
+    #[error("the default route's interface {name} has no {family} address; {FLAGS_HINT}")]
+    DefaultNoAddr { name: String, family: &'static str },
     #[error(
         "interface {name} has no IPv4 address, and weft needs one (the IPv4 half of the network is mandatory); {FLAGS_HINT}"
     )]
@@ -141,15 +144,67 @@ pub fn default_route_iface(proc_net_route: &str) -> Option<String> {
 /// fix it; [`IfaceError::NoIpv6`] when IPv6 is wanted and the interface has
 /// no global IPv6 address and `--public-ipv6` is not set.
 pub fn select(spec: &IfaceSpec, want_ipv6: bool) -> Result<ExtIface, IfaceError> {
+    select_for(spec, true, want_ipv6)
+}
+
+/// [`select`] for the families a network carries: without `want_ipv4` (an
+/// IPv6-only network) the interface needs no IPv4 address, its `addr` and
+/// `public_ip` are `0.0.0.0`, and the default route looked for is IPv6's.
+///
+/// # Errors
+/// As [`select`].
+pub fn select_for(
+    spec: &IfaceSpec,
+    want_ipv4: bool,
+    want_ipv6: bool,
+) -> Result<ExtIface, IfaceError> {
     let all = interfaces()?;
-    choose(spec, want_ipv6, &all, || {
-        std::fs::read_to_string("/proc/net/route").unwrap_or_default()
+    choose_for(spec, want_ipv4, want_ipv6, &all, || {
+        let file = if want_ipv4 {
+            "/proc/net/route"
+        } else {
+            "/proc/net/ipv6_route"
+        };
+        std::fs::read_to_string(file).unwrap_or_default()
     })
 }
 
-/// [`select`] over the addresses `all` and the routing table `routes` reads.
+/// The interface of the IPv6 default route with the lowest metric, from
+/// `/proc/net/ipv6_route` text (destination `::/0`).
+pub fn default_route6_iface(proc_net_ipv6_route: &str) -> Option<String> {
+    proc_net_ipv6_route
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // dest plen src plen nexthop metric refcnt use flags iface
+            if f.len() >= 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00" && f[9] != "lo" {
+                Some((
+                    u32::from_str_radix(f[5], 16).unwrap_or(u32::MAX),
+                    f[9].to_string(),
+                ))
+            } else {
+                None
+            }
+        })
+        .min()
+        .map(|(_, n)| n)
+}
+
+#[cfg(test)]
 fn choose(
     spec: &IfaceSpec,
+    want_ipv6: bool,
+    all: &[(String, IpAddr)],
+    routes: impl FnOnce() -> String,
+) -> Result<ExtIface, IfaceError> {
+    choose_for(spec, true, want_ipv6, all, routes)
+}
+
+/// [`select_for`] over the addresses `all` and the routing table `routes`
+/// reads (IPv4's, or IPv6's without `want_ipv4`).
+fn choose_for(
+    spec: &IfaceSpec,
+    want_ipv4: bool,
     want_ipv6: bool,
     all: &[(String, IpAddr)],
     routes: impl FnOnce() -> String,
@@ -161,17 +216,32 @@ fn choose(
         })
     };
     // The interface `name`, with `addr6` when the operator named that address.
+    let global6_of = |name: &str| {
+        all.iter().find_map(|(n, a)| match a {
+            IpAddr::V6(a) if n == name && is_global6(a) => Some(*a),
+            _ => None,
+        })
+    };
+    // The family an interface must have to be chosen.
+    let usable = |name: &str| {
+        if want_ipv4 {
+            v4_of(name).is_some()
+        } else {
+            global6_of(name).is_some()
+        }
+    };
     let done = |name: &str, named6: Option<Ipv6Addr>| -> Result<ExtIface, IfaceError> {
-        let addr = v4_of(name).ok_or_else(|| IfaceError::NoIpv4 {
-            name: name.to_string(),
-        })?;
+        let addr = match v4_of(name) {
+            _ if !want_ipv4 => Ipv4Addr::UNSPECIFIED,
+            Some(a) => a,
+            None => {
+                return Err(IfaceError::NoIpv4 {
+                    name: name.to_string(),
+                });
+            }
+        };
         let (addr6, public_ipv6) = if want_ipv6 {
-            let addr6 = named6.or_else(|| {
-                all.iter().find_map(|(n, a)| match a {
-                    IpAddr::V6(a) if n == name && is_global6(a) => Some(*a),
-                    _ => None,
-                })
-            });
+            let addr6 = named6.or_else(|| global6_of(name));
             let public_ipv6 = spec.public_ipv6.or(addr6);
             if public_ipv6.is_none() {
                 return Err(IfaceError::NoIpv6 {
@@ -185,7 +255,11 @@ fn choose(
         Ok(ExtIface {
             name: name.to_string(),
             addr,
-            public_ip: spec.public_ip.unwrap_or(addr),
+            public_ip: if want_ipv4 {
+                spec.public_ip.unwrap_or(addr)
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            },
             addr6,
             public_ipv6,
         })
@@ -225,10 +299,11 @@ fn choose(
                 regex: r.clone(),
                 source,
             })?;
-            // An interface with an IPv4 address, matched by name or by any address.
+            // An interface with an address of the network's family (IPv4,
+            // or IPv6 on an IPv6-only network), matched by name or by any address.
             let hit = all.iter().find(|(n, _)| {
                 n != "lo"
-                    && v4_of(n).is_some()
+                    && usable(n)
                     && (re.is_match(n)
                         || all
                             .iter()
@@ -265,9 +340,21 @@ fn choose(
             }),
         };
     }
-    let name = default_route_iface(&routes()).ok_or(IfaceError::NoDefaultRoute)?;
-    if v4_of(&name).is_none() {
-        return Err(IfaceError::DefaultNoAddr { name });
+    let table = routes();
+    let name = if want_ipv4 {
+        default_route_iface(&table)
+    } else {
+        default_route6_iface(&table)
+    }
+    .ok_or(IfaceError::NoDefaultRoute {
+        family: if want_ipv4 { "IPv4" } else { "IPv6" },
+        flag: if want_ipv4 { "" } else { "-6 " },
+    })?;
+    if !usable(&name) {
+        return Err(IfaceError::DefaultNoAddr {
+            name,
+            family: if want_ipv4 { "IPv4" } else { "global IPv6" },
+        });
     }
     done(&name, None)
 }
@@ -324,9 +411,12 @@ mod tests {
         };
         assert_eq!(select(&s, false).unwrap().name, "lo");
         assert!(
-            IfaceError::NoDefaultRoute
-                .to_string()
-                .contains("--iface-can-reach")
+            IfaceError::NoDefaultRoute {
+                family: "IPv4",
+                flag: ""
+            }
+            .to_string()
+            .contains("--iface-can-reach")
         );
     }
 

@@ -209,7 +209,8 @@ fn tail(p: &Path) -> String {
 fn subnet_of(n: &LabNode) -> Option<ipnet::Ipv4Net> {
     SubnetEnv::read(&n.dir.join("subnet.env"))
         .ok()
-        .map(|e| e.subnet)
+        .and_then(|e| e.ipv4)
+        .map(|e4| e4.subnet)
 }
 
 fn print_leases(nodes: &[LabNode], leases: &[Lease]) {
@@ -232,9 +233,7 @@ fn print_leases(nodes: &[LabNode], leases: &[Lease]) {
             .and_then(|l| l.expiration)
             .map(|e| humantime::format_rfc3339_seconds(e).to_string())
             .unwrap_or_default();
-        let sub = l
-            .map(|l| l.subnet.to_string())
-            .unwrap_or_else(|| "-".into());
+        let sub = l.map(|l| l.id().to_string()).unwrap_or_else(|| "-".into());
         println!(
             "{:<12} {:<13} {:<16} {:<18} {}",
             n.ns, n.underlay, sub, mac, exp

@@ -1,8 +1,10 @@
 //! Leases in flannel's shapes: the attribute JSON stored per subnet, the VXLAN
-//! backend data of each family, and the `10.244.3.0-24` (dual-stack:
-//! `10.244.3.0-24&fc00:0:0:3::-64`) key form of a lease's subnets.
+//! backend data of each family, the `10.244.3.0-24` (dual-stack:
+//! `10.244.3.0-24&fc00:0:0:3::-64`, IPv6-only: `0.0.0.0-0&fc00:0:0:3::-64`)
+//! key form of a lease's subnets, and the [`LeaseId`] those subnets make.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -50,11 +52,68 @@ fn one() -> u32 {
     1
 }
 
+/// What names a lease, as its store key does: its IPv4 subnet, its IPv6
+/// subnet, or both. Two leases are the same lease when their subnets are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId {
+    pub v4: Option<Ipv4Net>,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl LeaseId {
+    /// The id of an IPv4-only lease.
+    pub fn v4(s: Ipv4Net) -> LeaseId {
+        LeaseId {
+            v4: Some(s),
+            v6: None,
+        }
+    }
+
+    /// flannel's key of these subnets ([`lease_key`]).
+    pub fn key(&self) -> String {
+        lease_key(self.v4.as_ref(), self.v6.as_ref())
+    }
+}
+
+/// Reads the form [`LeaseId`]'s `Display` and `Debug` users write: an IPv4
+/// subnet (`10.244.3.0/24`), an IPv6 one (`fc00:0:0:3::/64`, an IPv6-only
+/// lease), or both joined by `&`.
+impl std::str::FromStr for LeaseId {
+    type Err = LeaseError;
+
+    fn from_str(s: &str) -> Result<LeaseId, LeaseError> {
+        let bad = || LeaseError::BadKey(s.to_string());
+        let mut id = LeaseId { v4: None, v6: None };
+        for part in s.split('&') {
+            match part.parse::<ipnet::IpNet>().map_err(|_| bad())? {
+                ipnet::IpNet::V4(n) if id.v4.is_none() => id.v4 = Some(n),
+                ipnet::IpNet::V6(n) if id.v6.is_none() => id.v6 = Some(n),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(id)
+    }
+}
+
+/// The lease's name in logs: its IPv4 subnet, or its IPv6 subnet on an
+/// IPv6-only network.
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.v4, self.v6) {
+            (Some(s), _) => write!(f, "{s}"),
+            (None, Some(s6)) => write!(f, "{s6}"),
+            (None, None) => f.write_str("(no subnet)"),
+        }
+    }
+}
+
 /// A leased subnet: who holds it, how to reach it, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub subnet: Ipv4Net,
-    /// The node's IPv6 pod subnet, in a dual-stack network.
+    /// The node's IPv4 pod subnet; `None` in an IPv6-only network (flannel's
+    /// key then reads `0.0.0.0-0&…` and its PublicIP `0.0.0.0`).
+    pub subnet: Option<Ipv4Net>,
+    /// The node's IPv6 pod subnet, in a dual-stack or IPv6-only network.
     pub ipv6_subnet: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
     /// `None` for leases that do not expire (a kube node's podCIDR).
@@ -88,6 +147,20 @@ impl LeaseAttrs {
         }
     }
 
+    /// The attributes of a vxlan lease on an IPv6-only network, as flannel
+    /// writes them: PublicIP `0.0.0.0`, BackendData `null`, and the node's
+    /// IPv6 VTEP.
+    pub fn vxlan6_only(public_ipv6: Ipv6Addr, vni: Vni, vtep_mac: VtepMac) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: serde_json::Value::Null,
+            backend_v6_data: None,
+        }
+        .with_ipv6(public_ipv6, vni, vtep_mac)
+    }
+
     /// These attributes with an IPv6 VTEP: the public IPv6 address and the
     /// VtepMAC of the node's IPv6 underlay, as flannel's dual-stack vxlan
     /// backend announces them.
@@ -95,6 +168,18 @@ impl LeaseAttrs {
         self.public_ipv6 = Some(public_ipv6);
         self.backend_v6_data = Some(vxlan_json(vni, vtep_mac));
         self
+    }
+
+    /// The address that names the node: its PublicIP, or with `ipv6_only`
+    /// (an IPv6-only network, whose PublicIP is `0.0.0.0`) its PublicIPv6
+    /// (unspecified when it announces none). Stores tell an own lease from
+    /// another node's by it; per-peer counters and logs name a peer by it.
+    pub fn public_addr(&self, ipv6_only: bool) -> IpAddr {
+        match (ipv6_only, self.public_ipv6) {
+            (true, Some(ip6)) => IpAddr::V6(ip6),
+            (true, None) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            (false, _) => IpAddr::V4(self.public_ip),
+        }
     }
 
     /// The VXLAN data of the node's IPv6 VTEP; `None` when it announces none
@@ -138,7 +223,21 @@ impl Lease {
     /// The lease's key in flannel's form: `10.244.3.0-24`, or
     /// `10.244.3.0-24&fc00:0:0:3::-64` with an IPv6 subnet.
     pub fn key(&self) -> String {
-        lease_key(&self.subnet, self.ipv6_subnet.as_ref())
+        self.id().key()
+    }
+
+    /// The lease's subnets, which name it.
+    pub fn id(&self) -> LeaseId {
+        LeaseId {
+            v4: self.subnet,
+            v6: self.ipv6_subnet,
+        }
+    }
+
+    /// The address that names the node holding the lease: its PublicIP, or
+    /// its PublicIPv6 on an IPv6-only network ([`LeaseAttrs::public_addr`]).
+    pub fn public_addr(&self) -> IpAddr {
+        self.attrs.public_addr(self.subnet.is_none())
     }
 
     /// Whether the lease has expired at `now`.
@@ -210,10 +309,21 @@ impl Lease {
 
     /// The lease as a peer: whole, or without its IPv6 half and why
     /// ([`ipv6_half_problem`]) when only that half is unusable.
-    pub fn checked_ipv6(self, network6: Option<&Ipv6Net>) -> (Lease, Option<String>) {
+    ///
+    /// # Errors
+    /// Why, when the lease is IPv6-only and that half, its only one, is
+    /// unusable: there is nothing left to route to.
+    pub fn checked_ipv6(
+        self,
+        network6: Option<&Ipv6Net>,
+    ) -> Result<(Lease, Option<String>), String> {
         match ipv6_half_problem(&self, network6) {
-            None => (self, None),
-            Some(why) => (self.without_ipv6(), Some(why)),
+            None if self.subnet.is_none() && self.ipv6_subnet.is_none() => {
+                Err("it has neither an IPv4 nor an IPv6 subnet".into())
+            }
+            None => Ok((self, None)),
+            Some(why) if self.subnet.is_none() => Err(why),
+            Some(why) => Ok((self.without_ipv6(), Some(why))),
         }
     }
 }
@@ -223,21 +333,29 @@ pub fn subnet_key(s: &Ipv4Net) -> String {
     format!("{}-{}", s.addr(), s.prefix_len())
 }
 
+/// The IPv4 half of an IPv6-only lease's key, as flannel's `MakeSubnetKey`
+/// writes its empty IPv4 subnet.
+const NO_IPV4: &str = "0.0.0.0-0";
+
 /// flannel's key for a lease's subnets: the IPv4 one, then `&` and the IPv6
-/// one when there is one (`10.244.3.0-24&fc00:0:0:3::-64`).
-pub fn lease_key(s: &Ipv4Net, s6: Option<&Ipv6Net>) -> String {
+/// one when there is one (`10.244.3.0-24&fc00:0:0:3::-64`); an IPv6-only
+/// lease's IPv4 half is `0.0.0.0-0`.
+pub fn lease_key(s: Option<&Ipv4Net>, s6: Option<&Ipv6Net>) -> String {
+    let k4 = s.map_or_else(|| NO_IPV4.to_string(), subnet_key);
     match s6 {
-        None => subnet_key(s),
-        Some(s6) => format!("{}&{}-{}", subnet_key(s), s6.addr(), s6.prefix_len()),
+        None => k4,
+        Some(s6) => format!("{k4}&{}-{}", s6.addr(), s6.prefix_len()),
     }
 }
 
-/// Parses flannel's key form of a lease's subnets: `10.244.3.0-24`, or
-/// `10.244.3.0-24&fc00:0:0:3::-64` in a dual-stack network.
+/// Parses flannel's key form of a lease's subnets: `10.244.3.0-24`,
+/// `10.244.3.0-24&fc00:0:0:3::-64` in a dual-stack network, or
+/// `0.0.0.0-0&fc00:0:0:3::-64` (no IPv4 subnet) in an IPv6-only one. A bare
+/// `0.0.0.0-0` is a /0 IPv4 subnet, left for [`node_subnet_problem`] to refuse.
 ///
 /// # Errors
 /// [`LeaseError::BadKey`] for anything else, including host bits set.
-pub fn parse_subnet_key(k: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseError> {
+pub fn parse_subnet_key(k: &str) -> Result<LeaseId, LeaseError> {
     let bad = || LeaseError::BadKey(k.to_string());
     let (k4, k6) = match k.split_once('&') {
         Some((a, b)) => (a, Some(b)),
@@ -263,7 +381,12 @@ pub fn parse_subnet_key(k: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseErro
             Some(n6)
         }
     };
-    Ok((n, n6))
+    let v4 = if n6.is_some() && k4 == NO_IPV4 {
+        None
+    } else {
+        Some(n)
+    };
+    Ok(LeaseId { v4, v6: n6 })
 }
 
 #[cfg(test)]
@@ -337,7 +460,7 @@ mod tests {
         let mac = VtepMac::derive(&[192, 0, 2, 1]);
         let vni = Vni::new(1).unwrap();
         let good = Lease {
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().ok(),
             ipv6_subnet: Some("fc00:0:0:3::/64".parse().unwrap()),
             attrs: LeaseAttrs::vxlan(Ipv4Addr::new(192, 0, 2, 1), vni, mac).with_ipv6(
                 "fd00::1".parse().unwrap(),
@@ -347,7 +470,10 @@ mod tests {
             expiration: None,
         };
         assert_eq!(ipv6_half_problem(&good, Some(&n6)), None);
-        assert_eq!(good.clone().checked_ipv6(Some(&n6)), (good.clone(), None));
+        assert_eq!(
+            good.clone().checked_ipv6(Some(&n6)),
+            Ok((good.clone(), None))
+        );
         let v4only = good.clone().without_ipv6();
         assert_eq!(v4only.key(), "10.244.3.0-24");
         assert_eq!(ipv6_half_problem(&v4only, Some(&n6)), None);
@@ -392,9 +518,16 @@ mod tests {
             ),
         ];
         for (l, want) in cases {
-            let (kept, why) = l.clone().checked_ipv6(Some(&n6));
+            let (kept, why) = l.clone().checked_ipv6(Some(&n6)).unwrap();
             let why = why.unwrap_or_default();
             assert!(why.contains(want), "{why} / {want}");
+            // The same lease on an IPv6-only network has nothing left.
+            let v6only = Lease {
+                subnet: None,
+                ..l.clone()
+            };
+            let gone = v6only.checked_ipv6(Some(&n6)).unwrap_err();
+            assert!(gone.contains(want), "{gone} / {want}");
             assert_eq!(kept.subnet, l.subnet);
             assert_eq!(kept.attrs.public_ip, l.attrs.public_ip);
             assert_eq!(kept.attrs.backend_data, l.attrs.backend_data);
@@ -427,13 +560,31 @@ mod tests {
     fn subnet_keys() {
         let n: Ipv4Net = "10.244.3.0/24".parse().unwrap();
         assert_eq!(subnet_key(&n), "10.244.3.0-24");
-        assert_eq!(parse_subnet_key("10.244.3.0-24").unwrap(), (n, None));
+        assert_eq!(parse_subnet_key("10.244.3.0-24").unwrap(), LeaseId::v4(n));
         // flannel's dual-stack key (pkg/subnet MakeSubnetKey).
         let n6: Ipv6Net = "fc00:0:0:3::/64".parse().unwrap();
-        assert_eq!(lease_key(&n, Some(&n6)), "10.244.3.0-24&fc00:0:0:3::-64");
+        let dual = LeaseId {
+            v4: Some(n),
+            v6: Some(n6),
+        };
+        assert_eq!(dual.key(), "10.244.3.0-24&fc00:0:0:3::-64");
         assert_eq!(
             parse_subnet_key("10.244.3.0-24&fc00:0:0:3::-64").unwrap(),
-            (n, Some(n6))
+            dual
+        );
+        // An IPv6-only lease: flannel's empty IPv4 subnet, named by its IPv6 one.
+        let v6only = LeaseId {
+            v4: None,
+            v6: Some(n6),
+        };
+        assert_eq!(v6only.key(), "0.0.0.0-0&fc00:0:0:3::-64");
+        assert_eq!(parse_subnet_key(&v6only.key()).unwrap(), v6only);
+        assert_eq!(v6only.to_string(), "fc00:0:0:3::/64");
+        assert_eq!(dual.to_string(), "10.244.3.0/24");
+        // A bare 0.0.0.0-0 stays a /0, for the node-subnet check to refuse.
+        assert_eq!(
+            parse_subnet_key("0.0.0.0-0").unwrap(),
+            LeaseId::v4("0.0.0.0/0".parse().unwrap())
         );
         for bad in [
             "10.244.3.0-24&",

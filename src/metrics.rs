@@ -61,7 +61,8 @@ pub struct NodeInfo {
     pub interface: String,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: VtepMac,
-    pub network: Ipv4Net,
+    /// The IPv4 Network; `None` on an IPv6-only network.
+    pub network: Option<Ipv4Net>,
     pub vni: u32,
     pub port: u16,
     /// The store, as [`crate::store::LeaseStore::describe`] says.
@@ -165,7 +166,7 @@ impl Status {
         for p in &leases {
             let six = table
                 .peers6()
-                .find(|q| q.lease == p.subnet)
+                .find(|q| q.lease.v4 == Some(p.subnet))
                 .map(|q| {
                     format!(
                         ",subnet6=\"{}\",public_ipv6=\"{}\",vtep_mac6=\"{}\"",

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -30,24 +30,24 @@ use ipnet::Ipv4Net;
 use crate::config::NetConfig;
 use crate::dataplane::counters::PeerSlots;
 use crate::dataplane::table::Table;
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseId};
 use crate::store::{AcquireRequest, StoreError, WatchEvent, renew_interval};
 
 /// A change in the peers the node routes to, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerChange {
     Added {
-        subnet: Ipv4Net,
-        via: Ipv4Addr,
+        subnet: LeaseId,
+        via: IpAddr,
     },
     Changed {
-        subnet: Ipv4Net,
-        via: Ipv4Addr,
-        was: Ipv4Addr,
+        subnet: LeaseId,
+        via: IpAddr,
+        was: IpAddr,
     },
     Removed {
-        subnet: Ipv4Net,
-        was: Ipv4Addr,
+        subnet: LeaseId,
+        was: IpAddr,
     },
 }
 
@@ -72,7 +72,7 @@ pub struct Update {
     pub table: Table,
     pub changes: Vec<PeerChange>,
     /// Leases left out for the first time, with why.
-    pub ignored: Vec<(Ipv4Net, String)>,
+    pub ignored: Vec<(LeaseId, String)>,
     /// The node's own lease was in the store (or this is the first view) and
     /// is not now: acquire it again at once instead of at the next renewal.
     pub own_lost: bool,
@@ -85,26 +85,29 @@ pub struct Update {
 /// The node's view of the store.
 #[derive(Debug)]
 pub struct Reconciler {
-    own: Ipv4Net,
-    network: Ipv4Net,
-    /// The IPv6Network of a dual-stack network.
+    own: LeaseId,
+    /// The IPv4 Network; `None` on an IPv6-only network.
+    network: Option<Ipv4Net>,
+    /// The IPv6Network of a dual-stack or IPv6-only network.
     network6: Option<ipnet::Ipv6Net>,
     vni: crate::types::Vni,
     port: u16,
-    leases: BTreeMap<Ipv4Net, Lease>,
-    published: BTreeMap<Ipv4Net, Ipv4Addr>,
-    warned: HashSet<(Ipv4Net, String)>,
+    leases: BTreeMap<LeaseId, Lease>,
+    /// Each routed peer, by lease, with the address that names it.
+    published: BTreeMap<LeaseId, IpAddr>,
+    warned: HashSet<(LeaseId, String)>,
     had_own: bool,
     first: bool,
     slots: PeerSlots,
 }
 
 impl Reconciler {
-    pub fn new(own: Ipv4Net, config: &NetConfig) -> Reconciler {
+    /// The reconciler of the node whose lease is `own` ([`Lease::id`]).
+    pub fn new(own: LeaseId, config: &NetConfig) -> Reconciler {
         Reconciler {
             own,
-            network: config.network,
-            network6: config.ipv6.map(|c| c.network),
+            network: config.network(),
+            network6: config.network6(),
             vni: config.backend.vni,
             port: config.backend.port,
             leases: BTreeMap::new(),
@@ -120,13 +123,13 @@ impl Reconciler {
     pub fn apply(&mut self, ev: WatchEvent) -> Update {
         match ev {
             WatchEvent::Snapshot(all) => {
-                self.leases = all.into_iter().map(|l| (l.subnet, l)).collect();
+                self.leases = all.into_iter().map(|l| (l.id(), l)).collect();
             }
             WatchEvent::Upsert(l) => {
-                self.leases.insert(l.subnet, l);
+                self.leases.insert(l.id(), l);
             }
-            WatchEvent::Remove(s) => {
-                self.leases.remove(&s);
+            WatchEvent::Remove(id) => {
+                self.leases.remove(&id);
             }
         }
         let has_own = self.leases.contains_key(&self.own);
@@ -134,25 +137,30 @@ impl Reconciler {
         self.had_own = has_own;
 
         let mut ignored = vec![];
-        let mut ignore = |warned: &mut HashSet<_>, s: Ipv4Net, why: String| {
+        let mut ignore = |warned: &mut HashSet<_>, s: LeaseId, why: String| {
             if warned.insert((s, why.clone())) {
                 ignored.push((s, why));
             }
         };
         let network = self.network;
+        let own = self.own;
         let inside: Vec<&Lease> = self
             .leases
             .values()
             .filter(|l| {
-                let ok = network.contains(&l.subnet);
-                if !ok && l.subnet != self.own {
-                    ignore(
-                        &mut self.warned,
-                        l.subnet,
-                        format!("it is outside the Network {network}"),
-                    );
+                let why = match (l.subnet, network) {
+                    (Some(s), Some(n)) if !n.contains(&s) => {
+                        format!("it is outside the Network {n}")
+                    }
+                    (Some(_), None) => {
+                        "it has an IPv4 subnet, and this network is IPv6-only".to_string()
+                    }
+                    _ => return true,
+                };
+                if l.id() != own {
+                    ignore(&mut self.warned, l.id(), why);
                 }
-                ok
+                false
             })
             .collect();
         let (mut table, skipped) =
@@ -160,12 +168,33 @@ impl Reconciler {
         for s in skipped {
             ignore(&mut self.warned, s.subnet, s.why);
         }
-        table.index_dense(self.network);
-        let (slots, fresh_slots) = self.slots.assign(table.peers().map(|p| p.public_ip));
+        if let Some(n) = self.network {
+            table.index_dense(n);
+        }
+        let (slots, fresh_slots) = self.slots.assign(table.peer_names());
         table.set_slots(&slots);
 
-        let after: BTreeMap<Ipv4Net, Ipv4Addr> =
-            table.peers().map(|p| (p.subnet, p.public_ip)).collect();
+        let by_v4: BTreeMap<Ipv4Net, LeaseId> = self
+            .leases
+            .keys()
+            .filter_map(|id| Some((id.v4?, *id)))
+            .collect();
+        let after: BTreeMap<LeaseId, IpAddr> = table
+            .peers()
+            .map(|p| {
+                let id = by_v4
+                    .get(&p.subnet)
+                    .copied()
+                    .unwrap_or(LeaseId::v4(p.subnet));
+                (id, IpAddr::V4(p.public_ip))
+            })
+            .chain(
+                table
+                    .peers6()
+                    .filter(|p6| p6.lease.v4.is_none())
+                    .map(|p6| (p6.lease, IpAddr::V6(p6.public_ip))),
+            )
+            .collect();
         let mut changes = vec![];
         for (s, ip) in &after {
             match self.published.get(s) {
@@ -224,7 +253,7 @@ pub enum Step {
     /// The store did not answer: keep the lease, try again in `next`.
     Retry { next: Duration, why: StoreError },
     /// The node's subnet changed: exit so that pods get new addresses.
-    SubnetChanged { old: Ipv4Net, new: Ipv4Net },
+    SubnetChanged { old: LeaseId, new: LeaseId },
     /// Another node holds the subnet now.
     Lost(StoreError),
 }
@@ -251,7 +280,7 @@ impl Renewal {
             },
             Err(why @ StoreError::LeaseDeleted { .. }) => Step::Reacquire {
                 request: AcquireRequest {
-                    previous: Some(held.subnet),
+                    previous: held.subnet.or(req.previous),
                     previous6: held.ipv6_subnet.or(req.previous6),
                     ..req.clone()
                 },
@@ -268,13 +297,13 @@ impl Renewal {
     /// The outcome of acquiring again after the key was deleted.
     pub fn reacquired(&self, held: &Lease, outcome: Result<Lease, StoreError>) -> Step {
         match outcome {
-            Ok(lease) if lease.subnet == held.subnet => Step::Keep {
+            Ok(lease) if lease.id() == held.id() => Step::Keep {
                 lease,
                 next: self.every,
             },
             Ok(lease) => Step::SubnetChanged {
-                old: held.subnet,
-                new: lease.subnet,
+                old: held.id(),
+                new: lease.id(),
             },
             Err(e @ StoreError::LeaseLost { .. }) => Step::Lost(e),
             Err(why) => Step::Retry {
@@ -302,7 +331,7 @@ mod tests {
 
     fn lease(subnet: &str, ip: [u8; 4], expiration: Option<SystemTime>) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: subnet.parse().ok(),
             ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
             expiration,
@@ -319,7 +348,7 @@ mod tests {
 
     #[test]
     fn each_peer_keeps_its_counter_slot_and_new_slots_are_reported_for_zeroing() {
-        let mut r = Reconciler::new(own().subnet, &config());
+        let mut r = Reconciler::new(own().id(), &config());
         let b = lease("10.244.2.0/24", [192, 0, 2, 2], None);
         let c = lease("10.244.3.0/24", [192, 0, 2, 3], None);
         let u = r.apply(WatchEvent::Snapshot(vec![own(), b.clone()]));
@@ -332,7 +361,7 @@ mod tests {
         assert_eq!(u.table.lookup([10, 244, 2, 1].into()).unwrap().slot, slot_b);
         assert_eq!(u.fresh_slots, [slot_c]);
         assert_ne!(slot_b, slot_c);
-        let u = r.apply(WatchEvent::Remove(b.subnet));
+        let u = r.apply(WatchEvent::Remove(b.id()));
         assert!(u.fresh_slots.is_empty());
         // It comes back: a slot again, zeroed before use.
         let u = r.apply(WatchEvent::Upsert(b));
@@ -341,7 +370,7 @@ mod tests {
 
     #[test]
     fn snapshot_then_changes_are_reported_and_published() {
-        let mut r = Reconciler::new(own().subnet, &config());
+        let mut r = Reconciler::new(own().id(), &config());
         let b = lease("10.244.2.0/24", [192, 0, 2, 2], None);
         let u = r.apply(WatchEvent::Snapshot(vec![own(), b.clone()]));
         assert!(u.first && !u.own_lost);
@@ -349,7 +378,7 @@ mod tests {
         assert_eq!(
             u.changes,
             [PeerChange::Added {
-                subnet: b.subnet,
+                subnet: b.id(),
                 via: [192, 0, 2, 2].into()
             }]
         );
@@ -362,7 +391,7 @@ mod tests {
             u.changes[0].to_string(),
             "peer changed: 10.244.2.0/24 via 192.0.2.9 (was 192.0.2.2)"
         );
-        let u = r.apply(WatchEvent::Remove(b.subnet));
+        let u = r.apply(WatchEvent::Remove(b.id()));
         assert_eq!(
             u.changes[0].to_string(),
             "peer removed: 10.244.2.0/24 (was via 192.0.2.9)"
@@ -372,24 +401,24 @@ mod tests {
 
     #[test]
     fn own_lease_deleted_or_missing_at_first_is_lost() {
-        let mut r = Reconciler::new(own().subnet, &config());
+        let mut r = Reconciler::new(own().id(), &config());
         let u = r.apply(WatchEvent::Snapshot(vec![]));
         assert!(u.own_lost, "not in the first view");
         let u = r.apply(WatchEvent::Upsert(own()));
         assert!(!u.own_lost);
-        let u = r.apply(WatchEvent::Remove(own().subnet));
+        let u = r.apply(WatchEvent::Remove(own().id()));
         assert!(u.own_lost, "deleted under the node");
-        let u = r.apply(WatchEvent::Remove(own().subnet));
+        let u = r.apply(WatchEvent::Remove(own().id()));
         assert!(!u.own_lost, "said once, until it is back");
         // Expired (the store reports it gone in a re-list) counts as lost too.
-        let mut r = Reconciler::new(own().subnet, &config());
+        let mut r = Reconciler::new(own().id(), &config());
         assert!(!r.apply(WatchEvent::Snapshot(vec![own()])).own_lost);
         assert!(r.apply(WatchEvent::Snapshot(vec![])).own_lost);
     }
 
     #[test]
     fn a_store_restored_to_an_older_state_replaces_the_table() {
-        let mut r = Reconciler::new(own().subnet, &config());
+        let mut r = Reconciler::new(own().id(), &config());
         let (b, c, d) = (
             lease("10.244.2.0/24", [192, 0, 2, 2], None),
             lease("10.244.3.0/24", [192, 0, 2, 3], None),
@@ -413,7 +442,7 @@ mod tests {
 
     #[test]
     fn leases_outside_the_network_or_of_another_vni_are_ignored_once() {
-        let mut r = Reconciler::new(own().subnet, &config());
+        let mut r = Reconciler::new(own().id(), &config());
         let outside = lease("10.99.0.0/24", [192, 0, 2, 7], None);
         let mut other_vni = lease("10.244.8.0/24", [192, 0, 2, 8], None);
         other_vni.attrs = LeaseAttrs::vxlan(
@@ -481,7 +510,7 @@ mod tests {
         };
         match day.renewed(&held, &req(), Err(deleted)) {
             Step::Reacquire { request, .. } => {
-                assert_eq!(request.previous, Some(held.subnet), "same subnet first")
+                assert_eq!(request.previous, held.subnet, "same subnet first")
             }
             s => panic!("{s:?}"),
         }

@@ -38,15 +38,17 @@ pub struct NodeView {
     pub interface: String,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: String,
-    pub network: Ipv4Net,
+    /// The IPv4 Network; `null` on an IPv6-only network.
+    pub network: Option<Ipv4Net>,
     pub vni: u32,
     pub port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseView {
-    pub subnet: Ipv4Net,
-    /// The IPv6 subnet of a dual-stack lease.
+    /// The IPv4 subnet; `null` on an IPv6-only network.
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<ipnet::Ipv6Net>,
     /// None: the lease does not expire (a Kubernetes podCIDR).
@@ -123,7 +125,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
         .iter()
         .map(|p| {
             let s = status.counters.peers.snapshot(p.slot);
-            let v6 = table.peers6().find(|q| q.lease == p.subnet);
+            let v6 = table.peers6().find(|q| q.lease.v4 == Some(p.subnet));
             PeerView {
                 subnet: p.subnet,
                 public_ip: p.public_ip,
@@ -163,13 +165,15 @@ pub fn view(status: &Status, now_ms: u64) -> View {
             vni: n.vni,
             port: n.port,
         }),
-        lease: status.subnet.get().map(|s| LeaseView {
-            subnet: *s,
-            subnet6: status.subnet6.get().copied(),
-            expires_ms: c.lease_expires_ms,
-            renew_at_ms: c.renew_at_ms,
-            last_renewal_ms: c.last_renewal.as_ref().map(|r| r.0),
-            last_renewal_error: c.last_renewal.and_then(|r| r.1),
+        lease: (status.subnet.get().is_some() || status.subnet6.get().is_some()).then(|| {
+            LeaseView {
+                subnet: status.subnet.get().copied(),
+                subnet6: status.subnet6.get().copied(),
+                expires_ms: c.lease_expires_ms,
+                renew_at_ms: c.renew_at_ms,
+                last_renewal_ms: c.last_renewal.as_ref().map(|r| r.0),
+                last_renewal_error: c.last_renewal.and_then(|r| r.1),
+            }
         }),
         store: node.map(|n| {
             let h = status.store_health.get();
@@ -306,7 +310,15 @@ pub fn render(v: &View) -> String {
         let _ = writeln!(
             o,
             "node       {} on {}, MTU {}; public IP {} on {}, VtepMAC {}; VNI {} on UDP {}",
-            n.network, n.tun, n.mtu, n.public_ip, n.interface, n.vtep_mac, n.vni, n.port
+            n.network
+                .map_or_else(|| "IPv6-only".to_string(), |n| n.to_string()),
+            n.tun,
+            n.mtu,
+            n.public_ip,
+            n.interface,
+            n.vtep_mac,
+            n.vni,
+            n.port
         );
     }
     match &v.lease {
@@ -322,11 +334,15 @@ pub fn render(v: &View) -> String {
                     format!("; the renewal {} FAILED: {e}", when(now, Some(*t)))
                 }
             };
-            let six = l.subnet6.map(|s| format!(" + {s}")).unwrap_or_default();
+            let subnets = match (l.subnet, l.subnet6) {
+                (Some(s), Some(s6)) => format!("{s} + {s6}"),
+                (Some(s), None) => s.to_string(),
+                (None, Some(s6)) => s6.to_string(),
+                (None, None) => "(none)".to_string(),
+            };
             let _ = writeln!(
                 o,
-                "lease      {}{six}: {expires}, renews {}{last}",
-                l.subnet,
+                "lease      {subnets}: {expires}, renews {}{last}",
                 when(now, l.renew_at_ms)
             );
         }
@@ -478,7 +494,7 @@ mod tests {
                 interface: "eth0".into(),
                 public_ip: [192, 0, 2, 1].into(),
                 vtep_mac: VtepMac::derive(&[192, 0, 2, 1]),
-                network: "10.244.0.0/16".parse().unwrap(),
+                network: "10.244.0.0/16".parse().ok(),
                 vni: 1,
                 port: 8472,
                 store: "etcd http://127.0.0.1:2379".into(),

@@ -1,5 +1,6 @@
 //! flannel's `subnet.env`: the node's lease as CNI plugins and runtimes read it,
-//! with `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` in a dual-stack network.
+//! with `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` in a dual-stack
+//! network, and only those (no `FLANNEL_NETWORK`) in an IPv6-only one.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -12,14 +13,22 @@ pub const DEFAULT_PATH: &str = "/run/flannel/subnet.env";
 /// The contents of subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    pub network: Ipv4Net,
-    /// The node subnet; written as its first host address (`10.244.3.1/24`).
-    pub subnet: Ipv4Net,
-    /// The IPv6 half of a dual-stack network: `IPv6Network` and the node's
-    /// IPv6 subnet (written as its first host address, `fc00:0:0:3::1/64`).
+    /// The IPv4 half: `Network` and the node subnet (written as its first
+    /// host address, `10.244.3.1/24`); `None` in an IPv6-only network.
+    pub ipv4: Option<Ipv4Env>,
+    /// The IPv6 half of a dual-stack or IPv6-only network: `IPv6Network` and
+    /// the node's IPv6 subnet (written as its first host address,
+    /// `fc00:0:0:3::1/64`).
     pub ipv6: Option<Ipv6Env>,
     pub mtu: u32,
     pub ipmasq: bool,
+}
+
+/// `FLANNEL_NETWORK` and `FLANNEL_SUBNET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Env {
+    pub network: Ipv4Net,
+    pub subnet: Ipv4Net,
 }
 
 /// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`.
@@ -52,18 +61,21 @@ impl SubnetEnv {
     pub fn render(&self) -> String {
         // The first host address; a subnet with none (refused by `parse`
         // and by every store) is written as it is rather than overflowing.
-        let net = u32::from(self.subnet.network());
-        let first = Ipv4Addr::from(if self.subnet.prefix_len() < 31 {
-            net.saturating_add(1)
-        } else {
-            net
-        });
-        let mut out = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
-            self.network,
-            first,
-            self.subnet.prefix_len()
-        );
+        let mut out = String::new();
+        if let Some(v4) = &self.ipv4 {
+            let net = u32::from(v4.subnet.network());
+            let first = Ipv4Addr::from(if v4.subnet.prefix_len() < 31 {
+                net.saturating_add(1)
+            } else {
+                net
+            });
+            out += &format!(
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
+                v4.network,
+                first,
+                v4.subnet.prefix_len()
+            );
+        }
         if let Some(v6) = &self.ipv6 {
             let net = u128::from(v6.subnet.network());
             let first = Ipv6Addr::from(if v6.subnet.prefix_len() < 127 {
@@ -112,18 +124,26 @@ impl SubnetEnv {
                 .find(|(k, _)| k.trim() == name)
                 .map(|(_, v)| v.trim().trim_matches('"').to_string())
         };
-        let network = var("FLANNEL_NETWORK")
-            .ok_or_else(|| perr("FLANNEL_NETWORK is missing".into()))?
-            .parse::<Ipv4Net>()
-            .map_err(|e| perr(format!("FLANNEL_NETWORK: {e}")))?;
-        let subnet = var("FLANNEL_SUBNET")
-            .ok_or_else(|| perr("FLANNEL_SUBNET is missing".into()))?
-            .parse::<Ipv4Net>()
-            .map_err(|e| perr(format!("FLANNEL_SUBNET: {e}")))?
-            .trunc();
-        if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
-            return Err(perr(format!("FLANNEL_SUBNET={subnet}: {why}")));
-        }
+        let has6 = var("FLANNEL_IPV6_NETWORK").is_some() || var("FLANNEL_IPV6_SUBNET").is_some();
+        let ipv4 = match (var("FLANNEL_NETWORK"), var("FLANNEL_SUBNET")) {
+            // An IPv6-only network's file (flannel writes no IPv4 pair there).
+            (None, None) if has6 => None,
+            (n, s) => {
+                let network = n
+                    .ok_or_else(|| perr("FLANNEL_NETWORK is missing".into()))?
+                    .parse::<Ipv4Net>()
+                    .map_err(|e| perr(format!("FLANNEL_NETWORK: {e}")))?;
+                let subnet = s
+                    .ok_or_else(|| perr("FLANNEL_SUBNET is missing".into()))?
+                    .parse::<Ipv4Net>()
+                    .map_err(|e| perr(format!("FLANNEL_SUBNET: {e}")))?
+                    .trunc();
+                if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
+                    return Err(perr(format!("FLANNEL_SUBNET={subnet}: {why}")));
+                }
+                Some(Ipv4Env { network, subnet })
+            }
+        };
         let mtu = var("FLANNEL_MTU")
             .ok_or_else(|| perr("FLANNEL_MTU is missing".into()))?
             .parse::<u32>()
@@ -161,8 +181,7 @@ impl SubnetEnv {
             }
         };
         Ok(SubnetEnv {
-            network,
-            subnet,
+            ipv4,
             ipv6,
             mtu,
             ipmasq,
@@ -189,8 +208,10 @@ mod tests {
     #[test]
     fn flannel_format_and_round_trip() {
         let e = SubnetEnv {
-            network: "10.1.0.0/16".parse().unwrap(),
-            subnet: "10.1.17.0/24".parse().unwrap(),
+            ipv4: Some(Ipv4Env {
+                network: "10.1.0.0/16".parse().unwrap(),
+                subnet: "10.1.17.0/24".parse().unwrap(),
+            }),
             ipv6: None,
             mtu: 1450,
             ipmasq: false,
@@ -224,8 +245,10 @@ mod tests {
             );
         }
         let e = SubnetEnv {
-            network: "0.0.0.0/1".parse().unwrap(),
-            subnet: "255.255.255.255/32".parse().unwrap(),
+            ipv4: Some(Ipv4Env {
+                network: "0.0.0.0/1".parse().unwrap(),
+                subnet: "255.255.255.255/32".parse().unwrap(),
+            }),
             ipv6: None,
             mtu: 1450,
             ipmasq: false,
@@ -234,10 +257,44 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_in_flannels_format() {
+        let e = SubnetEnv {
+            ipv4: None,
+            ipv6: Some(Ipv6Env {
+                network: "fc00::/48".parse().unwrap(),
+                subnet: "fc00:0:0:3::/64".parse().unwrap(),
+            }),
+            mtu: 1430,
+            ipmasq: true,
+        };
+        // flannel's WriteSubnetFile with EnableIPv4 false: no IPv4 pair.
+        assert_eq!(
+            e.render(),
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
+        assert_eq!(SubnetEnv::parse(&e.render(), Path::new("/x")).unwrap(), e);
+        // Neither family: FLANNEL_NETWORK is what is missing.
+        let m = SubnetEnv::parse("FLANNEL_MTU=1450\n", Path::new("/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("FLANNEL_NETWORK is missing"), "{m}");
+        // Half an IPv4 pair beside IPv6 is still refused.
+        let m = SubnetEnv::parse(
+            &format!("FLANNEL_NETWORK=10.0.0.0/8\n{}", e.render()),
+            Path::new("/x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(m.contains("FLANNEL_SUBNET is missing"), "{m}");
+    }
+
+    #[test]
     fn dual_stack_in_flannels_format() {
         let e = SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv4: Some(Ipv4Env {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet: "10.244.3.0/24".parse().unwrap(),
+            }),
             ipv6: Some(Ipv6Env {
                 network: "fc00::/48".parse().unwrap(),
                 subnet: "fc00:0:0:3::/64".parse().unwrap(),

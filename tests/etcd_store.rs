@@ -88,13 +88,24 @@ impl Table {
         match ev {
             WatchEvent::Snapshot(all) => {
                 self.snapshots += 1;
-                self.leases = all.into_iter().map(|l| (l.subnet, l)).collect();
+                self.leases = all
+                    .into_iter()
+                    .filter_map(|l| Some((l.subnet?, l)))
+                    .collect();
             }
             WatchEvent::Upsert(l) => {
-                self.leases.insert(l.subnet, l);
+                if let Some(s) = l.subnet {
+                    self.leases.insert(s, l);
+                }
             }
-            WatchEvent::Remove(s) => {
-                self.leases.remove(&s);
+            // A removal names the lease: the one held under its IPv4 subnet
+            // goes only if it is that lease (not one that replaced it).
+            WatchEvent::Remove(id) => {
+                if let Some(s) = id.v4 {
+                    if self.leases.get(&s).is_some_and(|l| l.id() == id) {
+                        self.leases.remove(&s);
+                    }
+                }
             }
         }
     }
@@ -136,7 +147,7 @@ impl Table {
 }
 
 fn subnets_of(leases: &[Lease]) -> Vec<String> {
-    let mut v: Vec<String> = leases.iter().map(|l| l.subnet.to_string()).collect();
+    let mut v: Vec<String> = leases.iter().map(|l| l.id().to_string()).collect();
     v.sort();
     v
 }
@@ -162,7 +173,7 @@ async fn config_read_and_missing_config_says_how_to_create_it() {
     srv.put("/coreos.com/network/config", NET);
     let text = s.network_config().await.unwrap().unwrap();
     let cfg = NetConfig::parse(&text, "etcd").unwrap();
-    assert_eq!(cfg.network.to_string(), "10.244.0.0/16");
+    assert_eq!(cfg.network().unwrap().to_string(), "10.244.0.0/16");
 
     // Another prefix, as seed 001's `--etcd-prefix=/kubernetes/network`.
     let mut st = settings(&srv);
@@ -182,7 +193,10 @@ async fn lease_create_renew_reuse_release_and_operator_delete() {
     let ttl = Duration::from_secs(60);
     let a = s.acquire(&req(NET, [192, 0, 2, 1], ttl)).await.unwrap();
     // flannel's key and value, attached to an etcd lease with the TTL.
-    let key = format!("/coreos.com/network/subnets/{}-24", a.subnet.addr());
+    let key = format!(
+        "/coreos.com/network/subnets/{}-24",
+        a.subnet.unwrap().addr()
+    );
     let out = srv.etcdctl(&["get", &key, "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let kv = &v["kvs"][0];
@@ -221,7 +235,7 @@ async fn lease_create_renew_reuse_release_and_operator_delete() {
     let mut other = req(NET, [192, 0, 2, 2], ttl);
     other.previous = Some("10.244.200.0/24".parse().unwrap());
     let b = s2.acquire(&other).await.unwrap();
-    assert_eq!(b.subnet.to_string(), "10.244.200.0/24");
+    assert_eq!(b.id().to_string(), "10.244.200.0/24");
 
     // An operator deletes this node's key: the watch reports our own Remove,
     // renew says so, and acquiring again (previous = our subnet) gets it back.
@@ -236,9 +250,9 @@ async fn lease_create_renew_reuse_release_and_operator_delete() {
     .await;
     assert_eq!(t.leases.len(), 2);
     srv.del(&key);
-    let sub = a.subnet;
+    let sub = a.subnet.unwrap();
     t.until(&mut w, Duration::from_secs(5), "our own Remove", |_, e| {
-        e == Some(&WatchEvent::Remove(sub))
+        e == Some(&WatchEvent::Remove(weft::lease::LeaseId::v4(sub)))
     })
     .await;
     let e = s.renew(&a2, ttl).await.unwrap_err();
@@ -315,7 +329,7 @@ async fn racing_stores_end_with_distinct_subnets() {
             t.await
                 .unwrap()
                 .expect("both racers get a subnet")
-                .subnet
+                .id()
                 .to_string(),
         );
     }
@@ -411,7 +425,7 @@ async fn malformed_and_foreign_values_are_skipped_and_logged() {
     r.previous = Some("10.244.7.0/24".parse().unwrap());
     let l = s.acquire(&r).await.unwrap();
     assert!(
-        ["10.244.9.0/24", "10.244.13.0/24"].contains(&l.subnet.to_string().as_str()),
+        ["10.244.9.0/24", "10.244.13.0/24"].contains(&l.id().to_string().as_str()),
         "{l:?}"
     );
     let logs = logs();
@@ -469,7 +483,7 @@ async fn etcd_down_then_back_watch_resumes_and_reports_leases_written_meanwhile(
         &mut w,
         Duration::from_secs(20),
         "the lease written meanwhile",
-        |t, _| t.leases.contains_key(&want) && t.leases.contains_key(&a.subnet),
+        |t, _| t.leases.contains_key(&want) && t.leases.contains_key(&a.subnet.unwrap()),
     )
     .await;
     eprintln!("watch caught up {:?} after etcd came back", back.elapsed());
@@ -634,7 +648,7 @@ async fn unrenewed_lease_expires_and_is_removed() {
         .await
         .unwrap();
     drop(dead);
-    let sub = l.subnet;
+    let sub = l.subnet.unwrap();
     t.until(&mut w, Duration::from_secs(5), "its upsert", |t, _| {
         t.leases.contains_key(&sub)
     })
@@ -644,7 +658,7 @@ async fn unrenewed_lease_expires_and_is_removed() {
         &mut w,
         Duration::from_secs(15),
         "its removal after the TTL",
-        |_, e| e == Some(&WatchEvent::Remove(sub)),
+        |_, e| e == Some(&WatchEvent::Remove(weft::lease::LeaseId::v4(sub))),
     )
     .await;
     let took = since.elapsed();
@@ -916,7 +930,7 @@ async fn dual_stack_lease_key_json_renew_and_flannel_peers() {
     // flannel's dual-stack key and value.
     let key = format!(
         "/coreos.com/network/subnets/{}-24&{}-64",
-        a.subnet.addr(),
+        a.subnet.unwrap().addr(),
         s6.addr()
     );
     assert_eq!(keys_of(&srv), vec![key.clone()]);
@@ -1024,7 +1038,10 @@ async fn an_ipv4_only_own_lease_gets_an_ipv6_subnet_when_the_network_turns_dual_
         .acquire(&req(NET, [192, 0, 2, 1], ttl))
         .await
         .unwrap();
-    let old = format!("/coreos.com/network/subnets/{}-24", a.subnet.addr());
+    let old = format!(
+        "/coreos.com/network/subnets/{}-24",
+        a.subnet.unwrap().addr()
+    );
     assert_eq!(keys_of(&srv), vec![old.clone()]);
     assert!(!value_of(&srv, &old).contains("IPv6"));
     // A peer's lease, to see that the watch shows a move, not a loss.
@@ -1045,12 +1062,12 @@ async fn an_ipv4_only_own_lease_gets_an_ipv6_subnet_when_the_network_turns_dual_
     assert_eq!(b.ipv6_subnet, Some("fc00:0:0:42::/64".parse().unwrap()));
     let new = format!(
         "/coreos.com/network/subnets/{}-24&fc00:0:0:42::-64",
-        a.subnet.addr()
+        a.subnet.unwrap().addr()
     );
     assert_eq!(keys_of(&srv), vec![new.clone()]);
-    let sub = a.subnet;
+    let sub = a.subnet.unwrap();
     t.until(&mut w, Duration::from_secs(5), "the moved lease", |_, e| {
-        matches!(e, Some(WatchEvent::Upsert(l)) if l.subnet == sub && l.ipv6_subnet.is_some())
+        matches!(e, Some(WatchEvent::Upsert(l)) if l.subnet == Some(sub) && l.ipv6_subnet.is_some())
     })
     .await;
     assert!(t.leases.contains_key(&sub));

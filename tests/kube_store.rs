@@ -104,13 +104,20 @@ async fn converge(
         match ev {
             WatchEvent::Snapshot(all) => {
                 *snapshots += 1;
-                *table = all.iter().map(|l| (l.subnet, l.attrs.public_ip)).collect();
+                *table = all
+                    .iter()
+                    .filter_map(|l| Some((l.subnet?, l.attrs.public_ip)))
+                    .collect();
             }
             WatchEvent::Upsert(l) => {
-                table.insert(l.subnet, l.attrs.public_ip);
+                if let Some(s) = l.subnet {
+                    table.insert(s, l.attrs.public_ip);
+                }
             }
-            WatchEvent::Remove(s) => {
-                table.remove(&s);
+            WatchEvent::Remove(id) => {
+                if let Some(s) = id.v4 {
+                    table.remove(&s);
+                }
             }
         }
     }
@@ -138,7 +145,10 @@ fn two_nodes() -> kube_support::Shared {
 
 fn snapshot_table(ev: WatchEvent) -> BTreeMap<Ipv4Net, Ipv4Addr> {
     match ev {
-        WatchEvent::Snapshot(all) => all.iter().map(|l| (l.subnet, l.attrs.public_ip)).collect(),
+        WatchEvent::Snapshot(all) => all
+            .iter()
+            .filter_map(|l| Some((l.subnet?, l.attrs.public_ip)))
+            .collect(),
         other => panic!("want a snapshot, got {other:?}"),
     }
 }
@@ -173,7 +183,7 @@ async fn lease_from_pod_cidr_annotations_peers_and_condition() {
     let srv = ApiServer::loopback(two_nodes());
     let store = KubeStore::connect(settings(&srv.url, "n1")).await.unwrap();
     let lease = store.acquire(&request([192, 0, 2, 1])).await.unwrap();
-    assert_eq!(lease.subnet.to_string(), "10.244.1.0/24");
+    assert_eq!(lease.id().to_string(), "10.244.1.0/24");
     assert_eq!(lease.expiration, None);
     let n1 = srv.with(|s| s.node("n1"));
     let a = &n1["metadata"]["annotations"];
@@ -358,7 +368,7 @@ async fn gone_410_relists_into_one_snapshot() {
             .unwrap()
             .unwrap();
         if let WatchEvent::Snapshot(all) = ev {
-            assert!(all.iter().any(|l| l.subnet.to_string() == "10.244.5.0/24"));
+            assert!(all.iter().any(|l| l.id().to_string() == "10.244.5.0/24"));
             break;
         }
     }
@@ -660,7 +670,7 @@ async fn kube_api_url_overrides_the_in_cluster_address_and_its_diagnosis() {
 #[test]
 fn leases_are_vxlan_leases() {
     let l = Lease {
-        subnet: "10.244.1.0/24".parse().unwrap(),
+        subnet: "10.244.1.0/24".parse().ok(),
         ipv6_subnet: None,
         attrs: LeaseAttrs::vxlan(
             Ipv4Addr::new(192, 0, 2, 1),
@@ -743,7 +753,7 @@ async fn dual_stack_pod_cidrs_annotations_overwrite_and_peers() {
         .acquire(&request6([192, 0, 2, 1], "2001:db8::1"))
         .await
         .unwrap();
-    assert_eq!(lease.subnet.to_string(), "10.244.1.0/24");
+    assert_eq!(lease.id().to_string(), "10.244.1.0/24");
     assert_eq!(lease.ipv6_subnet, Some("fc00:0:0:1::/64".parse().unwrap()));
     // public-ipv6-overwrite wins over the interface's address.
     assert_eq!(
@@ -767,7 +777,7 @@ async fn dual_stack_pod_cidrs_annotations_overwrite_and_peers() {
 
     let mut rx = store.watch().await.unwrap();
     let peers: BTreeMap<String, Lease> = match next(&mut rx).await {
-        WatchEvent::Snapshot(all) => all.into_iter().map(|l| (l.subnet.to_string(), l)).collect(),
+        WatchEvent::Snapshot(all) => all.into_iter().map(|l| (l.id().to_string(), l)).collect(),
         other => panic!("want a snapshot, got {other:?}"),
     };
     assert_eq!(peers.len(), 4, "{peers:?}");

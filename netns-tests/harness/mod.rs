@@ -140,6 +140,8 @@ impl Node {
     pub fn subnet(&self) -> Ipv4Net {
         SubnetEnv::read(&self.dir.join("subnet.env"))
             .unwrap_or_else(|e| panic!("{}: no subnet.env: {e}\n{}", self.ns, self.log()))
+            .ipv4
+            .unwrap_or_else(|| panic!("{}: subnet.env has no IPv4 subnet", self.ns))
             .subnet
     }
 
@@ -321,7 +323,7 @@ impl Cluster {
             .leases()
             .unwrap()
             .iter()
-            .filter(|l| l.subnet != k.subnet)
+            .filter(|l| l.subnet != Some(k.subnet))
         {
             k.add_peer(l);
         }
@@ -538,7 +540,7 @@ impl KernelNode {
         let k = KernelNode::configure(n, subnet);
         store
             .put_lease(&Lease {
-                subnet,
+                subnet: Some(subnet),
                 ipv6_subnet: None,
                 attrs: LeaseAttrs::vxlan(k.ip, Vni::new(1).unwrap(), k.mac),
                 expiration: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
@@ -616,7 +618,11 @@ impl KernelNode {
     /// neighbour `.0` → VtepMAC, an FDB entry VtepMAC → public IP.
     pub fn add_peer(&self, lease: &Lease) {
         let d = lease.attrs.vxlan_data().unwrap();
-        let gw = lease.subnet.network().to_string();
+        let gw = lease
+            .subnet
+            .expect("a kernel node's peer has an IPv4 subnet")
+            .network()
+            .to_string();
         let mac = d.vtep_mac.to_string();
         let ns = self.ns.as_str();
         netns::ip(&[
@@ -624,7 +630,7 @@ impl KernelNode {
             ns,
             "route",
             "replace",
-            &lease.subnet.to_string(),
+            &lease.id().to_string(),
             "via",
             &gw,
             "dev",

@@ -291,7 +291,17 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let hairpin = conf.hairpin()?;
     let mac = requested_mac(conf)?;
     let wanted = requested_ips(conf, senv.ipv6.is_some(), &conf.subnet_file)?;
-    let subnet = senv.subnet.trunc();
+    let Some(v4env) = senv.ipv4 else {
+        return Err(CniError::new(
+            code::SUBNET_ENV,
+            format!(
+                "{} holds no FLANNEL_NETWORK/FLANNEL_SUBNET (an IPv6-only network): weft-cni's built-in mode needs an IPv4 subnet for now",
+                conf.subnet_file.display()
+            ),
+        )
+        .with_details("use delegate mode (the default, with the CNI bridge and host-local plugins) on an IPv6-only network"));
+    };
+    let subnet = v4env.subnet.trunc();
     let gw = gateway(subnet);
     let v6 = senv.ipv6.map(|v6| {
         let s = v6.subnet.trunc();
@@ -427,7 +437,7 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         pod.set_up(pl.index, None)
             .map_err(nl_err(in_pod("cannot set link up")))?;
         let routes = pod_routes(
-            (senv.network, gw),
+            (v4env.network, gw),
             senv.ipv6.zip(v6).map(|(e, (_, g6))| (e.network, g6)),
             default_route,
         );

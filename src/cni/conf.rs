@@ -212,7 +212,12 @@ impl NetConf {
         }
         let mut ipam = self.ipam.clone().unwrap_or_default();
         ipam.entry("type").or_insert_with(|| json!("host-local"));
-        let mut ranges = vec![json!([{ "subnet": env.subnet.trunc().to_string() }])];
+        // One host-local range per family, as flannel's CNI plugin writes
+        // them; an IPv6-only network has only the IPv6 one.
+        let mut ranges = vec![];
+        if let Some(v4) = &env.ipv4 {
+            ranges.push(json!([{ "subnet": v4.subnet.trunc().to_string() }]));
+        }
         if let Some(v6) = &env.ipv6 {
             ranges.push(json!([{ "subnet": v6.subnet.trunc().to_string() }]));
         }
@@ -226,7 +231,9 @@ impl NetConf {
                 )));
             }
         };
-        routes.push(json!({ "dst": env.network.to_string() }));
+        if let Some(v4) = &env.ipv4 {
+            routes.push(json!({ "dst": v4.network.to_string() }));
+        }
         if let Some(v6) = &env.ipv6 {
             routes.push(json!({ "dst": v6.network.to_string() }));
         }

@@ -100,11 +100,12 @@ pub enum Sender<'a> {
 pub struct Core {
     pub vni: Vni,
     pub mac: VtepMac,
-    /// The node's leased subnet: inner destinations accepted from peers.
-    pub subnet: Ipv4Net,
+    /// The node's leased subnet: inner destinations accepted from peers;
+    /// `None` on a node of an IPv6-only network, which carries no IPv4.
+    pub subnet: Option<Ipv4Net>,
     /// The node's `.0` address (on TUN): the source of ICMP errors.
-    pub router: Ipv4Addr,
-    /// The node's IPv6 subnet, on a dual-stack node; its `::` address (on
+    pub router: Option<Ipv4Addr>,
+    /// The node's IPv6 subnet, on a dual-stack or IPv6-only node; its `::` address (on
     /// TUN, as flannel puts it on `flannel-v6.1`) is the source of ICMPv6 errors.
     pub subnet6: Option<Ipv6Net>,
     /// The VtepMAC of the node's IPv6 VTEP (`BackendV6Data`): IPv6 frames
@@ -119,10 +120,24 @@ impl Core {
         Core {
             vni,
             mac,
-            subnet,
-            router: subnet.network(),
+            subnet: Some(subnet),
+            router: Some(subnet.network()),
             subnet6: None,
             mac6: mac,
+            checks: SourceChecks::default(),
+        }
+    }
+
+    /// The core of a node of an IPv6-only network: IPv6 in `subnet6`, with
+    /// the IPv6 VTEP's `mac6`; inner IPv4 is neither sent nor accepted.
+    pub fn ipv6_only(vni: Vni, mac6: VtepMac, subnet6: Ipv6Net) -> Core {
+        Core {
+            vni,
+            mac: mac6,
+            subnet: None,
+            router: None,
+            subnet6: Some(subnet6),
+            mac6,
             checks: SourceChecks::default(),
         }
     }
@@ -213,7 +228,7 @@ impl Core {
             });
         };
         let Some(peer) = table.lookup(dst) else {
-            if self.subnet.contains(&dst) {
+            if self.subnet.is_some_and(|s| s.contains(&dst)) {
                 return Route::Drop(DropReason::OwnSubnet);
             }
             return match self.unreachable(pkt, scratch) {
@@ -269,7 +284,7 @@ impl Core {
         if !icmp::may_answer(&ip) {
             return None;
         }
-        icmp::emit_unreachable(scratch, pkt, self.router, icmp::CODE_NET_UNREACHABLE)
+        icmp::emit_unreachable(scratch, pkt, self.router?, icmp::CODE_NET_UNREACHABLE)
     }
 
     fn unreachable6(&self, router: Ipv6Addr, pkt: &[u8], scratch: &mut [u8]) -> Option<usize> {
@@ -319,7 +334,7 @@ impl Core {
             Ok(ip) => ip,
             Err(_) => return RxAction::Drop(DropReason::InnerMalformed),
         };
-        if !self.subnet.contains(&ip.dst()) {
+        if !self.subnet.is_some_and(|s| s.contains(&ip.dst())) {
             return RxAction::Drop(DropReason::NotOurSubnet);
         }
         let src = ip.src();
@@ -450,7 +465,7 @@ mod tests {
         let leases: Vec<Lease> = nodes
             .iter()
             .map(|n| Lease {
-                subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+                subnet: format!("10.244.{n}.0/24").parse().ok(),
                 ipv6_subnet: None,
                 attrs: LeaseAttrs::vxlan(
                     [192, 0, 2, *n].into(),
@@ -627,7 +642,7 @@ mod tests {
         let leases: Vec<Lease> = nodes
             .iter()
             .map(|n| Lease {
-                subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+                subnet: format!("10.244.{n}.0/24").parse().ok(),
                 ipv6_subnet: format!("fc00:0:0:{n}::/64").parse().ok(),
                 attrs: LeaseAttrs::vxlan(
                     [192, 0, 2, *n].into(),

@@ -8,7 +8,7 @@
 //! adds the cells it touched into [`PeerStats`].
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustc_hash::FxHashMap;
@@ -434,7 +434,8 @@ impl PeerLocal {
     }
 }
 
-/// Which peer (by public IP: what a datagram's outer source says) holds
+/// Which peer (by public IP, or public IPv6 for a peer of an IPv6-only
+/// network: what a datagram's outer source says) holds
 /// which counter slot. Control plane only, no I/O: the reconciler asks it
 /// for every table it builds. A slot keeps its peer while the peer stays;
 /// freed slots go to the back of the queue, so one is given to another
@@ -442,7 +443,7 @@ impl PeerLocal {
 /// ([`PeerSlots::assign`] returns it).
 #[derive(Debug)]
 pub struct PeerSlots {
-    held: FxHashMap<Ipv4Addr, u32>,
+    held: FxHashMap<IpAddr, u32>,
     free: VecDeque<u32>,
 }
 
@@ -462,10 +463,10 @@ impl PeerSlots {
     /// the limit a peer gets slot 0, `other`.
     pub fn assign(
         &mut self,
-        ips: impl IntoIterator<Item = Ipv4Addr>,
-    ) -> (FxHashMap<Ipv4Addr, u32>, Vec<u32>) {
-        let mut now: FxHashMap<Ipv4Addr, u32> = FxHashMap::default();
-        let mut wanted: Vec<Ipv4Addr> = ips.into_iter().collect();
+        ips: impl IntoIterator<Item = IpAddr>,
+    ) -> (FxHashMap<IpAddr, u32>, Vec<u32>) {
+        let mut now: FxHashMap<IpAddr, u32> = FxHashMap::default();
+        let mut wanted: Vec<IpAddr> = ips.into_iter().collect();
         wanted.sort_unstable();
         wanted.dedup();
         for ip in &wanted {
@@ -551,7 +552,7 @@ mod tests {
 
     #[test]
     fn peer_slots_are_stable_bounded_and_reused_last() {
-        let ip = |i: u32| Ipv4Addr::from(0xc000_0200 + i);
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0xc000_0200 + i));
         let mut s = PeerSlots::default();
         let (a, fresh) = s.assign([ip(1), ip(2), ip(2)]);
         assert_eq!(fresh.len(), 2);

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use ipnet::{Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashMap;
 
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseId};
 use crate::types::{Vni, VtepMac};
 
 /// Where packets for one subnet go.
@@ -36,8 +36,8 @@ pub struct Peer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer6 {
     pub subnet: Ipv6Net,
-    /// The IPv4 subnet of the same lease: the peer's name in logs and counters.
-    pub lease: Ipv4Net,
+    /// The lease it is the IPv6 half of.
+    pub lease: LeaseId,
     pub public_ip: Ipv6Addr,
     /// The VtepMAC of its IPv6 VTEP (`BackendV6Data`).
     pub vtep_mac: VtepMac,
@@ -92,7 +92,7 @@ const DENSE_MAX_BITS: u8 = 16;
 /// A lease left out of the table, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
-    pub subnet: Ipv4Net,
+    pub subnet: LeaseId,
     pub why: String,
 }
 
@@ -117,14 +117,15 @@ fn mask(len: u8) -> u32 {
 }
 
 impl Table {
-    /// Builds a table from `leases`, leaving out this node's own subnet and
+    /// Builds a table from `leases`, leaving out this node's own lease and
     /// leases that are not usable VXLAN peers of network `vni`. With
-    /// `network6` (a dual-stack network), a lease's IPv6 subnet is routed
-    /// too when it lies inside it and the lease names an IPv6 VTEP; an
-    /// unusable IPv6 half is skipped alone, its IPv4 half still routed.
+    /// `network6` (a dual-stack or IPv6-only network), a lease's IPv6 subnet
+    /// is routed too when it lies inside it and the lease names an IPv6
+    /// VTEP; an unusable IPv6 half is skipped alone, its IPv4 half (if it
+    /// has one) still routed.
     pub fn build<'a>(
         leases: impl IntoIterator<Item = &'a Lease>,
-        own: Option<Ipv4Net>,
+        own: Option<LeaseId>,
         vni: Vni,
         port: u16,
         network6: Option<Ipv6Net>,
@@ -132,34 +133,44 @@ impl Table {
         let mut t = Table::default();
         let mut skipped = vec![];
         for l in leases {
-            if Some(l.subnet) == own {
+            // This node's own lease, under any of its keys: the same IPv4
+            // subnet, or on an IPv6-only network the same IPv6 subnet.
+            if own.is_some_and(|o| match o.v4 {
+                Some(_) => l.subnet == o.v4,
+                None => l.subnet.is_none() && l.ipv6_subnet == o.v6,
+            }) {
                 continue;
             }
-            if let Some(n6) = network6 {
-                match peer6(l, n6, vni, port) {
-                    Ok(Some(p)) => t.insert6(p),
-                    Ok(None) => {}
-                    Err(why) => skipped.push(Skipped {
-                        subnet: l.subnet,
-                        why: format!("its IPv6 half is not routed: {why}"),
-                    }),
-                }
+            let id = l.id();
+            match network6.map(|n6| peer6(l, n6, vni, port)) {
+                Some(Ok(Some(p))) => t.insert6(p),
+                Some(Err(why)) if l.subnet.is_none() => skipped.push(Skipped { subnet: id, why }),
+                Some(Err(why)) => skipped.push(Skipped {
+                    subnet: id,
+                    why: format!("its IPv6 half is not routed: {why}"),
+                }),
+                None if l.subnet.is_none() => skipped.push(Skipped {
+                    subnet: id,
+                    why: "it has only an IPv6 subnet, and this network carries no IPv6".into(),
+                }),
+                _ => {}
             }
-            if let Some(why) = crate::lease::node_subnet_problem(&l.subnet) {
+            let Some(subnet) = l.subnet else { continue };
+            if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
                 skipped.push(Skipped {
-                    subnet: l.subnet,
+                    subnet: id,
                     why: why.into(),
                 });
                 continue;
             }
             match l.attrs.vxlan_data() {
                 Ok(d) if d.vni != vni.get() => skipped.push(Skipped {
-                    subnet: l.subnet,
+                    subnet: id,
                     why: format!("its VNI {} is not this network's VNI {vni}", d.vni),
                 }),
                 Ok(d) => {
                     t.insert(Peer {
-                        subnet: l.subnet,
+                        subnet,
                         public_ip: l.attrs.public_ip,
                         vtep_mac: d.vtep_mac,
                         endpoint: SocketAddrV4::new(l.attrs.public_ip, port),
@@ -167,7 +178,7 @@ impl Table {
                     });
                 }
                 Err(e) => skipped.push(Skipped {
-                    subnet: l.subnet,
+                    subnet: id,
                     why: e.to_string(),
                 }),
             }
@@ -266,8 +277,9 @@ impl Table {
             .map6
             .values()
             .filter_map(|p6| {
-                self.lookup(p6.lease.network())
-                    .filter(|p| p.subnet == p6.lease)
+                let s = p6.lease.v4?;
+                self.lookup(s.network())
+                    .filter(|p| p.subnet == s)
                     .map(|p| (p6.public_ip, p.public_ip))
             })
             .collect();
@@ -289,26 +301,45 @@ impl Table {
         }
     }
 
-    /// Gives every peer the counter slot `slots` holds for its public IP
-    /// (0, `other`, when it holds none); an IPv6 route takes its lease's.
-    /// Lookups answer as before.
-    pub fn set_slots(&mut self, slots: &FxHashMap<Ipv4Addr, u32>) {
-        let of = |ip: &Ipv4Addr| slots.get(ip).copied().unwrap_or(0);
+    /// The names of the peers, for [`crate::dataplane::counters::PeerSlots`]:
+    /// each IPv4 route's public IP, and the public IPv6 of each IPv6 route
+    /// whose lease has no IPv4 half (a peer of an IPv6-only network).
+    pub fn peer_names(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.map.values().map(|p| IpAddr::V4(p.public_ip)).chain(
+            self.map6
+                .values()
+                .filter(|p6| p6.lease.v4.is_none())
+                .map(|p6| IpAddr::V6(p6.public_ip)),
+        )
+    }
+
+    /// Gives every peer the counter slot `slots` holds for its name
+    /// ([`Table::peer_names`]; 0, `other`, when it holds none); the IPv6
+    /// route of a dual-stack lease takes its IPv4 half's. Lookups answer as
+    /// before.
+    pub fn set_slots(&mut self, slots: &FxHashMap<IpAddr, u32>) {
+        let of = |ip: IpAddr| slots.get(&ip).copied().unwrap_or(0);
         for p in self.map.values_mut() {
-            p.slot = of(&p.public_ip);
+            p.slot = of(IpAddr::V4(p.public_ip));
         }
         if let Some(d) = &mut self.dense {
             for p in &mut d.peers {
-                p.slot = of(&p.public_ip);
+                p.slot = of(IpAddr::V4(p.public_ip));
             }
         }
         for (ip, e) in &mut self.senders {
-            e.slot = of(ip);
+            e.slot = of(IpAddr::V4(*ip));
+        }
+        for (ip6, e) in &mut self.senders6 {
+            e.slot = of(IpAddr::V6(Ipv6Addr::from(*ip6)));
         }
         let slot_of_lease: FxHashMap<Ipv4Net, u32> =
             self.map.values().map(|p| (p.subnet, p.slot)).collect();
         for p in self.map6.values_mut() {
-            p.slot = slot_of_lease.get(&p.lease).copied().unwrap_or(0);
+            p.slot = match p.lease.v4 {
+                Some(s) => slot_of_lease.get(&s).copied().unwrap_or(0),
+                None => of(IpAddr::V6(p.public_ip)),
+            };
         }
         self.join_senders();
     }
@@ -396,7 +427,7 @@ fn peer6(l: &Lease, n6: Ipv6Net, vni: Vni, port: u16) -> Result<Option<Peer6>, S
         )),
         Ok(Some(d)) => Ok(Some(Peer6 {
             subnet: s6,
-            lease: l.subnet,
+            lease: l.id(),
             public_ip: ip6,
             vtep_mac: d.vtep_mac,
             endpoint: SocketAddrV6::new(ip6, port, 0, 0),
@@ -422,7 +453,7 @@ mod tests {
 
     fn lease(s: &str, ip: [u8; 4], vni: u32) -> Lease {
         Lease {
-            subnet: s.parse().unwrap(),
+            subnet: s.parse().ok(),
             ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(vni).unwrap(), VtepMac::derive(&ip)),
             expiration: None,
@@ -433,7 +464,7 @@ mod tests {
         let vni = Vni::new(1).unwrap();
         let ip6: Ipv6Addr = ip6.parse().unwrap();
         Lease {
-            subnet: s.parse().unwrap(),
+            subnet: s.parse().ok(),
             ipv6_subnet: s6.parse().ok(),
             attrs: LeaseAttrs::vxlan(ip.into(), vni, VtepMac::derive(&ip)).with_ipv6(
                 ip6,
@@ -498,14 +529,14 @@ mod tests {
         assert!(why[2].contains("no PublicIPv6"), "{why:?}");
         let p = t.lookup6("fc00:0:0:2::7".parse().unwrap()).unwrap();
         assert_eq!(p.endpoint, "[2001:db8::2]:8472".parse().unwrap());
-        assert_eq!(p.lease, "10.244.2.0/24".parse().unwrap());
+        assert_eq!(p.lease.v4, "10.244.2.0/24".parse().ok());
         assert!(
             t.lookup6("fc00:0:0:1::7".parse().unwrap()).is_none(),
             "own subnet"
         );
         assert!(t.lookup6("fc00:0:0:6::7".parse().unwrap()).is_none());
         let mut slots = FxHashMap::default();
-        slots.insert(Ipv4Addr::new(192, 0, 2, 2), 7);
+        slots.insert(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 7);
         t.set_slots(&slots);
         let by6 = t
             .sender("2001:db8::2".parse::<Ipv6Addr>().unwrap().into())
@@ -663,7 +694,7 @@ mod tests {
         );
         // Slots follow the public IP, in the hash, the dense index and the senders.
         assert!(t.index_dense("10.244.0.0/16".parse().unwrap()));
-        let slots = FxHashMap::from_iter([(Ipv4Addr::new(192, 0, 2, 2), 7)]);
+        let slots = FxHashMap::from_iter([(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 7)]);
         t.set_slots(&slots);
         assert_eq!(t.lookup([10, 244, 2, 9].into()).map(|p| p.slot), Some(7));
         assert_eq!(t.lookup([10, 244, 3, 9].into()).map(|p| p.slot), Some(7));

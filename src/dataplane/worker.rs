@@ -56,8 +56,9 @@ const ICMP_PER_SEC: u32 = 100;
 /// One TUN queue and its sockets: what one worker thread serves.
 pub struct Queue {
     pub tun: tun_rs::SyncDevice,
-    /// Receives on the VXLAN port (and sends, when `send` is empty).
-    pub rx: UdpSocket,
+    /// Receives on the VXLAN port of the IPv4 underlay (and sends, when
+    /// `send` is empty); `None` on a node of an IPv6-only network.
+    pub rx: Option<UdpSocket>,
     /// Sockets on ports of their own, shared by all workers: a packet leaves
     /// from the one its flow hash picks, so each flow has a stable source
     /// port and receivers (SO_REUSEPORT, a NIC's RSS) spread flows.
@@ -98,10 +99,16 @@ impl Dataplane {
         let mut threads = Vec::with_capacity(queues.len());
         for (i, q) in queues.into_iter().enumerate() {
             let offload = q.tun.tcp_gso();
-            let gso = crate::sys::udp_gso_supported(q.send.first().unwrap_or(&q.rx));
-            let gro = crate::sys::enable_udp_gro(&q.rx);
+            // The IPv4 underlay's sockets, or on an IPv6-only node the IPv6 one's.
+            let first = q
+                .send
+                .first()
+                .or(q.rx.as_ref())
+                .or(q.v6.as_ref().map(|v6| v6.send.first().unwrap_or(&v6.rx)));
+            let gso = first.is_some_and(crate::sys::udp_gso_supported);
+            let mut gro = q.rx.as_ref().is_some_and(crate::sys::enable_udp_gro);
             if let Some(v6) = &q.v6 {
-                crate::sys::enable_udp_gro(&v6.rx);
+                gro |= crate::sys::enable_udp_gro(&v6.rx);
             }
             if i == 0 {
                 tracing::info!(
@@ -149,10 +156,9 @@ fn run(
     wake: &UnixDatagram,
     features: Features,
 ) {
-    let send: &[UdpSocket] = if q.send.is_empty() {
-        std::slice::from_ref(&q.rx)
-    } else {
-        &q.send
+    let send: &[UdpSocket] = match &q.rx {
+        Some(rx) if q.send.is_empty() => std::slice::from_ref(rx),
+        _ => &q.send,
     };
     let send6: &[UdpSocket] = match &q.v6 {
         Some(v6) if v6.send.is_empty() => std::slice::from_ref(&v6.rx),
@@ -166,7 +172,10 @@ fn run(
     let mut turns = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let t = tx.batch(&q.tun, [send, send6], &core, table, &mut local);
-        let mut r = rx.batch(&q.rx, &q.tun, &core, table, &mut local);
+        let mut r = false;
+        if let Some(rx4) = &q.rx {
+            r |= rx.batch(rx4, &q.tun, &core, table, &mut local);
+        }
         if let Some(v6) = &q.v6 {
             r |= rx.batch(&v6.rx, &q.tun, &core, table, &mut local);
         }
@@ -182,7 +191,7 @@ fn run(
         turns = 0;
         let fds = [
             q.tun.as_fd(),
-            q.rx.as_fd(),
+            q.rx.as_ref().map_or(wake.as_fd(), |rx| rx.as_fd()),
             wake.as_fd(),
             q.v6.as_ref().map_or(wake.as_fd(), |v6| v6.rx.as_fd()),
         ];
@@ -361,13 +370,18 @@ impl Tx {
         self.arena.clear();
         self.parts.clear();
         self.dgrams.clear();
-        // The socket the pending datagrams leave from: (family, index).
-        let mut cur = (0, 0);
+        // The socket the pending datagrams leave from: (family, index). A
+        // node has sockets of one family at least; an IPv6-only node's IPv4
+        // set is empty (its core routes no IPv4).
+        let only6 = socks[0].is_empty();
+        let mut cur = (usize::from(only6), 0);
         let mut j = 0;
         while j < n {
             let len = self.lens[j];
             let pkt = &self.slots[j].as_ref()[HEADROOM..HEADROOM + len];
-            let fam = usize::from(pkt.first().is_some_and(|b| b >> 4 == 6) && !socks[1].is_empty());
+            let fam = usize::from(
+                only6 || (pkt.first().is_some_and(|b| b >> 4 == 6) && !socks[1].is_empty()),
+            );
             let set = socks[fam];
             let k = if set.len() > 1 {
                 flow_hash(pkt) as usize % set.len()

@@ -307,7 +307,7 @@ pub(crate) fn node_checks(
     announce: Option<&LeaseAttrs>,
 ) -> Vec<Check> {
     let what = format!("node {name}");
-    let network = config.network;
+    let network = config.network();
     // The lease weftd would make of the node; the attributes only shape the
     // annotations, so any stand in when the interface is unknown.
     let placeholder;
@@ -363,8 +363,12 @@ pub(crate) fn node_checks(
     let mut out = vec![Check::pass(
         &what,
         format!(
-            "podCIDR {}, inside the Network {network} of net-conf.json",
-            lease.subnet
+            "podCIDR {}, inside the Network {} of net-conf.json",
+            lease.id(),
+            network
+                .map(|n| n.to_string())
+                .or(config.network6().map(|n| n.to_string()))
+                .unwrap_or_default()
         ),
     )];
     let what = format!("node {name} annotations");

@@ -315,9 +315,11 @@ async fn network_config(
             r.push(Check::pass(
                 what,
                 format!(
-                    "Network {}, /{} subnets{}, VNI {}, UDP port {}",
-                    c.network,
-                    c.subnet_len,
+                    "Network {}{}, VNI {}, UDP port {}",
+                    c.ipv4.map_or_else(
+                        || "none (IPv6-only)".to_string(),
+                        |c4| format!("{}, /{} subnets", c4.network, c4.subnet_len)
+                    ),
                     c.ipv6
                         .map(|v6| format!(
                             "; IPv6Network {}, /{} subnets",
@@ -438,17 +440,25 @@ fn own_lease(
 ) -> Option<Lease> {
     let own = leases
         .iter()
-        .find(|l| l.attrs.public_ip == ext.public_ip && config.network.contains(&l.subnet))
+        .find(|l| match (config.network(), l.subnet) {
+            (Some(n), Some(s)) => l.attrs.public_ip == ext.public_ip && n.contains(&s),
+            (None, None) => ext.public_ipv6.is_some() && l.attrs.public_ipv6 == ext.public_ipv6,
+            _ => false,
+        })
         .cloned();
     match &own {
         Some(l) => r.push(Check::pass(
             "lease",
             match (l.ipv6_subnet, l.attrs.public_ipv6) {
+                (Some(s6), Some(ip6)) if l.subnet.is_none() => {
+                    format!("{s6} for public IPv6 {ip6}")
+                }
                 (Some(s6), Some(ip6)) => format!(
                     "{} for public IP {}, {s6} for public IPv6 {ip6}",
-                    l.subnet, ext.public_ip
+                    l.id(),
+                    ext.public_ip
                 ),
-                _ => format!("{} for public IP {}", l.subnet, ext.public_ip),
+                _ => format!("{} for public IP {}", l.id(), ext.public_ip),
             },
         )),
         None => r.push(Check::fail(
@@ -463,18 +473,37 @@ fn own_lease(
 fn subnet_env(opts: &Options, own: &Lease, config: &NetConfig, r: &mut Report) {
     let what = format!("{}", opts.subnet_file.display());
     match SubnetEnv::read(&opts.subnet_file) {
-        Ok(e) if e.subnet == own.subnet && e.network == config.network => {
-            r.push(Check::pass(what, format!("agrees with the lease ({}, MTU {})", e.subnet, e.mtu)));
+        Ok(e)
+            if e.ipv4.map(|e4| (e4.network, e4.subnet)) == config.network().zip(own.subnet)
+                && e.ipv6.map(|e6| (e6.network, e6.subnet))
+                    == config.network6().zip(own.ipv6_subnet) =>
+        {
+            r.push(Check::pass(
+                what,
+                format!("agrees with the lease ({}, MTU {})", own.id(), e.mtu),
+            ));
         }
         Ok(e) => r.push(Check::fail(
             what,
             format!(
-                "says subnet {} in {}, but the lease is {} in {}: pods get addresses of another subnet",
-                e.subnet, e.network, own.subnet, config.network
+                "says subnets {} and {}, but the lease is {}: pods get addresses of another subnet",
+                e.ipv4.map_or_else(
+                    || "(no IPv4)".to_string(),
+                    |e4| format!("{} in {}", e4.subnet, e4.network)
+                ),
+                e.ipv6.map_or_else(
+                    || "(no IPv6)".to_string(),
+                    |e6| format!("{} in {}", e6.subnet, e6.network)
+                ),
+                own.key()
             ),
             "restart weftd so that it rewrites subnet.env, then recreate the pods made since",
         )),
-        Err(e) => r.push(Check::fail(what, e.to_string(), "start weftd: it writes subnet.env")),
+        Err(e) => r.push(Check::fail(
+            what,
+            e.to_string(),
+            "start weftd: it writes subnet.env",
+        )),
     }
 }
 
@@ -501,9 +530,18 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
         .and_then(|mut nl| netlink::link(&mut nl, &ext.name).ok())
         .map_or(1450, |(_, m)| config.overlay_mtu(m));
     let id = (std::process::id() & 0xffff) as u16;
-    let peers: Vec<&Lease> = leases
+    // The IPv4 halves are probed here; on an IPv6-only network there are none.
+    let Some((network, own_subnet)) = config.network().zip(own.subnet) else {
+        r.push(Check::note(
+            "peers",
+            "not probed: weftd doctor probes peers of an IPv4 or dual-stack network only",
+        ));
+        return;
+    };
+    let peers: Vec<(&Lease, ipnet::Ipv4Net)> = leases
         .iter()
-        .filter(|l| l.subnet != own.subnet && config.network.contains(&l.subnet))
+        .filter_map(|l| Some((l, l.subnet?)))
+        .filter(|(_, s)| *s != own_subnet && network.contains(s))
         .collect();
     if peers.is_empty() {
         r.push(Check::note("peers", "none in the store yet"));
@@ -512,8 +550,8 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
     let own6 = own
         .ipv6_subnet
         .zip(own.attrs.vxlan_v6_data().ok().flatten());
-    for (i, p) in peers.into_iter().enumerate() {
-        let what = format!("peer {} ({})", p.subnet, p.attrs.public_ip);
+    for (i, (p, p_subnet)) in peers.into_iter().enumerate() {
+        let what = format!("peer {} ({})", p_subnet, p.attrs.public_ip);
         let Ok(d) = p.attrs.vxlan_data() else {
             r.push(Check::note(what, "not a vxlan lease: not probed"));
             continue;
@@ -523,9 +561,9 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
             what,
             to_mac: d.vtep_mac,
             from_mac: own_mac,
-            from: own.subnet.network().into(),
+            from: own_subnet.network().into(),
             from_underlay: ext.addr.into(),
-            dst: p.subnet.network().into(),
+            dst: p_subnet.network().into(),
             public: p.attrs.public_ip.into(),
             overhead: crate::config::VXLAN_OVERHEAD,
         };

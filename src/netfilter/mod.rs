@@ -26,7 +26,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-pub use plan::{Chain, Family, IptState, NftState, Rules, Rules6};
+pub use plan::{Chain, Family, IptState, NftState, Rules, Rules4, Rules6};
 
 /// Which tool holds weft's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

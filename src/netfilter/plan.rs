@@ -91,12 +91,13 @@ impl Family {
 /// What weftd is asked to install for this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
-    /// The pod Network (net-conf.json's `Network`).
-    pub network: Ipv4Net,
-    /// This node's subnet (its lease).
-    pub subnet: Ipv4Net,
-    /// A dual-stack node's IPv6 half (net-conf.json's `EnableIPv6`): the same
-    /// rules for the IPv6 Network and subnet. None: IPv4 only.
+    /// The IPv4 half: the pod Network (net-conf.json's `Network`) and this
+    /// node's subnet (its lease). None: an IPv6-only node, whose IPv4 table
+    /// is removed.
+    pub ipv4: Option<Rules4>,
+    /// A dual-stack or IPv6-only node's IPv6 half (net-conf.json's
+    /// `EnableIPv6`): the same rules for the IPv6 Network and subnet. None:
+    /// IPv4 only.
     pub ipv6: Option<Rules6>,
     /// `--ip-masq`: masquerade pods' traffic that leaves the Network.
     pub masquerade: bool,
@@ -106,7 +107,16 @@ pub struct Rules {
     pub forward: bool,
 }
 
-/// The IPv6 Network and subnet of a dual-stack node.
+/// The IPv4 Network and subnet of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules4 {
+    /// net-conf.json's `Network`.
+    pub network: Ipv4Net,
+    /// This node's subnet (its lease's `Subnet`).
+    pub subnet: Ipv4Net,
+}
+
+/// The IPv6 Network and subnet of a dual-stack or IPv6-only node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules6 {
     /// net-conf.json's `IPv6Network`.
@@ -153,9 +163,13 @@ pub struct Rule {
 }
 
 impl Rules {
-    /// The families with rules wanted: IPv4, and IPv6 on a dual-stack node.
+    /// The families with rules wanted: IPv4 (but on an IPv6-only node), and
+    /// IPv6 on a dual-stack or IPv6-only node.
     pub fn families(&self) -> Vec<Family> {
-        let mut v = vec![Family::V4];
+        let mut v = vec![];
+        if self.ipv4.is_some() {
+            v.push(Family::V4);
+        }
         if self.ipv6.is_some() {
             v.push(Family::V6);
         }
@@ -165,7 +179,9 @@ impl Rules {
     /// The Network, subnet and multicast range of `family` (None: IPv6 is off).
     fn nets(&self, family: Family) -> Option<(IpNet, IpNet, IpNet)> {
         match family {
-            Family::V4 => Some((self.network.into(), self.subnet.into(), MULTICAST.into())),
+            Family::V4 => self
+                .ipv4
+                .map(|r| (r.network.into(), r.subnet.into(), MULTICAST.into())),
             Family::V6 => self
                 .ipv6
                 .map(|r| (r.network.into(), r.subnet.into(), MULTICAST6.into())),
@@ -620,8 +636,7 @@ impl IptState {
     /// removes weft's chains and their jumps (empty when there are none).
     pub fn remove_script(&self) -> String {
         let nothing = Rules {
-            network: Ipv4Net::default(),
-            subnet: Ipv4Net::default(),
+            ipv4: None,
             masquerade: false,
             random_fully: false,
             forward: false,
@@ -680,8 +695,10 @@ mod tests {
 
     fn rules(masquerade: bool, forward: bool) -> Rules {
         Rules {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv4: Some(Rules4 {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet: "10.244.3.0/24".parse().unwrap(),
+            }),
             masquerade,
             random_fully: true,
             forward,
@@ -758,12 +775,19 @@ mod tests {
     #[test]
     fn the_fingerprint_follows_network_subnet_and_options() {
         let a = rules(true, true);
+        let a4 = a.ipv4.unwrap();
         let b = Rules {
-            subnet: "10.244.4.0/24".parse().unwrap(),
+            ipv4: Some(Rules4 {
+                subnet: "10.244.4.0/24".parse().unwrap(),
+                ..a4
+            }),
             ..a
         };
         let c = Rules {
-            network: "10.245.0.0/16".parse().unwrap(),
+            ipv4: Some(Rules4 {
+                network: "10.245.0.0/16".parse().unwrap(),
+                ..a4
+            }),
             ..a
         };
         let d = Rules {
@@ -829,7 +853,10 @@ mod tests {
         );
         // Left from another subnet.
         let other = Rules {
-            subnet: "10.244.9.0/24".parse().unwrap(),
+            ipv4: Some(Rules4 {
+                subnet: "10.244.9.0/24".parse().unwrap(),
+                ..r.ipv4.unwrap()
+            }),
             ..r
         };
         let d = st.diff(&other, Family::V4);

@@ -546,7 +546,7 @@ pub fn own_lease_from_node(
     annotation_prefix: &str,
     node_name: &str,
     node: &Node,
-    network: Ipv4Net,
+    network: Option<Ipv4Net>,
     network6: Option<Ipv6Net>,
     attrs: &LeaseAttrs,
 ) -> Result<Lease, StoreError> {
@@ -573,6 +573,10 @@ fn peer_of(
     let Some((text, cidr)) = pod_cidr(node) else {
         return Ok(None);
     };
+    if cidr.is_none() && pod_cidr6(node).is_some_and(|(t6, _)| t6 == text) {
+        // Only an IPv6 pod CIDR: a node of an IPv6-only network.
+        return peer_ipv6_only(keys, node, network6).map(Some);
+    }
     let subnet = cidr.ok_or_else(|| format!("pod CIDR {text:?} is not an IPv4 network"))?;
     if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
         return Err(format!("pod CIDR {subnet}: {why}"));
@@ -609,56 +613,92 @@ fn peer_of(
         )
     })?;
     let lease = Lease {
-        subnet,
+        subnet: Some(subnet),
         ipv6_subnet: None,
         attrs,
         expiration: None,
     };
-    Ok(Some(peer_ipv6(keys, node, lease, network6)))
+    peer_ipv6(keys, node, lease, network6).map(Some)
+}
+
+/// A peer of an IPv6-only network from its node object: its IPv6 pod CIDR,
+/// `public-ipv6` and `backend-v6-data` (no `public-ip` or `backend-data`,
+/// which flannel does not write there), or why they are unusable.
+fn peer_ipv6_only(
+    keys: &Keys,
+    node: &Node,
+    network6: Option<&Ipv6Net>,
+) -> Result<(Lease, Option<String>), String> {
+    let backend_type = annotation(node, &keys.backend_type)
+        .ok_or_else(|| format!("annotation {} is missing", keys.backend_type))?;
+    let lease = Lease {
+        subnet: None,
+        ipv6_subnet: None,
+        attrs: LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            backend_type: backend_type.to_string(),
+            backend_data: serde_json::Value::Null,
+            public_ipv6: None,
+            backend_v6_data: None,
+        },
+        expiration: None,
+    };
+    peer_ipv6(keys, node, lease, network6)
 }
 
 /// The IPv6 half of a peer from its node object: none when it announces no
 /// IPv6 VTEP (an IPv4-only peer), else its IPv6 pod CIDR, `public-ipv6` and
-/// `backend-v6-data`, or why they are unusable (the IPv4 half then kept).
+/// `backend-v6-data`, or why they are unusable (the IPv4 half then kept;
+/// an error when `lease` has no IPv4 half to keep).
 fn peer_ipv6(
     keys: &Keys,
     node: &Node,
     lease: Lease,
     network6: Option<&Ipv6Net>,
-) -> (Lease, Option<String>) {
+) -> Result<(Lease, Option<String>), String> {
     let present = |k: &str| {
         annotation(node, k)
             .map(str::trim)
             .filter(|v| !v.is_empty() && *v != "null")
     };
+    let unusable = |lease: Lease, why: String| match lease.subnet {
+        Some(_) => Ok((lease, Some(why))),
+        None => Err(why),
+    };
     let data6 = present(&keys.backend_v6_data);
     let ip6 = present(&keys.public_ipv6);
     if data6.is_none() && ip6.is_none() {
-        return (lease, None);
+        if lease.subnet.is_none() {
+            return Err(format!(
+                "it has only an IPv6 pod CIDR but announces no IPv6 VTEP (annotations {} and {} are missing)",
+                keys.public_ipv6, keys.backend_v6_data
+            ));
+        }
+        return Ok((lease, None));
     }
     let Some((text, cidr6)) = pod_cidr6(node) else {
-        return (
+        return unusable(
             lease,
-            Some("it announces an IPv6 VTEP but has no IPv6 pod CIDR".into()),
+            "it announces an IPv6 VTEP but has no IPv6 pod CIDR".into(),
         );
     };
     let Some(subnet6) = cidr6 else {
-        return (
+        return unusable(
             lease,
-            Some(format!("IPv6 pod CIDR {text:?} is not an IPv6 network")),
+            format!("IPv6 pod CIDR {text:?} is not an IPv6 network"),
         );
     };
     let public_ipv6 = match ip6.map(str::parse::<Ipv6Addr>) {
         None => None,
         Some(Ok(a)) => Some(a),
         Some(Err(_)) => {
-            return (
+            return unusable(
                 lease,
-                Some(format!(
+                format!(
                     "annotation {} = {:?} is not an IPv6 address",
                     keys.public_ipv6,
                     ip6.unwrap_or_default()
-                )),
+                ),
             );
         }
     };
@@ -666,13 +706,13 @@ fn peer_ipv6(
         None => None,
         Some(Ok(v)) => Some(v),
         Some(Err(e)) => {
-            return (
+            return unusable(
                 lease,
-                Some(format!(
+                format!(
                     "annotation {} is not JSON ({:?}): {e}",
                     keys.backend_v6_data,
                     data6.unwrap_or_default()
-                )),
+                ),
             );
         }
     };
@@ -688,10 +728,50 @@ pub(crate) fn own_lease(
     keys: &Keys,
     node_name: &str,
     node: &Node,
-    network: Ipv4Net,
+    network: Option<Ipv4Net>,
     network6: Option<Ipv6Net>,
     attrs: &LeaseAttrs,
 ) -> Result<Lease, StoreError> {
+    let mut attrs = attrs.clone();
+    let subnet = match network {
+        Some(network) => Some(own_subnet4(keys, node_name, node, network, &mut attrs)?),
+        None => {
+            // IPv6-only: no IPv4 VTEP, as flannel announces none.
+            attrs.public_ip = Ipv4Addr::UNSPECIFIED;
+            attrs.backend_data = serde_json::Value::Null;
+            None
+        }
+    };
+    let ipv6_subnet = match network6 {
+        None => {
+            // IPv4 only: no IPv6 VTEP announced, whatever the request held.
+            attrs.public_ipv6 = None;
+            attrs.backend_v6_data = None;
+            None
+        }
+        Some(n6) => {
+            let s6 = own_subnet6(keys, node_name, node, n6, &mut attrs)?;
+            Some(s6)
+        }
+    };
+    Ok(Lease {
+        subnet,
+        ipv6_subnet,
+        attrs,
+        expiration: None,
+    })
+}
+
+/// The IPv4 half of this node's lease: its IPv4 pod CIDR inside `network`,
+/// and `attrs` with the public IP from `public-ip-overwrite` if set and the
+/// VtepMAC already annotated.
+fn own_subnet4(
+    keys: &Keys,
+    node_name: &str,
+    node: &Node,
+    network: Ipv4Net,
+    attrs: &mut LeaseAttrs,
+) -> Result<Ipv4Net, StoreError> {
     let Some((text, cidr)) = pod_cidr(node) else {
         return Err(StoreError::KubeNoPodCidr {
             node: node_name.to_string(),
@@ -715,7 +795,6 @@ pub(crate) fn own_lease(
             why,
         });
     }
-    let mut attrs = attrs.clone();
     if let Some(ip) = annotation(node, &keys.public_ip_overwrite) {
         match ip.parse::<Ipv4Addr>() {
             Ok(ip) => {
@@ -742,24 +821,7 @@ pub(crate) fn own_lease(
         obj.insert("VtepMAC".into(), json!(mac.to_string()));
     }
     attrs.backend_data = data;
-    let ipv6_subnet = match network6 {
-        None => {
-            // IPv4 only: no IPv6 VTEP announced, whatever the request held.
-            attrs.public_ipv6 = None;
-            attrs.backend_v6_data = None;
-            None
-        }
-        Some(n6) => {
-            let s6 = own_subnet6(keys, node_name, node, n6, &mut attrs)?;
-            Some(s6)
-        }
-    };
-    Ok(Lease {
-        subnet,
-        ipv6_subnet,
-        attrs,
-        expiration: None,
-    })
+    Ok(subnet)
 }
 
 /// The IPv6 half of this node's lease: its IPv6 pod CIDR inside `network6`,
@@ -856,7 +918,7 @@ impl Inner {
                 if first {
                     tracing::warn!(
                         "node {name}: routing only its IPv4 pod CIDR {}: its IPv6 half is unusable: {why}",
-                        l.subnet
+                        l.id()
                     );
                 }
                 Some(l)
@@ -1106,13 +1168,17 @@ fn tls_error(api: &str, host: &str, addr: SocketAddr, cert: &SeenCert) -> StoreE
 
 /// The annotations this node should carry for `attrs`: with an IPv6 VTEP
 /// (PublicIPv6 and BackendV6Data) also `backend-v6-data` and `public-ipv6`.
+/// On an IPv6-only network (BackendData `null`) there is no IPv4 VTEP, so
+/// `backend-data` and `public-ip` are not written, as flannel leaves them.
 pub(crate) fn own_annotations(keys: &Keys, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
     let mut a = BTreeMap::from([
         (keys.backend_type.clone(), attrs.backend_type.clone()),
-        (keys.backend_data.clone(), attrs.backend_data.to_string()),
         (keys.managed.clone(), "true".to_string()),
-        (keys.public_ip.clone(), attrs.public_ip.to_string()),
     ]);
+    if !attrs.backend_data.is_null() {
+        a.insert(keys.backend_data.clone(), attrs.backend_data.to_string());
+        a.insert(keys.public_ip.clone(), attrs.public_ip.to_string());
+    }
     if let (Some(ip6), Some(d6)) = (attrs.public_ipv6, &attrs.backend_v6_data) {
         a.insert(keys.backend_v6_data.clone(), d6.to_string());
         a.insert(keys.public_ipv6.clone(), ip6.to_string());
@@ -1146,8 +1212,8 @@ impl LeaseStore for KubeStore {
             &me.keys,
             &me.node_name,
             &node,
-            req.config.network,
-            req.config.ipv6.map(|c| c.network),
+            req.config.network(),
+            req.config.network6(),
             &req.attrs,
         )?;
         let want = own_annotations(&me.keys, &lease.attrs);
@@ -1322,26 +1388,26 @@ fn apply(
             match me.peer_logged(&n) {
                 Some(l) => {
                     let mut out = vec![];
-                    match current.get(&name) {
+                    let moved = match current.get(&name) {
                         Some(old) if *old == l => return vec![],
-                        Some(old) if old.subnet != l.subnet => {
-                            out.push(WatchEvent::Remove(old.subnet))
-                        }
-                        _ => {}
-                    }
+                        Some(old) if old.id() != l.id() => Some(old.id()),
+                        _ => None,
+                    };
                     current.insert(name, l.clone());
+                    // The new lease is routed before the old one goes.
                     out.push(WatchEvent::Upsert(l));
+                    out.extend(moved.map(WatchEvent::Remove));
                     out
                 }
                 None => current
                     .remove(&name)
-                    .map(|old| vec![WatchEvent::Remove(old.subnet)])
+                    .map(|old| vec![WatchEvent::Remove(old.id())])
                     .unwrap_or_default(),
             }
         }
         watcher::Event::Delete(n) => current
             .remove(&name_of(&n))
-            .map(|old| vec![WatchEvent::Remove(old.subnet)])
+            .map(|old| vec![WatchEvent::Remove(old.id())])
             .unwrap_or_default(),
     }
 }
@@ -1416,8 +1482,8 @@ mod tests {
             "flannel.alpha.coreos.com/public-ipv6-overwrite": "2001:db8::7",
             "flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:66"}"#,
         }}, "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fc00:0:0:1::/64"]}}));
-        let l = own_lease(&keys, "a", &n, net, Some(net6), &dual_attrs()).unwrap();
-        assert_eq!(l.subnet.to_string(), "10.244.1.0/24");
+        let l = own_lease(&keys, "a", &n, Some(net), Some(net6), &dual_attrs()).unwrap();
+        assert_eq!(l.id().to_string(), "10.244.1.0/24");
         assert_eq!(l.ipv6_subnet, Some("fc00:0:0:1::/64".parse().unwrap()));
         assert_eq!(l.attrs.public_ipv6, Some("2001:db8::7".parse().unwrap()));
         assert_eq!(
@@ -1436,14 +1502,14 @@ mod tests {
         );
         assert_eq!(a["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::7");
         // IPv4 only: no IPv6 subnet and no IPv6 annotations, whatever the request held.
-        let l4 = own_lease(&keys, "a", &n, net, None, &dual_attrs()).unwrap();
+        let l4 = own_lease(&keys, "a", &n, Some(net), None, &dual_attrs()).unwrap();
         assert_eq!((l4.ipv6_subnet, l4.attrs.public_ipv6), (None, None));
         let a = own_annotations(&keys, &l4.attrs);
         assert!(a.keys().all(|k| !k.contains("v6")), "{a:?}");
         // The refusals name the node, the CIDR and the fix.
         let only4 =
             node(json!({"metadata": {"name": "a"}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}));
-        let m = own_lease(&keys, "a", &only4, net, Some(net6), &dual_attrs())
+        let m = own_lease(&keys, "a", &only4, Some(net), Some(net6), &dual_attrs())
             .unwrap_err()
             .to_string();
         assert!(
@@ -1458,7 +1524,7 @@ mod tests {
             let n = node(
                 json!({"metadata": {"name": "b"}, "spec": {"podCIDRs": ["10.244.1.0/24", cidr]}}),
             );
-            let m = own_lease(&keys, "b", &n, net, Some(net6), &dual_attrs())
+            let m = own_lease(&keys, "b", &n, Some(net), Some(net6), &dual_attrs())
                 .unwrap_err()
                 .to_string();
             assert!(m.contains("node b") && m.contains(want), "{cidr}: {m}");
@@ -1563,7 +1629,7 @@ mod tests {
                 .unwrap();
             let why = why.unwrap_or_default();
             assert!(why.contains(want), "{cidrs}: {why}");
-            assert_eq!(l.subnet.to_string(), "10.244.2.0/24");
+            assert_eq!(l.id().to_string(), "10.244.2.0/24");
             assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None));
             assert!(l.attrs.vxlan_data().is_ok());
         }

@@ -27,11 +27,12 @@ use super::{
     AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent, choose_subnet, choose_subnet6,
 };
 use crate::fsutil::{LockError, lock_exclusive};
-use crate::lease::{Lease, LeaseAttrs, parse_subnet_key};
+use crate::lease::{Lease, LeaseAttrs, LeaseId, parse_subnet_key};
 
 /// The on-disk form of one lease.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
+    /// `0.0.0.0/0` for an IPv6-only lease, as flannel's empty `IP4Net` reads.
     #[serde(rename = "Subnet")]
     subnet: Ipv4Net,
     #[serde(
@@ -132,7 +133,7 @@ impl LocalStore {
             .into_iter()
             .filter_map(|(_, r)| r.ok())
             .filter(|l| !l.expired_at(now))
-            .map(|l| l.checked_ipv6(n6.as_ref()).0)
+            .filter_map(|l| l.checked_ipv6(n6.as_ref()).ok().map(|(l, _)| l))
             .collect())
     }
 
@@ -226,11 +227,11 @@ impl LocalStore {
         let now = SystemTime::now();
         let key = lease.key();
         if let Some((_, Ok(cur))) = self.scan()?.into_iter().find(|(k, _)| *k == key) {
-            if cur.attrs.public_ip != lease.attrs.public_ip && !cur.expired_at(now) {
+            if cur.public_addr() != lease.public_addr() && !cur.expired_at(now) {
                 return Err(StoreError::LeaseLost {
                     store: self.describe(),
-                    subnet: lease.subnet,
-                    holder: cur.attrs.public_ip,
+                    subnet: lease.id(),
+                    holder: cur.public_addr(),
                 });
             }
         }
@@ -246,7 +247,7 @@ impl LocalStore {
         let _l = self.lock()?;
         let key = lease.key();
         if let Some((_, Ok(cur))) = self.scan()?.into_iter().find(|(k, _)| *k == key) {
-            if cur.attrs.public_ip == lease.attrs.public_ip {
+            if cur.public_addr() == lease.public_addr() {
                 let p = self.subnets_dir().join(&key);
                 std::fs::remove_file(&p).map_err(self.io(format!("removing {}", p.display())))?;
             }
@@ -259,7 +260,7 @@ impl LocalStore {
 /// an expiration is written as expiring now.
 pub fn render_record(lease: &Lease) -> Vec<u8> {
     let rec = Record {
-        subnet: lease.subnet,
+        subnet: lease.subnet.unwrap_or_default(),
         ipv6_subnet: lease.ipv6_subnet,
         attrs: lease.attrs.clone(),
         expiration: humantime::format_rfc3339_nanos(lease.expiration.unwrap_or(SystemTime::now()))
@@ -268,20 +269,22 @@ pub fn render_record(lease: &Lease) -> Vec<u8> {
     serde_json::to_vec(&rec).expect("a lease record always serializes")
 }
 
-/// Reads the lease file `name` (its key, `10.244.3.0-24` or
-/// `10.244.3.0-24&fc00:0:0:3::-64`) holding `bytes`:
+/// Reads the lease file `name` (its key: `10.244.3.0-24`,
+/// `10.244.3.0-24&fc00:0:0:3::-64`, or `0.0.0.0-0&fc00:0:0:3::-64`) holding `bytes`:
 /// the lease, or why the file is skipped. Pure; the fuzzer's entry point.
 ///
 /// # Errors
 /// The reason, naming what is wrong (key, JSON, subnet, expiration).
 pub fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
-    let (key_subnet, key_subnet6) = parse_subnet_key(name).map_err(|e| e.to_string())?;
+    let id = parse_subnet_key(name).map_err(|e| e.to_string())?;
+    let key_subnet6 = id.v6;
     let rec: Record =
         serde_json::from_slice(bytes).map_err(|e| format!("not a lease record: {e}"))?;
-    if rec.subnet != key_subnet {
+    if rec.subnet != id.v4.unwrap_or_default() {
         return Err(format!(
-            "holds subnet {} but is named for {key_subnet}",
-            rec.subnet
+            "holds subnet {} but is named for {}",
+            rec.subnet,
+            id.v4.unwrap_or_default()
         ));
     }
     if rec.ipv6_subnet.is_some() && rec.ipv6_subnet != key_subnet6 {
@@ -295,7 +298,7 @@ pub fn parse_record(name: &str, bytes: &[u8]) -> Result<Lease, String> {
     let expiration = humantime::parse_rfc3339(&rec.expiration)
         .map_err(|e| format!("Expiration {:?}: {e}", rec.expiration))?;
     Ok(Lease {
-        subnet: rec.subnet,
+        subnet: id.v4,
         ipv6_subnet: key_subnet6,
         attrs: rec.attrs,
         expiration: Some(expiration),
@@ -345,8 +348,8 @@ impl LeaseStore for LocalStore {
             let s = s.clone();
             blocking(move || s.valid_leases(SystemTime::now())).await?
         };
-        let mut known: BTreeMap<Ipv4Net, Lease> =
-            first.iter().map(|l| (l.subnet, l.clone())).collect();
+        let mut known: BTreeMap<LeaseId, Lease> =
+            first.iter().map(|l| (l.id(), l.clone())).collect();
         let n6 = self.network6.clone();
         if tx.send(WatchEvent::Snapshot(first)).await.is_err() {
             return Ok(rx);
@@ -372,21 +375,25 @@ impl LeaseStore for LocalStore {
                 let mut cur = BTreeMap::new();
                 let net6 = n6.get();
                 for (key, r) in scanned {
+                    let r = match r {
+                        Ok(l) if !l.expired_at(now) => l.checked_ipv6(net6.as_ref()).map(Some),
+                        Ok(_) => Ok(None),
+                        Err(why) => Err(why),
+                    };
                     match r {
-                        Ok(l) if !l.expired_at(now) => {
-                            let (l, dropped) = l.checked_ipv6(net6.as_ref());
+                        Ok(Some((l, dropped))) => {
                             if let Some(why) = dropped {
                                 if warned.insert((key.clone(), why.clone())) {
                                     tracing::warn!(
                                         "lease file {}: routing only its IPv4 subnet {}: its IPv6 half is unusable: {why}",
                                         s.subnets_dir().join(&key).display(),
-                                        l.subnet
+                                        l.id()
                                     );
                                 }
                             }
-                            cur.insert(l.subnet, l);
+                            cur.insert(l.id(), l);
                         }
-                        Ok(_) => {}
+                        Ok(None) => {}
                         Err(why) => {
                             if warned.insert((key.clone(), why.clone())) {
                                 tracing::warn!(
@@ -399,10 +406,7 @@ impl LeaseStore for LocalStore {
                 }
                 let mut events = vec![];
                 for (k, l) in &cur {
-                    if known
-                        .get(k)
-                        .is_none_or(|o| o.attrs != l.attrs || o.ipv6_subnet != l.ipv6_subnet)
-                    {
+                    if known.get(k).is_none_or(|o| o.attrs != l.attrs) {
                         events.push(WatchEvent::Upsert(l.clone()));
                     }
                 }
@@ -474,12 +478,12 @@ mod tests {
             .unwrap();
         assert_eq!(w.recv().await.unwrap(), WatchEvent::Upsert(c.clone()));
         // Not renewed: it expires and disappears from the watch.
-        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(c.subnet));
+        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(c.id()));
 
         let r = store.renew(&b, Duration::from_secs(120)).await.unwrap();
         assert!(r.expiration > b.expiration);
         store.release(&b).await.unwrap();
-        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(b.subnet));
+        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(b.id()));
         assert_eq!(store.leases().unwrap().len(), 1);
     }
 
@@ -496,7 +500,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         // Node 2 takes the expired subnet of node 1 (it is its previous one).
         let mut r2 = req([192, 0, 2, 2], Duration::from_secs(60));
-        r2.previous = Some(a.subnet);
+        r2.previous = a.subnet;
         let b = store.acquire(&r2).await.unwrap();
         assert_eq!(b.subnet, a.subnet);
         let e = store
@@ -562,7 +566,7 @@ mod tests {
 
         // A peer whose IPv6 half is outside the IPv6Network: kept for IPv4 only.
         let bad = Lease {
-            subnet: "10.244.99.0/24".parse().unwrap(),
+            subnet: "10.244.99.0/24".parse().ok(),
             ipv6_subnet: Some("fd99:0:0:1::/64".parse().unwrap()),
             ..b.clone()
         };
@@ -578,7 +582,7 @@ mod tests {
             e => panic!("expected the peer's IPv4 half, got {e:?}"),
         }
         store.release(&b).await.unwrap();
-        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(b.subnet));
+        assert_eq!(w.recv().await.unwrap(), WatchEvent::Remove(b.id()));
     }
 
     #[test]
@@ -604,9 +608,9 @@ mod tests {
             r#""BackendV6Data":[1,2,3]"#,
         );
         let l = parse_record("10.244.3.0-24&fc00:0:0:3::-64", bad.as_bytes()).unwrap();
-        let (kept, why) = l.checked_ipv6(None);
+        let (kept, why) = l.checked_ipv6(None).unwrap();
         assert!(why.unwrap().contains("BackendV6Data"));
-        assert_eq!(kept.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(kept.subnet, "10.244.3.0/24".parse().ok());
         assert!(kept.attrs.vxlan_data().is_ok());
     }
 

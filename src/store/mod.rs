@@ -12,7 +12,7 @@ pub mod etcd;
 pub mod kube;
 pub mod local;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::NetConfig;
-use crate::lease::{Lease, LeaseAttrs};
+use crate::lease::{Lease, LeaseAttrs, LeaseId};
 
 /// What a node asks the store for.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub enum WatchEvent {
     /// A lease appeared or its attributes changed.
     Upsert(Lease),
     /// A lease expired or was released.
-    Remove(Ipv4Net),
+    Remove(LeaseId),
 }
 
 /// Failures of a lease store, naming the store location and what to do.
@@ -82,8 +82,8 @@ pub enum StoreError {
     )]
     LeaseLost {
         store: String,
-        subnet: Ipv4Net,
-        holder: Ipv4Addr,
+        subnet: LeaseId,
+        holder: IpAddr,
     },
     #[error("lease store {store}: network config {key}: {problem}")]
     Config {
@@ -329,8 +329,11 @@ pub trait LeaseStore: Send + Sync {
 }
 
 /// flannel's choice of subnet, shared by the stores that allocate (local, etcd):
-/// `Ok(Ok(existing))` when this node (same public IP) already holds a lease,
-/// `Ok(Err(subnet))` for a free subnet to create (the previous one if free, else random).
+/// `Ok(Ok(existing))` when this node already holds a lease (one of its public
+/// IP, or on an IPv6-only network of its public IPv6, leasable in this
+/// config), `Ok(Err(subnet))` for a lease to create: a free IPv4 subnet (the
+/// previous one if free, else random), or `None` on an IPv6-only network,
+/// whose lease has only the IPv6 subnet [`choose_subnet6`] picks.
 ///
 /// # Errors
 /// [`StoreError::NoFreeSubnet`] when every subnet in range is taken.
@@ -339,24 +342,33 @@ pub fn choose_subnet<'a>(
     req: &AcquireRequest,
     leases: &'a [Lease],
     rng: &mut impl Rng,
-) -> Result<Result<&'a Lease, Ipv4Net>, StoreError> {
-    let cfg = &req.config;
-    if let Some(own) = leases
-        .iter()
-        .find(|l| l.attrs.public_ip == req.attrs.public_ip && cfg.is_leasable(&l.subnet))
-    {
+) -> Result<Result<&'a Lease, Option<Ipv4Net>>, StoreError> {
+    let Some(cfg) = &req.config.ipv4 else {
+        let own = req.config.ipv6.and_then(|cfg6| {
+            leases.iter().find(|l| {
+                l.subnet.is_none()
+                    && req.attrs.public_ipv6.is_some()
+                    && l.attrs.public_ipv6 == req.attrs.public_ipv6
+                    && l.ipv6_subnet.is_some_and(|s| cfg6.is_leasable(&s))
+            })
+        });
+        return Ok(own.ok_or(None));
+    };
+    if let Some(own) = leases.iter().find(|l| {
+        l.attrs.public_ip == req.attrs.public_ip && l.subnet.is_some_and(|s| cfg.is_leasable(&s))
+    }) {
         return Ok(Ok(own));
     }
-    let taken = |s: &Ipv4Net| leases.iter().any(|l| l.subnet == *s);
+    let taken = |s: &Ipv4Net| leases.iter().any(|l| l.subnet == Some(*s));
     if let Some(p) = req.previous {
         if cfg.is_leasable(&p) && !taken(&p) {
-            return Ok(Err(p));
+            return Ok(Err(Some(p)));
         }
     }
     let count = cfg.subnet_count();
     let nth = |i: u128| u32::try_from(i).ok().and_then(|i| cfg.nth_subnet(i));
     pick_free(u128::from(count), nth, taken, rng)
-        .map(Err)
+        .map(|s| Err(Some(s)))
         .ok_or_else(|| StoreError::NoFreeSubnet {
             store: store.to_string(),
             count,
@@ -390,7 +402,7 @@ fn pick_free<S: Copy>(
     (!free.is_empty()).then(|| free[rng.random_range(0..free.len())])
 }
 
-/// The IPv6 half of flannel's choice, for a dual-stack network (`None` when
+/// The IPv6 half of flannel's choice, for a dual-stack or IPv6-only network (`None` when
 /// `req.config` has no IPv6): the IPv6 subnet of `own` (this node's lease,
 /// when [`choose_subnet`] found one) if it is still leasable and nobody
 /// else's, else `req.previous6` if free, else a random free one. An own
@@ -468,7 +480,7 @@ mod tests {
 
     fn lease(s: &str, ip: [u8; 4]) -> Lease {
         Lease {
-            subnet: s.parse().unwrap(),
+            subnet: s.parse().ok(),
             ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(1).unwrap(), VtepMac::derive(&ip)),
             expiration: None,
@@ -480,7 +492,7 @@ mod tests {
         let mut rng = rand::rng();
         let leases = vec![lease("10.244.1.0/24", [192, 0, 2, 1])];
         let own = choose_subnet("t", &req(None, [192, 0, 2, 1]), &leases, &mut rng).unwrap();
-        assert_eq!(own.unwrap().subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(own.unwrap().id().to_string(), "10.244.1.0/24");
         let prev = choose_subnet(
             "t",
             &req(Some("10.244.3.0/24"), [192, 0, 2, 2]),
@@ -488,7 +500,7 @@ mod tests {
             &mut rng,
         )
         .unwrap();
-        assert_eq!(prev.unwrap_err().to_string(), "10.244.3.0/24");
+        assert_eq!(prev.unwrap_err().unwrap().to_string(), "10.244.3.0/24");
         // The previous subnet is taken: a random free one.
         let r = choose_subnet(
             "t",
@@ -497,7 +509,7 @@ mod tests {
             &mut rng,
         )
         .unwrap();
-        let s = r.unwrap_err().to_string();
+        let s = r.unwrap_err().unwrap().to_string();
         assert!(s == "10.244.2.0/24" || s == "10.244.3.0/24", "{s}");
     }
 
@@ -579,7 +591,7 @@ mod tests {
         ];
         let r = req6(None, [192, 0, 2, 1]);
         let own = choose_subnet("t", &r, &leases, &mut rng).unwrap().unwrap();
-        assert_eq!(own.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(own.id().to_string(), "10.244.1.0/24");
         let s6 = choose_subnet6("t", &r, Some(own), &leases, &mut rng).unwrap();
         assert_eq!(s6.unwrap().to_string(), "fc00:0:0:3::/64");
         // An IPv6 subnet no longer in range, or one another lease holds too.

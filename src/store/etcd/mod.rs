@@ -56,7 +56,7 @@ use super::dial::error_chain;
 use super::{
     AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent, choose_subnet, choose_subnet6,
 };
-use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+use crate::lease::{Lease, LeaseAttrs, LeaseId, parse_subnet_key, subnet_key};
 use diagnose::{diagnose, with_hint};
 use options::{render_put_config, tls_options};
 
@@ -90,10 +90,8 @@ struct Entry {
     mod_revision: i64,
     create_revision: i64,
     lease_id: i64,
-    /// The subnet of the key, when the key has flannel's form.
-    subnet: Option<Ipv4Net>,
-    /// The IPv6 subnet of the key, when it is a dual-stack key.
-    subnet6: Option<Ipv6Net>,
+    /// The subnets of the key, when the key has flannel's form.
+    id: Option<LeaseId>,
     /// The lease, or why it cannot be used as a VXLAN peer.
     parsed: Result<Lease, String>,
     /// Why the lease's IPv6 half was left out of `parsed`, if it was.
@@ -446,7 +444,7 @@ impl EtcdStore {
         &self,
         key: &str,
         rev: i64,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         subnet6: Ipv6Net,
         check4: bool,
     ) -> Result<Option<Entry>, StoreError> {
@@ -454,7 +452,9 @@ impl EtcdStore {
         Ok(entries.into_iter().find(|e| {
             e.key != key
                 && e.create_revision < rev
-                && ((check4 && e.subnet == Some(subnet)) || e.subnet6 == Some(subnet6))
+                && e.id.is_some_and(|id| {
+                    (check4 && subnet.is_some() && id.v4 == subnet) || id.v6 == Some(subnet6)
+                })
         }))
     }
 
@@ -546,34 +546,33 @@ impl EtcdStore {
 /// IPv6 half is held to `network6` (the IPv6Network, when known).
 fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ipv6Net>) -> Entry {
     let key = String::from_utf8_lossy(key).into_owned();
-    let subnets = key
+    let id = key
         .strip_prefix(subnets_prefix)
         .and_then(|k| parse_subnet_key(k).ok());
-    let subnet = subnets.map(|(s, _)| s);
-    let subnet6 = subnets.and_then(|(_, s6)| s6);
     let attrs: Result<LeaseAttrs, String> = serde_json::from_slice(value)
         .map_err(|e| format!("value is not flannel's lease JSON: {e}"));
-    let parsed = match (subnet, &attrs) {
+    let parsed = match (id, &attrs) {
         (None, _) => Err(
-            "the key is not of the form <prefix>/subnets/10.244.3.0-24 (or 10.244.3.0-24&fc00:0:0:3::-64)"
+            "the key is not of the form <prefix>/subnets/10.244.3.0-24 (or 10.244.3.0-24&fc00:0:0:3::-64, or 0.0.0.0-0&fc00:0:0:3::-64 on an IPv6-only network)"
                 .to_string(),
         ),
         (Some(_), Err(e)) => Err(e.clone()),
-        (Some(s), Ok(a)) => a
-            .vxlan_data()
-            .map(|_| Lease {
-                subnet: s,
-                ipv6_subnet: subnet6,
+        (Some(id), Ok(a)) => {
+            let l = Lease {
+                subnet: id.v4,
+                ipv6_subnet: id.v6,
                 attrs: a.clone(),
                 expiration: None,
-            })
-            .map_err(|e| e.to_string()),
-    };
-    let (parsed, dropped6) = match parsed {
-        Ok(l) => {
-            let (l, why) = l.checked_ipv6(network6);
-            (Ok(l), why)
+            };
+            // An IPv6-only lease carries BackendData null, as flannel writes it.
+            match id.v4.map(|_| a.vxlan_data()) {
+                Some(Err(e)) => Err(e.to_string()),
+                _ => Ok(l),
+            }
         }
+    };
+    let (parsed, dropped6) = match parsed.and_then(|l| l.checked_ipv6(network6)) {
+        Ok((l, why)) => (Ok(l), why),
         Err(e) => (Err(e), None),
     };
     Entry {
@@ -581,8 +580,7 @@ fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ip
         mod_revision: 0,
         create_revision: 0,
         lease_id: 0,
-        subnet,
-        subnet6,
+        id,
         parsed,
         dropped6,
         attrs: attrs.ok(),
@@ -590,15 +588,15 @@ fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ip
 }
 
 /// What the store makes of the etcd key `key` holding `value` under
-/// `subnets_prefix`: the key's subnet (when the key has flannel's form) and
+/// `subnets_prefix`: the key's subnets (when the key has flannel's form) and
 /// the peer lease, or why it is skipped. Pure; the fuzzer's entry point.
 pub fn parse_lease_kv(
     subnets_prefix: &str,
     key: &[u8],
     value: &[u8],
-) -> (Option<Ipv4Net>, Result<Lease, String>) {
+) -> (Option<LeaseId>, Result<Lease, String>) {
     let e = entry_of(subnets_prefix, key, value, None);
-    (e.subnet, e.parsed)
+    (e.id, e.parsed)
 }
 
 #[async_trait]
@@ -632,7 +630,7 @@ impl LeaseStore for EtcdStore {
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
         self.network6.set(&req.config);
-        let mut lost: Vec<Ipv4Net> = vec![];
+        let mut lost: Vec<LeaseId> = vec![];
         // The IPv4 subnet to keep when a dual-stack creation gave way over
         // its IPv6 subnet (it was this node's, or it was free).
         let mut keep4: Option<Ipv4Net> = None;
@@ -650,20 +648,20 @@ impl LeaseStore for EtcdStore {
             // holds the key, and creating over it would fail.
             let mut taken: Vec<Lease> = vec![];
             for e in &entries {
-                let Some(subnet) = e.subnet else { continue };
+                let Some(id) = e.id else { continue };
                 let attrs = e.attrs.clone().unwrap_or_else(nobody);
                 taken.push(Lease {
-                    subnet,
-                    ipv6_subnet: e.subnet6,
+                    subnet: id.v4,
+                    ipv6_subnet: id.v6,
                     attrs,
                     expiration: None,
                 });
             }
-            for s in &lost {
-                if !taken.iter().any(|l| l.subnet == *s) {
+            for id in &lost {
+                if !taken.iter().any(|l| l.id() == *id) {
                     taken.push(Lease {
-                        subnet: *s,
-                        ipv6_subnet: None,
+                        subnet: id.v4,
+                        ipv6_subnet: id.v6,
                         attrs: nobody(),
                         expiration: None,
                     });
@@ -690,10 +688,8 @@ impl LeaseStore for EtcdStore {
             match choice {
                 Ok((own, own6)) => {
                     // This node's lease from an earlier run: take it over with our attrs.
-                    let Some(e) = entries
-                        .iter()
-                        .find(|e| e.subnet == Some(own) && e.subnet6 == own6)
-                    else {
+                    let was = LeaseId { v4: own, v6: own6 };
+                    let Some(e) = entries.iter().find(|e| e.id == Some(was)) else {
                         continue;
                     };
                     let want = lease(own);
@@ -720,7 +716,7 @@ impl LeaseStore for EtcdStore {
                                 w.key
                             );
                             self.withdraw(&key, rev).await?;
-                            keep4 = Some(own);
+                            keep4 = own;
                             continue;
                         }
                     }
@@ -732,7 +728,7 @@ impl LeaseStore for EtcdStore {
                     let key = self.key_of(&want);
                     let Some(rev) = self.create(&key, &req.attrs, req.ttl).await? else {
                         tracing::info!("etcd: lost the race for {key}; trying another subnet");
-                        lost.push(free);
+                        lost.push(want.id());
                         continue;
                     };
                     if let Some(s6) = subnet6 {
@@ -742,11 +738,11 @@ impl LeaseStore for EtcdStore {
                                 w.key
                             );
                             self.withdraw(&key, rev).await?;
-                            if w.subnet == Some(free) {
-                                lost.push(free);
+                            if free.is_some() && w.id.and_then(|id| id.v4) == free {
+                                lost.push(want.id());
                                 keep4 = None;
                             } else {
-                                keep4 = Some(free);
+                                keep4 = free;
                             }
                             continue;
                         }
@@ -775,11 +771,12 @@ impl LeaseStore for EtcdStore {
                 });
             };
             if let Some(a) = &e.attrs {
-                if a.public_ip != lease.attrs.public_ip {
+                let ipv6_only = lease.subnet.is_none();
+                if a.public_addr(ipv6_only) != lease.public_addr() {
                     return Err(StoreError::LeaseLost {
                         store: self.describe(),
-                        subnet: lease.subnet,
-                        holder: a.public_ip,
+                        subnet: lease.id(),
+                        holder: a.public_addr(ipv6_only),
                     });
                 }
             }

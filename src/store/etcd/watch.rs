@@ -7,11 +7,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use super::{Entry, EtcdStore};
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseId};
 use crate::store::dial::error_chain;
 use crate::store::{StoreError, WatchEvent};
 
@@ -45,8 +44,10 @@ pub(super) async fn start(store: &EtcdStore) -> Result<mpsc::Receiver<WatchEvent
 struct Watcher {
     store: EtcdStore,
     tx: mpsc::Sender<WatchEvent>,
-    /// The valid leases as last reported.
-    known: BTreeMap<Ipv4Net, Lease>,
+    /// The valid leases as last reported, by etcd key: a delete names the
+    /// key, and the lease reported for it (its IPv6 half perhaps left out)
+    /// is the one to remove.
+    known: BTreeMap<String, Lease>,
     /// `(key, mod_revision)` of values already warned about.
     warned: HashSet<(String, i64)>,
     /// The highest etcd revision seen.
@@ -77,7 +78,7 @@ impl Watcher {
                 tracing::warn!(
                     "etcd: lease {}: routing only its IPv4 subnet {}: its IPv6 half is unusable: {why}",
                     e.key,
-                    l.subnet
+                    l.id()
                 );
             }
         }
@@ -102,7 +103,7 @@ impl Watcher {
             self.warn_dropped6(&e);
             match e.parsed {
                 Ok(l) => {
-                    known.insert(l.subnet, l);
+                    known.insert(e.key, l);
                 }
                 Err(why) => self.warn_skipped(&e.key, e.mod_revision, &why),
             }
@@ -244,10 +245,8 @@ impl Watcher {
                             match ev.event_type() {
                                 EventType::Delete => {
                                     let e = store.entry(kv);
-                                    if let Some(s) = e.subnet {
-                                        if self.known.remove(&s).is_some() {
-                                            events.push(WatchEvent::Remove(s));
-                                        }
+                                    if let Some(was) = self.known.remove(&e.key) {
+                                        events.push(WatchEvent::Remove(was.id()));
                                     }
                                 }
                                 EventType::Put => {
@@ -255,17 +254,22 @@ impl Watcher {
                                     self.warn_dropped6(&e);
                                     match e.parsed {
                                         Ok(l) => {
-                                            if self.known.get(&l.subnet) != Some(&l) {
-                                                self.known.insert(l.subnet, l.clone());
+                                            if self.known.get(&e.key) != Some(&l) {
+                                                let was =
+                                                    self.known.insert(e.key.clone(), l.clone());
+                                                // The IPv6 half of the value changed its usability.
+                                                if let Some(was) =
+                                                    was.filter(|w| w.id() != l.id())
+                                                {
+                                                    events.push(WatchEvent::Remove(was.id()));
+                                                }
                                                 events.push(WatchEvent::Upsert(l));
                                             }
                                         }
                                         Err(why) => {
                                             self.warn_skipped(&e.key, e.mod_revision, &why);
-                                            if let Some(s) = e.subnet {
-                                                if self.known.remove(&s).is_some() {
-                                                    events.push(WatchEvent::Remove(s));
-                                                }
+                                            if let Some(was) = self.known.remove(&e.key) {
+                                                events.push(WatchEvent::Remove(was.id()));
                                             }
                                         }
                                     }
@@ -300,23 +304,27 @@ impl Watcher {
     }
 }
 
-/// Drops a Remove that an Upsert of the same subnet follows in one batch: a
-/// lease moved to another key (an IPv6 subnet added or dropped) in one
-/// transaction is changed, never gone.
+/// Orders one batch so that no peer goes missing between its events: a
+/// Remove that an Upsert of the same lease follows is dropped (the Upsert
+/// replaces it), and the other Removes go after the Upserts. A lease moved
+/// to another key (an IPv6 subnet added or dropped) is then routed by its
+/// new lease before its old one is removed.
 fn coalesce(events: &mut Vec<WatchEvent>) {
-    let mut later: HashSet<Ipv4Net> = HashSet::new();
+    let mut later: HashSet<LeaseId> = HashSet::new();
     let mut keep = vec![true; events.len()];
     for (i, e) in events.iter().enumerate().rev() {
         match e {
             WatchEvent::Upsert(l) => {
-                later.insert(l.subnet);
+                later.insert(l.id());
             }
-            WatchEvent::Remove(s) => keep[i] = !later.contains(s),
+            WatchEvent::Remove(id) => keep[i] = !later.contains(id),
             WatchEvent::Snapshot(_) => {}
         }
     }
     let mut k = keep.into_iter();
     events.retain(|_| k.next().unwrap_or(true));
+    // A stable sort: Upserts (and Snapshots) keep their order, then Removes.
+    events.sort_by_key(|e| matches!(e, WatchEvent::Remove(_)));
 }
 
 #[cfg(test)]
@@ -324,9 +332,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_moved_lease_is_an_upsert_not_a_remove() {
+    fn a_moved_lease_is_routed_before_its_old_key_goes() {
         let l = crate::lease::Lease {
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().ok(),
             ipv6_subnet: Some("fc00:0:0:3::/64".parse().unwrap()),
             attrs: crate::lease::LeaseAttrs::vxlan(
                 [192, 0, 2, 1].into(),
@@ -335,20 +343,32 @@ mod tests {
             ),
             expiration: None,
         };
-        let other: Ipv4Net = "10.244.4.0/24".parse().unwrap();
+        // The node's old key (no IPv6 subnet) is deleted in the batch that
+        // puts its dual-stack key: the new lease first, then the old one goes.
+        let old = LeaseId::v4("10.244.3.0/24".parse().unwrap());
+        let other = LeaseId::v4("10.244.4.0/24".parse().unwrap());
         let mut ev = vec![
-            WatchEvent::Remove(l.subnet),
+            WatchEvent::Remove(old),
             WatchEvent::Upsert(l.clone()),
             WatchEvent::Remove(other),
         ];
         coalesce(&mut ev);
         assert_eq!(
             ev,
-            vec![WatchEvent::Upsert(l.clone()), WatchEvent::Remove(other)]
+            vec![
+                WatchEvent::Upsert(l.clone()),
+                WatchEvent::Remove(old),
+                WatchEvent::Remove(other)
+            ]
         );
+        // Delete then put of the same key: the put replaces it.
+        let mut ev = vec![WatchEvent::Remove(l.id()), WatchEvent::Upsert(l.clone())];
+        coalesce(&mut ev);
+        assert_eq!(ev, vec![WatchEvent::Upsert(l.clone())]);
         // Put then delete: gone.
-        let mut ev = vec![WatchEvent::Upsert(l.clone()), WatchEvent::Remove(l.subnet)];
+        let mut ev = vec![WatchEvent::Upsert(l.clone()), WatchEvent::Remove(l.id())];
         coalesce(&mut ev);
         assert_eq!(ev.len(), 2);
+        assert_eq!(ev[1], WatchEvent::Remove(l.id()));
     }
 }
