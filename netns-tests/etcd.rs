@@ -115,6 +115,59 @@ fn etcd_dual_stack_leases_and_a_restart() {
     assert!(wait_until(5, || c.nodes[1].ping6(c.nodes[0].addr6())));
 }
 
+/// IPv6-only on a real etcd that the nodes reach over the IPv6 underlay
+/// (`http://[2001:db8::fe]:PORT`; the nodes have no IPv4 address): each
+/// node's key is flannel's `0.0.0.0-0&fc00:0:0:Y::-64`, its value has
+/// `PublicIP` 0.0.0.0, `BackendData` null, PublicIPv6 and BackendV6Data; a
+/// restarted node comes back on its subnet under the same key, and a lease
+/// deleted with etcdctl is routed no more.
+#[test]
+fn etcd_ipv6_only_leases_and_a_restart() {
+    if !runnable("etcd_ipv6_only_leases_and_a_restart") {
+        return;
+    }
+    let mut c = crate::ipv6only::ipv6_only_nodes("etcd6o", 2);
+    let etcd = EtcdServer::start_in_netns6(c.underlay_ns(), netns::UNDERLAY6_GW);
+    etcd.put(&format!("{PREFIX}/config"), crate::ipv6only::IPV6_ONLY);
+    c.etcd = Some(etcd.endpoint());
+    c.start(0);
+    c.start(1);
+    c.wait_peers(1);
+    let sub = format!("{PREFIX}/subnets/");
+    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", &sub]);
+    for n in &c.nodes {
+        let key = format!("{sub}0.0.0.0-0&{}-64", n.subnet6().addr());
+        assert!(keys.contains(&key), "{key} in {keys}");
+        let value = etcd.etcdctl(&["get", "--print-value-only", &key]);
+        let v: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
+        assert_eq!(v["PublicIP"], "0.0.0.0", "{value}");
+        assert!(v["BackendData"].is_null(), "{value}");
+        assert!(
+            v["PublicIPv6"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("2001:db8::")),
+            "{value}"
+        );
+        assert!(v["BackendV6Data"]["VtepMAC"].is_string(), "{value}");
+    }
+    assert!(c.nodes[0].ping6(c.nodes[1].addr6()));
+    assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
+    let s6 = c.nodes[0].subnet6();
+    c.nodes[0].stop();
+    c.start(0);
+    c.wait_peers(1);
+    assert_eq!(c.nodes[0].subnet6(), s6);
+    assert_eq!(etcd_leases(&etcd).len(), 2, "the restart reuses its key");
+    assert!(wait_until(5, || c.nodes[1].ping6(c.nodes[0].addr6())));
+    // An operator deletes node 1's lease: node 0 drops its route.
+    let key1 = format!("{sub}0.0.0.0-0&{}-64", c.nodes[1].subnet6().addr());
+    c.nodes[1].stop();
+    etcd.etcdctl(&["del", &key1]);
+    c.wait_peers(0);
+    assert!(!c.nodes[0].ping6(c.nodes[1].addr6()));
+    c.nodes[0].assert_nothing_wrong();
+}
+
 /// The subnets etcd holds leases for now (`etcdctl get --prefix --keys-only`).
 fn etcd_subnets(etcd: &EtcdServer) -> BTreeSet<Ipv4Net> {
     let sub = format!("{PREFIX}/subnets/");

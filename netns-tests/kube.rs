@@ -242,3 +242,70 @@ fn kube_dual_stack_nodes_reach_each_other_over_ipv6() {
     assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
     drop(srv);
 }
+
+/// Kubernetes mode, IPv6-only: the API server is reached over the IPv6
+/// underlay (the nodes have no IPv4 address), each node's `spec.podCIDRs`
+/// holds one IPv6 CIDR, weftd leases it, announces only flannel's IPv6
+/// annotations (`backend-v6-data`, `public-ipv6`; no `backend-data` or
+/// `public-ip`, as flannel writes none there), and the nodes reach each
+/// other over IPv6.
+#[test]
+fn kube_ipv6_only_nodes_reach_each_other() {
+    if !require_root("kube_ipv6_only_nodes_reach_each_other") {
+        return;
+    }
+    let mut c = crate::ipv6only::ipv6_only_nodes("kube6o", 2);
+    let conf = c.store_dir.with_file_name("kube-net-conf.json");
+    std::fs::write(&conf, crate::ipv6only::IPV6_ONLY).unwrap();
+    let st = new_state();
+    for i in 0..2 {
+        let cidr = format!("fc00:0:0:{}::/64", i + 1);
+        let n = node_json(
+            &format!("node{i}"),
+            Some(&cidr),
+            &netns::underlay6_addr(i).to_string(),
+            json!({}),
+        );
+        st.lock().unwrap().put_node(n);
+    }
+    let gw6 = std::net::SocketAddr::from((netns::UNDERLAY6_GW, 0));
+    let l = netns::in_netns(c.underlay_ns(), || std::net::TcpListener::bind(gw6))
+        .expect("enter the underlay namespace")
+        .expect("bind [2001:db8::fe]");
+    let srv = ApiServer::start(l, st.clone(), None);
+    assert!(srv.url.contains("[2001:db8::fe]"), "{}", srv.url);
+    for i in 0..2 {
+        let extra = std::mem::take(&mut c.nodes[i].extra);
+        kube_args(&mut c, i, &srv.url, &conf, &format!("node{i}"));
+        c.nodes[i].extra.extend(extra);
+        c.start(i);
+    }
+    c.wait_peers(1);
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_eq!(n.subnet6().to_string(), format!("fc00:0:0:{}::/64", i + 1));
+        let node = st.lock().unwrap().node(&format!("node{i}"));
+        let a = &node["metadata"]["annotations"];
+        assert_eq!(
+            a["flannel.alpha.coreos.com/public-ipv6"],
+            netns::underlay6_addr(i).to_string(),
+            "{a}"
+        );
+        assert!(
+            a["flannel.alpha.coreos.com/backend-v6-data"]
+                .as_str()
+                .is_some_and(|d| d.contains("VtepMAC")),
+            "{a}"
+        );
+        assert!(
+            a.get("flannel.alpha.coreos.com/backend-data").is_none()
+                && a.get("flannel.alpha.coreos.com/public-ip").is_none(),
+            "{a}"
+        );
+    }
+    assert!(c.nodes[0].ping6(c.nodes[1].addr6()));
+    assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
+    for n in &c.nodes {
+        n.assert_nothing_wrong();
+    }
+    drop(srv);
+}

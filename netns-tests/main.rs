@@ -14,6 +14,7 @@ mod dropin;
 mod dualstack;
 mod etcd;
 mod hostile;
+mod ipv6only;
 mod kube;
 #[path = "../tests/kube_support/mod.rs"]
 mod kube_support;

@@ -128,14 +128,6 @@ impl NetConfig {
                 "false with EnableIPv6 false leaves no family to carry; set EnableIPv4 true (with Network) or EnableIPv6 true (with IPv6Network)".into(),
             ));
         }
-        if !enable_ipv4 {
-            // The layers below carry an IPv4-less lease (`ipv4: None`), but
-            // an IPv6-only node is not yet tested end to end.
-            return Err(bad(
-                "EnableIPv4",
-                "false (an IPv6-only network) is not supported by weft yet; weft runs IPv4 and dual-stack networks, so set EnableIPv4 to true with a Network beside IPv6Network".into(),
-            ));
-        }
         let ipv6 = if enable_ipv6 {
             Some(parse_ipv6(top, &bad)?)
         } else {
@@ -761,6 +753,23 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_as_flannel_reads_it() {
+        // EnableIPv4 false: no IPv4 half, and flannel ignores Network then.
+        let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.ipv4, None);
+        assert_eq!(c.network(), None);
+        assert_eq!(c.network6(), Some("fc00::/48".parse().unwrap()));
+        assert_eq!(c.overlay_mtu(1500), 1430);
+        let c = parse(r#"{"Network":"not a network","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.ipv4, None);
+        // IPv6-only still needs its IPv6Network.
+        let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IPv6Network"), "{e}");
+    }
+
+    #[test]
     fn ipv6_refusals_name_the_field_and_rule() {
         let cases = [
             (r#""EnableIPv6":true"#, "IPv6Network", "is required"),
@@ -818,11 +827,6 @@ mod tests {
                 r#""EnableIPv4":false,"EnableIPv6":false"#,
                 "EnableIPv4",
                 "leaves no family",
-            ),
-            (
-                r#""EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48""#,
-                "EnableIPv4",
-                "IPv6-only",
             ),
         ];
         for (keys, field, rule) in cases {

@@ -734,12 +734,19 @@ async fn start(
     if let Some(s6) = subnet6 {
         let _ = status.subnet6.set(s6);
     }
+    // The IPv6 VTEP's MAC as the lease announces it (or as derived for it).
+    let mac6 = match (lease.attrs.vxlan_v6_data(), lease.attrs.public_ipv6) {
+        (Ok(Some(d)), _) => d.vtep_mac,
+        (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
+        _ => vtep_mac,
+    };
     let _ = status.node.set(metrics::NodeInfo {
         tun: opts.tun_name.clone(),
         mtu,
         interface: interface.to_string(),
-        public_ip: lease.attrs.public_ip,
-        vtep_mac,
+        public_ip: subnet4.map(|_| lease.attrs.public_ip),
+        public_ipv6: subnet6.and(lease.attrs.public_ipv6),
+        vtep_mac: if subnet4.is_some() { vtep_mac } else { mac6 },
         network: config.network(),
         vni: config.backend.vni.get(),
         port: config.backend.port,
@@ -748,12 +755,6 @@ async fn start(
     if let Some(h) = store.health() {
         let _ = status.store_health.set(h);
     }
-    // The IPv6 VTEP's MAC as the lease announces it (or as derived for it).
-    let mac6 = match (lease.attrs.vxlan_v6_data(), lease.attrs.public_ipv6) {
-        (Ok(Some(d)), _) => d.vtep_mac,
-        (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
-        _ => vtep_mac,
-    };
     let mut core = match (subnet4, subnet6) {
         (Some(s), _) => Core::new(config.backend.vni, vtep_mac, s),
         (None, Some(s6)) => Core::ipv6_only(config.backend.vni, mac6, s6),

@@ -52,7 +52,7 @@ pub enum IfaceError {
     #[error("the default route's interface {name} has no {family} address; {FLAGS_HINT}")]
     DefaultNoAddr { name: String, family: &'static str },
     #[error(
-        "interface {name} has no IPv4 address, and weft needs one (the IPv4 half of the network is mandatory); {FLAGS_HINT}"
+        "interface {name} has no IPv4 address, and the network carries IPv4 (net-conf.json's EnableIPv4, true by default); {FLAGS_HINT}, or on an IPv6-only underlay set EnableIPv4 to false with EnableIPv6 and IPv6Network"
     )]
     NoIpv4 { name: String },
     #[error(

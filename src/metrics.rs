@@ -59,7 +59,11 @@ pub struct NodeInfo {
     pub tun: String,
     pub mtu: u32,
     pub interface: String,
-    pub public_ip: Ipv4Addr,
+    /// The public IP; `None` on an IPv6-only network.
+    pub public_ip: Option<Ipv4Addr>,
+    /// The public IPv6 of a dual-stack or IPv6-only node.
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// The VtepMAC of the IPv4 VTEP, or of the IPv6 one on an IPv6-only node.
     pub vtep_mac: VtepMac,
     /// The IPv4 Network; `None` on an IPv6-only network.
     pub network: Option<Ipv4Net>,
@@ -120,10 +124,16 @@ impl Status {
             "# HELP weft_ready 1 once the dataplane forwards to the peers of the first lease snapshot.\n# TYPE weft_ready gauge\nweft_ready {}",
             u8::from(self.ready.load(Ordering::Relaxed))
         );
-        if let Some(subnet) = self.subnet.get() {
+        let labels = [
+            self.subnet.get().map(|s| format!("subnet=\"{s}\"")),
+            self.subnet6.get().map(|s6| format!("subnet6=\"{s6}\"")),
+        ];
+        let labels: Vec<String> = labels.into_iter().flatten().collect();
+        if !labels.is_empty() {
             let _ = writeln!(
                 o,
-                "# TYPE weft_lease_info gauge\nweft_lease_info{{subnet=\"{subnet}\"}} 1"
+                "# TYPE weft_lease_info gauge\nweft_lease_info{{{}}} 1",
+                labels.join(",")
             );
         }
         for (name, v) in [
@@ -180,12 +190,29 @@ impl Status {
                 p.public_ip, p.subnet, p.vtep_mac
             );
         }
+        // The peers of an IPv6-only network: named by their public IPv6.
+        let mut only6: Vec<_> = table.peers6_only().collect();
+        only6.sort_by_key(|q| (q.public_ip, q.subnet));
+        for q in &only6 {
+            let _ = writeln!(
+                o,
+                "weft_peer_info{{peer=\"{}\",subnet6=\"{}\",public_ipv6=\"{}\",vtep_mac6=\"{}\"}} 1",
+                q.public_ip, q.subnet, q.public_ip, q.vtep_mac
+            );
+        }
         let mut peers: Vec<(String, u32)> = leases
             .iter()
             .filter(|p| p.slot != 0)
             .map(|p| (p.public_ip.to_string(), p.slot))
             .collect();
         peers.dedup();
+        let mut peers6: Vec<(String, u32)> = only6
+            .iter()
+            .filter(|q| q.slot != 0)
+            .map(|q| (q.public_ip.to_string(), q.slot))
+            .collect();
+        peers6.dedup();
+        peers.extend(peers6);
         let other = self.counters.peers.snapshot(0);
         if other != Default::default() {
             peers.push(("other".into(), 0));

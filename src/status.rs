@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,12 @@ pub struct NodeView {
     pub tun: String,
     pub mtu: u32,
     pub interface: String,
-    pub public_ip: Ipv4Addr,
+    /// The public IP; `null` on an IPv6-only network.
+    pub public_ip: Option<Ipv4Addr>,
+    /// The public IPv6 of a dual-stack or IPv6-only node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// The VtepMAC of the IPv4 VTEP, or of the IPv6 one on an IPv6-only node.
     pub vtep_mac: String,
     /// The IPv4 Network; `null` on an IPv6-only network.
     pub network: Option<Ipv4Net>,
@@ -75,13 +80,16 @@ pub struct StoreView {
 /// One lease in the forwarding table, with its peer's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
-    /// The peer's IPv6 route: its IPv6 subnet and VTEP (dual-stack).
+    /// The lease's IPv4 subnet; `null` for a peer of an IPv6-only network.
+    pub subnet: Option<Ipv4Net>,
+    /// Its public IP; `null` for a peer of an IPv6-only network.
+    pub public_ip: Option<Ipv4Addr>,
+    /// The peer's IPv6 route: its IPv6 subnet and VTEP (dual-stack or IPv6-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<ipnet::Ipv6Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// The VtepMAC of its IPv4 VTEP, or of its IPv6 one when it has no IPv4 half.
     pub vtep_mac: String,
     /// The counters are per public IP: `shared` when another lease has the
     /// same one (nodes behind one NAT) or the peer is beyond the slot
@@ -117,37 +125,72 @@ pub fn view(status: &Status, now_ms: u64) -> View {
     let table = status.table.load();
     let mut leases: Vec<_> = table.peers().copied().collect();
     leases.sort_by_key(|p| (p.subnet.network(), p.subnet.prefix_len()));
-    let mut per_ip: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
-    for p in &leases {
-        *per_ip.entry(p.public_ip).or_default() += 1;
-    }
-    let peers = leases
+    let mut only6: Vec<_> = table.peers6_only().copied().collect();
+    only6.sort_by_key(|p| (p.subnet.network(), p.subnet.prefix_len()));
+    let mut per_ip: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for ip in leases
         .iter()
-        .map(|p| {
-            let s = status.counters.peers.snapshot(p.slot);
-            let v6 = table.peers6().find(|q| q.lease.v4 == Some(p.subnet));
-            PeerView {
-                subnet: p.subnet,
-                public_ip: p.public_ip,
-                subnet6: v6.map(|q| q.subnet),
-                public_ipv6: v6.map(|q| q.public_ip),
-                vtep_mac: p.vtep_mac.to_string(),
-                shared: p.slot == 0 || per_ip.get(&p.public_ip).is_some_and(|n| *n > 1),
-                packets_in: s.rx_packets,
-                packets_out: s.tx_packets,
-                bytes_in: s.rx_bytes,
-                bytes_out: s.tx_bytes,
-                last_in_ms: Some(s.last_rx_ms).filter(|t| *t > 0),
-                last_out_ms: Some(s.last_tx_ms).filter(|t| *t > 0),
-                drops: PEER_DROPS
-                    .iter()
-                    .zip(s.drops)
-                    .filter(|(_, v)| *v > 0)
-                    .map(|(r, v)| (r.name().to_string(), v))
-                    .collect(),
-            }
-        })
-        .collect();
+        .map(|p| IpAddr::V4(p.public_ip))
+        .chain(only6.iter().map(|p| IpAddr::V6(p.public_ip)))
+    {
+        *per_ip.entry(ip).or_default() += 1;
+    }
+    let counted = |row: PeerView, ip: IpAddr, slot: u32| {
+        let s = status.counters.peers.snapshot(slot);
+        PeerView {
+            shared: slot == 0 || per_ip.get(&ip).is_some_and(|n| *n > 1),
+            packets_in: s.rx_packets,
+            packets_out: s.tx_packets,
+            bytes_in: s.rx_bytes,
+            bytes_out: s.tx_bytes,
+            last_in_ms: Some(s.last_rx_ms).filter(|t| *t > 0),
+            last_out_ms: Some(s.last_tx_ms).filter(|t| *t > 0),
+            drops: PEER_DROPS
+                .iter()
+                .zip(s.drops)
+                .filter(|(_, v)| *v > 0)
+                .map(|(r, v)| (r.name().to_string(), v))
+                .collect(),
+            ..row
+        }
+    };
+    let blank = PeerView {
+        subnet: None,
+        public_ip: None,
+        subnet6: None,
+        public_ipv6: None,
+        vtep_mac: String::new(),
+        shared: false,
+        packets_in: 0,
+        packets_out: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        last_in_ms: None,
+        last_out_ms: None,
+        drops: BTreeMap::new(),
+    };
+    let dual = leases.iter().map(|p| {
+        let v6 = table.peers6().find(|q| q.lease.v4 == Some(p.subnet));
+        let row = PeerView {
+            subnet: Some(p.subnet),
+            public_ip: Some(p.public_ip),
+            subnet6: v6.map(|q| q.subnet),
+            public_ipv6: v6.map(|q| q.public_ip),
+            vtep_mac: p.vtep_mac.to_string(),
+            ..blank.clone()
+        };
+        counted(row, IpAddr::V4(p.public_ip), p.slot)
+    });
+    let v6_only = only6.iter().map(|q| {
+        let row = PeerView {
+            subnet6: Some(q.subnet),
+            public_ipv6: Some(q.public_ip),
+            vtep_mac: q.vtep_mac.to_string(),
+            ..blank.clone()
+        };
+        counted(row, IpAddr::V6(q.public_ip), q.slot)
+    });
+    let peers = dual.chain(v6_only).collect();
     let d = status.counters.snapshot();
     View {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -160,6 +203,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
             mtu: n.mtu,
             interface: n.interface.clone(),
             public_ip: n.public_ip,
+            public_ipv6: n.public_ipv6,
             vtep_mac: n.vtep_mac.to_string(),
             network: n.network,
             vni: n.vni,
@@ -290,6 +334,22 @@ fn drops_line(d: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// A peer's IPv4 and IPv6 halves in one cell (`mark` after the IPv4 one, or
+/// after the IPv6 one when there is no IPv4 half): `10.244.2.0/24 +
+/// fc00:0:0:2::/64`, or one of them.
+fn both(
+    v4: Option<impl std::fmt::Display>,
+    v6: Option<impl std::fmt::Display>,
+    mark: &str,
+) -> String {
+    match (v4, v6) {
+        (Some(a), Some(b)) => format!("{a}{mark} + {b}"),
+        (Some(a), None) => format!("{a}{mark}"),
+        (None, Some(b)) => format!("{b}{mark}"),
+        (None, None) => "-".to_string(),
+    }
+}
+
 /// The view as text: a few lines about the node, then a table of peers.
 pub fn render(v: &View) -> String {
     let now = v.now_ms;
@@ -314,7 +374,7 @@ pub fn render(v: &View) -> String {
                 .map_or_else(|| "IPv6-only".to_string(), |n| n.to_string()),
             n.tun,
             n.mtu,
-            n.public_ip,
+            both(n.public_ip, n.public_ipv6, ""),
             n.interface,
             n.vtep_mac,
             n.vni,
@@ -413,14 +473,8 @@ pub fn render(v: &View) -> String {
         .map(|p| {
             let mark = if p.shared { "*" } else { "" };
             [
-                match p.subnet6 {
-                    Some(s6) => format!("{} + {s6}", p.subnet),
-                    None => p.subnet.to_string(),
-                },
-                match p.public_ipv6 {
-                    Some(ip6) => format!("{}{mark} + {ip6}", p.public_ip),
-                    None => format!("{}{mark}", p.public_ip),
-                },
+                both(p.subnet, p.subnet6, ""),
+                both(p.public_ip, p.public_ipv6, mark),
                 p.vtep_mac.clone(),
                 when(now, p.last_in_ms),
                 when(now, p.last_out_ms),
@@ -492,7 +546,8 @@ mod tests {
                 tun: "weft0".into(),
                 mtu: 1450,
                 interface: "eth0".into(),
-                public_ip: [192, 0, 2, 1].into(),
+                public_ip: Some([192, 0, 2, 1].into()),
+                public_ipv6: None,
                 vtep_mac: VtepMac::derive(&[192, 0, 2, 1]),
                 network: "10.244.0.0/16".parse().ok(),
                 vni: 1,

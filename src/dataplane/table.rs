@@ -305,12 +305,10 @@ impl Table {
     /// each IPv4 route's public IP, and the public IPv6 of each IPv6 route
     /// whose lease has no IPv4 half (a peer of an IPv6-only network).
     pub fn peer_names(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.map.values().map(|p| IpAddr::V4(p.public_ip)).chain(
-            self.map6
-                .values()
-                .filter(|p6| p6.lease.v4.is_none())
-                .map(|p6| IpAddr::V6(p6.public_ip)),
-        )
+        self.map
+            .values()
+            .map(|p| IpAddr::V4(p.public_ip))
+            .chain(self.peers6_only().map(|p6| IpAddr::V6(p6.public_ip)))
     }
 
     /// Gives every peer the counter slot `slots` holds for its name
@@ -390,12 +388,20 @@ impl Table {
         None
     }
 
+    /// The peers' leases routed: those with an IPv4 half, and the IPv6-only
+    /// ones (not on the packet path: it counts).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.peers6_only().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
+    }
+
+    /// The IPv6 routes of leases without an IPv4 half (peers of an
+    /// IPv6-only network).
+    pub fn peers6_only(&self) -> impl Iterator<Item = &Peer6> {
+        self.map6.values().filter(|p6| p6.lease.v4.is_none())
     }
 
     /// Every peer, in no particular order.
@@ -553,6 +559,60 @@ mod tests {
         // Without an IPv6Network (an IPv4-only node) no IPv6 half is looked at.
         let (t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472, None);
         assert_eq!((t.peers6().count(), skipped.len()), (0, 0));
+    }
+
+    /// On an IPv6-only network the leases have no IPv4 half: the own lease
+    /// is left out by its IPv6 subnet, the others are routed by IPv6 alone,
+    /// counted as peers, and named by their public IPv6.
+    #[test]
+    fn ipv6_only_leases_are_routed_counted_and_named() {
+        let vni = Vni::new(1).unwrap();
+        let only6 = |s6: &str, ip6: &str| {
+            let ip6: Ipv6Addr = ip6.parse().unwrap();
+            Lease {
+                subnet: None,
+                ipv6_subnet: s6.parse().ok(),
+                attrs: LeaseAttrs::vxlan6_only(ip6, vni, VtepMac::derive(&ip6.octets())),
+                expiration: None,
+            }
+        };
+        let ls = vec![
+            only6("fc00:0:0:1::/64", "2001:db8::1"),
+            only6("fc00:0:0:2::/64", "2001:db8::2"),
+            only6("fc00:0:0:3::/64", "2001:db8::3"),
+        ];
+        let own = Some(LeaseId {
+            v4: None,
+            v6: "fc00:0:0:1::/64".parse().ok(),
+        });
+        let (mut t, skipped) = Table::build(&ls, own, vni, 8472, "fc00::/48".parse().ok());
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(
+            (t.len(), t.peers().count(), t.peers6_only().count()),
+            (2, 0, 2)
+        );
+        assert!(
+            t.lookup6("fc00:0:0:1::9".parse().unwrap()).is_none(),
+            "own subnet"
+        );
+        let p = t.lookup6("fc00:0:0:3::9".parse().unwrap()).unwrap();
+        assert_eq!(p.endpoint, "[2001:db8::3]:8472".parse().unwrap());
+        let mut names: Vec<IpAddr> = t.peer_names().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["2001:db8::2", "2001:db8::3"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        let mut slots = FxHashMap::default();
+        slots.insert("2001:db8::3".parse::<IpAddr>().unwrap(), 4);
+        t.set_slots(&slots);
+        assert_eq!(t.lookup6("fc00:0:0:3::9".parse().unwrap()).unwrap().slot, 4);
+        let by6 = t.sender("2001:db8::3".parse::<IpAddr>().unwrap()).unwrap();
+        assert_eq!((by6.slot, by6.nets.len()), (4, 0));
+        assert_eq!(
+            by6.nets6,
+            vec!["fc00:0:0:3::/64".parse::<Ipv6Net>().unwrap()]
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ const PROBE_WAIT: Duration = Duration::from_millis(1500);
 /// Runs every check that applies to this node, in order.
 pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     let mut r = Report::default();
+    // The interface is checked first, as IPv4 or dual-stack needs it; an
+    // IPv6-only network (known once the config is read) re-checks it below.
     let ext = interface(opts, &mut r);
     privileges(opts, &mut r);
     forwarding(&mut r);
@@ -58,11 +60,19 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     let Some(config) = network_config(opts, store.as_ref(), etcd.as_ref(), &mut r).await else {
         return r;
     };
-    // A dual-stack network needs the interface's IPv6 address too.
+    // A dual-stack network needs the interface's IPv6 address too; an
+    // IPv6-only one only that, so the IPv4 lines give way to IPv6 ones.
     let ext = match ext {
+        _ if config.ipv4.is_none() => {
+            r.checks.retain(|c| {
+                !["interface", "public IP", "IPv4 forwarding"].contains(&c.what.as_str())
+            });
+            forwarding6(&mut r);
+            interface6(opts, false, &mut r)
+        }
         Some(_) if config.ipv6.is_some() => {
             forwarding6(&mut r);
-            interface6(opts, &mut r)
+            interface6(opts, true, &mut r)
         }
         e => e,
     };
@@ -117,9 +127,10 @@ fn interface(opts: &Options, r: &mut Report) -> Option<ExtIface> {
     }
 }
 
-/// The interface again, with its IPv6 address (EnableIPv6).
-fn interface6(opts: &Options, r: &mut Report) -> Option<ExtIface> {
-    match iface::select(&opts.iface, true) {
+/// The interface again, with its IPv6 address (EnableIPv6); with
+/// `want_ipv4` false (an IPv6-only network) chosen by IPv6 alone.
+fn interface6(opts: &Options, want_ipv4: bool, r: &mut Report) -> Option<ExtIface> {
+    match iface::select_for(&opts.iface, want_ipv4, true) {
         Ok(e) => {
             let addr6 = e
                 .addr6
@@ -463,7 +474,10 @@ fn own_lease(
         )),
         None => r.push(Check::fail(
             "lease",
-            format!("no lease in the store has public IP {}", ext.public_ip),
+            match (config.ipv4, ext.public_ipv6) {
+                (None, Some(ip6)) => format!("no lease in the store has public IPv6 {ip6}"),
+                _ => format!("no lease in the store has public IP {}", ext.public_ip),
+            },
             "start weftd on this node; if it runs, check that --iface/--public-ip name the address the others see",
         )),
     }
@@ -510,7 +524,7 @@ fn subnet_env(opts: &Options, own: &Lease, config: &NetConfig, r: &mut Report) {
 /// Probes every peer through the overlay: reachable, and with full-size
 /// packets; when not, whether the VXLAN port or the whole node is silent.
 /// In a dual-stack network each peer's IPv6 half is probed too, through its
-/// IPv6 VTEP.
+/// IPv6 VTEP; in an IPv6-only one that half is the only one.
 fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &mut Report) {
     let echoes = match probe::Echoes::open(config.ipv6.is_some()) {
         Ok(s) => s,
@@ -522,57 +536,61 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
             return;
         }
     };
-    let Ok(own_mac) = own.attrs.vxlan_data().map(|d| d.vtep_mac) else {
-        return;
-    };
     let mtu = netlink::connect()
         .ok()
         .and_then(|mut nl| netlink::link(&mut nl, &ext.name).ok())
         .map_or(1450, |(_, m)| config.overlay_mtu(m));
     let id = (std::process::id() & 0xffff) as u16;
-    // The IPv4 halves are probed here; on an IPv6-only network there are none.
-    let Some((network, own_subnet)) = config.network().zip(own.subnet) else {
-        r.push(Check::note(
-            "peers",
-            "not probed: weftd doctor probes peers of an IPv4 or dual-stack network only",
-        ));
-        return;
-    };
-    let peers: Vec<(&Lease, ipnet::Ipv4Net)> = leases
+    // This node's VTEPs: the IPv4 one (subnet and MAC) unless the network is
+    // IPv6-only, and the IPv6 one in a dual-stack or IPv6-only network.
+    let own4 = config
+        .network()
+        .and(own.subnet)
+        .zip(own.attrs.vxlan_data().ok().map(|d| d.vtep_mac));
+    let own6 = config
+        .network6()
+        .and(own.ipv6_subnet)
+        .zip(own.attrs.vxlan_v6_data().ok().flatten());
+    let own_id = own.id();
+    let peers: Vec<&Lease> = leases
         .iter()
-        .filter_map(|l| Some((l, l.subnet?)))
-        .filter(|(_, s)| *s != own_subnet && network.contains(s))
+        .filter(|l| l.id() != own_id)
+        .filter(|l| match (l.subnet, config.network()) {
+            (Some(s), Some(n)) => n.contains(&s),
+            // An IPv6-only peer, in an IPv6-only network.
+            (None, None) => true,
+            _ => false,
+        })
         .collect();
     if peers.is_empty() {
         r.push(Check::note("peers", "none in the store yet"));
     }
-    // This node's IPv6 VTEP: its subnet address, MAC and socket address.
-    let own6 = own
-        .ipv6_subnet
-        .zip(own.attrs.vxlan_v6_data().ok().flatten());
-    for (i, (p, p_subnet)) in peers.into_iter().enumerate() {
-        let what = format!("peer {} ({})", p_subnet, p.attrs.public_ip);
-        let Ok(d) = p.attrs.vxlan_data() else {
-            r.push(Check::note(what, "not a vxlan lease: not probed"));
-            continue;
-        };
+    for (i, p) in peers.into_iter().enumerate() {
         let seq = (i as u16).wrapping_mul(8);
-        let half = Half {
-            what,
-            to_mac: d.vtep_mac,
-            from_mac: own_mac,
-            from: own_subnet.network().into(),
-            from_underlay: ext.addr.into(),
-            dst: p_subnet.network().into(),
-            public: p.attrs.public_ip.into(),
-            overhead: crate::config::VXLAN_OVERHEAD,
-        };
-        r.push(probe_half(config, &echoes, &half, mtu, id, seq));
+        if let (Some((own_subnet, own_mac)), Some(p_subnet)) = (own4, p.subnet) {
+            let what = format!("peer {} ({})", p_subnet, p.attrs.public_ip);
+            match p.attrs.vxlan_data() {
+                Ok(d) => {
+                    let half = Half {
+                        what,
+                        to_mac: d.vtep_mac,
+                        from_mac: own_mac,
+                        from: own_subnet.network().into(),
+                        from_underlay: ext.addr.into(),
+                        dst: p_subnet.network().into(),
+                        public: p.attrs.public_ip.into(),
+                        overhead: crate::config::VXLAN_OVERHEAD,
+                    };
+                    r.push(probe_half(config, &echoes, &half, mtu, id, seq));
+                }
+                Err(_) => r.push(Check::note(what, "not a vxlan lease: not probed")),
+            }
+        }
         let peer6 = p
             .ipv6_subnet
             .zip(p.attrs.public_ipv6)
             .zip(p.attrs.vxlan_v6_data().ok().flatten());
-        if let (Some((s6, d6)), Some(((ps6, pip6), pd6)), Some(_)) = (own6, peer6, config.ipv6) {
+        if let (Some((s6, d6)), Some(((ps6, pip6), pd6))) = (own6, peer6) {
             let half = Half {
                 what: format!("peer {ps6} ({pip6})"),
                 to_mac: pd6.vtep_mac,
@@ -593,6 +611,11 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
                 mtu,
                 id,
                 seq.wrapping_add(4),
+            ));
+        } else if p.subnet.is_none() {
+            r.push(Check::note(
+                format!("peer {}", p.id()),
+                "its lease has no usable IPv6 VTEP (PublicIPv6 and BackendV6Data): not probed",
             ));
         }
     }

@@ -230,6 +230,17 @@ impl EtcdServer {
         )
     }
 
+    /// As [`EtcdServer::start_in_netns`], listening on an IPv6 address
+    /// (an IPv6-only underlay): its endpoint is `http://[host]:PORT`.
+    pub fn start_in_netns6(ns: &str, host: std::net::Ipv6Addr) -> EtcdServer {
+        EtcdServer::start_in_ns(
+            tempfile::tempdir().unwrap(),
+            None,
+            Some(ns),
+            &format!("[{host}]"),
+        )
+    }
+
     /// As [`EtcdServer::start_in_netns`], with client-certificate auth over
     /// `tls` (whose server certificate must name `host`).
     pub fn start_tls_in_netns(
