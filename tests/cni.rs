@@ -1148,3 +1148,203 @@ fn dual_stack_refusals_name_the_fix() {
         node.builtin_allocations()
     );
 }
+
+/// The pod's one entry of an IPv6-only ADD result, checked: an IPv6
+/// address of the node's IPv6 subnet with its gateway, on the pod's `eth0`,
+/// and nothing of IPv4 in the addresses or the routes.
+fn ipv6_only_ip(mode: Mode, pod: &Netns, r: &Value) -> String {
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 1, "{mode:?}: only an IPv6 address: {r}");
+    let ip = &ips[0];
+    let ifaces = r["interfaces"].as_array().expect("interfaces");
+    let idx = ip["interface"].as_u64().expect("interface") as usize;
+    assert_eq!(ifaces[idx]["name"], "eth0", "{mode:?}: {r}");
+    assert_eq!(ifaces[idx]["sandbox"], pod.path(), "{mode:?}: {r}");
+    let a6 = ip["address"].as_str().expect("address").to_string();
+    let (addr6, len6) = a6.split_once('/').expect("prefix");
+    let addr6: std::net::Ipv6Addr = addr6.parse().expect("an IPv6 address");
+    let subnet6: ipnet::Ipv6Net = SUBNET6.parse().unwrap();
+    assert!(subnet6.contains(&addr6) && len6 == "64", "{mode:?}: {a6}");
+    assert_ne!(addr6.to_string(), GATEWAY6, "{mode:?}");
+    assert_eq!(ip["gateway"], GATEWAY6, "{mode:?}: {r}");
+    let routes = r["routes"].as_array().expect("routes");
+    assert!(
+        routes.iter().any(|rt| rt["dst"] == NETWORK6),
+        "{mode:?}: a route to {NETWORK6}: {r}"
+    );
+    assert!(
+        routes
+            .iter()
+            .all(|rt| rt["dst"].as_str().is_some_and(|d| d.contains(':'))),
+        "{mode:?}: IPv6 routes only: {r}"
+    );
+    a6
+}
+
+/// IPv6-only subnet.env (`EnableIPv4: false`), in both modes: two pods get
+/// distinct IPv6 addresses of the node's IPv6 subnet and no IPv4 address,
+/// the IPv6 network and default routes via the IPv6 gateway, and reach each
+/// other and the gateway with `ping -6`; the bridge holds only the IPv6
+/// gateway (built-in: its MAC `0a:58` + the gateway's last four bytes);
+/// CHECK passes, and fails once the address is removed; an IPv6
+/// `runtimeConfig.ips` is honoured (built-in: an IPv4 one, or an MTU under
+/// 1280, is refused leaving nothing); DEL removes the interface, the host
+/// veth and the allocation; GC releases what is not listed.
+fn ipv6_only_pods(mode: Mode) {
+    let node = Node::ipv6_only(mode);
+    let conf = node.conf("1.0.0");
+    let (p1, p2) = (Netns::new("v6o"), Netns::new("v6o"));
+    let r1 = node.call("ADD", "v6o-one", Some(&p1.path()), "eth0", &conf);
+    assert_eq!(r1.code, 0, "{mode:?}: {}{}", r1.stdout, r1.stderr);
+    let r2 = node.call("ADD", "v6o-two", Some(&p2.path()), "eth0", &conf);
+    assert_eq!(r2.code, 0, "{mode:?}: {}{}", r2.stdout, r2.stderr);
+    let a6 = ipv6_only_ip(mode, &p1, &r1.json);
+    let b6 = ipv6_only_ip(mode, &p2, &r2.json);
+    assert_ne!(a6, b6, "{mode:?}: distinct addresses");
+    assert_eq!(
+        node.allocations().len(),
+        2,
+        "{mode:?}: {:?}",
+        node.allocations()
+    );
+
+    // The pods and the bridge really have them, and nothing of IPv4.
+    for (p, a) in [(&p1, &a6), (&p2, &b6)] {
+        assert_eq!(pod_addr6(p, "eth0"), vec![a.clone()], "{mode:?}");
+        assert!(pod_addr(p, "eth0").is_empty(), "{mode:?}: no IPv4 address");
+        assert!(pod_routes(p).is_empty(), "{mode:?}: {:?}", pod_routes(p));
+        assert_eq!(pod_mtu(p, "eth0"), Some(u64::from(MTU)), "{mode:?}");
+        let rs = pod_routes6(p);
+        for want in [NETWORK6, "default"] {
+            assert!(
+                rs.contains(&(want.to_string(), GATEWAY6.to_string())),
+                "{mode:?}: {want} via {GATEWAY6} in {rs:?}"
+            );
+        }
+    }
+    assert!(pod_addr(&node.ns, "cni0").is_empty(), "{mode:?}");
+    assert_eq!(
+        pod_addr6(&node.ns, "cni0"),
+        vec![format!("{GATEWAY6}/64")],
+        "{mode:?}"
+    );
+    if mode == Mode::Builtin {
+        let want = "0a:58:00:00:00:01"; // fd77:0:0:5::1
+        assert_eq!(link_mac(&node.ns, "cni0"), want);
+        assert_eq!(r2.json["interfaces"][0]["mac"], want, "{}", r2.json);
+    }
+    let b6_addr = b6.split('/').next().unwrap();
+    assert!(ping6(&p1, b6_addr), "{mode:?}: pod to pod over IPv6");
+    assert!(ping6(&p2, GATEWAY6), "{mode:?}: the IPv6 gateway answers");
+
+    // CHECK: passes, then fails once the address is gone.
+    let mut check = conf.clone();
+    check["prevResult"] = r2.json.clone();
+    let ok = node.call("CHECK", "v6o-two", Some(&p2.path()), "eth0", &check);
+    assert_eq!(ok.code, 0, "{mode:?} CHECK: {}{}", ok.stdout, ok.stderr);
+    assert!(p2.ip(&["-6", "addr", "del", &b6, "dev", "eth0"]));
+    let bad = node.call("CHECK", "v6o-two", Some(&p2.path()), "eth0", &check);
+    assert_ne!(bad.code, 0, "{mode:?}: CHECK without the address");
+    assert!(bad.cni_code().is_some(), "{mode:?}: {}", bad.stdout);
+    if mode == Mode::Builtin {
+        assert_eq!(bad.cni_code(), Some(107), "{}", bad.stdout);
+        assert!(bad.msg().contains(&b6), "{}", bad.msg());
+    }
+
+    // Built-in refuses what an IPv6-only node cannot give, leaving nothing.
+    let p3 = Netns::new("v6o");
+    if mode == Mode::Builtin {
+        let mut v4 = conf.clone();
+        v4["runtimeConfig"] = json!({"ips": ["10.77.5.9"]});
+        let out = node.call("ADD", "v6o-three", Some(&p3.path()), "eth0", &v4);
+        assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+        assert!(
+            out.msg().contains("10.77.5.9")
+                && out.msg().contains("IPv6-only")
+                && out.msg().contains("subnet.env"),
+            "{}",
+            out.msg()
+        );
+        let mut low = conf.clone();
+        low["delegate"]["mtu"] = json!(1200);
+        let out = node.call("ADD", "v6o-three", Some(&p3.path()), "eth0", &low);
+        assert_eq!(out.cni_code(), Some(7), "{}", out.stdout);
+        assert!(
+            out.msg().contains("IPv6-only") && out.msg().contains("delegate.mtu"),
+            "{}",
+            out.msg()
+        );
+        assert!(!p3.has_link("eth0"));
+        assert_eq!(node.allocations().len(), 2, "{:?}", node.allocations());
+    }
+    // ... and gives the IPv6 address asked for.
+    let mut want = conf.clone();
+    want["runtimeConfig"] = json!({"ips": ["fd77:0:0:5::77/64"]});
+    let r3 = node.call("ADD", "v6o-three", Some(&p3.path()), "eth0", &want);
+    assert_eq!(r3.code, 0, "{mode:?}: {}{}", r3.stdout, r3.stderr);
+    assert_eq!(ipv6_only_ip(mode, &p3, &r3.json), "fd77:0:0:5::77/64");
+    assert_eq!(
+        pod_addr6(&p3, "eth0"),
+        vec!["fd77:0:0:5::77/64".to_string()]
+    );
+
+    // DEL removes pod one's interface, host end and address.
+    let veths = host_veths(&node);
+    let del = node.call("DEL", "v6o-one", Some(&p1.path()), "eth0", &conf);
+    assert_eq!(del.code, 0, "{mode:?} DEL: {}{}", del.stdout, del.stderr);
+    assert!(
+        !p1.has_link("eth0"),
+        "{mode:?}: the pod's interface is gone"
+    );
+    assert_eq!(host_veths(&node), veths - 1, "{mode:?}: its host end too");
+    let a6_ip = a6.split('/').next().unwrap();
+    let left = node.allocations();
+    assert_eq!(left.len(), 2, "{mode:?}: {left:?}");
+    assert!(!left.iter().any(|l| l == a6_ip), "{mode:?}: {left:?}");
+
+    // GC with only pod three valid releases pod two's address.
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "v6o-three", "ifname": "eth0"}]);
+    let o = node.call("GC", "", None, "eth0", &gc);
+    assert_eq!(o.code, 0, "{mode:?} GC: {}{}", o.stdout, o.stderr);
+    assert_eq!(
+        node.allocations(),
+        vec!["fd77:0:0:5::77".to_string()],
+        "{mode:?}"
+    );
+    for (cid, p) in [("v6o-two", &p2), ("v6o-three", &p3)] {
+        let del = node.call("DEL", cid, Some(&p.path()), "eth0", &conf);
+        assert_eq!(
+            del.code, 0,
+            "{mode:?} DEL {cid}: {}{}",
+            del.stdout, del.stderr
+        );
+    }
+    assert!(
+        node.allocations().is_empty(),
+        "{mode:?}: {:?}",
+        node.allocations()
+    );
+    assert_eq!(host_veths(&node), 0, "{mode:?}");
+}
+
+#[test]
+fn ipv6_only_pods_builtin() {
+    if !root_or_skip("ipv6_only_pods_builtin") {
+        return;
+    }
+    ipv6_only_pods(Mode::Builtin);
+}
+
+#[test]
+fn ipv6_only_pods_delegate_bridge_host_local() {
+    if !root_or_skip("ipv6_only_pods_delegate_bridge_host_local") {
+        return;
+    }
+    assert!(
+        std::path::Path::new("/usr/lib/cni/bridge").exists(),
+        "install containernetworking-plugins (scripts/deps.sh)"
+    );
+    ipv6_only_pods(Mode::Delegate);
+}

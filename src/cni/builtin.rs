@@ -11,6 +11,11 @@
 //! usable at once), the bridge the IPv6 gateway (`::1`), and routes to
 //! `FLANNEL_IPV6_NETWORK` (and `::/0`) via it; the result lists both.
 //!
+//! On an IPv6-only node (subnet.env without `FLANNEL_NETWORK` and
+//! `FLANNEL_SUBNET`) the pod gets the IPv6 half alone: the bridge holds only
+//! the IPv6 gateway (its MAC from [`bridge_mac6`]), the pod one IPv6 address
+//! and the IPv6 routes, and the result lists only those.
+//!
 //! Every step of ADD after the address is allocated is undone when a later
 //! one fails. DEL removes what exists and ignores what does not.
 
@@ -62,16 +67,34 @@ pub struct Requested {
     pub v6: Option<Ipv6Addr>,
 }
 
-/// The addresses `runtimeConfig.ips` asks for, if any: one IPv4 address,
-/// and one IPv6 address when the node has an IPv6 subnet (`has_ipv6`).
-/// `subnet_file` names where that would be set. Pure.
+/// The address families a node has: the halves of its subnet.env (IPv4
+/// only, dual-stack, or IPv6 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl Families {
+    pub fn of(senv: &SubnetEnv) -> Families {
+        Families {
+            ipv4: senv.ipv4.is_some(),
+            ipv6: senv.ipv6.is_some(),
+        }
+    }
+}
+
+/// The addresses `runtimeConfig.ips` asks for, if any: one IPv4 address
+/// when the node has an IPv4 subnet, and one IPv6 address when it has an
+/// IPv6 subnet (`has`). `subnet_file` names where that would be set. Pure.
 ///
 /// # Errors
 /// Code 7 when an entry is not an address (with or without a prefix), a
-/// family has two, or an IPv6 address is asked of an IPv4-only node.
+/// family has two, or an address is asked of a family the node lacks (IPv6
+/// of an IPv4-only node, IPv4 of an IPv6-only one).
 pub fn requested_ips(
     conf: &NetConf,
-    has_ipv6: bool,
+    has: Families,
     subnet_file: &Path,
 ) -> Result<Requested, CniError> {
     let Some(v) = conf.runtime_config.as_ref().and_then(|r| r.get("ips")) else {
@@ -93,8 +116,16 @@ pub fn requested_ips(
             .ok_or_else(|| bad("each entry must be a string"))?;
         let addr = text.split('/').next().unwrap_or_default();
         match addr.parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => v4.push(a),
-            Ok(IpAddr::V6(a)) if has_ipv6 => v6.push(a),
+            Ok(IpAddr::V4(a)) if has.ipv4 => v4.push(a),
+            Ok(IpAddr::V4(_)) => {
+                return Err(bad(&format!(
+                    "{text:?} is an IPv4 address but this node has no IPv4 subnet \
+                     (an IPv6-only network: FLANNEL_SUBNET is not in {}); drop it, or ask \
+                     for an IPv6 address of FLANNEL_IPV6_SUBNET instead",
+                    subnet_file.display()
+                )));
+            }
+            Ok(IpAddr::V6(a)) if has.ipv6 => v6.push(a),
             Ok(IpAddr::V6(_)) => {
                 return Err(bad(&format!(
                     "{text:?} is an IPv6 address but this node has no IPv6 subnet \
@@ -179,6 +210,16 @@ pub fn bridge_mac(gw: Ipv4Addr) -> [u8; 6] {
     [0x0a, 0x58, a, b, c, d]
 }
 
+/// The bridge's MAC on an IPv6-only node, which has no IPv4 gateway: `0a:58`
+/// and the last four bytes of the IPv6 gateway (`fc00:0:0:3::1` gives
+/// `0a:58:00:00:00:01`), fixed for the same reason as [`bridge_mac`]. Every
+/// node's bridge may get the same one; a bridge's MAC is seen only by the
+/// pods on it.
+pub fn bridge_mac6(gw: Ipv6Addr) -> [u8; 6] {
+    let o = gw.octets();
+    [0x0a, 0x58, o[12], o[13], o[14], o[15]]
+}
+
 /// The pod's MAC from `runtimeConfig.mac` (`podman run --mac-address`), if
 /// asked for.
 ///
@@ -212,13 +253,21 @@ pub fn requested_mac(conf: &NetConf) -> Result<Option<[u8; 6]>, CniError> {
     Ok(Some(mac))
 }
 
+/// The bridge `name` with the gateway address of each family the node has
+/// (`gw` is `None` on an IPv6-only node), created when missing with the
+/// MAC of [`bridge_mac`] (of [`bridge_mac6`] without an IPv4 gateway).
 fn ensure_bridge(
     host: &mut Netlink,
     name: &str,
-    gw: Ipv4Net,
+    gw: Option<Ipv4Net>,
     gw6: Option<Ipv6Net>,
 ) -> Result<Link, CniError> {
-    host.create_bridge(name, Some(bridge_mac(gw.addr())))
+    let mac = match (gw, gw6) {
+        (Some(g), _) => Some(bridge_mac(g.addr())),
+        (None, Some(g6)) => Some(bridge_mac6(g6.addr())),
+        (None, None) => None,
+    };
+    host.create_bridge(name, mac)
         .map_err(nl_err(format!("cannot create bridge {name}")))?;
     let br = host
         .link(name)
@@ -229,9 +278,11 @@ fn ensure_bridge(
                 format!("bridge {name} vanished after creation"),
             )
         })?;
-    host.add_address(br.index, gw).map_err(nl_err(format!(
-        "cannot add gateway address {gw} to bridge {name}"
-    )))?;
+    if let Some(gw) = gw {
+        host.add_address(br.index, gw).map_err(nl_err(format!(
+            "cannot add gateway address {gw} to bridge {name}"
+        )))?;
+    }
     if let Some(gw6) = gw6 {
         host.add_address6(br.index, gw6).map_err(nl_err(format!(
             "cannot add IPv6 gateway address {gw6} to bridge {name} (is IPv6 disabled on the node? net.ipv6.conf.{name}.disable_ipv6)"
@@ -290,25 +341,30 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let default_route = conf.default_route()?;
     let hairpin = conf.hairpin()?;
     let mac = requested_mac(conf)?;
-    let wanted = requested_ips(conf, senv.ipv6.is_some(), &conf.subnet_file)?;
-    let Some(v4env) = senv.ipv4 else {
+    let wanted = requested_ips(conf, Families::of(senv), &conf.subnet_file)?;
+    // (network, subnet, gateway) of each family the node has: both on a
+    // dual-stack node, only IPv6 on an IPv6-only one.
+    let v4 = senv.ipv4.map(|e| {
+        let s = e.subnet.trunc();
+        (e.network, s, gateway(s))
+    });
+    let v6 = senv.ipv6.map(|e| {
+        let s = e.subnet.trunc();
+        (e.network, s, gateway6(s))
+    });
+    if v4.is_none() && v6.is_none() {
+        // SubnetEnv::parse refuses such a file; a caller building one by hand
+        // gets an error, not a pod without an address.
         return Err(CniError::new(
             code::SUBNET_ENV,
             format!(
-                "{} holds no FLANNEL_NETWORK/FLANNEL_SUBNET (an IPv6-only network): weft-cni's built-in mode needs an IPv4 subnet for now",
+                "{} holds neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET; is it weftd's (subnetFile must match its --subnet-file)?",
                 conf.subnet_file.display()
             ),
-        )
-        .with_details("use delegate mode (the default, with the CNI bridge and host-local plugins) on an IPv6-only network"));
-    };
-    let subnet = v4env.subnet.trunc();
-    let gw = gateway(subnet);
-    let v6 = senv.ipv6.map(|v6| {
-        let s = v6.subnet.trunc();
-        (s, gateway6(s))
-    });
+        ));
+    }
     if v6.is_some() {
-        refuse_mtu_below_ipv6_minimum(conf, mtu)?;
+        refuse_mtu_below_ipv6_minimum(conf, mtu, v4.is_none())?;
     }
     let ns = open_ns(netns)?;
     let mut pod = Netlink::in_netns(&ns).map_err(nl_err(format!(
@@ -317,28 +373,39 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     )))?;
     refuse_in(&mut pod, ifname, netns)?;
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
-    let gw_net = Ipv4Net::new(gw, subnet.prefix_len()).unwrap_or(subnet);
-    let gw6_net = v6.map(|(s, g)| Ipv6Net::new(g, s.prefix_len()).unwrap_or(s));
+    let gw_net = v4.map(|(_, s, g)| Ipv4Net::new(g, s.prefix_len()).unwrap_or(s));
+    let gw6_net = v6.map(|(_, s, g)| Ipv6Net::new(g, s.prefix_len()).unwrap_or(s));
     let bridge = ensure_bridge(&mut host, &bridge_name, gw_net, gw6_net)?;
-    let ipam = ipam(conf, IpNet::V4(subnet));
-    let ip = ipam
-        .allocate(
-            IpNet::V4(subnet),
-            IpAddr::V4(gw),
-            &env.container_id,
-            ifname,
-            wanted.v4.map(IpAddr::V4),
-        )
-        .map_err(ipam_err)?;
-    // The store of an IPv4 subnet hands out IPv4 addresses only (and an
-    // IPv6 subnet's IPv6 ones, below).
-    let ip = match ip {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => subnet.addr(),
+    let ipam4 = v4.map(|(_, s, _)| ipam(conf, IpNet::V4(s)));
+    let ipam6 = v6.map(|(_, s, _)| ipam(conf, IpNet::V6(s)));
+    let release = |store: &Ipam, addr: IpAddr| {
+        if let Err(e) = store.release(&env.container_id, ifname) {
+            log(&format!("undo: cannot release {addr}: {e}"));
+        }
     };
-    let ipam6 = v6.map(|(s6, _)| self::ipam(conf, IpNet::V6(s6)));
+    let ip4 = match (v4, &ipam4) {
+        (Some((_, s, g)), Some(store)) => {
+            let got = store
+                .allocate(
+                    IpNet::V4(s),
+                    IpAddr::V4(g),
+                    &env.container_id,
+                    ifname,
+                    wanted.v4.map(IpAddr::V4),
+                )
+                .map_err(ipam_err)?;
+            // The store of an IPv4 subnet hands out IPv4 addresses only (and
+            // an IPv6 subnet's IPv6 ones, below).
+            let a = match got {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => s.addr(),
+            };
+            Some(Ipv4Net::new(a, s.prefix_len()).unwrap_or(s))
+        }
+        _ => None,
+    };
     let ip6 = match (v6, &ipam6) {
-        (Some((s6, g6)), Some(store)) => {
+        (Some((_, s6, g6)), Some(store)) => {
             let got = store.allocate(
                 IpNet::V6(s6),
                 IpAddr::V6(g6),
@@ -350,8 +417,8 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
                 Ok(IpAddr::V6(a)) => Some(Ipv6Net::new(a, s6.prefix_len()).unwrap_or(s6)),
                 Ok(IpAddr::V4(_)) => None,
                 Err(e) => {
-                    if let Err(r) = ipam.release(&env.container_id, ifname) {
-                        log(&format!("undo: cannot release {ip}: {r}"));
+                    if let (Some(store), Some(a)) = (&ipam4, ip4) {
+                        release(store, IpAddr::V4(a.addr()));
                     }
                     return Err(ipam_err(e));
                 }
@@ -414,7 +481,6 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
                     format!("{ifname} vanished from netns {}", netns.display()),
                 )
             })?;
-        let addr = Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or(subnet);
         let in_pod = |what: &str| format!("{what} on {ifname} in netns {}", netns.display());
         let pl = match mac {
             Some(m) => {
@@ -427,8 +493,10 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             }
             None => pl,
         };
-        pod.add_address(pl.index, addr)
-            .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
+        if let Some(addr) = ip4 {
+            pod.add_address(pl.index, addr)
+                .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
+        }
         if let Some(a6) = ip6 {
             pod.add_address6(pl.index, a6).map_err(nl_err(in_pod(&format!(
                 "cannot add IPv6 address {a6} (is IPv6 disabled in the pod? net.ipv6.conf.{ifname}.disable_ipv6)"
@@ -437,8 +505,8 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         pod.set_up(pl.index, None)
             .map_err(nl_err(in_pod("cannot set link up")))?;
         let routes = pod_routes(
-            (v4env.network, gw),
-            senv.ipv6.zip(v6).map(|(e, (_, g6))| (e.network, g6)),
+            v4.map(|(n, _, g)| (n, g)),
+            v6.map(|(n, _, g)| (n, g)),
             default_route,
         );
         for (dst, via) in &routes {
@@ -449,12 +517,15 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             };
             added.map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
         }
-        let mut ips = vec![IpConfig {
-            address: IpNet::V4(addr),
-            gateway: Some(IpAddr::V4(gw)),
-            interface: Some(2),
-        }];
-        if let (Some(a6), Some((_, g6))) = (ip6, v6) {
+        let mut ips = vec![];
+        if let (Some(a), Some((_, _, g))) = (ip4, v4) {
+            ips.push(IpConfig {
+                address: IpNet::V4(a),
+                gateway: Some(IpAddr::V4(g)),
+                interface: Some(2),
+            });
+        }
+        if let (Some(a6), Some((_, _, g6))) = (ip6, v6) {
             ips.push(IpConfig {
                 address: IpNet::V6(a6),
                 gateway: Some(IpAddr::V6(g6)),
@@ -501,23 +572,26 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
                 log(&format!("undo: cannot delete {host_name}: {e}"));
             }
         }
-        if let Err(e) = ipam.release(&env.container_id, ifname) {
-            log(&format!("undo: cannot release {ip}: {e}"));
+        if let (Some(store), Some(a)) = (&ipam4, ip4) {
+            release(store, IpAddr::V4(a.addr()));
         }
-        if let (Some(store), Some(a6)) = (&ipam6, ip6)
-            && let Err(e) = store.release(&env.container_id, ifname)
-        {
-            log(&format!("undo: cannot release {}: {e}", a6.addr()));
+        if let (Some(store), Some(a6)) = (&ipam6, ip6) {
+            release(store, IpAddr::V6(a6.addr()));
         }
     })
 }
 
 /// IPv6 needs an MTU of at least 1280: below it the kernel turns IPv6 off
-/// on the link, and the pod's IPv6 address could not be added.
+/// on the link, and the pod's IPv6 address could not be added. `ipv6_only`:
+/// the node has no IPv4 subnet (the message says which kind of node it is).
 ///
 /// # Errors
 /// Code 7 naming where the MTU comes from.
-fn refuse_mtu_below_ipv6_minimum(conf: &NetConf, mtu: u32) -> Result<(), CniError> {
+fn refuse_mtu_below_ipv6_minimum(
+    conf: &NetConf,
+    mtu: u32,
+    ipv6_only: bool,
+) -> Result<(), CniError> {
     if mtu >= 1280 {
         return Ok(());
     }
@@ -526,10 +600,11 @@ fn refuse_mtu_below_ipv6_minimum(conf: &NetConf, mtu: u32) -> Result<(), CniErro
     } else {
         format!("FLANNEL_MTU in {}", conf.subnet_file.display())
     };
+    let kind = if ipv6_only { "IPv6-only" } else { "dual-stack" };
     Err(CniError::new(
         code::INVALID_CONFIG,
         format!(
-            "MTU {mtu} ({from}) is below IPv6's minimum of 1280 and this node is dual-stack \
+            "MTU {mtu} ({from}) is below IPv6's minimum of 1280 and this node is {kind} \
              (FLANNEL_IPV6_SUBNET); raise it to 1280 or more"
         ),
     ))
@@ -537,15 +612,19 @@ fn refuse_mtu_below_ipv6_minimum(conf: &NetConf, mtu: u32) -> Result<(), CniErro
 
 /// The pod's routes, in the result's order: the IPv4 network via the
 /// gateway (and `0.0.0.0/0` with `default_route`), then, on a dual-stack
-/// node, the IPv6 network via the IPv6 gateway (and `::/0`). Pure.
+/// or IPv6-only node, the IPv6 network via the IPv6 gateway (and `::/0`).
+/// An IPv6-only node has no IPv4 half (`v4` is `None`). Pure.
 pub fn pod_routes(
-    v4: (Ipv4Net, Ipv4Addr),
+    v4: Option<(Ipv4Net, Ipv4Addr)>,
     v6: Option<(Ipv6Net, Ipv6Addr)>,
     default_route: bool,
 ) -> Vec<(IpNet, IpAddr)> {
-    let mut out = vec![(IpNet::V4(v4.0), IpAddr::V4(v4.1))];
-    if default_route {
-        out.push((IpNet::V4(Ipv4Net::default()), IpAddr::V4(v4.1)));
+    let mut out = vec![];
+    if let Some((net, gw)) = v4 {
+        out.push((IpNet::V4(net), IpAddr::V4(gw)));
+        if default_route {
+            out.push((IpNet::V4(Ipv4Net::default()), IpAddr::V4(gw)));
+        }
     }
     if let Some((net, gw)) = v6 {
         out.push((IpNet::V6(net), IpAddr::V6(gw)));
@@ -755,9 +834,17 @@ mod tests {
     #[test]
     fn requested_ips_one_per_family_and_only_families_the_node_has() {
         let f = Path::new("/run/flannel/subnet.env");
+        let both = Families {
+            ipv4: true,
+            ipv6: true,
+        };
+        let v4_only = Families {
+            ipv4: true,
+            ipv6: false,
+        };
         let r = requested_ips(
             &conf_with_ips(json!(["10.1.2.3/24", "fc00::7/64"])),
-            true,
+            both,
             f,
         )
         .unwrap();
@@ -768,9 +855,9 @@ mod tests {
                 v6: Some("fc00::7".parse().unwrap())
             }
         );
-        let r = requested_ips(&conf_with_ips(json!(["fc00::7"])), true, f).unwrap();
+        let r = requested_ips(&conf_with_ips(json!(["fc00::7"])), both, f).unwrap();
         assert_eq!((r.v4, r.v6.is_some()), (None, true));
-        let e = requested_ips(&conf_with_ips(json!(["fc00::7"])), false, f).unwrap_err();
+        let e = requested_ips(&conf_with_ips(json!(["fc00::7"])), v4_only, f).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
         assert!(
             e.msg.contains("FLANNEL_IPV6_SUBNET")
@@ -786,7 +873,7 @@ mod tests {
             (json!([7]), "string"),
             (json!("fc00::7"), "list"),
         ] {
-            let e = requested_ips(&conf_with_ips(bad.clone()), true, f).unwrap_err();
+            let e = requested_ips(&conf_with_ips(bad.clone()), both, f).unwrap_err();
             assert!(
                 e.code == code::INVALID_CONFIG && e.msg.contains(why),
                 "{bad}: {}",
@@ -798,8 +885,8 @@ mod tests {
     #[test]
     fn dual_stack_mtu_below_1280_is_refused_naming_its_source() {
         let c = conf_with_ips(json!([]));
-        assert!(refuse_mtu_below_ipv6_minimum(&c, 1280).is_ok());
-        let e = refuse_mtu_below_ipv6_minimum(&c, 1200).unwrap_err();
+        assert!(refuse_mtu_below_ipv6_minimum(&c, 1280, false).is_ok());
+        let e = refuse_mtu_below_ipv6_minimum(&c, 1200, false).unwrap_err();
         assert!(
             e.code == code::INVALID_CONFIG && e.msg.contains("FLANNEL_MTU"),
             "{}",
@@ -807,12 +894,13 @@ mod tests {
         );
         let mut c = c;
         c.delegate.insert("mtu".into(), json!(1000));
-        let e = refuse_mtu_below_ipv6_minimum(&c, 1000).unwrap_err();
+        let e = refuse_mtu_below_ipv6_minimum(&c, 1000, false).unwrap_err();
         assert!(
             e.msg.contains("delegate.mtu") && e.msg.contains("1280"),
             "{}",
             e.msg
         );
+        assert!(e.msg.contains("dual-stack"), "{}", e.msg);
     }
 
     #[test]
@@ -826,15 +914,15 @@ mod tests {
             r.iter().map(|(d, g)| format!("{d} via {g}")).collect()
         };
         assert_eq!(
-            text(pod_routes(v4, None, false)),
+            text(pod_routes(Some(v4), None, false)),
             ["10.1.0.0/16 via 10.1.17.1"]
         );
         assert_eq!(
-            text(pod_routes(v4, None, true)),
+            text(pod_routes(Some(v4), None, true)),
             ["10.1.0.0/16 via 10.1.17.1", "0.0.0.0/0 via 10.1.17.1"]
         );
         assert_eq!(
-            text(pod_routes(v4, Some(v6), true)),
+            text(pod_routes(Some(v4), Some(v6), true)),
             [
                 "10.1.0.0/16 via 10.1.17.1",
                 "0.0.0.0/0 via 10.1.17.1",
@@ -843,7 +931,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            text(pod_routes(v4, Some(v6), false)),
+            text(pod_routes(Some(v4), Some(v6), false)),
             ["10.1.0.0/16 via 10.1.17.1", "fc00::/48 via fc00:0:0:3::1"]
         );
         // The top of the address space: no overflow.
@@ -860,5 +948,133 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(gateway6(all), Ipv6Addr::from(u128::MAX));
+    }
+
+    #[test]
+    fn ipv6_only_routes_have_no_ipv4_half() {
+        let g6: Ipv6Addr = "fc00:0:0:3::1".parse().unwrap();
+        let v6 = ("fc00::/48".parse().unwrap(), g6);
+        let text = |r: Vec<(IpNet, IpAddr)>| -> Vec<String> {
+            r.iter().map(|(d, g)| format!("{d} via {g}")).collect()
+        };
+        assert_eq!(
+            text(pod_routes(None, Some(v6), true)),
+            ["fc00::/48 via fc00:0:0:3::1", "::/0 via fc00:0:0:3::1"]
+        );
+        assert_eq!(
+            text(pod_routes(None, Some(v6), false)),
+            ["fc00::/48 via fc00:0:0:3::1"]
+        );
+        assert!(pod_routes(None, None, true).is_empty());
+    }
+
+    #[test]
+    fn ipv6_only_bridge_mac_is_fixed_unicast_and_local() {
+        let mac = bridge_mac6("fc00:0:0:3::1".parse().unwrap());
+        assert_eq!(mac, [0x0a, 0x58, 0, 0, 0, 1]);
+        assert_eq!(
+            bridge_mac6("fd77:0:0:5::a0b:c0d".parse().unwrap()),
+            [0x0a, 0x58, 0x0a, 0x0b, 0x0c, 0x0d]
+        );
+        // Unicast (bit 0 clear), locally administered (bit 1 set), as the
+        // IPv4 one; the extremes of the address space included.
+        for gw in [Ipv6Addr::UNSPECIFIED, Ipv6Addr::from(u128::MAX)] {
+            let m = bridge_mac6(gw);
+            assert_eq!(m[0] & 0b11, 0b10, "{gw}: {m:02x?}");
+        }
+        assert_eq!(bridge_mac(Ipv4Addr::new(10, 1, 17, 1))[..2], mac[..2]);
+    }
+
+    #[test]
+    fn requested_ips_on_an_ipv6_only_node() {
+        let f = Path::new("/run/flannel/subnet.env");
+        let v6_only = Families {
+            ipv4: false,
+            ipv6: true,
+        };
+        let r = requested_ips(&conf_with_ips(json!(["fc00::7/64"])), v6_only, f).unwrap();
+        assert_eq!(
+            r,
+            Requested {
+                v4: None,
+                v6: Some("fc00::7".parse().unwrap())
+            }
+        );
+        for ips in [json!(["10.1.2.3"]), json!(["fc00::7", "10.1.2.3/24"])] {
+            let e = requested_ips(&conf_with_ips(ips.clone()), v6_only, f).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{ips}");
+            assert!(
+                e.msg.contains("10.1.2.3")
+                    && e.msg.contains("IPv6-only")
+                    && e.msg.contains("FLANNEL_SUBNET")
+                    && e.msg.contains("/run/flannel/subnet.env")
+                    && e.msg.contains("FLANNEL_IPV6_SUBNET"),
+                "{}",
+                e.msg
+            );
+        }
+        let e =
+            requested_ips(&conf_with_ips(json!(["fc00::7", "fc00::8"])), v6_only, f).unwrap_err();
+        assert!(e.msg.contains("one IPv6"), "{}", e.msg);
+        assert_eq!(
+            Families::of(&SubnetEnv {
+                ipv4: None,
+                ipv6: Some(crate::subnet_env::Ipv6Env {
+                    network: "fc00::/48".parse().unwrap(),
+                    subnet: "fc00:0:0:3::/64".parse().unwrap(),
+                }),
+                mtu: 1450,
+                ipmasq: true,
+            }),
+            v6_only
+        );
+    }
+
+    #[test]
+    fn ipv6_only_mtu_below_1280_is_refused_saying_so() {
+        let c = conf_with_ips(json!([]));
+        assert!(refuse_mtu_below_ipv6_minimum(&c, 1280, true).is_ok());
+        let e = refuse_mtu_below_ipv6_minimum(&c, 1279, true).unwrap_err();
+        assert!(
+            e.code == code::INVALID_CONFIG
+                && e.msg.contains("IPv6-only")
+                && !e.msg.contains("dual-stack")
+                && e.msg.contains("FLANNEL_MTU")
+                && e.msg.contains("1280"),
+            "{}",
+            e.msg
+        );
+    }
+
+    /// ADD with an IPv6-only subnet.env goes past the old refusal: with a
+    /// netns that does not exist it fails opening it (106), having set
+    /// nothing up.
+    #[test]
+    fn ipv6_only_add_is_no_longer_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = super::super::conf::parse_json(
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+                   "subnetFile": dir.path().join("subnet.env"),
+                   "dataDir": dir.path().join("data")})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let conf = NetConf::from_map(&m, super::super::version::Version::V1_0_0).unwrap();
+        let senv = SubnetEnv::parse(
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+            &dir.path().join("subnet.env"),
+        )
+        .unwrap();
+        let env = CniEnv {
+            container_id: "c1".into(),
+            netns: Some(dir.path().join("no-such-netns")),
+            ifname: "eth0".into(),
+            args: None,
+            path: vec![],
+        };
+        let e = add(&conf, &env, &senv).unwrap_err();
+        assert_eq!(e.code, code::NETNS, "{}", e.msg);
+        assert!(!dir.path().join("data").exists());
     }
 }

@@ -18,7 +18,8 @@ pub const NETWORK: &str = "10.77.0.0/16";
 pub const SUBNET: &str = "10.77.5.0/24";
 pub const GATEWAY: &str = "10.77.5.1";
 pub const MTU: u32 = 1410;
-/// The IPv6 half of a dual-stack node ([`Node::dual`]).
+/// The IPv6 half of a dual-stack node ([`Node::dual`]), and all of an
+/// IPv6-only one ([`Node::ipv6_only`]).
 pub const NETWORK6: &str = "fd77::/48";
 pub const SUBNET6: &str = "fd77:0:0:5::/64";
 pub const GATEWAY6: &str = "fd77:0:0:5::1";
@@ -169,6 +170,21 @@ impl Node {
             node.subnet_env(),
             format!(
                 "FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={GATEWAY}/24\nFLANNEL_IPV6_NETWORK={NETWORK6}\nFLANNEL_IPV6_SUBNET={GATEWAY6}/64\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"
+            ),
+        )
+        .expect("write subnet.env");
+        node
+    }
+
+    /// An IPv6-only node (`EnableIPv4: false`): subnet.env holds only
+    /// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` (no `FLANNEL_NETWORK`
+    /// or `FLANNEL_SUBNET`), as flannel and weftd write it.
+    pub fn ipv6_only(mode: Mode) -> Node {
+        let node = Node::new(mode);
+        std::fs::write(
+            node.subnet_env(),
+            format!(
+                "FLANNEL_IPV6_NETWORK={NETWORK6}\nFLANNEL_IPV6_SUBNET={GATEWAY6}/64\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"
             ),
         )
         .expect("write subnet.env");
