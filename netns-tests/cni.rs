@@ -4,7 +4,7 @@
 //! byte-identical.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 
 use crate::harness::{Cluster, Node, Opts, require_root, tcp_transfer};
@@ -43,6 +43,32 @@ pub fn add_pod(node: &Node, ns: &str, mode: &str, cni_path: &str) -> Pod {
         ip,
         ip6,
     }
+}
+
+/// A pod on a node of an IPv6-only network: its namespace and its one
+/// address, which must be IPv6 and in the node's IPv6 subnet.
+pub fn add_pod6(node: &Node, ns: &str, mode: &str, cni_path: &str) -> (String, std::net::Ipv6Addr) {
+    netns::ip(&["netns", "add", ns]).unwrap();
+    netns::ip(&["-n", ns, "link", "set", "lo", "up"]).unwrap();
+    let r = cni(node, "ADD", ns, mode, cni_path);
+    let ips: Vec<IpAddr> = r["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect();
+    let [IpAddr::V6(ip6)] = ips[..] else {
+        panic!(
+            "{mode} on IPv6-only {}: want one IPv6 address, got {r}",
+            node.ns
+        );
+    };
+    assert!(
+        node.subnet6().contains(&ip6),
+        "{ip6} not in {}",
+        node.subnet6()
+    );
+    (ns.to_string(), ip6)
 }
 
 pub fn cni(

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cni::{Pod, add_pod};
+use crate::cni::{Pod, add_pod, add_pod6};
 use crate::harness::{Cluster, Opts, require_root, wait_until};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::netfilter::Rules;
@@ -397,7 +397,7 @@ fn dual_stack_pod_network_nftables() {
     if !require_root("dual_stack_pod_network_nftables") {
         return;
     }
-    dual_stack_pod_network("nftables", DUAL_NFT_CONF);
+    dual_stack_pod_network("nftables", DUAL_NFT_CONF, false);
 }
 
 #[test]
@@ -405,7 +405,26 @@ fn dual_stack_pod_network_iptables() {
     if !require_root("dual_stack_pod_network_iptables") {
         return;
     }
-    dual_stack_pod_network("iptables", DUAL_IPT_CONF);
+    dual_stack_pod_network("iptables", DUAL_IPT_CONF, false);
+}
+
+const V6_NFT_CONF: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+const V6_IPT_CONF: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#;
+
+#[test]
+fn ipv6_only_pod_network_nftables() {
+    if !require_root("ipv6_only_pod_network_nftables") {
+        return;
+    }
+    dual_stack_pod_network("nftables", V6_NFT_CONF, true);
+}
+
+#[test]
+fn ipv6_only_pod_network_iptables() {
+    if !require_root("ipv6_only_pod_network_iptables") {
+        return;
+    }
+    dual_stack_pod_network("iptables", V6_IPT_CONF, true);
 }
 
 /// The pod network over IPv6 as over IPv4, with `--ip-masq` and FORWARD
@@ -414,9 +433,13 @@ fn dual_stack_pod_network_iptables() {
 /// addresses (TCP and UDP, no NAT), and reach an IPv6 host outside the
 /// cluster network seen as their node's IPv6 address (masqueraded); weft's
 /// IPv6 rules are in place, and come back when flushed.
-fn dual_stack_pod_network(backend: &str, conf: &'static str) {
+///
+/// With `ipv6_only` the network is IPv6-only (`EnableIPv4` false) and the
+/// underlay has no IPv4 at all: the pods have only their IPv6 address.
+fn dual_stack_pod_network(backend: &str, conf: &'static str, ipv6_only: bool) {
+    let name = format!("p{}{}", if ipv6_only { "6" } else { "d" }, &backend[..3]);
     let mut c = Cluster::build(
-        &format!("pd{}", &backend[..3]),
+        &name,
         &Opts {
             nodes: 2,
             net_conf: Some(conf),
@@ -425,6 +448,11 @@ fn dual_stack_pod_network(backend: &str, conf: &'static str) {
     );
     let outside = c.add_bare_node();
     let outside6 = netns::underlay6_addr(c.nodes.len());
+    if ipv6_only {
+        for ns in [&c.nodes[0].ns, &c.nodes[1].ns, &outside.ns] {
+            netns::ip(&["-n", ns, "-4", "addr", "flush", "dev", "eth0"]).unwrap();
+        }
+    }
     for i in 0..2 {
         sh(&c.nodes[i].ns, "iptables", &["-w", "-P", "FORWARD", "DROP"]);
         sh(
@@ -433,22 +461,29 @@ fn dual_stack_pod_network(backend: &str, conf: &'static str) {
             &["-w", "-P", "FORWARD", "DROP"],
         );
         c.nodes[i].extra = vec!["--ip-masq".into(), "--iptables-resync".into(), "1".into()];
+        if ipv6_only {
+            c.nodes[i].extra.extend(["--iface".into(), "eth0".into()]);
+        }
         c.start(i);
     }
     c.wait_peers(1);
     let empty = tempfile::tempdir().unwrap();
-    let a = add_pod(
-        &c.nodes[0],
-        &format!("{}-pa", c.nodes[0].ns),
-        "delegate",
-        "/usr/lib/cni",
-    );
-    let b = add_pod(
-        &c.nodes[1],
-        &format!("{}-pb", c.nodes[1].ns),
-        "builtin",
-        empty.path().to_str().unwrap(),
-    );
+    let pod = |i: usize, tag: &str, mode: &str, path: &str| {
+        let ns = format!("{}-{tag}", c.nodes[i].ns);
+        if ipv6_only {
+            // No IPv4 address: `ip` is not used on this path.
+            let (ns, ip6) = add_pod6(&c.nodes[i], &ns, mode, path);
+            Pod {
+                ns,
+                ip: Ipv4Addr::UNSPECIFIED,
+                ip6: Some(ip6),
+            }
+        } else {
+            add_pod(&c.nodes[i], &ns, mode, path)
+        }
+    };
+    let a = pod(0, "pa", "delegate", "/usr/lib/cni");
+    let b = pod(1, "pb", "builtin", empty.path().to_str().unwrap());
     let (a6, b6) = (a.ip6.expect("pod a's IPv6"), b.ip6.expect("pod b's IPv6"));
     assert!(c.nodes[0].subnet6().contains(&a6), "{a6}");
     assert!(c.nodes[1].subnet6().contains(&b6), "{b6}");
