@@ -38,7 +38,7 @@ pub fn ipv6_only_nodes(name: &str, n: usize) -> Cluster {
 }
 
 /// [`ipv6_only_nodes`] with weftd started on every node, each seeing the others.
-fn ipv6_only_cluster(name: &str, n: usize) -> Cluster {
+pub fn ipv6_only_cluster(name: &str, n: usize) -> Cluster {
     let mut c = ipv6_only_nodes(name, n);
     for i in 0..n {
         c.start(i);

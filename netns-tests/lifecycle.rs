@@ -291,14 +291,38 @@ fn dual_stack_restarts_without_an_outage() {
             ..Opts::default()
         },
     );
+    let before = (c.nodes[0].subnet(), c.nodes[0].subnet6());
+    ipv6_restarts(&mut c, "dual-stack", 7400);
+    assert_eq!((c.nodes[0].subnet(), c.nodes[0].subnet6()), before);
+}
+
+/// IPv6-only, on an underlay without IPv4: the same restarts keep the IPv6
+/// probe's gaps within 100 ms and the TCP connection open, on the same subnet.
+#[test]
+fn ipv6_only_restarts_without_an_outage() {
+    if !require_root("ipv6_only_restarts_without_an_outage") {
+        return;
+    }
+    let mut c = crate::ipv6only::ipv6_only_cluster("lifev6o", 2);
+    let before = c.nodes[0].subnet6();
+    ipv6_restarts(&mut c, "IPv6-only", 7410);
+    assert_eq!(c.nodes[0].subnet6(), before);
+}
+
+/// Restarts node 0 by SIGTERM and by an overlapping start while node 1
+/// probes it over IPv6 (UDP, gaps at most 100 ms) and holds a TCP
+/// connection to it open.
+fn ipv6_restarts(c: &mut Cluster, what: &str, port: u16) {
     let (n0, n1) = (c.nodes[0].ns.clone(), c.nodes[1].ns.clone());
     let to = c.nodes[0].addr6();
-    let before = (c.nodes[0].subnet(), c.nodes[0].subnet6());
-    let stream = Stream::open(&n1, &n0, to, 7400);
-    for (port, how) in [(7401, "SIGTERM + start"), (7402, "overlapping start")] {
+    let stream = Stream::open(&n1, &n0, to, port);
+    for (port, how) in [
+        (port + 1, "SIGTERM + start"),
+        (port + 2, "overlapping start"),
+    ] {
         let probe = Probe::start(&n1, &n0, to, port);
         std::thread::sleep(Duration::from_millis(300));
-        if port == 7401 {
+        if how == "SIGTERM + start" {
             c.nodes[0].stop();
             c.start(0);
         } else {
@@ -306,12 +330,11 @@ fn dual_stack_restarts_without_an_outage() {
         }
         std::thread::sleep(Duration::from_millis(700));
         let (gap, n) = probe.finish();
-        eprintln!("dual-stack {how}: longest IPv6 gap {gap:?} ({n} replies)");
+        eprintln!("{what} {how}: longest IPv6 gap {gap:?} ({n} replies)");
         assert!(n > 100, "too few IPv6 replies: {n}");
         assert!(gap <= Duration::from_millis(100), "{how}: IPv6 gap {gap:?}");
     }
     stream.finish();
-    assert_eq!((c.nodes[0].subnet(), c.nodes[0].subnet6()), before);
     c.nodes[0].assert_nothing_wrong();
 }
 
