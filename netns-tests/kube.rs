@@ -304,6 +304,37 @@ fn kube_ipv6_only_nodes_reach_each_other() {
     }
     assert!(c.nodes[0].ping6(c.nodes[1].addr6()));
     assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
+    // `weftd doctor` with the node's own flags: the node object, its
+    // annotations and the peer over IPv6 all pass (with weft-cni installed,
+    // as the DaemonSet's init container does, beside the reference plugins).
+    let dir = c.nodes[0].dir.clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-cni"))
+        .arg("install")
+        .arg("--bin-dir")
+        .arg(dir.join("cni-bin"))
+        .arg("--conf-dir")
+        .arg(dir.join("cni-net.d"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for p in ["bridge", "host-local", "portmap"] {
+        std::fs::copy(format!("/usr/lib/cni/{p}"), dir.join("cni-bin").join(p)).unwrap();
+    }
+    // The conflist reads this node's subnet.env (the default is flannel's path).
+    let list = dir.join("cni-net.d").join("10-weft.conflist");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    v["plugins"][0]["subnetFile"] = json!(dir.join("subnet.env"));
+    std::fs::write(&list, v.to_string()).unwrap();
+    let (ok, report) = c.doctor(0, &[]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains(&format!(
+            "✓ peer {} ({}): reached through VXLAN",
+            c.nodes[1].subnet6(),
+            netns::underlay6_addr(1)
+        )),
+        "{report}"
+    );
     for n in &c.nodes {
         n.assert_nothing_wrong();
     }

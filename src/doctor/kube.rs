@@ -92,8 +92,12 @@ pub async fn node(store: &KubeStore, config: &NetConfig, ext: Option<&ExtIface>,
             config.backend.vni,
             VtepMac::derive(&e.public_ip.octets()),
         );
-        match (config.ipv6, e.public_ipv6) {
-            (Some(_), Some(ip6)) => {
+        match (config.ipv4, config.ipv6, e.public_ipv6) {
+            // An IPv6-only network: no IPv4 VTEP, as weftd announces none.
+            (None, Some(_), Some(ip6)) => {
+                LeaseAttrs::vxlan6_only(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()))
+            }
+            (_, Some(_), Some(ip6)) => {
                 a.with_ipv6(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()))
             }
             _ => a,
@@ -390,23 +394,50 @@ fn annotations_check(
     want: &LeaseAttrs,
     config: &NetConfig,
 ) -> Check {
+    // An IPv6-only network's node has no IPv4 VTEP: flannel writes neither
+    // public-ip nor backend-data for it, and weftd neither.
+    let v4 = config.ipv4.is_some();
+    let (ip_key, data_key, overwrite_key) = if v4 {
+        (
+            &keys.public_ip,
+            &keys.backend_data,
+            &keys.public_ip_overwrite,
+        )
+    } else {
+        (
+            &keys.public_ipv6,
+            &keys.backend_v6_data,
+            &keys.public_ipv6_overwrite,
+        )
+    };
     let have_ip = annotation(node, &keys.public_ip);
     let have_type = annotation(node, &keys.backend_type);
     let have_data = annotation(node, &keys.backend_data);
-    if annotation(node, &keys.managed).is_none() && have_ip.is_none() && have_data.is_none() {
+    if annotation(node, &keys.managed).is_none()
+        && annotation(node, ip_key).is_none()
+        && annotation(node, data_key).is_none()
+    {
         return Check::note(
             what,
             format!(
-                "none yet ({} and the rest): weftd writes them when it starts on this node",
-                keys.public_ip
+                "none yet ({ip_key} and the rest): weftd writes them when it starts on this node"
             ),
         );
     }
     let want_data = own_annotations(keys, want);
-    let want_mac = want.vxlan_data().map(|d| d.vtep_mac).ok();
+    let want_mac = if v4 {
+        want.vxlan_data().map(|d| d.vtep_mac).ok()
+    } else {
+        want.vxlan_v6_data().ok().flatten().map(|d| d.vtep_mac)
+    };
     let mut problems = vec![];
-    let ip = want.public_ip.to_string();
+    let ip = if v4 {
+        want.public_ip.to_string()
+    } else {
+        want.public_ipv6.map(|a| a.to_string()).unwrap_or_default()
+    };
     match have_ip {
+        _ if !v4 => {}
         None => problems.push(format!("{} is missing", keys.public_ip)),
         Some(v) if v != ip => problems.push(format!(
             "{} is {v}, but this node would announce {ip}: peers send its pods' traffic to {v}",
@@ -424,6 +455,7 @@ fn annotations_check(
     }
     let vni = config.backend.vni.get();
     match have_data.map(serde_json::from_str::<VxlanData>) {
+        _ if !v4 => {}
         None => problems.push(format!("{} is missing", keys.backend_data)),
         Some(Err(_)) => problems.push(format!(
             "{} {:?} is not flannel's vxlan data ({}): peers skip this node",
@@ -466,7 +498,8 @@ fn annotations_check(
         return Check::pass(
             what,
             format!(
-                "agree with what this node announces: public-ip {ip}, backend-type vxlan, VNI {vni}, VtepMAC {}",
+                "agree with what this node announces: {} {ip}, backend-type vxlan, VNI {vni}, VtepMAC {}",
+                ip_key.rsplit('/').next().unwrap_or_default(),
                 want_mac.map(|m| m.to_string()).unwrap_or_default()
             ),
         );
@@ -475,8 +508,8 @@ fn annotations_check(
         what,
         problems.join("; "),
         format!(
-            "start (or restart) weftd with these flags: it rewrites the annotations when it starts; if {ip} is not the address peers should use, give weftd and the doctor the --iface/--public-ip that is (or set the annotation {})",
-            keys.public_ip_overwrite
+            "start (or restart) weftd with these flags: it rewrites the annotations when it starts; if {ip} is not the address peers should use, give weftd and the doctor the --iface/{} that is (or set the annotation {overwrite_key})",
+            if v4 { "--public-ip" } else { "--public-ipv6" }
         ),
     )
 }
@@ -723,6 +756,47 @@ mod tests {
                 assert!(!c.is_empty());
             }
         }
+    }
+
+    /// An IPv6-only node is announced by its IPv6 annotations alone: without
+    /// public-ip and backend-data it passes, and a wrong public-ipv6 fails
+    /// naming --public-ipv6.
+    #[test]
+    fn ipv6_only_annotations_are_the_ipv6_ones() {
+        let config = NetConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+            "test",
+        )
+        .unwrap();
+        let ip6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let mac6 = VtepMac::derive(&ip6.octets());
+        let me = LeaseAttrs::vxlan6_only(ip6, crate::types::Vni::new(1).unwrap(), mac6);
+        let annotated = |ip6: &str| {
+            node(json!({"metadata": {"name": "n1", "annotations": {
+                "flannel.alpha.coreos.com/public-ipv6": ip6,
+                "flannel.alpha.coreos.com/backend-v6-data": format!("{{\"VNI\":1,\"VtepMAC\":\"{mac6}\"}}"),
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+            }}, "spec": {"podCIDR": "fc00:0:0:1::/64", "podCIDRs": ["fc00:0:0:1::/64"]}}))
+        };
+        let c = node_checks(&keys(), "n1", &annotated("2001:db8::1"), &config, Some(&me));
+        assert_eq!(c[0].status, super::super::report::Status::Pass, "{c:?}");
+        assert_eq!(c[1].status, super::super::report::Status::Pass, "{c:?}");
+        assert!(
+            c[1].detail.contains("public-ipv6 2001:db8::1")
+                && c[1].detail.contains(&mac6.to_string()),
+            "{c:?}"
+        );
+        let c = node_checks(&keys(), "n1", &annotated("2001:db8::9"), &config, Some(&me));
+        assert_eq!(c[1].status, super::super::report::Status::Fail, "{c:?}");
+        assert!(
+            c[1].detail.contains("public-ipv6 is 2001:db8::9")
+                && c[1]
+                    .fix
+                    .as_deref()
+                    .is_some_and(|f| f.contains("--public-ipv6")),
+            "{c:?}"
+        );
     }
 
     #[test]
