@@ -451,10 +451,11 @@ async fn etcd_down_then_back_watch_resumes_and_reports_leases_written_meanwhile(
     }
     let mut srv = EtcdServer::start();
     let s = store(&srv).await;
-    let a = s
-        .acquire(&req(NET, [192, 0, 2, 1], Duration::from_secs(60)))
-        .await
-        .unwrap();
+    // Its subnet.env's subnet, so that the flannel node's 10.244.99.0/24
+    // below never meets a random draw.
+    let mut r = req(NET, [192, 0, 2, 1], Duration::from_secs(60));
+    r.previous = "10.244.1.0/24".parse().ok();
+    let a = s.acquire(&r).await.unwrap();
     let mut w = s.watch().await.unwrap();
     let mut t = Table::default();
     t.until(&mut w, Duration::from_secs(5), "a snapshot", |t, _| {
@@ -923,7 +924,12 @@ async fn dual_stack_lease_key_json_renew_and_flannel_peers() {
     let srv = EtcdServer::start();
     let s = store(&srv).await;
     let ttl = Duration::from_secs(60);
-    let a = s.acquire(&req6(NET6, [192, 0, 2, 1], ttl)).await.unwrap();
+    // This node's subnet is the one its subnet.env would name, so that the
+    // flannel peers put below (10.244.77–79) never meet a random draw.
+    let mut r = req6(NET6, [192, 0, 2, 1], ttl);
+    r.previous = "10.244.1.0/24".parse().ok();
+    let a = s.acquire(&r).await.unwrap();
+    assert_eq!(a.subnet, r.previous);
     let s6 = a.ipv6_subnet.expect("an IPv6 subnet");
     assert!("fc00::/48".parse::<ipnet::Ipv6Net>().unwrap().contains(&s6));
     assert_eq!(s6.prefix_len(), 64);
