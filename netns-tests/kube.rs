@@ -176,6 +176,34 @@ fn kube_nodes_reach_each_other_and_a_flannel_kernel_node() {
     drop(srv);
 }
 
+/// Node `i` leased `fc00:0:0:<i+1>::/64` from its podCIDRs and announced
+/// its IPv6 VTEP in flannel's annotations (`public-ipv6` its underlay
+/// address, `backend-v6-data` a VtepMAC); returns its annotations.
+fn ipv6_annotations(c: &Cluster, st: &Shared, i: usize) -> serde_json::Value {
+    let n = &c.nodes[i];
+    assert_eq!(n.subnet6().to_string(), format!("fc00:0:0:{}::/64", i + 1));
+    let node = st.lock().unwrap().node(&format!("node{i}"));
+    let a = node["metadata"]["annotations"].clone();
+    assert_eq!(
+        a["flannel.alpha.coreos.com/public-ipv6"],
+        netns::underlay6_addr(i).to_string(),
+        "{a}"
+    );
+    let v6: serde_json::Value = serde_json::from_str(
+        a["flannel.alpha.coreos.com/backend-v6-data"]
+            .as_str()
+            .expect("backend-v6-data written"),
+    )
+    .unwrap();
+    assert!(
+        v6["VtepMAC"]
+            .as_str()
+            .is_some_and(|m| m.parse::<VtepMac>().is_ok()),
+        "{v6}"
+    );
+    a
+}
+
 /// Kubernetes mode, dual-stack: nodes whose `spec.podCIDRs` hold an IPv4 and
 /// an IPv6 CIDR lease both, announce flannel's IPv6 annotations
 /// (`backend-v6-data`, `public-ipv6`), and reach each other over IPv6.
@@ -216,27 +244,8 @@ fn kube_dual_stack_nodes_reach_each_other_over_ipv6() {
         c.start(i);
     }
     c.wait_peers(1);
-    for (i, n) in c.nodes.iter().enumerate() {
-        assert_eq!(n.subnet6().to_string(), format!("fc00:0:0:{}::/64", i + 1));
-        let node = st.lock().unwrap().node(&format!("node{i}"));
-        let a = &node["metadata"]["annotations"];
-        assert_eq!(
-            a["flannel.alpha.coreos.com/public-ipv6"],
-            netns::underlay6_addr(i).to_string(),
-            "{a}"
-        );
-        let v6: serde_json::Value = serde_json::from_str(
-            a["flannel.alpha.coreos.com/backend-v6-data"]
-                .as_str()
-                .expect("backend-v6-data written"),
-        )
-        .unwrap();
-        assert!(
-            v6["VtepMAC"]
-                .as_str()
-                .is_some_and(|m| m.parse::<VtepMac>().is_ok()),
-            "{v6}"
-        );
+    for i in 0..2 {
+        ipv6_annotations(&c, &st, i);
     }
     assert!(c.nodes[0].ping6(c.nodes[1].addr6()));
     assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
@@ -281,21 +290,8 @@ fn kube_ipv6_only_nodes_reach_each_other() {
         c.start(i);
     }
     c.wait_peers(1);
-    for (i, n) in c.nodes.iter().enumerate() {
-        assert_eq!(n.subnet6().to_string(), format!("fc00:0:0:{}::/64", i + 1));
-        let node = st.lock().unwrap().node(&format!("node{i}"));
-        let a = &node["metadata"]["annotations"];
-        assert_eq!(
-            a["flannel.alpha.coreos.com/public-ipv6"],
-            netns::underlay6_addr(i).to_string(),
-            "{a}"
-        );
-        assert!(
-            a["flannel.alpha.coreos.com/backend-v6-data"]
-                .as_str()
-                .is_some_and(|d| d.contains("VtepMAC")),
-            "{a}"
-        );
+    for i in 0..2 {
+        let a = ipv6_annotations(&c, &st, i);
         assert!(
             a.get("flannel.alpha.coreos.com/backend-data").is_none()
                 && a.get("flannel.alpha.coreos.com/public-ip").is_none(),

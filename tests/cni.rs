@@ -1059,16 +1059,27 @@ fn dual_stack_pods(mode: Mode) {
     assert_eq!(pod_addr6(&p3, "eth0"), vec![a6.clone()], "{mode:?}");
 
     // GC with only pod three valid releases pod two's two addresses.
+    let left = gc_then_del_all(&node, mode, &conf, [("ds6-two", &p2), ("ds6-three", &p3)]);
+    assert_eq!(left.len(), 2, "{mode:?}: {left:?}");
+}
+
+/// GC with only the last of `pods` (container id, netns) valid, then DEL of
+/// each; afterwards no allocation and no host veth is left. Returns the
+/// allocations the GC left.
+fn gc_then_del_all(
+    node: &Node,
+    mode: Mode,
+    conf: &Value,
+    pods: [(&str, &Netns); 2],
+) -> Vec<String> {
     let mut gc = conf.clone();
     gc["cniVersion"] = json!("1.1.0");
-    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ds6-three", "ifname": "eth0"}]);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": pods[1].0, "ifname": "eth0"}]);
     let o = node.call("GC", "", None, "eth0", &gc);
     assert_eq!(o.code, 0, "{mode:?} GC: {}{}", o.stdout, o.stderr);
     let left = node.allocations();
-    assert_eq!(left.len(), 2, "{mode:?}: {left:?}");
-    for cid in ["ds6-two", "ds6-three"] {
-        let p = if cid == "ds6-two" { &p2 } else { &p3 };
-        let del = node.call("DEL", cid, Some(&p.path()), "eth0", &conf);
+    for (cid, p) in pods {
+        let del = node.call("DEL", cid, Some(&p.path()), "eth0", conf);
         assert_eq!(
             del.code, 0,
             "{mode:?} DEL {cid}: {}{}",
@@ -1080,7 +1091,8 @@ fn dual_stack_pods(mode: Mode) {
         "{mode:?}: {:?}",
         node.allocations()
     );
-    assert_eq!(host_veths(&node), 0, "{mode:?}");
+    assert_eq!(host_veths(node), 0, "{mode:?}");
+    left
 }
 
 #[test]
@@ -1303,30 +1315,8 @@ fn ipv6_only_pods(mode: Mode) {
     assert!(!left.iter().any(|l| l == a6_ip), "{mode:?}: {left:?}");
 
     // GC with only pod three valid releases pod two's address.
-    let mut gc = conf.clone();
-    gc["cniVersion"] = json!("1.1.0");
-    gc["cni.dev/valid-attachments"] = json!([{"containerID": "v6o-three", "ifname": "eth0"}]);
-    let o = node.call("GC", "", None, "eth0", &gc);
-    assert_eq!(o.code, 0, "{mode:?} GC: {}{}", o.stdout, o.stderr);
-    assert_eq!(
-        node.allocations(),
-        vec!["fd77:0:0:5::77".to_string()],
-        "{mode:?}"
-    );
-    for (cid, p) in [("v6o-two", &p2), ("v6o-three", &p3)] {
-        let del = node.call("DEL", cid, Some(&p.path()), "eth0", &conf);
-        assert_eq!(
-            del.code, 0,
-            "{mode:?} DEL {cid}: {}{}",
-            del.stdout, del.stderr
-        );
-    }
-    assert!(
-        node.allocations().is_empty(),
-        "{mode:?}: {:?}",
-        node.allocations()
-    );
-    assert_eq!(host_veths(&node), 0, "{mode:?}");
+    let left = gc_then_del_all(&node, mode, &conf, [("v6o-two", &p2), ("v6o-three", &p3)]);
+    assert_eq!(left, vec!["fd77:0:0:5::77".to_string()], "{mode:?}");
 }
 
 #[test]
