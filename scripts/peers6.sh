@@ -9,6 +9,7 @@
 # fc00:0:0:N::/128, a route, neighbour and FDB entry to the peer), MTU 1430.
 # weft: weftd (release build, or $WEFTD) on a dual-stack network with
 # IPv6Network fc00::/48, subnets pinned through subnet.env, TUN MTU 1430.
+# IPV6_ONLY=1: weft's network is IPv6-only (EnableIPv4 false) instead.
 # Each kind runs iperf3 -6 for DURATION seconds from p6-a to p6-b, ROUNDS
 # times, alternating; the table gives Gbit/s per round and weft's ratio.
 # Traffic stays inside p6-a/p6-b; both are deleted on exit.
@@ -58,11 +59,20 @@ up_kernel() {
 
 up_weft() {
 	underlay
-	echo '{"Network":"10.250.0.0/16","SubnetLen":24,"SubnetMin":"10.250.0.0","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}' >"$state/net-conf.json"
+	if [ -n "${IPV6_ONLY:-}" ]; then
+		echo '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}' >"$state/net-conf.json"
+	else
+		echo '{"Network":"10.250.0.0/16","SubnetLen":24,"SubnetMin":"10.250.0.0","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}' >"$state/net-conf.json"
+	fi
 	for s in a b; do
 		mkdir -p "$state/$s"
-		printf 'FLANNEL_NETWORK=10.250.0.0/16\nFLANNEL_SUBNET=10.250.%d.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:%d::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n' \
-			"${N[$s]}" "${N[$s]}" >"$state/$s/subnet.env"
+		if [ -n "${IPV6_ONLY:-}" ]; then
+			printf 'FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:%d::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n' \
+				"${N[$s]}" >"$state/$s/subnet.env"
+		else
+			printf 'FLANNEL_NETWORK=10.250.0.0/16\nFLANNEL_SUBNET=10.250.%d.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:%d::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n' \
+				"${N[$s]}" "${N[$s]}" >"$state/$s/subnet.env"
+		fi
 		# In a subshell: the shell does not track (or report the end of) it.
 		(ip netns exec "p6-$s" timeout 300 "$weftd" --net-config-path "$state/net-conf.json" \
 			--state-dir "$state/store" --subnet-file "$state/$s/subnet.env" --iface "p6-v$s" \
