@@ -255,8 +255,24 @@ fn dual_stack_interop_with_kernel_vxlan_v6() {
     if !require_root("dual_stack_interop_with_kernel_vxlan_v6") {
         return;
     }
-    let mut c = Cluster::build("dskern", &dual(2));
+    interop_with_kernel_vxlan_v6(Cluster::build("dskern", &dual(2)), false);
+}
+
+/// The same on an IPv6-only network and underlay: flannel's node there has
+/// only `flannel-v6.1`, and its lease only the IPv6 half (`0.0.0.0-0&…`).
+#[test]
+fn ipv6_only_interop_with_kernel_vxlan_v6() {
+    if !require_root("ipv6_only_interop_with_kernel_vxlan_v6") {
+        return;
+    }
+    interop_with_kernel_vxlan_v6(crate::ipv6only::ipv6_only_nodes("v6kern", 2), true);
+}
+
+fn interop_with_kernel_vxlan_v6(mut c: Cluster, ipv6_only: bool) {
     let kn = c.add_bare_node();
+    if ipv6_only {
+        netns::ip(&["-n", &kn.ns, "-4", "addr", "flush", "dev", "eth0"]).unwrap();
+    }
     let store = c.store();
     // The kernel node's lease, as flannel would write it: its own IPv6 VTEP MAC.
     let k_ip6 = netns::underlay6_addr(c.nodes.len());
@@ -265,11 +281,19 @@ fn dual_stack_interop_with_kernel_vxlan_v6() {
     let vni = weft::types::Vni::new(1).unwrap();
     let mac4 = weft::types::VtepMac::derive(&kn.ip.octets());
     let mac6 = weft::types::VtepMac::derive(&k_ip6.octets());
+    let (subnet, attrs) = if ipv6_only {
+        (None, weft::lease::LeaseAttrs::vxlan6_only(k_ip6, vni, mac6))
+    } else {
+        (
+            Some(k4),
+            weft::lease::LeaseAttrs::vxlan(kn.ip, vni, mac4).with_ipv6(k_ip6, vni, mac6),
+        )
+    };
     store
         .put_lease(&weft::lease::Lease {
-            subnet: Some(k4),
+            subnet,
             ipv6_subnet: Some(k6),
-            attrs: weft::lease::LeaseAttrs::vxlan(kn.ip, vni, mac4).with_ipv6(k_ip6, vni, mac6),
+            attrs,
             expiration: Some(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)),
         })
         .unwrap();
@@ -328,9 +352,9 @@ fn dual_stack_interop_with_kernel_vxlan_v6() {
         .leases()
         .unwrap()
         .iter()
-        .filter(|l| l.subnet != Some(k4))
+        .filter(|l| l.ipv6_subnet != Some(k6))
     {
-        let s6 = l.ipv6_subnet.expect("a dual-stack weft lease");
+        let s6 = l.ipv6_subnet.expect("a weft lease with an IPv6 half");
         let gw = s6.network().to_string();
         let mac = l
             .attrs

@@ -300,6 +300,14 @@ fn kube_ipv6_only_nodes_reach_each_other() {
     }
     assert!(c.nodes[0].ping6(c.nodes[1].addr6()));
     assert!(c.nodes[1].ping6(c.nodes[0].addr6()));
+    // NetworkUnavailable=False once the dataplane is up, as on IPv4.
+    assert!(wait_until(10, || {
+        let n = st.lock().unwrap().node("node0");
+        n["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False")
+        })
+    }));
     // `weftd doctor` with the node's own flags: the node object, its
     // annotations and the peer over IPv6 all pass (with weft-cni installed,
     // as the DaemonSet's init container does, beside the reference plugins).
