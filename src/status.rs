@@ -78,7 +78,7 @@ pub struct StoreView {
 }
 
 /// One lease in the forwarding table, with its peer's counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
     /// The lease's IPv4 subnet; `null` for a peer of an IPv6-only network.
     pub subnet: Option<Ipv4Net>,
@@ -154,21 +154,6 @@ pub fn view(status: &Status, now_ms: u64) -> View {
             ..row
         }
     };
-    let blank = PeerView {
-        subnet: None,
-        public_ip: None,
-        subnet6: None,
-        public_ipv6: None,
-        vtep_mac: String::new(),
-        shared: false,
-        packets_in: 0,
-        packets_out: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        last_in_ms: None,
-        last_out_ms: None,
-        drops: BTreeMap::new(),
-    };
     let dual = leases.iter().map(|p| {
         let v6 = table.peers6().find(|q| q.lease.v4 == Some(p.subnet));
         let row = PeerView {
@@ -177,7 +162,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
             subnet6: v6.map(|q| q.subnet),
             public_ipv6: v6.map(|q| q.public_ip),
             vtep_mac: p.vtep_mac.to_string(),
-            ..blank.clone()
+            ..PeerView::default()
         };
         counted(row, IpAddr::V4(p.public_ip), p.slot)
     });
@@ -186,7 +171,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
             subnet6: Some(q.subnet),
             public_ipv6: Some(q.public_ip),
             vtep_mac: q.vtep_mac.to_string(),
-            ..blank.clone()
+            ..PeerView::default()
         };
         counted(row, IpAddr::V6(q.public_ip), q.slot)
     });
@@ -594,6 +579,91 @@ mod tests {
             "10.244.2.0/24  192.0.2.2",
             "never",
             "2.9 KiB",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+    }
+
+    /// An IPv6-only node and its peers are shown by their IPv6 halves: the
+    /// node line names its public IPv6, each peer row its IPv6 subnet, public
+    /// IPv6 and IPv6 VtepMAC, with its counters.
+    #[test]
+    fn an_ipv6_only_node_and_peers_show_their_ipv6_halves() {
+        use crate::lease::{Lease, LeaseAttrs};
+        let vni = crate::types::Vni::new(1).unwrap();
+        let only6 = |s6: &str, ip6: &str| {
+            let ip6: std::net::Ipv6Addr = ip6.parse().unwrap();
+            Lease {
+                subnet: None,
+                ipv6_subnet: s6.parse().ok(),
+                attrs: LeaseAttrs::vxlan6_only(ip6, vni, VtepMac::derive(&ip6.octets())),
+                expiration: None,
+            }
+        };
+        let leases = [
+            only6("fc00:0:0:2::/64", "2001:db8::2"),
+            only6("fc00:0:0:3::/64", "2001:db8::3"),
+        ];
+        let (mut t, _) = Table::build(&leases, None, vni, 8472, "fc00::/48".parse().ok());
+        let mut slots = rustc_hash::FxHashMap::default();
+        slots.insert("2001:db8::2".parse().unwrap(), 1);
+        t.set_slots(&slots);
+        let status = Status::default();
+        status.table.store(std::sync::Arc::new(t));
+        status
+            .subnet6
+            .set("fc00:0:0:1::/64".parse().unwrap())
+            .unwrap();
+        let ip6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        status
+            .node
+            .set(NodeInfo {
+                tun: "weft0".into(),
+                mtu: 1430,
+                interface: "eth0".into(),
+                public_ip: None,
+                public_ipv6: Some(ip6),
+                vtep_mac: VtepMac::derive(&ip6.octets()),
+                network: None,
+                vni: 1,
+                port: 8472,
+                store: "local:/run/weft".into(),
+            })
+            .unwrap();
+        let mut l = LocalCounts::default();
+        l.peers.tx(1, 2, 200);
+        status.counters.flush(&mut l);
+        let v = view(&status, status.started_ms + 1_000);
+        assert_eq!(v.peers.len(), 2);
+        let p2 = &v.peers[0];
+        assert_eq!((p2.subnet, p2.public_ip), (None, None));
+        assert_eq!(p2.subnet6, "fc00:0:0:2::/64".parse().ok());
+        assert_eq!(
+            p2.vtep_mac,
+            VtepMac::derive(
+                &"2001:db8::2"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets()
+            )
+            .to_string()
+        );
+        assert_eq!((p2.packets_out, p2.shared), (2, false));
+        assert!(v.peers[1].shared, "beyond the slots: counted as other");
+        let lease = v.lease.as_ref().unwrap();
+        assert_eq!(
+            (lease.subnet, lease.subnet6),
+            (None, "fc00:0:0:1::/64".parse().ok())
+        );
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(serde_json::from_str::<View>(&json).unwrap(), v);
+        let text = render(&v);
+        for want in [
+            "node       IPv6-only on weft0, MTU 1430; public IP 2001:db8::1 on eth0",
+            "lease      fc00:0:0:1::/64: does not expire",
+            "peers      2",
+            "fc00:0:0:2::/64  2001:db8::2",
+            "fc00:0:0:3::/64  2001:db8::3*",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
