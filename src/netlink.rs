@@ -36,6 +36,17 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::netns::on_thread_in_netns;
 
+/// Where an IPv6 address's duplicate address detection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dad {
+    /// Usable (detection done, or skipped with `nodad`).
+    Done,
+    /// Still being checked: the address neither sends nor answers yet.
+    Tentative,
+    /// Another host on the link has it.
+    Failed,
+}
+
 /// A link as weft-cni needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -514,6 +525,48 @@ impl Netlink {
                 IpNet::V4(_) => None,
             })
             .collect())
+    }
+
+    /// The IPv6 addresses of link `index` with where their duplicate
+    /// address detection stands.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn addresses6_dad(&mut self, index: u32) -> io::Result<Vec<(Ipv6Net, Dad)>> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet6;
+        let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for r in all {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            if a.header.index != index {
+                continue;
+            }
+            // The header's 8 flag bits, or the IFA_FLAGS attribute's 32.
+            let ext = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            });
+            let failed = a.header.flags.contains(AddressHeaderFlags::Dadfailed)
+                || ext.is_some_and(|f| f.contains(AddressFlags::Dadfailed));
+            let tentative = a.header.flags.contains(AddressHeaderFlags::Tentative)
+                || ext.is_some_and(|f| f.contains(AddressFlags::Tentative));
+            let dad = match (failed, tentative) {
+                (true, _) => Dad::Failed,
+                (false, true) => Dad::Tentative,
+                (false, false) => Dad::Done,
+            };
+            for at in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = at
+                    && let Ok(n) = Ipv6Net::new(*ip, a.header.prefix_len)
+                {
+                    out.push((n, dad));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn dump_addresses(&mut self, index: u32, family: AddressFamily) -> io::Result<Vec<IpNet>> {

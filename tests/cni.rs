@@ -901,6 +901,27 @@ fn pod_addr6(pod: &Netns, ifname: &str) -> Vec<String> {
         .collect()
 }
 
+/// The global IPv6 addresses of `ifname` still in duplicate address
+/// detection (which neither answer nor forward yet).
+fn tentative6(ns: &Netns, ifname: &str) -> Vec<String> {
+    let v = ns.ip_json(&[
+        "-6",
+        "addr",
+        "show",
+        "dev",
+        ifname,
+        "scope",
+        "global",
+        "tentative",
+    ]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| Some(a["local"].as_str()?.to_string()))
+        .collect()
+}
+
 fn pod_routes6(pod: &Netns) -> Vec<(String, String)> {
     pod.ip_json(&["-6", "route", "show"])
         .as_array()
@@ -980,6 +1001,12 @@ fn dual_stack_pods(mode: Mode) {
     let (p1, p2) = (Netns::new("ds6"), Netns::new("ds6"));
     let r1 = node.call("ADD", "ds6-one", Some(&p1.path()), "eth0", &conf);
     assert_eq!(r1.code, 0, "{mode:?}: {}{}", r1.stdout, r1.stderr);
+    // The first pod of a fresh bridge can use its IPv6 gateway at once.
+    assert_eq!(
+        tentative6(&node.ns, "cni0"),
+        Vec::<String>::new(),
+        "{mode:?}"
+    );
     let r2 = node.call("ADD", "ds6-two", Some(&p2.path()), "eth0", &conf);
     assert_eq!(r2.code, 0, "{mode:?}: {}{}", r2.stdout, r2.stderr);
     let (a4, a6) = dual_ips(mode, &p1, &r1.json);
@@ -1208,6 +1235,11 @@ fn ipv6_only_pods(mode: Mode) {
     let (p1, p2) = (Netns::new("v6o"), Netns::new("v6o"));
     let r1 = node.call("ADD", "v6o-one", Some(&p1.path()), "eth0", &conf);
     assert_eq!(r1.code, 0, "{mode:?}: {}{}", r1.stdout, r1.stderr);
+    assert_eq!(
+        tentative6(&node.ns, "cni0"),
+        Vec::<String>::new(),
+        "{mode:?}"
+    );
     let r2 = node.call("ADD", "v6o-two", Some(&p2.path()), "eth0", &conf);
     assert_eq!(r2.code, 0, "{mode:?}: {}{}", r2.stdout, r2.stderr);
     let a6 = ipv6_only_ip(mode, &p1, &r1.json);

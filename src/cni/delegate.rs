@@ -9,9 +9,12 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
+use std::time::{Duration, Instant};
 
+use ipnet::Ipv6Net;
 use serde_json::{Value, json};
 
 use super::conf::NetConf;
@@ -20,6 +23,7 @@ use super::error::{CniError, code};
 use super::log;
 use super::result::CniResult;
 use super::version::Version;
+use crate::netlink::{Dad, Netlink};
 use crate::subnet_env::SubnetEnv;
 
 /// The first executable file named `name` in `path`.
@@ -267,7 +271,92 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
         })
         .and_then(|v| CniResult::from_json(&v))
         .inspect_err(|e| undo(e))?;
+    if dtype == "bridge" {
+        settle_gateways6(conf, &parsed).inspect_err(|e| undo(e))?;
+    }
     Ok(parsed)
+}
+
+/// How long ADD waits for the bridge's IPv6 gateway to pass duplicate
+/// address detection (the reference plugins' `SettleAddresses` waits as long).
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Waits until the IPv6 gateways of `result` on the delegate's bridge have
+/// passed duplicate address detection. The bridge plugin adds its gateway
+/// address with DAD and returns while it is still tentative: for a second
+/// or two the bridge then neither answers the pod's neighbour solicitations
+/// for it nor forwards for it, so a fresh node's first pod could not leave
+/// the node. Past [`SETTLE`] it logs and returns; a failed detection (another
+/// host on the bridge has the address) is an error.
+///
+/// # Errors
+/// Code 102 when the detection failed.
+fn settle_gateways6(conf: &NetConf, result: &CniResult) -> Result<(), CniError> {
+    let gws: Vec<Ipv6Addr> = result
+        .ips
+        .iter()
+        .filter_map(|c| match c.gateway {
+            Some(IpAddr::V6(g)) => Some(g),
+            _ => None,
+        })
+        .collect();
+    if gws.is_empty() {
+        return Ok(());
+    }
+    let Ok(bridge) = conf.bridge_name() else {
+        return Ok(());
+    };
+    let Ok(mut nl) = Netlink::new() else {
+        return Ok(());
+    };
+    let Some(index) = nl.link(&bridge).ok().flatten().map(|l| l.index) else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    loop {
+        let addrs = nl.addresses6_dad(index).unwrap_or_default();
+        match gateway_dad(&addrs, &gws) {
+            Dad::Done => return Ok(()),
+            Dad::Failed => {
+                return Err(CniError::new(
+                    code::NETLINK,
+                    format!(
+                        "the IPv6 gateway {} on bridge {bridge} failed duplicate address detection: another host on {bridge} has that address",
+                        gws.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .with_details(format!(
+                    "find it with `ip -6 neigh show dev {bridge}`; the gateway is the first address of FLANNEL_IPV6_SUBNET, which only this node's bridge should hold"
+                )));
+            }
+            Dad::Tentative if start.elapsed() >= SETTLE => {
+                log(&format!(
+                    "the IPv6 gateway on {bridge} is still tentative after {SETTLE:?}; the pod's IPv6 traffic leaves the node once it is not"
+                ));
+                return Ok(());
+            }
+            Dad::Tentative => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Where the detection of the gateways `gws` stands on a link holding
+/// `addrs`: failed if any failed, else tentative if any is, else done. A
+/// gateway the link does not hold is not waited for. Pure.
+pub fn gateway_dad(addrs: &[(Ipv6Net, Dad)], gws: &[Ipv6Addr]) -> Dad {
+    let states = addrs
+        .iter()
+        .filter(|(n, _)| gws.contains(&n.addr()))
+        .map(|(_, d)| *d);
+    let mut worst = Dad::Done;
+    for d in states {
+        match d {
+            Dad::Failed => return Dad::Failed,
+            Dad::Tentative => worst = Dad::Tentative,
+            Dad::Done => {}
+        }
+    }
+    worst
 }
 
 /// DEL with the saved configuration; nothing saved means nothing to do.
@@ -423,4 +512,31 @@ pub fn gc(conf: &NetConf, env: &CniEnv, valid: &[(String, String)]) -> Result<()
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_dad_waits_for_the_gateways_only_and_fails_on_a_duplicate() {
+        let n = |s: &str| s.parse::<Ipv6Net>().unwrap();
+        let gw: Ipv6Addr = "fc00:0:0:3::1".parse().unwrap();
+        let addrs = [
+            (n("fe80::1/64"), Dad::Tentative),
+            (n("fc00:0:0:3::1/64"), Dad::Done),
+        ];
+        // The bridge's link-local address is not the pods' gateway.
+        assert_eq!(gateway_dad(&addrs, &[gw]), Dad::Done);
+        let addrs = [(n("fc00:0:0:3::1/64"), Dad::Tentative)];
+        assert_eq!(gateway_dad(&addrs, &[gw]), Dad::Tentative);
+        let addrs = [
+            (n("fc00:0:0:3::1/64"), Dad::Tentative),
+            (n("fc00:0:0:4::1/64"), Dad::Failed),
+        ];
+        let gw4: Ipv6Addr = "fc00:0:0:4::1".parse().unwrap();
+        assert_eq!(gateway_dad(&addrs, &[gw, gw4]), Dad::Failed);
+        // A gateway the bridge does not hold is not waited for.
+        assert_eq!(gateway_dad(&[], &[gw]), Dad::Done);
+    }
 }
