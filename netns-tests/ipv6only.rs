@@ -206,6 +206,13 @@ fn ipv6_only_cluster_on_an_ipv6_only_underlay() {
         );
         assert!(report.contains(&line), "{line}\n{report}");
     }
+    // Asked about an address no lease holds, it says which, and the flag.
+    let (ok, report) = c.doctor(0, &["--public-ipv6", "2001:db8::99"]);
+    assert!(
+        !ok && report.contains("✗ lease: no lease in the store has public IPv6 2001:db8::99")
+            && report.contains("--iface/--public-ipv6"),
+        "{report}"
+    );
     for n in &c.nodes {
         n.assert_nothing_wrong();
     }

@@ -478,7 +478,11 @@ fn own_lease(
                 (None, Some(ip6)) => format!("no lease in the store has public IPv6 {ip6}"),
                 _ => format!("no lease in the store has public IP {}", ext.public_ip),
             },
-            "start weftd on this node; if it runs, check that --iface/--public-ip name the address the others see",
+            if config.ipv4.is_none() {
+                "start weftd on this node; if it runs, check that --iface/--public-ipv6 name the address the others see"
+            } else {
+                "start weftd on this node; if it runs, check that --iface/--public-ip name the address the others see"
+            },
         )),
     }
     own
