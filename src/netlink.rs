@@ -505,7 +505,7 @@ impl Netlink {
         Ok(self
             .dump_addresses(index, AddressFamily::Inet)?
             .into_iter()
-            .filter_map(|n| match n {
+            .filter_map(|(n, _)| match n {
                 IpNet::V4(n) => Some(n),
                 IpNet::V6(_) => None,
             })
@@ -518,12 +518,9 @@ impl Netlink {
     /// The netlink error.
     pub fn addresses6(&mut self, index: u32) -> io::Result<Vec<Ipv6Net>> {
         Ok(self
-            .dump_addresses(index, AddressFamily::Inet6)?
+            .addresses6_dad(index)?
             .into_iter()
-            .filter_map(|n| match n {
-                IpNet::V6(n) => Some(n),
-                IpNet::V4(_) => None,
-            })
+            .map(|(n, _)| n)
             .collect())
     }
 
@@ -533,8 +530,25 @@ impl Netlink {
     /// # Errors
     /// The netlink error.
     pub fn addresses6_dad(&mut self, index: u32) -> io::Result<Vec<(Ipv6Net, Dad)>> {
+        Ok(self
+            .dump_addresses(index, AddressFamily::Inet6)?
+            .into_iter()
+            .filter_map(|(n, dad)| match n {
+                IpNet::V6(n) => Some((n, dad)),
+                IpNet::V4(_) => None,
+            })
+            .collect())
+    }
+
+    /// Every address of `family` on link `index`, with its detection state
+    /// (always [`Dad::Done`] for IPv4).
+    fn dump_addresses(
+        &mut self,
+        index: u32,
+        family: AddressFamily,
+    ) -> io::Result<Vec<(IpNet, Dad)>> {
         let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet6;
+        m.header.family = family;
         let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for r in all {
@@ -559,33 +573,10 @@ impl Netlink {
                 (false, false) => Dad::Done,
             };
             for at in &a.attributes {
-                if let AddressAttribute::Address(IpAddr::V6(ip)) = at
-                    && let Ok(n) = Ipv6Net::new(*ip, a.header.prefix_len)
-                {
-                    out.push((n, dad));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn dump_addresses(&mut self, index: u32, family: AddressFamily) -> io::Result<Vec<IpNet>> {
-        let mut m = AddressMessage::default();
-        m.header.family = family;
-        let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
-        let mut out = Vec::new();
-        for r in all {
-            let RouteNetlinkMessage::NewAddress(a) = r else {
-                continue;
-            };
-            if a.header.index != index {
-                continue;
-            }
-            for at in &a.attributes {
                 if let AddressAttribute::Address(ip) = at
                     && let Ok(n) = IpNet::new(*ip, a.header.prefix_len)
                 {
-                    out.push(n);
+                    out.push((n, dad));
                 }
             }
         }
