@@ -155,10 +155,14 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         None => None,
     };
     if let Some(settings) = opts.kube.clone() {
-        let Some(store) =
-            retry_at_boot(&mut shutdown, || KubeStore::connect(settings.clone())).await?
+        let Some(store) = retry_at_boot(&mut shutdown, || async {
+            let store = KubeStore::connect(settings.clone()).await?;
+            store.read_node().await?;
+            Ok(store)
+        })
+        .await?
         else {
-            return Ok(());
+            return Ok(Stopped::Signal);
         };
         tracing::info!("Kubernetes subnet manager: {}", store.describe());
         let mut opts = opts;
@@ -207,7 +211,15 @@ where
     loop {
         match connect().await {
             Ok(s) => return Ok(Some(s)),
-            Err(e @ (StoreError::EtcdUnreachable { .. } | StoreError::KubeUnreachable { .. })) => {
+            // The deadlock too: kube-proxy may start yet, and the fix (the
+            // API server's real address) restarts the pod anyway. Waiting
+            // alive keeps `kubectl exec … weftd doctor` possible; a crash
+            // loop would not.
+            Err(
+                e @ (StoreError::EtcdUnreachable { .. }
+                | StoreError::KubeUnreachable { .. }
+                | StoreError::KubeDeadlock { .. }),
+            ) => {
                 tracing::warn!("{e}; retrying in {}s", wait.as_secs());
             }
             Err(e) => return Err(e.into()),

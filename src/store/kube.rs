@@ -372,6 +372,21 @@ impl KubeStore {
         })
     }
 
+    /// Reads this node from the API server: whether it answers, before the
+    /// first lease call (weftd retries this at boot, so an API server that
+    /// does not answer yet, as in the CNI-before-kube-proxy deadlock, is
+    /// waited for with the pod alive and not Ready, instead of a crash loop).
+    ///
+    /// # Errors
+    /// The API errors of [`KubeStore::acquire`].
+    pub async fn read_node(&self) -> Result<(), StoreError> {
+        let n = &self.inner.node_name;
+        match self.inner.nodes.get(n).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.inner.api_error("get", "nodes", n, e).await),
+        }
+    }
+
     /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.inner.node_name
