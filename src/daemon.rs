@@ -141,7 +141,10 @@ pub enum DaemonError {
 ///
 /// # Errors
 /// [`DaemonError`]: each variant names what failed and how to fix it.
-pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stopped, DaemonError> {
     tokio::pin!(shutdown);
     // /healthz first, as flanneld's: it answers while weftd waits for its
     // store at boot (a liveness probe must not restart it meanwhile);
@@ -175,7 +178,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         let Some(store) =
             retry_at_boot(&mut shutdown, || EtcdStore::connect(settings.clone())).await?
         else {
-            return Ok(());
+            return Ok(Stopped::Signal);
         };
         return run_with_store(opts, Arc::new(store), None, status, shutdown).await;
     }
@@ -423,7 +426,7 @@ pub async fn run_with_store(
     seed_default: Option<LocalStore>,
     status: Arc<Status>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+) -> Result<Stopped, DaemonError> {
     let config = match &opts.net_config_path {
         Some(p) => NetConfig::from_file(p)?,
         None => {
@@ -622,7 +625,7 @@ pub async fn run_with_store(
         match took {
             (Ok(t), Ok(h)) => {
                 tracing::info!(
-                    "took over from the previous weftd, which exited {} ms after being asked",
+                    "took over from the previous weftd, which let go {} ms after being asked",
                     t.as_millis()
                 );
                 holder = h;
@@ -637,12 +640,18 @@ pub async fn run_with_store(
         }
     }
     let handed_over = Arc::new(tokio::sync::Notify::new());
+    let successor = Arc::new(std::sync::Mutex::new(None));
     if let Some(h) = holder {
-        let n = handed_over.clone();
+        let (n, slot) = (handed_over.clone(), successor.clone());
         let st = status.clone();
         h.serve(
             opts.tun_name.clone(),
-            move || n.notify_one(),
+            move |s| {
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(s);
+                }
+                n.notify_one();
+            },
             move || {
                 serde_json::to_string(&crate::status::view(&st, metrics::now_ms()))
                     .unwrap_or_default()
@@ -650,7 +659,55 @@ pub async fn run_with_store(
         );
     }
     node.run(&opts, store, req, &status, shutdown, handed_over)
-        .await
+        .await?;
+    let taken = successor.lock().ok().and_then(|mut s| s.take());
+    Ok(taken.map_or(Stopped::Signal, Stopped::HandedOver))
+}
+
+/// How a node stopped, once its packet threads have.
+#[derive(Debug)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT (or the shutdown future given to [`run`]).
+    Signal,
+    /// A new weftd took over; [`let_go`] tells it this one is done.
+    HandedOver(handover::Successor),
+}
+
+/// After a hand-over, once the async runtime has stopped (its `/healthz`
+/// listener closed with it): tells the successor that this weftd has let
+/// go. In a pod (`POD_NAME` is set, as the DaemonSet sets it), the process
+/// then idles until SIGTERM instead of exiting: kubelet restarts a container
+/// that exits, and the restarted weftd would take the node back from its
+/// successor, which would then exit and be restarted in turn. A rollout
+/// with `maxSurge` deletes the old pod once the new one is Ready.
+pub fn let_go(successor: handover::Successor) {
+    drop(successor);
+    let Some(pod) = std::env::var_os("POD_NAME") else {
+        return;
+    };
+    tracing::info!(
+        "handed over: pod {} idles until it is deleted (an exited container would be restarted and take the node back)",
+        pod.to_string_lossy()
+    );
+    // The runtime that ran the node is gone; a small one waits for the signal.
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+        }),
+        Err(e) => tracing::warn!("cannot wait for SIGTERM after the hand-over, exiting: {e}"),
+    }
 }
 
 /// A node whose dataplane forwards: what the main loop needs.

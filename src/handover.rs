@@ -7,8 +7,9 @@
 //! process, even on SIGKILL). A new weftd that finds the name taken attaches
 //! its own queues to the persistent TUN device and binds the VXLAN port
 //! beside the old one (`SO_REUSEPORT`); once its dataplane forwards, it asks
-//! the old one to stop and waits until that process has exited (its end of
-//! the connection closes), then takes the name.
+//! the old one to stop and waits until that one has let go (its end of the
+//! connection closes: at its exit, or, in a pod, once it has released the
+//! device and ports and idles until its pod is deleted), then takes the name.
 //!
 //! The same socket answers `weftd status` (and the doctor) with the node's
 //! live view. Abstract names have no file permissions: the holder asks the
@@ -123,7 +124,8 @@ pub fn check_successor(port: u16, tun: &str) -> Result<(), HandoverError> {
 }
 
 /// Asks the running weftd on `port` to stop and waits, at most `timeout`,
-/// until its process has exited; returns how long that took.
+/// until it has let go (its process exited, or it dropped its
+/// [`Successor`]); returns how long that took.
 ///
 /// # Errors
 /// [`HandoverError::Socket`] when it cannot be reached or does not go in time.
@@ -133,7 +135,7 @@ pub fn ask_to_stop(port: u16, timeout: Duration) -> Result<Duration, HandoverErr
     let (mut s, _) = hello(port)?;
     s.write_all(b"stop\n").map_err(err)?;
     s.set_read_timeout(Some(timeout)).map_err(err)?;
-    // The old process never writes again: the read ends at its exit.
+    // The old weftd never writes again: the read ends when it lets go.
     let mut rest = Vec::new();
     io::Read::read_to_end(&mut s, &mut rest).map_err(err)?;
     Ok(t.elapsed())
@@ -201,23 +203,35 @@ fn trusted(conn: &UnixStream) -> Result<(), String> {
     }
 }
 
+/// A successor's request to stop, and this weftd's claim on the name.
+/// Dropping it tells the successor that this weftd has let go: the
+/// connection closes and the name is free for it to take. Drop it once the
+/// packet threads have stopped (or let the process exit).
+#[derive(Debug)]
+pub struct Successor {
+    _conn: UnixStream,
+    _name: UnixListener,
+}
+
 impl Holder {
     /// Serves successors and `weftd status` on a thread of its own: answers
-    /// each with `tun`; calls `on_stop` once when one asks this weftd to
-    /// stop (the connection that asked is kept open until this process
-    /// exits, so the successor learns the exact moment), and answers
-    /// `status` with what `status` returns.
+    /// each with `tun`, and `status` with what `status` returns. The first
+    /// successor that asks this weftd to stop ends the service: `on_stop`
+    /// gets its [`Successor`], whose drop tells it this one has let go.
     pub fn serve(
         self,
         tun: String,
-        on_stop: impl Fn() + Send + 'static,
+        on_stop: impl FnOnce(Successor) + Send + 'static,
         status: impl Fn() -> String + Send + 'static,
     ) {
+        let listener = self.listener;
         let spawned = std::thread::Builder::new()
             .name("weft-handover".into())
             .spawn(move || {
-                for conn in self.listener.incoming() {
-                    let Ok(mut conn) = conn else { continue };
+                loop {
+                    let Ok((mut conn, _)) = listener.accept() else {
+                        continue;
+                    };
                     if writeln!(conn, "weftd {tun}").is_err() {
                         continue;
                     }
@@ -239,9 +253,11 @@ impl Holder {
                         let _ = conn.write_all(status().as_bytes());
                         continue;
                     }
-                    on_stop();
-                    // Closed by the kernel when this process exits.
-                    std::mem::forget(conn);
+                    on_stop(Successor {
+                        _conn: conn,
+                        _name: listener,
+                    });
+                    return;
                 }
             });
         if let Err(e) = spawned {
@@ -264,7 +280,7 @@ mod tests {
         let h = claim(port).unwrap().expect("free");
         assert!(claim(port).unwrap().is_none(), "held");
         let (tx, rx) = std::sync::mpsc::channel();
-        h.serve("weft0".into(), move || tx.send(()).unwrap(), || "{}".into());
+        h.serve("weft0".into(), move |s| tx.send(s).unwrap(), || "{}".into());
         assert!(check_successor(port, "weft0").is_ok());
         assert_eq!(ask_status(port).unwrap(), "{}");
         assert!(running_ports().contains(&port));
@@ -273,10 +289,17 @@ mod tests {
             e.contains("TUN device weft0") && e.contains("--tun-name"),
             "{e}"
         );
-        // Within one process "exit" never comes: the wait ends at the timeout.
-        let r = ask_to_stop(port, Duration::from_millis(200));
-        assert!(rx.recv_timeout(Duration::from_secs(2)).is_ok(), "asked");
-        assert!(r.is_err(), "the holder's process is still alive");
+        // The successor waits while the holder keeps its Successor...
+        let asking = std::thread::spawn(move || ask_to_stop(port, Duration::from_secs(5)));
+        let successor = rx.recv_timeout(Duration::from_secs(2)).expect("asked");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!asking.is_finished(), "the successor did not wait");
+        assert!(claim(port).unwrap().is_none(), "the name is still held");
+        // ...and goes on, with the name free, once it is dropped.
+        drop(successor);
+        let waited = asking.join().unwrap().expect("let go");
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(claim(port).unwrap().is_some(), "the name is free");
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut handed_over = None;
     let result: anyhow::Result<()> = rt.block_on(async {
         match cli.command {
             Some(Command::Lab(args)) => weft::lab::run(args, shutdown_signal())
@@ -86,15 +87,20 @@ fn main() -> ExitCode {
             }
             None => {
                 let opts = cli.run.options()?;
-                weft::daemon::run(opts, shutdown_signal())
-                    .await
-                    .map_err(Into::into)
+                match weft::daemon::run(opts, shutdown_signal()).await? {
+                    weft::daemon::Stopped::HandedOver(s) => handed_over = Some(s),
+                    weft::daemon::Stopped::Signal => {}
+                }
+                Ok(())
             }
         }
     });
     // Blocking tasks still sleeping (a store poll) must not delay the exit:
     // a restart's gap is as long as the old process takes to go.
     rt.shutdown_background();
+    if let Some(s) = handed_over {
+        weft::daemon::let_go(s);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
