@@ -18,6 +18,10 @@ pkgs=(
 	ethtool        # checksum settings of kernel-VXLAN peers in the netns tests
 	kmod           # modprobe tun / vxlan
 	jq
+	# The cluster tier (scripts/cluster.sh): a node's container runtime, and
+	# what builds its images without a registry (scripts/cluster-images.sh).
+	containerd runc conntrack
+	buildah debootstrap busybox-static gcc libc6-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do
