@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, KernelNode, Opts, require_root};
+use crate::harness::{Cluster, KernelNode, Opts, require_root, wait_until};
 use weft::netns;
 
 /// Probes every 5 ms from `from_ns` to an echo server on `to:port` in
@@ -273,6 +273,64 @@ fn restarts_without_an_outage() {
         netns::run(netns::exec_in(&ns, env!("CARGO_BIN_EXE_weftd")).arg("uninstall")).unwrap();
     assert!(out.contains("removed TUN device weft0"), "{out}");
     assert!(netns::ip(&["-n", &ns, "link", "show", "weft0"]).is_err());
+}
+
+/// In a pod (`POD_NAME` set, as weft's DaemonSet sets it) the weftd that
+/// handed over does not exit: kubelet would restart the container, and the
+/// restarted weftd would take the node back (the real cluster's rollout
+/// found it). It lets go, the new one forwards alone and holds the name, and
+/// it idles until SIGTERM, then exits cleanly.
+#[test]
+fn in_a_pod_the_previous_weftd_idles_until_sigterm() {
+    if !require_root("in_a_pod_the_previous_weftd_idles_until_sigterm") {
+        return;
+    }
+    let mut c = Cluster::build(
+        "podidle",
+        &Opts {
+            nodes: 2,
+            ..Opts::default()
+        },
+    );
+    c.set_node_args(0, &[], &[("POD_NAME", "weft-x7k2p")]);
+    c.start(0);
+    c.start(1);
+    c.wait_peers(1);
+    let mut old = c.start_beside_keeping_old(0);
+    let handed = wait_until(20, || {
+        c.nodes[0]
+            .log()
+            .contains("pod weft-x7k2p idles until it is deleted")
+    });
+    assert!(handed, "no hand-over:\n{}", c.nodes[0].log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        old.try_wait().unwrap().is_none(),
+        "the previous weftd exited after handing over:\n{}",
+        c.nodes[0].log()
+    );
+    // The new one holds the name and forwards alone.
+    let new_pid = c.nodes[0].pid().expect("the new weftd runs");
+    let ns = c.nodes[0].ns.clone();
+    let st = netns::run(
+        netns::exec_in(&ns, env!("CARGO_BIN_EXE_weftd")).args(["status", "--output", "json"]),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(v["pid"], new_pid, "{st}");
+    assert!(c.nodes[0].ping(c.nodes[1].addr()));
+    assert!(c.nodes[1].ping(c.nodes[0].addr()));
+    // SIGTERM (the old pod deleted) ends the wait.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let gone = wait_until(5, || old.try_wait().ok().flatten().is_some());
+    assert!(gone, "the idle weftd did not exit on SIGTERM");
+    assert!(old.wait().unwrap().success());
+    assert!(c.nodes[0].running(), "{}", c.nodes[0].log());
+    assert!(c.nodes[0].ping(c.nodes[1].addr()));
+    c.nodes[0].assert_nothing_wrong();
 }
 
 /// Dual-stack: restarted by SIGTERM and by an overlapping start, weftd keeps

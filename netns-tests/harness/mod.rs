@@ -464,6 +464,14 @@ impl Cluster {
         );
     }
 
+    /// Starts a second weftd on node `i` while the first still runs and
+    /// keeps it as the node's weftd, without waiting for the first: returns
+    /// the first one's process, for the test to watch.
+    pub fn start_beside_keeping_old(&mut self, i: usize) -> Child {
+        let child = self.spawn(i);
+        self.nodes[i].child.replace(child).expect("a weftd runs")
+    }
+
     /// Starts a second weftd on node `i` while the first still runs (a
     /// rollout with maxSurge), waits until the first has exited (the new
     /// one asks it to), and keeps the new one as the node's weftd. Returns
