@@ -64,12 +64,6 @@ pub struct DoctorArgs {
     /// `text` for people, `json` for machines.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
-    /// The CNI conf dir the container runtime reads (its first file by name is the one it uses).
-    #[arg(long, default_value = crate::doctor::cni::DEFAULT_CONF_DIR)]
-    pub cni_conf_dir: PathBuf,
-    /// The CNI bin dir the container runtime runs plugins from (its CNI_PATH).
-    #[arg(long, default_value = crate::doctor::cni::DEFAULT_BIN_DIR)]
-    pub cni_bin_dir: PathBuf,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -78,8 +72,8 @@ impl DoctorArgs {
     /// Where the doctor looks for the runtime's CNI files.
     pub fn cni_dirs(&self) -> crate::doctor::cni::CniDirs {
         crate::doctor::cni::CniDirs {
-            conf_dir: self.cni_conf_dir.clone(),
-            bin_dir: self.cni_bin_dir.clone(),
+            conf_dir: self.run.cni_conf_dir.clone(),
+            bin_dir: self.run.cni_bin_dir.clone(),
         }
     }
 }
@@ -143,6 +137,17 @@ pub struct RunArgs {
     /// Name of the TUN device.
     #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0")]
     pub tun_name: String,
+    /// Install this CNI conflist into --cni-conf-dir once the node forwards
+    /// (weft's DaemonSet: the runtime then reports the node's network ready
+    /// only when pods can use it); unset, weftd writes no CNI config.
+    #[arg(long, env = "WEFT_CNI_CONFLIST")]
+    pub cni_conflist: Option<PathBuf>,
+    /// The CNI conf dir the container runtime reads (its first file by name is the one it uses).
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = crate::doctor::cni::DEFAULT_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+    /// The CNI bin dir the container runtime runs plugins from (its CNI_PATH).
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = crate::doctor::cni::DEFAULT_BIN_DIR)]
+    pub cni_bin_dir: PathBuf,
     /// Address of the /healthz and /metrics endpoint.
     #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: IpAddr,
@@ -254,6 +259,18 @@ impl RunArgs {
                 resync: Duration::from_secs(self.iptables_resync),
             },
             replace_kernel_vxlan: self.replace_kernel_vxlan,
+            cni: self
+                .cni_conflist
+                .as_ref()
+                .map(|conflist| crate::cni::install::InstallArgs {
+                    bin_dir: self.cni_bin_dir.clone(),
+                    conf_dir: self.cni_conf_dir.clone(),
+                    conflist: Some(conflist.clone()),
+                    conf_name: crate::cni::install::CONF_NAME.into(),
+                    plugin_name: crate::cni::install::PLUGIN_NAME.into(),
+                    source: None,
+                    no_conflist: false,
+                }),
             source_checks: SourceChecks {
                 known_peers: !self.accept_unknown_peers,
                 own_sources: !self.accept_foreign_sources,

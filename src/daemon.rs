@@ -57,6 +57,8 @@ pub struct Options {
     pub source_checks: SourceChecks,
     /// Delete a kernel VXLAN device that holds the VXLAN port (`--replace-kernel-vxlan`).
     pub replace_kernel_vxlan: bool,
+    /// The CNI conflist to install once the node forwards (`--cni-conflist`).
+    pub cni: Option<crate::cni::install::InstallArgs>,
 }
 
 /// net-conf.json's place in Kubernetes mode when `--net-config-path` is not given (flannel's).
@@ -120,6 +122,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Handover(#[from] HandoverError),
+    #[error("--cni-conflist: {0}")]
+    Cni(#[from] crate::cni::install::InstallError),
     #[error(
         "this node's lease for {old} was deleted and {old} was taken by another node; it now holds {new}. Exiting so that weftd restarts on {new} (its pods need new addresses)"
     )]
@@ -526,6 +530,10 @@ pub async fn run_with_store(
     // Checked before the lease is taken.
     if let Some(dir) = opts.subnet_file.parent() {
         check_writable_dir(dir, "--subnet-file")?;
+    }
+    if let Some(cni) = &opts.cni {
+        crate::cni::install::read_conflist(cni)?;
+        check_writable_dir(&cni.conf_dir, "--cni-conf-dir")?;
     }
     let port = config.backend.port;
     let mut holder = handover::claim(port)?;
@@ -956,6 +964,9 @@ async fn start(
         if let Err(e) = store.network_ready(&lease).await {
             tracing::warn!("the dataplane is up but the store was not told: {e}");
         }
+        if let Some(cni) = opts.cni.clone() {
+            install_cni_config(cni).await;
+        }
     }
     Ok(Running {
         lease,
@@ -1085,6 +1096,30 @@ impl Running {
             .await
             .ok();
         outcome
+    }
+}
+
+/// `--cni-conflist`, once the node forwards: the conflist goes into the
+/// runtime's conf dir, and with it the runtime reports the node's network
+/// ready (kubelet: the node becomes Ready) only when pods can use it. It
+/// stays when weftd stops, so a restart keeps the node Ready.
+async fn install_cni_config(cni: crate::cni::install::InstallArgs) {
+    let dir = cni.conf_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::cni::install::install_conflist(&cni)).await {
+        Ok(Ok((path, notes))) => {
+            tracing::info!(
+                "CNI config {} in place: pods on this node get the network",
+                path.display()
+            );
+            for n in notes {
+                tracing::warn!("{n}");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(
+            "{e}: the runtime in {} finds no CNI config of weft's, and pods here get no network until it does",
+            dir.display()
+        ),
+        Err(e) => tracing::error!("installing the CNI config failed: {e}"),
     }
 }
 

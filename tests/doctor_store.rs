@@ -241,7 +241,7 @@ fn a_silent_cluster_ip_is_the_cni_before_kube_proxy_deadlock() {
     assert_eq!(
         fix,
         Some(format!(
-            "weft-cni install --bin-dir {} --conf-dir {} (the DaemonSet's init container runs it)",
+            "weft-cni install --bin-dir {} --conf-dir {} (weft's DaemonSet does it: its init container and weftd --cni-conflist)",
             n.s("bin"),
             n.s("net.d")
         ))

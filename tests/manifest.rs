@@ -199,8 +199,28 @@ fn daemonset_runs_weftd_and_the_installer_with_arguments_they_accept() {
     let mut argv = vec![cmd[0].clone()];
     argv.extend(init.args.clone().unwrap_or_default());
     let inst = InstallArgs::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    assert_eq!(
-        inst.conflist.unwrap(),
-        std::path::PathBuf::from("/etc/weft/cni-conf.json")
+    // The init container installs the binary; weftd writes the conflist
+    // from the ConfigMap once the node forwards, into the host's conf dir,
+    // checking the chained plugins in the host's bin dir.
+    assert!(inst.no_conflist, "{argv:?}");
+    let under = |dir: &std::path::Path,
+                 mounts: &[k8s_openapi::api::core::v1::VolumeMount],
+                 volume: &str| {
+        let m = mounts
+            .iter()
+            .find(|m| m.name == volume)
+            .unwrap_or_else(|| panic!("no {volume} mount"));
+        assert_eq!(dir, std::path::Path::new(&m.mount_path), "{volume}");
+    };
+    under(
+        &inst.bin_dir,
+        init.volume_mounts.as_deref().unwrap(),
+        "cni-bin",
     );
+    assert_eq!(
+        cli.run.cni_conflist.clone().unwrap(),
+        std::path::Path::new(&cfg_mount.mount_path).join("cni-conf.json")
+    );
+    under(&cli.run.cni_conf_dir, &mounts, "cni-conf");
+    under(&cli.run.cni_bin_dir, &mounts, "cni-bin");
 }

@@ -13,11 +13,17 @@ fn main() -> ExitCode {
         let parsed = install::InstallArgs::parse_from(std::env::args_os().skip(1));
         return match install::install(&parsed) {
             Ok(done) => {
-                eprintln!(
-                    "weft-cni: installed {} and {}",
-                    done.bin.display(),
-                    done.conflist.display()
-                );
+                match &done.conflist {
+                    Some(c) => eprintln!(
+                        "weft-cni: installed {} and {}",
+                        done.bin.display(),
+                        c.display()
+                    ),
+                    None => eprintln!(
+                        "weft-cni: installed {} (the conflist is weftd's to write once the node forwards)",
+                        done.bin.display()
+                    ),
+                }
                 for note in done.notes {
                     eprintln!("weft-cni install: {note}");
                 }

@@ -34,6 +34,11 @@ pub const DEFAULT_CONFLIST: &str = r#"{
 }
 "#;
 
+/// The conflist's file name in the conf dir.
+pub const CONF_NAME: &str = "10-weft.conflist";
+/// The plugin's name in the bin dir: the conflist's "type".
+pub const PLUGIN_NAME: &str = "weft";
+
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("cannot read {path}: {source}")]
@@ -41,7 +46,7 @@ pub enum InstallError {
     #[error("{path}: not a valid conflist: {what}")]
     Conflist { path: PathBuf, what: String },
     #[error(
-        "cannot write {path}: {source} (is the host directory mounted read-write into the init container?)"
+        "cannot write {path}: {source} (is the host directory mounted read-write into the container?)"
     )]
     Write { path: PathBuf, source: io::Error },
 }
@@ -62,14 +67,19 @@ pub struct InstallArgs {
     #[arg(long)]
     pub conflist: Option<PathBuf>,
     /// The conflist's file name in --conf-dir.
-    #[arg(long, default_value = "10-weft.conflist")]
+    #[arg(long, default_value = CONF_NAME)]
     pub conf_name: String,
     /// The plugin's name in --bin-dir: the conflist's "type".
-    #[arg(long, default_value = "weft")]
+    #[arg(long, default_value = PLUGIN_NAME)]
     pub plugin_name: String,
     /// The binary to copy (default: this one).
     #[arg(long)]
     pub source: Option<PathBuf>,
+    /// Install the binary only. weft's DaemonSet does so: weftd
+    /// (`--cni-conflist`) writes the conflist once the node forwards, so the
+    /// runtime reports the node's network ready only then.
+    #[arg(long)]
+    pub no_conflist: bool,
 }
 
 /// Writes `bytes` to `path` atomically with permissions `mode`, creating the directory.
@@ -242,26 +252,19 @@ fn take_precedence(ours: &Path) -> Result<Vec<String>, InstallError> {
 #[derive(Debug)]
 pub struct Installed {
     pub bin: PathBuf,
-    pub conflist: PathBuf,
+    /// None with `--no-conflist`.
+    pub conflist: Option<PathBuf>,
     /// Other conf files dealt with (flannel's renamed), or still in the way.
     pub notes: Vec<String>,
 }
 
-/// Installs the binary and the conflist, and makes the conflist the one the
-/// runtime uses. A conflist weft-cni would refuse is refused here, before
-/// anything is written.
+/// The conflist `args` names (or the default), checked as weft-cni will
+/// read it: its path (for messages) and text.
 ///
 /// # Errors
 /// [`InstallError`] naming the file.
-pub fn install(args: &InstallArgs) -> Result<Installed, InstallError> {
-    let src = match &args.source {
-        Some(s) => s.clone(),
-        None => std::env::current_exe().map_err(|source| InstallError::Read {
-            path: PathBuf::from("/proc/self/exe"),
-            source,
-        })?,
-    };
-    let (conf_path_in, conf_text) = match &args.conflist {
+pub fn read_conflist(args: &InstallArgs) -> Result<(PathBuf, String), InstallError> {
+    let (path, text) = match &args.conflist {
         Some(p) => (
             p.clone(),
             fs::read_to_string(p).map_err(|source| InstallError::Read {
@@ -274,22 +277,64 @@ pub fn install(args: &InstallArgs) -> Result<Installed, InstallError> {
             DEFAULT_CONFLIST.to_string(),
         ),
     };
-    validate_conflist(&conf_text, &conf_path_in, &args.plugin_name)?;
-    let (conf_text, mut notes) = chained_plugins_present(conf_text, args);
+    validate_conflist(&text, &path, &args.plugin_name)?;
+    Ok((path, text))
+}
+
+/// Installs the binary and (unless `--no-conflist`) the conflist, and makes
+/// the conflist the one the runtime uses. A conflist weft-cni would refuse
+/// is refused here, before anything is written.
+///
+/// # Errors
+/// [`InstallError`] naming the file.
+pub fn install(args: &InstallArgs) -> Result<Installed, InstallError> {
+    let src = match &args.source {
+        Some(s) => s.clone(),
+        None => std::env::current_exe().map_err(|source| InstallError::Read {
+            path: PathBuf::from("/proc/self/exe"),
+            source,
+        })?,
+    };
+    if !args.no_conflist {
+        read_conflist(args)?;
+    }
     let bin = fs::read(&src).map_err(|source| InstallError::Read {
         path: src.clone(),
         source,
     })?;
     let bin_path = args.bin_dir.join(&args.plugin_name);
     install_file(&bin_path, &bin, 0o755)?;
-    let conf_path = args.conf_dir.join(&args.conf_name);
-    install_file(&conf_path, conf_text.as_bytes(), 0o644)?;
-    notes.extend(take_precedence(&conf_path)?);
+    if args.no_conflist {
+        return Ok(Installed {
+            bin: bin_path,
+            conflist: None,
+            notes: vec![],
+        });
+    }
+    let (conflist, notes) = install_conflist(args)?;
     Ok(Installed {
         bin: bin_path,
-        conflist: conf_path,
+        conflist: Some(conflist),
         notes,
     })
+}
+
+/// Writes the conflist into the conf dir (unless it is there already, byte
+/// for byte) and makes it the one the runtime uses: what `weft-cni install`
+/// does after the binary, and what weftd does once the node forwards. Its
+/// path, and notes on other conf files.
+///
+/// # Errors
+/// [`InstallError`] naming the file.
+pub fn install_conflist(args: &InstallArgs) -> Result<(PathBuf, Vec<String>), InstallError> {
+    let (_, text) = read_conflist(args)?;
+    let (text, mut notes) = chained_plugins_present(text, args);
+    let conf_path = args.conf_dir.join(&args.conf_name);
+    if fs::read(&conf_path).ok().as_deref() != Some(text.as_bytes()) {
+        install_file(&conf_path, text.as_bytes(), 0o644)?;
+    }
+    notes.extend(take_precedence(&conf_path)?);
+    Ok((conf_path, notes))
 }
 
 #[cfg(test)]
@@ -310,7 +355,31 @@ mod tests {
             conf_name: "10-weft.conflist".into(),
             plugin_name: "weft".into(),
             source: Some(src),
+            no_conflist: false,
         }
+    }
+
+    #[test]
+    fn no_conflist_installs_the_binary_only_and_weftd_adds_the_conflist_later() {
+        let d = tempfile::tempdir().unwrap();
+        let mut args = args_in(d.path());
+        args.no_conflist = true;
+        let done = install(&args).unwrap();
+        assert!(done.bin.exists());
+        assert!(done.conflist.is_none());
+        assert!(!args.conf_dir.join(CONF_NAME).exists(), "no conflist yet");
+        // weftd, once the node forwards: the conflist, written once.
+        args.no_conflist = false;
+        let (path, _) = install_conflist(&args).unwrap();
+        assert_eq!(path, args.conf_dir.join(CONF_NAME));
+        let written = fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        install_conflist(&args).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().modified().unwrap(),
+            written,
+            "unchanged: not rewritten"
+        );
     }
 
     #[test]
@@ -322,6 +391,7 @@ mod tests {
             conflist: c,
             notes,
         } = install(&args).unwrap();
+        let c = c.expect("a conflist");
         assert_eq!(
             fs::metadata(&b).unwrap().permissions().mode() & 0o777,
             0o755
@@ -362,7 +432,7 @@ mod tests {
     fn conflists_the_plugin_would_refuse_are_refused_and_nothing_is_touched() {
         let d = tempfile::tempdir().unwrap();
         let args = args_in(d.path());
-        let good = install(&args).unwrap().conflist;
+        let good = install(&args).unwrap().conflist.expect("a conflist");
         let before = fs::read_to_string(&good).unwrap();
         for (text, why) in [
             (

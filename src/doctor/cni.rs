@@ -269,7 +269,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Conf {
 /// hosts, where no CNI runtime reads the conf dir at all.
 fn no_config(dirs: &CniDirs, kube: bool, why: &str) -> Check {
     let install = format!(
-        "weft-cni install --bin-dir {} --conf-dir {} (the DaemonSet's init container runs it)",
+        "weft-cni install --bin-dir {} --conf-dir {} (weft's DaemonSet does it: its init container and weftd --cni-conflist)",
         dirs.bin_dir.display(),
         dirs.conf_dir.display()
     );

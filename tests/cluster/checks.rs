@@ -240,7 +240,8 @@ fn condition(node: &Value, kind: &str) -> Option<String> {
 
 /// docker/weft.yaml applied as a user applies it: a weft pod Ready on every
 /// node, every node Ready with NetworkUnavailable=False, flannel's
-/// annotations written, and subnet.env on the node naming its podCIDR.
+/// annotations written, subnet.env on the node naming its podCIDR, and the
+/// CNI config (weftd's, once the node forwards) in the runtime's conf dir.
 fn weft_runs_on_every_node(cx: &mut Ctx) -> Res<String> {
     let nodes = cx.nodes()?;
     let mut said = vec![];
@@ -289,8 +290,16 @@ fn weft_runs_on_every_node(cx: &mut Ctx) -> Res<String> {
                 "node {name}: /run/flannel/subnet.env has no {want}:\n{env}"
             ));
         }
+        let conf = cx
+            .cluster
+            .on_node(name, &["cat", "/etc/cni/net.d/10-weft.conflist"])?;
+        if !conf.contains("\"type\": \"weft\"") {
+            return Err(format!(
+                "node {name}: 10-weft.conflist is not weft's:\n{conf}"
+            ));
+        }
         said.push(format!(
-            "{name} {ip} podCIDR {cidr}: Ready, {pod} Ready, {want}"
+            "{name} {ip} podCIDR {cidr}: Ready, {pod} Ready, {want}, 10-weft.conflist in place"
         ));
     }
     Ok(said.join("\n"))
@@ -766,7 +775,8 @@ const LATE_NODE: &str = "wc-n4";
 /// not answer there. weftd's log and `weftd doctor` name the cause and the
 /// fix, its pod is not Ready; with the fix (the manifest's
 /// KUBERNETES_SERVICE_HOST/PORT lines, the API server's real address) the
-/// node comes up.
+/// node comes up. Meanwhile the node is not Ready: weftd writes the CNI
+/// config only once the node forwards.
 fn deadlock_before_kube_proxy(cx: &mut Ctx) -> Res<String> {
     cx.cluster
         .script(&["add-node", LATE_NODE, "--no-kube-proxy"])?;
@@ -801,6 +811,26 @@ fn deadlock_before_kube_proxy(cx: &mut Ctx) -> Res<String> {
     if pod_ready(cx, "kube-weft", &pod)? {
         return Err(format!(
             "{pod} is Ready although weftd cannot reach the API server"
+        ));
+    }
+    // Nor is the node: weftd writes the CNI config only once the node
+    // forwards, so kubelet reports the network not ready and no pod is
+    // scheduled there to hang in ContainerCreating.
+    let v = cx.cluster.kubectl_json(&["get", "node", LATE_NODE])?;
+    let ready = v["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    if ready["status"] == "True" {
+        return Err(format!("{LATE_NODE} is Ready although weft is not"));
+    }
+    let conf = cx.cluster.on_node(LATE_NODE, &["ls", "/etc/cni/net.d"])?;
+    if !conf.trim().is_empty() {
+        return Err(format!(
+            "{LATE_NODE} has a CNI config before weft is ready: {conf}"
         ));
     }
     // The doctor, run as an operator would: in the pod, with its flags.
@@ -846,8 +876,9 @@ fn deadlock_before_kube_proxy(cx: &mut Ctx) -> Res<String> {
         }
     })?;
     Ok(format!(
-        "weftd: {}\ndoctor: {}\nwith KUBERNETES_SERVICE_HOST/PORT set: {LATE_NODE} Ready, NetworkUnavailable=False",
+        "weftd: {}\nnode meanwhile: {}\ndoctor: {}\nwith KUBERNETES_SERVICE_HOST/PORT set: {LATE_NODE} Ready, NetworkUnavailable=False",
         line.trim(),
+        s(&ready["message"]),
         doctor
             .lines()
             .find(|l| l.contains("deadlock"))
