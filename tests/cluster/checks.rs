@@ -572,6 +572,26 @@ struct Watch {
     tcp_lines: u64,
 }
 
+impl Watch {
+    /// One line: what the probe from `a` to `b` saw.
+    fn summary(&self, a: &Pod, b: &Pod) -> String {
+        format!(
+            "{} -> {}: UDP {}/{} echoed, longest gap {:.1} ms; TCP {} ({} lines)",
+            a.node,
+            b.node,
+            self.received,
+            self.sent,
+            self.longest_gap_ms,
+            if self.tcp_ok {
+                "kept".to_string()
+            } else {
+                format!("broken: {}", self.tcp_error)
+            },
+            self.tcp_lines
+        )
+    }
+}
+
 /// A UDP probe every 5 ms and one TCP connection from pod `a` to pod `b`,
 /// while `during` runs; stopped (SIGTERM to netprobe, which then reports)
 /// once it returns.
@@ -669,20 +689,10 @@ fn rollout_restart(cx: &mut Ctx) -> Res<String> {
         ));
     }
     let said = format!(
-        "rollout of {} weft pods in {:.1} s; {} -> {}: UDP {}/{} echoed, longest gap {:.1} ms; TCP {} ({} lines)",
+        "rollout of {} weft pods in {:.1} s; {}",
         after.len(),
         took.as_secs_f64(),
-        a.node,
-        b.node,
-        w.received,
-        w.sent,
-        w.longest_gap_ms,
-        if w.tcp_ok {
-            "kept".to_string()
-        } else {
-            format!("broken: {}", w.tcp_error)
-        },
-        w.tcp_lines
+        w.summary(&a, &b)
     );
     if !w.tcp_ok {
         return Err(format!(
@@ -746,19 +756,10 @@ fn sigkill_weftd(cx: &mut Ctx) -> Res<String> {
         Ok(t.elapsed())
     })?;
     let said = format!(
-        "weftd (pid {pid}) on {} killed; kubelet restarted {pod} (Ready again in {:.1} s); {} -> {}: UDP {}/{} echoed, longest gap {:.0} ms; TCP {}",
+        "weftd (pid {pid}) on {} killed; kubelet restarted {pod} (Ready again in {:.1} s); {}",
         b.node,
         back.as_secs_f64(),
-        a.node,
-        b.node,
-        w.received,
-        w.sent,
-        w.longest_gap_ms,
-        if w.tcp_ok {
-            "kept".to_string()
-        } else {
-            format!("broken: {}", w.tcp_error)
-        },
+        w.summary(&a, &b)
     );
     if !w.tcp_ok {
         return Err(format!("the TCP connection did not survive: {said}"));
