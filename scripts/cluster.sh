@@ -558,24 +558,24 @@ down() {
 main() {
 	local cmd=${1:-}
 	shift || true
-case $cmd in
-up) up "$@" ;;
-down) down ;;
-build) build_all ;;
-kubectl) kctl "$@" ;;
-node-exec) in_node "$@" ;;
-add-node)
-	n=$1
-	[[ ${2:-} == --no-kube-proxy ]] && add_node "$n" no || add_node "$n"
-	;;
-start-kube-proxy) start_kube_proxy "$1" ;;
-remove-node) remove_node "$1" ;;
-install-weft) install_weft "$@" ;;
-*)
-	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-	exit 2
-	;;
-esac
+	case $cmd in
+	up) up "$@" ;;
+	down) down ;;
+	build) build_all ;;
+	kubectl) kctl "$@" ;;
+	node-exec) in_node "$@" ;;
+	add-node)
+		n=$1
+		[[ ${2:-} == --no-kube-proxy ]] && add_node "$n" no || add_node "$n"
+		;;
+	start-kube-proxy) start_kube_proxy "$1" ;;
+	remove-node) remove_node "$1" ;;
+	install-weft) install_weft "$@" ;;
+	*)
+		sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+		exit 2
+		;;
+	esac
 }
 
 # Sourced (by a developer poking at one step), it only defines the functions.

@@ -228,12 +228,29 @@ fn peer_ip(line: &str) -> Option<String> {
     )
 }
 
-fn condition(node: &Value, kind: &str) -> Option<String> {
+/// A node's condition of type `kind` (its status, reason, message).
+fn condition_of(node: &Value, kind: &str) -> Option<Value> {
     node["status"]["conditions"]
         .as_array()?
         .iter()
         .find(|c| c["type"] == kind)
-        .map(|c| s(&c["status"]))
+        .cloned()
+}
+
+fn condition(node: &Value, kind: &str) -> Option<String> {
+    condition_of(node, kind).map(|c| s(&c["status"]))
+}
+
+/// Waits until weft's DaemonSet has rolled out on every node.
+fn weft_rolled_out(cx: &Ctx) -> Res<String> {
+    cx.cluster.kubectl(&[
+        "-n",
+        "kube-weft",
+        "rollout",
+        "status",
+        "ds/weft",
+        "--timeout=300s",
+    ])
 }
 
 // ------------------------------------------------------------------ checks
@@ -671,14 +688,7 @@ fn rollout_restart(cx: &mut Ctx) -> Res<String> {
     let (took, w) = watched(cx, &a, &b, || {
         cx.cluster
             .kubectl(&["-n", "kube-weft", "rollout", "restart", "ds/weft"])?;
-        cx.cluster.kubectl(&[
-            "-n",
-            "kube-weft",
-            "rollout",
-            "status",
-            "ds/weft",
-            "--timeout=300s",
-        ])?;
+        weft_rolled_out(cx)?;
         Ok(started.elapsed())
     })?;
     let after = weft_pods(cx)?;
@@ -818,13 +828,7 @@ fn deadlock_before_kube_proxy(cx: &mut Ctx) -> Res<String> {
     // forwards, so kubelet reports the network not ready and no pod is
     // scheduled there to hang in ContainerCreating.
     let v = cx.cluster.kubectl_json(&["get", "node", LATE_NODE])?;
-    let ready = v["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "Ready")
-        .cloned()
-        .unwrap_or_default();
+    let ready = condition_of(&v, "Ready").unwrap_or_default();
     if ready["status"] == "True" {
         return Err(format!("{LATE_NODE} is Ready although weft is not"));
     }
@@ -858,14 +862,7 @@ fn deadlock_before_kube_proxy(cx: &mut Ctx) -> Res<String> {
     // The fix, as the manifest's comment says it.
     cx.cluster
         .script(&["install-weft", "--api-server-address"])?;
-    cx.cluster.kubectl(&[
-        "-n",
-        "kube-weft",
-        "rollout",
-        "status",
-        "ds/weft",
-        "--timeout=300s",
-    ])?;
+    weft_rolled_out(cx)?;
     wait(120, "the new node to become Ready", || {
         let v = cx.cluster.kubectl_json(&["get", "node", LATE_NODE])?;
         match (
