@@ -119,6 +119,61 @@ fn is_udp(pkt: &[u8], l4: usize) -> bool {
     }
 }
 
+/// Where the checksum of `pkt` still has to be computed, when its sender
+/// left it partial: a TCP or UDP packet (IPv4 unfragmented, or IPv6 with
+/// the L4 header next) whose checksum field holds only its folded
+/// pseudo-header sum. A Linux sender with checksum offload writes that and
+/// leaves the rest to the NIC; when no NIC lies on the way (kernel VXLAN
+/// over veth: flanneld in a kind cluster or a network namespace), the
+/// datagram arrives so, and the receiving kernel, which would have kept the
+/// packet's "checksum partial" mark, is not the one decapsulating it.
+/// Returns `(csum_start, csum_offset)` for a `FLAG_NEEDS_CSUM` write.
+///
+/// A complete checksum is mistaken for a partial one only when it happens
+/// to equal the pseudo-header sum (1 in 65,536 packets, and then the
+/// checksum the kernel computes from it is the right one all the same).
+pub fn partial_offsets(pkt: &[u8]) -> Option<(usize, usize)> {
+    let (ip, proto, total) = Ip::parse(pkt)?;
+    if let Ip::V4 { .. } = ip {
+        let v4 = ipv4::Packet::new_unchecked(pkt);
+        if v4.more_frags() || v4.frag_offset() != 0 {
+            return None;
+        }
+    }
+    let start = ip.header_len();
+    let offset = match proto {
+        PROTO_TCP => tcp::CHECKSUM_OFFSET,
+        PROTO_UDP => 6,
+        _ => return None,
+    };
+    if total > pkt.len() || start + offset + 2 > total {
+        return None;
+    }
+    let at = start + offset;
+    let field = u16::from_be_bytes([pkt[at], pkt[at + 1]]);
+    // A UDP checksum of zero means "none" (IPv4), never "partial".
+    if proto == PROTO_UDP && field == 0 {
+        return None;
+    }
+    (field == checksum_fold(ip.pseudo_sum(proto, total - start))).then_some((start, offset))
+}
+
+/// Completes the partial checksum [`partial_offsets`] finds in `pkt`, in
+/// software (for a TUN device without offloads). Returns whether it did.
+pub fn complete_partial(pkt: &mut [u8]) -> bool {
+    let Some((start, offset)) = partial_offsets(pkt) else {
+        return false;
+    };
+    let h = virtio::Header {
+        flags: virtio::FLAG_NEEDS_CSUM,
+        csum_start: start as u16,
+        csum_offset: offset as u16,
+        ..Default::default()
+    };
+    let end = Ip::parse(pkt).map_or(pkt.len(), |(_, _, total)| total);
+    complete_checksum(&h, &mut pkt[..end]).is_ok()
+}
+
 /// The inner IP header of a super-packet or segment, as offloads need it:
 /// its length, the L4 protocol, the packet's length by the header, and the
 /// pseudo-header sum of an L4 packet of a given length.
@@ -323,6 +378,8 @@ struct Seg {
     seq: u32,
     flags: u8,
     id: u16,
+    /// Its TCP checksum was left partial by its sender ([`partial_offsets`]).
+    partial: bool,
 }
 
 /// The write being built: the first segment's headers in the arena.
@@ -341,6 +398,8 @@ struct Group {
     dont_frag: bool,
     last_flags: u8,
     first_part: usize,
+    /// The first segment's checksum is partial: written alone, it says so.
+    partial: bool,
 }
 
 /// Joins runs of consecutive TCP segments of one flow into single TUN writes
@@ -355,6 +414,12 @@ struct Group {
 /// coalesced write's checksum; one that fails is written on its own, unmarked,
 /// for the kernel to check and drop. Anything else (UDP, ICMP, fragments, IP
 /// options) is written as it came. Order is never changed.
+///
+/// A TCP or UDP checksum its sender left partial ([`partial_offsets`]: a
+/// kernel VXLAN peer whose offloaded checksums no NIC filled in) is not a
+/// failed one: such a packet is coalesced, or written alone marked
+/// `FLAG_NEEDS_CSUM`, and the kernel treats it as it would have had it
+/// decapsulated the datagram itself.
 #[derive(Debug)]
 pub struct Coalescer {
     arena: Arena,
@@ -413,7 +478,7 @@ impl Coalescer {
         let fits = range.start.checked_add(pkt.len()).is_some();
         let Some(seg) = tcp_segment(pkt).filter(|_| fits) else {
             self.close();
-            self.single(buf, range);
+            self.single(pkt, buf, range);
             return;
         };
         let joins = self
@@ -423,7 +488,7 @@ impl Coalescer {
         if !joins {
             self.close();
             if !self.start(&seg, pkt, buf, range.clone()) {
-                self.single(buf, range);
+                self.single(pkt, buf, range);
                 return;
             }
         } else if let Some(g) = self.open.as_mut() {
@@ -504,13 +569,29 @@ impl Coalescer {
             dont_frag,
             last_flags: seg.flags,
             first_part,
+            partial: seg.partial,
         });
         true
     }
 
-    fn single(&mut self, buf: usize, range: Range<usize>) {
+    /// Writes `pkt` (at `bufs[buf][range]`) on its own: as it came, for the
+    /// kernel to check, or, when its sender left its checksum partial,
+    /// marked so for the kernel to complete.
+    fn single(&mut self, pkt: &[u8], buf: usize, range: Range<usize>) {
         let first = self.parts.len();
-        self.parts.push(Part::Arena(self.plain.clone()));
+        let partial = partial_offsets(pkt).and_then(|(start, offset)| {
+            let r = self.arena.alloc(virtio::HEADER_LEN)?;
+            virtio::Header {
+                flags: virtio::FLAG_NEEDS_CSUM,
+                csum_start: start as u16,
+                csum_offset: offset as u16,
+                ..Default::default()
+            }
+            .emit(self.arena.get_mut(r.clone()));
+            Some(r)
+        });
+        self.parts
+            .push(Part::Arena(partial.unwrap_or_else(|| self.plain.clone())));
         self.parts.push(Part::Buf(buf, range));
         self.writes.push(TunWrite {
             parts: first..first + 2,
@@ -526,7 +607,16 @@ impl Coalescer {
         let hl = g.iphl + g.tcphl;
         let out = self.arena.get_mut(g.hdr.clone());
         let (vh, pkt) = out.split_at_mut(virtio::HEADER_LEN);
-        if g.segments == 1 {
+        if g.segments == 1 && g.partial {
+            // Alone, its checksum left partial by its sender: the kernel completes it.
+            virtio::Header {
+                flags: virtio::FLAG_NEEDS_CSUM,
+                csum_start: g.iphl as u16,
+                csum_offset: tcp::CHECKSUM_OFFSET as u16,
+                ..Default::default()
+            }
+            .emit(vh);
+        } else if g.segments == 1 {
             // Alone: the original headers, checksums already verified.
             virtio::Header {
                 flags: virtio::FLAG_DATA_VALID,
@@ -618,10 +708,14 @@ fn tcp_segment(pkt: &[u8]) -> Option<Seg> {
         return None;
     }
     let l4 = &pkt[iphl..];
-    if checksum_finish(checksum_sum(l4, ip.pseudo_sum(PROTO_TCP, l4.len()))) != 0 {
+    let pseudo = ip.pseudo_sum(PROTO_TCP, l4.len());
+    let at = tcp::CHECKSUM_OFFSET;
+    let partial = u16::from_be_bytes([l4[at], l4[at + 1]]) == checksum_fold(pseudo);
+    if !partial && checksum_finish(checksum_sum(l4, pseudo)) != 0 {
         return None;
     }
     Some(Seg {
+        partial,
         ip,
         iphl,
         tcphl,

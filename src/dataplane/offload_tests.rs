@@ -604,17 +604,20 @@ enum Kind {
     Plain,
     /// As it came, marked checksum-verified.
     Valid,
+    /// As it came, its partial checksum marked for the kernel to complete.
+    Partial,
     /// This many segments joined.
     Merged(usize),
 }
 
-use Kind::{Merged, Plain, Valid};
+use Kind::{Merged, Partial, Plain, Valid};
 
 fn kinds(ws: &[Written]) -> Vec<Kind> {
     ws.iter()
         .map(|w| match (w.vh.gso_type, w.vh.flags) {
             (virtio::GSO_NONE, 0) => Plain,
             (virtio::GSO_NONE, virtio::FLAG_DATA_VALID) => Valid,
+            (virtio::GSO_NONE, virtio::FLAG_NEEDS_CSUM) => Partial,
             (virtio::GSO_TCPV4, _) => Merged(w.segments),
             _ => panic!("unexpected virtio header {:?}", w.vh),
         })
@@ -680,7 +683,9 @@ fn collect(co: &Coalescer, bufs: &[Vec<u8>]) -> Vec<Written> {
 }
 
 /// What must hold of every write: a single is unmarked, or marked verified
-/// only when its checksums do verify; a merged one carries the virtio header
+/// only when its checksums do verify, or marked partial only when its
+/// checksum field holds the pseudo-header sum (and completing it then
+/// verifies); a merged one carries the virtio header
 /// as specified, a consistent IPv4 header, and the folded pseudo-header sum
 /// in the TCP checksum field, which completed over the packet verifies.
 #[track_caller]
@@ -692,6 +697,30 @@ fn check_write(w: &Written) {
             flags: virtio::FLAG_DATA_VALID,
             ..Default::default()
         };
+        if w.vh.flags == virtio::FLAG_NEEDS_CSUM {
+            let ihl = ihl_of(p);
+            assert!(p[9] == PROTO_TCP || p[9] == PROTO_UDP, "{:?}", w.vh);
+            assert_eq!(
+                w.vh,
+                virtio::Header {
+                    flags: virtio::FLAG_NEEDS_CSUM,
+                    csum_start: ihl as u16,
+                    csum_offset: csum_offset(p[9]) as u16,
+                    ..Default::default()
+                }
+            );
+            let l4_len = usize::from(be16(p, 2)) - ihl;
+            let pseudo = ref_fold(ref_pseudo(src_of(p), dst_of(p), p[9], l4_len));
+            assert_eq!(
+                be16(p, ihl + csum_offset(p[9])),
+                pseudo,
+                "marked partial but is not"
+            );
+            let mut done = p.clone();
+            complete_checksum(&w.vh, &mut done).unwrap();
+            assert!(l4_checksum_ok(&done), "completed partial checksum");
+            return;
+        }
         assert!(
             w.vh == virtio::Header::default() || w.vh == valid,
             "{:?}",
@@ -2645,4 +2674,70 @@ fn complete_checksum6_matches_the_reference() {
         assert_same(&partial, &p, "completed checksum");
         assert!(l4_checksum6_ok(&partial));
     }
+}
+
+// ---------------------------------------------------------------------------
+// Checksums a kernel VXLAN sender left partial (no NIC on the way: veth).
+
+/// A kernel VXLAN peer over veth (flanneld in a kind cluster) sends its
+/// handshakes, ACKs and UDP with the pseudo-header sum where the checksum
+/// goes: each is written alone, marked for the kernel to complete, and
+/// completing it gives the valid checksum. A checksum that is merely wrong
+/// is still written unmarked, for the kernel to drop; ICMP is never marked.
+#[test]
+fn coalescer_marks_checksums_a_sender_left_partial() {
+    let syn_ack = Tcp {
+        flags: SYN | ACK,
+        ..flow_a()
+    };
+    let mut handshake = syn_ack.packet(&[]);
+    partial_checksum(&mut handshake);
+    let mut ack = flow_a().packet(&[]);
+    partial_checksum(&mut ack);
+    let mut udp = flow_b().udp(b"dns?");
+    partial_checksum(&mut udp);
+    let mut wrong = flow_b().packet(&[]);
+    let at = ihl_of(&wrong) + 16;
+    let c = be16(&wrong, at);
+    put16(&mut wrong, at, c ^ 0x0101);
+    let icmp = flow_a().icmp(b"ping");
+    let ws = coalesce(&[handshake.clone(), ack, udp.clone(), wrong, icmp]);
+    assert_eq!(kinds(&ws), [Partial, Partial, Partial, Plain, Plain]);
+    for w in &ws {
+        check_write(w);
+    }
+    assert_eq!(ws[2].vh.csum_offset, 6, "UDP's checksum field");
+    // Without offloads the worker completes it in software instead.
+    for mut p in [handshake, udp] {
+        assert!(!l4_checksum_ok(&p));
+        assert!(complete_partial(&mut p));
+        assert!(l4_checksum_ok(&p) && ip_checksum_ok(&p));
+        assert!(
+            !complete_partial(&mut p),
+            "a complete checksum is left alone"
+        );
+    }
+}
+
+/// Data segments with partial checksums join as verified ones do; one
+/// alone is marked partial, not verified.
+#[test]
+fn coalescer_joins_segments_a_sender_left_partial() {
+    let mut rng = Rng::new(77);
+    let mut f = flow_a();
+    let sent = f.stream(&[1448, 1448, 1448, 1448], &mut rng);
+    let mut run = sent.clone();
+    for p in &mut run {
+        partial_checksum(p);
+        assert!(!l4_checksum_ok(p));
+    }
+    let ws = coalesce(&run);
+    assert_eq!(kinds(&ws), [Merged(4)]);
+    // Cut back (checksums completed, as the kernel's GSO does): what was sent.
+    assert_delivered(&ws, &sent);
+    let mut lone = f.stream(&[700], &mut rng);
+    partial_checksum(&mut lone[0]);
+    let ws = coalesce(&lone);
+    assert_eq!(kinds(&ws), [Partial]);
+    check_write(&ws[0]);
 }

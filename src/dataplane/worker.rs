@@ -634,7 +634,10 @@ impl Rx {
                             }
                             self.co.push(&self.inbox[i].as_ref()[r.clone()], i, r);
                         } else {
-                            match tun.send(&self.inbox[i].as_ref()[r]) {
+                            // No offloads to mark a partial checksum with: complete it here.
+                            let pkt = &mut self.inbox[i].as_mut()[r];
+                            offload::complete_partial(pkt);
+                            match tun.send(pkt) {
                                 Ok(_) => {
                                     local.rx_packets += 1;
                                     local.tun_writes += 1;
