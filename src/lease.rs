@@ -13,23 +13,27 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Vni, VtepMac};
 
 /// flannel's `LeaseAttrs`, as stored under `<prefix>/subnets/<key>`:
-/// `{"PublicIP":"…","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}`,
-/// and on a dual-stack node also `"PublicIPv6":"…"` and
+/// `{"PublicIP":"…","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}`,
+/// byte for byte as flanneld v0.28 writes it, and on a dual-stack node
+/// `"PublicIPv6":"…"` and
 /// `"BackendV6Data":{"VNI":1,"VtepMAC":"…"}` (the VTEP of its IPv6 underlay).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
-    /// flannel writes `null` on a node without IPv6; weft leaves it out.
-    #[serde(
-        rename = "PublicIPv6",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// `null` on a node without IPv6, as flanneld writes it (the field has
+    /// no `omitempty` in flannel's `LeaseAttrs`).
+    #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<Ipv6Addr>,
     #[serde(rename = "BackendType")]
     pub backend_type: String,
-    #[serde(rename = "BackendData", default)]
+    /// Left out when null (an IPv6-only node), as flanneld does
+    /// (`omitempty`).
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
     pub backend_data: serde_json::Value,
     #[serde(
         rename = "BackendV6Data",
@@ -408,7 +412,8 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_string(&ours).unwrap(),
-            r#"{"PublicIP":"192.168.1.137","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"}}"#
+            r#"{"PublicIP":"192.168.1.137","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"}}"#,
+            "as flanneld v0.28.11 writes it (netns flannel:: tests compare with the real one)"
         );
     }
 

@@ -538,7 +538,13 @@ mod tests {
             .unwrap();
         assert_eq!(a.ipv6_subnet, None);
         let body = std::fs::read_to_string(dir.path().join("subnets").join(a.key())).unwrap();
-        assert!(!body.contains("IPv6") && !a.key().contains('&'), "{body}");
+        assert!(
+            body.contains(r#""PublicIPv6":null"#)
+                && !body.contains("IPv6Subnet")
+                && !body.contains("BackendV6Data")
+                && !a.key().contains('&'),
+            "{body}"
+        );
         // The network turns dual-stack: the same IPv4 subnet, an IPv6 one added,
         // the file renamed to the dual key.
         let a6 = store.acquire(&req6([192, 0, 2, 1])).await.unwrap();
