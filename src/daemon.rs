@@ -903,7 +903,7 @@ async fn start(
         let watcher = tokio::spawn(watch_leases(
             events,
             status.clone(),
-            lease.id(),
+            (lease.id(), lease.public_addr()),
             config.clone(),
             ready_tx,
             own_gone.clone(),
@@ -1344,12 +1344,12 @@ fn ensure_sysctl(p: &str, family: &str, name: &str) {
 async fn watch_leases(
     mut events: mpsc::Receiver<WatchEvent>,
     status: Arc<Status>,
-    own: LeaseId,
+    (own, own_addr): (LeaseId, std::net::IpAddr),
     config: NetConfig,
     ready: mpsc::Sender<()>,
     own_gone: Arc<tokio::sync::Notify>,
 ) {
-    let mut rec = Reconciler::new(own, &config);
+    let mut rec = Reconciler::new(own, &config).with_own_addr(own_addr);
     while let Some(ev) = events.recv().await {
         let u = rec.apply(ev);
         for (s, why) in &u.ignored {
@@ -1365,6 +1365,11 @@ async fn watch_leases(
         status.update(|c| c.last_event_ms = Some(metrics::now_ms()));
         if u.own_lost {
             own_gone.notify_one();
+        }
+        if let Some(other) = u.own_taken_by {
+            tracing::error!(
+                "this node's lease {own} was taken over by {other}: the agent there wrote its own address into this node's key (flanneld v0.28 does so on an IPv6-only etcd network, where it reuses the first lease whose PublicIP is 0.0.0.0; docs/migrating.md). Both nodes now claim {own}, and weftd gives it up at its next renewal: stop the agent on {other}, then restart weftd for a subnet of its own"
+            );
         }
         if u.first {
             let _ = ready.send(()).await;

@@ -76,6 +76,9 @@ pub struct Update {
     /// The node's own lease was in the store (or this is the first view) and
     /// is not now: acquire it again at once instead of at the next renewal.
     pub own_lost: bool,
+    /// The node's own key now names another node (this address): another
+    /// agent wrote itself into it. Reported once per taker.
+    pub own_taken_by: Option<IpAddr>,
     /// The first view of the store: the node is ready once it is published.
     pub first: bool,
     /// Counter slots given to a peer anew: zero them before publishing.
@@ -97,6 +100,10 @@ pub struct Reconciler {
     published: BTreeMap<LeaseId, IpAddr>,
     warned: HashSet<(LeaseId, String)>,
     had_own: bool,
+    /// The node's own public address, to see its key taken over.
+    own_addr: Option<IpAddr>,
+    /// The last taker reported.
+    taken_by: Option<IpAddr>,
     first: bool,
     slots: PeerSlots,
 }
@@ -114,9 +121,19 @@ impl Reconciler {
             published: BTreeMap::new(),
             warned: HashSet::new(),
             had_own: false,
+            own_addr: None,
+            taken_by: None,
             first: true,
             slots: PeerSlots::default(),
         }
+    }
+
+    /// Watches the node's own key for another node's address (`addr` is
+    /// this node's, [`Lease::public_addr`]).
+    #[must_use]
+    pub fn with_own_addr(mut self, addr: IpAddr) -> Reconciler {
+        self.own_addr = Some(addr);
+        self
     }
 
     /// Applies one store event.
@@ -135,6 +152,13 @@ impl Reconciler {
         let has_own = self.leases.contains_key(&self.own);
         let own_lost = (self.had_own || self.first) && !has_own;
         self.had_own = has_own;
+        let taker = self
+            .leases
+            .get(&self.own)
+            .map(Lease::public_addr)
+            .filter(|a| self.own_addr.is_some_and(|own| own != *a));
+        let own_taken_by = taker.filter(|t| self.taken_by != Some(*t));
+        self.taken_by = taker;
 
         let mut ignored = vec![];
         let mut ignore = |warned: &mut HashSet<_>, s: LeaseId, why: String| {
@@ -225,6 +249,7 @@ impl Reconciler {
             changes,
             ignored,
             own_lost,
+            own_taken_by,
             first,
             fresh_slots,
         }
@@ -344,6 +369,41 @@ mod tests {
 
     fn peers(u: &Update) -> Vec<String> {
         u.table.peers().map(|p| p.subnet.to_string()).collect()
+    }
+
+    /// Another node's agent writes itself into this node's key (flanneld
+    /// v0.28 on an IPv6-only etcd network): reported once per taker, not
+    /// while the key is this node's, and again when taken anew.
+    #[test]
+    fn own_key_taken_over_by_another_node_is_reported_once() {
+        let me = own();
+        let mut r = Reconciler::new(me.id(), &config()).with_own_addr(me.public_addr());
+        assert_eq!(
+            r.apply(WatchEvent::Snapshot(vec![me.clone()])).own_taken_by,
+            None
+        );
+        let taken = lease("10.244.1.0/24", [192, 0, 2, 9], None);
+        let u = r.apply(WatchEvent::Upsert(taken.clone()));
+        assert_eq!(u.own_taken_by, Some([192, 0, 2, 9].into()));
+        assert!(
+            !u.own_lost && peers(&u).is_empty(),
+            "still this node's subnet, not a peer"
+        );
+        assert_eq!(
+            r.apply(WatchEvent::Upsert(taken.clone())).own_taken_by,
+            None
+        );
+        assert_eq!(r.apply(WatchEvent::Upsert(me)).own_taken_by, None);
+        let u = r.apply(WatchEvent::Upsert(taken));
+        assert_eq!(u.own_taken_by, Some([192, 0, 2, 9].into()));
+        // Without its own address a reconciler reports nothing.
+        let mut r = Reconciler::new(own().id(), &config());
+        let u = r.apply(WatchEvent::Snapshot(vec![lease(
+            "10.244.1.0/24",
+            [192, 0, 2, 9],
+            None,
+        )]));
+        assert_eq!(u.own_taken_by, None);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub enum StoreError {
         max: Ipv6Addr,
     },
     #[error(
-        "lease store {store}: the lease for {subnet} is now held by {holder}; this node lost it (it expired while the node was away). Restart weftd to acquire a new subnet"
+        "lease store {store}: the lease for {subnet} is now held by {holder}; this node lost it (it expired while the node was away, or another node's agent wrote itself into the key). Restart weftd to acquire a new subnet"
     )]
     LeaseLost {
         store: String,
