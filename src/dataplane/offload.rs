@@ -428,6 +428,10 @@ pub struct Coalescer {
     open: Option<Group>,
     /// Arena range of the fixed, all-zero virtio-net header singles use.
     plain: Range<usize>,
+    /// The longest IP packet the TUN device's side forwards as one (its
+    /// MTU): a TCP super-packet longer than this is written for the kernel
+    /// to cut into segments that fit ([`Coalescer::set_mtu`]).
+    max_len: usize,
 }
 
 impl Default for Coalescer {
@@ -450,9 +454,19 @@ impl Coalescer {
             writes: Vec::with_capacity(MAX_PARTS),
             open: None,
             plain: 0..0,
+            max_len: IP_MAX,
         };
         c.clear();
         c
+    }
+
+    /// The MTU of the TUN device's link. A kernel VXLAN peer over veth
+    /// (flanneld in a kind cluster or network namespaces) hands on a TCP
+    /// super-packet whole, in one datagram, as its offloads made it; written
+    /// as one packet longer than the MTU, the node could not forward it to
+    /// the pod. Such a packet becomes a GSO write cut at this MTU.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.max_len = mtu.clamp(ipv6::HEADER_LEN + 60 + 1, IP_MAX);
     }
 
     /// Empties the coalescer after its writes went out.
@@ -481,6 +495,21 @@ impl Coalescer {
             self.single(pkt, buf, range);
             return;
         };
+        if pkt.len() > self.max_len {
+            // A super-packet that arrived whole: a write of its own, cut by
+            // the kernel at the MTU.
+            self.close();
+            if !self.start(&seg, pkt, buf, range.clone()) {
+                self.single(pkt, buf, range);
+                return;
+            }
+            if let Some(g) = self.open.as_mut() {
+                g.mss = self.max_len - seg.iphl - seg.tcphl;
+                g.segments = seg.payload.div_ceil(g.mss);
+            }
+            self.close();
+            return;
+        }
         let joins = self
             .open
             .as_ref()

@@ -167,6 +167,9 @@ fn run(
     };
     let mut tx = Tx::new(features);
     let mut rx = Rx::new(features.offload);
+    if let Ok(mtu) = q.tun.mtu() {
+        rx.co.set_mtu(usize::from(mtu));
+    }
     let mut local = LocalCounts::default();
     let mut idle_log = ErrLog::new("waiting for packets");
     let mut turns = 0u32;
