@@ -1014,7 +1014,12 @@ impl Inner {
             .nodes
             .patch_status(
                 &self.node_name,
-                &PatchParams::default(),
+                // Named in the node's managedFields as flanneld's writes
+                // are named "flanneld" (without it, "unknown").
+                &PatchParams {
+                    field_manager: Some("weftd".into()),
+                    ..PatchParams::default()
+                },
                 &Patch::Strategic(patch),
             )
             .await
