@@ -11,6 +11,15 @@
 #                                            local bases: bookworm debootstrapped
 #                                            from the host's own Debian mirror, and
 #                                            the host's Rust toolchain mounted in
+#   flannel.tar localhost/flannel:VERSION    stands in for flannel's release images
+#                                            (ghcr.io/flannel-io/flannel and
+#                                            flannel-cni-plugin): on the same bookworm
+#                                            base, iproute2, iptables and nftables as
+#                                            flannel's image has, /opt/bin/flanneld,
+#                                            /opt/bin/install-conf,
+#                                            /opt/bin/mk-docker-opts.sh and the CNI
+#                                            plugin at /flannel, from the binaries
+#                                            `scripts/cluster.sh build-flannel` caches
 #
 # Everything is cached under ${WEFT_CLUSTER_CACHE:-/var/cache/weft-cluster}: a
 # tarball is rebuilt only when the hash of its inputs changed (NAME.tar.inputs
@@ -19,7 +28,7 @@
 # (imported, listed, run once) under /tmp, which is removed afterwards.
 #
 # Usage: scripts/cluster-images.sh [--force] [--verify|--no-verify]
-#   --force      rebuild the three tarballs even when their inputs are unchanged
+#   --force      rebuild the tarballs even when their inputs are unchanged
 #                (buildah's layer cache still applies; to start from nothing,
 #                remove the cache directory)
 #   --verify     check the tarballs in a throwaway containerd even if none was
@@ -396,6 +405,40 @@ build_weft() {
 	bh rmi --prune >/dev/null
 }
 
+# ---------------------------------------------------------------- flannel.tar
+
+# flannel's own release, built from its modules by `scripts/cluster.sh
+# build-flannel` into $cache/bin: flanneld and install-conf from
+# cluster/flannel (flannel's version), the CNI plugin from cluster/flannel-cni.
+flannel_version=$(awk '$1 == "github.com/flannel-io/flannel" { print $2 }' "$repo/cluster/flannel/go.mod")
+[[ -n $flannel_version ]] || die "cluster/flannel/go.mod does not require github.com/flannel-io/flannel"
+flannel_image=localhost/flannel:$flannel_version
+flannel_bins=("$cache/bin/flanneld" "$cache/bin/flannel-install-conf" "$cache/bin/flannel")
+
+# build_flannel_image DIR: on the Debian base, what flannel's images/Dockerfile
+# puts in its image that flanneld and its init containers use (iproute2,
+# iptables, nftables, CA certificates; flanneld, install-conf and
+# mk-docker-opts.sh under /opt/bin), plus its CNI plugin at /flannel, where
+# the flannel-cni-plugin image keeps it. One image carries both, so the
+# DaemonSet's two image names both become this one (scripts/cluster.sh
+# install-flannel).
+build_flannel_image() {
+	local moddir=$1 c
+	c=$(bh from --pull=never "$debian_image")
+	containers+=("$c")
+	bh run --isolation=chroot --network=host "$c" -- sh -c 'apt-get update -q &&
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			iproute2 iptables nftables ca-certificates &&
+		rm -rf /var/lib/apt/lists/*' >/dev/null
+	bh copy --chmod 0755 "$c" "$cache/bin/flanneld" /opt/bin/flanneld
+	bh copy --chmod 0755 "$c" "$cache/bin/flannel-install-conf" /opt/bin/install-conf
+	bh copy --chmod 0755 "$c" "$moddir/dist/mk-docker-opts.sh" /opt/bin/mk-docker-opts.sh
+	bh copy --chmod 0755 "$c" "$cache/bin/flannel" /flannel
+	bh config --entrypoint '["/opt/bin/flanneld"]' --cmd '' "$c"
+	bh commit --quiet --identity-label=false --timestamp 0 --rm "$c" "$flannel_image" >/dev/null
+	export_image "$flannel_image" "$out/flannel.tar"
+}
+
 # ---------------------------------------------------------------------- verify
 
 # verify_images: import the tarballs into a throwaway containerd, list them,
@@ -423,10 +466,10 @@ verify_images() {
 		sleep 0.1
 	done
 	"${c[@]}" version >/dev/null || die "containerd did not start: $(tail -3 "$d/containerd.log")"
-	for name in pause test weft; do
+	for name in pause test weft flannel; do
 		"${c[@]}" images import "$out/$name.tar" >/dev/null
 	done
-	for name in "registry.k8s.io/pause:$pause_tag" "$test_image" "$weft_image"; do
+	for name in "registry.k8s.io/pause:$pause_tag" "$test_image" "$weft_image" "$flannel_image"; do
 		"${c[@]}" images ls -q | grep -qxF "$name" || die "$name is not in containerd after the import"
 	done
 	"${c[@]}" images ls >&2
@@ -453,6 +496,14 @@ verify_images() {
 		echo "busybox applets ok"'
 	run "$weft_image" weftd --version
 	run "$weft_image" sh -c 'nft --version; iptables --version'
+	run "$flannel_image" sh -c '/opt/bin/flanneld --version 2>&1'
+	# What the DaemonSet's init containers and flanneld run, and the plugin's
+	# CNI versions.
+	# shellcheck disable=SC2016 # $f expands in the container
+	run "$flannel_image" sh -ec 'for f in /opt/bin/install-conf /opt/bin/mk-docker-opts.sh /flannel; do
+			test -x "$f"; done
+		ip -V; iptables --version; nft --version
+		CNI_COMMAND=VERSION /flannel </dev/null; echo'
 	kill "$ctrd_pid"
 	wait "$ctrd_pid" || true
 	ctrd_pid=
@@ -511,6 +562,18 @@ rust_hash=$({
 	ls "$rust_sysroot/bin"
 	declare -f make_rust_image
 } | sum256)
+# debian_base: the debootstrapped rootfs and the Debian base image, each
+# rebuilt only when its inputs changed (weft's and flannel's images need it).
+debian_base() {
+	if ! is_current "$rootfs_tar.inputs" "$rootfs_hash" || [[ ! -f $rootfs_tar ]]; then
+		timed "debootstrap $suite rootfs from $debian_mirror" make_rootfs
+		echo "$rootfs_hash" >"$rootfs_tar.inputs"
+	fi
+	if ! is_current "$cache/buildah/debian.inputs" "$debian_hash" "$debian_image"; then
+		timed "base image $debian_image" make_debian_image
+		echo "$debian_hash" >"$cache/buildah/debian.inputs"
+	fi
+}
 stage_weft_context
 weft_hash=$({
 	echo "$rust_hash"
@@ -520,14 +583,7 @@ weft_hash=$({
 } | sum256)
 if ((force)) || ! is_current "$out/weft.tar.inputs" "$weft_hash" || [[ ! -f $out/weft.tar ]]; then
 	t_weft=$EPOCHREALTIME
-	if ! is_current "$rootfs_tar.inputs" "$rootfs_hash" || [[ ! -f $rootfs_tar ]]; then
-		timed "debootstrap $suite rootfs from $debian_mirror" make_rootfs
-		echo "$rootfs_hash" >"$rootfs_tar.inputs"
-	fi
-	if ! is_current "$cache/buildah/debian.inputs" "$debian_hash" "$debian_image"; then
-		timed "base image $debian_image" make_debian_image
-		echo "$debian_hash" >"$cache/buildah/debian.inputs"
-	fi
+	debian_base
 	if ! is_current "$cache/buildah/rust.inputs" "$rust_hash" "$rust_image"; then
 		timed "base image $rust_image" make_rust_image
 		echo "$rust_hash" >"$cache/buildah/rust.inputs"
@@ -541,8 +597,28 @@ else
 	log "weft.tar is up to date"
 fi
 
+# flannel.tar, on the Debian base, from the cached binaries
+for f in "${flannel_bins[@]}"; do
+	[[ -x $f ]] || "$repo/scripts/cluster.sh" build-flannel
+done
+flannel_moddir=$(cd "$repo/cluster/flannel" && go mod download github.com/flannel-io/flannel &&
+	go list -m -f '{{.Dir}}' github.com/flannel-io/flannel)
+flannel_hash=$({
+	echo "$debian_hash $flannel_version"
+	sha256sum "${flannel_bins[@]}" "$flannel_moddir/dist/mk-docker-opts.sh" | cut -c1-64
+	declare -f build_flannel_image export_image
+} | sum256)
+if ((force)) || ! is_current "$out/flannel.tar.inputs" "$flannel_hash" || [[ ! -f $out/flannel.tar ]]; then
+	debian_base
+	timed "flannel.tar built ($flannel_image)" build_flannel_image "$flannel_moddir"
+	echo "$flannel_hash" >"$out/flannel.tar.inputs"
+	rebuilt=1
+else
+	log "flannel.tar is up to date"
+fi
+
 if [[ $verify == 1 ]] || [[ $verify == auto && $rebuilt == 1 ]]; then
 	timed "verified in a throwaway containerd" verify_images
 fi
-log "done in $(since "$t_start"); sizes: $(cd "$out" && du -h pause.tar test.tar weft.tar | awk '{ printf "%s %s  ", $2, $1 }')"
-printf '%s\n' "$out/pause.tar" "$out/test.tar" "$out/weft.tar"
+log "done in $(since "$t_start"); sizes: $(cd "$out" && du -h pause.tar test.tar weft.tar flannel.tar | awk '{ printf "%s %s  ", $2, $1 }')"
+printf '%s\n' "$out/pause.tar" "$out/test.tar" "$out/weft.tar" "$out/flannel.tar"

@@ -14,7 +14,11 @@
 #   scripts/cluster.sh start-kube-proxy NAME
 #   scripts/cluster.sh remove-node NAME          stop a node's processes and delete it from the API
 #   scripts/cluster.sh install-weft [--api-server-address]  apply docker/weft.yaml (image localhost/weft:dev)
+#   scripts/cluster.sh install-flannel           flannel's kube-flannel.yml beside weft, node by node:
+#                                                flannel runs where the label pod-network=weft is
+#                                                not, weft where it is (label the weft nodes first)
 #   scripts/cluster.sh build                     build the Go binaries and the images only
+#   scripts/cluster.sh build-flannel             build flanneld and flannel's CNI plugin only
 #
 # docs/kubernetes.md ("A real cluster in network namespaces") says how it is
 # built and what the tests prove with it.
@@ -74,9 +78,39 @@ build_bins() {
 	log "built in $((SECONDS - t0)) s"
 }
 
+# flanneld and flannel's CNI plugin (named flannel, as flannel installs it),
+# each from its own module under cluster/ (pinned in its go.mod), rebuilt
+# only when one changes: what the netns tests and the cluster's flannel
+# node run beside weft (docs/testing.md, "Real flannel").
+FLANNEL_VERSION=v0.28.11
+build_flannel() {
+	local sum stamp=$BIN/.stamp-flannel
+	sum=$(cat "$REPO"/cluster/flannel/go.{mod,sum} "$REPO"/cluster/flannel-cni/go.{mod,sum} | sha256sum | cut -c1-16)
+	if [[ -f $stamp && $(cat "$stamp") == "$sum" ]]; then
+		return
+	fi
+	command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
+	command -v go >/dev/null || die "go is not installed (Go 1.26.8 or later builds flannel $FLANNEL_VERSION)"
+	log "building flanneld $FLANNEL_VERSION and flannel's CNI plugin from the Go module proxy (cold: 3-5 min on 2 cores)"
+	local t0=$SECONDS
+	mkdir -p "$BIN"
+	# As flannel's Makefile builds it on amd64: with cgo (its udp backend's
+	# proxy is C), linked statically.
+	(cd "$REPO/cluster/flannel" && CGO_ENABLED=1 go build -trimpath -o "$BIN/flanneld" \
+		-ldflags="-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$FLANNEL_VERSION -extldflags -static" \
+		github.com/flannel-io/flannel)
+	(cd "$REPO/cluster/flannel" && CGO_ENABLED=0 go build -trimpath -o "$BIN/flannel-install-conf" \
+		-ldflags="-s -w" github.com/flannel-io/flannel/cmd/install_conf)
+	(cd "$REPO/cluster/flannel-cni" && CGO_ENABLED=0 go build -trimpath -o "$BIN/flannel" \
+		-ldflags="-s -w" github.com/containernetworking/plugins/plugins/meta/flannel)
+	echo "$sum" >"$stamp"
+	log "built in $((SECONDS - t0)) s"
+}
+
 build_all() {
 	"$REPO/scripts/deps.sh"
 	build_bins
+	build_flannel
 	"$REPO/scripts/cluster-images.sh" >/dev/null
 }
 
@@ -466,7 +500,7 @@ add_node() {
 # import_images NODE: the images a node needs, into its containerd (no registry).
 import_images() {
 	local img
-	for img in "$CACHE"/images/{pause,test,weft}.tar; do
+	for img in "$CACHE"/images/{pause,test,weft,flannel}.tar; do
 		in_node "$1" ctr -a /run/containerd/containerd.sock -n k8s.io images import "$img" >/dev/null
 	done
 }
@@ -502,6 +536,51 @@ install_weft() {
 	fi
 	sed "${edits[@]}" "$REPO/docker/weft.yaml" >"$DIR/weft.yaml"
 	kctl apply -f "$DIR/weft.yaml" >/dev/null
+}
+
+# ---------------------------------------------------------------- flannel
+
+# Node by node (docs/migrating.md): a node labelled pod-network=weft runs
+# weft's DaemonSet, every other node flannel's; moving the label moves the
+# node.
+AGENT_LABEL=pod-network
+
+# install_flannel: flannel's own release manifest (Documentation/
+# kube-flannel.yml of the version cluster/flannel pins, read from the Go
+# module cache) with only what an operator changes to run it beside weft:
+# both image names become the locally built localhost/flannel:VERSION
+# (scripts/cluster-images.sh), and the DaemonSet gets a node affinity
+# "pod-network NotIn [weft]" while weft's gets "pod-network In [weft]"
+# (kubectl patch; weft's first, so no node runs both). One more change is
+# the harness's, not an operator's: the CNI plugin built here is flannel's
+# ancestor (cluster/flannel-cni/go.mod), which speaks CNI up to 0.4.0, so
+# cni-conf.json's cniVersion 1.0.0 becomes 0.4.0.
+install_flannel() {
+	command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
+	local moddir manifest=$DIR/kube-flannel.json
+	moddir=$(cd "$REPO/cluster/flannel" && go mod download github.com/flannel-io/flannel &&
+		go list -m -f '{{.Dir}}' github.com/flannel-io/flannel)
+	[[ -f $moddir/Documentation/kube-flannel.yml ]] || die "no kube-flannel.yml in $moddir"
+	kctl create --dry-run=client -o json -f "$moddir/Documentation/kube-flannel.yml" |
+		jq --arg img "localhost/flannel:$FLANNEL_VERSION" --arg k "$AGENT_LABEL" '
+			if .kind == "DaemonSet" then
+				(.spec.template.spec.initContainers[], .spec.template.spec.containers[]).image = $img
+				| .spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions += [{key: $k, operator: "NotIn", values: ["weft"]}]
+			elif .kind == "ConfigMap" then
+				.data["cni-conf.json"] |= sub("\"cniVersion\": \"1.0.0\""; "\"cniVersion\": \"0.4.0\"")
+			else . end' >"$manifest"
+	jq -se 'any(.[]; .kind == "ConfigMap" and (.data["cni-conf.json"] | fromjson | .cniVersion == "0.4.0"))' \
+		"$manifest" >/dev/null ||
+		die "kube-flannel.yml's cni-conf.json did not say cniVersion 1.0.0 as expected: see $manifest"
+	local weft_term
+	weft_term=$(jq -nc --arg k "$AGENT_LABEL" '{key: $k, operator: "In", values: ["weft"]}')
+	# weft's DaemonSet: its first node selector term gets the expression
+	# (a JSON patch, once: a second install finds it there).
+	if ! kctl -n kube-weft get ds weft -o json |
+		jq -e --arg k "$AGENT_LABEL" '.spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions | any(.key == $k)' >/dev/null; then
+		kctl -n kube-weft patch ds weft --type json -p "[{\"op\": \"add\", \"path\": \"/spec/template/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchExpressions/-\", \"value\": $weft_term}]" >/dev/null
+	fi
+	kctl apply -f "$manifest" >/dev/null
 }
 
 # ---------------------------------------------------------------- up / down
@@ -562,6 +641,7 @@ main() {
 	up) up "$@" ;;
 	down) down ;;
 	build) build_all ;;
+	build-flannel) build_flannel ;;
 	kubectl) kctl "$@" ;;
 	node-exec) in_node "$@" ;;
 	add-node)
@@ -571,6 +651,7 @@ main() {
 	start-kube-proxy) start_kube_proxy "$1" ;;
 	remove-node) remove_node "$1" ;;
 	install-weft) install_weft "$@" ;;
+	install-flannel) install_flannel ;;
 	*)
 		sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
 		exit 2

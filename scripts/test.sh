@@ -15,6 +15,9 @@ cargo clippy --locked --test fuzz --test cluster -- -D warnings
 unformatted=$(cd cluster && gofmt -l .)
 [[ -z $unformatted ]] || { echo "gofmt: unformatted: $unformatted" >&2; exit 1; }
 (cd cluster && go vet ./...)
+# flanneld and flannel's CNI plugin, built from their modules (cached): the
+# netns tests run the real flannel beside weft (netns-tests/flannel.rs).
+scripts/cluster.sh build-flannel
 # Unit, integration and netns tests (two at a time: the netns tests move real traffic).
 cargo test --locked --lib --bins --tests -- --test-threads=2
 # The cluster tier: weft installed from docker/weft.yaml on a real Kubernetes
