@@ -49,7 +49,7 @@ pub fn ipv6_only_cluster(name: &str, n: usize) -> Cluster {
 
 /// Three nodes of an IPv6-only network on an IPv6-only underlay: each holds
 /// an IPv6 subnet (flannel's `0.0.0.0-0&…` key, `PublicIP` 0.0.0.0 and
-/// `BackendData` null beside `PublicIPv6` and `BackendV6Data`), writes
+/// no `BackendData` beside `PublicIPv6` and `BackendV6Data`), writes
 /// subnet.env with only the IPv6 pair, reaches every other node over IPv6,
 /// carries a TCP stream byte-identical and UDP of every size, and shows
 /// itself and its peers in status, the metrics and doctor.

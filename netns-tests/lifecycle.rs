@@ -18,14 +18,14 @@ use weft::netns;
 
 /// Probes every 5 ms from `from_ns` to an echo server on `to:port` in
 /// `to_ns`; returns when each reply came back.
-struct Probe {
+pub(crate) struct Probe {
     stop: Arc<AtomicBool>,
     prober: JoinHandle<Vec<Instant>>,
     echo: JoinHandle<()>,
 }
 
 impl Probe {
-    fn start(from_ns: &str, to_ns: &str, to: impl Into<IpAddr>, port: u16) -> Probe {
+    pub(crate) fn start(from_ns: &str, to_ns: &str, to: impl Into<IpAddr>, port: u16) -> Probe {
         let to: IpAddr = to.into();
         let stop = Arc::new(AtomicBool::new(false));
         let server = netns::in_netns(to_ns, || UdpSocket::bind((to, port)))
@@ -71,7 +71,7 @@ impl Probe {
     }
 
     /// Stops and returns the longest time without a reply, and the replies.
-    fn finish(self) -> (Duration, usize) {
+    pub(crate) fn finish(self) -> (Duration, usize) {
         self.stop.store(true, Ordering::Relaxed);
         let got = self.prober.join().unwrap();
         self.echo.join().unwrap();
@@ -86,14 +86,14 @@ impl Probe {
 
 /// A TCP connection from `from_ns` to `to:port` writing 64 bytes every 5 ms;
 /// `finish` closes it and checks that every byte arrived, in order.
-struct Stream {
+pub(crate) struct Stream {
     stop: Arc<AtomicBool>,
     writer: JoinHandle<Result<u64, String>>,
     reader: JoinHandle<Result<u64, String>>,
 }
 
 impl Stream {
-    fn open(from_ns: &str, to_ns: &str, to: impl Into<IpAddr>, port: u16) -> Stream {
+    pub(crate) fn open(from_ns: &str, to_ns: &str, to: impl Into<IpAddr>, port: u16) -> Stream {
         let to: IpAddr = to.into();
         let l = netns::in_netns(to_ns, || TcpListener::bind((to, port)))
             .unwrap()
@@ -145,19 +145,26 @@ impl Stream {
         }
     }
 
-    fn finish(self) {
+    pub(crate) fn finish(self) {
+        if let Err(e) = self.outcome() {
+            panic!("{e}");
+        }
+    }
+
+    /// Closes the connection: the bytes that arrived, every one in order,
+    /// or how it broke.
+    pub(crate) fn outcome(self) -> Result<u64, String> {
         self.stop.store(true, Ordering::Relaxed);
-        let sent = self
-            .writer
-            .join()
-            .unwrap()
-            .expect("the TCP connection broke");
-        let got = self
-            .reader
-            .join()
-            .unwrap()
-            .expect("the TCP connection broke");
-        assert_eq!(sent, got, "bytes sent and received over the restarts");
+        let sent = self.writer.join().unwrap();
+        let got = self.reader.join().unwrap();
+        let (sent, got) = (
+            sent.map_err(|e| format!("the TCP connection broke: {e}"))?,
+            got.map_err(|e| format!("the TCP connection broke: {e}"))?,
+        );
+        if sent != got {
+            return Err(format!("{sent} bytes sent, {got} received"));
+        }
+        Ok(got)
     }
 }
 

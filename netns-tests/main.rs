@@ -13,6 +13,7 @@ mod doctor;
 mod dropin;
 mod dualstack;
 mod etcd;
+mod flannel;
 mod hostile;
 mod ipv6only;
 mod kube;

@@ -4,9 +4,9 @@
 //! cluster network is seen there as its node; a node whose FORWARD policy is
 //! DROP still forwards pod traffic; rules flushed by hand come back within the
 //! resync period; a subnet change replaces the rules; a pod reaches itself
-//! through a Service (hairpin); a kernel-VXLAN flannel node's pods and weft's
-//! see each other's real addresses; and the rules install inside a user
-//! namespace (the rootless path).
+//! through a Service (hairpin); and the rules install inside a user
+//! namespace (the rootless path). Pods on real flannel nodes beside weft's,
+//! with flanneld's own rules, are in `flannel.rs`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
@@ -33,7 +33,12 @@ fn sh(ns: &str, program: &str, args: &[&str]) -> String {
 
 /// The source address a TCP server bound to `bind` in `server_ns` sees when
 /// `client_ns` connects to `to`; None when the connection does not work.
-fn tcp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str, to: SocketAddr) -> Option<IpAddr> {
+pub(crate) fn tcp_seen(
+    server_ns: &str,
+    bind: SocketAddr,
+    client_ns: &str,
+    to: SocketAddr,
+) -> Option<IpAddr> {
     let listener = netns::in_netns(server_ns, || TcpListener::bind(bind))
         .unwrap()
         .unwrap_or_else(|e| panic!("bind {bind} in {server_ns}: {e}"));
@@ -61,7 +66,7 @@ fn tcp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str, to: SocketAddr) 
 
 /// The source address a UDP server bound to `bind` in `server_ns` sees for a
 /// datagram `client_ns` sends to `bind`; None when none arrives.
-fn udp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str) -> Option<IpAddr> {
+pub(crate) fn udp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str) -> Option<IpAddr> {
     let sock = netns::in_netns(server_ns, || UdpSocket::bind(bind))
         .unwrap()
         .unwrap_or_else(|e| panic!("bind udp {bind} in {server_ns}: {e}"));
@@ -85,7 +90,7 @@ fn udp_seen(server_ns: &str, bind: SocketAddr, client_ns: &str) -> Option<IpAddr
     None
 }
 
-fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+pub(crate) fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
@@ -373,22 +378,6 @@ fn pod_network_iptables() {
     pod_network("iptables", IPT_CONF);
 }
 
-#[test]
-fn kernel_flannel_pods_see_real_addresses_nftables() {
-    if !require_root("kernel_flannel_pods_see_real_addresses_nftables") {
-        return;
-    }
-    kernel_flannel_pods("nftables", NFT_CONF);
-}
-
-#[test]
-fn kernel_flannel_pods_see_real_addresses_iptables() {
-    if !require_root("kernel_flannel_pods_see_real_addresses_iptables") {
-        return;
-    }
-    kernel_flannel_pods("iptables", IPT_CONF);
-}
-
 const DUAL_NFT_CONF: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
 const DUAL_IPT_CONF: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#;
 
@@ -559,116 +548,6 @@ fn dual_stack_pod_network(backend: &str, conf: &'static str, ipv6_only: bool) {
         );
     }
     egress6(7104);
-}
-
-/// A flannel node on kernel VXLAN, with flannel's own `--ip-masq` rules, and
-/// a weft node with weft's: their pods see each other's real addresses.
-fn kernel_flannel_pods(backend: &str, conf: &'static str) {
-    let mut c = Cluster::build(
-        &format!("pk{}", &backend[..3]),
-        &Opts {
-            nodes: 1,
-            net_conf: Some(conf),
-            ..Opts::default()
-        },
-    );
-    let ksub: ipnet::Ipv4Net = "10.244.250.0/24".parse().unwrap();
-    c.nodes[0].extra = vec!["--ip-masq".into()];
-    let k = c.up_with_kernel_peer("10.244.250.0/24");
-    assert!(
-        c.nodes[0]
-            .log()
-            .contains(&format!("installed with {backend}")),
-        "{}",
-        c.nodes[0].log()
-    );
-    // The flannel node's pod: a veth into the node, gateway .1, as its bridge would.
-    let kpod = Pod {
-        ns: format!("{}-kp", k.ns),
-        ip: Ipv4Addr::new(10, 244, 250, 5),
-        ip6: None,
-    };
-    netns::ip(&["netns", "add", &kpod.ns]).unwrap();
-    netns::ip(&[
-        "-n", &k.ns, "link", "add", "kp0", "type", "veth", "peer", "name", "eth0", "netns",
-        &kpod.ns,
-    ])
-    .unwrap();
-    netns::ip(&["-n", &k.ns, "addr", "add", "10.244.250.1/24", "dev", "kp0"]).unwrap();
-    netns::ip(&["-n", &k.ns, "link", "set", "kp0", "up"]).unwrap();
-    netns::ip(&[
-        "-n",
-        &kpod.ns,
-        "addr",
-        "add",
-        "10.244.250.5/24",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
-    netns::ip(&["-n", &kpod.ns, "link", "set", "eth0", "up"]).unwrap();
-    netns::ip(&["-n", &kpod.ns, "link", "set", "lo", "up"]).unwrap();
-    netns::ip(&[
-        "-n",
-        &kpod.ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.250.1",
-    ])
-    .unwrap();
-    sh(&k.ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-    // flanneld --ip-masq's rules on the kernel node (the same list weft writes).
-    let flannel = Rules {
-        ipv4: Some(weft::netfilter::Rules4 {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: ksub,
-        }),
-        masquerade: true,
-        random_fully: true,
-        forward: true,
-        ipv6: None,
-    };
-    let script = flannel.iptables_script(
-        weft::netfilter::Family::V4,
-        &[
-            weft::netfilter::Chain::Masq,
-            weft::netfilter::Chain::Forward,
-        ],
-        &weft::netfilter::IptState::default(),
-    );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
-    netns::run(
-        netns::exec_in(&k.ns, "iptables-restore")
-            .args(["-w", "--noflush"])
-            .arg(file.path()),
-    )
-    .unwrap();
-
-    let wpod = add_pod(
-        &c.nodes[0],
-        &format!("{}-wp", c.nodes[0].ns),
-        "delegate",
-        "/usr/lib/cni",
-    );
-    for (from, to, port) in [(&kpod, &wpod, 7101), (&wpod, &kpod, 7102)] {
-        assert_eq!(
-            tcp_seen(&to.ns, sa(to.ip, port), &from.ns, sa(to.ip, port)),
-            Some(from.ip.into()),
-            "TCP {} → {} between a kernel-VXLAN node's pod and a weft node's",
-            from.ip,
-            to.ip
-        );
-        assert_eq!(
-            udp_seen(&to.ns, sa(to.ip, port), &from.ns),
-            Some(from.ip.into()),
-            "UDP {} → {}",
-            from.ip,
-            to.ip
-        );
-    }
 }
 
 /// Rootless: weftd as an unprivileged user in its own user, network and mount

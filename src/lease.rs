@@ -152,7 +152,7 @@ impl LeaseAttrs {
     }
 
     /// The attributes of a vxlan lease on an IPv6-only network, as flannel
-    /// writes them: PublicIP `0.0.0.0`, BackendData `null`, and the node's
+    /// writes them: PublicIP `0.0.0.0`, no BackendData, and the node's
     /// IPv6 VTEP.
     pub fn vxlan6_only(public_ipv6: Ipv6Addr, vni: Vni, vtep_mac: VtepMac) -> LeaseAttrs {
         LeaseAttrs {

@@ -593,20 +593,9 @@ impl KernelNode {
         ])
         .unwrap();
         netns::ip(&["-n", ns, "link", "set", "flannel.1", "up"]).unwrap();
-        // On a physical NIC the hardware fills in inner checksums the kernel
-        // leaves partial; across veth nobody does, and a userspace receiver gets
-        // them unfilled. Checksum in software here, as the NIC would.
-        netns::run(Command::new("ip").args([
-            "netns",
-            "exec",
-            ns,
-            "ethtool",
-            "-K",
-            "flannel.1",
-            "tx",
-            "off",
-        ]))
-        .expect("ethtool");
+        // Offloads stay on, as flanneld leaves them: across veth no NIC
+        // finishes what they leave (partial inner checksums, whole TSO
+        // super-packets), and weft must take both as the kernel would.
         let out = netns::ip(&["-n", ns, "-br", "link", "show", "flannel.1"]).unwrap();
         let mac: VtepMac = out
             .split_whitespace()

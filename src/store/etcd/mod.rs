@@ -564,7 +564,7 @@ fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ip
                 attrs: a.clone(),
                 expiration: None,
             };
-            // An IPv6-only lease carries BackendData null, as flannel writes it.
+            // An IPv6-only lease has no BackendData (flannel leaves it out; older weft wrote null).
             match id.v4.map(|_| a.vxlan_data()) {
                 Some(Err(e)) => Err(e.to_string()),
                 _ => Ok(l),
