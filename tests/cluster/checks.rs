@@ -7,6 +7,7 @@ use crate::kube::{Cluster, Res, wait};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use std::net::Ipv4Addr;
+use std::process::Child;
 use std::time::Duration;
 
 pub type Check = fn(&mut Ctx) -> Res<String>;
@@ -115,7 +116,7 @@ impl Ctx {
     }
 
     /// Every node: name, InternalIP, podCIDR.
-    fn nodes(&self) -> Res<Vec<(String, Ipv4Addr, Option<Ipv4Net>)>> {
+    pub fn nodes(&self) -> Res<Vec<(String, Ipv4Addr, Option<Ipv4Net>)>> {
         let v = self.cluster.kubectl_json(&["get", "nodes"])?;
         let mut out = vec![];
         for n in items(&v) {
@@ -133,7 +134,7 @@ impl Ctx {
         Ok(out)
     }
 
-    fn node_ip(&self, node: &str) -> Res<Ipv4Addr> {
+    pub fn node_ip(&self, node: &str) -> Res<Ipv4Addr> {
         self.nodes()?
             .into_iter()
             .find(|n| n.0 == node)
@@ -142,7 +143,7 @@ impl Ctx {
     }
 
     /// The probe pods, once one per node is Ready.
-    fn probe_pods(&self, want: usize) -> Res<Vec<Pod>> {
+    pub fn probe_pods(&self, want: usize) -> Res<Vec<Pod>> {
         let v = self
             .cluster
             .kubectl_json(&["-n", NS, "get", "pods", "-l", "app=probe"])?;
@@ -177,7 +178,7 @@ impl Ctx {
     }
 
     /// weft's pod on `node`.
-    fn weft_pod(&self, node: &str) -> Res<String> {
+    pub fn weft_pod(&self, node: &str) -> Res<String> {
         let v = self.cluster.kubectl_json(&[
             "-n",
             "kube-weft",
@@ -197,7 +198,7 @@ impl Ctx {
     }
 
     /// `netprobe tcp|udp ADDR` in pod `from`: the address the server saw.
-    fn seen_by(&self, from: &Pod, proto: &str, addr: &str) -> Res<String> {
+    pub fn seen_by(&self, from: &Pod, proto: &str, addr: &str) -> Res<String> {
         let out =
             self.cluster
                 .exec(NS, &from.name, &["netprobe", proto, "-timeout", "5s", addr])?;
@@ -208,11 +209,11 @@ impl Ctx {
     }
 }
 
-fn items(v: &Value) -> Vec<Value> {
+pub fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
-fn s(v: &Value) -> String {
+pub fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
@@ -229,7 +230,7 @@ fn peer_ip(line: &str) -> Option<String> {
 }
 
 /// A node's condition of type `kind` (its status, reason, message).
-fn condition_of(node: &Value, kind: &str) -> Option<Value> {
+pub fn condition_of(node: &Value, kind: &str) -> Option<Value> {
     node["status"]["conditions"]
         .as_array()?
         .iter()
@@ -237,12 +238,12 @@ fn condition_of(node: &Value, kind: &str) -> Option<Value> {
         .cloned()
 }
 
-fn condition(node: &Value, kind: &str) -> Option<String> {
+pub fn condition(node: &Value, kind: &str) -> Option<String> {
     condition_of(node, kind).map(|c| s(&c["status"]))
 }
 
 /// Waits until weft's DaemonSet has rolled out on every node.
-fn weft_rolled_out(cx: &Ctx) -> Res<String> {
+pub fn weft_rolled_out(cx: &Ctx) -> Res<String> {
     cx.cluster.kubectl(&[
         "-n",
         "kube-weft",
@@ -350,7 +351,7 @@ fn pods_get_addresses(cx: &mut Ctx) -> Res<String> {
 
 /// Every pod reaches every other over ICMP, TCP and UDP, and the receiver
 /// sees the sender's own pod IP (no NAT between pods).
-fn pod_to_pod(cx: &mut Ctx) -> Res<String> {
+pub fn pod_to_pod(cx: &mut Ctx) -> Res<String> {
     let mut n = 0;
     for a in &cx.pods {
         for b in &cx.pods {
@@ -492,7 +493,7 @@ fn node_port(cx: &mut Ctx) -> Res<String> {
 
 /// A pod reaches a host outside the cluster (on the underlay), seen there
 /// as its node's address (weft's --ip-masq).
-fn egress(cx: &mut Ctx) -> Res<String> {
+pub fn egress(cx: &mut Ctx) -> Res<String> {
     let netprobe = crate::kube::netprobe_bin();
     let mut server = std::process::Command::new("ip")
         .args([
@@ -579,11 +580,11 @@ fn status_and_metrics(cx: &mut Ctx) -> Res<String> {
 
 /// What `netprobe watch` measured between two pods.
 #[derive(Debug, serde::Deserialize)]
-struct Watch {
-    sent: u64,
-    received: u64,
-    longest_gap_ms: f64,
-    tcp_ok: bool,
+pub struct Watch {
+    pub sent: u64,
+    pub received: u64,
+    pub longest_gap_ms: f64,
+    pub tcp_ok: bool,
     #[serde(default)]
     tcp_error: String,
     tcp_lines: u64,
@@ -591,7 +592,7 @@ struct Watch {
 
 impl Watch {
     /// One line: what the probe from `a` to `b` saw.
-    fn summary(&self, a: &Pod, b: &Pod) -> String {
+    pub fn summary(&self, a: &Pod, b: &Pod) -> String {
         format!(
             "{} -> {}: UDP {}/{} echoed, longest gap {:.1} ms; TCP {} ({} lines)",
             a.node,
@@ -613,8 +614,20 @@ impl Watch {
 /// while `during` runs; stopped (SIGTERM to netprobe, which then reports)
 /// once it returns.
 fn watched<T>(cx: &Ctx, a: &Pod, b: &Pod, during: impl FnOnce() -> Res<T>) -> Res<(T, Watch)> {
+    let child = watch_start(cx, a, b)?;
+    // Let the probe run clean for a moment first.
+    std::thread::sleep(Duration::from_secs(2));
+    let result = during();
+    std::thread::sleep(Duration::from_secs(2));
+    let watch = watch_stop(cx, a, b, child)?;
+    Ok((result?, watch))
+}
+
+/// Starts `netprobe watch` in pod `a` towards pod `b`: a UDP probe every 5
+/// ms and one TCP connection ([`watch_stop`] ends it and reads the result).
+pub fn watch_start(cx: &Ctx, a: &Pod, b: &Pod) -> Res<Child> {
     let (udp, tcp) = (format!("{}:8081", b.ip), format!("{}:8080", b.ip));
-    let child = cx.cluster.exec_spawn(
+    cx.cluster.exec_spawn(
         NS,
         &a.name,
         &[
@@ -629,11 +642,12 @@ fn watched<T>(cx: &Ctx, a: &Pod, b: &Pod, during: impl FnOnce() -> Res<T>) -> Re
             "-duration",
             "600s",
         ],
-    )?;
-    // Let the probe run clean for a moment first.
-    std::thread::sleep(Duration::from_secs(2));
-    let result = during();
-    std::thread::sleep(Duration::from_secs(2));
+    )
+}
+
+/// Stops the `netprobe watch` in pod `a` (SIGTERM, on which it reports)
+/// and returns what it measured.
+pub fn watch_stop(cx: &Ctx, a: &Pod, b: &Pod, child: Child) -> Res<Watch> {
     let _ = cx.cluster.exec(
         NS,
         &a.name,
@@ -647,8 +661,7 @@ fn watched<T>(cx: &Ctx, a: &Pod, b: &Pod, during: impl FnOnce() -> Res<T>) -> Re
         .wait_with_output()
         .map_err(|e| format!("netprobe watch: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let watch: Watch = text
-        .lines()
+    text.lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .ok_or(format!(
@@ -656,8 +669,7 @@ fn watched<T>(cx: &Ctx, a: &Pod, b: &Pod, during: impl FnOnce() -> Res<T>) -> Re
             a.name,
             b.name,
             String::from_utf8_lossy(&out.stderr)
-        ))?;
-    Ok((result?, watch))
+        ))
 }
 
 /// The weft pods' names and UIDs.
@@ -737,7 +749,7 @@ fn restarts(cx: &Ctx, pod: &str) -> Res<u64> {
         .unwrap_or(0))
 }
 
-fn pod_ready(cx: &Ctx, ns: &str, pod: &str) -> Res<bool> {
+pub fn pod_ready(cx: &Ctx, ns: &str, pod: &str) -> Res<bool> {
     let v = cx.cluster.kubectl_json(&["-n", ns, "get", "pod", pod])?;
     Ok(v["status"]["conditions"]
         .as_array()

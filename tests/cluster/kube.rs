@@ -172,6 +172,16 @@ impl Cluster {
                 "--prefix",
                 "--all-containers",
             ],
+            &[
+                "-n",
+                "kube-flannel",
+                "logs",
+                "-l",
+                "app=flannel",
+                "--tail=60",
+                "--prefix",
+                "--all-containers",
+            ],
         ] {
             s.push_str(&format!("$ kubectl {}\n", args.join(" ")));
             match self.kubectl(args) {

@@ -4,7 +4,9 @@
 //! containerd + runc, kubelet and kube-proxy, each a network namespace), and
 //! checked as a user would: pods reach pods, Services and the outside world
 //! with their own addresses, and keep their connections while weft is rolled
-//! out, killed and re-configured.
+//! out, killed and re-configured; then beside the real flannel (flannel.rs):
+//! one node on flannel's own DaemonSet, a node moved to weft under traffic
+//! and one moved back.
 //!
 //! One cluster serves every check, in order; each check prints what it
 //! measured. Run with `cargo test --test cluster` (root; docs/testing.md).
@@ -13,6 +15,7 @@
 //! (`scripts/cluster.sh down` removes it).
 
 mod checks;
+mod flannel;
 mod kube;
 
 use std::time::Instant;
@@ -31,7 +34,8 @@ fn main() {
         eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
         return;
     }
-    let all = checks::all();
+    let mut all = checks::all();
+    all.extend(flannel::all());
     let chosen: Vec<_> = all
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
