@@ -19,8 +19,7 @@ pub struct Pod {
 
 /// Creates namespace `ns` and attaches it to `node` with weft-cni ADD in `mode`.
 pub fn add_pod(node: &Node, ns: &str, mode: &str, cni_path: &str) -> Pod {
-    netns::ip(&["netns", "add", ns]).unwrap();
-    netns::ip(&["-n", ns, "link", "set", "lo", "up"]).unwrap();
+    pod_netns(ns);
     let r = cni(node, "ADD", ns, mode, cni_path);
     let addr = r["ips"][0]["address"]
         .as_str()
@@ -32,12 +31,10 @@ pub fn add_pod(node: &Node, ns: &str, mode: &str, cni_path: &str) -> Pod {
         node.ns,
         node.subnet()
     );
-    let ip6 = r["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
-        .next();
+    let ip6 = result_ips(&r).into_iter().find_map(|a| match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    });
     Pod {
         ns: ns.to_string(),
         ip,
@@ -48,15 +45,9 @@ pub fn add_pod(node: &Node, ns: &str, mode: &str, cni_path: &str) -> Pod {
 /// A pod on a node of an IPv6-only network: its namespace and its one
 /// address, which must be IPv6 and in the node's IPv6 subnet.
 pub fn add_pod6(node: &Node, ns: &str, mode: &str, cni_path: &str) -> (String, std::net::Ipv6Addr) {
-    netns::ip(&["netns", "add", ns]).unwrap();
-    netns::ip(&["-n", ns, "link", "set", "lo", "up"]).unwrap();
+    pod_netns(ns);
     let r = cni(node, "ADD", ns, mode, cni_path);
-    let ips: Vec<IpAddr> = r["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect();
+    let ips = result_ips(&r);
     let [IpAddr::V6(ip6)] = ips[..] else {
         panic!(
             "{mode} on IPv6-only {}: want one IPv6 address, got {r}",
@@ -69,6 +60,22 @@ pub fn add_pod6(node: &Node, ns: &str, mode: &str, cni_path: &str) -> (String, s
         node.subnet6()
     );
     (ns.to_string(), ip6)
+}
+
+/// A pod's network namespace, its loopback up.
+pub fn pod_netns(ns: &str) {
+    netns::ip(&["netns", "add", ns]).unwrap();
+    netns::ip(&["-n", ns, "link", "set", "lo", "up"]).unwrap();
+}
+
+/// The addresses of a CNI ADD result's `ips`.
+pub fn result_ips(r: &serde_json::Value) -> Vec<IpAddr> {
+    r["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
 }
 
 pub fn cni(
@@ -87,8 +94,30 @@ pub fn cni(
         "dataDir": node.dir.join("cni"),
         "delegate": {"isDefaultGateway": true}
     });
+    run_plugin(
+        &node.ns,
+        std::path::Path::new(env!("CARGO_BIN_EXE_weft-cni")),
+        command,
+        pod_ns,
+        cni_path,
+        &conf,
+    )
+}
+
+/// Runs the CNI plugin `bin` in namespace `ns` as a runtime does: `command`
+/// for pod namespace `pod_ns` (its container ID too) on `eth0`, `cni_path`
+/// for its delegates, `conf` on stdin. The call must succeed; its result.
+pub fn run_plugin(
+    ns: &str,
+    bin: &std::path::Path,
+    command: &str,
+    pod_ns: &str,
+    cni_path: &str,
+    conf: &serde_json::Value,
+) -> serde_json::Value {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.ns, env!("CARGO_BIN_EXE_weft-cni")])
+        .args(["netns", "exec", ns])
+        .arg(bin)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", pod_ns)
         .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
@@ -98,7 +127,7 @@ pub fn cni(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("weft-cni");
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
     child
         .stdin
         .take()
@@ -108,8 +137,8 @@ pub fn cni(
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "weft-cni {command} for {pod_ns} on {}: {}\n{}",
-        node.ns,
+        "{} {command} for {pod_ns} in {ns}: {}\n{}",
+        bin.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -9,7 +9,6 @@
 //! back while its neighbours' connections keep running.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -186,34 +185,7 @@ fn node_cni(n: &Node, kind: &str, command: &str, pod_ns: &str) -> serde_json::Va
     } else {
         PathBuf::from(env!("CARGO_BIN_EXE_weft-cni"))
     };
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &n.ns])
-        .arg(bin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", pod_ns)
-        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("a CNI plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{kind} CNI {command} for {pod_ns} on {}: {}\n{}",
-        n.ns,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    crate::cni::run_plugin(&n.ns, &bin, command, pod_ns, "/usr/lib/cni", &conf)
 }
 
 /// A pod on a flannel node: its namespace, attached by flannel's plugin.
@@ -223,15 +195,8 @@ fn flannel_pod(n: &Node, pod_ns: &str) -> Pod {
 
 /// A pod attached by the plugin of `kind` with [`node_cni`]'s configuration.
 fn conf_pod(n: &Node, kind: &str, pod_ns: &str) -> Pod {
-    netns::ip(&["netns", "add", pod_ns]).unwrap();
-    netns::ip(&["-n", pod_ns, "link", "set", "lo", "up"]).unwrap();
-    let r = node_cni(n, kind, "ADD", pod_ns);
-    let ips: Vec<IpAddr> = r["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect();
+    crate::cni::pod_netns(pod_ns);
+    let ips = crate::cni::result_ips(&node_cni(n, kind, "ADD", pod_ns));
     let ip = ips.iter().find_map(|a| match a {
         IpAddr::V4(a) => Some(*a),
         IpAddr::V6(_) => None,
