@@ -91,7 +91,7 @@ build_flannel() {
 	fi
 	command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 	command -v go >/dev/null || die "go is not installed (Go 1.26.8 or later builds flannel $FLANNEL_VERSION)"
-	log "building flanneld $FLANNEL_VERSION and flannel's CNI plugin from the Go module proxy (cold: 3-5 min on 2 cores)"
+	log "building flanneld $FLANNEL_VERSION and flannel's CNI plugin from the Go module proxy (cold: about 90 s on 2 cores)"
 	local t0=$SECONDS
 	mkdir -p "$BIN"
 	# As flannel's Makefile builds it on amd64: with cgo (its udp backend's
