@@ -24,8 +24,8 @@ use weft::netns::{self, UNDERLAY_GW};
 /// flannel's nftables mode (`EnableNFTables`, flannel v0.25 and later).
 const NFT_CONF: &str =
     r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
-/// iptables for both, named (weft's default without the key is nftables
-/// where `nft` works, flannel's is iptables).
+/// iptables for both, said outright (without the key weft takes nftables
+/// where `nft` works and flannel takes iptables).
 const IPT_CONF: &str =
     r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#;
 /// The seeds' prefix (notes 001 and 003), not flannel's default.
