@@ -133,6 +133,11 @@ fn is_udp(pkt: &[u8], l4: usize) -> bool {
 /// to equal the pseudo-header sum (1 in 65,536 packets, and then the
 /// checksum the kernel computes from it is the right one all the same).
 pub fn partial_offsets(pkt: &[u8]) -> Option<(usize, usize)> {
+    partial_in(pkt).map(|(start, offset, _)| (start, offset))
+}
+
+/// [`partial_offsets`], with the packet's length by its IP header.
+fn partial_in(pkt: &[u8]) -> Option<(usize, usize, usize)> {
     let (ip, proto, total) = Ip::parse(pkt)?;
     if let Ip::V4 { .. } = ip {
         let v4 = ipv4::Packet::new_unchecked(pkt);
@@ -155,13 +160,13 @@ pub fn partial_offsets(pkt: &[u8]) -> Option<(usize, usize)> {
     if proto == PROTO_UDP && field == 0 {
         return None;
     }
-    (field == checksum_fold(ip.pseudo_sum(proto, total - start))).then_some((start, offset))
+    (field == checksum_fold(ip.pseudo_sum(proto, total - start))).then_some((start, offset, total))
 }
 
 /// Completes the partial checksum [`partial_offsets`] finds in `pkt`, in
 /// software (for a TUN device without offloads). Returns whether it did.
 pub fn complete_partial(pkt: &mut [u8]) -> bool {
-    let Some((start, offset)) = partial_offsets(pkt) else {
+    let Some((start, offset, total)) = partial_in(pkt) else {
         return false;
     };
     let h = virtio::Header {
@@ -170,8 +175,7 @@ pub fn complete_partial(pkt: &mut [u8]) -> bool {
         csum_offset: offset as u16,
         ..Default::default()
     };
-    let end = Ip::parse(pkt).map_or(pkt.len(), |(_, _, total)| total);
-    complete_checksum(&h, &mut pkt[..end]).is_ok()
+    complete_checksum(&h, &mut pkt[..total]).is_ok()
 }
 
 /// The inner IP header of a super-packet or segment, as offloads need it:
