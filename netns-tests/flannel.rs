@@ -337,6 +337,36 @@ fn shape(v: &serde_json::Value) -> BTreeSet<String> {
     out
 }
 
+/// One lease per node, and weft node `w`'s of flanneld node `f`'s shape
+/// field for field, the same backend, subnet.env with the same keys: the
+/// two subnet.env files, for the caller's closer look.
+fn assert_alike(
+    c: &Cluster,
+    etcd: &EtcdServer,
+    w: usize,
+    f: usize,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let all = leases(etcd);
+    assert_eq!(all.len(), c.nodes.len(), "{all:#?}");
+    for node in &c.nodes {
+        assert!(
+            all.contains_key(&key_of(node)),
+            "{}: {all:#?}",
+            key_of(node)
+        );
+    }
+    let (wl, fl) = (&all[&key_of(&c.nodes[w])], &all[&key_of(&c.nodes[f])]);
+    assert_eq!(shape(wl), shape(fl), "weft's lease {wl} and flannel's {fl}");
+    assert_eq!(wl["BackendType"], fl["BackendType"]);
+    let (we, fe) = (subnet_env(&c.nodes[w]), subnet_env(&c.nodes[f]));
+    assert_eq!(
+        we.keys().collect::<Vec<_>>(),
+        fe.keys().collect::<Vec<_>>(),
+        "weft's subnet.env {we:?}, flannel's {fe:?}"
+    );
+    (we, fe)
+}
+
 /// Which family set a mixed network carries.
 #[derive(Clone, Copy, PartialEq)]
 enum Family {
@@ -431,31 +461,9 @@ fn mixed_network(
     let w: Vec<usize> = roles.match_indices('w').map(|(i, _)| i).collect();
     let f: Vec<usize> = roles.match_indices('f').map(|(i, _)| i).collect();
     let n = roles.len();
-    // Leases: one per node, flannel's and weft's of one shape.
-    let all = leases(&etcd);
-    assert_eq!(all.len(), n, "{all:#?}");
-    for node in &c.nodes {
-        assert!(
-            all.contains_key(&key_of(node)),
-            "{}: {all:#?}",
-            key_of(node)
-        );
-    }
-    let (wl, fll) = (&all[&key_of(&c.nodes[w[0]])], &all[&key_of(&c.nodes[f[0]])]);
-    assert_eq!(
-        shape(wl),
-        shape(fll),
-        "weft's lease {wl} and flannel's {fll}"
-    );
-    assert_eq!(wl["BackendType"], fll["BackendType"]);
-    // subnet.env: the same keys and network; the MTU differs on a
-    // dual-stack network only (docs/migrating.md, "Known differences").
-    let (we, fe) = (subnet_env(&c.nodes[w[0]]), subnet_env(&c.nodes[f[0]]));
-    assert_eq!(
-        we.keys().collect::<Vec<_>>(),
-        fe.keys().collect::<Vec<_>>(),
-        "weft's subnet.env {we:?}, flannel's {fe:?}"
-    );
+    // subnet.env's network agrees; the MTU differs on an IPv6 underlay
+    // (docs/migrating.md, "Known differences").
+    let (we, fe) = assert_alike(&c, &etcd, w[0], f[0]);
     for k in ["FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK", "FLANNEL_IPMASQ"] {
         assert_eq!(
             we.get(k),
@@ -630,20 +638,7 @@ fn ipv6_only_etcd_network_beside_flanneld_as_far_as_flannel_goes() {
         return;
     }
     let (c, etcd, mut fl) = mixed("fl6o", Family::V6Only, "fww");
-    let all = leases(&etcd);
-    assert_eq!(all.len(), 3, "{all:#?}");
-    let (wl, fll) = (&all[&key_of(&c.nodes[1])], &all[&key_of(&c.nodes[0])]);
-    assert_eq!(
-        shape(wl),
-        shape(fll),
-        "weft's lease {wl} and flannel's {fll}"
-    );
-    let (we, fe) = (subnet_env(&c.nodes[1]), subnet_env(&c.nodes[0]));
-    assert_eq!(
-        we.keys().collect::<Vec<_>>(),
-        fe.keys().collect::<Vec<_>>(),
-        "weft's subnet.env {we:?}, flannel's {fe:?}"
-    );
+    assert_alike(&c, &etcd, 1, 0);
     let f6 = subnets(&c.nodes[0])[0].clone();
     for n in &c.nodes[1..] {
         assert!(
