@@ -9,9 +9,9 @@ use std::net::Ipv4Addr;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use weft::dataplane::core::{Core, RxAction, TxAction};
 use weft::dataplane::offload::{self, Arena, Coalescer, Datagram};
-use weft::dataplane::table::Table;
 use weft::dataplane::{ENCAP_LEN, Gather, HEADROOM, Part, SLOT};
 use weft::lease::{Lease, LeaseAttrs};
+use weft::node::Admission;
 use weft::types::{Vni, VtepMac};
 use weft::wire::ipv4;
 use weft::wire::virtio;
@@ -46,7 +46,9 @@ fn packet(len: usize, dst: Ipv4Addr) -> Vec<u8> {
 }
 
 fn encap_decap(c: &mut Criterion) {
-    let table = Table::build(&leases(1000), None, Vni::new(1).unwrap(), 8472, None).0;
+    let table = Admission::vxlan(None, Vni::new(1).unwrap(), 8472)
+        .table(&leases(1000), None)
+        .0;
     // The sender holds lease 1 (10.0.1.0/24, public IP 192.0.0.1).
     let tx = core_of("10.0.1.0/24");
     let sender = Ipv4Addr::from(0xc000_0001u32);
@@ -126,7 +128,9 @@ fn packet6(len: usize, dst: &str) -> Vec<u8> {
 /// VTEP and decapsulated with the IPv6 source checks, 1 000 dual-stack leases.
 fn encap_decap6(c: &mut Criterion) {
     let n6 = "fc00::/48".parse().ok();
-    let table = Table::build(&leases6(1000), None, Vni::new(1).unwrap(), 8472, n6).0;
+    let table = Admission::vxlan(n6, Vni::new(1).unwrap(), 8472)
+        .table(&leases6(1000), None)
+        .0;
     let sender: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
     let tx = core_of("10.0.1.0/24").with_ipv6(
         "fc00:0:0:1::/64".parse().unwrap(),
@@ -167,7 +171,9 @@ fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     for n in [10u32, 1000, 10_000] {
         let ls = leases(n);
-        let mut table = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None).0;
+        let mut table = Admission::vxlan(None, Vni::new(1).unwrap(), 8472)
+            .table(&ls, None)
+            .0;
         // As weftd does: the dense index over the Network (10.0.0.0/8 holds these /24s).
         table.index_dense("10.0.0.0/8".parse().unwrap());
         // Destinations spread over every lease, visited in a scrambled order.

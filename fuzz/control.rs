@@ -12,12 +12,15 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use rand::{Rng as _, SeedableRng};
 
+use weft::backend::vxlan::{VxlanData, VxlanError};
+use weft::backend::{Backend, Vxlan};
 use weft::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use weft::dataplane::table::Table;
 use weft::lease::{
-    Lease, LeaseAttrs, LeaseError, VxlanData, lease_key, node_subnet_problem, node_subnet6_problem,
+    Lease, LeaseAttrs, LeaseError, lease_key, node_subnet_problem, node_subnet6_problem,
     parse_subnet_key,
 };
+use weft::node::Admission;
 use weft::store::{AcquireRequest, StoreError, choose_subnet, etcd, kube, local};
 use weft::subnet_env::{SubnetEnv, SubnetEnvError};
 use weft::types::{Vni, VtepMac};
@@ -70,7 +73,7 @@ pub fn entries() -> Vec<Entry> {
         },
         Entry {
             name: "table",
-            about: "Table::build from store leases, index_dense, lookup (longest prefix, dense == hashed)",
+            about: "Admission::table from store leases (the reconciler's admission), index_dense, lookup (longest prefix, dense == hashed)",
             seeds: table_seeds,
             mutate: table_mutate,
             run: table_run,
@@ -192,16 +195,14 @@ fn netconf_run(input: &[u8]) -> Outcome {
         Err(ConfigError::Json { .. }) => return refused("json"),
         Err(ConfigError::Read { .. }) => return refused("read"),
     };
-    let v = c_full.backend.vni.get();
+    let Backend::Vxlan(vx) = c_full.backend;
+    let v = vx.vni.get();
     ensure!((1..=Vni::MAX).contains(&v), "VNI {v}");
-    ensure!(c_full.backend.port != 0, "port 0");
+    ensure!(vx.port != 0, "port 0");
     ensure!(
-        c_full
-            .backend
-            .mtu
-            .is_none_or(|m| (626..=65535).contains(&m)),
+        vx.mtu.is_none_or(|m| (626..=65535).contains(&m)),
         "MTU {:?}",
-        c_full.backend.mtu
+        vx.mtu
     );
     let _ = (c_full.overlay_mtu(0), c_full.overlay_mtu(u32::MAX));
     if let Some(v6) = &c_full.ipv6 {
@@ -408,10 +409,15 @@ fn same_attrs(a: &LeaseAttrs, b: &LeaseAttrs) -> bool {
 fn lease_error(e: &LeaseError) -> &'static str {
     match e {
         LeaseError::BadKey(_) => "bad key",
-        LeaseError::NotVxlan(_) => "not vxlan",
-        LeaseError::BadBackendData(_) => "bad backend data",
-        LeaseError::BadVni(_) => "bad VNI",
-        LeaseError::BadBackendV6Data(_) => "bad v6 backend data",
+    }
+}
+
+fn vxlan_error(e: &VxlanError) -> &'static str {
+    match e {
+        VxlanError::NotVxlan(_) => "not vxlan",
+        VxlanError::BadBackendData(_) => "bad backend data",
+        VxlanError::BadVni(_) => "bad VNI",
+        VxlanError::BadBackendV6Data(_) => "bad v6 backend data",
     }
 }
 
@@ -454,7 +460,7 @@ fn lease_run(input: &[u8]) -> Outcome {
     );
     let d = match attrs.vxlan_data() {
         Ok(d) => d,
-        Err(e) => return refused(lease_error(&e)),
+        Err(e) => return refused(vxlan_error(&e)),
     };
     ensure!(Vni::new(d.vni).is_some(), "VNI {} accepted", d.vni);
     if let Ok(Some(d6)) = attrs.vxlan_v6_data() {
@@ -946,7 +952,17 @@ fn table_run(input: &[u8]) -> Outcome {
         });
     }
     let vni = Vni::new(1).expect("fits");
-    let (mut t, skipped) = Table::build(&leases, own, vni, 8472, network6);
+    // No Network given: every IPv4 subnet is inside (0.0.0.0/0).
+    let admission = Admission {
+        network: network.or(Some(Ipv4Net::default())),
+        network6,
+        backend: Backend::Vxlan(Vxlan {
+            vni,
+            port: 8472,
+            mtu: None,
+        }),
+    };
+    let (mut t, skipped) = admission.table(&leases, own);
     // The node's own lease: its IPv4 subnet, or an IPv6-only one's IPv6 subnet.
     let is_own = |l: &Lease| {
         own.is_some_and(|o| match o.v4 {

@@ -13,6 +13,7 @@ use weft::dataplane::offload::{self, Arena, Coalescer, SegmentError};
 use weft::dataplane::table::Table;
 use weft::dataplane::{ENCAP_LEN, HEADROOM, Part, SLOT};
 use weft::lease::{Lease, LeaseAttrs};
+use weft::node::Admission;
 use weft::types::{Vni, VtepMac};
 use weft::wire::{
     checksum_finish, checksum_fold, checksum_sum, ethernet, icmp, ipv4, ipv6, tcp, virtio, vxlan,
@@ -139,8 +140,8 @@ fn tables() -> &'static Tables {
             lease("10.244.3.0/24", 3),
             lease("10.244.4.128/25", 4),
         ];
-        let (hashed, _) = Table::build(&ls, own, vni, 8472, network6());
-        let (mut dense, _) = Table::build(&ls[..3], own, vni, 8472, network6());
+        let (hashed, _) = Admission::vxlan(network6(), vni, 8472).table(&ls, own);
+        let (mut dense, _) = Admission::vxlan(network6(), vni, 8472).table(&ls[..3], own);
         assert!(dense.index_dense("10.244.0.0/16".parse().expect("a CIDR")));
         Tables { hashed, dense }
     })
@@ -298,7 +299,9 @@ fn sender(core: &Core, who: u8) -> Sender<'static> {
             lease("10.244.4.128/25", 4),
         ];
         let own = Some("10.244.2.0/24".parse().expect("a CIDR"));
-        Table::build(&ls, own, Vni::new(VNI).expect("fits"), 8472, network6()).0
+        Admission::vxlan(network6(), Vni::new(VNI).expect("fits"), 8472)
+            .table(&ls, own)
+            .0
     });
     match who % 3 {
         0 => core
@@ -690,7 +693,7 @@ fn check_encap6(
                 "Send to {to} of a packet to {dst}: the table says {peer:?}"
             );
             let peer = peer.expect("checked");
-            let them = match peer.lease.v4 {
+            let them = match peer.v4 {
                 Some(s) => Core::new(core.vni, VtepMac::derive(&[0; 4]), s)
                     .with_ipv6(peer.subnet, peer.vtep_mac),
                 None => Core::ipv6_only(core.vni, peer.vtep_mac, peer.subnet),

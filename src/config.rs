@@ -13,14 +13,7 @@ use std::path::{Path, PathBuf};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
-use crate::types::Vni;
-
-/// flannel's default VXLAN UDP port (the Linux kernel's, not IANA's 4789).
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
-/// Bytes of outer IPv4 + UDP + VXLAN + inner Ethernet headers.
-pub const VXLAN_OVERHEAD: u32 = 50;
-/// The same over an IPv6 underlay: its header is 20 bytes longer.
-pub const VXLAN6_OVERHEAD: u32 = 70;
+use crate::backend::Backend;
 
 /// The configuration weft starts with when it is given none (the embedded default).
 pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -31,7 +24,8 @@ pub struct NetConfig {
     /// `EnableIPv4` (the default) with `Network` and its `Subnet*` keys: the
     /// network's IPv4 half; `None` in an IPv6-only network.
     pub ipv4: Option<Ipv4Config>,
-    pub backend: VxlanBackend,
+    /// `Backend`: the backend type and its keys ([`crate::backend`]).
+    pub backend: Backend,
     /// `EnableNFTables`: weft's rules in nftables (true) or iptables (false);
     /// unset, weft takes nftables where `nft` works.
     pub enable_nftables: Option<bool>,
@@ -57,15 +51,6 @@ pub struct Ipv6Config {
     pub subnet_len: u8,
     pub subnet_min: Ipv6Addr,
     pub subnet_max: Ipv6Addr,
-}
-
-/// The `Backend` object of a `vxlan` configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VxlanBackend {
-    pub vni: Vni,
-    pub port: u16,
-    /// `Backend.MTU`: the underlay MTU to assume instead of the interface's.
-    pub mtu: Option<u32>,
 }
 
 /// A configuration that cannot be used, with where it came from and the rule broken.
@@ -146,7 +131,7 @@ impl NetConfig {
                     "is missing; flannel would default to the \"udp\" backend, which weft does not speak. Add \"Backend\": {\"Type\": \"vxlan\"}".into(),
                 ));
             }
-            Some(Value::Object(b)) => parse_backend(b, &bad)?,
+            Some(Value::Object(b)) => Backend::parse(b, &bad)?,
             Some(other) => {
                 return Err(bad(
                     "Backend",
@@ -184,20 +169,16 @@ impl NetConfig {
         self.ipv6.map(|c| c.network)
     }
 
-    /// The MTU of the TUN device given the underlay interface's MTU:
-    /// Backend.MTU (when set) or `underlay_mtu`, minus the VXLAN overhead —
-    /// that of an IPv6 underlay when the network carries IPv6, since one
-    /// device carries both families and IPv6 pod traffic goes over IPv6.
+    /// The MTU of the pod network given the underlay interface's MTU:
+    /// Backend.MTU (when set) or `underlay_mtu`, minus the backend's
+    /// overhead — that over an IPv6 underlay when the network carries IPv6,
+    /// since one device carries both families and IPv6 pod traffic goes
+    /// over IPv6.
     pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
-        let overhead = if self.ipv6.is_some() {
-            VXLAN6_OVERHEAD
-        } else {
-            VXLAN_OVERHEAD
-        };
         self.backend
-            .mtu
+            .mtu()
             .unwrap_or(underlay_mtu)
-            .saturating_sub(overhead)
+            .saturating_sub(self.backend.overhead(self.ipv6.is_some()))
     }
 }
 
@@ -534,62 +515,8 @@ fn bound(
     Ok(a)
 }
 
-fn parse_backend(
-    b: &Map<String, Value>,
-    bad: &dyn Fn(&'static str, String) -> ConfigError,
-) -> Result<VxlanBackend, ConfigError> {
-    let ty = get(b, "Type").and_then(Value::as_str).unwrap_or("");
-    if !ty.eq_ignore_ascii_case("vxlan") {
-        return Err(bad(
-            "Backend.Type",
-            format!("{ty:?} is not supported; weft implements flannel's \"vxlan\" backend only"),
-        ));
-    }
-    for flag in ["DirectRouting", "GBP", "Learning"] {
-        if get(b, flag).and_then(Value::as_bool) == Some(true) {
-            return Err(bad(
-                "Backend",
-                format!("{flag}: true is not supported by weft's userspace VXLAN; remove it"),
-            ));
-        }
-    }
-    let vni = match get(b, "VNI").filter(|x| !x.is_null()) {
-        None => Vni::new(1).expect("1 fits"),
-        Some(x) => x
-            .as_u64()
-            .filter(|v| *v > 0)
-            .and_then(|v| u32::try_from(v).ok())
-            .and_then(Vni::new)
-            .ok_or_else(|| bad("Backend.VNI", format!("{x} is not a VNI 1..=16777215")))?,
-    };
-    let port = match get(b, "Port").filter(|x| !x.is_null() && x.as_u64() != Some(0)) {
-        None => DEFAULT_VXLAN_PORT,
-        Some(x) => x
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| bad("Backend.Port", format!("{x} is not a UDP port 1..=65535")))?,
-    };
-    let mtu = match get(b, "MTU").filter(|x| !x.is_null() && x.as_u64() != Some(0)) {
-        None => None,
-        Some(x) => Some(
-            x.as_u64()
-                .filter(|m| (576 + u64::from(VXLAN_OVERHEAD)..=65535).contains(m))
-                .ok_or_else(|| {
-                    bad(
-                        "Backend.MTU",
-                        format!(
-                            "{x} is not an MTU between {} and 65535",
-                            576 + VXLAN_OVERHEAD
-                        ),
-                    )
-                })? as u32,
-        ),
-    };
-    Ok(VxlanBackend { vni, port, mtu })
-}
-
 /// Case-insensitive key lookup, as Go's encoding/json matches struct fields.
-fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     m.get(key).or_else(|| {
         m.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
@@ -612,8 +539,10 @@ mod tests {
         assert_eq!(c.ipv4.unwrap().subnet_len, 24);
         assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(c.backend.vni.get(), 1);
-        assert_eq!(c.backend.port, 8472);
+        assert_eq!(
+            c.backend,
+            Backend::Vxlan(crate::backend::Vxlan::flannel_default())
+        );
         assert_eq!(c.ipv4.unwrap().subnet_count(), 255);
         assert_eq!(c.overlay_mtu(1500), 1450);
         // /23 and smaller networks: prefix + 2.
@@ -625,8 +554,12 @@ mod tests {
     fn keys_match_case_insensitively() {
         let c = parse(r#"{"network":"172.30.0.0/16","subnetlen":26,"backend":{"type":"VXLAN","vni":4096,"port":4789,"mtu":9000}}"#).unwrap();
         assert_eq!(c.ipv4.unwrap().subnet_len, 26);
-        assert_eq!(c.backend.vni.get(), 4096);
-        assert_eq!(c.backend.port, 4789);
+        let want = crate::backend::Vxlan {
+            vni: crate::types::Vni::new(4096).unwrap(),
+            port: 4789,
+            mtu: Some(9000),
+        };
+        assert_eq!(c.backend, Backend::Vxlan(want));
         assert_eq!(c.overlay_mtu(1500), 8950);
     }
 

@@ -15,7 +15,7 @@ use crate::dataplane::core::{Core, SourceChecks};
 use crate::dataplane::worker::{Dataplane, Queue, Underlay6};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
-use crate::lease::{Lease, LeaseAttrs, LeaseId};
+use crate::lease::{Lease, LeaseId};
 use crate::metrics::{self, Status};
 use crate::netfilter::{self, Netfilter, NetfilterError};
 use crate::netlink::{self, NetlinkError};
@@ -499,28 +499,28 @@ pub async fn run_with_store(
             c6.subnet_max,
         );
     }
-    tracing::info!(
-        "VNI {}, UDP port {}",
-        config.backend.vni,
-        config.backend.port
-    );
+    // The userspace VXLAN dataplane: the one backend weft runs
+    // (crate::backend).
+    let crate::backend::Backend::Vxlan(vx) = config.backend;
+    tracing::info!("VNI {}, UDP port {}", vx.vni, vx.port);
 
     let mut nl = netlink::connect()?;
     let (_, underlay_mtu) = netlink::link(&mut nl, &ext.name)?;
     let mtu = config.overlay_mtu(underlay_mtu);
     // IPv4 needs 576 bytes; IPv6, which the same device carries in a
     // dual-stack network, 1280 (the kernel turns IPv6 off below it).
-    let (family, min, overhead) = if config.ipv6.is_some() {
-        ("IPv6", 1280, crate::config::VXLAN6_OVERHEAD)
+    let (family, min) = if config.ipv6.is_some() {
+        ("IPv6", 1280)
     } else {
-        ("IPv4", 576, crate::config::VXLAN_OVERHEAD)
+        ("IPv4", 576)
     };
+    let overhead = config.backend.overhead(config.ipv6.is_some());
     let tun_mtu = u16::try_from(mtu)
         .ok()
         .filter(|m| *m >= min)
         .ok_or(DaemonError::Mtu {
             mtu,
-            underlay: config.backend.mtu.unwrap_or(underlay_mtu),
+            underlay: config.backend.mtu().unwrap_or(underlay_mtu),
             overhead,
             family,
             min,
@@ -535,7 +535,7 @@ pub async fn run_with_store(
         crate::cni::install::read_conflist(cni)?;
         check_writable_dir(&cni.conf_dir, "--cni-conf-dir")?;
     }
-    let port = config.backend.port;
+    let port = vx.port;
     let mut holder = handover::claim(port)?;
     let predecessor = holder.is_none();
     if predecessor {
@@ -559,8 +559,6 @@ pub async fn run_with_store(
     };
     let devices = open_devices(&opts, &mut nl, listen, listen6, tun_mtu, predecessor)?;
 
-    // A stable VtepMAC: derived from the public IP, so restarts keep it.
-    let vtep_mac = VtepMac::derive(&ext.public_ip.octets());
     let previous_env = SubnetEnv::read(&opts.subnet_file).ok();
     let previous = previous_env
         .as_ref()
@@ -572,16 +570,10 @@ pub async fn run_with_store(
         .and_then(|e| e.ipv6.as_ref())
         .filter(|e6| config.ipv6.is_some_and(|c| c.network == e6.network))
         .map(|e6| e6.subnet);
-    let mut attrs = LeaseAttrs::vxlan(ext.public_ip, config.backend.vni, vtep_mac);
-    if let (Some(_), Some(ip6)) = (config.ipv6, ext.public_ipv6) {
-        // The IPv6 VTEP's VtepMAC, derived alike from the public IPv6 address.
-        let mac6 = VtepMac::derive(&ip6.octets());
-        attrs = if config.ipv4.is_some() {
-            attrs.with_ipv6(ip6, config.backend.vni, mac6)
-        } else {
-            LeaseAttrs::vxlan6_only(ip6, config.backend.vni, mac6)
-        };
-    }
+    let attrs = config.backend.own_attrs(
+        config.ipv4.map(|_| ext.public_ip),
+        config.ipv6.and(ext.public_ipv6),
+    );
     let req = AcquireRequest {
         config: config.clone(),
         attrs,
@@ -812,6 +804,7 @@ async fn start(
         let _ = status.subnet6.set(s6);
     }
     // The IPv6 VTEP's MAC as the lease announces it (or as derived for it).
+    let crate::backend::Backend::Vxlan(vx) = config.backend;
     let mac6 = match (lease.attrs.vxlan_v6_data(), lease.attrs.public_ipv6) {
         (Ok(Some(d)), _) => d.vtep_mac,
         (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
@@ -825,16 +818,16 @@ async fn start(
         public_ipv6: subnet6.and(lease.attrs.public_ipv6),
         vtep_mac: if subnet4.is_some() { vtep_mac } else { mac6 },
         network: config.network(),
-        vni: config.backend.vni.get(),
-        port: config.backend.port,
+        vni: vx.vni.get(),
+        port: vx.port,
         store: store.describe(),
     });
     if let Some(h) = store.health() {
         let _ = status.store_health.set(h);
     }
     let mut core = match (subnet4, subnet6) {
-        (Some(s), _) => Core::new(config.backend.vni, vtep_mac, s),
-        (None, Some(s6)) => Core::ipv6_only(config.backend.vni, mac6, s6),
+        (Some(s), _) => Core::new(vx.vni, vtep_mac, s),
+        (None, Some(s6)) => Core::ipv6_only(vx.vni, mac6, s6),
         // The config carries a family, and the lease was checked for it above.
         (None, None) => {
             return Err(DaemonError::NoLease4 {

@@ -10,8 +10,6 @@ use std::time::SystemTime;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Vni, VtepMac};
-
 /// flannel's `LeaseAttrs`, as stored under `<prefix>/subnets/<key>`:
 /// `{"PublicIP":"…","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}`,
 /// byte for byte as flanneld v0.28 writes it, and on a dual-stack node
@@ -41,19 +39,6 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_v6_data: Option<serde_json::Value>,
-}
-
-/// The `BackendData` of a vxlan lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VxlanData {
-    #[serde(rename = "VNI", default = "one")]
-    pub vni: u32,
-    #[serde(rename = "VtepMAC")]
-    pub vtep_mac: VtepMac,
-}
-
-fn one() -> u32 {
-    1
 }
 
 /// What names a lease, as its store key does: its IPv4 subnet, its IPv6
@@ -124,56 +109,14 @@ pub struct Lease {
     pub expiration: Option<SystemTime>,
 }
 
-/// Why a stored lease cannot be used as a VXLAN peer.
+/// A lease key that is not flannel's.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LeaseError {
     #[error("subnet key {0:?} is not of the form 10.244.3.0-24 or 10.244.3.0-24&fc00:0:0:3::-64")]
     BadKey(String),
-    #[error("backend type {0:?} is not vxlan")]
-    NotVxlan(String),
-    #[error("BackendData is not vxlan data ({{\"VNI\":1,\"VtepMAC\":\"…\"}}): {0}")]
-    BadBackendData(String),
-    #[error("BackendData VNI {0} does not fit in 24 bits")]
-    BadVni(u32),
-    #[error("BackendV6Data is not vxlan data ({{\"VNI\":1,\"VtepMAC\":\"…\"}}): {0}")]
-    BadBackendV6Data(String),
 }
 
 impl LeaseAttrs {
-    /// The attributes of a vxlan lease.
-    pub fn vxlan(public_ip: Ipv4Addr, vni: Vni, vtep_mac: VtepMac) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: "vxlan".into(),
-            backend_data: vxlan_json(vni, vtep_mac),
-            backend_v6_data: None,
-        }
-    }
-
-    /// The attributes of a vxlan lease on an IPv6-only network, as flannel
-    /// writes them: PublicIP `0.0.0.0`, no BackendData, and the node's
-    /// IPv6 VTEP.
-    pub fn vxlan6_only(public_ipv6: Ipv6Addr, vni: Vni, vtep_mac: VtepMac) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip: Ipv4Addr::UNSPECIFIED,
-            public_ipv6: None,
-            backend_type: "vxlan".into(),
-            backend_data: serde_json::Value::Null,
-            backend_v6_data: None,
-        }
-        .with_ipv6(public_ipv6, vni, vtep_mac)
-    }
-
-    /// These attributes with an IPv6 VTEP: the public IPv6 address and the
-    /// VtepMAC of the node's IPv6 underlay, as flannel's dual-stack vxlan
-    /// backend announces them.
-    pub fn with_ipv6(mut self, public_ipv6: Ipv6Addr, vni: Vni, vtep_mac: VtepMac) -> LeaseAttrs {
-        self.public_ipv6 = Some(public_ipv6);
-        self.backend_v6_data = Some(vxlan_json(vni, vtep_mac));
-        self
-    }
-
     /// The address that names the node: its PublicIP, or with `ipv6_only`
     /// (an IPv6-only network, whose PublicIP is `0.0.0.0`) its PublicIPv6
     /// (unspecified when it announces none). Stores tell an own lease from
@@ -185,42 +128,6 @@ impl LeaseAttrs {
             (false, _) => IpAddr::V4(self.public_ip),
         }
     }
-
-    /// The VXLAN data of the node's IPv6 VTEP; `None` when it announces none
-    /// (flannel writes `null` for a node without IPv6).
-    ///
-    /// # Errors
-    /// [`LeaseError`] when the backend is not vxlan or the data is malformed.
-    pub fn vxlan_v6_data(&self) -> Result<Option<VxlanData>, LeaseError> {
-        let Some(v) = self.backend_v6_data.as_ref().filter(|v| !v.is_null()) else {
-            return Ok(None);
-        };
-        if !self.backend_type.eq_ignore_ascii_case("vxlan") {
-            return Err(LeaseError::NotVxlan(self.backend_type.clone()));
-        }
-        let d: VxlanData = serde_json::from_value(v.clone())
-            .map_err(|e| LeaseError::BadBackendV6Data(e.to_string()))?;
-        Vni::new(d.vni).ok_or(LeaseError::BadVni(d.vni))?;
-        Ok(Some(d))
-    }
-
-    /// The VXLAN data of these attributes.
-    ///
-    /// # Errors
-    /// [`LeaseError`] when the backend is not vxlan or its data is malformed.
-    pub fn vxlan_data(&self) -> Result<VxlanData, LeaseError> {
-        if !self.backend_type.eq_ignore_ascii_case("vxlan") {
-            return Err(LeaseError::NotVxlan(self.backend_type.clone()));
-        }
-        let d: VxlanData = serde_json::from_value(self.backend_data.clone())
-            .map_err(|e| LeaseError::BadBackendData(e.to_string()))?;
-        Vni::new(d.vni).ok_or(LeaseError::BadVni(d.vni))?;
-        Ok(d)
-    }
-}
-
-fn vxlan_json(vni: Vni, vtep_mac: VtepMac) -> serde_json::Value {
-    serde_json::json!({"VNI": vni.get(), "VtepMAC": vtep_mac.to_string()})
 }
 
 impl Lease {
@@ -276,31 +183,6 @@ pub fn node_subnet6_problem(s: &Ipv6Net) -> Option<&'static str> {
     }
 }
 
-/// Why the IPv6 half of a peer's lease cannot be routed to, if it cannot:
-/// its IPv6 subnet is no node subnet ([`node_subnet6_problem`]) or lies
-/// outside `network6` (the IPv6Network, when known), it announces no
-/// PublicIPv6, or its BackendV6Data is missing or not vxlan data. The IPv4
-/// half is judged apart; a lease without an IPv6 subnet has no IPv6 half.
-pub fn ipv6_half_problem(l: &Lease, network6: Option<&Ipv6Net>) -> Option<String> {
-    let s6 = l.ipv6_subnet?;
-    if let Some(why) = node_subnet6_problem(&s6) {
-        return Some(format!("IPv6 subnet {s6}: {why}"));
-    }
-    if let Some(n6) = network6 {
-        if !n6.contains(&s6) {
-            return Some(format!("IPv6 subnet {s6} is outside the IPv6Network {n6}"));
-        }
-    }
-    if l.attrs.public_ipv6.is_none() {
-        return Some(format!("it has the IPv6 subnet {s6} but no PublicIPv6"));
-    }
-    match l.attrs.vxlan_v6_data() {
-        Ok(Some(_)) => None,
-        Ok(None) => Some(format!("it has the IPv6 subnet {s6} but no BackendV6Data")),
-        Err(e) => Some(e.to_string()),
-    }
-}
-
 impl Lease {
     /// The lease without its IPv6 half (subnet, PublicIPv6, BackendV6Data):
     /// what is left to route to when only that half is unusable.
@@ -309,26 +191,6 @@ impl Lease {
         self.attrs.public_ipv6 = None;
         self.attrs.backend_v6_data = None;
         self
-    }
-
-    /// The lease as a peer: whole, or without its IPv6 half and why
-    /// ([`ipv6_half_problem`]) when only that half is unusable.
-    ///
-    /// # Errors
-    /// Why, when the lease is IPv6-only and that half, its only one, is
-    /// unusable: there is nothing left to route to.
-    pub fn checked_ipv6(
-        self,
-        network6: Option<&Ipv6Net>,
-    ) -> Result<(Lease, Option<String>), String> {
-        match ipv6_half_problem(&self, network6) {
-            None if self.subnet.is_none() && self.ipv6_subnet.is_none() => {
-                Err("it has neither an IPv4 nor an IPv6 subnet".into())
-            }
-            None => Ok((self, None)),
-            Some(why) if self.subnet.is_none() => Err(why),
-            Some(why) => Ok((self.without_ipv6(), Some(why))),
-        }
     }
 }
 
@@ -396,170 +258,6 @@ pub fn parse_subnet_key(k: &str) -> Result<LeaseId, LeaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flannel_value_json_round_trips() {
-        // The value an operator's etcd holds (seed 001).
-        let v = r#"{"PublicIP":"192.168.1.137","BackendType":"vxlan","BackendData":{"VtepMAC":"62:fc:03:83:1b:2b"}}"#;
-        let a: LeaseAttrs = serde_json::from_str(v).unwrap();
-        let d = a.vxlan_data().unwrap();
-        assert_eq!(d.vni, 1);
-        assert_eq!(d.vtep_mac.to_string(), "62:fc:03:83:1b:2b");
-        let ours = LeaseAttrs::vxlan(
-            Ipv4Addr::new(192, 168, 1, 137),
-            Vni::new(1).unwrap(),
-            d.vtep_mac,
-        );
-        assert_eq!(
-            serde_json::to_string(&ours).unwrap(),
-            r#"{"PublicIP":"192.168.1.137","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"}}"#,
-            "as flanneld v0.28.11 writes it (netns flannel:: tests compare with the real one)"
-        );
-    }
-
-    #[test]
-    fn dual_stack_attrs_in_flannels_shape() {
-        // flannel's v4-only value carries "PublicIPv6":null.
-        let v = r#"{"PublicIP":"192.168.1.137","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":null}"#;
-        let a: LeaseAttrs = serde_json::from_str(v).unwrap();
-        assert_eq!(a.public_ipv6, None);
-        assert_eq!(a.vxlan_v6_data(), Ok(None));
-        // A dual-stack value as flannel's vxlan backend writes it.
-        let v = r#"{"PublicIP":"192.168.1.137","PublicIPv6":"fd00::137","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}}"#;
-        let a: LeaseAttrs = serde_json::from_str(v).unwrap();
-        assert_eq!(a.public_ipv6, Some("fd00::137".parse().unwrap()));
-        let d6 = a.vxlan_v6_data().unwrap().unwrap();
-        assert_eq!(d6.vtep_mac.to_string(), "8a:2e:0c:11:3d:4f");
-        let ours = LeaseAttrs::vxlan(
-            Ipv4Addr::new(192, 168, 1, 137),
-            Vni::new(1).unwrap(),
-            a.vxlan_data().unwrap().vtep_mac,
-        )
-        .with_ipv6(
-            "fd00::137".parse().unwrap(),
-            Vni::new(1).unwrap(),
-            d6.vtep_mac,
-        );
-        assert_eq!(ours, a);
-        assert_eq!(
-            serde_json::to_string(&ours).unwrap(),
-            r#"{"PublicIP":"192.168.1.137","PublicIPv6":"fd00::137","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"62:fc:03:83:1b:2b"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:2e:0c:11:3d:4f"}}"#
-        );
-        let mut b = a.clone();
-        b.backend_v6_data = Some(serde_json::json!({"VtepMAC": "nope"}));
-        assert!(matches!(
-            b.vxlan_v6_data(),
-            Err(LeaseError::BadBackendV6Data(_))
-        ));
-        assert!(
-            serde_json::from_str::<LeaseAttrs>(
-                r#"{"PublicIP":"10.0.0.1","PublicIPv6":"10.0.0.1","BackendType":"vxlan"}"#
-            )
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn an_unusable_ipv6_half_is_dropped_and_the_ipv4_half_kept() {
-        let n6: Ipv6Net = "fc00::/48".parse().unwrap();
-        let mac = VtepMac::derive(&[192, 0, 2, 1]);
-        let vni = Vni::new(1).unwrap();
-        let good = Lease {
-            subnet: "10.244.3.0/24".parse().ok(),
-            ipv6_subnet: Some("fc00:0:0:3::/64".parse().unwrap()),
-            attrs: LeaseAttrs::vxlan(Ipv4Addr::new(192, 0, 2, 1), vni, mac).with_ipv6(
-                "fd00::1".parse().unwrap(),
-                vni,
-                mac,
-            ),
-            expiration: None,
-        };
-        assert_eq!(ipv6_half_problem(&good, Some(&n6)), None);
-        assert_eq!(
-            good.clone().checked_ipv6(Some(&n6)),
-            Ok((good.clone(), None))
-        );
-        let v4only = good.clone().without_ipv6();
-        assert_eq!(v4only.key(), "10.244.3.0-24");
-        assert_eq!(ipv6_half_problem(&v4only, Some(&n6)), None);
-        let cases: Vec<(Lease, &str)> = vec![
-            (
-                Lease {
-                    ipv6_subnet: Some("fc01:0:0:3::/64".parse().unwrap()),
-                    ..good.clone()
-                },
-                "outside the IPv6Network fc00::/48",
-            ),
-            (
-                Lease {
-                    ipv6_subnet: Some("fc00::/127".parse().unwrap()),
-                    ..good.clone()
-                },
-                "/127 or /128",
-            ),
-            (
-                {
-                    let mut l = good.clone();
-                    l.attrs.public_ipv6 = None;
-                    l
-                },
-                "no PublicIPv6",
-            ),
-            (
-                {
-                    let mut l = good.clone();
-                    l.attrs.backend_v6_data = Some(serde_json::json!("garbage"));
-                    l
-                },
-                "BackendV6Data is not vxlan data",
-            ),
-            (
-                {
-                    let mut l = good.clone();
-                    l.attrs.backend_v6_data = None;
-                    l
-                },
-                "no BackendV6Data",
-            ),
-        ];
-        for (l, want) in cases {
-            let (kept, why) = l.clone().checked_ipv6(Some(&n6)).unwrap();
-            let why = why.unwrap_or_default();
-            assert!(why.contains(want), "{why} / {want}");
-            // The same lease on an IPv6-only network has nothing left.
-            let v6only = Lease {
-                subnet: None,
-                ..l.clone()
-            };
-            let gone = v6only.checked_ipv6(Some(&n6)).unwrap_err();
-            assert!(gone.contains(want), "{gone} / {want}");
-            assert_eq!(kept.subnet, l.subnet);
-            assert_eq!(kept.attrs.public_ip, l.attrs.public_ip);
-            assert_eq!(kept.attrs.backend_data, l.attrs.backend_data);
-            assert_eq!(kept.ipv6_subnet, None);
-            assert_eq!(kept.attrs.public_ipv6, None);
-        }
-        // Without a known IPv6Network only the lease's own data is judged.
-        let outside = Lease {
-            ipv6_subnet: Some("fc01:0:0:3::/64".parse().unwrap()),
-            ..good
-        };
-        assert_eq!(ipv6_half_problem(&outside, None), None);
-    }
-
-    #[test]
-    fn non_vxlan_and_malformed_data_are_errors() {
-        let a: LeaseAttrs =
-            serde_json::from_str(r#"{"PublicIP":"10.0.0.1","BackendType":"udp"}"#).unwrap();
-        assert_eq!(a.vxlan_data(), Err(LeaseError::NotVxlan("udp".into())));
-        let a: LeaseAttrs = serde_json::from_str(
-            r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VtepMAC":"nope"}}"#,
-        )
-        .unwrap();
-        assert!(matches!(a.vxlan_data(), Err(LeaseError::BadBackendData(_))));
-        let a: LeaseAttrs = serde_json::from_str(r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":99999999,"VtepMAC":"02:00:00:00:00:01"}}"#).unwrap();
-        assert_eq!(a.vxlan_data(), Err(LeaseError::BadVni(99999999)));
-    }
 
     #[test]
     fn subnet_keys() {

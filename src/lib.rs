@@ -17,6 +17,7 @@
 //! - `fsutil`: atomic file writes and lock files, for the stores and the plugin.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod cli;
 pub mod cni;
 pub mod config;

@@ -176,7 +176,7 @@ impl Status {
         for p in &leases {
             let six = table
                 .peers6()
-                .find(|q| q.lease.v4 == Some(p.subnet))
+                .find(|q| q.v4 == Some(p.subnet))
                 .map(|q| {
                     format!(
                         ",subnet6=\"{}\",public_ipv6=\"{}\",vtep_mac6=\"{}\"",

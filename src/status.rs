@@ -155,7 +155,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
         }
     };
     let dual = leases.iter().map(|p| {
-        let v6 = table.peers6().find(|q| q.lease.v4 == Some(p.subnet));
+        let v6 = table.peers6().find(|q| q.v4 == Some(p.subnet));
         let row = PeerView {
             subnet: Some(p.subnet),
             public_ip: Some(p.public_ip),
@@ -505,6 +505,7 @@ mod tests {
     use crate::dataplane::counters::LocalCounts;
     use crate::dataplane::table::{Peer, Table};
     use crate::metrics::{Control, NodeInfo};
+    use crate::node::Admission;
     use crate::types::VtepMac;
 
     fn peer(subnet: &str, ip: [u8; 4], slot: u32) -> Peer {
@@ -604,7 +605,7 @@ mod tests {
             only6("fc00:0:0:2::/64", "2001:db8::2"),
             only6("fc00:0:0:3::/64", "2001:db8::3"),
         ];
-        let (mut t, _) = Table::build(&leases, None, vni, 8472, "fc00::/48".parse().ok());
+        let (mut t, _) = Admission::vxlan("fc00::/48".parse().ok(), vni, 8472).table(&leases, None);
         let mut slots = rustc_hash::FxHashMap::default();
         slots.insert("2001:db8::2".parse().unwrap(), 1);
         t.set_slots(&slots);

@@ -451,6 +451,7 @@ mod tests {
     }
     use crate::dataplane::SLOT;
     use crate::lease::{Lease, LeaseAttrs};
+    use crate::node::Admission;
 
     fn node(n: u8) -> Core {
         let ip = [192, 0, 2, n];
@@ -475,14 +476,9 @@ mod tests {
                 expiration: None,
             })
             .collect();
-        Table::build(
-            &leases,
-            Some(format!("10.244.{own}.0/24").parse().unwrap()),
-            Vni::new(1).unwrap(),
-            8472,
-            None,
-        )
-        .0
+        Admission::vxlan(None, Vni::new(1).unwrap(), 8472)
+            .table(&leases, Some(format!("10.244.{own}.0/24").parse().unwrap()))
+            .0
     }
 
     fn udp_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -658,7 +654,9 @@ mod tests {
             })
             .collect();
         let own = Some(format!("10.244.{own}.0/24").parse().unwrap());
-        Table::build(&leases, own, vni, 8472, "fc00::/48".parse().ok()).0
+        Admission::vxlan("fc00::/48".parse().ok(), vni, 8472)
+            .table(&leases, own)
+            .0
     }
 
     fn udp6_packet(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {

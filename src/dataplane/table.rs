@@ -16,8 +16,7 @@ use arc_swap::ArcSwap;
 use ipnet::{Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashMap;
 
-use crate::lease::{Lease, LeaseId};
-use crate::types::{Vni, VtepMac};
+use crate::types::VtepMac;
 
 /// Where packets for one subnet go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +35,9 @@ pub struct Peer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer6 {
     pub subnet: Ipv6Net,
-    /// The lease it is the IPv6 half of.
-    pub lease: LeaseId,
+    /// The IPv4 subnet of the lease it is the IPv6 half of; `None` for a
+    /// lease of an IPv6-only network.
+    pub v4: Option<Ipv4Net>,
     pub public_ip: Ipv6Addr,
     /// The VtepMAC of its IPv6 VTEP (`BackendV6Data`).
     pub vtep_mac: VtepMac,
@@ -89,13 +89,6 @@ struct Dense {
 /// At most 2^16 subnets per Network get a dense index (256 KiB).
 const DENSE_MAX_BITS: u8 = 16;
 
-/// A lease left out of the table, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub subnet: LeaseId,
-    pub why: String,
-}
-
 fn mask6(len: u8) -> u128 {
     if len == 0 {
         0
@@ -117,74 +110,23 @@ fn mask(len: u8) -> u32 {
 }
 
 impl Table {
-    /// Builds a table from `leases`, leaving out this node's own lease and
-    /// leases that are not usable VXLAN peers of network `vni`. With
-    /// `network6` (a dual-stack or IPv6-only network), a lease's IPv6 subnet
-    /// is routed too when it lies inside it and the lease names an IPv6
-    /// VTEP; an unusable IPv6 half is skipped alone, its IPv4 half (if it
-    /// has one) still routed.
-    pub fn build<'a>(
-        leases: impl IntoIterator<Item = &'a Lease>,
-        own: Option<LeaseId>,
-        vni: Vni,
-        port: u16,
-        network6: Option<Ipv6Net>,
-    ) -> (Table, Vec<Skipped>) {
+    /// A table of these routes, for IPv4 subnets and IPv6 ones, each
+    /// node's two public addresses joined into one sender. Routes are
+    /// admitted by [`crate::node::Admission`]; a later route for the same
+    /// subnet replaces an earlier one.
+    pub fn from_routes(
+        peers: impl IntoIterator<Item = Peer>,
+        peers6: impl IntoIterator<Item = Peer6>,
+    ) -> Table {
         let mut t = Table::default();
-        let mut skipped = vec![];
-        for l in leases {
-            // This node's own lease, under any of its keys: the same IPv4
-            // subnet, or on an IPv6-only network the same IPv6 subnet.
-            if own.is_some_and(|o| match o.v4 {
-                Some(_) => l.subnet == o.v4,
-                None => l.subnet.is_none() && l.ipv6_subnet == o.v6,
-            }) {
-                continue;
-            }
-            let id = l.id();
-            match network6.map(|n6| peer6(l, n6, vni, port)) {
-                Some(Ok(Some(p))) => t.insert6(p),
-                Some(Err(why)) if l.subnet.is_none() => skipped.push(Skipped { subnet: id, why }),
-                Some(Err(why)) => skipped.push(Skipped {
-                    subnet: id,
-                    why: format!("its IPv6 half is not routed: {why}"),
-                }),
-                None if l.subnet.is_none() => skipped.push(Skipped {
-                    subnet: id,
-                    why: "it has only an IPv6 subnet, and this network carries no IPv6".into(),
-                }),
-                _ => {}
-            }
-            let Some(subnet) = l.subnet else { continue };
-            if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
-                skipped.push(Skipped {
-                    subnet: id,
-                    why: why.into(),
-                });
-                continue;
-            }
-            match l.attrs.vxlan_data() {
-                Ok(d) if d.vni != vni.get() => skipped.push(Skipped {
-                    subnet: id,
-                    why: format!("its VNI {} is not this network's VNI {vni}", d.vni),
-                }),
-                Ok(d) => {
-                    t.insert(Peer {
-                        subnet,
-                        public_ip: l.attrs.public_ip,
-                        vtep_mac: d.vtep_mac,
-                        endpoint: SocketAddrV4::new(l.attrs.public_ip, port),
-                        slot: 0,
-                    });
-                }
-                Err(e) => skipped.push(Skipped {
-                    subnet: id,
-                    why: e.to_string(),
-                }),
-            }
+        for p6 in peers6 {
+            t.insert6(p6);
+        }
+        for p in peers {
+            t.insert(p);
         }
         t.join_senders();
-        (t, skipped)
+        t
     }
 
     /// Adds the dense index when every peer has the same prefix length inside
@@ -277,7 +219,7 @@ impl Table {
             .map6
             .values()
             .filter_map(|p6| {
-                let s = p6.lease.v4?;
+                let s = p6.v4?;
                 self.lookup(s.network())
                     .filter(|p| p.subnet == s)
                     .map(|p| (p6.public_ip, p.public_ip))
@@ -334,7 +276,7 @@ impl Table {
         let slot_of_lease: FxHashMap<Ipv4Net, u32> =
             self.map.values().map(|p| (p.subnet, p.slot)).collect();
         for p in self.map6.values_mut() {
-            p.slot = match p.lease.v4 {
+            p.slot = match p.v4 {
                 Some(s) => slot_of_lease.get(&s).copied().unwrap_or(0),
                 None => of(IpAddr::V6(p.public_ip)),
             };
@@ -401,46 +343,12 @@ impl Table {
     /// The IPv6 routes of leases without an IPv4 half (peers of an
     /// IPv6-only network).
     pub fn peers6_only(&self) -> impl Iterator<Item = &Peer6> {
-        self.map6.values().filter(|p6| p6.lease.v4.is_none())
+        self.map6.values().filter(|p6| p6.v4.is_none())
     }
 
     /// Every peer, in no particular order.
     pub fn peers(&self) -> impl Iterator<Item = &Peer> {
         self.map.values()
-    }
-}
-
-/// The IPv6 route of lease `l` in IPv6 network `n6`: `None` when the lease
-/// has no IPv6 subnet (an IPv4-only node), an error when it has one weft
-/// cannot route.
-fn peer6(l: &Lease, n6: Ipv6Net, vni: Vni, port: u16) -> Result<Option<Peer6>, String> {
-    let Some(s6) = l.ipv6_subnet else {
-        return Ok(None);
-    };
-    if let Some(why) = crate::lease::node_subnet6_problem(&s6) {
-        return Err(why.into());
-    }
-    if !n6.contains(&s6) {
-        return Err(format!("{s6} is outside the IPv6Network {n6}"));
-    }
-    let Some(ip6) = l.attrs.public_ipv6 else {
-        return Err(format!("it leases {s6} but announces no PublicIPv6"));
-    };
-    match l.attrs.vxlan_v6_data() {
-        Ok(Some(d)) if d.vni != vni.get() => Err(format!(
-            "its IPv6 VNI {} is not this network's VNI {vni}",
-            d.vni
-        )),
-        Ok(Some(d)) => Ok(Some(Peer6 {
-            subnet: s6,
-            lease: l.id(),
-            public_ip: ip6,
-            vtep_mac: d.vtep_mac,
-            endpoint: SocketAddrV6::new(ip6, port, 0, 0),
-            slot: 0,
-        })),
-        Ok(None) => Err(format!("it leases {s6} but announces no BackendV6Data")),
-        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -455,238 +363,35 @@ pub fn shared() -> SharedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
 
-    fn lease(s: &str, ip: [u8; 4], vni: u32) -> Lease {
-        Lease {
-            subnet: s.parse().ok(),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs::vxlan(ip.into(), Vni::new(vni).unwrap(), VtepMac::derive(&ip)),
-            expiration: None,
-        }
-    }
-
-    fn lease6(s: &str, s6: &str, ip: [u8; 4], ip6: &str) -> Lease {
-        let vni = Vni::new(1).unwrap();
-        let ip6: Ipv6Addr = ip6.parse().unwrap();
-        Lease {
-            subnet: s.parse().ok(),
-            ipv6_subnet: s6.parse().ok(),
-            attrs: LeaseAttrs::vxlan(ip.into(), vni, VtepMac::derive(&ip)).with_ipv6(
-                ip6,
-                vni,
-                VtepMac::derive(&ip6.octets()),
-            ),
-            expiration: None,
-        }
-    }
-
-    /// A dual-stack lease gives an IPv6 route to its IPv6 VTEP; an unusable
-    /// IPv6 half is skipped with its reason while its IPv4 half is routed;
-    /// both public addresses of a node name one sender with both families'
-    /// subnets and one counter slot.
-    #[test]
-    fn ipv6_routes_skipped_halves_and_joined_senders() {
-        let mut bad_vni = lease6(
-            "10.244.4.0/24",
-            "fc00:0:0:4::/64",
-            [192, 0, 2, 4],
-            "2001:db8::4",
-        );
-        bad_vni.attrs.backend_v6_data =
-            Some(serde_json::json!({"VNI": 9, "VtepMAC": "02:00:00:00:00:04"}));
-        let mut no_ip6 = lease6(
-            "10.244.5.0/24",
-            "fc00:0:0:5::/64",
-            [192, 0, 2, 5],
-            "2001:db8::5",
-        );
-        no_ip6.attrs.public_ipv6 = None;
-        let ls = vec![
-            lease6(
-                "10.244.1.0/24",
-                "fc00:0:0:1::/64",
-                [192, 0, 2, 1],
-                "2001:db8::1",
-            ),
-            lease6(
-                "10.244.2.0/24",
-                "fc00:0:0:2::/64",
-                [192, 0, 2, 2],
-                "2001:db8::2",
-            ),
-            lease6("10.244.3.0/24", "fd99::/64", [192, 0, 2, 3], "2001:db8::3"),
-            bad_vni,
-            no_ip6,
-            lease("10.244.6.0/24", [192, 0, 2, 6], 1),
-        ];
-        let own = Some("10.244.1.0/24".parse().unwrap());
-        let n6 = "fc00::/48".parse().ok();
-        let (mut t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472, n6);
-        assert_eq!(t.len(), 5, "every IPv4 half routed");
-        assert_eq!(t.peers6().count(), 1);
-        let why: Vec<&str> = skipped.iter().map(|s| s.why.as_str()).collect();
-        assert_eq!(why.len(), 3, "{why:?}");
-        assert!(
-            why[0].contains("outside the IPv6Network fc00::/48"),
-            "{why:?}"
-        );
-        assert!(why[1].contains("IPv6 VNI 9"), "{why:?}");
-        assert!(why[2].contains("no PublicIPv6"), "{why:?}");
-        let p = t.lookup6("fc00:0:0:2::7".parse().unwrap()).unwrap();
-        assert_eq!(p.endpoint, "[2001:db8::2]:8472".parse().unwrap());
-        assert_eq!(p.lease.v4, "10.244.2.0/24".parse().ok());
-        assert!(
-            t.lookup6("fc00:0:0:1::7".parse().unwrap()).is_none(),
-            "own subnet"
-        );
-        assert!(t.lookup6("fc00:0:0:6::7".parse().unwrap()).is_none());
-        let mut slots = FxHashMap::default();
-        slots.insert(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 7);
-        t.set_slots(&slots);
-        let by6 = t
-            .sender("2001:db8::2".parse::<Ipv6Addr>().unwrap().into())
-            .unwrap();
-        let by4 = t.sender(Ipv4Addr::new(192, 0, 2, 2).into()).unwrap();
-        assert_eq!(by6, by4);
-        assert_eq!(by6.slot, 7);
-        assert_eq!(by6.nets, vec!["10.244.2.0/24".parse::<Ipv4Net>().unwrap()]);
-        assert_eq!(
-            by6.nets6,
-            vec!["fc00:0:0:2::/64".parse::<Ipv6Net>().unwrap()]
-        );
-        assert_eq!(t.lookup6("fc00:0:0:2::7".parse().unwrap()).unwrap().slot, 7);
-        // Without an IPv6Network (an IPv4-only node) no IPv6 half is looked at.
-        let (t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472, None);
-        assert_eq!((t.peers6().count(), skipped.len()), (0, 0));
-    }
-
-    /// On an IPv6-only network the leases have no IPv4 half: the own lease
-    /// is left out by its IPv6 subnet, the others are routed by IPv6 alone,
-    /// counted as peers, and named by their public IPv6.
-    #[test]
-    fn ipv6_only_leases_are_routed_counted_and_named() {
-        let vni = Vni::new(1).unwrap();
-        let only6 = |s6: &str, ip6: &str| {
-            let ip6: Ipv6Addr = ip6.parse().unwrap();
-            Lease {
-                subnet: None,
-                ipv6_subnet: s6.parse().ok(),
-                attrs: LeaseAttrs::vxlan6_only(ip6, vni, VtepMac::derive(&ip6.octets())),
-                expiration: None,
-            }
-        };
-        let ls = vec![
-            only6("fc00:0:0:1::/64", "2001:db8::1"),
-            only6("fc00:0:0:2::/64", "2001:db8::2"),
-            only6("fc00:0:0:3::/64", "2001:db8::3"),
-        ];
-        let own = Some(LeaseId {
-            v4: None,
-            v6: "fc00:0:0:1::/64".parse().ok(),
-        });
-        let (mut t, skipped) = Table::build(&ls, own, vni, 8472, "fc00::/48".parse().ok());
-        assert!(skipped.is_empty(), "{skipped:?}");
-        assert_eq!(
-            (t.len(), t.peers().count(), t.peers6_only().count()),
-            (2, 0, 2)
-        );
-        assert!(
-            t.lookup6("fc00:0:0:1::9".parse().unwrap()).is_none(),
-            "own subnet"
-        );
-        let p = t.lookup6("fc00:0:0:3::9".parse().unwrap()).unwrap();
-        assert_eq!(p.endpoint, "[2001:db8::3]:8472".parse().unwrap());
-        let mut names: Vec<IpAddr> = t.peer_names().collect();
-        names.sort();
-        assert_eq!(
-            names,
-            ["2001:db8::2", "2001:db8::3"].map(|a| a.parse::<IpAddr>().unwrap())
-        );
-        let mut slots = FxHashMap::default();
-        slots.insert("2001:db8::3".parse::<IpAddr>().unwrap(), 4);
-        t.set_slots(&slots);
-        assert_eq!(t.lookup6("fc00:0:0:3::9".parse().unwrap()).unwrap().slot, 4);
-        let by6 = t.sender("2001:db8::3".parse::<IpAddr>().unwrap()).unwrap();
-        assert_eq!((by6.slot, by6.nets.len()), (4, 0));
-        assert_eq!(
-            by6.nets6,
-            vec!["fc00:0:0:3::/64".parse::<Ipv6Net>().unwrap()]
-        );
-    }
-
-    #[test]
-    fn longest_prefix_match_and_own_subnet_left_out() {
-        let ls = vec![
-            lease("10.244.1.0/24", [192, 0, 2, 1], 1),
-            lease("10.244.2.0/24", [192, 0, 2, 2], 1),
-            lease("10.244.2.128/25", [192, 0, 2, 3], 1),
-            lease("10.244.9.0/24", [192, 0, 2, 9], 7),
-        ];
-        let own = Some("10.244.1.0/24".parse().unwrap());
-        let (t, skipped) = Table::build(&ls, own, Vni::new(1).unwrap(), 8472, None);
-        assert_eq!(t.len(), 2);
-        assert_eq!(skipped.len(), 1);
-        assert!(skipped[0].why.contains("VNI 7"), "{:?}", skipped);
-        assert!(t.lookup(Ipv4Addr::new(10, 244, 1, 5)).is_none());
-        assert_eq!(
-            t.lookup(Ipv4Addr::new(10, 244, 2, 5)).unwrap().public_ip,
-            Ipv4Addr::new(192, 0, 2, 2)
-        );
-        let p = t.lookup(Ipv4Addr::new(10, 244, 2, 200)).unwrap();
-        assert_eq!(p.public_ip, Ipv4Addr::new(192, 0, 2, 3));
-        assert_eq!(p.endpoint, "192.0.2.3:8472".parse().unwrap());
-        assert!(t.lookup(Ipv4Addr::new(10, 245, 2, 5)).is_none());
-    }
-
-    /// A /0 peer (etcd key `…/subnets/0.0.0.0-0`, a node with podCIDR
-    /// 0.0.0.0/0) under a /0 Network once made the dense index shift by 32
-    /// and every lookup index out of bounds: it is skipped, and lookups
-    /// answer None.
-    #[test]
-    fn a_slash_zero_or_slash_32_peer_is_skipped_and_lookups_never_panic() {
-        let leases = [
-            lease("0.0.0.0/0", [192, 0, 2, 2], 1),
-            lease("10.244.7.1/32", [192, 0, 2, 3], 1),
-        ];
-        let (mut t, skipped) = Table::build(&leases, None, Vni::new(1).unwrap(), 8472, None);
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
-        assert!(skipped[0].why.contains("/0"), "{skipped:?}");
-        assert!(skipped[1].why.contains("/31 or /32"), "{skipped:?}");
-        assert!(!t.index_dense("0.0.0.0/0".parse().unwrap()));
-        assert!(t.lookup([10, 0, 2, 5].into()).is_none());
-        // Inserted by hand anyway, the index refuses a shift of 32.
-        let mut t = Table::default();
-        t.insert(Peer {
-            subnet: "0.0.0.0/0".parse().unwrap(),
-            public_ip: [192, 0, 2, 2].into(),
-            vtep_mac: VtepMac::derive(&[192, 0, 2, 2]),
-            endpoint: "192.0.2.2:8472".parse().unwrap(),
+    /// A peer at `ip` for subnet `s`.
+    fn peer(s: &str, ip: [u8; 4]) -> Peer {
+        let public_ip = Ipv4Addr::from(ip);
+        Peer {
+            subnet: s.parse().unwrap(),
+            public_ip,
+            vtep_mac: VtepMac::derive(&ip),
+            endpoint: SocketAddrV4::new(public_ip, 8472),
             slot: 0,
-        });
-        assert!(!t.index_dense("0.0.0.0/0".parse().unwrap()));
-        assert!(t.lookup([10, 0, 2, 5].into()).is_some());
+        }
+    }
+
+    fn table(peers: &[Peer]) -> Table {
+        Table::from_routes(peers.iter().copied(), [])
     }
 
     #[test]
     fn dense_index_answers_like_the_hash() {
-        let ls: Vec<Lease> = (1..=300u32)
+        let ls: Vec<Peer> = (1..=300u32)
             .filter(|i| i % 7 != 0)
             .map(|i| {
-                lease(
+                peer(
                     &format!("10.244.{}.0/24", i % 256),
                     [192, 0, (i / 256) as u8 + 2, i as u8],
-                    1,
                 )
             })
             .collect();
-        let (mut t, _) = Table::build(
-            &ls,
-            Some("10.244.9.0/24".parse().unwrap()),
-            Vni::new(1).unwrap(),
-            8472,
-            None,
-        );
+        let (mut t, _) = (table(&ls), ());
         let probes: Vec<Ipv4Addr> = (0..70_000u32)
             .map(|i| Ipv4Addr::from(0x0af3_0000 + i * 61))
             .collect();
@@ -701,7 +406,7 @@ mod tests {
             ..*t.lookup(Ipv4Addr::new(10, 244, 1, 1)).unwrap()
         });
         assert!(!t.index_dense("10.244.0.0/16".parse().unwrap()));
-        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None);
+        let mut t = table(&ls);
         assert!(
             !t.index_dense("10.244.0.0/17".parse().unwrap()),
             "leases outside 10.244.0.0/17"
@@ -715,16 +420,15 @@ mod tests {
             "2^17 subnets: too many"
         );
     }
-
     #[test]
     fn senders_are_indexed_by_public_ip() {
         let ls = [
-            lease("10.244.1.0/24", [192, 0, 2, 1], 1),
-            lease("10.244.2.0/24", [192, 0, 2, 2], 1),
+            peer("10.244.1.0/24", [192, 0, 2, 1]),
+            peer("10.244.2.0/24", [192, 0, 2, 2]),
             // Two leases behind one address (nodes behind one NAT).
-            lease("10.244.3.0/24", [192, 0, 2, 2], 1),
+            peer("10.244.3.0/24", [192, 0, 2, 2]),
         ];
-        let (mut t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None);
+        let mut t = table(&ls);
         assert_eq!(
             t.sender([192, 0, 2, 1].into()).map(|e| &e.nets[..]),
             Some(&["10.244.1.0/24".parse().unwrap()][..])
@@ -762,13 +466,12 @@ mod tests {
         assert_eq!(t.sender([192, 0, 2, 2].into()).map(|e| e.slot), Some(7));
         assert_eq!(t.sender([192, 0, 2, 7].into()).map(|e| e.slot), Some(0));
     }
-
     #[test]
     fn readers_see_whole_swaps() {
         let s = shared();
         assert!(s.load().is_empty());
-        let ls = [lease("10.244.3.0/24", [192, 0, 2, 3], 1)];
-        let (t, _) = Table::build(&ls, None, Vni::new(1).unwrap(), 8472, None);
+        let ls = [peer("10.244.3.0/24", [192, 0, 2, 3])];
+        let t = table(&ls);
         let before = s.load_full();
         s.store(Arc::new(t));
         assert!(

@@ -13,16 +13,16 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::STORE_WAIT;
 use super::report::{Check, Report};
+use crate::backend::vxlan::VxlanData;
 use crate::config::NetConfig;
 use crate::iface::ExtIface;
-use crate::lease::{LeaseAttrs, VxlanData};
+use crate::lease::LeaseAttrs;
 use crate::store::StoreError;
 use crate::store::dial::{CertProblem, SeenCert};
 use crate::store::kube::{
     API_CALLS, Dial, Keys, KubeSettings, KubeStore, Review, Source, annotation, own_annotations,
     own_lease,
 };
-use crate::types::VtepMac;
 
 const API: &str = "Kubernetes API";
 const TLS: &str = "API server TLS";
@@ -87,21 +87,10 @@ pub async fn node(store: &KubeStore, config: &NetConfig, ext: Option<&ExtIface>,
     };
     // What weftd would put in its request: the daemon's own derivation.
     let announce = ext.map(|e| {
-        let a = LeaseAttrs::vxlan(
-            e.public_ip,
-            config.backend.vni,
-            VtepMac::derive(&e.public_ip.octets()),
-        );
-        match (config.ipv4, config.ipv6, e.public_ipv6) {
-            // An IPv6-only network: no IPv4 VTEP, as weftd announces none.
-            (None, Some(_), Some(ip6)) => {
-                LeaseAttrs::vxlan6_only(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()))
-            }
-            (_, Some(_), Some(ip6)) => {
-                a.with_ipv6(ip6, config.backend.vni, VtepMac::derive(&ip6.octets()))
-            }
-            _ => a,
-        }
+        config.backend.own_attrs(
+            config.ipv4.map(|_| e.public_ip),
+            config.ipv6.and(e.public_ipv6),
+        )
     });
     for c in node_checks(store.keys(), name, &node, config, announce.as_ref()) {
         r.push(c);
@@ -318,11 +307,9 @@ pub(crate) fn node_checks(
     let attrs = match announce {
         Some(a) => a,
         None => {
-            placeholder = LeaseAttrs::vxlan(
-                std::net::Ipv4Addr::UNSPECIFIED,
-                config.backend.vni,
-                VtepMac::derive(&[0, 0, 0, 0]),
-            );
+            placeholder = config
+                .backend
+                .own_attrs(Some(std::net::Ipv4Addr::UNSPECIFIED), None);
             &placeholder
         }
     };
@@ -453,7 +440,8 @@ fn annotations_check(
         )),
         None => problems.push(format!("{} is missing", keys.backend_type)),
     }
-    let vni = config.backend.vni.get();
+    let crate::backend::Backend::Vxlan(vx) = config.backend;
+    let vni = vx.vni.get();
     match have_data.map(serde_json::from_str::<VxlanData>) {
         _ if !v4 => {}
         None => problems.push(format!("{} is missing", keys.backend_data)),
@@ -518,6 +506,7 @@ fn annotations_check(
 mod tests {
     use super::*;
     use crate::store::dial::CertProblem;
+    use crate::types::VtepMac;
     use serde_json::json;
 
     fn config() -> NetConfig {

@@ -79,9 +79,10 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     if let Some(k) = &kube_store {
         kube::node(k, &config, ext.as_ref(), &mut r).await;
     }
-    let running = vxlan_port(config.backend.port, ext.as_ref(), opts, &mut r);
+    let crate::backend::Backend::Vxlan(vx) = config.backend;
+    let running = vxlan_port(vx.port, ext.as_ref(), opts, &mut r);
     if let Some(etcd) = &etcd {
-        etcd_revision(etcd, config.backend.port, running, &mut r).await;
+        etcd_revision(etcd, vx.port, running, &mut r).await;
     }
     let Some(leases) = leases(store.as_ref(), &mut r).await else {
         return r;
@@ -323,6 +324,7 @@ async fn network_config(
     };
     match parsed {
         Ok(c) => {
+            let crate::backend::Backend::Vxlan(vx) = c.backend;
             r.push(Check::pass(
                 what,
                 format!(
@@ -337,8 +339,8 @@ async fn network_config(
                             v6.network, v6.subnet_len
                         ))
                         .unwrap_or_default(),
-                    c.backend.vni,
-                    c.backend.port
+                    vx.vni,
+                    vx.port
                 ),
             ));
             Some(c)
@@ -583,7 +585,7 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
                         from_underlay: ext.addr.into(),
                         dst: p_subnet.network().into(),
                         public: p.attrs.public_ip.into(),
-                        overhead: crate::config::VXLAN_OVERHEAD,
+                        overhead: config.backend.overhead(false),
                     };
                     r.push(probe_half(config, &echoes, &half, mtu, id, seq));
                 }
@@ -606,7 +608,7 @@ fn peers(config: &NetConfig, ext: &ExtIface, own: &Lease, leases: &[Lease], r: &
                     .into(),
                 dst: ps6.network().into(),
                 public: pip6.into(),
-                overhead: crate::config::VXLAN6_OVERHEAD,
+                overhead: config.backend.overhead(true),
             };
             r.push(probe_half(
                 config,
@@ -652,19 +654,11 @@ fn probe_half(
     seq: u16,
 ) -> Check {
     let what = h.what.clone();
-    let port = config.backend.port;
+    let crate::backend::Backend::Vxlan(vx) = config.backend;
+    let port = vx.port;
     let to = std::net::SocketAddr::new(h.public, port);
     let probe_of = |total: u16, seq: u16| {
-        let dgram = probe::vxlan_echo(
-            config.backend.vni,
-            h.to_mac,
-            h.from_mac,
-            h.from,
-            h.dst,
-            id,
-            seq,
-            total,
-        );
+        let dgram = probe::vxlan_echo(vx.vni, h.to_mac, h.from_mac, h.from, h.dst, id, seq, total);
         probe::vxlan_probe(
             echoes,
             h.from_underlay,

@@ -34,8 +34,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::dial::{self, CertProblem, SeenCert, error_chain};
-use super::{AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent};
-use crate::lease::{Lease, LeaseAttrs, VxlanData};
+use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
+use crate::backend::vxlan::VxlanData;
+use crate::lease::{Lease, LeaseAttrs};
 
 /// The default annotation prefix, flannel's.
 pub const DEFAULT_ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -191,8 +192,6 @@ struct Inner {
     set_node_network_unavailable: bool,
     /// The watch's outages, for `weftd status`.
     health: Arc<crate::store::WatchHealth>,
-    /// The IPv6Network of the last acquire, for the watch.
-    network6: Network6,
     /// `(node, why)` of IPv6 halves already reported unusable.
     warned6: Mutex<HashSet<(String, String)>>,
 }
@@ -339,7 +338,6 @@ impl KubeStore {
             connect_timeout: s.connect_timeout,
             set_node_network_unavailable: s.set_node_network_unavailable,
             health: Arc::default(),
-            network6: Network6::default(),
             warned6: Mutex::new(HashSet::new()),
         };
         inner.node_name = match (&s.node_name, &s.pod) {
@@ -543,7 +541,7 @@ pub(crate) fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 /// with the reason when its data is malformed. An unusable IPv6 half is
 /// left out (the IPv4 half kept). Pure; the fuzzer's entry point.
 pub fn peer_from_node(annotation_prefix: &str, node: &Node) -> Result<Option<Lease>, String> {
-    Ok(peer_of(&Keys::new(annotation_prefix), node, None)?.map(|(l, _)| l))
+    Ok(peer_of(&Keys::new(annotation_prefix), node)?.map(|(l, _)| l))
 }
 
 /// This node's lease from its own node object and `network`, as
@@ -575,13 +573,11 @@ pub fn own_lease_from_node(
     )
 }
 
-/// A node as a peer lease (see [`peer_from_node`]), with why its IPv6 half
-/// was left out, if it was; `network6` is the IPv6Network, when known.
-fn peer_of(
-    keys: &Keys,
-    node: &Node,
-    network6: Option<&Ipv6Net>,
-) -> Result<Option<(Lease, Option<String>)>, String> {
+/// A node as a peer lease as its annotations hold it (see
+/// [`peer_from_node`]), with why its IPv6 half was left out, if it was:
+/// annotations that do not decode. What the lease means to this node is
+/// [`crate::node::Admission`]'s to judge.
+fn peer_of(keys: &Keys, node: &Node) -> Result<Option<(Lease, Option<String>)>, String> {
     if annotation(node, &keys.managed) != Some("true") {
         return Ok(None);
     }
@@ -590,7 +586,7 @@ fn peer_of(
     };
     if cidr.is_none() && pod_cidr6(node).is_some_and(|(t6, _)| t6 == text) {
         // Only an IPv6 pod CIDR: a node of an IPv6-only network.
-        return peer_ipv6_only(keys, node, network6).map(Some);
+        return peer_ipv6_only(keys, node).map(Some);
     }
     let subnet = cidr.ok_or_else(|| format!("pod CIDR {text:?} is not an IPv4 network"))?;
     if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
@@ -621,29 +617,19 @@ fn peer_of(
         public_ipv6: None,
         backend_v6_data: None,
     };
-    attrs.vxlan_data().map_err(|e| {
-        format!(
-            "annotations {} / {}: {e}",
-            keys.backend_type, keys.backend_data
-        )
-    })?;
     let lease = Lease {
         subnet: Some(subnet),
         ipv6_subnet: None,
         attrs,
         expiration: None,
     };
-    peer_ipv6(keys, node, lease, network6).map(Some)
+    peer_ipv6(keys, node, lease).map(Some)
 }
 
 /// A peer of an IPv6-only network from its node object: its IPv6 pod CIDR,
 /// `public-ipv6` and `backend-v6-data` (no `public-ip` or `backend-data`,
 /// which flannel does not write there), or why they are unusable.
-fn peer_ipv6_only(
-    keys: &Keys,
-    node: &Node,
-    network6: Option<&Ipv6Net>,
-) -> Result<(Lease, Option<String>), String> {
+fn peer_ipv6_only(keys: &Keys, node: &Node) -> Result<(Lease, Option<String>), String> {
     let backend_type = annotation(node, &keys.backend_type)
         .ok_or_else(|| format!("annotation {} is missing", keys.backend_type))?;
     let lease = Lease {
@@ -658,19 +644,14 @@ fn peer_ipv6_only(
         },
         expiration: None,
     };
-    peer_ipv6(keys, node, lease, network6)
+    peer_ipv6(keys, node, lease)
 }
 
 /// The IPv6 half of a peer from its node object: none when it announces no
 /// IPv6 VTEP (an IPv4-only peer), else its IPv6 pod CIDR, `public-ipv6` and
 /// `backend-v6-data`, or why they are unusable (the IPv4 half then kept;
 /// an error when `lease` has no IPv4 half to keep).
-fn peer_ipv6(
-    keys: &Keys,
-    node: &Node,
-    lease: Lease,
-    network6: Option<&Ipv6Net>,
-) -> Result<(Lease, Option<String>), String> {
+fn peer_ipv6(keys: &Keys, node: &Node, lease: Lease) -> Result<(Lease, Option<String>), String> {
     let present = |k: &str| {
         annotation(node, k)
             .map(str::trim)
@@ -735,7 +716,7 @@ fn peer_ipv6(
     l.ipv6_subnet = Some(subnet6);
     l.attrs.public_ipv6 = public_ipv6;
     l.attrs.backend_v6_data = backend_v6_data;
-    l.checked_ipv6(network6)
+    Ok((l, None))
 }
 
 /// What `acquire` makes of this node's object (see [`own_lease_from_node`]).
@@ -914,7 +895,7 @@ impl Inner {
 
     /// A node as a peer lease (see [`peer_from_node`]).
     fn peer(&self, node: &Node) -> Result<Option<(Lease, Option<String>)>, String> {
-        peer_of(&self.keys, node, self.network6.get().as_ref())
+        peer_of(&self.keys, node)
     }
 
     /// `peer`, logging malformed nodes (by name) and dropping them, and
@@ -1226,7 +1207,6 @@ impl LeaseStore for KubeStore {
     /// public IP from `public-ip-overwrite` (`public-ipv6-overwrite`) if set.
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
         let me = &self.inner;
-        me.network6.set(&req.config);
         let node = me.get_node().await?;
         let lease = own_lease(
             &me.keys,
@@ -1576,7 +1556,6 @@ mod tests {
         let (l, why) = peer_of(
             &keys,
             &peer(json!(["10.244.2.0/24", "fc00:0:0:2::/64"]), v6.clone()),
-            Some(&net6),
         )
         .unwrap()
         .unwrap();
@@ -1596,12 +1575,18 @@ mod tests {
         let (l, why) = peer_of(
             &keys,
             &peer(json!(["10.244.2.0/24", "fc00:0:0:2::/64"]), json!({})),
-            Some(&net6),
         )
         .unwrap()
         .unwrap();
         assert_eq!((l.ipv6_subnet, why), (None, None));
-        // Hostile IPv6 data: the IPv4 half stays, the reason names the problem.
+        // Hostile IPv6 data: the IPv4 half stays, the reason names the
+        // problem: the codec's (annotations that do not decode) or the
+        // reconciler's (crate::node::Admission, for the lease as annotated).
+        let admission = crate::node::Admission {
+            network: "10.244.0.0/16".parse().ok(),
+            network6: Some(net6),
+            backend: crate::backend::Backend::Vxlan(crate::backend::Vxlan::flannel_default()),
+        };
         let hostile = [
             (
                 json!(["10.244.2.0/24", "fd99::/64"]),
@@ -1644,14 +1629,17 @@ mod tests {
             ),
         ];
         for (cidrs, extra, want) in hostile {
-            let (l, why) = peer_of(&keys, &peer(cidrs.clone(), extra), Some(&net6))
+            let (l, why) = peer_of(&keys, &peer(cidrs.clone(), extra))
                 .unwrap()
                 .unwrap();
-            let why = why.unwrap_or_default();
+            let (t, skipped) = admission.table([&l], None);
+            let why = why
+                .or_else(|| skipped.first().map(|s| s.why.clone()))
+                .unwrap_or_default();
             assert!(why.contains(want), "{cidrs}: {why}");
-            assert_eq!(l.id().to_string(), "10.244.2.0/24");
-            assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None));
-            assert!(l.attrs.vxlan_data().is_ok());
+            assert_eq!(l.id().to_string().split('&').next(), Some("10.244.2.0/24"));
+            assert_eq!((t.len(), t.peers6().count()), (1, 0), "{cidrs}: {why}");
+            assert!(t.lookup([10, 244, 2, 9].into()).is_some());
         }
     }
 

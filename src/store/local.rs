@@ -23,9 +23,7 @@ use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{
-    AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent, choose_subnet, choose_subnet6,
-};
+use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet, choose_subnet6};
 use crate::fsutil::{LockError, lock_exclusive};
 use crate::lease::{Lease, LeaseAttrs, LeaseId, parse_subnet_key};
 
@@ -55,8 +53,6 @@ type Scanned = Vec<(String, Result<Lease, String>)>;
 pub struct LocalStore {
     dir: PathBuf,
     poll: Duration,
-    /// The IPv6Network of the last acquire, for the watch.
-    network6: Network6,
 }
 
 impl LocalStore {
@@ -65,7 +61,6 @@ impl LocalStore {
         LocalStore {
             dir: dir.into(),
             poll,
-            network6: Network6::default(),
         }
     }
 
@@ -124,16 +119,13 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// The leases that have not expired at `now`, as peers (an unusable
-    /// IPv6 half left out).
+    /// The leases that have not expired at `now`, as stored.
     fn valid_leases(&self, now: SystemTime) -> Result<Vec<Lease>, StoreError> {
-        let n6 = self.network6.get();
         Ok(self
             .scan()?
             .into_iter()
             .filter_map(|(_, r)| r.ok())
             .filter(|l| !l.expired_at(now))
-            .filter_map(|l| l.checked_ipv6(n6.as_ref()).ok().map(|(l, _)| l))
             .collect())
     }
 
@@ -187,7 +179,6 @@ impl LocalStore {
                 Err(_) => {}
             }
         }
-        self.network6.set(&req.config);
         let mut rng = rand::rng();
         let own = choose_subnet(&self.describe(), req, &leases, &mut rng)?;
         let (subnet, own) = match own {
@@ -350,7 +341,6 @@ impl LeaseStore for LocalStore {
         };
         let mut known: BTreeMap<LeaseId, Lease> =
             first.iter().map(|l| (l.id(), l.clone())).collect();
-        let n6 = self.network6.clone();
         if tx.send(WatchEvent::Snapshot(first)).await.is_err() {
             return Ok(rx);
         }
@@ -373,27 +363,12 @@ impl LeaseStore for LocalStore {
                 };
                 let now = SystemTime::now();
                 let mut cur = BTreeMap::new();
-                let net6 = n6.get();
                 for (key, r) in scanned {
-                    let r = match r {
-                        Ok(l) if !l.expired_at(now) => l.checked_ipv6(net6.as_ref()).map(Some),
-                        Ok(_) => Ok(None),
-                        Err(why) => Err(why),
-                    };
                     match r {
-                        Ok(Some((l, dropped))) => {
-                            if let Some(why) = dropped {
-                                if warned.insert((key.clone(), why.clone())) {
-                                    tracing::warn!(
-                                        "lease file {}: routing only its IPv4 subnet {}: its IPv6 half is unusable: {why}",
-                                        s.subnets_dir().join(&key).display(),
-                                        l.id()
-                                    );
-                                }
-                            }
+                        Ok(l) if !l.expired_at(now) => {
                             cur.insert(l.id(), l);
                         }
-                        Ok(None) => {}
+                        Ok(_) => {}
                         Err(why) => {
                             if warned.insert((key.clone(), why.clone())) {
                                 tracing::warn!(
@@ -404,17 +379,7 @@ impl LeaseStore for LocalStore {
                         }
                     }
                 }
-                let mut events = vec![];
-                for (k, l) in &cur {
-                    if known.get(k).is_none_or(|o| o.attrs != l.attrs) {
-                        events.push(WatchEvent::Upsert(l.clone()));
-                    }
-                }
-                for k in known.keys() {
-                    if !cur.contains_key(k) {
-                        events.push(WatchEvent::Remove(*k));
-                    }
-                }
+                let events = super::diff(&known, &cur);
                 known = cur;
                 for ev in events {
                     if tx.send(ev).await.is_err() {
@@ -570,7 +535,8 @@ mod tests {
         assert_ne!(b.ipv6_subnet, a6.ipv6_subnet);
         assert_eq!(store.leases().unwrap().len(), 2);
 
-        // A peer whose IPv6 half is outside the IPv6Network: kept for IPv4 only.
+        // A peer whose IPv6 half is outside the IPv6Network: reported as
+        // stored; the reconciler routes its IPv4 half alone.
         let bad = Lease {
             subnet: "10.244.99.0/24".parse().ok(),
             ipv6_subnet: Some("fd99:0:0:1::/64".parse().unwrap()),
@@ -581,9 +547,14 @@ mod tests {
         store.put_lease(&bad).unwrap();
         match w.recv().await.unwrap() {
             WatchEvent::Upsert(l) => {
-                assert_eq!(l.subnet, bad.subnet);
-                assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None));
-                assert_eq!(l.attrs.public_ip, bad.attrs.public_ip);
+                assert_eq!(l, bad);
+                let admission = crate::node::Admission::new(&req6([192, 0, 2, 1]).config);
+                let (t, skipped) = admission.table([&l], None);
+                assert_eq!((t.len(), t.peers6().count()), (1, 0));
+                assert!(
+                    skipped[0].why.contains("outside the IPv6Network fc00::/48"),
+                    "{skipped:?}"
+                );
             }
             e => panic!("expected the peer's IPv4 half, got {e:?}"),
         }
@@ -608,16 +579,16 @@ mod tests {
         ] {
             assert!(parse_record(name, ok.as_bytes()).is_err(), "{name}");
         }
-        // Garbage in the IPv6 attributes: the IPv4 half is kept by the watch.
+        // Garbage in the IPv6 attributes: the lease is read as stored (the
+        // reconciler routes its IPv4 half alone, crate::node::Admission).
         let bad = ok.replace(
             r#""BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#,
             r#""BackendV6Data":[1,2,3]"#,
         );
         let l = parse_record("10.244.3.0-24&fc00:0:0:3::-64", bad.as_bytes()).unwrap();
-        let (kept, why) = l.checked_ipv6(None).unwrap();
-        assert!(why.unwrap().contains("BackendV6Data"));
-        assert_eq!(kept.subnet, "10.244.3.0/24".parse().ok());
-        assert!(kept.attrs.vxlan_data().is_ok());
+        assert_eq!(l.ipv6_subnet, "fc00:0:0:3::/64".parse().ok());
+        assert_eq!(l.attrs.backend_v6_data, Some(serde_json::json!([1, 2, 3])));
+        assert!(l.attrs.vxlan_data().is_ok());
     }
 
     #[tokio::test]

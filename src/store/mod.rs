@@ -8,9 +8,12 @@
 //! replaces the whole table, so stale peers cannot survive.
 
 pub(crate) mod dial;
+mod diff;
 pub mod etcd;
 pub mod kube;
 pub mod local;
+
+pub use diff::diff;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -270,22 +273,6 @@ impl WatchHealth {
     }
 }
 
-/// The IPv6Network a store's watch holds peers' IPv6 halves to: that of
-/// the store's last acquire (none before one, or in an IPv4-only network).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Network6(Arc<std::sync::RwLock<Option<Ipv6Net>>>);
-
-impl Network6 {
-    /// Remembers the IPv6Network of `config` (none when IPv6 is off).
-    pub(crate) fn set(&self, config: &NetConfig) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config.ipv6.map(|c| c.network);
-    }
-
-    pub(crate) fn get(&self) -> Option<Ipv6Net> {
-        *self.0.read().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// A place where leases are kept. Implementations: [`local::LocalStore`],
 /// [`etcd::EtcdStore`], [`kube::KubeStore`].
 #[async_trait]
@@ -299,8 +286,7 @@ pub trait LeaseStore: Send + Sync {
     /// Acquires a lease: this node's own (same public IP) if it has one, else
     /// `req.previous` if still free, else a random free subnet. In a
     /// dual-stack network (`req.config.ipv6`) the lease has an IPv6 subnet
-    /// too, chosen alike ([`choose_subnet6`]); the request's IPv6Network is
-    /// then also the one [`LeaseStore::watch`] holds peers' IPv6 halves to.
+    /// too, chosen alike ([`choose_subnet6`]).
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError>;
 
     /// Extends `lease` by `ttl` and returns it as stored.
@@ -309,10 +295,10 @@ pub trait LeaseStore: Send + Sync {
     /// Gives `lease` up so another node may take its subnet.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Streams lease changes, starting with a [`WatchEvent::Snapshot`]. The stream
-    /// ends when the receiver is dropped. A peer whose IPv6 half is unusable
-    /// ([`crate::lease::ipv6_half_problem`], against the IPv6Network of the
-    /// last acquire) comes without it, its IPv4 half kept, logged once.
+    /// Streams lease changes, starting with a [`WatchEvent::Snapshot`]. The
+    /// stream ends when the receiver is dropped. Leases come as stored (a
+    /// key or value the store cannot read is skipped and logged once): what
+    /// each means to this node is [`crate::node::Admission`]'s to judge.
     async fn watch(&self) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
 
     /// Tells the store that this node's dataplane is up and carries `lease`

@@ -25,10 +25,11 @@
 //!   [`WatchEvent::Snapshot`]) after a reconnect, a compaction, a leader loss,
 //!   a revision that went backwards (etcd restored from a backup), and
 //!   periodically as a safety net, retrying with backoff while etcd is down;
-//! - malformed lease values and non-vxlan leases are skipped with a warning
-//!   naming the key; a lease whose IPv6 half alone is unusable is kept for
-//!   IPv4 ([`Lease::checked_ipv6`]); nothing read from etcd can make this
-//!   module panic.
+//! - leases are reported as stored: a key not of flannel's form or a value
+//!   that is not flannel's lease JSON is skipped with a warning naming the
+//!   key; what a lease means to this node (its backend, its halves) is
+//!   [`crate::node::Admission`]'s to judge; nothing read from etcd can make
+//!   this module panic.
 //!
 //! Files: `options.rs` (flags, env vars, settings and what is derived from
 //! them), this one (the client, its reads and transactions, the [`LeaseStore`]
@@ -53,9 +54,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 
 use super::dial::error_chain;
-use super::{
-    AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent, choose_subnet, choose_subnet6,
-};
+use super::{AcquireRequest, LeaseStore, StoreError, WatchEvent, choose_subnet, choose_subnet6};
 use crate::lease::{Lease, LeaseAttrs, LeaseId, parse_subnet_key, subnet_key};
 use diagnose::{diagnose, with_hint};
 use options::{render_put_config, tls_options};
@@ -72,8 +71,6 @@ pub struct EtcdStore {
     watch_start_delay: Arc<Mutex<Duration>>,
     /// The watch's revision and outages, for `weftd status` and the doctor.
     health: Arc<crate::store::WatchHealth>,
-    /// The IPv6Network of the last acquire, for the watch.
-    network6: Network6,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -92,10 +89,8 @@ struct Entry {
     lease_id: i64,
     /// The subnets of the key, when the key has flannel's form.
     id: Option<LeaseId>,
-    /// The lease, or why it cannot be used as a VXLAN peer.
+    /// The lease as stored, or why the key or value is not flannel's.
     parsed: Result<Lease, String>,
-    /// Why the lease's IPv6 half was left out of `parsed`, if it was.
-    dropped6: Option<String>,
     /// The attributes, when the value is flannel's JSON (whatever the backend).
     attrs: Option<LeaseAttrs>,
 }
@@ -177,7 +172,6 @@ impl EtcdStore {
             settings: Arc::new(settings),
             watch_start_delay: Arc::new(Mutex::new(Duration::ZERO)),
             health: Arc::default(),
-            network6: Network6::default(),
         })
     }
 
@@ -285,12 +279,7 @@ impl EtcdStore {
     }
 
     fn entry(&self, kv: &KeyValue) -> Entry {
-        let mut e = entry_of(
-            &self.subnets_prefix(),
-            kv.key(),
-            kv.value(),
-            self.network6.get().as_ref(),
-        );
+        let mut e = entry_of(&self.subnets_prefix(), kv.key(), kv.value());
         e.mod_revision = kv.mod_revision();
         e.create_revision = kv.create_revision();
         e.lease_id = kv.lease();
@@ -542,9 +531,8 @@ impl EtcdStore {
 }
 
 /// One key/value under `subnets_prefix` (`<prefix>/subnets/`), read as the
-/// store reads every listing and watch event: no I/O, any bytes. A lease's
-/// IPv6 half is held to `network6` (the IPv6Network, when known).
-fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ipv6Net>) -> Entry {
+/// store reads every listing and watch event: no I/O, any bytes.
+fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8]) -> Entry {
     let key = String::from_utf8_lossy(key).into_owned();
     let id = key
         .strip_prefix(subnets_prefix)
@@ -557,23 +545,12 @@ fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ip
                 .to_string(),
         ),
         (Some(_), Err(e)) => Err(e.clone()),
-        (Some(id), Ok(a)) => {
-            let l = Lease {
-                subnet: id.v4,
-                ipv6_subnet: id.v6,
-                attrs: a.clone(),
-                expiration: None,
-            };
-            // An IPv6-only lease has no BackendData (flannel leaves it out; older weft wrote null).
-            match id.v4.map(|_| a.vxlan_data()) {
-                Some(Err(e)) => Err(e.to_string()),
-                _ => Ok(l),
-            }
-        }
-    };
-    let (parsed, dropped6) = match parsed.and_then(|l| l.checked_ipv6(network6)) {
-        Ok((l, why)) => (Ok(l), why),
-        Err(e) => (Err(e), None),
+        (Some(id), Ok(a)) => Ok(Lease {
+            subnet: id.v4,
+            ipv6_subnet: id.v6,
+            attrs: a.clone(),
+            expiration: None,
+        }),
     };
     Entry {
         key,
@@ -582,7 +559,6 @@ fn entry_of(subnets_prefix: &str, key: &[u8], value: &[u8], network6: Option<&Ip
         lease_id: 0,
         id,
         parsed,
-        dropped6,
         attrs: attrs.ok(),
     }
 }
@@ -595,7 +571,7 @@ pub fn parse_lease_kv(
     key: &[u8],
     value: &[u8],
 ) -> (Option<LeaseId>, Result<Lease, String>) {
-    let e = entry_of(subnets_prefix, key, value, None);
+    let e = entry_of(subnets_prefix, key, value);
     (e.id, e.parsed)
 }
 
@@ -629,7 +605,6 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease, StoreError> {
-        self.network6.set(&req.config);
         let mut lost: Vec<LeaseId> = vec![];
         // The IPv4 subnet to keep when a dual-stack creation gave way over
         // its IPv6 subnet (it was this node's, or it was free).

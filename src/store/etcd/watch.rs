@@ -71,19 +71,6 @@ impl Watcher {
         }
     }
 
-    /// Warns (once per value) that only the IPv4 half of `e` is used.
-    fn warn_dropped6(&mut self, e: &Entry) {
-        if let (Some(why), Ok(l)) = (&e.dropped6, &e.parsed) {
-            if self.warned.insert((e.key.clone(), e.mod_revision)) {
-                tracing::warn!(
-                    "etcd: lease {}: routing only its IPv4 subnet {}: its IPv6 half is unusable: {why}",
-                    e.key,
-                    l.id()
-                );
-            }
-        }
-    }
-
     /// Replaces the table with `entries` (listed at `rev`) and sends a Snapshot.
     /// `false` when the receiver is gone.
     async fn snapshot(&mut self, entries: Vec<Entry>, rev: i64) -> bool {
@@ -100,7 +87,6 @@ impl Watcher {
         self.store.health.set_outage(false);
         let mut known = BTreeMap::new();
         for e in entries {
-            self.warn_dropped6(&e);
             match e.parsed {
                 Ok(l) => {
                     known.insert(e.key, l);
@@ -251,8 +237,7 @@ impl Watcher {
                                 }
                                 EventType::Put => {
                                     let e = store.entry(kv);
-                                    self.warn_dropped6(&e);
-                                    match e.parsed {
+                                                            match e.parsed {
                                         Ok(l) => {
                                             if self.known.get(&e.key) != Some(&l) {
                                                 let was =

@@ -23,15 +23,20 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
 use crate::config::NetConfig;
 use crate::dataplane::counters::PeerSlots;
 use crate::dataplane::table::Table;
+
+mod admission;
+mod renewal;
+
 use crate::lease::{Lease, LeaseId};
-use crate::store::{AcquireRequest, StoreError, WatchEvent, renew_interval};
+use crate::store::WatchEvent;
+pub use admission::{Admission, Skipped};
+pub use renewal::{Renewal, Step};
 
 /// A change in the peers the node routes to, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,12 +94,8 @@ pub struct Update {
 #[derive(Debug)]
 pub struct Reconciler {
     own: LeaseId,
-    /// The IPv4 Network; `None` on an IPv6-only network.
-    network: Option<Ipv4Net>,
-    /// The IPv6Network of a dual-stack or IPv6-only network.
-    network6: Option<ipnet::Ipv6Net>,
-    vni: crate::types::Vni,
-    port: u16,
+    /// What makes a lease a peer.
+    admission: Admission,
     leases: BTreeMap<LeaseId, Lease>,
     /// Each routed peer, by lease, with the address that names it.
     published: BTreeMap<LeaseId, IpAddr>,
@@ -113,10 +114,7 @@ impl Reconciler {
     pub fn new(own: LeaseId, config: &NetConfig) -> Reconciler {
         Reconciler {
             own,
-            network: config.network(),
-            network6: config.network6(),
-            vni: config.backend.vni,
-            port: config.backend.port,
+            admission: Admission::new(config),
             leases: BTreeMap::new(),
             published: BTreeMap::new(),
             warned: HashSet::new(),
@@ -160,39 +158,14 @@ impl Reconciler {
         let own_taken_by = taker.filter(|t| self.taken_by != Some(*t));
         self.taken_by = taker;
 
+        let (mut table, skipped) = self.admission.table(self.leases.values(), Some(self.own));
         let mut ignored = vec![];
-        let mut ignore = |warned: &mut HashSet<_>, s: LeaseId, why: String| {
-            if warned.insert((s, why.clone())) {
-                ignored.push((s, why));
-            }
-        };
-        let network = self.network;
-        let own = self.own;
-        let inside: Vec<&Lease> = self
-            .leases
-            .values()
-            .filter(|l| {
-                let why = match (l.subnet, network) {
-                    (Some(s), Some(n)) if !n.contains(&s) => {
-                        format!("it is outside the Network {n}")
-                    }
-                    (Some(_), None) => {
-                        "it has an IPv4 subnet, and this network is IPv6-only".to_string()
-                    }
-                    _ => return true,
-                };
-                if l.id() != own {
-                    ignore(&mut self.warned, l.id(), why);
-                }
-                false
-            })
-            .collect();
-        let (mut table, skipped) =
-            Table::build(inside, Some(self.own), self.vni, self.port, self.network6);
         for s in skipped {
-            ignore(&mut self.warned, s.subnet, s.why);
+            if self.warned.insert((s.subnet, s.why.clone())) {
+                ignored.push((s.subnet, s.why));
+            }
         }
-        if let Some(n) = self.network {
+        if let Some(n) = self.admission.network {
             table.index_dense(n);
         }
         let (slots, fresh_slots) = self.slots.assign(table.peer_names());
@@ -212,12 +185,15 @@ impl Reconciler {
                     .unwrap_or(LeaseId::v4(p.subnet));
                 (id, IpAddr::V4(p.public_ip))
             })
-            .chain(
-                table
-                    .peers6()
-                    .filter(|p6| p6.lease.v4.is_none())
-                    .map(|p6| (p6.lease, IpAddr::V6(p6.public_ip))),
-            )
+            .chain(table.peers6_only().map(|p6| {
+                (
+                    LeaseId {
+                        v4: None,
+                        v6: Some(p6.subnet),
+                    },
+                    IpAddr::V6(p6.public_ip),
+                )
+            }))
             .collect();
         let mut changes = vec![];
         for (s, ip) in &after {
@@ -252,89 +228,6 @@ impl Reconciler {
             own_taken_by,
             first,
             fresh_slots,
-        }
-    }
-}
-
-/// When to renew the node's lease, and what a renewal's outcome means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Renewal {
-    /// Between renewals ([`renew_interval`]: flannel's margin, or a third of the TTL).
-    pub every: Duration,
-    /// After a renewal that failed: soon, but not in a tight loop.
-    pub retry: Duration,
-}
-
-/// What to do after a renewal.
-#[derive(Debug)]
-pub enum Step {
-    /// Keep `lease`; renew again in `next`.
-    Keep { lease: Lease, next: Duration },
-    /// The lease key was deleted (`why`): acquire with `request` (same subnet first).
-    Reacquire {
-        request: AcquireRequest,
-        why: StoreError,
-    },
-    /// The store did not answer: keep the lease, try again in `next`.
-    Retry { next: Duration, why: StoreError },
-    /// The node's subnet changed: exit so that pods get new addresses.
-    SubnetChanged { old: LeaseId, new: LeaseId },
-    /// Another node holds the subnet now.
-    Lost(StoreError),
-}
-
-impl Renewal {
-    pub fn new(ttl: Duration, margin: Duration) -> Renewal {
-        Renewal {
-            every: renew_interval(ttl, margin),
-            retry: (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30)),
-        }
-    }
-
-    /// The outcome of renewing `held` (as `req` acquired it).
-    pub fn renewed(
-        &self,
-        held: &Lease,
-        req: &AcquireRequest,
-        outcome: Result<Lease, StoreError>,
-    ) -> Step {
-        match outcome {
-            Ok(lease) => Step::Keep {
-                lease,
-                next: self.every,
-            },
-            Err(why @ StoreError::LeaseDeleted { .. }) => Step::Reacquire {
-                request: AcquireRequest {
-                    previous: held.subnet.or(req.previous),
-                    previous6: held.ipv6_subnet.or(req.previous6),
-                    ..req.clone()
-                },
-                why,
-            },
-            Err(e @ StoreError::LeaseLost { .. }) => Step::Lost(e),
-            Err(why) => Step::Retry {
-                next: self.retry,
-                why,
-            },
-        }
-    }
-
-    /// The outcome of acquiring again after the key was deleted.
-    pub fn reacquired(&self, held: &Lease, outcome: Result<Lease, StoreError>) -> Step {
-        match outcome {
-            Ok(lease) if lease.id() == held.id() => Step::Keep {
-                lease,
-                next: self.every,
-            },
-            Ok(lease) => Step::SubnetChanged {
-                old: held.id(),
-                new: lease.id(),
-            },
-            Err(e @ StoreError::LeaseLost { .. }) => Step::Lost(e),
-            Err(why) => Step::Retry {
-                next: self.retry,
-                why,
-            },
         }
     }
 }
@@ -528,68 +421,5 @@ mod tests {
         );
         let u = r.apply(WatchEvent::Upsert(outside));
         assert!(u.ignored.is_empty(), "warned once");
-    }
-
-    fn req() -> AcquireRequest {
-        AcquireRequest {
-            config: config(),
-            attrs: own().attrs,
-            previous: None,
-            previous6: None,
-            ttl: Duration::from_secs(24 * 3600),
-        }
-    }
-
-    #[test]
-    fn renew_timing_and_outcomes() {
-        let day = Renewal::new(Duration::from_secs(24 * 3600), Duration::from_secs(3600));
-        assert_eq!(
-            day.every,
-            Duration::from_secs(23 * 3600),
-            "flannel's margin"
-        );
-        assert_eq!(day.retry, Duration::from_secs(30));
-        let short = Renewal::new(Duration::from_secs(3), Duration::from_secs(3600));
-        assert_eq!(
-            short.every,
-            Duration::from_secs(1),
-            "a third of a short TTL"
-        );
-        assert_eq!(short.retry, Duration::from_millis(300));
-        let tiny = Renewal::new(Duration::from_millis(500), Duration::from_secs(60));
-        assert_eq!(tiny.retry, Duration::from_millis(200), "never a tight loop");
-
-        let held = own();
-        assert!(matches!(
-            day.renewed(&held, &req(), Ok(held.clone())),
-            Step::Keep { next, .. } if next == day.every
-        ));
-        let deleted = StoreError::LeaseDeleted {
-            store: "s".into(),
-            key: "k".into(),
-        };
-        match day.renewed(&held, &req(), Err(deleted)) {
-            Step::Reacquire { request, .. } => {
-                assert_eq!(request.previous, held.subnet, "same subnet first")
-            }
-            s => panic!("{s:?}"),
-        }
-        let down = StoreError::EtcdUnreachable {
-            endpoints: "e".into(),
-            detail: "d".into(),
-        };
-        assert!(matches!(
-            day.renewed(&held, &req(), Err(down)),
-            Step::Retry { next, .. } if next == day.retry
-        ));
-        let other = lease("10.244.9.0/24", [192, 0, 2, 1], None);
-        assert!(matches!(
-            day.reacquired(&held, Ok(other)),
-            Step::SubnetChanged { new, .. } if new.to_string() == "10.244.9.0/24"
-        ));
-        assert!(matches!(
-            day.reacquired(&held, Ok(held.clone())),
-            Step::Keep { .. }
-        ));
     }
 }
