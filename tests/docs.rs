@@ -197,3 +197,94 @@ fn the_code_names_docs_that_exist_and_no_dated_benchmark_output() {
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Whether `weftd` takes `FLANNELD_<NAME>` for flag `name` (`iface`): the
+/// translation of flanneld's command line picks it up, or, for the etcd
+/// flags, the etcd options do.
+fn reads_flanneld_variable(name: &str) -> bool {
+    let var = weft::goflags::env_name("FLANNELD", name);
+    if let Some(etcd) = name.strip_prefix("etcd-") {
+        let value = match etcd {
+            "endpoints" => "http://192.0.2.1:2379",
+            "prefix" => "/x",
+            _ => "x",
+        };
+        let set = |k: &str| (k == var).then(|| value.to_string());
+        let opts = weft::store::etcd::EtcdOptions::default();
+        return opts.resolve_with(set).ok() != opts.resolve_with(|_| None).ok();
+    }
+    let t = weft::goflags::translate(["weftd".into()], &|k: &str| (k == var).then(|| "1".into()))
+        .unwrap();
+    t.args.len() > 1 || !t.notes.is_empty()
+}
+
+#[test]
+fn flags_md_lists_every_flag_and_variable_and_no_other() {
+    use clap::CommandFactory;
+    let doc = std::fs::read_to_string(root().join("docs/flags.md")).unwrap();
+    let mut missing = vec![];
+    let mut known = HashSet::new();
+    let mut check = |prefix: &str, cmd: &clap::Command| {
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            known.insert(long.to_string());
+            if !doc.contains(&format!("`{prefix}--{long}")) {
+                missing.push(format!("`{prefix}--{long}`"));
+            }
+            if let Some(env) = arg.get_env()
+                && !doc.contains(&format!("`{}`", env.to_string_lossy()))
+            {
+                missing.push(format!("{} (of --{long})", env.to_string_lossy()));
+            }
+            let flanneld = weft::goflags::env_name("FLANNELD", long);
+            if prefix.is_empty()
+                && reads_flanneld_variable(long)
+                && !doc.contains(&format!("`{flanneld}`"))
+            {
+                missing.push(format!("{flanneld} (of --{long})"));
+            }
+        }
+    };
+    let weftd = weft::cli::Cli::command();
+    check("", &weftd);
+    for sub in weftd.get_subcommands() {
+        // The doctor's flags are weftd's own, listed once.
+        let prefix = format!("weftd {} ", sub.get_name());
+        let own = sub
+            .get_arguments()
+            .filter(|a| weftd.get_arguments().all(|top| top.get_id() != a.get_id()))
+            .cloned()
+            .fold(clap::Command::new("own"), clap::Command::arg);
+        check(&prefix, &own);
+    }
+    check("", &weft::cni::install::InstallArgs::command());
+    assert!(
+        missing.is_empty(),
+        "docs/flags.md lacks: {}",
+        missing.join(", ")
+    );
+
+    // And it names nothing that is not there.
+    let row = Regex::new(r"(?m)^\| `(?:weftd [a-z]+ )?--([a-z0-9-]+)").unwrap();
+    let variable = Regex::new(r"FLANNELD_([A-Z0-9_]+)").unwrap();
+    let mut invented = vec![];
+    for cap in row.captures_iter(&doc) {
+        if !known.contains(&cap[1]) {
+            invented.push(format!("--{}", &cap[1]));
+        }
+    }
+    for cap in variable.captures_iter(&doc) {
+        let flag = cap[1].to_lowercase().replace('_', "-");
+        if !reads_flanneld_variable(&flag) {
+            invented.push(format!("FLANNELD_{}", &cap[1]));
+        }
+    }
+    assert!(
+        invented.is_empty(),
+        "docs/flags.md names what weft does not read: {}",
+        invented.join(", ")
+    );
+}
