@@ -52,7 +52,8 @@ pub enum Command {
     /// The nodes share an underlay bridge in a namespace of its own (the
     /// host's network is never touched) and the embedded store. The lab
     /// prints their leases, then which node reaches which, until Ctrl-C,
-    /// which removes everything. Needs root.
+    /// which removes everything. Run it as root, or as root of a user
+    /// namespace.
     Lab(LabArgs),
     /// Remove the rules and the TUN device weftd leaves in place when it stops
     ///
@@ -114,10 +115,10 @@ pub struct UninstallArgs {
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    /// How many nodes.
+    /// How many nodes (2 to 20).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=20))]
     pub nodes: u8,
-    /// Seconds between reachability checks.
+    /// Time between reachability checks (e.g. 5s, 500ms).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// Check once, print, clean up and exit (status 0 when every node reaches every other).
