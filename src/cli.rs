@@ -14,13 +14,29 @@ use crate::store::StoreError;
 use crate::store::etcd::EtcdOptions;
 use crate::store::kube::KubeSettings;
 
+/// The first line of `weftd --help`: what weftd is, for someone meeting it there.
+const ABOUT: &str =
+    "weftd: weft's node agent, a userspace VXLAN pod network that stands in for flanneld";
+
+const LONG_ABOUT: &str = "\
+weftd: weft's node agent, a userspace VXLAN pod network that stands in for flanneld.
+
+Run on every node, weftd leases the node a pod subnet, writes flannel's subnet.env for \
+the CNI plugin, and carries pod traffic to the other nodes in VXLAN through a TUN device, \
+without the kernel's VXLAN device. Leases live in the embedded store (one host, the \
+default), in etcd (--etcd-endpoints) or in Kubernetes (--kube-subnet-mgr).
+
+flanneld's command lines work unchanged: its flag names, Go's -flag=value, -v=N and \
+its FLANNELD_* variables. Each flag below can also be set by the WEFT_* variable it names.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "weftd",
     version,
     // As Go's flag package (flanneld): a flag given twice takes the last value.
     args_override_self = true,
-    about = "weft: a userspace VXLAN overlay network that speaks flannel's formats"
+    about = ABOUT,
+    long_about = LONG_ABOUT
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,20 +47,32 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// A local lab: N nodes in network namespaces on the embedded store, their
-    /// leases and a live reachability matrix, until Ctrl-C.
+    /// Run weft on this machine: N nodes in network namespaces and a live reachability matrix
+    ///
+    /// The nodes share an underlay bridge in a namespace of its own (the
+    /// host's network is never touched) and the embedded store. The lab
+    /// prints their leases, then which node reaches which, until Ctrl-C,
+    /// which removes everything. Run it as root, or as root of a user
+    /// namespace.
     Lab(LabArgs),
-    /// Remove what weftd leaves in place when it stops, so that a restart
-    /// keeps pods' connections: its nftables table or iptables chains, and
-    /// the TUN device with its route. Run it in the node's network namespace.
+    /// Remove the rules and the TUN device weftd leaves in place when it stops
+    ///
+    /// weftd keeps its nftables table or iptables chains and its TUN device
+    /// with its route when it stops, so that a restart keeps pods'
+    /// connections. Run this in the node's network namespace when weft is
+    /// to go.
     Uninstall(UninstallArgs),
-    /// Check this node end to end with weftd's own flags and environment,
-    /// changing nothing: each line ✓ / ✗ / – with the cause and the fix.
-    /// Exit status 0 only when nothing failed.
+    /// Check this node end to end and say what to fix, changing nothing
+    ///
+    /// Give it weftd's own flags and environment (the unit's or the
+    /// DaemonSet's). Each line is ✓, ✗ with the cause and the fix, or –;
+    /// the exit status is 0 only when nothing failed.
     Doctor(Box<DoctorArgs>),
-    /// Show the running weftd of this network namespace: its lease and when
-    /// it renews, its store, its peers with packets, bytes, drops and when
-    /// each last sent and received, and the dataplane's counters.
+    /// Show the running weftd of this network namespace: its lease, its store and its peers
+    ///
+    /// Its lease and when it renews, its store and the store's state, its
+    /// peers with packets, bytes, drops and when each last sent and
+    /// received, and the dataplane's counters.
     Status(StatusArgs),
 }
 
@@ -87,10 +115,10 @@ pub struct UninstallArgs {
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    /// How many nodes.
+    /// How many nodes (2 to 20).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=20))]
     pub nodes: u8,
-    /// Seconds between reachability checks.
+    /// Time between reachability checks (e.g. 5s, 500ms).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// Check once, print, clean up and exit (status 0 when every node reaches every other).

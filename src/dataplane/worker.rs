@@ -47,7 +47,7 @@ const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// carry a datagram or two, and a flush costs a dozen atomic adds and a
 /// clock read; with per-peer counts, flushing every turn put one TCP stream
 /// below the baseline in three runs of three
-/// (docs/peers-2026-12-02-per-peer-counters.md). 32 turns are well under a
+/// (docs/performance.md#tried-and-dropped). 32 turns are well under a
 /// millisecond.
 const FLUSH_EVERY: u32 = 32;
 /// At most this many ICMP unreachables per second per node.

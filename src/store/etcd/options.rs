@@ -21,7 +21,10 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// Each option reads, in order: the flag, weft's env var (`WEFT_ETCD_…`, through
 /// clap), flannel's env var (`FLANNELD_ETCD_…`, through [`EtcdOptions::resolve`]),
 /// the default. clap's `env` takes one name, so flannel's is looked up by hand.
+// Flattened, a struct's doc comment would become weftd's own description in
+// `--help`; the `about = None` keeps it out.
 #[derive(Clone, Default, clap::Args)]
+#[command(about = None, long_about = None)]
 pub struct EtcdOptions {
     /// etcd endpoints, comma separated [default: http://127.0.0.1:2379; env FLANNELD_ETCD_ENDPOINTS too]
     #[arg(
