@@ -10,6 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
+use crate::clock;
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use crate::dataplane::core::{Core, SourceChecks};
 use crate::dataplane::worker::{Dataplane, Queue, Underlay6};
@@ -661,7 +662,7 @@ pub async fn run_with_store(
                 n.notify_one();
             },
             move || {
-                serde_json::to_string(&crate::status::view(&st, metrics::now_ms()))
+                serde_json::to_string(&crate::status::view(&st, clock::now_ms()))
                     .unwrap_or_default()
             },
         );
@@ -1014,10 +1015,10 @@ impl Running {
                         .saturating_duration_since(tokio::time::Instant::now())
                         .as_millis() as u64;
                     status.update(|c| {
-                        c.lease_expires_ms = lease.expiration.map(system_ms);
-                        c.renew_at_ms = Some(metrics::now_ms() + in_ms);
+                        c.lease_expires_ms = lease.expiration.map(clock::unix_ms);
+                        c.renew_at_ms = Some(clock::now_ms() + in_ms);
                         if let Some(o) = outcome {
-                            c.last_renewal = Some((metrics::now_ms(), o));
+                            c.last_renewal = Some((clock::now_ms(), o));
                         }
                     });
                 };
@@ -1121,12 +1122,6 @@ async fn install_cni_config(cni: crate::cni::install::InstallArgs) {
         ),
         Err(e) => tracing::error!("installing the CNI config failed: {e}"),
     }
-}
-
-/// A wall-clock time in unix ms.
-fn system_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) how the
@@ -1362,7 +1357,7 @@ async fn watch_leases(
             status.counters.peers.reset(*slot);
         }
         status.table.store(Arc::new(u.table));
-        status.update(|c| c.last_event_ms = Some(metrics::now_ms()));
+        status.update(|c| c.last_event_ms = Some(clock::now_ms()));
         if u.own_lost {
             own_gone.notify_one();
         }

@@ -14,10 +14,12 @@
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
 //! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes);
-//! - `fsutil`: atomic file writes and lock files, for the stores and the plugin.
+//! - `fsutil`: atomic file writes and lock files, for the stores and the plugin;
+//!   `clock`: wall-clock time in unix ms.
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub(crate) mod clock;
 pub mod cni;
 pub mod config;
 pub mod daemon;

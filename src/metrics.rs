@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::clock::now_ms;
 use crate::dataplane::counters::{Counters, DropReason, PEER_DROPS};
 use crate::dataplane::table::SharedTable;
 use crate::store::WatchHealth;
@@ -84,13 +85,6 @@ pub struct Control {
     pub last_renewal: Option<(u64, Option<String>)>,
     /// When the watch last changed the table (unix ms).
     pub last_event_ms: Option<u64>,
-}
-
-/// Unix time in ms.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Status {
