@@ -17,10 +17,11 @@ use crate::dataplane::worker::{Dataplane, Queue, Underlay6};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
 use crate::lease::{Lease, LeaseAttrs, LeaseId};
-use crate::metrics::{self, Status};
+use crate::metrics;
 use crate::netfilter::{self, Netfilter, NetfilterError};
 use crate::netlink::{self, NetlinkError};
 use crate::node::{Reconciler, Renewal, Step};
+use crate::state::{NodeInfo, NodeState};
 use crate::store::etcd::{EtcdSettings, EtcdStore};
 use crate::store::kube::{KubeSettings, KubeStore};
 use crate::store::local::LocalStore;
@@ -154,7 +155,7 @@ pub async fn run(
     // /healthz first, as flanneld's: it answers while weftd waits for its
     // store at boot (a liveness probe must not restart it meanwhile);
     // /readyz says 503 until the dataplane forwards.
-    let status = Arc::new(Status::default());
+    let status = Arc::new(NodeState::default());
     let _healthz = match opts.healthz {
         Some(addr) => {
             let l = metrics::bind(addr).map_err(|source| DaemonError::Healthz { addr, source })?;
@@ -429,7 +430,7 @@ pub async fn run_with_store(
     opts: Options,
     store: Arc<dyn LeaseStore>,
     seed_default: Option<LocalStore>,
-    status: Arc<Status>,
+    status: Arc<NodeState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, DaemonError> {
     let config = match &opts.net_config_path {
@@ -740,7 +741,7 @@ async fn start(
     lease: Lease,
     mtu: u32,
     previous_env: Option<&SubnetEnv>,
-    status: &Arc<Status>,
+    status: &Arc<NodeState>,
     interface: &str,
 ) -> Result<Running, DaemonError> {
     // The store may hand back the VtepMAC this node announced before (kube mode
@@ -818,7 +819,7 @@ async fn start(
         (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
         _ => vtep_mac,
     };
-    let _ = status.node.set(metrics::NodeInfo {
+    let _ = status.node.set(NodeInfo {
         tun: opts.tun_name.clone(),
         mtu,
         interface: interface.to_string(),
@@ -987,7 +988,7 @@ impl Running {
         opts: &Options,
         store: Arc<dyn LeaseStore>,
         req: AcquireRequest,
-        status: &Status,
+        status: &NodeState,
         shutdown: impl Future<Output = ()>,
         handed_over: Arc<tokio::sync::Notify>,
     ) -> Result<(), DaemonError> {
@@ -1338,7 +1339,7 @@ fn ensure_sysctl(p: &str, family: &str, name: &str) {
 /// `own_gone`, and signals `ready` after the first view.
 async fn watch_leases(
     mut events: mpsc::Receiver<WatchEvent>,
-    status: Arc<Status>,
+    status: Arc<NodeState>,
     (own, own_addr): (LeaseId, std::net::IpAddr),
     config: NetConfig,
     ready: mpsc::Sender<()>,

@@ -9,7 +9,8 @@
 //!   formats and the lease stores;
 //! - [`netfilter`]: the masquerade and forward rules (nftables or iptables);
 //! - [`node`]: the control plane's core (no I/O): the store's view and the renewal policy;
-//! - [`metrics`] and [`status`]: the node's live state, as Prometheus text and as
+//! - [`state`]: the node's live state, which the daemon publishes; [`metrics`]
+//!   serves it as Prometheus text (and `/healthz`, `/readyz`), [`status`] as
 //!   `weftd status` (over the [`handover`] socket);
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
@@ -37,6 +38,7 @@ pub mod netfilter;
 pub mod netlink;
 pub mod netns;
 pub mod node;
+pub mod state;
 pub mod status;
 pub mod store;
 pub mod subnet_env;
