@@ -10,16 +10,18 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
+use crate::clock;
 use crate::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use crate::dataplane::core::{Core, SourceChecks};
 use crate::dataplane::worker::{Dataplane, Queue, Underlay6};
 use crate::handover::{self, HandoverError};
 use crate::iface::{self, IfaceError, IfaceSpec};
 use crate::lease::{Lease, LeaseId};
-use crate::metrics::{self, Status};
+use crate::metrics;
 use crate::netfilter::{self, Netfilter, NetfilterError};
 use crate::netlink::{self, NetlinkError};
 use crate::node::{Reconciler, Renewal, Step};
+use crate::state::{NodeInfo, NodeState};
 use crate::store::etcd::{EtcdSettings, EtcdStore};
 use crate::store::kube::{KubeSettings, KubeStore};
 use crate::store::local::LocalStore;
@@ -153,7 +155,7 @@ pub async fn run(
     // /healthz first, as flanneld's: it answers while weftd waits for its
     // store at boot (a liveness probe must not restart it meanwhile);
     // /readyz says 503 until the dataplane forwards.
-    let status = Arc::new(Status::default());
+    let status = Arc::new(NodeState::default());
     let _healthz = match opts.healthz {
         Some(addr) => {
             let l = metrics::bind(addr).map_err(|source| DaemonError::Healthz { addr, source })?;
@@ -428,7 +430,7 @@ pub async fn run_with_store(
     opts: Options,
     store: Arc<dyn LeaseStore>,
     seed_default: Option<LocalStore>,
-    status: Arc<Status>,
+    status: Arc<NodeState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, DaemonError> {
     let config = match &opts.net_config_path {
@@ -653,7 +655,7 @@ pub async fn run_with_store(
                 n.notify_one();
             },
             move || {
-                serde_json::to_string(&crate::status::view(&st, metrics::now_ms()))
+                serde_json::to_string(&crate::status::view(&st, clock::now_ms()))
                     .unwrap_or_default()
             },
         );
@@ -731,7 +733,7 @@ async fn start(
     lease: Lease,
     mtu: u32,
     previous_env: Option<&SubnetEnv>,
-    status: &Arc<Status>,
+    status: &Arc<NodeState>,
     interface: &str,
 ) -> Result<Running, DaemonError> {
     // The store may hand back the VtepMAC this node announced before (kube mode
@@ -810,7 +812,7 @@ async fn start(
         (_, Some(ip6)) => VtepMac::derive(&ip6.octets()),
         _ => vtep_mac,
     };
-    let _ = status.node.set(metrics::NodeInfo {
+    let _ = status.node.set(NodeInfo {
         tun: opts.tun_name.clone(),
         mtu,
         interface: interface.to_string(),
@@ -979,7 +981,7 @@ impl Running {
         opts: &Options,
         store: Arc<dyn LeaseStore>,
         req: AcquireRequest,
-        status: &Status,
+        status: &NodeState,
         shutdown: impl Future<Output = ()>,
         handed_over: Arc<tokio::sync::Notify>,
     ) -> Result<(), DaemonError> {
@@ -1007,10 +1009,10 @@ impl Running {
                         .saturating_duration_since(tokio::time::Instant::now())
                         .as_millis() as u64;
                     status.update(|c| {
-                        c.lease_expires_ms = lease.expiration.map(system_ms);
-                        c.renew_at_ms = Some(metrics::now_ms() + in_ms);
+                        c.lease_expires_ms = lease.expiration.map(clock::unix_ms);
+                        c.renew_at_ms = Some(clock::now_ms() + in_ms);
                         if let Some(o) = outcome {
-                            c.last_renewal = Some((metrics::now_ms(), o));
+                            c.last_renewal = Some((clock::now_ms(), o));
                         }
                     });
                 };
@@ -1114,12 +1116,6 @@ async fn install_cni_config(cni: crate::cni::install::InstallArgs) {
         ),
         Err(e) => tracing::error!("installing the CNI config failed: {e}"),
     }
-}
-
-/// A wall-clock time in unix ms.
-fn system_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) how the
@@ -1336,7 +1332,7 @@ fn ensure_sysctl(p: &str, family: &str, name: &str) {
 /// `own_gone`, and signals `ready` after the first view.
 async fn watch_leases(
     mut events: mpsc::Receiver<WatchEvent>,
-    status: Arc<Status>,
+    status: Arc<NodeState>,
     (own, own_addr): (LeaseId, std::net::IpAddr),
     config: NetConfig,
     ready: mpsc::Sender<()>,
@@ -1355,7 +1351,7 @@ async fn watch_leases(
             status.counters.peers.reset(*slot);
         }
         status.table.store(Arc::new(u.table));
-        status.update(|c| c.last_event_ms = Some(metrics::now_ms()));
+        status.update(|c| c.last_event_ms = Some(clock::now_ms()));
         if u.own_lost {
             own_gone.notify_one();
         }

@@ -9,16 +9,19 @@
 //!   formats and the lease stores;
 //! - [`netfilter`]: the masquerade and forward rules (nftables or iptables);
 //! - [`node`]: the control plane's core (no I/O): the store's view and the renewal policy;
-//! - [`metrics`] and [`status`]: the node's live state, as Prometheus text and as
+//! - [`state`]: the node's live state, which the daemon publishes; [`metrics`]
+//!   serves it as Prometheus text (and `/healthz`, `/readyz`), [`status`] as
 //!   `weftd status` (over the [`handover`] socket);
 //! - [`daemon`]: wires it all into `weftd`; [`lab`] builds a local lab of nodes in
 //!   network namespaces;
 //! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes);
-//! - `fsutil`: atomic file writes and lock files, for the stores and the plugin.
+//! - `fsutil`: atomic file writes and lock files, for the stores and the plugin;
+//!   `clock`: wall-clock time in unix ms.
 #![deny(unsafe_code)]
 
 pub mod backend;
 pub mod cli;
+pub(crate) mod clock;
 pub mod cni;
 pub mod config;
 pub mod daemon;
@@ -36,6 +39,7 @@ pub mod netfilter;
 pub mod netlink;
 pub mod netns;
 pub mod node;
+pub mod state;
 pub mod status;
 pub mod store;
 pub mod subnet_env;

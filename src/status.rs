@@ -1,8 +1,8 @@
-//! `weftd status`: the live view of a running weftd — its lease and when it
-//! renews, its store, its peers with their counters, and the dataplane's —
-//! as the JSON the running weftd answers on its control socket
-//! ([`crate::handover`]), and as text for people. Building and rendering
-//! the view do no I/O.
+//! `weftd status`: the live view of a running weftd ([`View`], taken from
+//! its [`NodeState`]) — its lease and when it renews, its store, its peers
+//! with their counters, and the dataplane's — as the JSON the running weftd
+//! answers on its control socket ([`crate::handover`]), and as text for
+//! people. Building and rendering the view do no I/O.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 
 use crate::dataplane::counters::{DropReason, PEER_DROPS};
-use crate::metrics::Status;
+use crate::state::NodeState;
 
 /// Everything `weftd status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,11 +118,11 @@ pub struct DataplaneView {
     pub drops: BTreeMap<String, u64>,
 }
 
-/// The view of `status` at `now_ms`.
-pub fn view(status: &Status, now_ms: u64) -> View {
-    let c = status.control();
-    let node = status.node.get();
-    let table = status.table.load();
+/// The view of `state` at `now_ms`.
+pub fn view(state: &NodeState, now_ms: u64) -> View {
+    let c = state.control();
+    let node = state.node.get();
+    let table = state.table.load();
     let mut leases: Vec<_> = table.peers().copied().collect();
     leases.sort_by_key(|p| (p.subnet.network(), p.subnet.prefix_len()));
     let mut only6: Vec<_> = table.peers6_only().copied().collect();
@@ -136,7 +136,7 @@ pub fn view(status: &Status, now_ms: u64) -> View {
         *per_ip.entry(ip).or_default() += 1;
     }
     let counted = |row: PeerView, ip: IpAddr, slot: u32| {
-        let s = status.counters.peers.snapshot(slot);
+        let s = state.counters.peers.snapshot(slot);
         PeerView {
             shared: slot == 0 || per_ip.get(&ip).is_some_and(|n| *n > 1),
             packets_in: s.rx_packets,
@@ -176,13 +176,13 @@ pub fn view(status: &Status, now_ms: u64) -> View {
         counted(row, IpAddr::V6(q.public_ip), q.slot)
     });
     let peers = dual.chain(v6_only).collect();
-    let d = status.counters.snapshot();
+    let d = state.counters.snapshot();
     View {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         now_ms,
-        started_ms: status.started_ms,
-        ready: status.ready.load(Ordering::Relaxed),
+        started_ms: state.started_ms,
+        ready: state.ready.load(Ordering::Relaxed),
         node: node.map(|n| NodeView {
             tun: n.tun.clone(),
             mtu: n.mtu,
@@ -194,18 +194,16 @@ pub fn view(status: &Status, now_ms: u64) -> View {
             vni: n.vni,
             port: n.port,
         }),
-        lease: (status.subnet.get().is_some() || status.subnet6.get().is_some()).then(|| {
-            LeaseView {
-                subnet: status.subnet.get().copied(),
-                subnet6: status.subnet6.get().copied(),
-                expires_ms: c.lease_expires_ms,
-                renew_at_ms: c.renew_at_ms,
-                last_renewal_ms: c.last_renewal.as_ref().map(|r| r.0),
-                last_renewal_error: c.last_renewal.and_then(|r| r.1),
-            }
+        lease: (state.subnet.get().is_some() || state.subnet6.get().is_some()).then(|| LeaseView {
+            subnet: state.subnet.get().copied(),
+            subnet6: state.subnet6.get().copied(),
+            expires_ms: c.lease_expires_ms,
+            renew_at_ms: c.renew_at_ms,
+            last_renewal_ms: c.last_renewal.as_ref().map(|r| r.0),
+            last_renewal_error: c.last_renewal.and_then(|r| r.1),
         }),
         store: node.map(|n| {
-            let h = status.store_health.get();
+            let h = state.store_health.get();
             StoreView {
                 describe: n.store.clone(),
                 revision: h.and_then(|h| h.revision()),
@@ -504,8 +502,8 @@ mod tests {
     use super::*;
     use crate::dataplane::counters::LocalCounts;
     use crate::dataplane::table::{Peer, Table};
-    use crate::metrics::{Control, NodeInfo};
     use crate::node::Admission;
+    use crate::state::{Control, NodeInfo};
     use crate::types::VtepMac;
 
     fn peer(subnet: &str, ip: [u8; 4], slot: u32) -> Peer {
@@ -520,13 +518,13 @@ mod tests {
 
     #[test]
     fn the_view_shows_each_peer_with_its_counters_and_renders_as_a_table() {
-        let status = Status::default();
+        let state = NodeState::default();
         let mut t = Table::default();
         t.insert(peer("10.244.2.0/24", [192, 0, 2, 2], 1));
         t.insert(peer("10.244.3.0/24", [192, 0, 2, 3], 2));
-        status.table.store(std::sync::Arc::new(t));
-        status.subnet.set("10.244.1.0/24".parse().unwrap()).unwrap();
-        status
+        state.table.store(std::sync::Arc::new(t));
+        state.subnet.set("10.244.1.0/24".parse().unwrap()).unwrap();
+        state
             .node
             .set(NodeInfo {
                 tun: "weft0".into(),
@@ -541,8 +539,8 @@ mod tests {
                 store: "etcd http://127.0.0.1:2379".into(),
             })
             .unwrap();
-        let now = status.started_ms + 65_000;
-        status.update(|c| {
+        let now = state.started_ms + 65_000;
+        state.update(|c| {
             *c = Control {
                 lease_expires_ms: Some(now + 86_000_000),
                 renew_at_ms: Some(now + 3_600_000),
@@ -556,8 +554,8 @@ mod tests {
         l.peers.drop(2, DropReason::SpoofedSource);
         l.drop(DropReason::SpoofedSource);
         l.tx_packets = 3;
-        status.counters.flush(&mut l);
-        let v = view(&status, now + 500);
+        state.counters.flush(&mut l);
+        let v = view(&state, now + 500);
         assert_eq!(v.peers.len(), 2);
         let p2 = &v.peers[0];
         assert_eq!((p2.packets_out, p2.bytes_out, p2.packets_in), (3, 3000, 1));
@@ -609,14 +607,14 @@ mod tests {
         let mut slots = rustc_hash::FxHashMap::default();
         slots.insert("2001:db8::2".parse().unwrap(), 1);
         t.set_slots(&slots);
-        let status = Status::default();
-        status.table.store(std::sync::Arc::new(t));
-        status
+        let state = NodeState::default();
+        state.table.store(std::sync::Arc::new(t));
+        state
             .subnet6
             .set("fc00:0:0:1::/64".parse().unwrap())
             .unwrap();
         let ip6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
-        status
+        state
             .node
             .set(NodeInfo {
                 tun: "weft0".into(),
@@ -633,8 +631,8 @@ mod tests {
             .unwrap();
         let mut l = LocalCounts::default();
         l.peers.tx(1, 2, 200);
-        status.counters.flush(&mut l);
-        let v = view(&status, status.started_ms + 1_000);
+        state.counters.flush(&mut l);
+        let v = view(&state, state.started_ms + 1_000);
         assert_eq!(v.peers.len(), 2);
         let p2 = &v.peers[0];
         assert_eq!((p2.subnet, p2.public_ip), (None, None));

@@ -288,9 +288,7 @@ impl PeerStats {
         if l.dirty.is_empty() {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::clock::now_ms();
         for &slot in &l.dirty {
             let (Some(c), Some(a)) = (
                 l.cells.get_mut(slot as usize),

@@ -406,7 +406,7 @@ async fn etcd_revision(etcd: &EtcdStore, port: u16, running: bool, r: &mut Repor
     };
     let seen = store.as_ref().and_then(|s| s.revision);
     let rewound = store.and_then(|s| s.rewound);
-    let ago = |t: u64| crate::status::when(crate::metrics::now_ms(), Some(t));
+    let ago = |t: u64| crate::status::when(crate::clock::now_ms(), Some(t));
     match tokio::time::timeout(STORE_WAIT, etcd.revision()).await {
         Ok(Ok(now)) => r.push(report::revision_check(now, seen, rewound, ago)),
         Ok(Err(e)) => r.push(Check::fail("etcd revision", e.to_string(), "")),

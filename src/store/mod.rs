@@ -229,9 +229,7 @@ pub struct Rewind {
 impl WatchHealth {
     /// The watch found the revision gone back from `from` to `to`.
     pub fn saw_rewind(&self, from: i64, to: i64) {
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let at_ms = crate::clock::now_ms();
         *self.rewound.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rewind { from, to, at_ms });
     }
 
@@ -256,9 +254,8 @@ impl WatchHealth {
         if !out {
             self.outage_since_ms.store(0, Relaxed);
         } else if self.outage_since_ms.load(Relaxed) == 0 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis() as u64);
+            // 0 means "answering": a clock before 1970 still marks an outage.
+            let now = crate::clock::now_ms();
             self.outage_since_ms.store(now.max(1), Relaxed);
         }
     }
