@@ -1,6 +1,8 @@
-//! Newtypes for the values that are easy to mix up: VNIs and VTEP MAC addresses.
+//! Newtypes for the values that are easy to mix up: VNIs, VTEP MAC addresses
+//! and address families.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -107,6 +109,25 @@ impl<'de> Deserialize<'de> for VtepMac {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IP address family. Each has its own routes and addresses (netlink
+/// dumps one family at a time), its own forwarding switch, and its own rules
+/// (nftables family, iptables tool: [`crate::netfilter`] names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family of `a`.
+    pub fn of(a: IpAddr) -> Family {
+        match a {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
     }
 }
 
