@@ -32,8 +32,9 @@ use super::error::{CniError, code};
 use super::ipam::{Ipam, IpamError};
 use super::log;
 use super::result::{CniResult, Interface, IpConfig, Route};
-use crate::netlink::{self, Link, Netlink, has_route, is_exists};
+use crate::netlink::{Link, Netlink, has_route, is_exists};
 use crate::subnet_env::SubnetEnv;
+use crate::types::Family;
 
 /// The IPAM store of node subnet `subnet`, shared by every network that
 /// allocates from it (`<dataDir>/ipam/10.244.3.0-24`, and for the IPv6
@@ -279,12 +280,13 @@ fn ensure_bridge(
             )
         })?;
     if let Some(gw) = gw {
-        host.add_address(br.index, gw).map_err(nl_err(format!(
-            "cannot add gateway address {gw} to bridge {name}"
-        )))?;
+        host.add_address(br.index, gw.into())
+            .map_err(nl_err(format!(
+                "cannot add gateway address {gw} to bridge {name}"
+            )))?;
     }
     if let Some(gw6) = gw6 {
-        host.add_address6(br.index, gw6).map_err(nl_err(format!(
+        host.add_address(br.index, gw6.into()).map_err(nl_err(format!(
             "cannot add IPv6 gateway address {gw6} to bridge {name} (is IPv6 disabled on the node? net.ipv6.conf.{name}.disable_ipv6)"
         )))?;
     }
@@ -494,11 +496,11 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             None => pl,
         };
         if let Some(addr) = ip4 {
-            pod.add_address(pl.index, addr)
+            pod.add_address(pl.index, addr.into())
                 .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
         }
         if let Some(a6) = ip6 {
-            pod.add_address6(pl.index, a6).map_err(nl_err(in_pod(&format!(
+            pod.add_address(pl.index, a6.into()).map_err(nl_err(in_pod(&format!(
                 "cannot add IPv6 address {a6} (is IPv6 disabled in the pod? net.ipv6.conf.{ifname}.disable_ipv6)"
             ))))?;
         }
@@ -510,12 +512,8 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             default_route,
         );
         for (dst, via) in &routes {
-            let added = match (dst, via) {
-                (IpNet::V4(d), IpAddr::V4(g)) => pod.add_route(*d, Some(*g), pl.index),
-                (IpNet::V6(d), IpAddr::V6(g)) => pod.add_route6(*d, Some(*g), pl.index),
-                _ => Ok(false),
-            };
-            added.map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
+            pod.add_route(*dst, Some(*via), pl.index)
+                .map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
         }
         let mut ips = vec![];
         if let (Some(a), Some((_, _, g))) = (ip4, v4) {
@@ -719,7 +717,7 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
         }
     }
     let have = pod
-        .addresses(link.index)
+        .addresses(link.index, Family::V4)
         .map_err(nl_err(format!("cannot list addresses of {ifname}")))?;
     let ours = |i: &Option<usize>| {
         i.and_then(|i| prev.interfaces.get(i))
@@ -732,26 +730,20 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
     }
     let mut have6 = None;
     for ip in prev.ips.iter().filter(|ip| ours(&ip.interface)) {
-        let present = match ip.address {
-            IpNet::V4(a) => have.contains(&a),
-            IpNet::V6(a) => {
-                if have6.is_none() {
-                    have6 = Some(
-                        pod.addresses6(link.index)
-                            .map_err(nl_err(format!("cannot list IPv6 addresses of {ifname}")))?,
-                    );
-                }
-                have6.as_ref().is_some_and(|h| h.contains(&a))
-            }
-        };
         let a = ip.address;
-        if !present {
-            let has = match a {
-                IpNet::V4(_) => format!("{have:?}"),
-                IpNet::V6(_) => format!("{:?}", have6.as_deref().unwrap_or_default()),
-            };
+        let listed = match a {
+            IpNet::V4(_) => &have,
+            IpNet::V6(_) => match &mut have6 {
+                Some(h) => h,
+                None => have6.insert(
+                    pod.addresses(link.index, Family::V6)
+                        .map_err(nl_err(format!("cannot list IPv6 addresses of {ifname}")))?,
+                ),
+            },
+        };
+        if !listed.contains(&a) {
             return Err(check_failed(format!(
-                "address {a} of prevResult is not on {ifname} (it has {has})"
+                "address {a} of prevResult is not on {ifname} (it has {listed:?})"
             )));
         }
         if !allocated
@@ -766,19 +758,21 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
             )));
         }
     }
-    let routes = pod.routes().map_err(nl_err("cannot list routes".into()))?;
+    let routes = pod
+        .routes(Family::V4)
+        .map_err(nl_err("cannot list routes".into()))?;
     let routes6 = if prev.routes.iter().any(|r| r.dst.addr().is_ipv6()) {
-        pod.routes6()
+        pod.routes(Family::V6)
             .map_err(nl_err("cannot list IPv6 routes".into()))?
     } else {
         vec![]
     };
     for r in &prev.routes {
-        let found = match r.dst {
-            IpNet::V4(_) => has_route(&routes, r.dst, r.gw),
-            IpNet::V6(_) => netlink::has_route6(&routes6, r.dst, r.gw),
+        let listed = match r.dst {
+            IpNet::V4(_) => &routes,
+            IpNet::V6(_) => &routes6,
         };
-        if !found {
+        if !has_route(listed, r.dst, r.gw) {
             return Err(check_failed(format!(
                 "route {} via {:?} of prevResult is missing in netns {}",
                 r.dst,
