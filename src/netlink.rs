@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
@@ -598,10 +598,7 @@ impl Netlink {
         let mut m = RouteMessage::default();
         m.header.address_family = address_family(family);
         // A default route carries no destination attribute.
-        let default = match family {
-            Family::V4 => IpNet::V4(Ipv4Net::default()),
-            Family::V6 => IpNet::V6(Ipv6Net::default()),
-        };
+        let default = family.default_route();
         let all = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for r in all {
@@ -759,6 +756,8 @@ pub fn delete_link(nl: &mut Netlink, name: &str) -> Result<bool, NetlinkError> {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv6Addr;
+
+    use ipnet::Ipv6Net;
 
     use super::*;
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A VXLAN network identifier, checked to fit its 24 bits.
@@ -127,6 +128,14 @@ impl Family {
         match a {
             IpAddr::V4(_) => Family::V4,
             IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The destination of a default route: `0.0.0.0/0`, `::/0`.
+    pub fn default_route(self) -> IpNet {
+        match self {
+            Family::V4 => IpNet::V4(Ipv4Net::default()),
+            Family::V6 => IpNet::V6(Ipv6Net::default()),
         }
     }
 }
