@@ -131,6 +131,26 @@ impl Family {
         }
     }
 
+    /// `IPv4`, `IPv6`, as messages name the family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The family's forwarding switch: its file under `/proc/sys` and its
+    /// sysctl name.
+    pub fn forwarding_sysctl(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+            Family::V6 => (
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                "net.ipv6.conf.all.forwarding",
+            ),
+        }
+    }
+
     /// The destination of a default route: `0.0.0.0/0`, `::/0`.
     pub fn default_route(self) -> IpNet {
         match self {
