@@ -7,13 +7,14 @@
 //! IPv6SubnetLen 64 for networks up to /62, else prefix + 2, and the same
 //! SubnetMin/SubnetMax rule.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 use crate::backend::Backend;
+use crate::types::Family;
 
 /// The configuration weft starts with when it is given none (the embedded default).
 pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -252,166 +253,166 @@ fn flag(
     }
 }
 
-/// The IPv4 keys (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`), checked
-/// as flannel's `CheckNetworkConfig` checks them.
+/// One half's keys in net-conf.json and the words its refusals use, so
+/// that one parser reads both halves.
+struct Keys {
+    family: Family,
+    network: &'static str,
+    subnet_len: &'static str,
+    subnet_min: &'static str,
+    subnet_max: &'static str,
+    /// What a missing network key says.
+    required: &'static str,
+    /// The network the refusals suggest, and the kind of range it is.
+    example: &'static str,
+    range: &'static str,
+    /// The network as "too small" names it.
+    noun: &'static str,
+    /// The subnet length when none is set, for networks up to two bits shorter.
+    default_len: u8,
+    /// Whether a `null` network counts as missing (the IPv6 keys) or as not
+    /// a CIDR (`Network`).
+    null_is_missing: bool,
+}
+
+/// The IPv4 keys: `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`.
+const IPV4_KEYS: Keys = Keys {
+    family: Family::V4,
+    network: "Network",
+    subnet_len: "SubnetLen",
+    subnet_min: "SubnetMin",
+    subnet_max: "SubnetMax",
+    required: "is required, e.g. \"Network\": \"10.244.0.0/16\"",
+    example: "10.244.0.0/16",
+    range: "a private range",
+    noun: "network",
+    default_len: 24,
+    null_is_missing: false,
+};
+
+/// The IPv6 keys of `EnableIPv6`: `IPv6Network`, `IPv6SubnetLen`, ….
+const IPV6_KEYS: Keys = Keys {
+    family: Family::V6,
+    network: "IPv6Network",
+    subnet_len: "IPv6SubnetLen",
+    subnet_min: "IPv6SubnetMin",
+    subnet_max: "IPv6SubnetMax",
+    required: "is required with EnableIPv6, e.g. \"IPv6Network\": \"fc00::/48\"",
+    example: "fc00::/48",
+    range: "a unique local range",
+    noun: "IPv6 network",
+    default_len: 64,
+    null_is_missing: true,
+};
+
+/// One half as read: network, subnet length, first and last subnet.
+type Half = (IpNet, u8, IpAddr, IpAddr);
+
+/// The IPv4 half.
 fn parse_ipv4(
     top: &Map<String, Value>,
     bad: &dyn Fn(&'static str, String) -> ConfigError,
 ) -> Result<Ipv4Config, ConfigError> {
-    let network: Ipv4Net = match get(top, "Network") {
-        None => {
-            return Err(bad(
-                "Network",
-                "is required, e.g. \"Network\": \"10.244.0.0/16\"".into(),
-            ));
+    match parse_half(top, &IPV4_KEYS, bad)? {
+        (IpNet::V4(network), subnet_len, IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) => {
+            Ok(Ipv4Config {
+                network,
+                subnet_len,
+                subnet_min,
+                subnet_max,
+            })
         }
-        Some(n) => n
-            .as_str()
-            .and_then(|s| s.parse::<Ipv4Net>().ok())
-            .ok_or_else(|| {
-                bad(
-                    "Network",
-                    format!("{n} is not an IPv4 CIDR such as \"10.244.0.0/16\""),
-                )
-            })?,
-    };
-    if network.prefix_len() == 0 {
-        return Err(bad(
-            "Network",
-            format!(
-                "{network} would take every address, the underlay's included; use a private range such as \"10.244.0.0/16\""
-            ),
-        ));
+        _ => unreachable!("parse_half keeps to the family of its keys"),
     }
-    if network.network() != network.addr() {
-        return Err(bad(
-            "Network",
-            format!(
-                "{network} has host bits set; did you mean {}?",
-                network.trunc()
-            ),
-        ));
-    }
-    let plen = network.prefix_len();
-
-    let subnet_len = match get(top, "SubnetLen") {
-        Some(x) if !x.is_null() && x.as_u64() != Some(0) => {
-            let l = x
-                .as_u64()
-                .filter(|l| *l <= 32)
-                .ok_or_else(|| bad("SubnetLen", format!("{x} is not a prefix length 0..=32")))?
-                as u8;
-            if l > 30 {
-                return Err(bad(
-                    "SubnetLen",
-                    format!("/{l} must be /30 or shorter (a node needs room for its addresses)"),
-                ));
-            }
-            if l < plen + 2 {
-                return Err(bad(
-                    "SubnetLen",
-                    format!(
-                        "/{l} does not fit: Network {network} must hold at least four subnets, so SubnetLen must be at least /{}",
-                        plen + 2
-                    ),
-                ));
-            }
-            l
-        }
-        _ => {
-            if plen > 28 {
-                return Err(bad(
-                    "Network",
-                    format!("{network} is too small; the smallest useful network is a /28"),
-                ));
-            } else if plen <= 22 {
-                24
-            } else {
-                plen + 2
-            }
-        }
-    };
-    let size: u32 = 1 << (32 - u32::from(subnet_len));
-    let mask: u32 = u32::MAX << (32 - u32::from(subnet_len));
-    let base = u32::from(network.network());
-    let last = u32::from(network.broadcast()) & mask;
-
-    let subnet_min = bound(top, "SubnetMin", base + size, &network, mask, bad)?;
-    let subnet_max = bound(top, "SubnetMax", last, &network, mask, bad)?;
-    if u32::from(subnet_min) > u32::from(subnet_max) {
-        return Err(bad(
-            "SubnetMin",
-            format!("{subnet_min} is above SubnetMax {subnet_max}"),
-        ));
-    }
-
-    Ok(Ipv4Config {
-        network,
-        subnet_len,
-        subnet_min,
-        subnet_max,
-    })
 }
 
-/// The IPv6 keys, checked as flannel's `CheckNetworkConfig` checks them.
+/// The IPv6 half.
 fn parse_ipv6(
     top: &Map<String, Value>,
     bad: &dyn Fn(&'static str, String) -> ConfigError,
 ) -> Result<Ipv6Config, ConfigError> {
-    let network: Ipv6Net = match get(top, "IPv6Network").filter(|x| !x.is_null()) {
-        None => {
-            return Err(bad(
-                "IPv6Network",
-                "is required with EnableIPv6, e.g. \"IPv6Network\": \"fc00::/48\"".into(),
-            ));
+    match parse_half(top, &IPV6_KEYS, bad)? {
+        (IpNet::V6(network), subnet_len, IpAddr::V6(subnet_min), IpAddr::V6(subnet_max)) => {
+            Ok(Ipv6Config {
+                network,
+                subnet_len,
+                subnet_min,
+                subnet_max,
+            })
         }
+        _ => unreachable!("parse_half keeps to the family of its keys"),
+    }
+}
+
+/// The keys of one half, checked as flannel's `CheckNetworkConfig` checks
+/// them: SubnetLen `default_len` for networks up to two bits shorter, else
+/// prefix + 2; SubnetMin the second subnet, SubnetMax the last.
+fn parse_half(
+    top: &Map<String, Value>,
+    keys: &Keys,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Half, ConfigError> {
+    let (family, example) = (keys.family.name(), keys.example);
+    let given = get(top, keys.network).filter(|x| !(keys.null_is_missing && x.is_null()));
+    let network: IpNet = match given {
+        None => return Err(bad(keys.network, keys.required.into())),
         Some(n) => n
             .as_str()
-            .and_then(|s| s.parse::<Ipv6Net>().ok())
+            .and_then(|s| s.parse::<IpNet>().ok())
+            .filter(|n| Family::of(n.addr()) == keys.family)
             .ok_or_else(|| {
                 bad(
-                    "IPv6Network",
-                    format!("{n} is not an IPv6 CIDR such as \"fc00::/48\""),
+                    keys.network,
+                    format!("{n} is not an {family} CIDR such as \"{example}\""),
                 )
             })?,
     };
     if network.prefix_len() == 0 {
         return Err(bad(
-            "IPv6Network",
+            keys.network,
             format!(
-                "{network} would take every address, the underlay's included; use a unique local range such as \"fc00::/48\""
+                "{network} would take every address, the underlay's included; use {} such as \"{example}\"",
+                keys.range
             ),
         ));
     }
     if network.network() != network.addr() {
         return Err(bad(
-            "IPv6Network",
+            keys.network,
             format!(
                 "{network} has host bits set; did you mean {}?",
                 network.trunc()
             ),
         ));
     }
-    let plen = network.prefix_len();
-    let subnet_len = match get(top, "IPv6SubnetLen") {
+    let (plen, bits) = (network.prefix_len(), network.max_prefix_len());
+    let subnet_len = match get(top, keys.subnet_len) {
         Some(x) if !x.is_null() && x.as_u64() != Some(0) => {
-            let l = x.as_u64().filter(|l| *l <= 128).ok_or_else(|| {
-                bad(
-                    "IPv6SubnetLen",
-                    format!("{x} is not a prefix length 0..=128"),
-                )
-            })? as u8;
-            if l > 126 {
+            let l = x
+                .as_u64()
+                .filter(|l| *l <= u64::from(bits))
+                .ok_or_else(|| {
+                    bad(
+                        keys.subnet_len,
+                        format!("{x} is not a prefix length 0..={bits}"),
+                    )
+                })? as u8;
+            if l > bits - 2 {
                 return Err(bad(
-                    "IPv6SubnetLen",
-                    format!("/{l} must be /126 or shorter (a node needs room for its addresses)"),
+                    keys.subnet_len,
+                    format!(
+                        "/{l} must be /{} or shorter (a node needs room for its addresses)",
+                        bits - 2
+                    ),
                 ));
             }
             if l < plen + 2 {
                 return Err(bad(
-                    "IPv6SubnetLen",
+                    keys.subnet_len,
                     format!(
-                        "/{l} does not fit: IPv6Network {network} must hold at least four subnets, so IPv6SubnetLen must be at least /{}",
+                        "/{l} does not fit: {} {network} must hold at least four subnets, so {} must be at least /{}",
+                        keys.network,
+                        keys.subnet_len,
                         plen + 2
                     ),
                 ));
@@ -419,96 +420,89 @@ fn parse_ipv6(
             l
         }
         _ => {
-            if plen > 124 {
+            if plen > bits - 4 {
                 return Err(bad(
-                    "IPv6Network",
-                    format!("{network} is too small; the smallest useful IPv6 network is a /124"),
+                    keys.network,
+                    format!(
+                        "{network} is too small; the smallest useful {} is a /{}",
+                        keys.noun,
+                        bits - 4
+                    ),
                 ));
-            } else if plen <= 62 {
-                64
+            } else if plen <= keys.default_len - 2 {
+                keys.default_len
             } else {
                 plen + 2
             }
         }
     };
-    let shift = 128 - u32::from(subnet_len);
-    let size: u128 = 1u128 << shift;
-    let mask: u128 = u128::MAX << shift;
-    let base = u128::from(network.network());
-    let last = u128::from(network.broadcast()) & mask;
-    let subnet_min = bound6(top, "IPv6SubnetMin", base + size, &network, mask, bad)?;
-    let subnet_max = bound6(top, "IPv6SubnetMax", last, &network, mask, bad)?;
-    if u128::from(subnet_min) > u128::from(subnet_max) {
+    // SubnetMin is the second subnet unless set (flannel leaves the first
+    // out), SubnetMax the last.
+    let second = network
+        .subnets(subnet_len)
+        .ok()
+        .and_then(|mut s| s.nth(1))
+        .map(|s| s.network())
+        .expect("a network of four subnets or more has a second");
+    let last = subnet_of(network.broadcast(), subnet_len);
+    let subnet_min = bound(top, keys.subnet_min, second, network, subnet_len, keys, bad)?;
+    let subnet_max = bound(top, keys.subnet_max, last, network, subnet_len, keys, bad)?;
+    if subnet_min > subnet_max {
         return Err(bad(
-            "IPv6SubnetMin",
-            format!("{subnet_min} is above IPv6SubnetMax {subnet_max}"),
+            keys.subnet_min,
+            format!("{subnet_min} is above {} {subnet_max}", keys.subnet_max),
         ));
     }
-    Ok(Ipv6Config {
-        network,
-        subnet_len,
-        subnet_min,
-        subnet_max,
-    })
+    Ok((network, subnet_len, subnet_min, subnet_max))
 }
 
-fn bound6(
-    top: &Map<String, Value>,
-    field: &'static str,
-    default: u128,
-    network: &Ipv6Net,
-    mask: u128,
-    bad: &dyn Fn(&'static str, String) -> ConfigError,
-) -> Result<Ipv6Addr, ConfigError> {
-    let Some(x) = get(top, field).filter(|x| !x.is_null()) else {
-        return Ok(Ipv6Addr::from(default));
-    };
-    let a: Ipv6Addr = x
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(field, format!("{x} is not an IPv6 address")))?;
-    if !network.contains(&a) {
-        return Err(bad(
-            field,
-            format!("{a} is not inside IPv6Network {network}"),
-        ));
-    }
-    if u128::from(a) & mask != u128::from(a) {
-        return Err(bad(
-            field,
-            format!(
-                "{a} is not on an IPv6SubnetLen boundary; use {}",
-                Ipv6Addr::from(u128::from(a) & mask)
-            ),
-        ));
-    }
-    Ok(a)
+/// The first address of the `len` subnet holding `a`.
+fn subnet_of(a: IpAddr, len: u8) -> IpAddr {
+    IpNet::new(a, len).map_or(a, |n| n.network())
 }
 
+/// SubnetMin or SubnetMax (`field`), `default` when unset: an address of
+/// the half's family inside `network`, on a subnet boundary.
 fn bound(
     top: &Map<String, Value>,
     field: &'static str,
-    default: u32,
-    network: &Ipv4Net,
-    mask: u32,
+    default: IpAddr,
+    network: IpNet,
+    subnet_len: u8,
+    keys: &Keys,
     bad: &dyn Fn(&'static str, String) -> ConfigError,
-) -> Result<Ipv4Addr, ConfigError> {
+) -> Result<IpAddr, ConfigError> {
     let Some(x) = get(top, field).filter(|x| !x.is_null()) else {
-        return Ok(Ipv4Addr::from(default));
+        return Ok(default);
     };
-    let a: Ipv4Addr = x
+    let a: IpAddr = x
         .as_str()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(field, format!("{x} is not an IPv4 address")))?;
+        .filter(|a| Family::of(*a) == keys.family)
+        .ok_or_else(|| {
+            bad(
+                field,
+                format!("{x} is not an {} address", keys.family.name()),
+            )
+        })?;
     if !network.contains(&a) {
-        return Err(bad(field, format!("{a} is not inside Network {network}")));
+        return Err(bad(
+            field,
+            format!("{a} is not inside {} {network}", keys.network),
+        ));
     }
-    if u32::from(a) & mask != u32::from(a) {
+    let start = subnet_of(a, subnet_len);
+    if start != a {
+        // "an IPv6SubnetLen", "a SubnetLen".
+        let article = match keys.family {
+            Family::V4 => "a",
+            Family::V6 => "an",
+        };
         return Err(bad(
             field,
             format!(
-                "{a} is not on a SubnetLen boundary; use {}",
-                Ipv4Addr::from(u32::from(a) & mask)
+                "{a} is not on {article} {} boundary; use {start}",
+                keys.subnet_len
             ),
         ));
     }

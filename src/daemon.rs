@@ -754,8 +754,14 @@ async fn start(
     let subnet4 = match (config.ipv4, lease.subnet) {
         (Some(c4), Some(s)) => {
             let router = s.network();
-            netlink::set_only_address(nl, tun_index, &opts.tun_name, router)?;
-            netlink::replace_route(nl, c4.network, tun_index, &opts.tun_name, router)?;
+            netlink::set_only_address(nl, tun_index, &opts.tun_name, router.into())?;
+            netlink::replace_route(
+                nl,
+                c4.network.into(),
+                tun_index,
+                &opts.tun_name,
+                router.into(),
+            )?;
             tracing::info!(
                 "{} up: {router}/32, MTU {mtu}, VtepMAC {vtep_mac}, route {} dev {}",
                 opts.tun_name,
@@ -777,8 +783,14 @@ async fn start(
     let subnet6 = match (config.ipv6, lease.ipv6_subnet) {
         (Some(c6), Some(s6)) => {
             let router6 = s6.network();
-            netlink::set_only_address6(nl, tun_index, &opts.tun_name, router6)?;
-            netlink::replace_route6(nl, c6.network, tun_index, &opts.tun_name, router6)?;
+            netlink::set_only_address(nl, tun_index, &opts.tun_name, router6.into())?;
+            netlink::replace_route(
+                nl,
+                c6.network.into(),
+                tun_index,
+                &opts.tun_name,
+                router6.into(),
+            )?;
             tracing::info!(
                 "{} IPv6: {router6}/128, route {} dev {}",
                 opts.tun_name,

@@ -9,14 +9,21 @@
 //! [`Netlink::in_netns`] creates one on a short-lived thread that has entered
 //! the pod's namespace with `setns` (the calling thread never changes
 //! namespace) and hands the socket back.
+//!
+//! One API for both families: addresses and routes are [`IpNet`]s and
+//! [`IpAddr`]s, and a dump takes the [`Family`] to list. What differs by
+//! family is decided here, in the message: an IPv4 address gets its
+//! broadcast, an IPv6 one skips duplicate address detection; an IPv4 route
+//! without a gateway is on-link (scope link), an IPv6 route stays at the
+//! universe scope the kernel gives every IPv6 route.
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
@@ -35,6 +42,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::netns::on_thread_in_netns;
+use crate::types::Family;
 
 /// Where an IPv6 address's duplicate address detection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +77,12 @@ pub struct VxlanDevice {
     pub port: Option<u16>,
 }
 
-/// An IPv4 route of the main table.
+/// A route of the main table (`dst` `0.0.0.0/0` or `::/0` for the default
+/// route).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteEntry {
-    pub dst: Ipv4Net,
-    pub gw: Option<Ipv4Addr>,
+pub struct Route {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
 }
 
@@ -104,14 +113,18 @@ fn format_mac(b: &[u8]) -> String {
         .join(":")
 }
 
+fn address_family(f: Family) -> AddressFamily {
+    match f {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
 /// An address message for `addr` on link `index` (for IPv4 also local =
 /// address, as `ip` sends).
 fn address_message(index: u32, addr: IpNet) -> AddressMessage {
     let mut m = AddressMessage::default();
-    m.header.family = match addr {
-        IpNet::V4(_) => AddressFamily::Inet,
-        IpNet::V6(_) => AddressFamily::Inet6,
-    };
+    m.header.family = address_family(Family::of(addr.addr()));
     m.header.prefix_len = addr.prefix_len();
     m.header.index = index;
     if addr.addr().is_ipv4() {
@@ -122,23 +135,18 @@ fn address_message(index: u32, addr: IpNet) -> AddressMessage {
 }
 
 /// A unicast route in the main table: `dst` (no attribute for a /0),
-/// through `gw`, preferring source `src`, out of `oif`.
-fn route_message(
-    dst: IpNet,
-    gw: Option<IpAddr>,
-    src: Option<IpAddr>,
-    oif: u32,
-    scope: RouteScope,
-) -> RouteMessage {
+/// through `gw`, preferring source `src`, out of `oif`. Without a gateway
+/// an IPv4 route is on-link (scope link); IPv6 routes are all scope universe.
+fn route_message(dst: IpNet, gw: Option<IpAddr>, src: Option<IpAddr>, oif: u32) -> RouteMessage {
     let mut m = RouteMessage::default();
-    m.header.address_family = match dst {
-        IpNet::V4(_) => AddressFamily::Inet,
-        IpNet::V6(_) => AddressFamily::Inet6,
-    };
+    m.header.address_family = address_family(Family::of(dst.addr()));
     m.header.destination_prefix_length = dst.prefix_len();
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::Boot;
-    m.header.scope = scope;
+    m.header.scope = match dst {
+        IpNet::V4(_) if gw.is_none() => RouteScope::Link,
+        _ => RouteScope::Universe,
+    };
     m.header.kind = RouteType::Unicast;
     if dst.prefix_len() > 0 {
         m.attributes
@@ -462,29 +470,26 @@ impl Netlink {
         }
     }
 
-    /// Adds an IPv4 address; `Ok(false)` when it was already there.
+    /// Adds an address: an IPv4 one with its broadcast (below /31), an
+    /// IPv6 one without duplicate address detection (`nodad`), so it is
+    /// usable at once. `Ok(false)` when it was already there.
     ///
     /// # Errors
     /// Netlink errors other than EEXIST.
-    pub fn add_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<bool> {
-        let mut m = address_message(index, addr.into());
-        if addr.prefix_len() < 31 {
-            m.attributes
-                .push(AddressAttribute::Broadcast(addr.broadcast()));
+    pub fn add_address(&mut self, index: u32, addr: IpNet) -> io::Result<bool> {
+        let mut m = address_message(index, addr);
+        match addr {
+            IpNet::V4(a) if a.prefix_len() < 31 => {
+                m.attributes
+                    .push(AddressAttribute::Broadcast(a.broadcast()));
+            }
+            IpNet::V4(_) => {}
+            IpNet::V6(_) => {
+                m.header.flags = AddressHeaderFlags::Nodad;
+                m.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
         }
-        self.create(RouteNetlinkMessage::NewAddress(m))
-    }
-
-    /// Adds an IPv6 address without duplicate address detection (`nodad`);
-    /// `Ok(false)` when it was already there.
-    ///
-    /// # Errors
-    /// Netlink errors other than EEXIST.
-    pub fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<bool> {
-        let mut m = address_message(index, addr.into());
-        m.header.flags = AddressHeaderFlags::Nodad;
-        m.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
         self.create(RouteNetlinkMessage::NewAddress(m))
     }
 
@@ -497,58 +502,27 @@ impl Netlink {
         }
     }
 
-    /// The IPv4 addresses of link `index`.
+    /// The addresses of `family` on link `index` (IPv6 link-local ones
+    /// included).
     ///
     /// # Errors
     /// The netlink error.
-    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Ipv4Net>> {
+    pub fn addresses(&mut self, index: u32, family: Family) -> io::Result<Vec<IpNet>> {
         Ok(self
-            .dump_addresses(index, AddressFamily::Inet)?
-            .into_iter()
-            .filter_map(|(n, _)| match n {
-                IpNet::V4(n) => Some(n),
-                IpNet::V6(_) => None,
-            })
-            .collect())
-    }
-
-    /// The IPv6 addresses of link `index` (link-local ones included).
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn addresses6(&mut self, index: u32) -> io::Result<Vec<Ipv6Net>> {
-        Ok(self
-            .addresses6_dad(index)?
+            .addresses_dad(index, family)?
             .into_iter()
             .map(|(n, _)| n)
             .collect())
     }
 
-    /// The IPv6 addresses of link `index` with where their duplicate
-    /// address detection stands.
+    /// The addresses of `family` on link `index`, with where their
+    /// duplicate address detection stands (always [`Dad::Done`] for IPv4).
     ///
     /// # Errors
     /// The netlink error.
-    pub fn addresses6_dad(&mut self, index: u32) -> io::Result<Vec<(Ipv6Net, Dad)>> {
-        Ok(self
-            .dump_addresses(index, AddressFamily::Inet6)?
-            .into_iter()
-            .filter_map(|(n, dad)| match n {
-                IpNet::V6(n) => Some((n, dad)),
-                IpNet::V4(_) => None,
-            })
-            .collect())
-    }
-
-    /// Every address of `family` on link `index`, with its detection state
-    /// (always [`Dad::Done`] for IPv4).
-    fn dump_addresses(
-        &mut self,
-        index: u32,
-        family: AddressFamily,
-    ) -> io::Result<Vec<(IpNet, Dad)>> {
+    pub fn addresses_dad(&mut self, index: u32, family: Family) -> io::Result<Vec<(IpNet, Dad)>> {
         let mut m = AddressMessage::default();
-        m.header.family = family;
+        m.header.family = address_family(family);
         let all = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for r in all {
@@ -574,6 +548,7 @@ impl Netlink {
             };
             for at in &a.attributes {
                 if let AddressAttribute::Address(ip) = at
+                    && Family::of(*ip) == family
                     && let Ok(n) = IpNet::new(*ip, a.header.prefix_len)
                 {
                     out.push((n, dad));
@@ -583,140 +558,47 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Removes IPv4 address `addr` from link `index`.
+    /// Removes address `addr` from link `index`.
     ///
     /// # Errors
     /// The netlink error.
-    pub fn del_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<()> {
+    pub fn del_address(&mut self, index: u32, addr: IpNet) -> io::Result<()> {
         self.ack(
-            RouteNetlinkMessage::DelAddress(address_message(index, addr.into())),
+            RouteNetlinkMessage::DelAddress(address_message(index, addr)),
             0,
         )
     }
 
-    /// Removes IPv6 address `addr` from link `index`.
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn del_address6(&mut self, index: u32, addr: Ipv6Net) -> io::Result<()> {
-        self.ack(
-            RouteNetlinkMessage::DelAddress(address_message(index, addr.into())),
-            0,
-        )
-    }
-
-    /// Adds an IPv4 route in the main table; `Ok(false)` when it existed.
+    /// Adds a route in the main table; `Ok(false)` when it existed.
     ///
     /// # Errors
     /// Netlink errors other than EEXIST.
-    pub fn add_route(&mut self, dst: Ipv4Net, gw: Option<Ipv4Addr>, oif: u32) -> io::Result<bool> {
-        let scope = if gw.is_some() {
-            RouteScope::Universe
-        } else {
-            RouteScope::Link
-        };
-        let m = route_message(dst.into(), gw.map(Into::into), None, oif, scope);
+    pub fn add_route(&mut self, dst: IpNet, gw: Option<IpAddr>, oif: u32) -> io::Result<bool> {
+        let m = route_message(dst, gw, None, oif);
         self.create(RouteNetlinkMessage::NewRoute(m))
     }
 
-    /// Adds an IPv6 route in the main table; `Ok(false)` when it existed.
-    ///
-    /// # Errors
-    /// Netlink errors other than EEXIST.
-    pub fn add_route6(&mut self, dst: Ipv6Net, gw: Option<Ipv6Addr>, oif: u32) -> io::Result<bool> {
-        let m = route_message(
-            dst.into(),
-            gw.map(Into::into),
-            None,
-            oif,
-            RouteScope::Universe,
-        );
-        self.create(RouteNetlinkMessage::NewRoute(m))
-    }
-
-    /// Adds or replaces `dst dev <oif> src <src>` (scope link) in the main table.
+    /// Adds or replaces `dst dev <oif> src <src>` in the main table.
     ///
     /// # Errors
     /// The netlink error.
-    pub fn replace_route(&mut self, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> io::Result<()> {
-        let m = route_message(dst.into(), None, Some(src.into()), oif, RouteScope::Link);
+    pub fn replace_route(&mut self, dst: IpNet, oif: u32, src: IpAddr) -> io::Result<()> {
+        let m = route_message(dst, None, Some(src), oif);
         self.ack(
             RouteNetlinkMessage::NewRoute(m),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
     }
 
-    /// Adds or replaces the IPv6 route `dst dev <oif> src <src>` in the main table.
+    /// The main table's routes of `family`.
     ///
     /// # Errors
     /// The netlink error.
-    pub fn replace_route6(&mut self, dst: Ipv6Net, oif: u32, src: Ipv6Addr) -> io::Result<()> {
-        let m = route_message(
-            dst.into(),
-            None,
-            Some(src.into()),
-            oif,
-            RouteScope::Universe,
-        );
-        self.ack(
-            RouteNetlinkMessage::NewRoute(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-    }
-
-    /// The IPv4 routes of the main table.
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn routes(&mut self) -> io::Result<Vec<RouteEntry>> {
-        Ok(self
-            .dump_routes(AddressFamily::Inet)?
-            .into_iter()
-            .map(|(dst, gw, oif)| RouteEntry {
-                dst: match dst {
-                    Some(IpNet::V4(d)) => d,
-                    _ => Ipv4Net::default(),
-                },
-                gw: match gw {
-                    Some(IpAddr::V4(g)) => Some(g),
-                    _ => None,
-                },
-                oif,
-            })
-            .collect())
-    }
-
-    /// The IPv6 routes of the main table.
-    ///
-    /// # Errors
-    /// The netlink error.
-    pub fn routes6(&mut self) -> io::Result<Vec<Route6>> {
-        Ok(self
-            .dump_routes(AddressFamily::Inet6)?
-            .into_iter()
-            .map(|(dst, gw, oif)| Route6 {
-                dst: match dst {
-                    Some(IpNet::V6(d)) => d,
-                    _ => Ipv6Net::default(),
-                },
-                gw: match gw {
-                    Some(IpAddr::V6(g)) => Some(g),
-                    _ => None,
-                },
-                oif,
-            })
-            .collect())
-    }
-
-    /// The main table's routes of `family`: destination (None: the default
-    /// route), gateway and output interface.
-    #[allow(clippy::type_complexity)]
-    fn dump_routes(
-        &mut self,
-        family: AddressFamily,
-    ) -> io::Result<Vec<(Option<IpNet>, Option<IpAddr>, Option<u32>)>> {
+    pub fn routes(&mut self, family: Family) -> io::Result<Vec<Route>> {
         let mut m = RouteMessage::default();
-        m.header.address_family = family;
+        m.header.address_family = address_family(family);
+        // A default route carries no destination attribute.
+        let default = family.default_route();
         let all = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for r in all {
@@ -727,60 +609,34 @@ impl Netlink {
                 continue;
             }
             let len = rt.header.destination_prefix_length;
-            let (mut dst, mut gw, mut oif) = (None, None, None);
+            let mut r = Route {
+                dst: default,
+                gw: None,
+                oif: None,
+            };
             for a in &rt.attributes {
                 match a {
                     RouteAttribute::Destination(d) => {
-                        dst = ip_of(d).and_then(|d| IpNet::new(d, len).ok());
+                        r.dst = ip_of(d)
+                            .and_then(|d| IpNet::new(d, len).ok())
+                            .unwrap_or(default);
                     }
-                    RouteAttribute::Gateway(g) => gw = ip_of(g),
-                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    RouteAttribute::Gateway(g) => r.gw = ip_of(g),
+                    RouteAttribute::Oif(o) => r.oif = Some(*o),
                     _ => {}
                 }
             }
-            out.push((dst, gw, oif));
+            out.push(r);
         }
         Ok(out)
     }
 }
 
-/// An IPv6 route of the main table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route6 {
-    pub dst: Ipv6Net,
-    pub gw: Option<Ipv6Addr>,
-    pub oif: Option<u32>,
-}
-
-/// Whether `routes` holds a route to IPv6 `dst` (via `gw` when given);
-/// an IPv4 `dst` or `gw` is never found here.
-pub fn has_route6(routes: &[Route6], dst: IpNet, gw: Option<IpAddr>) -> bool {
-    let IpNet::V6(dst) = dst else {
-        return false;
-    };
-    routes.iter().any(|r| {
-        r.dst == dst.trunc()
-            && match gw {
-                Some(IpAddr::V6(g)) => r.gw == Some(g),
-                Some(IpAddr::V4(_)) => false,
-                None => true,
-            }
-    })
-}
-
 /// Whether `routes` holds a route to `dst` (via `gw` when given).
-pub fn has_route(routes: &[RouteEntry], dst: IpNet, gw: Option<IpAddr>) -> bool {
-    let IpNet::V4(dst) = dst else {
-        return false;
-    };
-    routes.iter().any(|r| {
-        r.dst == dst.trunc()
-            && match gw {
-                Some(IpAddr::V4(g)) => r.gw == Some(g),
-                Some(IpAddr::V6(_)) => false,
-                None => true,
-            }
-    })
+pub fn has_route(routes: &[Route], dst: IpNet, gw: Option<IpAddr>) -> bool {
+    routes
+        .iter()
+        .any(|r| r.dst == dst.trunc() && gw.is_none_or(|g| r.gw == Some(g)))
 }
 
 /// weftd's netlink failures, naming the interface, route or address.
@@ -835,79 +691,31 @@ pub fn link(nl: &mut Netlink, name: &str) -> Result<(u32, u32), NetlinkError> {
     Ok((l.index, l.mtu.unwrap_or(1500)))
 }
 
-/// Adds (or replaces) `net dev <index> src <src>`: the route for the whole overlay.
+/// Adds (or replaces) `net dev <index> src <src>`: the route for the whole
+/// overlay (its IPv4 Network, its IPv6Network).
 ///
 /// # Errors
 /// [`NetlinkError::Route`] naming the route.
 pub fn replace_route(
     nl: &mut Netlink,
-    net: Ipv4Net,
+    net: IpNet,
     index: u32,
     dev: &str,
-    src: Ipv4Addr,
+    src: IpAddr,
 ) -> Result<(), NetlinkError> {
     nl.replace_route(net, index, src)
         .map_err(|e| NetlinkError::Route {
-            net: net.into(),
+            net,
             dev: dev.to_string(),
-            src: src.into(),
+            src,
             detail: e.to_string(),
         })
 }
 
-/// Adds (or replaces) `net dev <index> src <src>` for the IPv6 overlay.
-///
-/// # Errors
-/// [`NetlinkError::Route`] naming the route.
-pub fn replace_route6(
-    nl: &mut Netlink,
-    net: Ipv6Net,
-    index: u32,
-    dev: &str,
-    src: Ipv6Addr,
-) -> Result<(), NetlinkError> {
-    nl.replace_route6(net, index, src)
-        .map_err(|e| NetlinkError::Route {
-            net: net.into(),
-            dev: dev.to_string(),
-            src: src.into(),
-            detail: e.to_string(),
-        })
-}
-
-/// Leaves `addr/128` as the only global IPv6 address of interface `index`
-/// (link-local ones stay), added without duplicate address detection so it
-/// is usable at once.
-///
-/// # Errors
-/// [`NetlinkError::Address`] naming the device and address.
-pub fn set_only_address6(
-    nl: &mut Netlink,
-    index: u32,
-    dev: &str,
-    addr: Ipv6Addr,
-) -> Result<(), NetlinkError> {
-    let want = Ipv6Net::new(addr, 128).unwrap_or_default();
-    let fail = |e: io::Error| NetlinkError::Address {
-        addr: want.into(),
-        dev: dev.to_string(),
-        detail: e.to_string(),
-    };
-    let have = nl.addresses6(index).map_err(fail)?;
-    for a in have
-        .iter()
-        .filter(|a| **a != want && !a.addr().is_unicast_link_local())
-    {
-        nl.del_address6(index, *a).map_err(fail)?;
-    }
-    if !have.contains(&want) {
-        nl.add_address6(index, want).map_err(fail)?;
-    }
-    Ok(())
-}
-
-/// Leaves `addr/32` as the only IPv4 address of interface `index`: a device
-/// kept from an earlier run may hold another subnet's.
+/// Leaves `addr` (a /32, a /128) as the only address of its family on
+/// interface `index`: a device kept from an earlier run may hold another
+/// subnet's. IPv6 link-local addresses stay; the IPv6 one is added without
+/// duplicate address detection, so it is usable at once.
 ///
 /// # Errors
 /// [`NetlinkError::Address`] naming the device and address.
@@ -915,16 +723,17 @@ pub fn set_only_address(
     nl: &mut Netlink,
     index: u32,
     dev: &str,
-    addr: Ipv4Addr,
+    addr: IpAddr,
 ) -> Result<(), NetlinkError> {
-    let want = Ipv4Net::new(addr, 32).unwrap_or_default();
+    let want = IpNet::from(addr);
     let fail = |e: io::Error| NetlinkError::Address {
-        addr: want.into(),
+        addr: want,
         dev: dev.to_string(),
         detail: e.to_string(),
     };
-    let have = nl.addresses(index).map_err(fail)?;
-    for a in have.iter().filter(|a| **a != want) {
+    let have = nl.addresses(index, Family::of(addr)).map_err(fail)?;
+    let link_local = |a: &IpNet| matches!(a, IpNet::V6(a) if a.addr().is_unicast_link_local());
+    for a in have.iter().filter(|a| **a != want && !link_local(a)) {
         nl.del_address(index, *a).map_err(fail)?;
     }
     if !have.contains(&want) {
@@ -946,34 +755,64 @@ pub fn delete_link(nl: &mut Netlink, name: &str) -> Result<bool, NetlinkError> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
+    use ipnet::Ipv6Net;
+
     use super::*;
 
     #[test]
     fn has_route_matches_family_destination_and_gateway() {
         let gw: Ipv6Addr = "fc00:0:0:3::1".parse().unwrap();
         let routes = vec![
-            Route6 {
+            Route {
                 dst: "fc00::/48".parse().unwrap(),
-                gw: Some(gw),
+                gw: Some(IpAddr::V6(gw)),
                 oif: Some(2),
             },
-            Route6 {
-                dst: Ipv6Net::default(),
-                gw: Some(gw),
+            Route {
+                dst: IpNet::V6(Ipv6Net::default()),
+                gw: Some(IpAddr::V6(gw)),
                 oif: Some(2),
             },
         ];
         let net: IpNet = "fc00::/48".parse().unwrap();
-        assert!(has_route6(&routes, net, Some(IpAddr::V6(gw))));
-        assert!(has_route6(&routes, net, None));
-        assert!(has_route6(
+        assert!(has_route(&routes, net, Some(IpAddr::V6(gw))));
+        assert!(has_route(&routes, net, None));
+        assert!(has_route(
             &routes,
             "::/0".parse().unwrap(),
             Some(IpAddr::V6(gw))
         ));
-        assert!(!has_route6(&routes, net, Some("fc00::9".parse().unwrap())));
-        assert!(!has_route6(&routes, net, Some("10.0.0.1".parse().unwrap())));
-        assert!(!has_route6(&routes, "10.0.0.0/8".parse().unwrap(), None));
-        assert!(!has_route6(&routes, "fc01::/48".parse().unwrap(), None));
+        assert!(!has_route(&routes, net, Some("fc00::9".parse().unwrap())));
+        assert!(!has_route(&routes, net, Some("10.0.0.1".parse().unwrap())));
+        assert!(!has_route(&routes, "10.0.0.0/8".parse().unwrap(), None));
+        assert!(!has_route(&routes, "fc01::/48".parse().unwrap(), None));
+    }
+
+    #[test]
+    fn has_route_reads_an_ipv4_dump_alike() {
+        let gw: IpAddr = "10.1.17.1".parse().unwrap();
+        let routes = vec![
+            Route {
+                dst: "10.1.0.0/16".parse().unwrap(),
+                gw: Some(gw),
+                oif: Some(2),
+            },
+            Route {
+                dst: "10.1.17.0/24".parse().unwrap(),
+                gw: None,
+                oif: Some(2),
+            },
+        ];
+        assert!(has_route(&routes, "10.1.0.0/16".parse().unwrap(), Some(gw)));
+        assert!(has_route(&routes, "10.1.17.5/24".parse().unwrap(), None));
+        assert!(!has_route(
+            &routes,
+            "10.1.17.0/24".parse().unwrap(),
+            Some(gw)
+        ));
+        assert!(!has_route(&routes, "0.0.0.0/0".parse().unwrap(), None));
+        assert!(!has_route(&routes, "fc00::/48".parse().unwrap(), None));
     }
 }

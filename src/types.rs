@@ -1,8 +1,11 @@
-//! Newtypes for the values that are easy to mix up: VNIs and VTEP MAC addresses.
+//! Newtypes for the values that are easy to mix up: VNIs, VTEP MAC addresses
+//! and address families.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A VXLAN network identifier, checked to fit its 24 bits.
@@ -107,6 +110,53 @@ impl<'de> Deserialize<'de> for VtepMac {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IP address family. Each has its own routes and addresses (netlink
+/// dumps one family at a time), its own forwarding switch, and its own rules
+/// (nftables family, iptables tool: [`crate::netfilter`] names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family of `a`.
+    pub fn of(a: IpAddr) -> Family {
+        match a {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// `IPv4`, `IPv6`, as messages name the family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The family's forwarding switch: its file under `/proc/sys` and its
+    /// sysctl name.
+    pub fn forwarding_sysctl(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+            Family::V6 => (
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                "net.ipv6.conf.all.forwarding",
+            ),
+        }
+    }
+
+    /// The destination of a default route: `0.0.0.0/0`, `::/0`.
+    pub fn default_route(self) -> IpNet {
+        match self {
+            Family::V4 => IpNet::V4(Ipv4Net::default()),
+            Family::V6 => IpNet::V6(Ipv6Net::default()),
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //!
 //! On an IPv6-only node (subnet.env without `FLANNEL_NETWORK` and
 //! `FLANNEL_SUBNET`) the pod gets the IPv6 half alone: the bridge holds only
-//! the IPv6 gateway (its MAC from [`bridge_mac6`]), the pod one IPv6 address
+//! the IPv6 gateway (its MAC from [`bridge_mac`] of it), the pod one IPv6 address
 //! and the IPv6 routes, and the result lists only those.
 //!
 //! Every step of ADD after the address is allocated is undone when a later
@@ -23,7 +23,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use serde_json::json;
 
 use super::conf::NetConf;
@@ -32,8 +32,9 @@ use super::error::{CniError, code};
 use super::ipam::{Ipam, IpamError};
 use super::log;
 use super::result::{CniResult, Interface, IpConfig, Route};
-use crate::netlink::{self, Link, Netlink, has_route, is_exists};
+use crate::netlink::{Link, Netlink, has_route, is_exists};
 use crate::subnet_env::SubnetEnv;
+use crate::types::Family;
 
 /// The IPAM store of node subnet `subnet`, shared by every network that
 /// allocates from it (`<dataDir>/ipam/10.244.3.0-24`, and for the IPv6
@@ -81,6 +82,35 @@ impl Families {
             ipv4: senv.ipv4.is_some(),
             ipv6: senv.ipv6.is_some(),
         }
+    }
+}
+
+/// One family's half of a node, from subnet.env: the cluster network, the
+/// node's subnet and its gateway (the bridge's address, the pod's next hop).
+struct Half {
+    network: IpNet,
+    subnet: IpNet,
+    gateway: IpAddr,
+}
+
+impl Half {
+    /// The halves the node has, IPv4 first: both on a dual-stack node, only
+    /// IPv6 on an IPv6-only one.
+    fn of(senv: &SubnetEnv) -> Vec<Half> {
+        let v4 = senv.ipv4.map(|e| (e.network.into(), e.subnet.into()));
+        let v6 = senv.ipv6.map(|e| (e.network.into(), e.subnet.into()));
+        [v4, v6]
+            .into_iter()
+            .flatten()
+            .map(|(network, subnet): (IpNet, IpNet)| {
+                let subnet = subnet.trunc();
+                Half {
+                    network,
+                    subnet,
+                    gateway: gateway(subnet),
+                }
+            })
+            .collect()
     }
 }
 
@@ -164,17 +194,14 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("veth{h:08x}")
 }
 
-/// The gateway of the node subnet: its first host address (flannel's `.1`).
-pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
+/// The gateway of a node subnet: its first host address (flannel's `.1`,
+/// and `::1` as subnet.env writes the IPv6 subnet).
+pub fn gateway(subnet: IpNet) -> IpAddr {
     // subnet.env with no room for one is refused before this is reached.
-    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
-}
-
-/// The gateway of the node's IPv6 subnet: its first host address (`::1`,
-/// as subnet.env writes the subnet).
-pub fn gateway6(subnet: Ipv6Net) -> Ipv6Addr {
-    // subnet.env with no room for one is refused before this is reached.
-    Ipv6Addr::from(u128::from(subnet.network()).saturating_add(1))
+    match subnet.network() {
+        IpAddr::V4(n) => Ipv4Addr::from(u32::from(n).saturating_add(1)).into(),
+        IpAddr::V6(n) => Ipv6Addr::from(u128::from(n).saturating_add(1)).into(),
+    }
 }
 
 fn nl_err(what: String) -> impl FnOnce(io::Error) -> CniError {
@@ -202,22 +229,20 @@ fn open_ns(path: &Path) -> Result<std::fs::File, CniError> {
     })
 }
 
-/// The bridge's MAC: `0a:58` and the gateway's IPv4 address (the CNI
-/// plugins' convention), set when the bridge is created, so pods' ARP
-/// entries for the gateway stay right as other pods come and go.
-pub fn bridge_mac(gw: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = gw.octets();
+/// The bridge's MAC: `0a:58` and the last four bytes of the gateway's
+/// address, set when the bridge is created, so pods' ARP and neighbour
+/// entries for the gateway stay right as other pods come and go. With an
+/// IPv4 gateway that is the whole address (the CNI plugins' convention); an
+/// IPv6-only node, which has none, takes its IPv6 gateway's (`fc00:0:0:3::1`
+/// gives `0a:58:00:00:00:01`), so every such node's bridge may get the same
+/// one: a bridge's MAC is seen only by the pods on it.
+pub fn bridge_mac(gw: IpAddr) -> [u8; 6] {
+    let low = match gw {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(a) => u128::from(a) as u32,
+    };
+    let [a, b, c, d] = low.to_be_bytes();
     [0x0a, 0x58, a, b, c, d]
-}
-
-/// The bridge's MAC on an IPv6-only node, which has no IPv4 gateway: `0a:58`
-/// and the last four bytes of the IPv6 gateway (`fc00:0:0:3::1` gives
-/// `0a:58:00:00:00:01`), fixed for the same reason as [`bridge_mac`]. Every
-/// node's bridge may get the same one; a bridge's MAC is seen only by the
-/// pods on it.
-pub fn bridge_mac6(gw: Ipv6Addr) -> [u8; 6] {
-    let o = gw.octets();
-    [0x0a, 0x58, o[12], o[13], o[14], o[15]]
 }
 
 /// The pod's MAC from `runtimeConfig.mac` (`podman run --mac-address`), if
@@ -254,19 +279,10 @@ pub fn requested_mac(conf: &NetConf) -> Result<Option<[u8; 6]>, CniError> {
 }
 
 /// The bridge `name` with the gateway address of each family the node has
-/// (`gw` is `None` on an IPv6-only node), created when missing with the
-/// MAC of [`bridge_mac`] (of [`bridge_mac6`] without an IPv4 gateway).
-fn ensure_bridge(
-    host: &mut Netlink,
-    name: &str,
-    gw: Option<Ipv4Net>,
-    gw6: Option<Ipv6Net>,
-) -> Result<Link, CniError> {
-    let mac = match (gw, gw6) {
-        (Some(g), _) => Some(bridge_mac(g.addr())),
-        (None, Some(g6)) => Some(bridge_mac6(g6.addr())),
-        (None, None) => None,
-    };
+/// (`gws`, IPv4 first), created when missing with the MAC of [`bridge_mac`]
+/// of the first.
+fn ensure_bridge(host: &mut Netlink, name: &str, gws: &[IpNet]) -> Result<Link, CniError> {
+    let mac = gws.first().map(|g| bridge_mac(g.addr()));
     host.create_bridge(name, mac)
         .map_err(nl_err(format!("cannot create bridge {name}")))?;
     let br = host
@@ -278,15 +294,14 @@ fn ensure_bridge(
                 format!("bridge {name} vanished after creation"),
             )
         })?;
-    if let Some(gw) = gw {
-        host.add_address(br.index, gw).map_err(nl_err(format!(
-            "cannot add gateway address {gw} to bridge {name}"
-        )))?;
-    }
-    if let Some(gw6) = gw6 {
-        host.add_address6(br.index, gw6).map_err(nl_err(format!(
-            "cannot add IPv6 gateway address {gw6} to bridge {name} (is IPv6 disabled on the node? net.ipv6.conf.{name}.disable_ipv6)"
-        )))?;
+    for gw in gws {
+        let what = match gw {
+            IpNet::V4(_) => format!("cannot add gateway address {gw} to bridge {name}"),
+            IpNet::V6(_) => format!(
+                "cannot add IPv6 gateway address {gw} to bridge {name} (is IPv6 disabled on the node? net.ipv6.conf.{name}.disable_ipv6)"
+            ),
+        };
+        host.add_address(br.index, *gw).map_err(nl_err(what))?;
     }
     host.set_up(br.index, None)
         .map_err(nl_err(format!("cannot set bridge {name} up")))?;
@@ -342,17 +357,8 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     let hairpin = conf.hairpin()?;
     let mac = requested_mac(conf)?;
     let wanted = requested_ips(conf, Families::of(senv), &conf.subnet_file)?;
-    // (network, subnet, gateway) of each family the node has: both on a
-    // dual-stack node, only IPv6 on an IPv6-only one.
-    let v4 = senv.ipv4.map(|e| {
-        let s = e.subnet.trunc();
-        (e.network, s, gateway(s))
-    });
-    let v6 = senv.ipv6.map(|e| {
-        let s = e.subnet.trunc();
-        (e.network, s, gateway6(s))
-    });
-    if v4.is_none() && v6.is_none() {
+    let halves = Half::of(senv);
+    if halves.is_empty() {
         // SubnetEnv::parse refuses such a file; a caller building one by hand
         // gets an error, not a pod without an address.
         return Err(CniError::new(
@@ -363,8 +369,8 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             ),
         ));
     }
-    if v6.is_some() {
-        refuse_mtu_below_ipv6_minimum(conf, mtu, v4.is_none())?;
+    if senv.ipv6.is_some() {
+        refuse_mtu_below_ipv6_minimum(conf, mtu, senv.ipv4.is_none())?;
     }
     let ns = open_ns(netns)?;
     let mut pod = Netlink::in_netns(&ns).map_err(nl_err(format!(
@@ -373,59 +379,38 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
     )))?;
     refuse_in(&mut pod, ifname, netns)?;
     let mut host = Netlink::new().map_err(nl_err("cannot open netlink".into()))?;
-    let gw_net = v4.map(|(_, s, g)| Ipv4Net::new(g, s.prefix_len()).unwrap_or(s));
-    let gw6_net = v6.map(|(_, s, g)| Ipv6Net::new(g, s.prefix_len()).unwrap_or(s));
-    let bridge = ensure_bridge(&mut host, &bridge_name, gw_net, gw6_net)?;
-    let ipam4 = v4.map(|(_, s, _)| ipam(conf, IpNet::V4(s)));
-    let ipam6 = v6.map(|(_, s, _)| ipam(conf, IpNet::V6(s)));
+    let gw_nets: Vec<IpNet> = halves
+        .iter()
+        .map(|h| IpNet::new(h.gateway, h.subnet.prefix_len()).unwrap_or(h.subnet))
+        .collect();
+    let bridge = ensure_bridge(&mut host, &bridge_name, &gw_nets)?;
     let release = |store: &Ipam, addr: IpAddr| {
         if let Err(e) = store.release(&env.container_id, ifname) {
             log(&format!("undo: cannot release {addr}: {e}"));
         }
     };
-    let ip4 = match (v4, &ipam4) {
-        (Some((_, s, g)), Some(store)) => {
-            let got = store
-                .allocate(
-                    IpNet::V4(s),
-                    IpAddr::V4(g),
-                    &env.container_id,
-                    ifname,
-                    wanted.v4.map(IpAddr::V4),
-                )
-                .map_err(ipam_err)?;
-            // The store of an IPv4 subnet hands out IPv4 addresses only (and
-            // an IPv6 subnet's IPv6 ones, below).
-            let a = match got {
-                IpAddr::V4(a) => a,
-                IpAddr::V6(_) => s.addr(),
-            };
-            Some(Ipv4Net::new(a, s.prefix_len()).unwrap_or(s))
-        }
-        _ => None,
-    };
-    let ip6 = match (v6, &ipam6) {
-        (Some((_, s6, g6)), Some(store)) => {
-            let got = store.allocate(
-                IpNet::V6(s6),
-                IpAddr::V6(g6),
-                &env.container_id,
-                ifname,
-                wanted.v6.map(IpAddr::V6),
-            );
-            match got {
-                Ok(IpAddr::V6(a)) => Some(Ipv6Net::new(a, s6.prefix_len()).unwrap_or(s6)),
-                Ok(IpAddr::V4(_)) => None,
-                Err(e) => {
-                    if let (Some(store), Some(a)) = (&ipam4, ip4) {
-                        release(store, IpAddr::V4(a.addr()));
-                    }
-                    return Err(ipam_err(e));
+    // Each half's store and the pod's address in it, IPv4 first; a failure
+    // releases those taken before it.
+    let mut taken: Vec<(Ipam, IpNet)> = vec![];
+    for h in &halves {
+        let store = ipam(conf, h.subnet);
+        let want = match h.subnet {
+            IpNet::V4(_) => wanted.v4.map(IpAddr::V4),
+            IpNet::V6(_) => wanted.v6.map(IpAddr::V6),
+        };
+        match store.allocate(h.subnet, h.gateway, &env.container_id, ifname, want) {
+            Ok(a) => {
+                let addr = IpNet::new(a, h.subnet.prefix_len()).unwrap_or(h.subnet);
+                taken.push((store, addr));
+            }
+            Err(e) => {
+                for (store, a) in &taken {
+                    release(store, a.addr());
                 }
+                return Err(ipam_err(e));
             }
         }
-        _ => None,
-    };
+    }
     let host_name = host_veth_name(&env.container_id, ifname);
     let mut created = false;
     let wired = (|| -> Result<CniResult, CniError> {
@@ -493,44 +478,22 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
             }
             None => pl,
         };
-        if let Some(addr) = ip4 {
-            pod.add_address(pl.index, addr)
-                .map_err(nl_err(in_pod(&format!("cannot add address {addr}"))))?;
-        }
-        if let Some(a6) = ip6 {
-            pod.add_address6(pl.index, a6).map_err(nl_err(in_pod(&format!(
-                "cannot add IPv6 address {a6} (is IPv6 disabled in the pod? net.ipv6.conf.{ifname}.disable_ipv6)"
-            ))))?;
+        for (_, addr) in &taken {
+            let what = match addr {
+                IpNet::V4(_) => format!("cannot add address {addr}"),
+                IpNet::V6(_) => format!(
+                    "cannot add IPv6 address {addr} (is IPv6 disabled in the pod? net.ipv6.conf.{ifname}.disable_ipv6)"
+                ),
+            };
+            pod.add_address(pl.index, *addr)
+                .map_err(nl_err(in_pod(&what)))?;
         }
         pod.set_up(pl.index, None)
             .map_err(nl_err(in_pod("cannot set link up")))?;
-        let routes = pod_routes(
-            v4.map(|(n, _, g)| (n, g)),
-            v6.map(|(n, _, g)| (n, g)),
-            default_route,
-        );
+        let routes = pod_routes(halves.iter().map(|h| (h.network, h.gateway)), default_route);
         for (dst, via) in &routes {
-            let added = match (dst, via) {
-                (IpNet::V4(d), IpAddr::V4(g)) => pod.add_route(*d, Some(*g), pl.index),
-                (IpNet::V6(d), IpAddr::V6(g)) => pod.add_route6(*d, Some(*g), pl.index),
-                _ => Ok(false),
-            };
-            added.map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
-        }
-        let mut ips = vec![];
-        if let (Some(a), Some((_, _, g))) = (ip4, v4) {
-            ips.push(IpConfig {
-                address: IpNet::V4(a),
-                gateway: Some(IpAddr::V4(g)),
-                interface: Some(2),
-            });
-        }
-        if let (Some(a6), Some((_, _, g6))) = (ip6, v6) {
-            ips.push(IpConfig {
-                address: IpNet::V6(a6),
-                gateway: Some(IpAddr::V6(g6)),
-                interface: Some(2),
-            });
+            pod.add_route(*dst, Some(*via), pl.index)
+                .map_err(nl_err(in_pod(&format!("cannot add route {dst} via {via}"))))?;
         }
         Ok(CniResult {
             interfaces: vec![
@@ -553,7 +516,15 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
                     sandbox: Some(netns.display().to_string()),
                 },
             ],
-            ips,
+            ips: halves
+                .iter()
+                .zip(&taken)
+                .map(|(h, (_, addr))| IpConfig {
+                    address: *addr,
+                    gateway: Some(h.gateway),
+                    interface: Some(2),
+                })
+                .collect(),
             routes: routes
                 .iter()
                 .map(|(dst, via)| Route {
@@ -572,11 +543,8 @@ pub fn add(conf: &NetConf, env: &CniEnv, senv: &SubnetEnv) -> Result<CniResult, 
                 log(&format!("undo: cannot delete {host_name}: {e}"));
             }
         }
-        if let (Some(store), Some(a)) = (&ipam4, ip4) {
-            release(store, IpAddr::V4(a.addr()));
-        }
-        if let (Some(store), Some(a6)) = (&ipam6, ip6) {
-            release(store, IpAddr::V6(a6.addr()));
+        for (store, a) in &taken {
+            release(store, a.addr());
         }
     })
 }
@@ -610,26 +578,19 @@ fn refuse_mtu_below_ipv6_minimum(
     ))
 }
 
-/// The pod's routes, in the result's order: the IPv4 network via the
-/// gateway (and `0.0.0.0/0` with `default_route`), then, on a dual-stack
-/// or IPv6-only node, the IPv6 network via the IPv6 gateway (and `::/0`).
-/// An IPv6-only node has no IPv4 half (`v4` is `None`). Pure.
+/// The pod's routes, in the result's order: for each half of the node
+/// (`(network, gateway)`, IPv4 first), the network via the gateway (and
+/// `0.0.0.0/0` or `::/0` with `default_route`). An IPv6-only node has no
+/// IPv4 half. Pure.
 pub fn pod_routes(
-    v4: Option<(Ipv4Net, Ipv4Addr)>,
-    v6: Option<(Ipv6Net, Ipv6Addr)>,
+    halves: impl IntoIterator<Item = (IpNet, IpAddr)>,
     default_route: bool,
 ) -> Vec<(IpNet, IpAddr)> {
     let mut out = vec![];
-    if let Some((net, gw)) = v4 {
-        out.push((IpNet::V4(net), IpAddr::V4(gw)));
+    for (net, gw) in halves {
+        out.push((net, gw));
         if default_route {
-            out.push((IpNet::V4(Ipv4Net::default()), IpAddr::V4(gw)));
-        }
-    }
-    if let Some((net, gw)) = v6 {
-        out.push((IpNet::V6(net), IpAddr::V6(gw)));
-        if default_route {
-            out.push((IpNet::V6(Ipv6Net::default()), IpAddr::V6(gw)));
+            out.push((Family::of(gw).default_route(), gw));
         }
     }
     out
@@ -719,7 +680,7 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
         }
     }
     let have = pod
-        .addresses(link.index)
+        .addresses(link.index, Family::V4)
         .map_err(nl_err(format!("cannot list addresses of {ifname}")))?;
     let ours = |i: &Option<usize>| {
         i.and_then(|i| prev.interfaces.get(i))
@@ -732,26 +693,20 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
     }
     let mut have6 = None;
     for ip in prev.ips.iter().filter(|ip| ours(&ip.interface)) {
-        let present = match ip.address {
-            IpNet::V4(a) => have.contains(&a),
-            IpNet::V6(a) => {
-                if have6.is_none() {
-                    have6 = Some(
-                        pod.addresses6(link.index)
-                            .map_err(nl_err(format!("cannot list IPv6 addresses of {ifname}")))?,
-                    );
-                }
-                have6.as_ref().is_some_and(|h| h.contains(&a))
-            }
-        };
         let a = ip.address;
-        if !present {
-            let has = match a {
-                IpNet::V4(_) => format!("{have:?}"),
-                IpNet::V6(_) => format!("{:?}", have6.as_deref().unwrap_or_default()),
-            };
+        let listed = match a {
+            IpNet::V4(_) => &have,
+            IpNet::V6(_) => match &mut have6 {
+                Some(h) => h,
+                None => have6.insert(
+                    pod.addresses(link.index, Family::V6)
+                        .map_err(nl_err(format!("cannot list IPv6 addresses of {ifname}")))?,
+                ),
+            },
+        };
+        if !listed.contains(&a) {
             return Err(check_failed(format!(
-                "address {a} of prevResult is not on {ifname} (it has {has})"
+                "address {a} of prevResult is not on {ifname} (it has {listed:?})"
             )));
         }
         if !allocated
@@ -766,19 +721,21 @@ pub fn check(conf: &NetConf, env: &CniEnv, senv: Option<&SubnetEnv>) -> Result<(
             )));
         }
     }
-    let routes = pod.routes().map_err(nl_err("cannot list routes".into()))?;
+    let routes = pod
+        .routes(Family::V4)
+        .map_err(nl_err("cannot list routes".into()))?;
     let routes6 = if prev.routes.iter().any(|r| r.dst.addr().is_ipv6()) {
-        pod.routes6()
+        pod.routes(Family::V6)
             .map_err(nl_err("cannot list IPv6 routes".into()))?
     } else {
         vec![]
     };
     for r in &prev.routes {
-        let found = match r.dst {
-            IpNet::V4(_) => has_route(&routes, r.dst, r.gw),
-            IpNet::V6(_) => netlink::has_route6(&routes6, r.dst, r.gw),
+        let listed = match r.dst {
+            IpNet::V4(_) => &routes,
+            IpNet::V6(_) => &routes6,
         };
-        if !found {
+        if !has_route(listed, r.dst, r.gw) {
             return Err(check_failed(format!(
                 "route {} via {:?} of prevResult is missing in netns {}",
                 r.dst,
@@ -905,24 +862,21 @@ mod tests {
 
     #[test]
     fn routes_and_gateways_per_family() {
-        let v4 = ("10.1.0.0/16".parse().unwrap(), Ipv4Addr::new(10, 1, 17, 1));
-        let s6: Ipv6Net = "fc00:0:0:3::/64".parse().unwrap();
-        let g6 = gateway6(s6);
-        assert_eq!(g6, "fc00:0:0:3::1".parse::<Ipv6Addr>().unwrap());
+        let v4 = ("10.1.0.0/16".parse().unwrap(), "10.1.17.1".parse().unwrap());
+        let s6: IpNet = "fc00:0:0:3::/64".parse().unwrap();
+        let g6 = gateway(s6);
+        assert_eq!(g6, "fc00:0:0:3::1".parse::<IpAddr>().unwrap());
         let v6 = ("fc00::/48".parse().unwrap(), g6);
         let text = |r: Vec<(IpNet, IpAddr)>| -> Vec<String> {
             r.iter().map(|(d, g)| format!("{d} via {g}")).collect()
         };
+        assert_eq!(text(pod_routes([v4], false)), ["10.1.0.0/16 via 10.1.17.1"]);
         assert_eq!(
-            text(pod_routes(Some(v4), None, false)),
-            ["10.1.0.0/16 via 10.1.17.1"]
-        );
-        assert_eq!(
-            text(pod_routes(Some(v4), None, true)),
+            text(pod_routes([v4], true)),
             ["10.1.0.0/16 via 10.1.17.1", "0.0.0.0/0 via 10.1.17.1"]
         );
         assert_eq!(
-            text(pod_routes(Some(v4), Some(v6), true)),
+            text(pod_routes([v4, v6], true)),
             [
                 "10.1.0.0/16 via 10.1.17.1",
                 "0.0.0.0/0 via 10.1.17.1",
@@ -931,58 +885,61 @@ mod tests {
             ]
         );
         assert_eq!(
-            text(pod_routes(Some(v4), Some(v6), false)),
+            text(pod_routes([v4, v6], false)),
             ["10.1.0.0/16 via 10.1.17.1", "fc00::/48 via fc00:0:0:3::1"]
         );
         // The top of the address space: no overflow.
-        let top: Ipv6Net = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127"
+        let top: IpNet = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127"
             .parse()
             .unwrap();
         assert_eq!(
-            gateway6(top),
+            gateway(top),
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
-                .parse::<Ipv6Addr>()
+                .parse::<IpAddr>()
                 .unwrap()
         );
-        let all: Ipv6Net = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"
+        let all: IpNet = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"
             .parse()
             .unwrap();
-        assert_eq!(gateway6(all), Ipv6Addr::from(u128::MAX));
+        assert_eq!(gateway(all), IpAddr::from(Ipv6Addr::from(u128::MAX)));
     }
 
     #[test]
     fn ipv6_only_routes_have_no_ipv4_half() {
-        let g6: Ipv6Addr = "fc00:0:0:3::1".parse().unwrap();
+        let g6: IpAddr = "fc00:0:0:3::1".parse().unwrap();
         let v6 = ("fc00::/48".parse().unwrap(), g6);
         let text = |r: Vec<(IpNet, IpAddr)>| -> Vec<String> {
             r.iter().map(|(d, g)| format!("{d} via {g}")).collect()
         };
         assert_eq!(
-            text(pod_routes(None, Some(v6), true)),
+            text(pod_routes([v6], true)),
             ["fc00::/48 via fc00:0:0:3::1", "::/0 via fc00:0:0:3::1"]
         );
         assert_eq!(
-            text(pod_routes(None, Some(v6), false)),
+            text(pod_routes([v6], false)),
             ["fc00::/48 via fc00:0:0:3::1"]
         );
-        assert!(pod_routes(None, None, true).is_empty());
+        assert!(pod_routes([], true).is_empty());
     }
 
     #[test]
     fn ipv6_only_bridge_mac_is_fixed_unicast_and_local() {
-        let mac = bridge_mac6("fc00:0:0:3::1".parse().unwrap());
+        let mac = bridge_mac("fc00:0:0:3::1".parse().unwrap());
         assert_eq!(mac, [0x0a, 0x58, 0, 0, 0, 1]);
         assert_eq!(
-            bridge_mac6("fd77:0:0:5::a0b:c0d".parse().unwrap()),
+            bridge_mac("fd77:0:0:5::a0b:c0d".parse().unwrap()),
             [0x0a, 0x58, 0x0a, 0x0b, 0x0c, 0x0d]
         );
         // Unicast (bit 0 clear), locally administered (bit 1 set), as the
         // IPv4 one; the extremes of the address space included.
         for gw in [Ipv6Addr::UNSPECIFIED, Ipv6Addr::from(u128::MAX)] {
-            let m = bridge_mac6(gw);
+            let m = bridge_mac(gw.into());
             assert_eq!(m[0] & 0b11, 0b10, "{gw}: {m:02x?}");
         }
-        assert_eq!(bridge_mac(Ipv4Addr::new(10, 1, 17, 1))[..2], mac[..2]);
+        assert_eq!(
+            bridge_mac(Ipv4Addr::new(10, 1, 17, 1).into())[..2],
+            mac[..2]
+        );
     }
 
     #[test]

@@ -9,12 +9,12 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv6Net;
+use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::conf::NetConf;
@@ -25,6 +25,7 @@ use super::result::CniResult;
 use super::version::Version;
 use crate::netlink::{Dad, Netlink};
 use crate::subnet_env::SubnetEnv;
+use crate::types::Family;
 
 /// The first executable file named `name` in `path`.
 pub fn find_plugin(path: &[PathBuf], name: &str) -> Option<PathBuf> {
@@ -292,13 +293,10 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// # Errors
 /// Code 102 when the detection failed.
 fn settle_gateways6(conf: &NetConf, result: &CniResult) -> Result<(), CniError> {
-    let gws: Vec<Ipv6Addr> = result
+    let gws: Vec<IpAddr> = result
         .ips
         .iter()
-        .filter_map(|c| match c.gateway {
-            Some(IpAddr::V6(g)) => Some(g),
-            _ => None,
-        })
+        .filter_map(|c| c.gateway.filter(IpAddr::is_ipv6))
         .collect();
     if gws.is_empty() {
         return Ok(());
@@ -314,7 +312,7 @@ fn settle_gateways6(conf: &NetConf, result: &CniResult) -> Result<(), CniError> 
     };
     let start = Instant::now();
     loop {
-        let addrs = nl.addresses6_dad(index).unwrap_or_default();
+        let addrs = nl.addresses_dad(index, Family::V6).unwrap_or_default();
         match gateway_dad(&addrs, &gws) {
             Dad::Done => return Ok(()),
             Dad::Failed => {
@@ -343,7 +341,7 @@ fn settle_gateways6(conf: &NetConf, result: &CniResult) -> Result<(), CniError> 
 /// Where the detection of the gateways `gws` stands on a link holding
 /// `addrs`: failed if any failed, else tentative if any is, else done. A
 /// gateway the link does not hold is not waited for. Pure.
-pub fn gateway_dad(addrs: &[(Ipv6Net, Dad)], gws: &[Ipv6Addr]) -> Dad {
+pub fn gateway_dad(addrs: &[(IpNet, Dad)], gws: &[IpAddr]) -> Dad {
     let states = addrs
         .iter()
         .filter(|(n, _)| gws.contains(&n.addr()))
@@ -520,8 +518,8 @@ mod tests {
 
     #[test]
     fn gateway_dad_waits_for_the_gateways_only_and_fails_on_a_duplicate() {
-        let n = |s: &str| s.parse::<Ipv6Net>().unwrap();
-        let gw: Ipv6Addr = "fc00:0:0:3::1".parse().unwrap();
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        let gw: IpAddr = "fc00:0:0:3::1".parse().unwrap();
         let addrs = [
             (n("fe80::1/64"), Dad::Tentative),
             (n("fc00:0:0:3::1/64"), Dad::Done),
@@ -534,7 +532,7 @@ mod tests {
             (n("fc00:0:0:3::1/64"), Dad::Tentative),
             (n("fc00:0:0:4::1/64"), Dad::Failed),
         ];
-        let gw4: Ipv6Addr = "fc00:0:0:4::1".parse().unwrap();
+        let gw4: IpAddr = "fc00:0:0:4::1".parse().unwrap();
         assert_eq!(gateway_dad(&addrs, &[gw, gw4]), Dad::Failed);
         // A gateway the bridge does not hold is not waited for.
         assert_eq!(gateway_dad(&[], &[gw]), Dad::Done);

@@ -24,6 +24,7 @@ use crate::store::kube::KubeStore;
 use crate::store::local::LocalStore;
 use crate::store::{LeaseStore, WatchEvent};
 use crate::subnet_env::SubnetEnv;
+use crate::types::Family;
 use probe::Outcome;
 use report::{Check, Report};
 
@@ -39,7 +40,7 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     // IPv6-only network (known once the config is read) re-checks it below.
     let ext = interface(opts, &mut r);
     privileges(opts, &mut r);
-    forwarding(&mut r);
+    forwarding(Family::V4, &mut r);
     udp_offloads(&mut r);
     cni::check(opts, cni_dirs, &mut r);
     let kube_store = match &opts.kube {
@@ -67,11 +68,11 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
             r.checks.retain(|c| {
                 !["interface", "public IP", "IPv4 forwarding"].contains(&c.what.as_str())
             });
-            forwarding6(&mut r);
+            forwarding(Family::V6, &mut r);
             interface6(opts, false, &mut r)
         }
         Some(_) if config.ipv6.is_some() => {
-            forwarding6(&mut r);
+            forwarding(Family::V6, &mut r);
             interface6(opts, true, &mut r)
         }
         e => e,
@@ -220,26 +221,10 @@ fn udp_offloads(r: &mut Report) {
     }
 }
 
-fn forwarding(r: &mut Report) {
-    forwarding_of(
-        r,
-        "IPv4 forwarding",
-        "/proc/sys/net/ipv4/ip_forward",
-        "net.ipv4.ip_forward",
-    );
-}
-
-/// The IPv6 forwarding line of a dual-stack node.
-fn forwarding6(r: &mut Report) {
-    forwarding_of(
-        r,
-        "IPv6 forwarding",
-        "/proc/sys/net/ipv6/conf/all/forwarding",
-        "net.ipv6.conf.all.forwarding",
-    );
-}
-
-fn forwarding_of(r: &mut Report, what: &'static str, path: &str, name: &str) {
+/// The forwarding line of `family` (IPv6's on a dual-stack or IPv6-only node).
+fn forwarding(family: Family, r: &mut Report) {
+    let what = format!("{} forwarding", family.name());
+    let (path, name) = family.forwarding_sysctl();
     match std::fs::read_to_string(path).map(|s| s.trim().to_string()) {
         Ok(v) if v == "1" => r.push(Check::pass(what, "on")),
         Ok(_) => r.push(Check::note(

@@ -20,6 +20,8 @@ use std::fmt::Write as _;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+pub use crate::types::Family;
+
 /// weft's nftables table, in family `ip` (and `ip6` on a dual-stack node):
 /// nothing else of the host's is touched.
 pub const NFT_TABLE: &str = "weft";
@@ -46,14 +48,8 @@ pub const MULTICAST6: Ipv6Net =
         Err(_) => panic!("ff00::/8 is a valid prefix"),
     };
 
-/// An address family, each with its own table (`ip weft`, `ip6 weft`) and
-/// its own iptables tool (iptables, ip6tables).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
+/// Each family has its own table (`ip weft`, `ip6 weft`) and its own
+/// iptables tool (iptables, ip6tables).
 impl Family {
     /// nft's name for the family: `ip`, `ip6`.
     pub fn nft(self) -> &'static str {
