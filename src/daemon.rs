@@ -204,9 +204,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A store that does not answer at boot is tried again, with backoff (1 s
-/// doubling to 30 s), as flannel does, until it answers or `shutdown`; other
-/// errors (TLS, auth, options) end the start at once. `None` on shutdown.
+/// A store that does not answer at boot ([`StoreError::is_unreachable`]) is
+/// tried again, with backoff (1 s doubling to 30 s), as flannel does, until
+/// it answers or `shutdown`; other errors (TLS, auth, options) end the start
+/// at once. `None` on shutdown.
 async fn retry_at_boot<S, F>(
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     mut connect: impl FnMut() -> F,
@@ -218,15 +219,7 @@ where
     loop {
         match connect().await {
             Ok(s) => return Ok(Some(s)),
-            // The deadlock too: kube-proxy may start yet, and the fix (the
-            // API server's real address) restarts the pod anyway. Waiting
-            // alive keeps `kubectl exec … weftd doctor` possible; a crash
-            // loop would not.
-            Err(
-                e @ (StoreError::EtcdUnreachable { .. }
-                | StoreError::KubeUnreachable { .. }
-                | StoreError::KubeDeadlock { .. }),
-            ) => {
+            Err(e) if e.is_unreachable() => {
                 tracing::warn!("{e}; retrying in {}s", wait.as_secs());
             }
             Err(e) => return Err(e.into()),

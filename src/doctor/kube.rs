@@ -16,12 +16,12 @@ use super::report::{Check, Report};
 use crate::config::NetConfig;
 use crate::iface::ExtIface;
 use crate::lease::{LeaseAttrs, VxlanData};
-use crate::store::StoreError;
 use crate::store::dial::{CertProblem, SeenCert};
 use crate::store::kube::{
     API_CALLS, Dial, Keys, KubeSettings, KubeStore, Review, Source, annotation, own_annotations,
     own_lease,
 };
+use crate::store::{KubeError, StoreError};
 use crate::types::VtepMac;
 
 const API: &str = "Kubernetes API";
@@ -35,10 +35,10 @@ pub async fn server(k: &KubeSettings, r: &mut Report) -> Option<KubeStore> {
         // With POD_NAME instead of NODE_NAME, connecting reads the pod.
         Ok(Err(e)) => {
             r.push(match &e {
-                StoreError::KubeDeadlock { .. } | StoreError::KubeUnreachable { .. } => {
-                    unreachable(&e)
-                }
-                StoreError::KubeTls { .. } => Check::fail(TLS, e.to_string(), ""),
+                StoreError::Kube(
+                    k @ (KubeError::Deadlock { .. } | KubeError::Unreachable { .. }),
+                ) => unreachable(k),
+                StoreError::Kube(KubeError::Tls { .. }) => Check::fail(TLS, e.to_string(), ""),
                 _ => Check::fail(API, e.to_string(), ""),
             });
             return None;
@@ -149,9 +149,9 @@ pub(crate) fn dial_checks(
 }
 
 /// An unreachable server: the deadlock when the address is the in-cluster one.
-fn unreachable(e: &StoreError) -> Check {
+fn unreachable(e: &KubeError) -> Check {
     match e {
-        StoreError::KubeDeadlock {
+        KubeError::Deadlock {
             api,
             host,
             port,
@@ -163,7 +163,7 @@ fn unreachable(e: &StoreError) -> Check {
             ),
             "give weftd the API server's real address: set KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in the DaemonSet's env to the control plane's address and port (e.g. 10.0.0.100 and 6443), or pass --kube-api-url https://<control-plane>:6443 (flannel's advice for clusters without kube-proxy), or --kubeconfig-file with a kubeconfig that names it",
         ),
-        StoreError::KubeUnreachable { api, detail } => Check::fail(
+        KubeError::Unreachable { api, detail } => Check::fail(
             API,
             format!("{api} does not answer: {detail}"),
             "check the server address (--kube-api-url, or the kubeconfig's clusters[].cluster.server) and that the API server runs there",
@@ -335,7 +335,7 @@ pub(crate) fn node_checks(
         attrs,
     ) {
         Ok(l) => l,
-        Err(StoreError::KubeNoPodCidr { network, .. }) => {
+        Err(KubeError::NoPodCidr { network, .. }) => {
             return vec![Check::fail(
                 what,
                 "has no podCIDR (spec.podCIDR and spec.podCIDRs are empty): nobody assigns node subnets in this cluster, so weftd has no subnet for this node",
@@ -344,7 +344,7 @@ pub(crate) fn node_checks(
                 ),
             )];
         }
-        Err(StoreError::KubePodCidrOutside { cidr, network, .. }) => {
+        Err(KubeError::PodCidrOutside { cidr, network, .. }) => {
             return vec![Check::fail(
                 what,
                 format!(
@@ -355,7 +355,7 @@ pub(crate) fn node_checks(
                 ),
             )];
         }
-        Err(StoreError::KubePodCidrUnusable { cidr, why, .. }) => {
+        Err(KubeError::PodCidrUnusable { cidr, why, .. }) => {
             return vec![Check::fail(
                 what,
                 format!("its podCIDR {cidr} cannot be a node subnet: {why}"),
@@ -555,7 +555,7 @@ mod tests {
 
     #[test]
     fn a_silent_in_cluster_address_is_the_deadlock() {
-        let d = Dial::Unreachable(StoreError::KubeDeadlock {
+        let d = Dial::Unreachable(KubeError::Deadlock {
             api: "https://10.96.0.1".into(),
             host: "10.96.0.1".into(),
             port: "443".into(),

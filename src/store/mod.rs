@@ -12,6 +12,9 @@ pub mod etcd;
 pub mod kube;
 pub mod local;
 
+pub use etcd::EtcdError;
+pub use kube::KubeError;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +51,9 @@ pub enum WatchEvent {
     Remove(LeaseId),
 }
 
-/// Failures of a lease store, naming the store location and what to do.
+/// Failures of a lease store, naming the store location and what to do: the
+/// store-neutral ones here, each store's own inside ([`StoreError::Etcd`],
+/// [`StoreError::Kube`]), printed as they are.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("lease store {store}: {op} failed: {source} ")]
@@ -92,116 +97,27 @@ pub enum StoreError {
         problem: String,
     },
     #[error(
-        "{store}: network config key {key} not found (wrong --etcd-prefix, or the config was never written); create it with: {command}"
-    )]
-    EtcdConfigMissing {
-        store: String,
-        key: String,
-        command: String,
-    },
-    #[error(
-        "etcd {endpoints}: unreachable: {detail}; check that etcd runs there and that --etcd-endpoints is right"
-    )]
-    EtcdUnreachable { endpoints: String, detail: String },
-    #[error("etcd {endpoint}: TLS failed with CA file {ca_file}: {problem}")]
-    EtcdTls {
-        endpoint: String,
-        ca_file: String,
-        problem: String,
-    },
-    #[error("{store}: {op} failed: {detail}")]
-    EtcdRequest {
-        store: String,
-        op: String,
-        detail: String,
-    },
-    #[error("etcd options: {problem}")]
-    EtcdOptions { problem: String },
-    #[error(
         "{store}: this node's lease key {key} is gone: deleted by an operator, or expired while etcd was unreachable. Acquire again (weftd does, asking for the same subnet first)"
     )]
     LeaseDeleted { store: String, key: String },
-    #[error("Kubernetes client configuration ({from}): {problem}")]
-    KubeConfig { from: String, problem: String },
-    #[error(
-        "Kubernetes API server {api}: unreachable: {detail}; check the server address (--kube-api-url, or the kubeconfig's clusters[].cluster.server) and that the API server runs there"
-    )]
-    KubeUnreachable { api: String, detail: String },
-    #[error(
-        "Kubernetes API server {api} (in-cluster config: KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port}) does not answer: {detail}. In a pod that address is normally the `kubernetes` Service's ClusterIP, which only works once kube-proxy runs, and kube-proxy waits for the pod network that weft provides: this is the CNI-before-kube-proxy deadlock. Fix: reach the API server directly, either with --kubeconfig-file (a kubeconfig with the real server address and CA, mounted into the pod as a file) or by setting KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in the DaemonSet to the API server's real host and port (e.g. 10.0.0.100 and 6443)"
-    )]
-    KubeDeadlock {
-        api: String,
-        host: String,
-        port: String,
-        detail: String,
-    },
-    #[error("Kubernetes API server {api}: TLS failed when dialling {addr}: {detail}")]
-    KubeTls {
-        api: String,
-        addr: String,
-        /// What failed, then the certificate's subject and names (SANs) and the fix.
-        detail: String,
-    },
-    #[error(
-        "Kubernetes API server {api}: forbidden to {verb} {resource}: {detail}. Grant weft's ServiceAccount the verb {verb:?} on {resource:?} (the ClusterRole in docker/weft.yaml does)"
-    )]
-    KubeForbidden {
-        api: String,
-        verb: String,
-        resource: String,
-        detail: String,
-    },
-    #[error(
-        "node {node} has no pod CIDR (spec.podCIDR / spec.podCIDRs are empty): nobody assigns node subnets in this cluster. Run kube-controller-manager with --allocate-node-cidrs=true --cluster-cidr={network} (with kubeadm: kubeadm init --pod-network-cidr={network}), or set spec.podCIDR on the node"
-    )]
-    KubeNoPodCidr { node: String, network: Ipv4Net },
-    #[error(
-        "node {node}'s pod CIDR {cidr} lies outside the Network {network} of net-conf.json; make Network equal kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr)"
-    )]
-    KubePodCidrOutside {
-        node: String,
-        cidr: String,
-        network: Ipv4Net,
-    },
-    #[error(
-        "node {node}'s pod CIDR {cidr} cannot be a node subnet: {why}; give kube-controller-manager a --node-cidr-mask-size of 30 or less"
-    )]
-    KubePodCidrUnusable {
-        node: String,
-        cidr: Ipv4Net,
-        why: &'static str,
-    },
-    #[error(
-        "node {node} has no IPv6 pod CIDR (spec.podCIDRs holds none) but net-conf.json enables IPv6 with IPv6Network {network}. Run kube-controller-manager dual-stack (--cluster-cidr=<IPv4 Network>,{network}, and --node-cidr-mask-size-ipv6), so that every node gets an IPv6 pod CIDR, or set EnableIPv6 to false"
-    )]
-    KubeNoPodCidr6 { node: String, network: Ipv6Net },
-    #[error(
-        "node {node}'s IPv6 pod CIDR {cidr} lies outside the IPv6Network {network} of net-conf.json; make IPv6Network equal the IPv6 half of kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr)"
-    )]
-    KubePodCidr6Outside {
-        node: String,
-        cidr: String,
-        network: Ipv6Net,
-    },
-    #[error(
-        "node {node}'s IPv6 pod CIDR {cidr} cannot be a node subnet: {why}; give kube-controller-manager a --node-cidr-mask-size-ipv6 of 126 or less"
-    )]
-    KubePodCidr6Unusable {
-        node: String,
-        cidr: Ipv6Net,
-        why: &'static str,
-    },
-    #[error("Kubernetes API server {api}: {op} failed: {detail}")]
-    KubeRequest {
-        api: String,
-        op: String,
-        detail: String,
-    },
-    #[error(
-        "cannot tell which node this is: set NODE_NAME (the DaemonSet sets it from spec.nodeName with the downward API), or POD_NAME and POD_NAMESPACE"
-    )]
-    KubeNoNodeName,
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl StoreError {
+    /// Whether the store did not answer: a transient failure, worth the
+    /// retry at boot ([`EtcdError::is_unreachable`],
+    /// [`KubeError::is_unreachable`]); any other error will not go away by
+    /// waiting.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Etcd(e) => e.is_unreachable(),
+            StoreError::Kube(e) => e.is_unreachable(),
+            _ => false,
+        }
+    }
 }
 
 /// How a store's watch stands, kept by its watcher for `weftd status` and

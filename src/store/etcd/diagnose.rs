@@ -11,6 +11,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 
+use super::EtcdError;
 use super::EtcdSettings;
 use crate::store::StoreError;
 use crate::store::dial::{self, CertProblem, HandshakeError, SeenCert};
@@ -29,13 +30,13 @@ pub(super) async fn diagnose(settings: Arc<EtcdSettings>, err: StoreError) -> St
             }
         }
         // Report TLS problems first: they are what the operator must fix.
-        problems.sort_by_key(|p| !matches!(p, StoreError::EtcdTls { .. }));
+        problems.sort_by_key(|p| !matches!(p, EtcdError::Tls { .. }));
         problems.into_iter().next()
     })
     .await
     .ok()
     .flatten();
-    found.unwrap_or(err)
+    found.map_or(err, StoreError::from)
 }
 
 /// Adds what to do to etcd's auth refusals.
@@ -86,9 +87,9 @@ fn connect(hostport: &str, t: Duration) -> Result<TcpStream, String> {
 
 /// Checks one endpoint: TCP, then (https) a TLS handshake with the configured
 /// files. `Ok` when nothing is wrong at these levels.
-fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), StoreError> {
+fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), EtcdError> {
     let (https, hostport, host) = split_endpoint(ep, s);
-    let tcp = connect(hostport, t).map_err(|detail| StoreError::EtcdUnreachable {
+    let tcp = connect(hostport, t).map_err(|detail| EtcdError::Unreachable {
         endpoints: ep.to_string(),
         detail,
     })?;
@@ -227,8 +228,8 @@ fn handshake(host: &str, tcp: TcpStream, t: Duration, s: &EtcdSettings) -> TlsOu
 }
 
 /// weftd's error for a handshake's outcome; `Ok` when TLS is fine.
-fn tls_result(ep: &str, host: &str, s: &EtcdSettings, o: TlsOutcome) -> Result<(), StoreError> {
-    let tls_err = |problem: String| StoreError::EtcdTls {
+fn tls_result(ep: &str, host: &str, s: &EtcdSettings, o: TlsOutcome) -> Result<(), EtcdError> {
+    let tls_err = |problem: String| EtcdError::Tls {
         endpoint: ep.to_string(),
         ca_file: ca_name(s),
         problem,

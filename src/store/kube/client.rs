@@ -1,6 +1,6 @@
 //! The store's client: its config from the settings (a kubeconfig file, the
 //! in-cluster ServiceAccount, or `--kube-api-url`) and where its address and
-//! CA came from; an API error mapped to a [`StoreError`] that names what was
+//! CA came from; an API error mapped to a [`KubeError`] that names what was
 //! refused; and, when the server does not answer, the dial that says why
 //! (TCP, with the CNI-before-kube-proxy deadlock for the in-cluster address,
 //! then TLS, naming the certificate's names).
@@ -13,8 +13,7 @@ use kube::Config;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 
-use super::{Inner, KubeSettings};
-use crate::store::StoreError;
+use super::{Inner, KubeError, KubeSettings};
 use crate::store::dial::{self, CertProblem, SeenCert, error_chain};
 
 /// Where the server address came from: decides which diagnosis an
@@ -57,8 +56,8 @@ fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// `--kube-api-url` parsed.
-fn api_url(url: &str) -> Result<http::Uri, StoreError> {
-    url.parse().map_err(|e| StoreError::KubeConfig {
+fn api_url(url: &str) -> Result<http::Uri, KubeError> {
+    url.parse().map_err(|e| KubeError::Config {
         from: format!("--kube-api-url {url}"),
         problem: format!("not a URL: {e}"),
     })
@@ -70,9 +69,9 @@ fn api_url(url: &str) -> Result<http::Uri, StoreError> {
 /// trusts comes from, for messages (`None`: none given, the system's CAs).
 pub(super) async fn client_config(
     s: &KubeSettings,
-) -> Result<(Config, Source, Option<String>), StoreError> {
+) -> Result<(Config, Source, Option<String>), KubeError> {
     let (mut config, mut source) = if let Some(path) = &s.kubeconfig {
-        let bad = |problem: String| StoreError::KubeConfig {
+        let bad = |problem: String| KubeError::Config {
             from: format!("--kubeconfig-file {}", path.display()),
             problem,
         };
@@ -95,13 +94,13 @@ pub(super) async fn client_config(
         let url: http::Uri =
             format!("https://{h}:{port}")
                 .parse()
-                .map_err(|e| StoreError::KubeConfig {
+                .map_err(|e| KubeError::Config {
                     from: from.clone(),
                     problem: format!("not a valid server address: {e}"),
                 })?;
         let mut c = Config::new(url);
         let ca = s.service_account_dir.join("ca.crt");
-        c.root_cert = Some(read_pem_certs(&ca).map_err(|problem| StoreError::KubeConfig {
+        c.root_cert = Some(read_pem_certs(&ca).map_err(|problem| KubeError::Config {
             from: from.clone(),
             problem: format!(
                 "{problem}; is automountServiceAccountToken off for weft's pod? Or pass --kubeconfig-file"
@@ -124,7 +123,7 @@ pub(super) async fn client_config(
     } else if let Some(url) = &s.api_url {
         (Config::new(api_url(url)?), Source::ApiUrl)
     } else {
-        return Err(StoreError::KubeConfig {
+        return Err(KubeError::Config {
             from: "no --kubeconfig-file, no --kube-api-url, no KUBERNETES_SERVICE_HOST".into(),
             problem: "weft does not know where the API server is: pass --kubeconfig-file (recommended: it works before the pod network exists) or --kube-api-url, or run weft in a pod".into(),
         });
@@ -157,7 +156,7 @@ impl Inner {
         }
     }
 
-    /// Maps a client error to a [`StoreError`] that names what was refused or
+    /// Maps a client error to a [`KubeError`] that names what was refused or
     /// why the server cannot be reached.
     pub(super) async fn api_error(
         &self,
@@ -165,20 +164,20 @@ impl Inner {
         resource: &str,
         name: &str,
         e: kube::Error,
-    ) -> StoreError {
+    ) -> KubeError {
         let op = if name.is_empty() {
             format!("{verb} {resource}")
         } else {
             format!("{verb} {resource} {name}")
         };
         match e {
-            kube::Error::Api(r) if r.code == 403 => StoreError::KubeForbidden {
+            kube::Error::Api(r) if r.code == 403 => KubeError::Forbidden {
                 api: self.api.clone(),
                 verb: verb.into(),
                 resource: resource.into(),
                 detail: r.message,
             },
-            kube::Error::Api(r) if r.code == 401 => StoreError::KubeRequest {
+            kube::Error::Api(r) if r.code == 401 => KubeError::Request {
                 api: self.api.clone(),
                 op,
                 detail: format!(
@@ -186,7 +185,7 @@ impl Inner {
                     r.message
                 ),
             },
-            kube::Error::Api(r) => StoreError::KubeRequest {
+            kube::Error::Api(r) => KubeError::Request {
                 api: self.api.clone(),
                 op,
                 detail: format!("{} ({} {})", r.message, r.code, r.reason),
@@ -196,7 +195,7 @@ impl Inner {
                 let this = self.diagnose_input();
                 match tokio::task::spawn_blocking(move || diagnose(&this, &detail)).await {
                     Ok(e) => e,
-                    Err(j) => StoreError::KubeRequest {
+                    Err(j) => KubeError::Request {
                         api: self.api.clone(),
                         op,
                         detail: j.to_string(),
@@ -218,9 +217,9 @@ pub(super) struct DiagnoseInput {
 /// [`diagnose`] words as weftd's errors and `weftd doctor` as its lines.
 #[derive(Debug)]
 pub(crate) enum Dial {
-    /// No TCP connection: [`StoreError::KubeDeadlock`] for the in-cluster
-    /// address, [`StoreError::KubeUnreachable`] otherwise.
-    Unreachable(StoreError),
+    /// No TCP connection: [`KubeError::Deadlock`] for the in-cluster
+    /// address, [`KubeError::Unreachable`] otherwise.
+    Unreachable(KubeError),
     /// Connected to `addr`, dialled as `host`.
     Connected {
         addr: SocketAddr,
@@ -250,7 +249,7 @@ pub(super) fn dial(d: &DiagnoseInput) -> Dial {
     let uri: http::Uri = match d.api.parse() {
         Ok(u) => u,
         Err(e) => {
-            return Dial::Unreachable(StoreError::KubeUnreachable {
+            return Dial::Unreachable(KubeError::Unreachable {
                 api: d.api.clone(),
                 detail: format!("not a URL: {e}"),
             });
@@ -258,20 +257,20 @@ pub(super) fn dial(d: &DiagnoseInput) -> Dial {
     };
     let (https, host, port) = host_port(&uri);
     let unreachable = |why: String| match &d.source {
-        Source::InCluster { host: h, port: p } => StoreError::KubeDeadlock {
+        Source::InCluster { host: h, port: p } => KubeError::Deadlock {
             api: d.api.clone(),
             host: h.clone(),
             port: p.clone(),
             detail: why,
         },
-        Source::Kubeconfig(p) => StoreError::KubeUnreachable {
+        Source::Kubeconfig(p) => KubeError::Unreachable {
             api: d.api.clone(),
             detail: format!(
                 "{why} (the address is the server of --kubeconfig-file {})",
                 p.display()
             ),
         },
-        Source::ApiUrl => StoreError::KubeUnreachable {
+        Source::ApiUrl => KubeError::Unreachable {
             api: d.api.clone(),
             detail: why,
         },
@@ -290,7 +289,7 @@ pub(super) fn dial(d: &DiagnoseInput) -> Dial {
 
 /// Why the API server did not answer: TCP (with the deadlock explained for the
 /// in-cluster ClusterIP), then TLS (naming the certificate's SANs).
-fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
+fn diagnose(d: &DiagnoseInput, detail: &str) -> KubeError {
     match dial(d) {
         Dial::Unreachable(e) => e,
         Dial::Connected {
@@ -298,7 +297,7 @@ fn diagnose(d: &DiagnoseInput, detail: &str) -> StoreError {
             host,
             tls: Some(Ok(cert)),
         } if cert.refused.is_some() => tls_error(&d.api, &host, addr, &cert),
-        Dial::Connected { .. } => StoreError::KubeUnreachable {
+        Dial::Connected { .. } => KubeError::Unreachable {
             api: d.api.clone(),
             detail: detail.to_string(),
         },
@@ -326,7 +325,7 @@ fn tls_probe(d: &DiagnoseInput, host: &str, tcp: TcpStream) -> Result<SeenCert, 
 
 /// weftd's error for a certificate the verifier refused: what failed, the
 /// certificate's names and, when the host is not among them, the fix.
-fn tls_error(api: &str, host: &str, addr: SocketAddr, cert: &SeenCert) -> StoreError {
+fn tls_error(api: &str, host: &str, addr: SocketAddr, cert: &SeenCert) -> KubeError {
     let SeenCert {
         subject,
         names,
@@ -351,7 +350,7 @@ fn tls_error(api: &str, host: &str, addr: SocketAddr, cert: &SeenCert) -> StoreE
             ", not {host}: dial the API server by one of those names (in --kube-api-url, the kubeconfig's server, or KUBERNETES_SERVICE_HOST), or reissue its certificate with {host} in its SANs (kubeadm: apiServer.certSANs)"
         )
     };
-    StoreError::KubeTls {
+    KubeError::Tls {
         api: api.to_string(),
         addr: addr.to_string(),
         detail: format!(

@@ -11,8 +11,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 
+use super::KubeError;
 use crate::lease::{Lease, LeaseAttrs, VxlanData};
-use crate::store::StoreError;
 
 /// The annotation keys under one prefix.
 #[derive(Debug, Clone)]
@@ -105,9 +105,9 @@ pub fn peer_from_node(annotation_prefix: &str, node: &Node) -> Result<Option<Lea
 /// annotated. Pure; the fuzzer's entry point.
 ///
 /// # Errors
-/// [`StoreError::KubeNoPodCidr`], [`StoreError::KubePodCidrOutside`],
-/// [`StoreError::KubePodCidrUnusable`] or their IPv6 kin
-/// ([`StoreError::KubeNoPodCidr6`], …), naming `node_name`.
+/// [`KubeError::NoPodCidr`], [`KubeError::PodCidrOutside`],
+/// [`KubeError::PodCidrUnusable`] or their IPv6 kin
+/// ([`KubeError::NoPodCidr6`], …), naming `node_name`.
 pub fn own_lease_from_node(
     annotation_prefix: &str,
     node_name: &str,
@@ -115,7 +115,7 @@ pub fn own_lease_from_node(
     network: Option<Ipv4Net>,
     network6: Option<Ipv6Net>,
     attrs: &LeaseAttrs,
-) -> Result<Lease, StoreError> {
+) -> Result<Lease, KubeError> {
     own_lease(
         &Keys::new(annotation_prefix),
         node_name,
@@ -297,7 +297,7 @@ pub(crate) fn own_lease(
     network: Option<Ipv4Net>,
     network6: Option<Ipv6Net>,
     attrs: &LeaseAttrs,
-) -> Result<Lease, StoreError> {
+) -> Result<Lease, KubeError> {
     let mut attrs = attrs.clone();
     let subnet = match network {
         Some(network) => Some(own_subnet4(keys, node_name, node, network, &mut attrs)?),
@@ -337,9 +337,9 @@ fn own_subnet4(
     node: &Node,
     network: Ipv4Net,
     attrs: &mut LeaseAttrs,
-) -> Result<Ipv4Net, StoreError> {
+) -> Result<Ipv4Net, KubeError> {
     let Some((text, cidr)) = pod_cidr(node) else {
-        return Err(StoreError::KubeNoPodCidr {
+        return Err(KubeError::NoPodCidr {
             node: node_name.to_string(),
             network,
         });
@@ -347,7 +347,7 @@ fn own_subnet4(
     let subnet = match cidr {
         Some(c) if network.contains(&c) => c,
         _ => {
-            return Err(StoreError::KubePodCidrOutside {
+            return Err(KubeError::PodCidrOutside {
                 node: node_name.to_string(),
                 cidr: text,
                 network,
@@ -355,7 +355,7 @@ fn own_subnet4(
         }
     };
     if let Some(why) = crate::lease::node_subnet_problem(&subnet) {
-        return Err(StoreError::KubePodCidrUnusable {
+        return Err(KubeError::PodCidrUnusable {
             node: node_name.to_string(),
             cidr: subnet,
             why,
@@ -399,9 +399,9 @@ fn own_subnet6(
     node: &Node,
     network6: Ipv6Net,
     attrs: &mut LeaseAttrs,
-) -> Result<Ipv6Net, StoreError> {
+) -> Result<Ipv6Net, KubeError> {
     let Some((text, cidr6)) = pod_cidr6(node) else {
-        return Err(StoreError::KubeNoPodCidr6 {
+        return Err(KubeError::NoPodCidr6 {
             node: node_name.to_string(),
             network: network6,
         });
@@ -409,7 +409,7 @@ fn own_subnet6(
     let subnet6 = match cidr6 {
         Some(c) if network6.contains(&c) => c,
         _ => {
-            return Err(StoreError::KubePodCidr6Outside {
+            return Err(KubeError::PodCidr6Outside {
                 node: node_name.to_string(),
                 cidr: text,
                 network: network6,
@@ -417,7 +417,7 @@ fn own_subnet6(
         }
     };
     if let Some(why) = crate::lease::node_subnet6_problem(&subnet6) {
-        return Err(StoreError::KubePodCidr6Unusable {
+        return Err(KubeError::PodCidr6Unusable {
             node: node_name.to_string(),
             cidr: subnet6,
             why,

@@ -18,17 +18,20 @@
 //! Files: `settings.rs` (flags and environment, the calls RBAC must allow),
 //! `client.rs` (the client config, API errors, and the dial and TLS
 //! diagnosis of a server that does not answer), `codec.rs` (node object ↔
-//! lease, pure), `watch.rs` (the node watch), this one (the store: this
-//! node's name, its lease and annotations, the [`LeaseStore`] impl).
+//! lease, pure), `watch.rs` (the node watch), `error.rs` ([`KubeError`]),
+//! this one (the store: this node's name, its lease and annotations, the
+//! [`LeaseStore`] impl).
 
 mod client;
 mod codec;
+mod error;
 mod settings;
 mod watch;
 
 pub(crate) use client::{Dial, Source};
 pub(crate) use codec::{Keys, annotation, own_annotations, own_lease};
 pub use codec::{own_lease_from_node, peer_from_node};
+pub use error::KubeError;
 pub use settings::{
     API_CALLS, DEFAULT_ANNOTATION_PREFIX, KubeSettings, SERVICE_ACCOUNT_DIR,
     SERVICE_ACCOUNT_DIR_ENV,
@@ -91,9 +94,9 @@ impl KubeStore {
     /// reading the pod `POD_NAMESPACE`/`POD_NAME`).
     ///
     /// # Errors
-    /// [`StoreError::KubeConfig`] for an unusable config; the API errors of
+    /// [`KubeError::Config`] for an unusable config; the API errors of
     /// [`KubeStore::acquire`] when the pod lookup fails;
-    /// [`StoreError::KubeNoNodeName`] when neither is set.
+    /// [`KubeError::NoNodeName`] when neither is set.
     pub async fn connect(s: KubeSettings) -> Result<KubeStore, StoreError> {
         let (config, source, ca_from) = client_config(&s).await?;
         let api = config
@@ -102,7 +105,7 @@ impl KubeStore {
             .trim_end_matches('/')
             .to_string();
         let root_certs = config.root_cert.clone();
-        let client = Client::try_from(config).map_err(|e| StoreError::KubeConfig {
+        let client = Client::try_from(config).map_err(|e| KubeError::Config {
             from: api.clone(),
             problem: e.to_string(),
         })?;
@@ -132,21 +135,22 @@ impl KubeStore {
                     Err(e) => {
                         return Err(inner
                             .api_error("get", "pods", &format!("{ns}/{pod}"), e)
-                            .await);
+                            .await
+                            .into());
                     }
                 };
                 match p.spec.and_then(|s| s.node_name) {
                     Some(n) => n,
                     None => {
-                        return Err(StoreError::KubeRequest {
+                        return Err(KubeError::Request {
                             api: inner.api.clone(),
                             op: format!("get pods {ns}/{pod}"),
                             detail: "the pod is not scheduled to a node yet (no spec.nodeName); set NODE_NAME from the downward API instead".into(),
-                        });
+                        }.into());
                     }
                 }
             }
-            (None, None) => return Err(StoreError::KubeNoNodeName),
+            (None, None) => return Err(KubeError::NoNodeName.into()),
         };
         Ok(KubeStore {
             inner: Arc::new(inner),
@@ -164,7 +168,7 @@ impl KubeStore {
         let n = &self.inner.node_name;
         match self.inner.nodes.get(n).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.inner.api_error("get", "nodes", n, e).await),
+            Err(e) => Err(self.inner.api_error("get", "nodes", n, e).await.into()),
         }
     }
 
@@ -200,7 +204,7 @@ impl KubeStore {
         let d = self.inner.diagnose_input();
         match tokio::task::spawn_blocking(move || dial(&d)).await {
             Ok(r) => r,
-            Err(e) => Dial::Unreachable(StoreError::KubeUnreachable {
+            Err(e) => Dial::Unreachable(KubeError::Unreachable {
                 api: self.inner.api.clone(),
                 detail: e.to_string(),
             }),
@@ -212,7 +216,7 @@ impl KubeStore {
     /// # Errors
     /// As [`LeaseStore::acquire`]'s reading of it: no such node, refused, unreachable.
     pub async fn node(&self) -> Result<Node, StoreError> {
-        self.inner.get_node().await
+        Ok(self.inner.get_node().await?)
     }
 
     /// Whether the API server lets weft's credentials `verb` `resource`
@@ -274,10 +278,10 @@ pub(crate) enum Review {
 }
 
 impl Inner {
-    async fn get_node(&self) -> Result<Node, StoreError> {
+    async fn get_node(&self) -> Result<Node, KubeError> {
         match self.nodes.get(&self.node_name).await {
             Ok(n) => Ok(n),
-            Err(kube::Error::Api(r)) if r.code == 404 => Err(StoreError::KubeRequest {
+            Err(kube::Error::Api(r)) if r.code == 404 => Err(KubeError::Request {
                 api: self.api.clone(),
                 op: format!("get nodes {}", self.node_name),
                 detail: format!(
@@ -289,7 +293,7 @@ impl Inner {
         }
     }
 
-    async fn patch_status(&self, patch: serde_json::Value) -> Result<Node, StoreError> {
+    async fn patch_status(&self, patch: serde_json::Value) -> Result<Node, KubeError> {
         match self
             .nodes
             .patch_status(
