@@ -7,7 +7,7 @@
 //! [`WatchEvent::Snapshot`] may come again at any time (after a re-list) and then
 //! replaces the whole table, so stale peers cannot survive.
 
-pub(crate) mod dial;
+mod dial;
 pub mod etcd;
 pub mod kube;
 pub mod local;

@@ -1,7 +1,9 @@
 //! Why etcd does not answer: a TCP connect to each endpoint, then a TLS
-//! handshake with the configured files that names the certificate at fault
-//! (weftd's errors, and `weftd doctor`'s TLS lines through
-//! [`tls_endpoints`]); and what to do about etcd's authentication refusals.
+//! handshake with the configured files that names the certificate at fault;
+//! and what to do about etcd's authentication refusals. weftd's errors come
+//! from here, and so do the plain results `weftd doctor` judges for its TLS
+//! lines: [`tls`] (each https endpoint's handshake), [`ca_name`] and
+//! [`client_name`] (the files as messages name them).
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -11,10 +13,10 @@ use rustls::RootCertStore;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::EtcdError;
-use super::EtcdSettings;
+use super::{EtcdError, EtcdSettings};
 use crate::store::StoreError;
-use crate::store::dial::{self, CertProblem, HandshakeError, SeenCert};
+use crate::store::dial::{self, HandshakeError};
+pub(crate) use crate::store::dial::{CertProblem, SeenCert};
 
 /// Turns a failed first request into an error that says which endpoint and
 /// which certificate: a TCP connect to each endpoint, then a TLS handshake
@@ -123,8 +125,16 @@ pub(crate) struct EndpointTls {
 }
 
 /// A TLS handshake with every https endpoint that answers TCP (the others
-/// are the store's reachability to report). Blocking.
-pub(crate) fn tls_endpoints(s: &EtcdSettings) -> Vec<EndpointTls> {
+/// are the store's reachability to report), on a blocking thread.
+pub(crate) async fn tls(s: &EtcdSettings) -> Vec<EndpointTls> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || tls_endpoints(&s))
+        .await
+        .unwrap_or_default()
+}
+
+/// [`tls`], blocking.
+fn tls_endpoints(s: &EtcdSettings) -> Vec<EndpointTls> {
     let t = s.request_timeout;
     s.endpoints
         .iter()

@@ -32,15 +32,14 @@
 //!
 //! Files: `options.rs` (flags, env vars, settings and what is derived from
 //! them), this one (the client, its reads and transactions, the [`LeaseStore`]
-//! impl), `watch.rs` (the watcher), `diagnose.rs` (why etcd cannot be reached),
-//! `error.rs` ([`EtcdError`]).
+//! impl), `watch.rs` (the watcher), `diagnose.rs` (why etcd cannot be reached,
+//! and what `weftd doctor` asks of it), `error.rs` ([`EtcdError`]).
 
-mod diagnose;
+pub(crate) mod diagnose;
 mod error;
 mod options;
 mod watch;
 
-pub(crate) use diagnose::{EndpointTls, TlsOutcome, ca_name, client_name, tls_endpoints};
 pub use error::EtcdError;
 pub use options::{DEFAULT_ENDPOINT, DEFAULT_PREFIX, EtcdOptions, EtcdSettings};
 

@@ -16,21 +16,25 @@ use crate::lease::{Lease, LeaseAttrs, VxlanData};
 
 /// The annotation keys under one prefix.
 #[derive(Debug, Clone)]
-pub(crate) struct Keys {
-    pub(crate) backend_type: String,
-    pub(crate) backend_data: String,
-    pub(crate) managed: String,
-    pub(crate) public_ip: String,
-    pub(crate) public_ip_overwrite: String,
-    pub(crate) backend_v6_data: String,
-    pub(crate) public_ipv6: String,
-    pub(crate) public_ipv6_overwrite: String,
+pub(super) struct Keys {
+    /// The prefix, without a trailing slash.
+    pub(super) prefix: String,
+    pub(super) backend_type: String,
+    pub(super) backend_data: String,
+    pub(super) managed: String,
+    pub(super) public_ip: String,
+    pub(super) public_ip_overwrite: String,
+    pub(super) backend_v6_data: String,
+    pub(super) public_ipv6: String,
+    pub(super) public_ipv6_overwrite: String,
 }
 
 impl Keys {
-    pub(crate) fn new(prefix: &str) -> Keys {
-        let k = |s: &str| format!("{}/{s}", prefix.trim_end_matches('/'));
+    pub(super) fn new(prefix: &str) -> Keys {
+        let prefix = prefix.trim_end_matches('/');
+        let k = |s: &str| format!("{prefix}/{s}");
         Keys {
+            prefix: prefix.to_string(),
             backend_type: k("backend-type"),
             backend_data: k("backend-data"),
             managed: k("kube-subnet-manager"),
@@ -81,7 +85,7 @@ pub(super) fn name_of(node: &Node) -> String {
         .unwrap_or_else(|| "(unnamed)".into())
 }
 
-pub(crate) fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+pub(super) fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     node.metadata
         .annotations
         .as_ref()?
@@ -290,7 +294,7 @@ fn peer_ipv6(
 }
 
 /// What `acquire` makes of this node's object (see [`own_lease_from_node`]).
-pub(crate) fn own_lease(
+pub(super) fn own_lease(
     keys: &Keys,
     node_name: &str,
     node: &Node,
@@ -457,7 +461,7 @@ fn own_subnet6(
 /// (PublicIPv6 and BackendV6Data) also `backend-v6-data` and `public-ipv6`.
 /// On an IPv6-only network (BackendData `null`) there is no IPv4 VTEP, so
 /// `backend-data` and `public-ip` are not written, as flannel leaves them.
-pub(crate) fn own_annotations(keys: &Keys, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
+pub(super) fn own_annotations(keys: &Keys, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
     let mut a = BTreeMap::from([
         (keys.backend_type.clone(), attrs.backend_type.clone()),
         (keys.managed.clone(), "true".to_string()),

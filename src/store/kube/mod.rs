@@ -19,17 +19,17 @@
 //! `client.rs` (the client config, API errors, and the dial and TLS
 //! diagnosis of a server that does not answer), `codec.rs` (node object ↔
 //! lease, pure), `watch.rs` (the node watch), `error.rs` ([`KubeError`]),
-//! this one (the store: this node's name, its lease and annotations, the
-//! [`LeaseStore`] impl).
+//! `diagnose.rs` (what `weftd doctor` asks of the store: the dial, RBAC
+//! reviews, this node's object read as weftd reads it), this one (the store:
+//! this node's name, its lease and annotations, the [`LeaseStore`] impl).
 
 mod client;
 mod codec;
+pub(crate) mod diagnose;
 mod error;
 mod settings;
 mod watch;
 
-pub(crate) use client::{Dial, Source};
-pub(crate) use codec::{Keys, annotation, own_annotations, own_lease};
 pub use codec::{own_lease_from_node, peer_from_node};
 pub use error::KubeError;
 pub use settings::{
@@ -48,10 +48,10 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::dial::error_chain;
 use super::{AcquireRequest, LeaseStore, Network6, StoreError, WatchEvent};
 use crate::lease::Lease;
-use client::{client_config, dial};
+use client::{Source, client_config};
+use codec::{Keys, own_annotations, own_lease};
 
 /// Leases from Kubernetes node objects.
 #[derive(Clone)]
@@ -182,33 +182,9 @@ impl KubeStore {
         &self.inner.api
     }
 
-    /// The annotation keys of this store's prefix.
-    pub(crate) fn keys(&self) -> &Keys {
-        &self.inner.keys
-    }
-
-    /// Where the server address came from.
-    pub(crate) fn source(&self) -> &Source {
-        &self.inner.source
-    }
-
-    /// Where the CA weft trusts comes from, for messages; `None`: the
-    /// system's CAs, which the diagnosis does not load.
-    pub(crate) fn ca_from(&self) -> Option<&str> {
-        self.inner.ca_from.as_deref()
-    }
-
-    /// Dials the API server as weftd's diagnosis of a failed request does
-    /// (TCP, then TLS), on a blocking thread.
-    pub(crate) async fn dial(&self) -> Dial {
-        let d = self.inner.diagnose_input();
-        match tokio::task::spawn_blocking(move || dial(&d)).await {
-            Ok(r) => r,
-            Err(e) => Dial::Unreachable(KubeError::Unreachable {
-                api: self.inner.api.clone(),
-                detail: e.to_string(),
-            }),
-        }
+    /// The prefix of this node's annotations (`--kube-annotation-prefix`).
+    pub fn annotation_prefix(&self) -> &str {
+        &self.inner.keys.prefix
     }
 
     /// This node's object.
@@ -218,63 +194,6 @@ impl KubeStore {
     pub async fn node(&self) -> Result<Node, StoreError> {
         Ok(self.inner.get_node().await?)
     }
-
-    /// Whether the API server lets weft's credentials `verb` `resource`
-    /// (as [`API_CALLS`] names them), asked with a SelfSubjectAccessReview;
-    /// `pods` in `POD_NAMESPACE` when it is set.
-    pub(crate) async fn review(&self, verb: &str, resource: &str) -> Review {
-        use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-        let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
-        let mut attrs = json!({"verb": verb, "resource": res, "group": ""});
-        if !sub.is_empty() {
-            attrs["subresource"] = json!(sub);
-        }
-        if res == "pods" {
-            if let Some(ns) = &self.inner.pod_namespace {
-                attrs["namespace"] = json!(ns);
-            }
-        }
-        let review: SelfSubjectAccessReview = match serde_json::from_value(json!({
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": attrs},
-        })) {
-            Ok(r) => r,
-            Err(e) => return Review::Unavailable(e.to_string()),
-        };
-        let api: Api<SelfSubjectAccessReview> = Api::all(self.inner.client.clone());
-        match api.create(&kube::api::PostParams::default(), &review).await {
-            Ok(r) => match r.status {
-                Some(st) => {
-                    let reason = st.reason.or(st.evaluation_error).unwrap_or_default();
-                    if st.allowed {
-                        Review::Allowed { reason }
-                    } else {
-                        Review::Denied { reason }
-                    }
-                }
-                None => Review::Unavailable("the review came back without a status".into()),
-            },
-            Err(kube::Error::Api(r)) => {
-                Review::Unavailable(format!("{} ({} {})", r.message, r.code, r.reason))
-            }
-            Err(e) => Review::Unavailable(error_chain(&e)),
-        }
-    }
-}
-
-/// How a SelfSubjectAccessReview came out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Review {
-    /// Allowed, and the authorizer's reason (which binding), if it gave one.
-    Allowed {
-        reason: String,
-    },
-    Denied {
-        reason: String,
-    },
-    /// The review itself was refused or failed: why.
-    Unavailable(String),
 }
 
 impl Inner {
