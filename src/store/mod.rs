@@ -1,6 +1,8 @@
 //! The lease store seam (flannel's subnet manager): one trait, with the embedded
-//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it;
-//! `dial.rs` holds what the etcd and kube stores share to reach their servers.
+//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it,
+//! and [`open`], which opens the one weftd's options configure (for weftd and
+//! `weftd doctor` alike); `dial.rs` holds what the etcd and kube stores share
+//! to reach their servers.
 //!
 //! A store hands out leases (acquire, renew, release) and reports everyone's
 //! leases as a stream of [`WatchEvent`]s that starts with a full snapshot. A
@@ -25,7 +27,11 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::NetConfig;
+use crate::daemon::Options;
 use crate::lease::{Lease, LeaseAttrs, LeaseId};
+use etcd::EtcdStore;
+use kube::KubeStore;
+use local::LocalStore;
 
 /// What a node asks the store for.
 #[derive(Debug, Clone)]
@@ -242,6 +248,63 @@ pub trait LeaseStore: Send + Sync {
     fn health(&self) -> Option<Arc<WatchHealth>> {
         None
     }
+}
+
+/// The store weftd's options configure, opened (see [`open`]).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The embedded store in `--state-dir`.
+    Local(Arc<LocalStore>),
+    /// etcd (`--etcd-endpoints` and the other etcd options).
+    Etcd(Arc<EtcdStore>),
+    /// The Kubernetes API (`--kube-subnet-mgr`).
+    Kube(Arc<KubeStore>),
+}
+
+impl Store {
+    /// The same store behind the [`LeaseStore`] seam.
+    pub fn shared(&self) -> Arc<dyn LeaseStore> {
+        match self {
+            Store::Local(s) => s.clone(),
+            Store::Etcd(s) => s.clone(),
+            Store::Kube(s) => s.clone(),
+        }
+    }
+
+    /// Whether the store answers before the first lease call, as weftd
+    /// checks at boot: the Kubernetes store reads this node (connecting
+    /// asks the API server nothing when `NODE_NAME` is set); etcd's
+    /// connection has read its config key already; the embedded store is a
+    /// directory, made on first use.
+    ///
+    /// # Errors
+    /// As [`KubeStore::read_node`].
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Kube(s) => s.read_node().await,
+            Store::Local(_) | Store::Etcd(_) => Ok(()),
+        }
+    }
+}
+
+/// Opens the store `opts` configure, as weftd and `weftd doctor` both do:
+/// the Kubernetes API with `--kube-subnet-mgr`, else etcd with the etcd
+/// options, else the embedded store in `--state-dir`.
+///
+/// # Errors
+/// As [`KubeStore::connect`] and [`EtcdStore::connect`]; none for the
+/// embedded store.
+pub async fn open(opts: &Options) -> Result<Store, StoreError> {
+    if let Some(k) = &opts.kube {
+        return Ok(Store::Kube(Arc::new(KubeStore::connect(k.clone()).await?)));
+    }
+    if let Some(e) = &opts.etcd {
+        return Ok(Store::Etcd(Arc::new(EtcdStore::connect(e.clone()).await?)));
+    }
+    Ok(Store::Local(Arc::new(LocalStore::new(
+        &opts.state_dir,
+        opts.store_poll,
+    ))))
 }
 
 /// flannel's choice of subnet, shared by the stores that allocate (local, etcd):
