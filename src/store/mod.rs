@@ -339,14 +339,10 @@ pub fn choose_subnet<'a>(
         return Ok(Ok(own));
     }
     let taken = |s: &Ipv4Net| leases.iter().any(|l| l.subnet == Some(*s));
-    if let Some(p) = req.previous {
-        if cfg.is_leasable(&p) && !taken(&p) {
-            return Ok(Err(Some(p)));
-        }
-    }
     let count = cfg.subnet_count();
     let nth = |i: u128| u32::try_from(i).ok().and_then(|i| cfg.nth_subnet(i));
-    pick_free(u128::from(count), nth, taken, rng)
+    let leasable = |s: &Ipv4Net| cfg.is_leasable(s);
+    pick_free(req.previous, leasable, u128::from(count), nth, taken, rng)
         .map(|s| Err(Some(s)))
         .ok_or_else(|| StoreError::NoFreeSubnet {
             store: store.to_string(),
@@ -357,15 +353,22 @@ pub fn choose_subnet<'a>(
         })
 }
 
-/// A random subnet of the `count` that `nth` numbers, not `taken`: drawn
-/// from all free ones when there are few, else sampled (as flannel does)
-/// rather than enumerated. None: none free (or none found by sampling).
+/// The first of `wanted` that is `leasable` and not `taken`, else a random
+/// subnet of the `count` that `nth` numbers, not `taken`: drawn from all
+/// free ones when there are few, else sampled (as flannel does) rather
+/// than enumerated. None: none free (or none found by sampling). Either
+/// family's subnets: [`choose_subnet`]'s and [`choose_subnet6`]'s.
 fn pick_free<S: Copy>(
+    wanted: impl IntoIterator<Item = S>,
+    leasable: impl Fn(&S) -> bool,
     count: u128,
     nth: impl Fn(u128) -> Option<S>,
     taken: impl Fn(&S) -> bool,
     rng: &mut impl Rng,
 ) -> Option<S> {
+    if let Some(s) = wanted.into_iter().find(|s| leasable(s) && !taken(s)) {
+        return Some(s);
+    }
     if count == 0 {
         return None;
     }
@@ -406,18 +409,13 @@ pub fn choose_subnet6(
             .filter(|l| own.is_none_or(|o| o.key() != l.key()))
             .any(|l| l.ipv6_subnet == Some(*s))
     };
-    if let Some(s) = own.and_then(|o| o.ipv6_subnet) {
-        if cfg.is_leasable(&s) && !taken(&s) {
-            return Ok(Some(s));
-        }
-    }
-    if let Some(p) = req.previous6 {
-        if cfg.is_leasable(&p) && !taken(&p) {
-            return Ok(Some(p));
-        }
-    }
     let count = cfg.subnet_count();
-    pick_free(count, |i| cfg.nth_subnet(i), taken, rng)
+    let nth = |i: u128| cfg.nth_subnet(i);
+    let leasable = |s: &Ipv6Net| cfg.is_leasable(s);
+    // This node's own IPv6 subnet first, then its last run's.
+    let wanted = [own.and_then(|o| o.ipv6_subnet), req.previous6];
+    let wanted = wanted.into_iter().flatten();
+    pick_free(wanted, leasable, count, nth, taken, rng)
         .map(Some)
         .ok_or_else(|| StoreError::NoFreeSubnet6 {
             store: store.to_string(),

@@ -47,15 +47,24 @@ impl Keys {
     }
 }
 
-/// The first IPv4 pod CIDR of a node (`spec.podCIDRs`, else `spec.podCIDR`),
-/// as text, and parsed when it parses.
-fn pod_cidr(node: &Node) -> Option<(String, Option<Ipv4Net>)> {
-    let spec = node.spec.as_ref()?;
+/// A node's pod CIDRs as text: `spec.podCIDRs`, else `spec.podCIDR`, the
+/// empty ones left out.
+fn pod_cidrs(node: &Node) -> Vec<String> {
+    let Some(spec) = node.spec.as_ref() else {
+        return vec![];
+    };
     let mut all: Vec<String> = spec.pod_cidrs.clone().unwrap_or_default();
     if all.is_empty() {
         all.extend(spec.pod_cidr.clone());
     }
     all.retain(|c| !c.is_empty());
+    all
+}
+
+/// The first IPv4 pod CIDR of a node (`spec.podCIDRs`, else `spec.podCIDR`),
+/// else its first pod CIDR, as text, and parsed when it parses.
+fn pod_cidr(node: &Node) -> Option<(String, Option<Ipv4Net>)> {
+    let all = pod_cidrs(node);
     let first = all
         .iter()
         .find(|c| !c.contains(':'))
@@ -68,12 +77,7 @@ fn pod_cidr(node: &Node) -> Option<(String, Option<Ipv4Net>)> {
 /// The IPv6 pod CIDR of a node (the IPv6 entry of `spec.podCIDRs`, else an
 /// IPv6 `spec.podCIDR`), as text, and parsed when it parses.
 fn pod_cidr6(node: &Node) -> Option<(String, Option<Ipv6Net>)> {
-    let spec = node.spec.as_ref()?;
-    let mut all: Vec<String> = spec.pod_cidrs.clone().unwrap_or_default();
-    if all.is_empty() {
-        all.extend(spec.pod_cidr.clone());
-    }
-    let text = all.into_iter().find(|c| c.contains(':'))?;
+    let text = pod_cidrs(node).into_iter().find(|c| c.contains(':'))?;
     let parsed = text.parse::<Ipv6Net>().ok().map(|n| n.trunc());
     Some((text, parsed))
 }
@@ -382,15 +386,7 @@ fn own_subnet4(
             ),
         }
     }
-    // Keep the VtepMAC this node already announced (a restart must not change it).
-    let annotated_mac = annotation(node, &keys.backend_data)
-        .and_then(|d| serde_json::from_str::<VxlanData>(d).ok())
-        .map(|d| d.vtep_mac);
-    let mut data: serde_json::Value = attrs.backend_data.clone();
-    if let (Some(mac), Some(obj)) = (annotated_mac, data.as_object_mut()) {
-        obj.insert("VtepMAC".into(), json!(mac.to_string()));
-    }
-    attrs.backend_data = data;
+    keep_vtep_mac(node, &keys.backend_data, Some(&mut attrs.backend_data));
     Ok(subnet)
 }
 
@@ -442,19 +438,20 @@ fn own_subnet6(
             ),
         }
     }
-    let annotated_mac = annotation(node, &keys.backend_v6_data)
+    keep_vtep_mac(node, &keys.backend_v6_data, attrs.backend_v6_data.as_mut());
+    Ok(subnet6)
+}
+
+/// Keeps in `data` (this node's BackendData or BackendV6Data) the VtepMAC
+/// the node already announced in the annotation `key`, if it did: a
+/// restart must not change it.
+fn keep_vtep_mac(node: &Node, key: &str, data: Option<&mut serde_json::Value>) {
+    let annotated_mac = annotation(node, key)
         .and_then(|d| serde_json::from_str::<VxlanData>(d).ok())
         .map(|d| d.vtep_mac);
-    if let (Some(mac), Some(obj)) = (
-        annotated_mac,
-        attrs
-            .backend_v6_data
-            .as_mut()
-            .and_then(|d| d.as_object_mut()),
-    ) {
+    if let (Some(mac), Some(obj)) = (annotated_mac, data.and_then(|d| d.as_object_mut())) {
         obj.insert("VtepMAC".into(), json!(mac.to_string()));
     }
-    Ok(subnet6)
 }
 
 /// The annotations this node should carry for `attrs`: with an IPv6 VTEP
