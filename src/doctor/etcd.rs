@@ -1,7 +1,7 @@
 //! The etcd TLS line of `weftd doctor`, one per https endpoint: the server's
 //! certificate against `--etcd-cafile` and the name dialled, and etcd's
 //! verdict on this node's client certificate. The handshake is weftd's own
-//! diagnosis ([`crate::store::etcd::diagnose`]); what it means, and the fix,
+//! diagnosis (`store::etcd::diagnose`); what it means, and the fix,
 //! are decided here without I/O.
 
 use super::report::{Check, Report, Status};

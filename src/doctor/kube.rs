@@ -4,7 +4,7 @@
 //! RBAC verb weft needs, asked with a SelfSubjectAccessReview; this node's
 //! object, its podCIDR against the Network, and its flannel annotations
 //! against what this node would announce. The facts come from
-//! [`crate::store::kube::diagnose`] (the dial and the TLS diagnosis are weftd's own);
+//! `store::kube::diagnose` (the dial and the TLS diagnosis are weftd's own);
 //! what they mean, and the fix, are decided here by functions without I/O.
 
 use std::net::SocketAddr;
