@@ -441,9 +441,9 @@ fn ipam_run(input: &[u8]) -> Outcome {
     );
     let (net, bcast) = (subnet.network(), subnet.broadcast());
     if subnet.prefix_len() <= 30 {
-        let gw = builtin::gateway(subnet);
+        let gw = builtin::gateway(ipnet::IpNet::V4(subnet));
         ensure!(
-            subnet.contains(&gw) && gw != net && gw != bcast,
+            ipnet::IpNet::V4(subnet).contains(&gw) && gw != net && gw != bcast,
             "gateway {gw} of {subnet}"
         );
     }

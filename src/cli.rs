@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::daemon::Options;
 use crate::dataplane::core::SourceChecks;
 use crate::iface::IfaceSpec;
-use crate::store::StoreError;
 use crate::store::etcd::EtcdOptions;
 use crate::store::kube::KubeSettings;
+use crate::store::{KubeError, StoreError};
 
 /// The first line of `weftd --help`: what weftd is, for someone meeting it there.
 const ABOUT: &str =
@@ -255,13 +255,15 @@ impl RunArgs {
     /// The daemon's options.
     ///
     /// # Errors
-    /// [`StoreError::EtcdOptions`] when the etcd options contradict each other.
+    /// [`EtcdError::Options`](crate::store::EtcdError::Options) when the etcd
+    /// options contradict each other.
     pub fn options(&self) -> Result<Options, StoreError> {
         if self.kube_subnet_mgr && self.etcd_mode() {
-            return Err(StoreError::KubeConfig {
+            return Err(KubeError::Config {
                 from: "--kube-subnet-mgr with --etcd-endpoints".into(),
                 problem: "choose one lease store: Kubernetes node objects or etcd".into(),
-            });
+            }
+            .into());
         }
         Ok(Options {
             iface: IfaceSpec {

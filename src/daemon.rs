@@ -22,10 +22,10 @@ use crate::netfilter::{self, Netfilter, NetfilterError};
 use crate::netlink::{self, NetlinkError};
 use crate::node::{Reconciler, Renewal, Step};
 use crate::state::{NodeInfo, NodeState};
-use crate::store::etcd::{EtcdSettings, EtcdStore};
-use crate::store::kube::{KubeSettings, KubeStore};
+use crate::store::etcd::EtcdSettings;
+use crate::store::kube::KubeSettings;
 use crate::store::local::LocalStore;
-use crate::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
+use crate::store::{self, AcquireRequest, LeaseStore, Store, StoreError, WatchEvent};
 use crate::subnet_env::{SubnetEnv, SubnetEnvError};
 use crate::sys::{self, SysError};
 use crate::types::VtepMac;
@@ -163,38 +163,30 @@ pub async fn run(
         }
         None => None,
     };
-    if let Some(settings) = opts.kube.clone() {
-        let Some(store) = retry_at_boot(&mut shutdown, || async {
-            let store = KubeStore::connect(settings.clone()).await?;
-            store.read_node().await?;
-            Ok(store)
-        })
-        .await?
-        else {
-            return Ok(Stopped::Signal);
-        };
-        tracing::info!("Kubernetes subnet manager: {}", store.describe());
-        let mut opts = opts;
+    let Some(store) = retry_at_boot(&mut shutdown, || async {
+        let store = store::open(&opts).await?;
+        store.ready().await?;
+        Ok(store)
+    })
+    .await?
+    else {
+        return Ok(Stopped::Signal);
+    };
+    let mut opts = opts;
+    let mut default_conf = None;
+    if let Store::Kube(k) = &store {
+        tracing::info!("Kubernetes subnet manager: {}", k.describe());
         if opts.net_config_path.is_none() {
             opts.net_config_path = Some(KUBE_NET_CONF.into());
         }
-        return run_with_store(opts, Arc::new(store), None, status, shutdown).await;
     }
-    if let Some(settings) = opts.etcd.clone() {
-        let Some(store) =
-            retry_at_boot(&mut shutdown, || EtcdStore::connect(settings.clone())).await?
-        else {
-            return Ok(Stopped::Signal);
-        };
-        return run_with_store(opts, Arc::new(store), None, status, shutdown).await;
+    if let Store::Local(local) = &store {
+        check_writable_dir(&opts.state_dir, "--state-dir")?;
+        if opts.net_config_path.is_none() {
+            default_conf = Some(LocalStore::clone(local));
+        }
     }
-    check_writable_dir(&opts.state_dir, "--state-dir")?;
-    let store = LocalStore::new(&opts.state_dir, opts.store_poll);
-    let default_conf = match &opts.net_config_path {
-        Some(_) => None,
-        None => Some(store.clone()),
-    };
-    run_with_store(opts, Arc::new(store), default_conf, status, shutdown).await
+    run_with_store(opts, store.shared(), default_conf, status, shutdown).await
 }
 
 /// A task aborted when its owner goes (tokio's handles detach on drop).
@@ -206,9 +198,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A store that does not answer at boot is tried again, with backoff (1 s
-/// doubling to 30 s), as flannel does, until it answers or `shutdown`; other
-/// errors (TLS, auth, options) end the start at once. `None` on shutdown.
+/// A store that does not answer at boot ([`StoreError::is_unreachable`]) is
+/// tried again, with backoff (1 s doubling to 30 s), as flannel does, until
+/// it answers or `shutdown`; other errors (TLS, auth, options) end the start
+/// at once. `None` on shutdown.
 async fn retry_at_boot<S, F>(
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     mut connect: impl FnMut() -> F,
@@ -220,15 +213,7 @@ where
     loop {
         match connect().await {
             Ok(s) => return Ok(Some(s)),
-            // The deadlock too: kube-proxy may start yet, and the fix (the
-            // API server's real address) restarts the pod anyway. Waiting
-            // alive keeps `kubectl exec … weftd doctor` possible; a crash
-            // loop would not.
-            Err(
-                e @ (StoreError::EtcdUnreachable { .. }
-                | StoreError::KubeUnreachable { .. }
-                | StoreError::KubeDeadlock { .. }),
-            ) => {
+            Err(e) if e.is_unreachable() => {
                 tracing::warn!("{e}; retrying in {}s", wait.as_secs());
             }
             Err(e) => return Err(e.into()),

@@ -16,7 +16,7 @@ use weft::config::NetConfig;
 use weft::lease::{Lease, LeaseAttrs};
 use weft::node::{Admission, Renewal, Step};
 use weft::store::etcd::{EtcdSettings, EtcdStore};
-use weft::store::{AcquireRequest, LeaseStore, StoreError, WatchEvent};
+use weft::store::{AcquireRequest, EtcdError, LeaseStore, StoreError, WatchEvent};
 use weft::types::{Vni, VtepMac};
 
 const NET: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -177,7 +177,10 @@ async fn config_read_and_missing_config_says_how_to_create_it() {
     let srv = EtcdServer::start();
     let s = store(&srv).await;
     let e = s.network_config().await.unwrap_err();
-    assert!(matches!(e, StoreError::EtcdConfigMissing { .. }), "{e:?}");
+    assert!(
+        matches!(e, StoreError::Etcd(EtcdError::ConfigMissing { .. })),
+        "{e:?}"
+    );
     let m = e.to_string();
     assert!(
         m.contains("/coreos.com/network/config")
@@ -503,7 +506,10 @@ async fn etcd_down_then_back_watch_resumes_and_reports_leases_written_meanwhile(
     let down = Instant::now();
     // While etcd is down: requests fail naming the endpoint, the stream stays open.
     let e = s.renew(&a, Duration::from_secs(60)).await.unwrap_err();
-    assert!(matches!(e, StoreError::EtcdUnreachable { .. }), "{e:?}");
+    assert!(
+        matches!(e, StoreError::Etcd(EtcdError::Unreachable { .. })),
+        "{e:?}"
+    );
     assert!(e.to_string().contains(&srv.endpoint()), "{e}");
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(down.elapsed())).await;
     match w.try_recv() {
@@ -717,7 +723,10 @@ async fn unreachable_endpoint_is_named() {
     let mut st = EtcdSettings::new(vec![ep.clone()]);
     st.request_timeout = Duration::from_secs(1);
     let e = EtcdStore::connect(st).await.unwrap_err();
-    assert!(matches!(e, StoreError::EtcdUnreachable { .. }), "{e:?}");
+    assert!(
+        matches!(e, StoreError::Etcd(EtcdError::Unreachable { .. })),
+        "{e:?}"
+    );
     let m = e.to_string();
     assert!(m.contains(&ep) && m.contains("--etcd-endpoints"), "{m}");
 }
@@ -758,7 +767,10 @@ async fn tls_right_certs_connect_wrong_ca_and_wrong_name_are_explained() {
     let mut wrong = good(&srv);
     wrong.cafile = Some(tls.wrong_ca.clone());
     let e = EtcdStore::connect(wrong).await.unwrap_err();
-    assert!(matches!(e, StoreError::EtcdTls { .. }), "{e:?}");
+    assert!(
+        matches!(e, StoreError::Etcd(EtcdError::Tls { .. })),
+        "{e:?}"
+    );
     let m = e.to_string();
     eprintln!("wrong CA: {m}");
     assert!(
@@ -773,7 +785,10 @@ async fn tls_right_certs_connect_wrong_ca_and_wrong_name_are_explained() {
     let mut by_ip = good(&srv);
     by_ip.endpoints = vec![format!("https://127.0.0.1:{}", srv.client_port)];
     let e = EtcdStore::connect(by_ip).await.unwrap_err();
-    assert!(matches!(e, StoreError::EtcdTls { .. }), "{e:?}");
+    assert!(
+        matches!(e, StoreError::Etcd(EtcdError::Tls { .. })),
+        "{e:?}"
+    );
     let m = e.to_string();
     eprintln!("wrong name: {m}");
     assert!(

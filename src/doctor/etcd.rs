@@ -1,23 +1,20 @@
 //! The etcd TLS line of `weftd doctor`, one per https endpoint: the server's
 //! certificate against `--etcd-cafile` and the name dialled, and etcd's
 //! verdict on this node's client certificate. The handshake is weftd's own
-//! diagnosis ([`crate::store::etcd`]); what it means, and the fix, are
-//! decided here without I/O.
+//! diagnosis (`store::etcd::diagnose`); what it means, and the fix,
+//! are decided here without I/O.
 
 use super::report::{Check, Report, Status};
-use crate::store::dial::{CertProblem, SeenCert};
-use crate::store::etcd::{
-    EndpointTls, EtcdSettings, TlsOutcome, ca_name, client_name, tls_endpoints,
+use crate::store::etcd::EtcdSettings;
+use crate::store::etcd::diagnose::{
+    self, CertProblem, EndpointTls, SeenCert, TlsOutcome, ca_name, client_name,
 };
 
 /// A TLS line for every https endpoint that answers TCP; `false` when every
 /// one of them failed (the store cannot be reached, and its line would say
 /// the same again).
 pub async fn tls(s: &EtcdSettings, r: &mut Report) -> bool {
-    let settings = s.clone();
-    let seen = tokio::task::spawn_blocking(move || tls_endpoints(&settings))
-        .await
-        .unwrap_or_default();
+    let seen = diagnose::tls(s).await;
     let checks: Vec<Check> = seen.iter().map(|e| tls_check(e, s)).collect();
     let usable = checks.is_empty() || checks.iter().any(|c| c.status != Status::Fail);
     for c in checks {

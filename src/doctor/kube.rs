@@ -4,7 +4,7 @@
 //! RBAC verb weft needs, asked with a SelfSubjectAccessReview; this node's
 //! object, its podCIDR against the Network, and its flannel annotations
 //! against what this node would announce. The facts come from
-//! [`crate::store::kube`] (the dial and the TLS diagnosis are weftd's own);
+//! `store::kube::diagnose` (the dial and the TLS diagnosis are weftd's own);
 //! what they mean, and the fix, are decided here by functions without I/O.
 
 use std::net::SocketAddr;
@@ -17,12 +17,11 @@ use crate::backend::vxlan::VxlanData;
 use crate::config::NetConfig;
 use crate::iface::ExtIface;
 use crate::lease::LeaseAttrs;
-use crate::store::StoreError;
-use crate::store::dial::{CertProblem, SeenCert};
-use crate::store::kube::{
-    API_CALLS, Dial, Keys, KubeSettings, KubeStore, Review, Source, annotation, own_annotations,
-    own_lease,
+use crate::store::kube::diagnose::{
+    self, Annotation, CertProblem, Dial, OwnNode, Review, SeenCert, Source,
 };
+use crate::store::kube::{API_CALLS, KubeSettings, KubeStore};
+use crate::store::{KubeError, StoreError};
 
 const API: &str = "Kubernetes API";
 const TLS: &str = "API server TLS";
@@ -35,10 +34,10 @@ pub async fn server(k: &KubeSettings, r: &mut Report) -> Option<KubeStore> {
         // With POD_NAME instead of NODE_NAME, connecting reads the pod.
         Ok(Err(e)) => {
             r.push(match &e {
-                StoreError::KubeDeadlock { .. } | StoreError::KubeUnreachable { .. } => {
-                    unreachable(&e)
-                }
-                StoreError::KubeTls { .. } => Check::fail(TLS, e.to_string(), ""),
+                StoreError::Kube(
+                    k @ (KubeError::Deadlock { .. } | KubeError::Unreachable { .. }),
+                ) => unreachable(k),
+                StoreError::Kube(KubeError::Tls { .. }) => Check::fail(TLS, e.to_string(), ""),
                 _ => Check::fail(API, e.to_string(), ""),
             });
             return None;
@@ -48,8 +47,8 @@ pub async fn server(k: &KubeSettings, r: &mut Report) -> Option<KubeStore> {
             return None;
         }
     };
-    let dialled = store.dial().await;
-    let (checks, usable) = dial_checks(store.api(), store.source(), store.ca_from(), &dialled);
+    let s = diagnose::server(&store).await;
+    let (checks, usable) = dial_checks(&s.api, &s.source, s.ca_from.as_deref(), &s.dial);
     for c in checks {
         r.push(c);
     }
@@ -58,7 +57,12 @@ pub async fn server(k: &KubeSettings, r: &mut Report) -> Option<KubeStore> {
     }
     let mut reviews = vec![];
     for &(verb, resource) in API_CALLS {
-        let review = match tokio::time::timeout(STORE_WAIT, store.review(verb, resource)).await {
+        let review = match tokio::time::timeout(
+            STORE_WAIT,
+            diagnose::review(&store, verb, resource),
+        )
+        .await
+        {
             Ok(v) => v,
             Err(_) => Review::Unavailable("no answer in 10 s".into()),
         };
@@ -92,7 +96,13 @@ pub async fn node(store: &KubeStore, config: &NetConfig, ext: Option<&ExtIface>,
             config.ipv6.and(e.public_ipv6),
         )
     });
-    for c in node_checks(store.keys(), name, &node, config, announce.as_ref()) {
+    for c in node_checks(
+        store.annotation_prefix(),
+        name,
+        &node,
+        config,
+        announce.as_ref(),
+    ) {
         r.push(c);
     }
 }
@@ -138,9 +148,9 @@ pub(crate) fn dial_checks(
 }
 
 /// An unreachable server: the deadlock when the address is the in-cluster one.
-fn unreachable(e: &StoreError) -> Check {
+fn unreachable(e: &KubeError) -> Check {
     match e {
-        StoreError::KubeDeadlock {
+        KubeError::Deadlock {
             api,
             host,
             port,
@@ -152,7 +162,7 @@ fn unreachable(e: &StoreError) -> Check {
             ),
             "give weftd the API server's real address: set KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in the DaemonSet's env to the control plane's address and port (e.g. 10.0.0.100 and 6443), or pass --kube-api-url https://<control-plane>:6443 (flannel's advice for clusters without kube-proxy), or --kubeconfig-file with a kubeconfig that names it",
         ),
-        StoreError::KubeUnreachable { api, detail } => Check::fail(
+        KubeError::Unreachable { api, detail } => Check::fail(
             API,
             format!("{api} does not answer: {detail}"),
             "check the server address (--kube-api-url, or the kubeconfig's clusters[].cluster.server) and that the API server runs there",
@@ -293,7 +303,7 @@ pub(crate) fn rbac_checks(reviews: &[((&str, &str), Review)], pod_lookup: bool) 
 /// `announce` (what this node would ask for; `None` when the interface is
 /// unknown).
 pub(crate) fn node_checks(
-    keys: &Keys,
+    annotation_prefix: &str,
     name: &str,
     node: &Node,
     config: &NetConfig,
@@ -313,16 +323,9 @@ pub(crate) fn node_checks(
             &placeholder
         }
     };
-    let lease = match own_lease(
-        keys,
-        name,
-        node,
-        network,
-        config.ipv6.map(|c| c.network),
-        attrs,
-    ) {
-        Ok(l) => l,
-        Err(StoreError::KubeNoPodCidr { network, .. }) => {
+    let own = match diagnose::own_node(annotation_prefix, name, node, config, attrs) {
+        Ok(o) => o,
+        Err(KubeError::NoPodCidr { network, .. }) => {
             return vec![Check::fail(
                 what,
                 "has no podCIDR (spec.podCIDR and spec.podCIDRs are empty): nobody assigns node subnets in this cluster, so weftd has no subnet for this node",
@@ -331,7 +334,7 @@ pub(crate) fn node_checks(
                 ),
             )];
         }
-        Err(StoreError::KubePodCidrOutside { cidr, network, .. }) => {
+        Err(KubeError::PodCidrOutside { cidr, network, .. }) => {
             return vec![Check::fail(
                 what,
                 format!(
@@ -342,7 +345,7 @@ pub(crate) fn node_checks(
                 ),
             )];
         }
-        Err(StoreError::KubePodCidrUnusable { cidr, why, .. }) => {
+        Err(KubeError::PodCidrUnusable { cidr, why, .. }) => {
             return vec![Check::fail(
                 what,
                 format!("its podCIDR {cidr} cannot be a node subnet: {why}"),
@@ -355,7 +358,7 @@ pub(crate) fn node_checks(
         &what,
         format!(
             "podCIDR {}, inside the Network {} of net-conf.json",
-            lease.id(),
+            own.lease.id(),
             network
                 .map(|n| n.to_string())
                 .or(config.network6().map(|n| n.to_string()))
@@ -368,50 +371,42 @@ pub(crate) fn node_checks(
             what,
             "not compared: the interface check failed, so the address this node would announce is unknown",
         ),
-        Some(_) => annotations_check(what, keys, node, &lease.attrs, config),
+        Some(_) => annotations_check(what, &own, config),
     });
     out
 }
 
-/// The node's flannel annotations against `want` (what weftd would write).
-fn annotations_check(
-    what: String,
-    keys: &Keys,
-    node: &Node,
-    want: &LeaseAttrs,
-    config: &NetConfig,
-) -> Check {
+/// The node's flannel annotations against those weftd would write for it
+/// (`own`, announcing its lease's attributes).
+fn annotations_check(what: String, own: &OwnNode, config: &NetConfig) -> Check {
+    let want = &own.lease.attrs;
+    fn have(a: &Annotation) -> Option<&str> {
+        a.have.as_deref()
+    }
     // An IPv6-only network's node has no IPv4 VTEP: flannel writes neither
     // public-ip nor backend-data for it, and weftd neither.
     let v4 = config.ipv4.is_some();
-    let (ip_key, data_key, overwrite_key) = if v4 {
-        (
-            &keys.public_ip,
-            &keys.backend_data,
-            &keys.public_ip_overwrite,
-        )
+    let (ip_a, data_a, overwrite_a) = if v4 {
+        (&own.public_ip, &own.backend_data, &own.public_ip_overwrite)
     } else {
         (
-            &keys.public_ipv6,
-            &keys.backend_v6_data,
-            &keys.public_ipv6_overwrite,
+            &own.public_ipv6,
+            &own.backend_v6_data,
+            &own.public_ipv6_overwrite,
         )
     };
-    let have_ip = annotation(node, &keys.public_ip);
-    let have_type = annotation(node, &keys.backend_type);
-    let have_data = annotation(node, &keys.backend_data);
-    if annotation(node, &keys.managed).is_none()
-        && annotation(node, ip_key).is_none()
-        && annotation(node, data_key).is_none()
-    {
+    let have_ip = have(&own.public_ip);
+    let have_type = have(&own.backend_type);
+    let have_data = have(&own.backend_data);
+    if have(&own.managed).is_none() && have(ip_a).is_none() && have(data_a).is_none() {
         return Check::note(
             what,
             format!(
-                "none yet ({ip_key} and the rest): weftd writes them when it starts on this node"
+                "none yet ({} and the rest): weftd writes them when it starts on this node",
+                ip_a.key
             ),
         );
     }
-    let want_data = own_annotations(keys, want);
     let want_mac = if v4 {
         want.vxlan_data().map(|d| d.vtep_mac).ok()
     } else {
@@ -425,10 +420,10 @@ fn annotations_check(
     };
     match have_ip {
         _ if !v4 => {}
-        None => problems.push(format!("{} is missing", keys.public_ip)),
+        None => problems.push(format!("{} is missing", own.public_ip.key)),
         Some(v) if v != ip => problems.push(format!(
             "{} is {v}, but this node would announce {ip}: peers send its pods' traffic to {v}",
-            keys.public_ip
+            own.public_ip.key
         )),
         Some(_) => {}
     }
@@ -436,48 +431,49 @@ fn annotations_check(
         Some("vxlan") => {}
         Some(t) => problems.push(format!(
             "{} is {t}, not vxlan: peers do not reach this node through VXLAN",
-            keys.backend_type
+            own.backend_type.key
         )),
-        None => problems.push(format!("{} is missing", keys.backend_type)),
+        None => problems.push(format!("{} is missing", own.backend_type.key)),
     }
     let crate::backend::Backend::Vxlan(vx) = config.backend;
     let vni = vx.vni.get();
     match have_data.map(serde_json::from_str::<VxlanData>) {
         _ if !v4 => {}
-        None => problems.push(format!("{} is missing", keys.backend_data)),
+        None => problems.push(format!("{} is missing", own.backend_data.key)),
         Some(Err(_)) => problems.push(format!(
             "{} {:?} is not flannel's vxlan data ({}): peers skip this node",
-            keys.backend_data,
+            own.backend_data.key,
             have_data.unwrap_or_default(),
-            want_data
-                .get(&keys.backend_data)
-                .map_or("{\"VNI\":…,\"VtepMAC\":…}", String::as_str)
+            own.backend_data
+                .want
+                .as_deref()
+                .unwrap_or("{\"VNI\":…,\"VtepMAC\":…}")
         )),
         Some(Ok(d)) if d.vni != vni => problems.push(format!(
             "{} has VNI {}, but net-conf.json's is {vni}: peers send VXLAN this node drops",
-            keys.backend_data, d.vni
+            own.backend_data.key, d.vni
         )),
         Some(Ok(_)) => {}
     }
     if let Some(ip6) = want.public_ipv6 {
         let ip6 = ip6.to_string();
-        match annotation(node, &keys.public_ipv6) {
-            None => problems.push(format!("{} is missing", keys.public_ipv6)),
+        match have(&own.public_ipv6) {
+            None => problems.push(format!("{} is missing", own.public_ipv6.key)),
             Some(v) if v != ip6 => problems.push(format!(
                 "{} is {v}, but this node would announce {ip6}: peers send its pods' IPv6 traffic to {v}",
-                keys.public_ipv6
+                own.public_ipv6.key
             )),
             Some(_) => {}
         }
-        match annotation(node, &keys.backend_v6_data).map(serde_json::from_str::<VxlanData>) {
-            None => problems.push(format!("{} is missing", keys.backend_v6_data)),
+        match have(&own.backend_v6_data).map(serde_json::from_str::<VxlanData>) {
+            None => problems.push(format!("{} is missing", own.backend_v6_data.key)),
             Some(Err(_)) => problems.push(format!(
                 "{} is not flannel's vxlan data: peers reach this node over IPv4 only",
-                keys.backend_v6_data
+                own.backend_v6_data.key
             )),
             Some(Ok(d)) if d.vni != vni => problems.push(format!(
                 "{} has VNI {}, but net-conf.json's is {vni}",
-                keys.backend_v6_data, d.vni
+                own.backend_v6_data.key, d.vni
             )),
             Some(Ok(_)) => {}
         }
@@ -487,7 +483,7 @@ fn annotations_check(
             what,
             format!(
                 "agree with what this node announces: {} {ip}, backend-type vxlan, VNI {vni}, VtepMAC {}",
-                ip_key.rsplit('/').next().unwrap_or_default(),
+                ip_a.key.rsplit('/').next().unwrap_or_default(),
                 want_mac.map(|m| m.to_string()).unwrap_or_default()
             ),
         );
@@ -496,8 +492,9 @@ fn annotations_check(
         what,
         problems.join("; "),
         format!(
-            "start (or restart) weftd with these flags: it rewrites the annotations when it starts; if {ip} is not the address peers should use, give weftd and the doctor the --iface/{} that is (or set the annotation {overwrite_key})",
-            if v4 { "--public-ip" } else { "--public-ipv6" }
+            "start (or restart) weftd with these flags: it rewrites the annotations when it starts; if {ip} is not the address peers should use, give weftd and the doctor the --iface/{} that is (or set the annotation {})",
+            if v4 { "--public-ip" } else { "--public-ipv6" },
+            overwrite_a.key
         ),
     )
 }
@@ -505,7 +502,6 @@ fn annotations_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::dial::CertProblem;
     use crate::types::VtepMac;
     use serde_json::json;
 
@@ -529,9 +525,7 @@ mod tests {
         )
     }
 
-    fn keys() -> Keys {
-        Keys::new("flannel.alpha.coreos.com")
-    }
+    const PREFIX: &str = "flannel.alpha.coreos.com";
 
     fn cert(names: &[&str], refused: Option<CertProblem>) -> SeenCert {
         SeenCert {
@@ -544,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_silent_in_cluster_address_is_the_deadlock() {
-        let d = Dial::Unreachable(StoreError::KubeDeadlock {
+        let d = Dial::Unreachable(KubeError::Deadlock {
             api: "https://10.96.0.1".into(),
             host: "10.96.0.1".into(),
             port: "443".into(),
@@ -689,7 +683,7 @@ mod tests {
     #[test]
     fn pod_cidrs_missing_outside_and_inside() {
         let c = node_checks(
-            &keys(),
+            PREFIX,
             "n1",
             &node(json!({"metadata": {"name": "n1"}, "spec": {}})),
             &config(),
@@ -704,7 +698,7 @@ mod tests {
                 .contains("--allocate-node-cidrs=true --cluster-cidr=10.244.0.0/16")
         );
         let n = node(json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.99.1.0/24"}}));
-        let c = node_checks(&keys(), "n1", &n, &config(), None);
+        let c = node_checks(PREFIX, "n1", &n, &config(), None);
         assert!(
             c[0].detail
                 .contains("10.99.1.0/24 lies outside the Network 10.244.0.0/16"),
@@ -713,11 +707,11 @@ mod tests {
         // Garbage where a CIDR belongs: a line, not a panic.
         let n = node(json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "nonsense"}}));
         assert_eq!(
-            node_checks(&keys(), "n1", &n, &config(), None)[0].status,
+            node_checks(PREFIX, "n1", &n, &config(), None)[0].status,
             super::super::report::Status::Fail
         );
         let n = node(json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}));
-        let c = node_checks(&keys(), "n1", &n, &config(), None);
+        let c = node_checks(PREFIX, "n1", &n, &config(), None);
         assert_eq!(
             c[0].detail,
             "podCIDR 10.244.1.0/24, inside the Network 10.244.0.0/16 of net-conf.json"
@@ -741,7 +735,7 @@ mod tests {
                     "flannel.alpha.coreos.com/public-ip": "not an address",
                     "flannel.alpha.coreos.com/public-ip-overwrite": "::1",
                 }}, "spec": spec}));
-                let c = node_checks(&keys(), "n", &n, &config(), Some(&me));
+                let c = node_checks(PREFIX, "n", &n, &config(), Some(&me));
                 assert!(!c.is_empty());
             }
         }
@@ -768,7 +762,7 @@ mod tests {
                 "flannel.alpha.coreos.com/kube-subnet-manager": "true",
             }}, "spec": {"podCIDR": "fc00:0:0:1::/64", "podCIDRs": ["fc00:0:0:1::/64"]}}))
         };
-        let c = node_checks(&keys(), "n1", &annotated("2001:db8::1"), &config, Some(&me));
+        let c = node_checks(PREFIX, "n1", &annotated("2001:db8::1"), &config, Some(&me));
         assert_eq!(c[0].status, super::super::report::Status::Pass, "{c:?}");
         assert_eq!(c[1].status, super::super::report::Status::Pass, "{c:?}");
         assert!(
@@ -776,7 +770,7 @@ mod tests {
                 && c[1].detail.contains(&mac6.to_string()),
             "{c:?}"
         );
-        let c = node_checks(&keys(), "n1", &annotated("2001:db8::9"), &config, Some(&me));
+        let c = node_checks(PREFIX, "n1", &annotated("2001:db8::9"), &config, Some(&me));
         assert_eq!(c[1].status, super::super::report::Status::Fail, "{c:?}");
         assert!(
             c[1].detail.contains("public-ipv6 is 2001:db8::9")
@@ -802,7 +796,7 @@ mod tests {
         let good = format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}");
         let me = attrs([192, 0, 2, 1]);
         let c = node_checks(
-            &keys(),
+            PREFIX,
             "n1",
             &annotated("192.0.2.1", &good, "vxlan"),
             &config(),
@@ -811,7 +805,7 @@ mod tests {
         assert_eq!(c[1].status, super::super::report::Status::Pass, "{c:?}");
         assert!(c[1].detail.contains(&mac.to_string()));
         let c = node_checks(
-            &keys(),
+            PREFIX,
             "n1",
             &annotated("192.0.2.9", &good, "vxlan"),
             &config(),
@@ -823,7 +817,7 @@ mod tests {
             "{c:?}"
         );
         let c = node_checks(
-            &keys(),
+            PREFIX,
             "n1",
             &annotated(
                 "192.0.2.1",
@@ -838,7 +832,7 @@ mod tests {
             "{c:?}"
         );
         let c = node_checks(
-            &keys(),
+            PREFIX,
             "n1",
             &annotated("192.0.2.1", "{nope", "vxlan"),
             &config(),
@@ -846,7 +840,7 @@ mod tests {
         );
         assert!(c[1].detail.contains("is not flannel's vxlan data"), "{c:?}");
         let bare = node(json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}));
-        let c = node_checks(&keys(), "n1", &bare, &config(), Some(&me));
+        let c = node_checks(PREFIX, "n1", &bare, &config(), Some(&me));
         assert_eq!(c[1].status, super::super::report::Status::Note);
     }
 }

@@ -11,7 +11,6 @@ pub mod probe;
 pub mod report;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DEFAULT_NET_CONF, NetConfig};
@@ -20,9 +19,7 @@ use crate::iface::{self, ExtIface};
 use crate::lease::Lease;
 use crate::netlink;
 use crate::store::etcd::EtcdStore;
-use crate::store::kube::KubeStore;
-use crate::store::local::LocalStore;
-use crate::store::{LeaseStore, WatchEvent};
+use crate::store::{self, LeaseStore, Store, WatchEvent};
 use crate::subnet_env::SubnetEnv;
 use crate::types::Family;
 use probe::Outcome;
@@ -55,10 +52,15 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
             return r;
         }
     }
-    let Some((store, etcd)) = connect(opts, &mut r).await else {
+    let Some(opened) = connect(opts, &mut r).await else {
         return r;
     };
-    let Some(config) = network_config(opts, store.as_ref(), etcd.as_ref(), &mut r).await else {
+    let store = opened.shared();
+    let etcd = match &opened {
+        Store::Etcd(e) => Some(e.as_ref()),
+        _ => None,
+    };
+    let Some(config) = network_config(opts, store.as_ref(), etcd, &mut r).await else {
         return r;
     };
     // A dual-stack network needs the interface's IPv6 address too; an
@@ -82,7 +84,7 @@ pub async fn run(opts: &Options, cni_dirs: &cni::CniDirs) -> Report {
     }
     let crate::backend::Backend::Vxlan(vx) = config.backend;
     let running = vxlan_port(vx.port, ext.as_ref(), opts, &mut r);
-    if let Some(etcd) = &etcd {
+    if let Some(etcd) = etcd {
         etcd_revision(etcd, vx.port, running, &mut r).await;
     }
     let Some(leases) = leases(store.as_ref(), &mut r).await else {
@@ -235,38 +237,25 @@ fn forwarding(family: Family, r: &mut Report) {
     }
 }
 
-/// The store to check, and the same store as etcd when it is (for its `etcdctl` hints).
-type Stores = (Arc<dyn LeaseStore>, Option<Arc<EtcdStore>>);
-
 /// The store weftd would use, reached once (no waiting at boot here).
-async fn connect(opts: &Options, r: &mut Report) -> Option<Stores> {
+async fn connect(opts: &Options, r: &mut Report) -> Option<Store> {
     let what = "store";
-    let got: Result<Stores, String> = if let Some(k) = opts.kube.clone() {
-        match tokio::time::timeout(STORE_WAIT, KubeStore::connect(k)).await {
-            Ok(Ok(s)) => Ok((Arc::new(s), None)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the API server did not answer in 10 s".into()),
-        }
-    } else if let Some(e) = opts.etcd.clone() {
-        let endpoints = e.endpoints.join(",");
-        match tokio::time::timeout(STORE_WAIT, EtcdStore::connect(e)).await {
-            Ok(Ok(s)) => {
-                let s = Arc::new(s);
-                Ok((s.clone() as Arc<dyn LeaseStore>, Some(s)))
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("etcd {endpoints} did not answer in 10 s")),
-        }
-    } else {
-        Ok((
-            Arc::new(LocalStore::new(&opts.state_dir, opts.store_poll)),
-            None,
-        ))
+    let got = match tokio::time::timeout(STORE_WAIT, store::open(opts)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(match (&opts.kube, &opts.etcd) {
+            (Some(_), _) => "the API server did not answer in 10 s".to_string(),
+            (None, Some(e)) => format!("etcd {} did not answer in 10 s", e.endpoints.join(",")),
+            (None, None) => "the store did not answer in 10 s".to_string(),
+        }),
     };
     match got {
-        Ok((s, etcd)) => {
-            r.push(Check::pass(what, format!("{} answers", s.describe())));
-            Some((s, etcd))
+        Ok(s) => {
+            r.push(Check::pass(
+                what,
+                format!("{} answers", s.shared().describe()),
+            ));
+            Some(s)
         }
         Err(e) => {
             r.push(Check::fail(what, e, ""));
@@ -278,7 +267,7 @@ async fn connect(opts: &Options, r: &mut Report) -> Option<Stores> {
 async fn network_config(
     opts: &Options,
     store: &dyn LeaseStore,
-    etcd: Option<&Arc<EtcdStore>>,
+    etcd: Option<&EtcdStore>,
     r: &mut Report,
 ) -> Option<NetConfig> {
     let what = "network config";

@@ -159,10 +159,10 @@ mod tests {
             }
             s => panic!("{s:?}"),
         }
-        let down = StoreError::EtcdUnreachable {
+        let down = StoreError::Etcd(crate::store::EtcdError::Unreachable {
             endpoints: "e".into(),
             detail: "d".into(),
-        };
+        });
         assert!(matches!(
             day.renewed(&held, &req(), Err(down)),
             Step::Retry { next, .. } if next == day.retry

@@ -21,7 +21,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// An error and its sources, joined: tonic's and hyper's transport errors hide
 /// the cause in a source.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -38,7 +38,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 /// Dials `addrs` in turn, each with `timeout`: the first connection and its
 /// address, or why every dial failed (`TCP connect to <addr>: <error>`, joined
 /// with `; `), or `<name> resolves to no address` when there was none.
-pub(crate) fn connect_first(
+pub(super) fn connect_first(
     name: &str,
     addrs: &[SocketAddr],
     timeout: Duration,
@@ -57,7 +57,7 @@ pub(crate) fn connect_first(
 }
 
 /// The certificates of a PEM file (blocks that are not certificates skipped).
-pub(crate) fn pem_certs(
+pub(super) fn pem_certs(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, rustls::pki_types::pem::Error> {
     Ok(CertificateDer::pem_file_iter(path)?
@@ -73,24 +73,24 @@ fn provider() -> Arc<CryptoProvider> {
 ///
 /// # Errors
 /// Without any root ([`VerifierBuilderError::NoRootAnchors`]), among others.
-pub(crate) fn verifier(
+pub(super) fn verifier(
     roots: RootCertStore,
 ) -> Result<Arc<WebPkiServerVerifier>, VerifierBuilderError> {
     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()
 }
 
 /// What a recorded [`handshake`] saw.
-pub(crate) struct Handshake {
+pub(super) struct Handshake {
     /// The server's end-entity certificate (DER) and the verifier's verdict
     /// (`None`: accepted), when the server presented one.
-    pub(crate) presented: Option<(Vec<u8>, Option<rustls::Error>)>,
+    pub(super) presented: Option<(Vec<u8>, Option<rustls::Error>)>,
     /// How the handshake ended on the wire.
-    pub(crate) result: io::Result<()>,
+    pub(super) result: io::Result<()>,
 }
 
 /// Why [`handshake`] could not start.
 #[derive(Debug)]
-pub(crate) enum HandshakeError {
+pub(super) enum HandshakeError {
     /// The provider supports no safe protocol version.
     Versions(rustls::Error),
     /// The client certificate or key cannot be used.
@@ -110,7 +110,7 @@ pub(crate) enum HandshakeError {
 /// # Errors
 /// [`HandshakeError`] when the handshake cannot start; how it went is in
 /// [`Handshake`].
-pub(crate) fn handshake(
+pub(super) fn handshake(
     mut tcp: TcpStream,
     timeout: Duration,
     host: &str,
@@ -176,7 +176,7 @@ pub(crate) enum CertProblem {
 }
 
 /// The [`CertProblem`] of a verifier's verdict.
-pub(crate) fn cert_problem(e: &rustls::Error) -> CertProblem {
+pub(super) fn cert_problem(e: &rustls::Error) -> CertProblem {
     use rustls::CertificateError as C;
     match e {
         rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
@@ -262,7 +262,7 @@ pub(crate) struct SeenCert {
 
 impl SeenCert {
     /// The certificate the handshake recorded, if the server presented one.
-    pub(crate) fn of(hs: &Handshake) -> Option<SeenCert> {
+    pub(super) fn of(hs: &Handshake) -> Option<SeenCert> {
         let (der, verdict) = hs.presented.as_ref()?;
         let (subject, names, issuer) = describe_cert(der);
         Some(SeenCert {
@@ -274,13 +274,13 @@ impl SeenCert {
     }
 
     /// Whether `host` (a DNS name or an IP address) is among its names.
-    pub(crate) fn names_host(&self, host: &str) -> bool {
+    pub(super) fn names_host(&self, host: &str) -> bool {
         self.names.iter().any(|n| n.eq_ignore_ascii_case(host))
     }
 }
 
 /// The subject, the names (DNS and IP SANs) and the issuer of a DER certificate.
-pub(crate) fn describe_cert(der: &[u8]) -> (String, Vec<String>, String) {
+pub(super) fn describe_cert(der: &[u8]) -> (String, Vec<String>, String) {
     match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => {
             let mut names = vec![];

@@ -1,19 +1,23 @@
 //! The lease store seam (flannel's subnet manager): one trait, with the embedded
-//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it;
-//! `dial.rs` holds what the etcd and kube stores share to reach their servers.
+//! [`local`] store, [`etcd`] and the Kubernetes node store [`kube`] behind it,
+//! and [`open`], which opens the one weftd's options configure (for weftd and
+//! `weftd doctor` alike); `dial.rs` holds what the etcd and kube stores share
+//! to reach their servers.
 //!
 //! A store hands out leases (acquire, renew, release) and reports everyone's
 //! leases as a stream of [`WatchEvent`]s that starts with a full snapshot. A
 //! [`WatchEvent::Snapshot`] may come again at any time (after a re-list) and then
 //! replaces the whole table, so stale peers cannot survive.
 
-pub(crate) mod dial;
+mod dial;
 mod diff;
 pub mod etcd;
 pub mod kube;
 pub mod local;
 
 pub use diff::diff;
+pub use etcd::EtcdError;
+pub use kube::KubeError;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -25,7 +29,11 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::NetConfig;
+use crate::daemon::Options;
 use crate::lease::{Lease, LeaseAttrs, LeaseId};
+use etcd::EtcdStore;
+use kube::KubeStore;
+use local::LocalStore;
 
 /// What a node asks the store for.
 #[derive(Debug, Clone)]
@@ -51,7 +59,9 @@ pub enum WatchEvent {
     Remove(LeaseId),
 }
 
-/// Failures of a lease store, naming the store location and what to do.
+/// Failures of a lease store, naming the store location and what to do: the
+/// store-neutral ones here, each store's own inside ([`StoreError::Etcd`],
+/// [`StoreError::Kube`]), printed as they are.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("lease store {store}: {op} failed: {source} ")]
@@ -95,116 +105,27 @@ pub enum StoreError {
         problem: String,
     },
     #[error(
-        "{store}: network config key {key} not found (wrong --etcd-prefix, or the config was never written); create it with: {command}"
-    )]
-    EtcdConfigMissing {
-        store: String,
-        key: String,
-        command: String,
-    },
-    #[error(
-        "etcd {endpoints}: unreachable: {detail}; check that etcd runs there and that --etcd-endpoints is right"
-    )]
-    EtcdUnreachable { endpoints: String, detail: String },
-    #[error("etcd {endpoint}: TLS failed with CA file {ca_file}: {problem}")]
-    EtcdTls {
-        endpoint: String,
-        ca_file: String,
-        problem: String,
-    },
-    #[error("{store}: {op} failed: {detail}")]
-    EtcdRequest {
-        store: String,
-        op: String,
-        detail: String,
-    },
-    #[error("etcd options: {problem}")]
-    EtcdOptions { problem: String },
-    #[error(
         "{store}: this node's lease key {key} is gone: deleted by an operator, or expired while etcd was unreachable. Acquire again (weftd does, asking for the same subnet first)"
     )]
     LeaseDeleted { store: String, key: String },
-    #[error("Kubernetes client configuration ({from}): {problem}")]
-    KubeConfig { from: String, problem: String },
-    #[error(
-        "Kubernetes API server {api}: unreachable: {detail}; check the server address (--kube-api-url, or the kubeconfig's clusters[].cluster.server) and that the API server runs there"
-    )]
-    KubeUnreachable { api: String, detail: String },
-    #[error(
-        "Kubernetes API server {api} (in-cluster config: KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port}) does not answer: {detail}. In a pod that address is normally the `kubernetes` Service's ClusterIP, which only works once kube-proxy runs, and kube-proxy waits for the pod network that weft provides: this is the CNI-before-kube-proxy deadlock. Fix: reach the API server directly, either with --kubeconfig-file (a kubeconfig with the real server address and CA, mounted into the pod as a file) or by setting KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in the DaemonSet to the API server's real host and port (e.g. 10.0.0.100 and 6443)"
-    )]
-    KubeDeadlock {
-        api: String,
-        host: String,
-        port: String,
-        detail: String,
-    },
-    #[error("Kubernetes API server {api}: TLS failed when dialling {addr}: {detail}")]
-    KubeTls {
-        api: String,
-        addr: String,
-        /// What failed, then the certificate's subject and names (SANs) and the fix.
-        detail: String,
-    },
-    #[error(
-        "Kubernetes API server {api}: forbidden to {verb} {resource}: {detail}. Grant weft's ServiceAccount the verb {verb:?} on {resource:?} (the ClusterRole in docker/weft.yaml does)"
-    )]
-    KubeForbidden {
-        api: String,
-        verb: String,
-        resource: String,
-        detail: String,
-    },
-    #[error(
-        "node {node} has no pod CIDR (spec.podCIDR / spec.podCIDRs are empty): nobody assigns node subnets in this cluster. Run kube-controller-manager with --allocate-node-cidrs=true --cluster-cidr={network} (with kubeadm: kubeadm init --pod-network-cidr={network}), or set spec.podCIDR on the node"
-    )]
-    KubeNoPodCidr { node: String, network: Ipv4Net },
-    #[error(
-        "node {node}'s pod CIDR {cidr} lies outside the Network {network} of net-conf.json; make Network equal kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr)"
-    )]
-    KubePodCidrOutside {
-        node: String,
-        cidr: String,
-        network: Ipv4Net,
-    },
-    #[error(
-        "node {node}'s pod CIDR {cidr} cannot be a node subnet: {why}; give kube-controller-manager a --node-cidr-mask-size of 30 or less"
-    )]
-    KubePodCidrUnusable {
-        node: String,
-        cidr: Ipv4Net,
-        why: &'static str,
-    },
-    #[error(
-        "node {node} has no IPv6 pod CIDR (spec.podCIDRs holds none) but net-conf.json enables IPv6 with IPv6Network {network}. Run kube-controller-manager dual-stack (--cluster-cidr=<IPv4 Network>,{network}, and --node-cidr-mask-size-ipv6), so that every node gets an IPv6 pod CIDR, or set EnableIPv6 to false"
-    )]
-    KubeNoPodCidr6 { node: String, network: Ipv6Net },
-    #[error(
-        "node {node}'s IPv6 pod CIDR {cidr} lies outside the IPv6Network {network} of net-conf.json; make IPv6Network equal the IPv6 half of kube-controller-manager's --cluster-cidr (kubeadm's --pod-network-cidr)"
-    )]
-    KubePodCidr6Outside {
-        node: String,
-        cidr: String,
-        network: Ipv6Net,
-    },
-    #[error(
-        "node {node}'s IPv6 pod CIDR {cidr} cannot be a node subnet: {why}; give kube-controller-manager a --node-cidr-mask-size-ipv6 of 126 or less"
-    )]
-    KubePodCidr6Unusable {
-        node: String,
-        cidr: Ipv6Net,
-        why: &'static str,
-    },
-    #[error("Kubernetes API server {api}: {op} failed: {detail}")]
-    KubeRequest {
-        api: String,
-        op: String,
-        detail: String,
-    },
-    #[error(
-        "cannot tell which node this is: set NODE_NAME (the DaemonSet sets it from spec.nodeName with the downward API), or POD_NAME and POD_NAMESPACE"
-    )]
-    KubeNoNodeName,
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl StoreError {
+    /// Whether the store did not answer: a transient failure, worth the
+    /// retry at boot ([`EtcdError::is_unreachable`],
+    /// [`KubeError::is_unreachable`]); any other error will not go away by
+    /// waiting.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Etcd(e) => e.is_unreachable(),
+            StoreError::Kube(e) => e.is_unreachable(),
+            _ => false,
+        }
+    }
 }
 
 /// How a store's watch stands, kept by its watcher for `weftd status` and
@@ -311,6 +232,63 @@ pub trait LeaseStore: Send + Sync {
     }
 }
 
+/// The store weftd's options configure, opened (see [`open`]).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The embedded store in `--state-dir`.
+    Local(Arc<LocalStore>),
+    /// etcd (`--etcd-endpoints` and the other etcd options).
+    Etcd(Arc<EtcdStore>),
+    /// The Kubernetes API (`--kube-subnet-mgr`).
+    Kube(Arc<KubeStore>),
+}
+
+impl Store {
+    /// The same store behind the [`LeaseStore`] seam.
+    pub fn shared(&self) -> Arc<dyn LeaseStore> {
+        match self {
+            Store::Local(s) => s.clone(),
+            Store::Etcd(s) => s.clone(),
+            Store::Kube(s) => s.clone(),
+        }
+    }
+
+    /// Whether the store answers before the first lease call, as weftd
+    /// checks at boot: the Kubernetes store reads this node (connecting
+    /// asks the API server nothing when `NODE_NAME` is set); etcd's
+    /// connection has read its config key already; the embedded store is a
+    /// directory, made on first use.
+    ///
+    /// # Errors
+    /// As [`KubeStore::read_node`].
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Kube(s) => s.read_node().await,
+            Store::Local(_) | Store::Etcd(_) => Ok(()),
+        }
+    }
+}
+
+/// Opens the store `opts` configure, as weftd and `weftd doctor` both do:
+/// the Kubernetes API with `--kube-subnet-mgr`, else etcd with the etcd
+/// options, else the embedded store in `--state-dir`.
+///
+/// # Errors
+/// As [`KubeStore::connect`] and [`EtcdStore::connect`]; none for the
+/// embedded store.
+pub async fn open(opts: &Options) -> Result<Store, StoreError> {
+    if let Some(k) = &opts.kube {
+        return Ok(Store::Kube(Arc::new(KubeStore::connect(k.clone()).await?)));
+    }
+    if let Some(e) = &opts.etcd {
+        return Ok(Store::Etcd(Arc::new(EtcdStore::connect(e.clone()).await?)));
+    }
+    Ok(Store::Local(Arc::new(LocalStore::new(
+        &opts.state_dir,
+        opts.store_poll,
+    ))))
+}
+
 /// flannel's choice of subnet, shared by the stores that allocate (local, etcd):
 /// `Ok(Ok(existing))` when this node already holds a lease (one of its public
 /// IP, or on an IPv6-only network of its public IPv6, leasable in this
@@ -343,14 +321,10 @@ pub fn choose_subnet<'a>(
         return Ok(Ok(own));
     }
     let taken = |s: &Ipv4Net| leases.iter().any(|l| l.subnet == Some(*s));
-    if let Some(p) = req.previous {
-        if cfg.is_leasable(&p) && !taken(&p) {
-            return Ok(Err(Some(p)));
-        }
-    }
     let count = cfg.subnet_count();
     let nth = |i: u128| u32::try_from(i).ok().and_then(|i| cfg.nth_subnet(i));
-    pick_free(u128::from(count), nth, taken, rng)
+    let leasable = |s: &Ipv4Net| cfg.is_leasable(s);
+    pick_free(req.previous, leasable, u128::from(count), nth, taken, rng)
         .map(|s| Err(Some(s)))
         .ok_or_else(|| StoreError::NoFreeSubnet {
             store: store.to_string(),
@@ -361,15 +335,22 @@ pub fn choose_subnet<'a>(
         })
 }
 
-/// A random subnet of the `count` that `nth` numbers, not `taken`: drawn
-/// from all free ones when there are few, else sampled (as flannel does)
-/// rather than enumerated. None: none free (or none found by sampling).
+/// The first of `wanted` that is `leasable` and not `taken`, else a random
+/// subnet of the `count` that `nth` numbers, not `taken`: drawn from all
+/// free ones when there are few, else sampled (as flannel does) rather
+/// than enumerated. None: none free (or none found by sampling). Either
+/// family's subnets: [`choose_subnet`]'s and [`choose_subnet6`]'s.
 fn pick_free<S: Copy>(
+    wanted: impl IntoIterator<Item = S>,
+    leasable: impl Fn(&S) -> bool,
     count: u128,
     nth: impl Fn(u128) -> Option<S>,
     taken: impl Fn(&S) -> bool,
     rng: &mut impl Rng,
 ) -> Option<S> {
+    if let Some(s) = wanted.into_iter().find(|s| leasable(s) && !taken(s)) {
+        return Some(s);
+    }
     if count == 0 {
         return None;
     }
@@ -410,18 +391,13 @@ pub fn choose_subnet6(
             .filter(|l| own.is_none_or(|o| o.key() != l.key()))
             .any(|l| l.ipv6_subnet == Some(*s))
     };
-    if let Some(s) = own.and_then(|o| o.ipv6_subnet) {
-        if cfg.is_leasable(&s) && !taken(&s) {
-            return Ok(Some(s));
-        }
-    }
-    if let Some(p) = req.previous6 {
-        if cfg.is_leasable(&p) && !taken(&p) {
-            return Ok(Some(p));
-        }
-    }
     let count = cfg.subnet_count();
-    pick_free(count, |i| cfg.nth_subnet(i), taken, rng)
+    let nth = |i: u128| cfg.nth_subnet(i);
+    let leasable = |s: &Ipv6Net| cfg.is_leasable(s);
+    // This node's own IPv6 subnet first, then its last run's.
+    let wanted = [own.and_then(|o| o.ipv6_subnet), req.previous6];
+    let wanted = wanted.into_iter().flatten();
+    pick_free(wanted, leasable, count, nth, taken, rng)
         .map(Some)
         .ok_or_else(|| StoreError::NoFreeSubnet6 {
             store: store.to_string(),

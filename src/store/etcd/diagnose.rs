@@ -1,7 +1,9 @@
 //! Why etcd does not answer: a TCP connect to each endpoint, then a TLS
-//! handshake with the configured files that names the certificate at fault
-//! (weftd's errors, and `weftd doctor`'s TLS lines through
-//! [`tls_endpoints`]); and what to do about etcd's authentication refusals.
+//! handshake with the configured files that names the certificate at fault;
+//! and what to do about etcd's authentication refusals. weftd's errors come
+//! from here, and so do the plain results `weftd doctor` judges for its TLS
+//! lines: [`tls`] (each https endpoint's handshake), [`ca_name`] and
+//! [`client_name`] (the files as messages name them).
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -11,9 +13,10 @@ use rustls::RootCertStore;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::EtcdSettings;
+use super::{EtcdError, EtcdSettings};
 use crate::store::StoreError;
-use crate::store::dial::{self, CertProblem, HandshakeError, SeenCert};
+use crate::store::dial::{self, HandshakeError};
+pub(crate) use crate::store::dial::{CertProblem, SeenCert};
 
 /// Turns a failed first request into an error that says which endpoint and
 /// which certificate: a TCP connect to each endpoint, then a TLS handshake
@@ -29,13 +32,13 @@ pub(super) async fn diagnose(settings: Arc<EtcdSettings>, err: StoreError) -> St
             }
         }
         // Report TLS problems first: they are what the operator must fix.
-        problems.sort_by_key(|p| !matches!(p, StoreError::EtcdTls { .. }));
+        problems.sort_by_key(|p| !matches!(p, EtcdError::Tls { .. }));
         problems.into_iter().next()
     })
     .await
     .ok()
     .flatten();
-    found.unwrap_or(err)
+    found.map_or(err, StoreError::from)
 }
 
 /// Adds what to do to etcd's auth refusals.
@@ -86,9 +89,9 @@ fn connect(hostport: &str, t: Duration) -> Result<TcpStream, String> {
 
 /// Checks one endpoint: TCP, then (https) a TLS handshake with the configured
 /// files. `Ok` when nothing is wrong at these levels.
-fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), StoreError> {
+fn diagnose_endpoint(ep: &str, s: &EtcdSettings, t: Duration) -> Result<(), EtcdError> {
     let (https, hostport, host) = split_endpoint(ep, s);
-    let tcp = connect(hostport, t).map_err(|detail| StoreError::EtcdUnreachable {
+    let tcp = connect(hostport, t).map_err(|detail| EtcdError::Unreachable {
         endpoints: ep.to_string(),
         detail,
     })?;
@@ -122,8 +125,16 @@ pub(crate) struct EndpointTls {
 }
 
 /// A TLS handshake with every https endpoint that answers TCP (the others
-/// are the store's reachability to report). Blocking.
-pub(crate) fn tls_endpoints(s: &EtcdSettings) -> Vec<EndpointTls> {
+/// are the store's reachability to report), on a blocking thread.
+pub(crate) async fn tls(s: &EtcdSettings) -> Vec<EndpointTls> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || tls_endpoints(&s))
+        .await
+        .unwrap_or_default()
+}
+
+/// [`tls`], blocking.
+fn tls_endpoints(s: &EtcdSettings) -> Vec<EndpointTls> {
     let t = s.request_timeout;
     s.endpoints
         .iter()
@@ -227,8 +238,8 @@ fn handshake(host: &str, tcp: TcpStream, t: Duration, s: &EtcdSettings) -> TlsOu
 }
 
 /// weftd's error for a handshake's outcome; `Ok` when TLS is fine.
-fn tls_result(ep: &str, host: &str, s: &EtcdSettings, o: TlsOutcome) -> Result<(), StoreError> {
-    let tls_err = |problem: String| StoreError::EtcdTls {
+fn tls_result(ep: &str, host: &str, s: &EtcdSettings, o: TlsOutcome) -> Result<(), EtcdError> {
+    let tls_err = |problem: String| EtcdError::Tls {
         endpoint: ep.to_string(),
         ca_file: ca_name(s),
         problem,

@@ -33,13 +33,15 @@
 //!
 //! Files: `options.rs` (flags, env vars, settings and what is derived from
 //! them), this one (the client, its reads and transactions, the [`LeaseStore`]
-//! impl), `watch.rs` (the watcher), `diagnose.rs` (why etcd cannot be reached).
+//! impl), `watch.rs` (the watcher), `diagnose.rs` (why etcd cannot be reached,
+//! and what `weftd doctor` asks of it), `error.rs` ([`EtcdError`]).
 
-mod diagnose;
+pub(crate) mod diagnose;
+mod error;
 mod options;
 mod watch;
 
-pub(crate) use diagnose::{EndpointTls, TlsOutcome, ca_name, client_name, tls_endpoints};
+pub use error::EtcdError;
 pub use options::{DEFAULT_ENDPOINT, DEFAULT_PREFIX, EtcdOptions, EtcdSettings};
 
 use std::net::Ipv4Addr;
@@ -99,11 +101,11 @@ impl EtcdStore {
     /// Connects to etcd and checks that it answers (a read of the config key).
     ///
     /// # Errors
-    /// [`StoreError::EtcdOptions`] for unreadable certificate files or TLS
-    /// options with `http://` endpoints; [`StoreError::EtcdUnreachable`] naming
-    /// the endpoints when none answers; [`StoreError::EtcdTls`] naming the
+    /// [`EtcdError::Options`] for unreadable certificate files or TLS
+    /// options with `http://` endpoints; [`EtcdError::Unreachable`] naming
+    /// the endpoints when none answers; [`EtcdError::Tls`] naming the
     /// endpoint, the CA file and the certificate names when TLS fails;
-    /// [`StoreError::EtcdRequest`] for other refusals (authentication).
+    /// [`EtcdError::Request`] for other refusals (authentication).
     pub async fn connect(settings: EtcdSettings) -> Result<EtcdStore, StoreError> {
         let store = EtcdStore::connect_lazy(settings).await?;
         let probe = store
@@ -149,22 +151,25 @@ impl EtcdStore {
             match tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(etcd_client::Error::InvalidArgs(a))) => {
-                    return Err(StoreError::EtcdOptions {
+                    return Err(EtcdError::Options {
                         problem: format!("etcd {describe}: {a}"),
-                    });
+                    }
+                    .into());
                 }
                 Ok(Err(e)) => {
-                    return Err(StoreError::EtcdRequest {
+                    return Err(EtcdError::Request {
                         store: format!("etcd {describe}"),
                         op: "connecting".into(),
                         detail: with_hint(&settings, error_chain(&e)),
-                    });
+                    }
+                    .into());
                 }
                 Err(_) => {
-                    return Err(StoreError::EtcdUnreachable {
+                    return Err(EtcdError::Unreachable {
                         endpoints: describe,
                         detail: format!("no answer within {timeout:?} while authenticating"),
-                    });
+                    }
+                    .into());
                 }
             };
         Ok(EtcdStore {
@@ -231,15 +236,16 @@ impl EtcdStore {
         let t = self.settings.request_timeout;
         match tokio::time::timeout(t, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.map_err(op, e)),
-            Err(_) => Err(StoreError::EtcdUnreachable {
+            Ok(Err(e)) => Err(self.map_err(op, e).into()),
+            Err(_) => Err(EtcdError::Unreachable {
                 endpoints: self.settings.endpoints.join(","),
                 detail: format!("no answer within {t:?} while {op}"),
-            }),
+            }
+            .into()),
         }
     }
 
-    fn map_err(&self, op: &str, e: etcd_client::Error) -> StoreError {
+    fn map_err(&self, op: &str, e: etcd_client::Error) -> EtcdError {
         let unreachable = match &e {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
             // gRPC codes 14 (unavailable), 4 (deadline exceeded), 1 (canceled),
@@ -251,12 +257,12 @@ impl EtcdStore {
             _ => false,
         };
         if unreachable {
-            StoreError::EtcdUnreachable {
+            EtcdError::Unreachable {
                 endpoints: self.settings.endpoints.join(","),
                 detail: format!("{op}: {}", error_chain(&e)),
             }
         } else {
-            StoreError::EtcdRequest {
+            EtcdError::Request {
                 store: self.describe(),
                 op: op.to_string(),
                 detail: with_hint(&self.settings, error_chain(&e)),
@@ -289,7 +295,7 @@ impl EtcdStore {
     /// Every valid vxlan lease in etcd now (peers carry no expiration: etcd expires them).
     ///
     /// # Errors
-    /// [`StoreError::EtcdUnreachable`] or [`StoreError::EtcdRequest`].
+    /// [`EtcdError::Unreachable`] or [`EtcdError::Request`].
     pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         let (entries, _) = self.list().await?;
         Ok(entries.into_iter().filter_map(|e| e.parsed.ok()).collect())
@@ -336,8 +342,8 @@ impl EtcdStore {
     }
 
     /// `attrs` as flannel's lease JSON, the value of `key`.
-    fn encode(&self, key: &str, attrs: &LeaseAttrs) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(attrs).map_err(|e| StoreError::EtcdRequest {
+    fn encode(&self, key: &str, attrs: &LeaseAttrs) -> Result<Vec<u8>, EtcdError> {
+        serde_json::to_vec(attrs).map_err(|e| EtcdError::Request {
             store: self.describe(),
             op: format!("encoding the lease {key}"),
             detail: e.to_string(),
@@ -582,7 +588,7 @@ impl LeaseStore for EtcdStore {
     }
 
     /// The config key's text. Never `Ok(None)`: in etcd mode the operator writes
-    /// the config, so a missing key is [`StoreError::EtcdConfigMissing`] with the
+    /// the config, so a missing key is [`EtcdError::ConfigMissing`] with the
     /// `etcdctl put` that creates it.
     async fn network_config(&self) -> Result<Option<String>, StoreError> {
         let key = self.config_key();
@@ -596,11 +602,12 @@ impl LeaseStore for EtcdStore {
             .await?;
         match resp.kvs().first() {
             Some(kv) => Ok(Some(String::from_utf8_lossy(kv.value()).into_owned())),
-            None => Err(StoreError::EtcdConfigMissing {
+            None => Err(EtcdError::ConfigMissing {
                 store: self.describe(),
                 key,
                 command: self.etcdctl_put_config(),
-            }),
+            }
+            .into()),
         }
     }
 
@@ -727,13 +734,13 @@ impl LeaseStore for EtcdStore {
                 }
             }
         }
-        Err(StoreError::EtcdRequest {
+        Err(EtcdError::Request {
             store: self.describe(),
             op: "acquiring a lease".into(),
             detail: format!(
                 "lost {MAX_ACQUIRE_ATTEMPTS} races for a subnet in a row; too many nodes are starting at once, retry"
             ),
-        })
+        }.into())
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
@@ -765,12 +772,13 @@ impl LeaseStore for EtcdStore {
                 });
             }
         }
-        Err(StoreError::EtcdRequest {
+        Err(EtcdError::Request {
             store: self.describe(),
             op: format!("renewing {key}"),
             detail: "the key kept changing under the renewal; is another process writing it?"
                 .into(),
-        })
+        }
+        .into())
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use etcd_client::{Certificate, Identity, TlsOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::store::StoreError;
+use super::EtcdError;
 
 /// flannel's default etcd prefix.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -136,8 +136,8 @@ impl EtcdOptions {
     /// Applies flannel's `FLANNELD_ETCD_*` env vars and the defaults.
     ///
     /// # Errors
-    /// [`StoreError::EtcdOptions`] for an empty endpoint list or a prefix that is not absolute.
-    pub fn resolve(&self) -> Result<EtcdSettings, StoreError> {
+    /// [`EtcdError::Options`] for an empty endpoint list or a prefix that is not absolute.
+    pub fn resolve(&self) -> Result<EtcdSettings, EtcdError> {
         self.resolve_with(|k| std::env::var(k).ok())
     }
 
@@ -148,7 +148,7 @@ impl EtcdOptions {
     pub fn resolve_with(
         &self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<EtcdSettings, StoreError> {
+    ) -> Result<EtcdSettings, EtcdError> {
         let flannel = |name: &str| env(&format!("FLANNELD_ETCD_{name}")).filter(|v| !v.is_empty());
         let endpoints: Vec<String> = match &self.endpoints {
             Some(v) => v.clone(),
@@ -163,7 +163,7 @@ impl EtcdOptions {
             .filter(|e| !e.is_empty())
             .collect();
         if endpoints.is_empty() {
-            return Err(StoreError::EtcdOptions {
+            return Err(EtcdError::Options {
                 problem: "--etcd-endpoints is empty; give at least one, e.g. http://127.0.0.1:2379"
                     .into(),
             });
@@ -175,7 +175,7 @@ impl EtcdOptions {
             .unwrap_or_else(|| DEFAULT_PREFIX.into());
         let prefix = prefix.trim_end_matches('/').to_string();
         if !prefix.starts_with('/') {
-            return Err(StoreError::EtcdOptions {
+            return Err(EtcdError::Options {
                 problem: format!(
                     "--etcd-prefix {prefix:?} must start with '/', e.g. {DEFAULT_PREFIX}"
                 ),
@@ -220,16 +220,16 @@ pub(super) fn render_put_config(s: &EtcdSettings) -> String {
     cmd
 }
 
-fn read_file(what: &str, flag: &str, p: &Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(p).map_err(|e| StoreError::EtcdOptions {
+fn read_file(what: &str, flag: &str, p: &Path) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(p).map_err(|e| EtcdError::Options {
         problem: format!("cannot read the {what} {} ({flag}): {e}", p.display()),
     })
 }
 
 /// Refuses a PEM file without a parsable X.509 certificate, naming the file
 /// (the TLS stack would only say "transport error" on connecting).
-fn check_certs(what: &str, flag: &str, p: &Path, pem: &[u8]) -> Result<(), StoreError> {
-    let problem = |why: String| StoreError::EtcdOptions {
+fn check_certs(what: &str, flag: &str, p: &Path, pem: &[u8]) -> Result<(), EtcdError> {
+    let problem = |why: String| EtcdError::Options {
         problem: format!("the {what} {} ({flag}) {why}", p.display()),
     };
     let mut found = 0;
@@ -247,8 +247,8 @@ fn check_certs(what: &str, flag: &str, p: &Path, pem: &[u8]) -> Result<(), Store
 
 /// Refuses a client key file that holds no usable private key, naming the
 /// file and never showing its contents.
-fn check_key(p: &Path, pem: &[u8]) -> Result<(), StoreError> {
-    let problem = |why: &str| StoreError::EtcdOptions {
+fn check_key(p: &Path, pem: &[u8]) -> Result<(), EtcdError> {
+    let problem = |why: &str| EtcdError::Options {
         problem: format!(
             "the client key {} (--etcd-keyfile) {why}; give the PEM key (PKCS#8, PKCS#1 or SEC1) that belongs to --etcd-certfile",
             p.display()
@@ -262,11 +262,11 @@ fn check_key(p: &Path, pem: &[u8]) -> Result<(), StoreError> {
 }
 
 /// The client's TLS options from the settings; `None` without any TLS file.
-pub(super) fn tls_options(s: &EtcdSettings) -> Result<Option<TlsOptions>, StoreError> {
+pub(super) fn tls_options(s: &EtcdSettings) -> Result<Option<TlsOptions>, EtcdError> {
     let https = s.endpoints.iter().any(|e| e.starts_with("https://"));
     if s.cafile.is_none() && s.certfile.is_none() && s.keyfile.is_none() {
         if https {
-            return Err(StoreError::EtcdOptions {
+            return Err(EtcdError::Options {
                 problem: format!(
                     "etcd {}: https endpoints need --etcd-cafile (the CA that signed etcd's server certificate)",
                     s.endpoints.join(",")
@@ -276,7 +276,7 @@ pub(super) fn tls_options(s: &EtcdSettings) -> Result<Option<TlsOptions>, StoreE
         return Ok(None);
     }
     if let Some(plain) = s.endpoints.iter().find(|e| e.starts_with("http://")) {
-        return Err(StoreError::EtcdOptions {
+        return Err(EtcdError::Options {
             problem: format!(
                 "etcd endpoint {plain} is plain http but TLS files are given; use https://"
             ),
@@ -298,7 +298,7 @@ pub(super) fn tls_options(s: &EtcdSettings) -> Result<Option<TlsOptions>, StoreE
         }
         (None, None) => {}
         _ => {
-            return Err(StoreError::EtcdOptions {
+            return Err(EtcdError::Options {
                 problem: "--etcd-certfile and --etcd-keyfile go together; give both or neither"
                     .into(),
             });
