@@ -14,6 +14,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 use crate::backend::Backend;
+use crate::gojson::get;
 use crate::types::Family;
 
 /// The configuration weft starts with when it is given none (the embedded default).
@@ -507,15 +508,6 @@ fn bound(
         ));
     }
     Ok(a)
-}
-
-/// Case-insensitive key lookup, as Go's encoding/json matches struct fields.
-pub(crate) fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    m.get(key).or_else(|| {
-        m.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
 }
 
 #[cfg(test)]

@@ -6,9 +6,13 @@
 //! - [`sys`]: every syscall of the packet path (TUN, batched UDP), the only
 //!   module allowed `unsafe`;
 //! - [`config`], [`lease`], [`store`], [`subnet_env`], [`iface`]: flannel's
-//!   formats and the lease stores;
+//!   formats and the lease stores (which report leases as stored);
+//! - [`backend`]: the backend seam (flannel's `pkg/backend`): each backend
+//!   type's keys, lease data, overhead, device and peer routes; `vxlan`;
 //! - [`netfilter`]: the masquerade and forward rules (nftables or iptables);
-//! - [`node`]: the control plane's core (no I/O): the store's view and the renewal policy;
+//! - [`node`]: the control plane's core (no I/O): what a lease means to this
+//!   node (`node::Admission`, the one place), the store's view and the
+//!   renewal policy;
 //! - [`state`]: the node's live state, which the daemon publishes; [`metrics`]
 //!   serves it as Prometheus text (and `/healthz`, `/readyz`), [`status`] as
 //!   `weftd status` (over the [`handover`] socket);
@@ -16,7 +20,8 @@
 //!   network namespaces;
 //! - [`cni`]: the `weft-cni` plugin (delegate and built-in modes);
 //! - `fsutil`: atomic file writes and lock files, for the stores and the plugin;
-//!   `clock`: wall-clock time in unix ms.
+//!   `clock`: wall-clock time in unix ms; `gojson`: Go's case-insensitive
+//!   JSON keys.
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -29,6 +34,7 @@ pub mod dataplane;
 pub mod doctor;
 pub(crate) mod fsutil;
 pub mod gather;
+pub(crate) mod gojson;
 pub mod goflags;
 pub mod handover;
 pub mod iface;

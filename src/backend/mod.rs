@@ -25,7 +25,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use crate::config::ConfigError;
 use crate::dataplane::table::{Peer, Peer6};
 use crate::lease::LeaseAttrs;
 
@@ -72,17 +71,17 @@ pub enum PeerRoute {
 }
 
 impl Backend {
-    /// Reads net-conf.json's `Backend` object `b`; `bad` names the file and
-    /// field in an error.
+    /// Reads net-conf.json's `Backend` object `b`; `bad` makes the error
+    /// of a field and its rule (naming the file: [`crate::config`]'s).
     ///
     /// # Errors
-    /// [`ConfigError`] for a type weft does not implement (named, with what
-    /// it does implement) or a key of that type's that breaks its rule.
-    pub fn parse(
+    /// `bad`'s, for a type weft does not implement (named, with what it
+    /// does implement) or a key of that type's that breaks its rule.
+    pub fn parse<E>(
         b: &Map<String, Value>,
-        bad: &dyn Fn(&'static str, String) -> ConfigError,
-    ) -> Result<Backend, ConfigError> {
-        let ty = crate::config::get(b, "Type")
+        bad: &dyn Fn(&'static str, String) -> E,
+    ) -> Result<Backend, E> {
+        let ty = crate::gojson::get(b, "Type")
             .and_then(Value::as_str)
             .unwrap_or("");
         if ty.eq_ignore_ascii_case(vxlan::TYPE) {
@@ -177,12 +176,8 @@ mod tests {
 
     fn parse(b: &str) -> Result<Backend, String> {
         let v: Value = serde_json::from_str(b).unwrap();
-        let bad = |field: &'static str, rule: String| ConfigError::Field {
-            origin: "test".into(),
-            field,
-            rule,
-        };
-        Backend::parse(v.as_object().unwrap(), &bad).map_err(|e| e.to_string())
+        let bad = |field: &'static str, rule: String| format!("field {field}: {rule}");
+        Backend::parse(v.as_object().unwrap(), &bad)
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::PeerRoute;
-use crate::config::{ConfigError, get};
+use crate::gojson::get;
 use crate::dataplane::table::{Peer, Peer6};
 use crate::lease::LeaseAttrs;
 use crate::types::{Vni, VtepMac};
@@ -79,11 +79,11 @@ impl Vxlan {
     /// Reads a `vxlan` `Backend` object (its `Type` already checked).
     ///
     /// # Errors
-    /// [`ConfigError`] naming the key and its rule.
-    pub fn parse(
+    /// `bad`'s error, naming the key and its rule.
+    pub fn parse<E>(
         b: &Map<String, Value>,
-        bad: &dyn Fn(&'static str, String) -> ConfigError,
-    ) -> Result<Vxlan, ConfigError> {
+        bad: &dyn Fn(&'static str, String) -> E,
+    ) -> Result<Vxlan, E> {
         for flag in ["DirectRouting", "GBP", "Learning"] {
             if get(b, flag).and_then(Value::as_bool) == Some(true) {
                 return Err(bad(

@@ -1,14 +1,14 @@
 //! The control plane's core, with no I/O: the node's view of the lease store
-//! and its renewal policy, for every store.
+//! and its renewal policy, for every store and every backend.
 //!
-//! [`Reconciler`] takes the node's own subnet and the store's watch events,
-//! and returns the forwarding table to publish, the peer changes
-//! to log, the leases it ignores (once each, with why) and whether the node's
-//! own lease left the store. [`Renewal`] says when to renew, and what a
-//! renewal's outcome means: extended, acquire again (the key was deleted),
-//! retry soon (the store did not answer), or stop (the subnet is gone).
-//! `daemon.rs` only feeds them and carries out what they return; their tests
-//! run in memory.
+//! [`Reconciler`] takes the node's own subnet and the store's watch events
+//! (leases as stored), and returns the forwarding table to publish, the peer
+//! changes to log, the leases it ignores (once each, with why: the one
+//! warn-once set) and whether the node's own lease left the store. What
+//! makes a lease a peer is [`Admission`]'s (`admission.rs`), the one place
+//! that judges leases. [`Renewal`] (`renewal.rs`) says when to renew, and
+//! what a renewal's outcome means. The daemon only feeds them and carries
+//! out what they return; their tests run in memory.
 //!
 //! # Recovery
 //! A [`WatchEvent::Snapshot`] (a re-list after an etcd compaction, a 410 from
@@ -18,7 +18,8 @@
 //! node's podCIDR never expires; each arrives as a removal. (The leases the
 //! stores report carry the expiration they were listed with, which a renewal
 //! does not always update, so the reconciler does not judge them by the
-//! clock.) A lease outside the Network, or of another VNI, is never routed.
+//! clock.) A lease outside the Network, of another backend type or of
+//! another VNI, is never routed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
