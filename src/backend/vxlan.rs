@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::PeerRoute;
-use crate::gojson::get;
 use crate::dataplane::table::{Peer, Peer6};
+use crate::gojson::get;
 use crate::lease::LeaseAttrs;
 use crate::types::{Vni, VtepMac};
 

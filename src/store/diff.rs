@@ -1,5 +1,7 @@
-//! The one diff of lease sets every store shares: two views of the store,
-//! as the events that turn the first into the second.
+//! The one diff of leases every store shares: two views of the store as the
+//! events that turn the first into the second ([`diff`], for a store that
+//! polls), and one key's new value as the events it makes ([`change`], for a
+//! store that watches keys: etcd's keys, the API server's nodes).
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,35 @@ pub fn diff(
         .filter(|id| !after.contains_key(id))
         .map(|id| WatchEvent::Remove(*id));
     upserts.chain(removes).collect()
+}
+
+/// Records `now` as the lease under `key` in `known` (`None`: the key is
+/// gone, or holds no lease) and returns the events that make: none when the
+/// lease is unchanged; an Upsert of the new lease, then a Remove of the old
+/// one when the key now names other subnets (an IPv6 subnet added or
+/// dropped), so that the node is never unrouted between the two; a Remove
+/// when the key's lease is gone.
+pub fn change<K: Ord>(
+    known: &mut BTreeMap<K, Lease>,
+    key: K,
+    now: Option<Lease>,
+) -> Vec<WatchEvent> {
+    match now {
+        None => known
+            .remove(&key)
+            .map(|old| vec![WatchEvent::Remove(old.id())])
+            .unwrap_or_default(),
+        Some(l) if known.get(&key) == Some(&l) => vec![],
+        Some(l) => {
+            let old = known.insert(key, l.clone());
+            let mut out = vec![WatchEvent::Upsert(l.clone())];
+            out.extend(
+                old.filter(|o| o.id() != l.id())
+                    .map(|o| WatchEvent::Remove(o.id())),
+            );
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,5 +102,32 @@ mod tests {
             "a renewal alone (expiration) is no event"
         );
         assert!(diff(&set(std::slice::from_ref(&a)), &set(&[a])).is_empty());
+    }
+
+    #[test]
+    fn one_keys_change_routes_the_new_lease_before_the_old_goes() {
+        let mut known = BTreeMap::new();
+        let a = lease("10.244.1.0/24", [192, 0, 2, 1]);
+        assert_eq!(
+            change(&mut known, "n1", Some(a.clone())),
+            [WatchEvent::Upsert(a.clone())]
+        );
+        assert!(
+            change(&mut known, "n1", Some(a.clone())).is_empty(),
+            "unchanged"
+        );
+        // The key now names a dual-stack lease: new first, then the old id.
+        let mut a6 = a.clone();
+        a6.ipv6_subnet = "fc00:0:0:1::/64".parse().ok();
+        assert_eq!(
+            change(&mut known, "n1", Some(a6.clone())),
+            [WatchEvent::Upsert(a6.clone()), WatchEvent::Remove(a.id())]
+        );
+        assert_eq!(
+            change(&mut known, "n1", None),
+            [WatchEvent::Remove(a6.id())]
+        );
+        assert!(change(&mut known, "n1", None).is_empty());
+        assert!(known.is_empty());
     }
 }

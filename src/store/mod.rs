@@ -15,7 +15,7 @@ pub mod etcd;
 pub mod kube;
 pub mod local;
 
-pub use diff::diff;
+pub use diff::{change, diff};
 pub use etcd::EtcdError;
 pub use kube::KubeError;
 

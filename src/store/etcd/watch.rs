@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{Entry, EtcdStore};
 use crate::lease::{Lease, LeaseId};
 use crate::store::dial::error_chain;
-use crate::store::{StoreError, WatchEvent};
+use crate::store::{StoreError, WatchEvent, change};
 
 /// How often the watcher checks that etcd answers and that its revision did not
 /// go back (one count-only read; HTTP/2 keepalive catches dead connections sooner).
@@ -231,33 +231,18 @@ impl Watcher {
                             match ev.event_type() {
                                 EventType::Delete => {
                                     let e = store.entry(kv);
-                                    if let Some(was) = self.known.remove(&e.key) {
-                                        events.push(WatchEvent::Remove(was.id()));
-                                    }
+                                    events.extend(change(&mut self.known, e.key, None));
                                 }
                                 EventType::Put => {
                                     let e = store.entry(kv);
-                                                            match e.parsed {
-                                        Ok(l) => {
-                                            if self.known.get(&e.key) != Some(&l) {
-                                                let was =
-                                                    self.known.insert(e.key.clone(), l.clone());
-                                                // The IPv6 half of the value changed its usability.
-                                                if let Some(was) =
-                                                    was.filter(|w| w.id() != l.id())
-                                                {
-                                                    events.push(WatchEvent::Remove(was.id()));
-                                                }
-                                                events.push(WatchEvent::Upsert(l));
-                                            }
-                                        }
+                                    let now = match e.parsed {
+                                        Ok(l) => Some(l),
                                         Err(why) => {
                                             self.warn_skipped(&e.key, e.mod_revision, &why);
-                                            if let Some(was) = self.known.remove(&e.key) {
-                                                events.push(WatchEvent::Remove(was.id()));
-                                            }
+                                            None
                                         }
-                                    }
+                                    };
+                                    events.extend(change(&mut self.known, e.key, now));
                                 }
                             }
                         }

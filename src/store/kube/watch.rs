@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use super::Inner;
 use super::codec::{name_of, peer_of};
 use crate::lease::Lease;
-use crate::store::WatchEvent;
 use crate::store::dial::error_chain;
+use crate::store::{WatchEvent, change};
 
 impl Inner {
     /// A node as a peer lease (see [`peer_from_node`]).
@@ -161,31 +161,7 @@ fn apply(
             *current = buffer.take().unwrap_or_default();
             vec![WatchEvent::Snapshot(current.values().cloned().collect())]
         }
-        watcher::Event::Apply(n) => {
-            let name = name_of(&n);
-            match me.peer_logged(&n) {
-                Some(l) => {
-                    let mut out = vec![];
-                    let moved = match current.get(&name) {
-                        Some(old) if *old == l => return vec![],
-                        Some(old) if old.id() != l.id() => Some(old.id()),
-                        _ => None,
-                    };
-                    current.insert(name, l.clone());
-                    // The new lease is routed before the old one goes.
-                    out.push(WatchEvent::Upsert(l));
-                    out.extend(moved.map(WatchEvent::Remove));
-                    out
-                }
-                None => current
-                    .remove(&name)
-                    .map(|old| vec![WatchEvent::Remove(old.id())])
-                    .unwrap_or_default(),
-            }
-        }
-        watcher::Event::Delete(n) => current
-            .remove(&name_of(&n))
-            .map(|old| vec![WatchEvent::Remove(old.id())])
-            .unwrap_or_default(),
+        watcher::Event::Apply(n) => change(current, name_of(&n), me.peer_logged(&n)),
+        watcher::Event::Delete(n) => change(current, name_of(&n), None),
     }
 }
