@@ -422,6 +422,55 @@ pub fn renew_interval(ttl: Duration, margin: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::types::{Vni, VtepMac};
+    use clap::Parser as _;
+
+    /// weftd's options from its command line.
+    fn options(args: &[&str]) -> Result<Options, StoreError> {
+        crate::cli::Cli::try_parse_from(std::iter::once("weftd").chain(args.iter().copied()))
+            .expect("weftd's flags")
+            .run
+            .options()
+    }
+
+    /// The opener opens the store the options name, as weftd and the doctor
+    /// both call it: the embedded store by default; etcd with its endpoints,
+    /// where one nobody answers on is "unreachable" (the boot retry waits on
+    /// it); both stores at once are refused.
+    #[tokio::test]
+    async fn the_opener_opens_the_store_the_options_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().to_str().unwrap();
+        let store = open(&options(&["--state-dir", state]).unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(&store, Store::Local(l) if l.dir() == dir.path()));
+        assert!(store.shared().describe().contains(state));
+        store.ready().await.unwrap();
+
+        // Port 1 on loopback: nothing listens.
+        let etcd = options(&[
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+            "--state-dir",
+            state,
+        ])
+        .unwrap();
+        let e = open(&etcd).await.unwrap_err();
+        assert!(e.is_unreachable(), "{e}");
+        assert!(e.to_string().contains("http://127.0.0.1:1"), "{e}");
+
+        let both = options(&[
+            "--kube-subnet-mgr",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+        ])
+        .unwrap_err();
+        assert!(!both.is_unreachable());
+        assert!(
+            both.to_string().contains("choose one lease store"),
+            "{both}"
+        );
+    }
 
     fn req(previous: Option<&str>, ip: [u8; 4]) -> AcquireRequest {
         AcquireRequest {
