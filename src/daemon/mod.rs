@@ -3,11 +3,12 @@
 //! forwarding table in step with the store and the lease renewed until told to stop.
 //!
 //! [`run_with_store`] reads as the start's script; each step lives with its
-//! phase: [`prepare`] (before the lease: config, interface, MTU, checks, the
-//! request), [`devices`] (TUN and the VXLAN sockets), [`takeover`] (the
-//! hand-over between weftds), [`setup`] (after the lease: addresses, routes,
-//! forwarding, the core, subnet.env, CNI), [`rules`] (masquerade and
-//! forward), [`run`] (the lease watch and the renewal loop).
+//! phase, in crate-private modules: `prepare` (before the lease: config,
+//! interface, MTU, checks, the request), `devices` (TUN and the VXLAN
+//! sockets), `takeover` (the hand-over between weftds), `setup` (after the
+//! lease: addresses, routes, forwarding, the core, subnet.env, CNI), `rules`
+//! (masquerade and forward), `run` (the lease watch and the renewal loop),
+//! `error` ([`DaemonError`]).
 
 mod devices;
 mod error;

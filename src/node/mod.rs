@@ -7,8 +7,8 @@
 //! own lease left the store. [`Renewal`] says when to renew, and what a
 //! renewal's outcome means: extended, acquire again (the key was deleted),
 //! retry soon (the store did not answer), or stop (the subnet is gone).
-//! `daemon.rs` only feeds them and carries out what they return; their tests
-//! run in memory.
+//! The daemon (`daemon/run.rs`) only feeds them and carries out what they
+//! return; their tests run in memory.
 //!
 //! # Recovery
 //! A [`WatchEvent::Snapshot`] (a re-list after an etcd compaction, a 410 from
