@@ -7,8 +7,8 @@
 //! warn-once set) and whether the node's own lease left the store. What
 //! makes a lease a peer is [`Admission`]'s (`admission.rs`), the one place
 //! that judges leases. [`Renewal`] (`renewal.rs`) says when to renew, and
-//! what a renewal's outcome means. The daemon only feeds them and carries
-//! out what they return; their tests run in memory.
+//! what a renewal's outcome means. The daemon (`daemon/run.rs`) only feeds
+//! them and carries out what they return; their tests run in memory.
 //!
 //! # Recovery
 //! A [`WatchEvent::Snapshot`] (a re-list after an etcd compaction, a 410 from
