@@ -71,6 +71,18 @@ pub struct Options {
     pub cni: Option<crate::cni::install::InstallArgs>,
 }
 
+impl Options {
+    /// The lease store these options name, for [`store::open`].
+    pub fn store(&self) -> store::Choice<'_> {
+        store::Choice {
+            kube: self.kube.as_ref(),
+            etcd: self.etcd.as_ref(),
+            state_dir: &self.state_dir,
+            poll: self.store_poll,
+        }
+    }
+}
+
 /// net-conf.json's place in Kubernetes mode when `--net-config-path` is not given (flannel's).
 pub const KUBE_NET_CONF: &str = "/etc/kube-flannel/net-conf.json";
 
@@ -96,7 +108,7 @@ pub async fn run(
         None => None,
     };
     let Some(store) = retry_at_boot(&mut shutdown, || async {
-        let store = store::open(&opts).await?;
+        let store = store::open(opts.store()).await?;
         store.ready().await?;
         Ok(store)
     })

@@ -240,7 +240,7 @@ fn forwarding(family: Family, r: &mut Report) {
 /// The store weftd would use, reached once (no waiting at boot here).
 async fn connect(opts: &Options, r: &mut Report) -> Option<Store> {
     let what = "store";
-    let got = match tokio::time::timeout(STORE_WAIT, store::open(opts)).await {
+    let got = match tokio::time::timeout(STORE_WAIT, store::open(opts.store())).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(match (&opts.kube, &opts.etcd) {

@@ -29,7 +29,6 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::NetConfig;
-use crate::daemon::Options;
 use crate::lease::{Lease, LeaseAttrs, LeaseId};
 use etcd::EtcdStore;
 use kube::KubeStore;
@@ -269,23 +268,35 @@ impl Store {
     }
 }
 
-/// Opens the store `opts` configure, as weftd and `weftd doctor` both do:
+/// Which lease store to open and how, as weftd's options say
+/// ([`crate::daemon::Options::store`]): the Kubernetes API's settings with
+/// `--kube-subnet-mgr`, etcd's with the etcd options, and the embedded
+/// store's directory and poll.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<'a> {
+    pub kube: Option<&'a kube::KubeSettings>,
+    pub etcd: Option<&'a etcd::EtcdSettings>,
+    pub state_dir: &'a std::path::Path,
+    pub poll: Duration,
+}
+
+/// Opens the store `choice` names, as weftd and `weftd doctor` both do:
 /// the Kubernetes API with `--kube-subnet-mgr`, else etcd with the etcd
 /// options, else the embedded store in `--state-dir`.
 ///
 /// # Errors
 /// As [`KubeStore::connect`] and [`EtcdStore::connect`]; none for the
 /// embedded store.
-pub async fn open(opts: &Options) -> Result<Store, StoreError> {
-    if let Some(k) = &opts.kube {
+pub async fn open(choice: Choice<'_>) -> Result<Store, StoreError> {
+    if let Some(k) = choice.kube {
         return Ok(Store::Kube(Arc::new(KubeStore::connect(k.clone()).await?)));
     }
-    if let Some(e) = &opts.etcd {
+    if let Some(e) = choice.etcd {
         return Ok(Store::Etcd(Arc::new(EtcdStore::connect(e.clone()).await?)));
     }
     Ok(Store::Local(Arc::new(LocalStore::new(
-        &opts.state_dir,
-        opts.store_poll,
+        choice.state_dir,
+        choice.poll,
     ))))
 }
 
@@ -425,7 +436,7 @@ mod tests {
     use clap::Parser as _;
 
     /// weftd's options from its command line.
-    fn options(args: &[&str]) -> Result<Options, StoreError> {
+    fn options(args: &[&str]) -> Result<crate::daemon::Options, StoreError> {
         crate::cli::Cli::try_parse_from(std::iter::once("weftd").chain(args.iter().copied()))
             .expect("weftd's flags")
             .run
@@ -440,7 +451,7 @@ mod tests {
     async fn the_opener_opens_the_store_the_options_name() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().to_str().unwrap();
-        let store = open(&options(&["--state-dir", state]).unwrap())
+        let store = open(options(&["--state-dir", state]).unwrap().store())
             .await
             .unwrap();
         assert!(matches!(&store, Store::Local(l) if l.dir() == dir.path()));
@@ -455,7 +466,7 @@ mod tests {
             state,
         ])
         .unwrap();
-        let e = open(&etcd).await.unwrap_err();
+        let e = open(etcd.store()).await.unwrap_err();
         assert!(e.is_unreachable(), "{e}");
         assert!(e.to_string().contains("http://127.0.0.1:1"), "{e}");
 
