@@ -659,3 +659,7 @@ impl<'a> RxTurn<'a> {
             .unwrap_or(&[])
     }
 }
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod tests;

@@ -12,6 +12,8 @@ pub mod offload;
 pub mod queue;
 pub mod slot;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod worker;
 
 /// Bytes reserved in front of every packet so encapsulation writes its header
