@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::core::{Core, RxAction};
 use super::counters::DropReason;
-use super::table::Table;
+use super::table::{SharedTable, Table};
 use super::{ENCAP_LEN, HEADROOM, SLOT};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::types::{Vni, VtepMac};
@@ -81,6 +81,12 @@ pub fn table(own: u8, nodes: &[u8]) -> Table {
         "fc00::/48".parse().ok(),
     )
     .0
+}
+
+pub fn shared(t: Table) -> SharedTable {
+    let s = super::table::shared();
+    s.store(std::sync::Arc::new(t));
+    s
 }
 
 /// Writes the TCP or UDP checksum of the IP packet `p`: complete, or (with
