@@ -5,7 +5,8 @@
 //! [`TX_READS`](super::batch::TX_READS) TUN reads (each possibly a 64 KiB
 //! super-packet) with the forwarding table loaded once and one gathered
 //! `sendmmsg`, then one `recvmmsg` whose inner packets are coalesced
-//! into as few TUN writes as their flows allow; counters are flushed once.
+//! into as few TUN writes as their flows allow; counters are flushed every
+//! [`FLUSH_EVERY`] busy turns and before the loop sleeps.
 //! Serving both directions from one thread means a reply produced while a
 //! request is written (the kernel answers in the writer's context) is picked
 //! up without waking another thread. Buffers are allocated when the loop
