@@ -211,6 +211,115 @@ impl TxBatch {
         local.tun_reads += 1;
     }
 
+    /// The IP packet of read `j`.
+    fn packet(&self, j: usize) -> &[u8] {
+        &self.slots[j].as_ref()[HEADROOM..HEADROOM + self.lens[j]]
+    }
+
+    /// Read `j`'s virtio-net header (all zero on a device without offloads).
+    fn header(&self, j: usize) -> virtio::Header {
+        let vh = self.vh();
+        if vh == 0 {
+            return virtio::Header::default();
+        }
+        virtio::Header::parse(&self.slots[j].as_ref()[HEADROOM - vh..HEADROOM]).unwrap_or_default()
+    }
+
+    fn forget_pending(&mut self) {
+        self.arena.clear();
+        self.parts.clear();
+        self.dgrams.clear();
+    }
+
+    /// Read `j`, one packet: its checksum completed if its header asks,
+    /// then encapsulated in place as one datagram.
+    #[inline]
+    fn encap(
+        &mut self,
+        j: usize,
+        h: &virtio::Header,
+        core: &Core,
+        table: &Table,
+        local: &mut LocalCounts,
+    ) -> Decided {
+        let len = self.lens[j];
+        let slot = self.slots[j].as_mut();
+        if h.flags & virtio::FLAG_NEEDS_CSUM != 0
+            && let Err(r) = offload::complete_checksum(h, &mut slot[HEADROOM..HEADROOM + len])
+        {
+            local.drop(r);
+            return Decided::Done;
+        }
+        match core.encap(table, slot, len, &mut self.scratch[VIRTIO_NET_HDR_LEN..]) {
+            TxAction::Send { to, range, slot } => {
+                local.tx_packets += 1;
+                local.tx_bytes += range.len() as u64;
+                local.peers.tx(slot, 1, range.len() as u64);
+                let p = self.parts.len();
+                self.dgrams.push(Datagram {
+                    to,
+                    parts: p..p + 1,
+                    len: range.len(),
+                });
+                self.parts.push(Part::Buf(j, range));
+            }
+            TxAction::Unreachable { len } => return Decided::Unreachable(len),
+            TxAction::Drop(r) => local.drop(r),
+        }
+        Decided::Done
+    }
+
+    /// Read `j`, a super-packet: routed once, then cut into datagrams whose
+    /// headers go into the arena and whose payloads stay where they were read.
+    #[inline]
+    fn segment(
+        &mut self,
+        j: usize,
+        h: &virtio::Header,
+        core: &Core,
+        table: &Table,
+        local: &mut LocalCounts,
+    ) -> Decided {
+        let pkt = &self.slots[j].as_ref()[HEADROOM..HEADROOM + self.lens[j]];
+        let (to, prefix, peer) =
+            match core.route(table, pkt, &mut self.scratch[VIRTIO_NET_HDR_LEN..]) {
+                Route::Peer { to, prefix, slot } => (to, prefix, slot),
+                Route::Unreachable { len } => return Decided::Unreachable(len),
+                Route::Drop(r) => {
+                    local.drop(r);
+                    return Decided::Done;
+                }
+            };
+        let before = self.dgrams.len();
+        match offload::segment(
+            h,
+            pkt,
+            j,
+            HEADROOM,
+            &prefix,
+            to,
+            &mut self.arena,
+            &mut self.parts,
+            &mut self.dgrams,
+        ) {
+            Ok(k) => {
+                let bytes = self.dgrams[before..]
+                    .iter()
+                    .map(|d| d.len as u64)
+                    .sum::<u64>();
+                local.tx_packets += k as u64;
+                local.tx_bytes += bytes;
+                local.peers.tx(peer, k as u64, bytes);
+            }
+            Err(SegmentError::NoRoom) if !self.dgrams.is_empty() => return Decided::NoRoom,
+            // An empty arena holds any super-packet `segment` accepts; were
+            // it not so, this drop (not a retry) ends the loop.
+            Err(SegmentError::NoRoom) => local.drop(DropReason::TunBadOffload),
+            Err(SegmentError::Bad(r)) => local.drop(r),
+        }
+        Decided::Done
+    }
+
     /// Packets read in this batch.
     pub fn len(&self) -> usize {
         self.n
@@ -229,9 +338,7 @@ impl TxBatch {
         table: &'a Table,
         socks: [usize; 2],
     ) -> TxTurn<'a> {
-        self.arena.clear();
-        self.parts.clear();
-        self.dgrams.clear();
+        self.forget_pending();
         TxTurn {
             b: self,
             core,
@@ -252,6 +359,17 @@ impl TxBatch {
             sent: false,
         }
     }
+}
+
+/// What became of one read.
+enum Decided {
+    /// Described as datagrams, or dropped and counted.
+    Done,
+    /// No route: the ICMP answer of this length is in the scratch buffer.
+    Unreachable(usize),
+    /// The arena is too full for this super-packet's headers: send what it
+    /// holds, then cut it again.
+    NoRoom,
 }
 
 /// What the worker does next for a transmit batch.
@@ -288,19 +406,12 @@ impl TxTurn<'_> {
     /// Decides on packets until there is I/O to do, and says what it is.
     pub fn next(&mut self, local: &mut LocalCounts) -> TxStep {
         if std::mem::take(&mut self.sent) {
-            self.b.arena.clear();
-            self.b.parts.clear();
-            self.b.dgrams.clear();
+            self.b.forget_pending();
         }
-        let vh = self.b.vh();
         while self.j < self.b.n {
             let j = self.j;
-            let len = self.b.lens[j];
             if !std::mem::take(&mut self.placed) {
-                let sock = socket_for(
-                    self.socks,
-                    &self.b.slots[j].as_ref()[HEADROOM..HEADROOM + len],
-                );
+                let sock = socket_for(self.socks, self.b.packet(j));
                 if sock != self.cur {
                     let prev = std::mem::replace(&mut self.cur, sock);
                     if !self.b.dgrams.is_empty() {
@@ -309,83 +420,24 @@ impl TxTurn<'_> {
                     }
                 }
             }
-            let h = if vh > 0 {
-                virtio::Header::parse(&self.b.slots[j].as_ref()[HEADROOM - vh..HEADROOM])
-                    .unwrap_or_default()
+            let h = self.b.header(j);
+            let decided = if h.gso_kind() == virtio::GSO_NONE {
+                self.b.encap(j, &h, self.core, self.table, local)
             } else {
-                virtio::Header::default()
+                self.b.segment(j, &h, self.core, self.table, local)
             };
-            let b = &mut *self.b;
-            let scratch = &mut b.scratch[VIRTIO_NET_HDR_LEN..];
-            let mut unreachable = None;
-            if h.gso_kind() == virtio::GSO_NONE {
-                let slot = b.slots[j].as_mut();
-                if h.flags & virtio::FLAG_NEEDS_CSUM != 0
-                    && let Err(r) =
-                        offload::complete_checksum(&h, &mut slot[HEADROOM..HEADROOM + len])
-                {
-                    local.drop(r);
+            match decided {
+                Decided::Done => self.j += 1,
+                Decided::Unreachable(len) => {
                     self.j += 1;
-                    continue;
+                    local.drop(DropReason::NoRoute);
+                    return TxStep::Answer(len);
                 }
-                match self.core.encap(self.table, slot, len, scratch) {
-                    TxAction::Send { to, range, slot } => {
-                        local.tx_packets += 1;
-                        local.tx_bytes += range.len() as u64;
-                        local.peers.tx(slot, 1, range.len() as u64);
-                        let p = b.parts.len();
-                        b.dgrams.push(Datagram {
-                            to,
-                            parts: p..p + 1,
-                            len: range.len(),
-                        });
-                        b.parts.push(Part::Buf(j, range));
-                    }
-                    TxAction::Unreachable { len } => unreachable = Some(len),
-                    TxAction::Drop(r) => local.drop(r),
+                Decided::NoRoom => {
+                    // The same super-packet again, once the arena is empty.
+                    self.placed = true;
+                    return self.send(self.cur);
                 }
-            } else {
-                let pkt = &b.slots[j].as_ref()[HEADROOM..HEADROOM + len];
-                match self.core.route(self.table, pkt, scratch) {
-                    Route::Peer { to, prefix, slot } => {
-                        let before = b.dgrams.len();
-                        match offload::segment(
-                            &h,
-                            pkt,
-                            j,
-                            HEADROOM,
-                            &prefix,
-                            to,
-                            &mut b.arena,
-                            &mut b.parts,
-                            &mut b.dgrams,
-                        ) {
-                            Ok(k) => {
-                                let bytes =
-                                    b.dgrams[before..].iter().map(|d| d.len as u64).sum::<u64>();
-                                local.tx_packets += k as u64;
-                                local.tx_bytes += bytes;
-                                local.peers.tx(slot, k as u64, bytes);
-                            }
-                            Err(SegmentError::NoRoom) if !b.dgrams.is_empty() => {
-                                // The same super-packet again, with room.
-                                self.placed = true;
-                                return self.send(self.cur);
-                            }
-                            // An empty arena holds any super-packet `segment`
-                            // accepts; were it not so, this drop ends the loop.
-                            Err(SegmentError::NoRoom) => local.drop(DropReason::TunBadOffload),
-                            Err(SegmentError::Bad(r)) => local.drop(r),
-                        }
-                    }
-                    Route::Unreachable { len } => unreachable = Some(len),
-                    Route::Drop(r) => local.drop(r),
-                }
-            }
-            self.j += 1;
-            if let Some(len) = unreachable {
-                local.drop(DropReason::NoRoute);
-                return TxStep::Answer(len);
             }
         }
         if !self.b.dgrams.is_empty() {
@@ -566,61 +618,12 @@ impl<'a> RxTurn<'a> {
             self.b.co.clear();
         }
         while self.i < self.b.n {
-            let i = self.i;
-            let total = self.b.lens[i];
-            let seg = if self.b.segs[i] > 0 {
-                self.b.segs[i]
-            } else {
-                total
+            let (from, peer) = match self.sender(local) {
+                Ok(found) => found,
+                Err(refused) => return refused,
             };
-            let src = self.b.srcs[i].ip();
-            let (from, peer) = match self.from {
-                Some(found) => found,
-                None => match self.core.identify(self.table, src) {
-                    Ok(found) => *self.from.insert(found),
-                    Err(r) => {
-                        local.drops[r as usize] += total.div_ceil(seg.max(1)) as u64;
-                        self.i += 1;
-                        return RxStep::Refused {
-                            from: src,
-                            reason: r,
-                        };
-                    }
-                },
-            };
-            while self.pos < total {
-                if self.b.offload && !self.b.co.has_room() {
-                    self.b.co.close();
-                    self.wrote = true;
-                    return RxStep::Write;
-                }
-                let len = seg.min(total - self.pos);
-                let start = RxBatch::OFFSET + self.pos;
-                self.pos = self.pos.saturating_add(seg);
-                match self.core.decap(from, self.b.inbox[i].as_ref(), start, len) {
-                    RxAction::Deliver(r) => {
-                        local.rx_bytes += r.len() as u64;
-                        self.accepted += 1;
-                        self.accepted_bytes += r.len() as u64;
-                        if self.b.offload {
-                            self.b.co.push(&self.b.inbox[i].as_ref()[r.clone()], i, r);
-                        } else {
-                            // No offloads to mark a partial checksum with: complete it here.
-                            offload::complete_partial(&mut self.b.inbox[i].as_mut()[r.clone()]);
-                            return RxStep::WriteOne { buf: i, range: r };
-                        }
-                    }
-                    RxAction::Drop(r) => {
-                        local.drop(r);
-                        local.peers.drop(peer, r);
-                        if r == DropReason::SpoofedSource {
-                            return RxStep::Refused {
-                                from: src,
-                                reason: r,
-                            };
-                        }
-                    }
-                }
+            if let Some(step) = self.segments(from, peer, local) {
+                return step;
             }
             if self.accepted > 0 {
                 local.peers.rx(peer, self.accepted, self.accepted_bytes);
@@ -637,6 +640,79 @@ impl<'a> RxTurn<'a> {
             self.b.co.clear();
         }
         RxStep::Done
+    }
+
+    /// Buffer `i`'s size per segment: its GRO segment size, or all of it.
+    fn segment_size(&self, i: usize) -> usize {
+        if self.b.segs[i] > 0 {
+            self.b.segs[i]
+        } else {
+            self.b.lens[i]
+        }
+    }
+
+    /// Who sent buffer `i`, looked up once for all its segments; a sender
+    /// refused is counted once per segment, and the buffer skipped.
+    fn sender(&mut self, local: &mut LocalCounts) -> Result<(Sender<'a>, u32), RxStep> {
+        if let Some(found) = self.from {
+            return Ok(found);
+        }
+        let i = self.i;
+        let src = self.b.srcs[i].ip();
+        match self.core.identify(self.table, src) {
+            Ok(found) => Ok(*self.from.insert(found)),
+            Err(r) => {
+                let segments = self.b.lens[i].div_ceil(self.segment_size(i).max(1));
+                local.drops[r as usize] += segments as u64;
+                self.i += 1;
+                Err(RxStep::Refused {
+                    from: src,
+                    reason: r,
+                })
+            }
+        }
+    }
+
+    /// Decapsulates buffer `i`'s segments from `pos` on, until one needs
+    /// I/O (then the step) or the buffer ends (then `None`).
+    fn segments(&mut self, from: Sender<'_>, peer: u32, local: &mut LocalCounts) -> Option<RxStep> {
+        let i = self.i;
+        let (total, seg) = (self.b.lens[i], self.segment_size(i));
+        while self.pos < total {
+            if self.b.offload && !self.b.co.has_room() {
+                self.b.co.close();
+                self.wrote = true;
+                return Some(RxStep::Write);
+            }
+            let len = seg.min(total - self.pos);
+            let start = RxBatch::OFFSET + self.pos;
+            self.pos = self.pos.saturating_add(seg);
+            match self.core.decap(from, self.b.inbox[i].as_ref(), start, len) {
+                RxAction::Deliver(r) => {
+                    local.rx_bytes += r.len() as u64;
+                    self.accepted += 1;
+                    self.accepted_bytes += r.len() as u64;
+                    if self.b.offload {
+                        self.b.co.push(&self.b.inbox[i].as_ref()[r.clone()], i, r);
+                    } else {
+                        // No offloads to mark a partial checksum with: complete it here.
+                        offload::complete_partial(&mut self.b.inbox[i].as_mut()[r.clone()]);
+                        return Some(RxStep::WriteOne { buf: i, range: r });
+                    }
+                }
+                RxAction::Drop(r) => {
+                    local.drop(r);
+                    local.peers.drop(peer, r);
+                    if r == DropReason::SpoofedSource {
+                        return Some(RxStep::Refused {
+                            from: self.b.srcs[i].ip(),
+                            reason: r,
+                        });
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The writes of an [`RxStep::Write`], and where their parts lie.
