@@ -22,6 +22,7 @@ macro_rules! ensure {
     };
 }
 
+mod batch;
 mod cni;
 mod control;
 mod mutate;
@@ -128,6 +129,7 @@ pub struct Entry {
 
 fn all_entries() -> Vec<Entry> {
     let mut v = packet::entries();
+    v.extend(batch::entries());
     v.extend(control::entries());
     v.extend(cni::entries());
     v

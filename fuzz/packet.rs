@@ -70,7 +70,7 @@ pub fn entries() -> Vec<Entry> {
 
 const VNI: u32 = 1;
 /// Addresses worth writing into a header: each node's subnet, the edges.
-const ADDRS: &[[u8; 4]] = &[
+pub(crate) const ADDRS: &[[u8; 4]] = &[
     [10, 244, 1, 5],
     [10, 244, 2, 7],
     [10, 244, 2, 0],
@@ -86,7 +86,7 @@ const ADDRS: &[[u8; 4]] = &[
 
 /// Node `n`: dual-stack, `10.244.n.0/24` and `fc00:0:0:n::/64`, its IPv6
 /// VTEP at `2001:db8::n`.
-fn node(n: u8) -> Core {
+pub(crate) fn node(n: u8) -> Core {
     let ip = [192, 0, 2, n];
     Core::new(
         Vni::new(VNI).expect("fits"),
@@ -124,12 +124,12 @@ fn lease(subnet: &str, n: u8) -> Lease {
 }
 
 /// Node 1's tables: hashed with mixed prefix lengths, and dense (/24s only).
-struct Tables {
-    hashed: Table,
-    dense: Table,
+pub(crate) struct Tables {
+    pub(crate) hashed: Table,
+    pub(crate) dense: Table,
 }
 
-fn tables() -> &'static Tables {
+pub(crate) fn tables() -> &'static Tables {
     static T: std::sync::OnceLock<Tables> = std::sync::OnceLock::new();
     T.get_or_init(|| {
         let own = Some("10.244.1.0/24".parse().expect("a CIDR"));
@@ -149,7 +149,13 @@ fn tables() -> &'static Tables {
 
 /// An IPv4 packet: `proto` with an 8-byte L4 header and `payload` bytes,
 /// `opts` bytes of IP options, checksums filled in.
-fn ip_packet(src: [u8; 4], dst: [u8; 4], proto: u8, payload: usize, opts: usize) -> Vec<u8> {
+pub(crate) fn ip_packet(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    payload: usize,
+    opts: usize,
+) -> Vec<u8> {
     let ihl = 20 + opts;
     let l4 = if proto == tcp::PROTO_TCP { 20 } else { 8 };
     let total = ihl + l4 + payload;
@@ -211,7 +217,7 @@ fn ip6_packet(src: &str, dst: &str, next: u8, payload: usize) -> Vec<u8> {
 }
 
 /// Inner packets from node 1 to node 2, of every kind the core sees.
-fn inner_packets() -> Vec<Vec<u8>> {
+pub(crate) fn inner_packets() -> Vec<Vec<u8>> {
     let (a, b) = ([10, 244, 1, 5], [10, 244, 2, 7]);
     let mut v = vec![];
     for size in [0usize, 1, 8, 100, 1372, 1422] {
@@ -247,7 +253,7 @@ fn encapsulate(pkt: &[u8]) -> Vec<u8> {
 
 /// `[placement][8 bytes of a start or length][body]`: how a packet entry
 /// places its body in the slot.
-const PARAMS: usize = 9;
+pub(crate) const PARAMS: usize = 9;
 
 fn with_params(p: u8, x: u64, body: &[u8]) -> Vec<u8> {
     let mut v = vec![p];
@@ -469,7 +475,7 @@ fn check_delivered6(
     Ok(())
 }
 
-fn encap_seeds() -> Vec<Vec<u8>> {
+pub(crate) fn encap_seeds() -> Vec<Vec<u8>> {
     let mut v = vec![];
     let (a, c) = ([10, 244, 1, 5], [10, 244, 3, 9]);
     for pkt in inner_packets() {
@@ -766,9 +772,15 @@ fn check_encap6(
 }
 
 /// `[virtio header][placement][8 bytes: an offset `at`][super-packet]`.
-const SEG_AT: usize = virtio::HEADER_LEN;
+pub(crate) const SEG_AT: usize = virtio::HEADER_LEN;
 
-fn super_packet(proto: u8, payload: usize, mss: u16, opts: usize, tcp_opts: usize) -> Vec<u8> {
+pub(crate) fn super_packet(
+    proto: u8,
+    payload: usize,
+    mss: u16,
+    opts: usize,
+    tcp_opts: usize,
+) -> Vec<u8> {
     let mut p = ip_packet(
         [10, 244, 1, 5],
         [10, 244, 2, 7],
@@ -834,7 +846,7 @@ fn super_packet6(proto: u8, payload: usize, mss: u16) -> Vec<u8> {
     v
 }
 
-fn segment_seeds() -> Vec<Vec<u8>> {
+pub(crate) fn segment_seeds() -> Vec<Vec<u8>> {
     let t = tcp::PROTO_TCP;
     let u = tcp::PROTO_UDP;
     // Placed at an offset near usize::MAX (placement 3: `at` from the input).
@@ -1130,7 +1142,7 @@ fn checksum_run(input: &[u8]) -> Outcome {
 
 /// A run of TCP segments as TUN writes of a receiver get them: each record
 /// `[range selector][length u16][packet]`.
-fn records(input: &[u8]) -> Vec<(u8, &[u8])> {
+pub(crate) fn records(input: &[u8]) -> Vec<(u8, &[u8])> {
     let mut out = vec![];
     let mut i = 0;
     while i + 3 <= input.len() {
@@ -1143,7 +1155,7 @@ fn records(input: &[u8]) -> Vec<(u8, &[u8])> {
     out
 }
 
-fn unrecords(rs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn unrecords(rs: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut v = vec![];
     for (sel, p) in rs {
         v.push(*sel);

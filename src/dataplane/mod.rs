@@ -1,12 +1,19 @@
 //! The packet path: the no-I/O [`core`] and [`offload`] (segmentation and
-//! coalescing), the lock-free [`table`] they read, the [`counters`], and the
-//! [`worker`] loops that feed them from the syscalls in [`crate::sys`].
+//! coalescing), the lock-free [`table`] they read, the [`counters`], a
+//! worker's [`batch`] decisions (no I/O either), and the [`worker`] loops
+//! that do the I/O they name through a [`queue`]: the syscalls in
+//! [`crate::sys`], or the in-memory [`memqueue`] of tests.
 
+pub mod batch;
 pub mod core;
 pub mod counters;
+pub mod memqueue;
 pub mod offload;
+pub mod queue;
 pub mod slot;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod worker;
 
 /// Bytes reserved in front of every packet so encapsulation writes its header
