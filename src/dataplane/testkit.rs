@@ -4,13 +4,12 @@
 //! valid checksums, TUN reads with their virtio-net headers, and what a
 //! receiver checks of them.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use super::core::{Core, RxAction};
 use super::counters::DropReason;
-use super::table::{SharedTable, Table};
+use super::table::{Peer, Peer6, SharedTable, Table};
 use super::{ENCAP_LEN, HEADROOM, SLOT};
-use crate::lease::{Lease, LeaseAttrs};
 use crate::types::{Vni, VtepMac};
 use crate::wire::tcp::{self, PROTO_TCP, PROTO_UDP};
 use crate::wire::{checksum_finish, checksum_fold, checksum_sum, ipv4, ipv6, virtio};
@@ -57,30 +56,26 @@ pub fn node(n: u8) -> Core {
     )
 }
 
-fn lease(n: u8) -> Lease {
-    Lease {
-        subnet: format!("10.244.{n}.0/24").parse().ok(),
-        ipv6_subnet: format!("fc00:0:0:{n}::/64").parse().ok(),
-        attrs: LeaseAttrs::vxlan(public(n), vni(), VtepMac::derive(&public(n).octets())).with_ipv6(
-            public6(n),
-            vni(),
-            VtepMac::derive(&public6(n).octets()),
-        ),
-        expiration: None,
-    }
-}
-
-/// Node `own`'s table, with a lease for each of `nodes`.
+/// Node `own`'s table, with a route to each of `nodes` (its own left
+/// out), in both families.
 pub fn table(own: u8, nodes: &[u8]) -> Table {
-    let leases: Vec<Lease> = nodes.iter().map(|&n| lease(n)).collect();
-    Table::build(
-        &leases,
-        format!("10.244.{own}.0/24").parse().ok(),
-        vni(),
-        PORT,
-        "fc00::/48".parse().ok(),
-    )
-    .0
+    let peers = nodes.iter().filter(|&&n| n != own);
+    let v4 = peers.clone().map(|&n| Peer {
+        subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+        public_ip: public(n),
+        vtep_mac: VtepMac::derive(&public(n).octets()),
+        endpoint: SocketAddrV4::new(public(n), PORT),
+        slot: 0,
+    });
+    let v6 = peers.map(|&n| Peer6 {
+        subnet: format!("fc00:0:0:{n}::/64").parse().unwrap(),
+        v4: format!("10.244.{n}.0/24").parse().ok(),
+        public_ip: public6(n),
+        vtep_mac: VtepMac::derive(&public6(n).octets()),
+        endpoint: SocketAddrV6::new(public6(n), PORT, 0, 0),
+        slot: 0,
+    });
+    Table::from_routes(v4, v6)
 }
 
 pub fn shared(t: Table) -> SharedTable {
