@@ -735,6 +735,24 @@ pub fn ip_fields(rng: &mut Rng, v: &mut [u8], at: usize, addrs: &[[u8; 4]]) {
     }
 }
 
+/// Reorders a list of records at `i`: drops it, repeats it, or swaps it
+/// with another (one of the three at random).
+pub fn reorder<T: Clone>(rng: &mut Rng, rs: &mut Vec<T>, i: usize) {
+    match rng.random_range(0..3) {
+        0 => {
+            rs.remove(i);
+        }
+        1 => {
+            let r = rs[i].clone();
+            rs.insert(i, r);
+        }
+        _ => {
+            let j = rng.random_range(0..rs.len());
+            rs.swap(i, j);
+        }
+    }
+}
+
 /// Recomputes the IPv4 header checksum and, for TCP and UDP, the L4
 /// checksum, as far as the header's lengths lie inside `p`.
 pub fn fix_checksums(p: &mut [u8]) {

@@ -1256,17 +1256,7 @@ fn coalesce_mutate(rng: &mut Rng, v: &mut Vec<u8>, seeds: &[Vec<u8>]) {
     let i = rng.random_range(0..rs.len());
     match rng.random_range(0..12) {
         0..=4 => mutate::ip_fields(rng, &mut rs[i].1, 0, ADDRS),
-        5 => {
-            rs.remove(i);
-        }
-        6 => {
-            let r = rs[i].clone();
-            rs.insert(i, r);
-        }
-        7 => {
-            let j = rng.random_range(0..rs.len());
-            rs.swap(i, j);
-        }
+        5..=7 => mutate::reorder(rng, &mut rs, i),
         8 => rs[i].0 = rng.random(),
         9 => {
             let p = &mut rs[i].1;
