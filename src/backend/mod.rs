@@ -25,8 +25,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use crate::dataplane::table::{Peer, Peer6};
-use crate::lease::LeaseAttrs;
+use crate::dataplane::table::{Peer, Peer6, Table};
+use crate::lease::{Lease, LeaseAttrs};
 
 pub use vxlan::Vxlan;
 
@@ -63,11 +63,29 @@ const FLANNEL_TYPES: &[&str] = &[
 ];
 
 /// One half of a peer's lease as forwarding state: its IPv4 subnet's, or
-/// its IPv6 subnet's.
+/// its IPv6 subnet's. A backend that routes otherwise (plain kernel routes)
+/// adds its kind here; the admission ([`crate::node::Admission`]) only
+/// collects what [`Backend::peer`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerRoute {
+    /// An IPv4 subnet through the peer's VTEP, in the forwarding table.
     V4(Peer),
+    /// An IPv6 subnet through the peer's IPv6 VTEP, in the forwarding table.
     V6(Peer6),
+}
+
+impl PeerRoute {
+    /// The forwarding table of the routes that go through the tunnel.
+    pub fn table(routes: impl IntoIterator<Item = PeerRoute>) -> Table {
+        let (mut v4, mut v6) = (vec![], vec![]);
+        for r in routes {
+            match r {
+                PeerRoute::V4(p) => v4.push(p),
+                PeerRoute::V6(p6) => v6.push(p6),
+            }
+        }
+        Table::from_routes(v4, v6)
+    }
 }
 
 impl Backend {
@@ -150,22 +168,18 @@ impl Backend {
     }
 
     /// One half of a peer's lease as forwarding state: `subnet` (of either
-    /// family) reached at `public` (the lease's PublicIP or PublicIPv6),
-    /// with the backend data of that half read from `attrs`. The checks every
-    /// backend shares (the subnet inside the Network, the node's own lease,
-    /// `BackendType`) are made before ([`crate::node::Admission`]).
+    /// family, one of `lease`'s) reached at `public` (the lease's PublicIP
+    /// or PublicIPv6), with the backend data of that half read from the
+    /// lease. The checks every backend shares (the subnet inside the
+    /// Network, the node's own lease, `BackendType`) are made before
+    /// ([`crate::node::Admission`]).
     ///
     /// # Errors
     /// Why the half cannot be routed, for the log (bad or missing backend
     /// data, another VNI).
-    pub fn peer(
-        &self,
-        subnet: IpNet,
-        public: IpAddr,
-        attrs: &LeaseAttrs,
-    ) -> Result<PeerRoute, String> {
+    pub fn peer(&self, subnet: IpNet, public: IpAddr, lease: &Lease) -> Result<PeerRoute, String> {
         match self {
-            Backend::Vxlan(v) => v.peer(subnet, public, attrs),
+            Backend::Vxlan(v) => v.peer(subnet, public, lease),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::PeerRoute;
 use crate::dataplane::table::{Peer, Peer6};
 use crate::gojson::get;
-use crate::lease::LeaseAttrs;
+use crate::lease::{Lease, LeaseAttrs};
 use crate::types::{Vni, VtepMac};
 
 /// The type's name in net-conf.json and in leases' `BackendType`.
@@ -151,13 +151,8 @@ impl Vxlan {
     ///
     /// # Errors
     /// Why not: no or malformed data for that half, or another VNI.
-    pub fn peer(
-        &self,
-        subnet: IpNet,
-        public: IpAddr,
-        attrs: &LeaseAttrs,
-    ) -> Result<PeerRoute, String> {
-        let vni = self.vni;
+    pub fn peer(&self, subnet: IpNet, public: IpAddr, lease: &Lease) -> Result<PeerRoute, String> {
+        let (vni, attrs) = (self.vni, &lease.attrs);
         match (subnet, public) {
             (IpNet::V4(subnet), IpAddr::V4(public_ip)) => {
                 let d = attrs.vxlan_data().map_err(|e| e.to_string())?;
@@ -179,7 +174,7 @@ impl Vxlan {
                 )),
                 Ok(Some(d)) => Ok(PeerRoute::V6(Peer6 {
                     subnet,
-                    v4: None,
+                    v4: lease.subnet,
                     public_ip,
                     vtep_mac: d.vtep_mac,
                     endpoint: SocketAddrV6::new(public_ip, self.port, 0, 0),

@@ -17,7 +17,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::backend::{Backend, PeerRoute, Vxlan};
 use crate::config::NetConfig;
-use crate::dataplane::table::{Peer, Peer6, Table};
+use crate::dataplane::table::Table;
 use crate::lease::{Lease, LeaseId, node_subnet_problem, node_subnet6_problem};
 use crate::types::Vni;
 
@@ -74,21 +74,32 @@ impl Admission {
         leases: impl IntoIterator<Item = &'a Lease>,
         own: Option<LeaseId>,
     ) -> (Table, Vec<Skipped>) {
-        let (mut peers, mut peers6, mut skipped) = (vec![], vec![], vec![]);
+        let (routes, skipped) = self.routes(leases, own);
+        (PeerRoute::table(routes), skipped)
+    }
+
+    /// The routes the peers of `leases` become (each lease's IPv4 half
+    /// first), without `own`, and what cannot be routed with why. What a
+    /// route is, is the backend's ([`PeerRoute`]); the rules here are every
+    /// backend's.
+    pub fn routes<'a>(
+        &self,
+        leases: impl IntoIterator<Item = &'a Lease>,
+        own: Option<LeaseId>,
+    ) -> (Vec<PeerRoute>, Vec<Skipped>) {
+        let (mut routes, mut skipped) = (vec![], vec![]);
         for l in leases {
             if own.is_some_and(|o| is_own(l, o)) {
                 continue;
             }
-            let (p, p6) = self.admit(l, &mut skipped);
-            peers.extend(p);
-            peers6.extend(p6);
+            self.admit(l, &mut routes, &mut skipped);
         }
-        (Table::from_routes(peers, peers6), skipped)
+        (routes, skipped)
     }
 
-    /// The routes of one peer's lease: its IPv4 and its IPv6 half, each
-    /// when usable; why not in `skipped`.
-    fn admit(&self, l: &Lease, skipped: &mut Vec<Skipped>) -> (Option<Peer>, Option<Peer6>) {
+    /// The routes of one peer's lease, each half when usable; why not in
+    /// `skipped`.
+    fn admit(&self, l: &Lease, routes: &mut Vec<PeerRoute>, skipped: &mut Vec<Skipped>) {
         let id = l.id();
         let mut skip = |why: String| skipped.push(Skipped { subnet: id, why });
         if !self.backend.is_type_of(&l.attrs.backend_type) {
@@ -98,45 +109,33 @@ impl Admission {
                 l.attrs.backend_type,
                 self.backend.type_name()
             ));
-            return (None, None);
+            return;
         }
         match (l.subnet, self.network) {
             (Some(s), Some(n)) if !n.contains(&s) => {
                 skip(format!("it is outside the Network {n}"));
-                return (None, None);
+                return;
             }
             (Some(_), None) => {
                 skip("it has an IPv4 subnet, and this network is IPv6-only".into());
-                return (None, None);
+                return;
             }
             _ => {}
         }
-        let peer6 = match self.half6(l) {
-            Ok(p6) => p6,
-            Err(why) if l.subnet.is_none() => {
-                skip(why);
-                None
+        if let Some(subnet) = l.subnet {
+            let public = IpAddr::V4(l.attrs.public_ip);
+            match node_subnet_problem(&subnet) {
+                Some(why) => skip(why.into()),
+                None => match self.backend.peer(IpNet::V4(subnet), public, l) {
+                    Ok(r) => routes.push(r),
+                    Err(why) => skip(why),
+                },
             }
-            Err(why) => {
-                skip(format!("its IPv6 half is not routed: {why}"));
-                None
-            }
-        };
-        let Some(subnet) = l.subnet else {
-            return (None, peer6);
-        };
-        if let Some(why) = node_subnet_problem(&subnet) {
-            skip(why.into());
-            return (None, peer6);
         }
-        let public = IpAddr::V4(l.attrs.public_ip);
-        match self.backend.peer(IpNet::V4(subnet), public, &l.attrs) {
-            Ok(PeerRoute::V4(p)) => (Some(p), peer6),
-            Ok(PeerRoute::V6(_)) => (None, peer6),
-            Err(why) => {
-                skip(why);
-                (None, peer6)
-            }
+        match self.half6(l) {
+            Ok(r) => routes.extend(r),
+            Err(why) if l.subnet.is_none() => skip(why),
+            Err(why) => skip(format!("its IPv6 half is not routed: {why}")),
         }
     }
 
@@ -145,7 +144,7 @@ impl Admission {
     ///
     /// # Errors
     /// Why the half cannot be routed.
-    fn half6(&self, l: &Lease) -> Result<Option<Peer6>, String> {
+    fn half6(&self, l: &Lease) -> Result<Option<PeerRoute>, String> {
         let Some(s6) = l.ipv6_subnet else {
             return Ok(None);
         };
@@ -164,13 +163,9 @@ impl Admission {
         let Some(ip6) = l.attrs.public_ipv6 else {
             return Err(format!("it has the IPv6 subnet {s6} but no PublicIPv6"));
         };
-        match self
-            .backend
-            .peer(IpNet::V6(s6), IpAddr::V6(ip6), &l.attrs)?
-        {
-            PeerRoute::V6(p6) => Ok(Some(Peer6 { v4: l.subnet, ..p6 })),
-            PeerRoute::V4(_) => Ok(None),
-        }
+        self.backend
+            .peer(IpNet::V6(s6), IpAddr::V6(ip6), l)
+            .map(Some)
     }
 }
 
@@ -190,6 +185,7 @@ mod tests {
     use rustc_hash::FxHashMap;
 
     use super::*;
+    use crate::dataplane::table::Peer;
     use crate::lease::LeaseAttrs;
     use crate::types::VtepMac;
 
