@@ -467,10 +467,12 @@ verify_images() {
 	done
 	"${c[@]}" version >/dev/null || die "containerd did not start: $(tail -3 "$d/containerd.log")"
 	for name in pause test weft flannel; do
-		"${c[@]}" images import "$out/$name.tar" >/dev/null
+		"${c[@]}" images import "$out/$name.tar" >>"$d/import.log" 2>&1 ||
+			die "importing $out/$name.tar: $(tail -5 "$d/import.log")"
 	done
 	for name in "registry.k8s.io/pause:$pause_tag" "$test_image" "$weft_image" "$flannel_image"; do
-		"${c[@]}" images ls -q | grep -qxF "$name" || die "$name is not in containerd after the import"
+		"${c[@]}" images ls -q | grep -qxF "$name" ||
+			die "$name is not in containerd after the import; the import said: $(cat "$d/import.log"); containerd holds: $("${c[@]}" images ls -q | tr '\n' ' '); $(ls -l "$out"); df: $(df -h "$out" | tail -1); containerd's log: $(tail -5 "$d/containerd.log")"
 	done
 	"${c[@]}" images ls >&2
 	# run IMAGE CMD...: run CMD once in IMAGE (its own network namespace, with
