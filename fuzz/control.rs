@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Node;
 use rand::{Rng as _, SeedableRng};
 
 use weft::backend::vxlan::{VxlanData, VxlanError};
-use weft::backend::{Backend, Vxlan};
+use weft::backend::{Backend, PeerRoute, Vxlan};
 use weft::config::{ConfigError, DEFAULT_NET_CONF, NetConfig};
 use weft::dataplane::table::Table;
 use weft::lease::{
@@ -530,22 +530,62 @@ fn etcd_run(input: &[u8]) -> Outcome {
     match parsed {
         Ok(l) => {
             ensure!(
-                // The IPv6 half may have been left out as unusable, never changed.
+                // The lease as stored: the key's subnets, both halves.
                 subnet.is_some_and(|k| k.v4 == l.subnet
-                    && (l.ipv6_subnet.is_none() || l.ipv6_subnet == k.v6)
+                    && l.ipv6_subnet == k.v6
                     && (l.subnet.is_some() || l.ipv6_subnet.is_some())),
                 "lease {} from key {key:?}",
                 l.id()
             );
-            ensure!(
-                l.subnet.is_none() || l.attrs.vxlan_data().is_ok(),
-                "a lease without vxlan data"
-            );
+            admitted(&l)?;
             ensure!(l.expiration.is_none(), "an etcd peer with an expiration");
             accepted("lease")
         }
         Err(why) => refused(shape(&why)),
     }
+}
+
+/// What the reconciler's admission makes of a lease a store reported (in a
+/// vxlan network of VNI 1 holding every subnet): each half it routes has
+/// that half's vxlan data and subnet, and each half it leaves out comes
+/// with a reason.
+fn admitted(l: &Lease) -> Result<(), crate::Violation> {
+    let admission = Admission {
+        network: Some(Ipv4Net::default()),
+        network6: Some(ipnet::Ipv6Net::default()),
+        backend: Backend::Vxlan(Vxlan {
+            vni: Vni::new(1).expect("fits"),
+            port: 8472,
+            mtu: None,
+        }),
+    };
+    let (routes, skipped) = admission.routes([l], None);
+    for r in &routes {
+        let ok = match r {
+            PeerRoute::V4(p) => {
+                l.subnet == Some(p.subnet)
+                    && l.attrs
+                        .vxlan_data()
+                        .is_ok_and(|d| d.vtep_mac == p.vtep_mac && d.vni == 1)
+            }
+            PeerRoute::V6(p) => {
+                l.ipv6_subnet == Some(p.subnet)
+                    && p.v4 == l.subnet
+                    && l.attrs.public_ipv6 == Some(p.public_ip)
+                    && matches!(l.attrs.vxlan_v6_data(), Ok(Some(d)) if d.vtep_mac == p.vtep_mac && d.vni == 1)
+            }
+        };
+        ensure!(ok, "lease {} admitted as {r:?}", l.id());
+    }
+    for s in &skipped {
+        ensure!(!s.why.is_empty(), "lease {} left out for no reason", l.id());
+    }
+    ensure!(
+        routes.len() + skipped.len() >= 1,
+        "lease {} neither routed nor left out",
+        l.id()
+    );
+    Ok(())
 }
 
 // ---- kube ----
@@ -689,10 +729,7 @@ fn kube_run(input: &[u8]) -> Outcome {
                 l.subnet.is_some() || l.ipv6_subnet.is_some(),
                 "a peer with no subnet"
             );
-            ensure!(
-                l.subnet.is_none() || l.attrs.vxlan_data().is_ok(),
-                "a peer without vxlan data"
-            );
+            admitted(&l)?;
             accepted("peer")
         }
         Ok(None) if own_ok => accepted("own lease only"),

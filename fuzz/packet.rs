@@ -1117,8 +1117,15 @@ fn checksum_run(input: &[u8]) -> Outcome {
     let partial = pkt
         .get(at..at + 2)
         .map(|b| u16::from_be_bytes([b[0], b[1]]));
+    // The start lies after the IP header (IPv4's IHL, at least 20 bytes;
+    // IPv6's 40; nothing else has one), the field inside the packet.
+    let header = match pkt.first().map(|b| b >> 4) {
+        Some(4) => (usize::from(pkt[0] & 0x0f) * 4).max(20),
+        Some(6) => 40,
+        _ => usize::MAX,
+    };
     let r = offload::complete_checksum(&h, &mut pkt);
-    let fits = at + 2 <= pkt.len() && start <= pkt.len();
+    let fits = at + 2 <= pkt.len() && start <= pkt.len() && start >= header;
     ensure!(
         r.is_ok() == fits,
         "complete_checksum {r:?} for csum_start {start} + csum_offset {} in {} bytes",

@@ -93,11 +93,13 @@ pub enum SegmentError {
 /// `pkt[csum_start..]` is folded into it and complemented.
 ///
 /// # Errors
-/// [`DropReason::TunBadOffload`] when the offsets lie outside `pkt`.
+/// [`DropReason::TunBadOffload`] when the offsets lie outside `pkt`, or
+/// `csum_start` inside its IP header: the sum would overwrite the header
+/// (its version, so its family) after the packet was routed by it.
 pub fn complete_checksum(h: &virtio::Header, pkt: &mut [u8]) -> Result<(), DropReason> {
     let start = usize::from(h.csum_start);
     let at = start + usize::from(h.csum_offset);
-    if at + 2 > pkt.len() || start > pkt.len() {
+    if at + 2 > pkt.len() || start > pkt.len() || start < ip_header_len(pkt) {
         return Err(DropReason::TunBadOffload);
     }
     let c = checksum_finish(checksum_sum(&pkt[start..], 0));
@@ -109,6 +111,17 @@ pub fn complete_checksum(h: &virtio::Header, pkt: &mut [u8]) -> Result<(), DropR
     };
     pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
+}
+
+/// The length of `pkt`'s IP header by its first byte (IPv4's IHL, IPv6's
+/// fixed header); for anything else, more than any packet holds.
+fn ip_header_len(pkt: &[u8]) -> usize {
+    match pkt.first().map(|b| b >> 4) {
+        // An IHL below 5 is no header: 20 bytes at least.
+        Some(4) => (usize::from(pkt[0] & 0x0f) * 4).max(20),
+        Some(6) => ipv6::HEADER_LEN,
+        _ => usize::MAX,
+    }
 }
 
 fn is_udp(pkt: &[u8], l4: usize) -> bool {

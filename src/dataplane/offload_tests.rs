@@ -1594,20 +1594,20 @@ fn complete_checksum_zero_result() {
     }
 }
 
-/// For any start and even offset inside a packet, the completed field makes
-/// the sum over `[start..]` plus the value the field held all ones: the
-/// operation virtio defines, independent of what the bytes are.
+/// For any start after the IP header and even offset inside a packet, the
+/// completed field makes the sum over `[start..]` plus the value the field
+/// held all ones: the operation virtio defines, independent of what the
+/// bytes are.
 #[test]
 fn complete_checksum_any_offsets() {
     let mut rng = Rng::new(42);
     for _ in 0..3000 {
-        let len = 2 + rng.below(200);
+        let len = 22 + rng.below(200);
         let mut p = rng.bytes(len);
-        if len >= 20 {
-            p[0] = 0x45;
-            p[9] = PROTO_TCP;
-        }
-        let start = rng.below(len - 1);
+        p[0] = 0x45;
+        p[9] = PROTO_TCP;
+        // Anywhere after the IP header (inside it is refused: below).
+        let start = 20 + rng.below(len - 21);
         let offset = 2 * rng.below((len - start) / 2);
         let at = start + offset;
         let held = be16(&p, at);
@@ -1625,8 +1625,9 @@ fn complete_checksum_any_offsets() {
     }
 }
 
-/// Offsets that put the field (or the start) outside the packet are refused
-/// and leave it untouched; the last possible position is accepted.
+/// Offsets that put the field (or the start) outside the packet, or the
+/// start inside its IP header, are refused and leave it untouched; the last
+/// possible position is accepted.
 #[test]
 fn complete_checksum_offsets_outside() {
     let want = flow_a().packet(&[1, 2, 3, 4, 5, 6, 7]);
@@ -1646,6 +1647,11 @@ fn complete_checksum_offsets_outside() {
         at(0, len - 1),
         at(65_535, 65_535),
         at(0, 65_535),
+        // Inside the IP header: the sum would rewrite it (its version, so
+        // its family, after the packet was routed by it).
+        at(0, 0),
+        at(0, 20),
+        at(19, 2),
     ];
     for h in outside {
         let mut q = p.clone();
@@ -1656,7 +1662,7 @@ fn complete_checksum_offsets_outside() {
         );
         assert_eq!(q, p);
     }
-    for h in [at(20, len - 22), at(len - 2, 0), at(0, 0)] {
+    for h in [at(20, len - 22), at(len - 2, 0), at(20, 0)] {
         let mut q = p.clone();
         assert_eq!(complete_checksum(&h, &mut q), Ok(()), "{h:?}");
     }
