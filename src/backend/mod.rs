@@ -9,11 +9,12 @@
 //!   peer's);
 //! - the bytes its encapsulation adds to a packet ([`Backend::overhead`]),
 //!   from which the pod MTU follows;
-//! - the device it needs ([`Backend::device`]);
 //! - how one half of a peer's lease becomes forwarding state
 //!   ([`Backend::peer`], called by [`crate::node`]'s admission after the
 //!   checks every backend shares).
 //!
+//! The device a backend needs (VXLAN's TUN and UDP sockets) is set up by
+//! the daemon in that backend's branch (`let Backend::Vxlan(vx) = …`).
 //! Adding a backend is a variant here, a module beside [`vxlan`], and the
 //! places the compiler then names (the daemon's device set-up, the doctor's
 //! checks of that device); the reconciler and the stores stay as they are.
@@ -35,13 +36,6 @@ pub use vxlan::Vxlan;
 pub enum Backend {
     /// flannel's `vxlan`, in userspace over a TUN device.
     Vxlan(Vxlan),
-}
-
-/// The device a backend carries pod traffic through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// A TUN device (`weft0`) read and written by weftd's workers.
-    Tun,
 }
 
 /// flannel's other backend types, refused with their name: weft does not
@@ -146,13 +140,6 @@ impl Backend {
         }
     }
 
-    /// The device pod traffic goes through.
-    pub fn device(&self) -> Device {
-        match self {
-            Backend::Vxlan(_) => Device::Tun,
-        }
-    }
-
     /// The node's own lease attributes, as weftd announces them:
     /// `public_ip` (`None` on an IPv6-only network, whose PublicIP flannel
     /// writes as `0.0.0.0`) and `public_ipv6` (with the IPv6 half), with
@@ -222,7 +209,6 @@ mod tests {
         let b = parse(r#"{"Type":"VXLAN"}"#).unwrap();
         assert_eq!(b.type_name(), "vxlan");
         assert!(b.is_type_of("vxlan") && b.is_type_of("VxLan") && !b.is_type_of("host-gw"));
-        assert_eq!(b.device(), Device::Tun);
         assert_eq!((b.overhead(false), b.overhead(true)), (50, 70));
         assert_eq!(b.mtu(), None);
     }
