@@ -19,7 +19,11 @@ use crate::etcd_support::{EtcdServer, etcd_available};
 use crate::harness::{Cluster, KernelNode, Node, Opts, require_root, wait_until};
 
 const PREFIX: &str = "/coreos.com/network";
-const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// The nodes lease from 10.244.1.0 to 10.244.240.0: the subnets above are
+/// the tests' own, for the leases they write by hand (a random choice once
+/// took 10.244.251.0/24, which a test then wrote over as another node's).
+const NET_CONF: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.240.0","Backend":{"Type":"vxlan"}}"#;
 
 fn runnable(test: &str) -> bool {
     require_root(test) && etcd_available(test)
